@@ -1,0 +1,65 @@
+SHELL := bash
+.SHELLFLAGS := -eu -o pipefail -c
+.DEFAULT_GOAL := help
+MAKEFLAGS += --no-print-directory
+
+PYTHON ?= python3.11
+VENV := .venv
+BIN := $(VENV)/bin
+BUF := node_modules/.bin/buf
+PROTOS := $(wildcard protos/passpush/v1/*.proto)
+# grpc_tools ships the well-known types (google/protobuf/*.proto).
+WKT = $$($(BIN)/python -c 'import grpc_tools, os; print(os.path.join(grpc_tools.__path__[0], "_proto"))')
+
+.PHONY: help run test lint generate check-generated bench setup clean
+
+help: ## List the targets.
+	@grep -E '^[a-z-]+:.*## ' Makefile | sed -E 's/:.*## /\t/'
+
+setup: $(VENV)/.installed $(BUF) ## Create .venv and install passpush with its dev tools.
+
+$(VENV)/.installed: pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --disable-pip-version-check -e '.[dev]'
+	touch $@
+
+$(BUF): package.json
+	npm install --no-package-lock --no-audit --no-fund --silent
+	touch $@
+
+run: setup ## Migrate the database and start the server (SQLite and the bundled fake APNs by default).
+	mkdir -p var
+	$(BIN)/passpush migrate
+	exec $(BIN)/passpush serve
+
+generate: setup ## Regenerate generated/ from protos/.
+	$(call protoc,generated)
+
+# $(call protoc,OUTDIR): one shell line, so that recipes can chain it.
+protoc = rm -rf $(1)/passpush && mkdir -p $(1) && \
+	$(BIN)/python -m grpc_tools.protoc -I protos -I third_party/googleapis -I $(WKT) \
+	  --plugin=protoc-gen-mypy=$(BIN)/protoc-gen-mypy --plugin=protoc-gen-mypy_grpc=$(BIN)/protoc-gen-mypy_grpc \
+	  --python_out=$(1) --grpc_python_out=$(1) --mypy_out=$(1) --mypy_grpc_out=$(1) $(PROTOS) >/dev/null && \
+	touch $(1)/passpush/v1/__init__.py
+
+check-generated: setup ## Fail when generated/ differs from what the protos generate.
+	tmp=$$(mktemp -d); trap 'rm -rf "$$tmp"' EXIT; \
+	$(call protoc,$$tmp); \
+	diff -r -x __pycache__ "$$tmp/passpush" generated/passpush || { echo "generated/ is stale: run 'make generate'"; exit 1; }
+
+lint: setup ## ruff, mypy, import layers, buf lint and buf format.
+	$(BIN)/ruff check src tests benchmarks
+	$(BIN)/ruff format --check src tests benchmarks
+	$(BIN)/mypy src
+	$(BIN)/lint-imports
+	$(BUF) lint
+	$(BUF) format --diff --exit-code
+
+test: lint check-generated ## Lint, check generated code, and run the whole suite on SQLite and PostgreSQL.
+	$(BIN)/python -m pytest
+
+bench: setup ## Run the benchmarks.
+	$(BIN)/python -m benchmarks
+
+clean: ## Remove the virtualenv, node_modules and local data.
+	rm -rf $(VENV) node_modules var

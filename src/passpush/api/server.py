@@ -1,0 +1,68 @@
+"""Builds the gRPC server: the services, reflection, health, and the delivery worker."""
+
+from __future__ import annotations
+
+import logging
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from passpush.api.errors import ErrorInterceptor
+from passpush.api.notifications import NotificationServicer
+from passpush.api.passes import PassServicer
+from passpush.delivery.worker import ApplePushGateway, DeliveryWorker, WorkerSettings
+from passpush.service.clock import Clock, utcnow
+from passpush.service.notifications import NotificationCore
+from passpush.service.passes import PassCore
+from passpush.v1 import notifications_pb2, notifications_pb2_grpc, passes_pb2, passes_pb2_grpc
+
+log = logging.getLogger(__name__)
+
+SERVICE_NAMES = (
+    notifications_pb2.DESCRIPTOR.services_by_name["NotificationService"].full_name,
+    passes_pb2.DESCRIPTOR.services_by_name["PassService"].full_name,
+)
+
+
+class PasspushServer:
+    """The gRPC server and its delivery worker, started and stopped together."""
+
+    def __init__(
+        self,
+        sessions: async_sessionmaker[AsyncSession],
+        apns: ApplePushGateway,
+        *,
+        address: str = "127.0.0.1:0",
+        clock: Clock = utcnow,
+        worker_settings: WorkerSettings | None = None,
+    ) -> None:
+        self.worker = DeliveryWorker(sessions, apns, clock=clock, settings=worker_settings)
+        self.notifications = NotificationCore(sessions, clock=clock, on_enqueued=self.worker.wake)
+        self.passes = PassCore(sessions, clock=clock)
+        self.health = health.aio.HealthServicer()
+        self.server = grpc.aio.server(interceptors=[ErrorInterceptor()])
+        notifications_pb2_grpc.add_NotificationServiceServicer_to_server(
+            NotificationServicer(self.notifications), self.server
+        )
+        passes_pb2_grpc.add_PassServiceServicer_to_server(PassServicer(self.passes), self.server)
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
+        reflection.enable_server_reflection(
+            (*SERVICE_NAMES, health.SERVICE_NAME, reflection.SERVICE_NAME), self.server
+        )
+        self.port = self.server.add_insecure_port(address)
+        if self.port == 0:
+            raise OSError(f"cannot listen on {address}")
+
+    async def start(self) -> None:
+        await self.server.start()
+        self.worker.start()
+        for name in ("", *SERVICE_NAMES):
+            await self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
+
+    async def stop(self, grace: float) -> None:
+        """Stops taking calls, lets in-flight calls and the batch in hand finish within `grace`."""
+        await self.health.enter_graceful_shutdown()
+        await self.server.stop(grace)
+        await self.worker.stop(grace)

@@ -1,0 +1,1 @@
+"""Delivery: outbox workers, retry and the platform gateways (APNs, Google Wallet)."""

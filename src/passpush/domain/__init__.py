@@ -1,0 +1,1 @@
+"""The rules of passpush: targets, content, states and errors. Plain Python, no I/O."""

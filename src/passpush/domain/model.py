@@ -1,0 +1,252 @@
+"""The values passpush works with: states, targets, content and resources."""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+from datetime import datetime
+
+
+class Platform(enum.StrEnum):
+    APPLE = "apple"
+    GOOGLE = "google"
+
+
+class PassStatus(enum.StrEnum):
+    ACTIVE = "active"
+    DRAFT = "draft"
+    REVOKED = "revoked"
+    EXPIRED = "expired"
+    REMOVED = "removed"
+
+
+class Operation(enum.StrEnum):
+    SEND = "send"
+    DELETE = "delete"
+
+
+class TicketState(enum.StrEnum):
+    PENDING = "pending"
+    RUNNING = "running"
+    SUCCEEDED = "succeeded"
+    PARTIALLY_FAILED = "partially_failed"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+
+    @property
+    def is_terminal(self) -> bool:
+        return self not in (TicketState.PENDING, TicketState.RUNNING)
+
+
+class DeliveryState(enum.StrEnum):
+    PENDING = "pending"
+    DELIVERED = "delivered"
+    FAILED = "failed"
+    SKIPPED = "skipped"
+
+
+def terminal_state(delivered: int, failed: int) -> TicketState:
+    """The state of a ticket whose deliveries are all done.
+
+    Skipped deliveries are not failures: a ticket that only skipped succeeded.
+    """
+    if failed == 0:
+        return TicketState.SUCCEEDED
+    if delivered == 0:
+        return TicketState.FAILED
+    return TicketState.PARTIALLY_FAILED
+
+
+# Why a delivery was skipped rather than attempted.
+SKIP_PASS_NOT_ACTIVE = "PassNotActive"
+SKIP_NO_DEVICES = "NoRegisteredDevices"
+
+
+# Targets: one class per kind of the proto's Target oneof.
+@dataclass(frozen=True)
+class PassTarget:
+    pass_id: str
+
+
+@dataclass(frozen=True)
+class ExternalPassTarget:
+    template_id: str
+    pass_external_id: str
+
+
+@dataclass(frozen=True)
+class TemplateTarget:
+    """A template by id, or (when template_id is empty) by its external id."""
+
+    template_id: str = ""
+    template_external_id: str = ""
+
+
+@dataclass(frozen=True)
+class TagTarget:
+    tag: str
+    template_id: str = ""
+
+
+@dataclass(frozen=True)
+class SegmentTarget:
+    project_id: str
+    segment_id: str
+    template_id: str = ""
+
+
+@dataclass(frozen=True)
+class CampaignTarget:
+    campaign_id: str
+
+
+@dataclass(frozen=True)
+class EntityTarget:
+    entity_id: str
+    group_tags: tuple[str, ...] = ()
+
+
+Target = (
+    PassTarget
+    | ExternalPassTarget
+    | TemplateTarget
+    | TagTarget
+    | SegmentTarget
+    | CampaignTarget
+    | EntityTarget
+)
+
+
+@dataclass(frozen=True)
+class Content:
+    header: str
+    body: str
+    display_start: datetime | None = None
+    display_end: datetime | None = None
+
+
+@dataclass(frozen=True)
+class DeliveryCounts:
+    total: int = 0
+    pending: int = 0
+    delivered: int = 0
+    failed: int = 0
+    skipped: int = 0
+
+
+@dataclass(frozen=True)
+class Ticket:
+    id: int
+    project_id: str
+    operation: Operation
+    target: Target
+    content: Content | None
+    state: TicketState
+    counts: DeliveryCounts
+    request_id: str
+    create_time: datetime
+    update_time: datetime
+    complete_time: datetime | None
+    errors: list[tuple[str, int]] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class Project:
+    id: str
+    display_name: str
+    create_time: datetime
+
+
+@dataclass(frozen=True)
+class Template:
+    id: str
+    project_id: str
+    platform: Platform | None  # None only in a request, where validation refuses it
+    external_id: str = ""
+    display_name: str = ""
+    pass_type_identifier: str = ""
+    google_class_id: str = ""
+    google_object_type: str = ""
+    entity_id: str = ""
+    create_time: datetime | None = None
+
+
+@dataclass(frozen=True)
+class Pass:
+    """A pass as the caller gives it (upsert) or reads it back."""
+
+    id: str
+    template_id: str
+    external_id: str = ""
+    serial_number: str = ""
+    status: PassStatus = PassStatus.ACTIVE
+    tags: tuple[str, ...] = ()
+    group_tags: tuple[str, ...] = ()
+    google_object_id: str = ""
+    authentication_token: str = ""
+    notification_header: str | None = None
+    notification_body: str | None = None
+    notification_ticket_id: int | None = None
+    update_tag: int = 0
+    create_time: datetime | None = None
+    update_time: datetime | None = None
+
+
+@dataclass(frozen=True)
+class Segment:
+    id: str
+    project_id: str
+    display_name: str
+    criteria: dict[str, object]
+    create_time: datetime | None = None
+
+
+@dataclass(frozen=True)
+class Campaign:
+    id: str
+    project_id: str
+    name: str
+    notification_limit: int
+    member_count: int = 0
+    create_time: datetime | None = None
+
+
+@dataclass(frozen=True)
+class Entity:
+    id: str
+    project_id: str
+    name: str
+    create_time: datetime | None = None
+
+
+@dataclass(frozen=True)
+class DeviceRegistration:
+    pass_id: str
+    device_library_identifier: str
+    create_time: datetime
+
+
+_TARGET_KINDS: dict[str, type[Target]] = {
+    "pass": PassTarget,
+    "external_pass": ExternalPassTarget,
+    "template": TemplateTarget,
+    "tag": TagTarget,
+    "segment": SegmentTarget,
+    "campaign": CampaignTarget,
+    "entity": EntityTarget,
+}
+
+
+def target_to_dict(target: Target) -> dict[str, object]:
+    """A JSON-ready form of a target, for storing it with its ticket."""
+    kind = next(k for k, cls in _TARGET_KINDS.items() if isinstance(target, cls))
+    fields = {k: list(v) if isinstance(v, tuple) else v for k, v in vars(target).items()}
+    return {"kind": kind, **fields}
+
+
+def target_from_dict(data: dict[str, object]) -> Target:
+    fields = dict(data)
+    cls = _TARGET_KINDS[str(fields.pop("kind"))]
+    if cls is EntityTarget:
+        fields["group_tags"] = tuple(fields.get("group_tags") or ())  # type: ignore[arg-type]
+    return cls(**fields)  # type: ignore[arg-type]

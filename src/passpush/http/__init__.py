@@ -1,0 +1,1 @@
+"""The HTTP transport: the vendor REST shim and the PassKit web service (not built yet)."""

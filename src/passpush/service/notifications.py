@@ -1,0 +1,114 @@
+"""Send, Delete and GetTicket: validate, commit the ticket and its deliveries, answer."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Callable
+
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from passpush.domain.errors import AlreadyExists
+from passpush.domain.model import Content, Operation, Target, Ticket, target_to_dict
+from passpush.domain.validation import (
+    check_content,
+    check_request_id,
+    check_target,
+    raise_if_any,
+)
+from passpush.service.clock import Clock, utcnow
+from passpush.store.audience import resolve_audience
+from passpush.store.models import TicketRow
+from passpush.store.tickets import TicketStore
+
+
+class NotificationCore:
+    """Accepts notification operations; delivery workers carry them out."""
+
+    def __init__(
+        self,
+        sessions: async_sessionmaker[AsyncSession],
+        *,
+        clock: Clock = utcnow,
+        on_enqueued: Callable[[], None] = lambda: None,
+    ) -> None:
+        self._sessions = sessions
+        self._clock = clock
+        # Wakes the local delivery workers so that the first push does not wait for a poll.
+        self._on_enqueued = on_enqueued
+
+    async def send(self, target: Target | None, content: Content | None, request_id: str) -> Ticket:
+        raise_if_any(
+            [*check_target(target), *check_content(content), *check_request_id(request_id)]
+        )
+        assert target is not None and content is not None
+        return await self._submit(Operation.SEND, target, content, request_id)
+
+    async def delete(self, target: Target | None, request_id: str) -> Ticket:
+        raise_if_any([*check_target(target), *check_request_id(request_id)])
+        assert target is not None
+        return await self._submit(Operation.DELETE, target, None, request_id)
+
+    async def get_ticket(self, ticket_id: int) -> Ticket:
+        async with self._sessions() as session:
+            return await TicketStore(session).get(ticket_id)
+
+    async def _submit(
+        self, operation: Operation, target: Target, content: Content | None, request_id: str
+    ) -> Ticket:
+        fingerprint = _fingerprint(operation, target, content)
+        try:
+            async with self._sessions.begin() as session:
+                tickets = TicketStore(session)
+                audience = await resolve_audience(session, target)
+                if request_id:
+                    existing = await tickets.find_by_request_id(audience.project_id, request_id)
+                    if existing is not None:
+                        return await self._replay(tickets, existing, fingerprint)
+                ticket_id = await tickets.create(
+                    audience=audience,
+                    operation=operation,
+                    target=target,
+                    content=content,
+                    request_id=request_id,
+                    fingerprint=fingerprint,
+                    now=self._clock(),
+                )
+                ticket = await tickets.get(ticket_id)
+        except IntegrityError:
+            if not request_id:
+                raise
+            # Two first tries raced on one request_id: the loser answers the winner's ticket.
+            async with self._sessions() as session:
+                tickets = TicketStore(session)
+                audience = await resolve_audience(session, target)
+                existing = await tickets.find_by_request_id(audience.project_id, request_id)
+                if existing is None:
+                    raise
+                return await self._replay(tickets, existing, fingerprint)
+        self._on_enqueued()
+        return ticket
+
+    @staticmethod
+    async def _replay(tickets: TicketStore, existing: TicketRow, fingerprint: str) -> Ticket:
+        """Answers a retry with the first ticket; a reused key with another request is refused."""
+        if existing.request_fingerprint != fingerprint:
+            raise AlreadyExists("request", "request_id", reason="REQUEST_ID_REUSED")
+        return await tickets.get(existing.id)
+
+
+def _fingerprint(operation: Operation, target: Target, content: Content | None) -> str:
+    document = {
+        "operation": operation.value,
+        "target": target_to_dict(target),
+        "content": None
+        if content is None
+        else {
+            "header": content.header,
+            "body": content.body,
+            "display_start": content.display_start.isoformat() if content.display_start else None,
+            "display_end": content.display_end.isoformat() if content.display_end else None,
+        },
+    }
+    return hashlib.sha256(json.dumps(document, sort_keys=True).encode()).hexdigest()

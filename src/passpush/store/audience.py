@@ -1,0 +1,168 @@
+"""Turns a Target into SQL: a condition over `passes` that selects its audience.
+
+The condition is set-based (EXISTS / IN subqueries), so that a million-pass
+target becomes one INSERT ... SELECT into the outbox, never a Python loop.
+Resolving also checks that what the target names exists in the project.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from sqlalchemy import ColumnElement, and_, exists, false, not_, or_, select
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from passpush.domain.errors import NotFound
+from passpush.domain.model import (
+    CampaignTarget,
+    EntityTarget,
+    ExternalPassTarget,
+    PassTarget,
+    SegmentTarget,
+    TagTarget,
+    Target,
+    TemplateTarget,
+)
+from passpush.domain.segments import AllOf, AnyOf, Criterion, HasTag, NoneOf, parse_criteria
+from passpush.store.models import (
+    CampaignMemberRow,
+    CampaignRow,
+    EntityRow,
+    PassGroupTagRow,
+    PassRow,
+    PassTagRow,
+    ProjectRow,
+    SegmentRow,
+    TemplateRow,
+)
+
+
+@dataclass(frozen=True)
+class Audience:
+    """The project a target lives in, and the condition selecting its passes."""
+
+    project_id: str
+    condition: ColumnElement[bool]
+
+
+async def resolve_audience(session: AsyncSession, target: Target) -> Audience:
+    """Resolves a target, raising NotFound for anything it names that does not exist."""
+    match target:
+        case PassTarget(pass_id):
+            row = await _one_pass(session, PassRow.id == pass_id)
+            if row is None:
+                # PassEntry callers may give the pass's external id instead.
+                row = await _one_pass(session, PassRow.external_id == pass_id, unique=True)
+            if row is None:
+                raise NotFound("pass", pass_id)
+            return Audience(row.project_id, PassRow.id == row.id)
+        case ExternalPassTarget(template_id, external_id):
+            template = await _template(session, template_id)
+            row = await _one_pass(
+                session,
+                and_(PassRow.template_id == template.id, PassRow.external_id == external_id),
+            )
+            if row is None:
+                raise NotFound("pass", f"{template_id}/{external_id}")
+            return Audience(row.project_id, PassRow.id == row.id)
+        case TemplateTarget():
+            template = await _template_ref(session, target)
+            return Audience(template.project_id, PassRow.template_id == template.id)
+        case TagTarget(tag, template_id):
+            condition = _has_tag(tag)
+            if template_id:
+                template = await _template(session, template_id)
+                condition = and_(PassRow.template_id == template.id, condition)
+            project_id = await session.scalar(select(PassRow.project_id).where(condition).limit(1))
+            if project_id is None:
+                raise NotFound("tag", tag)
+            return Audience(project_id, and_(PassRow.project_id == project_id, condition))
+        case SegmentTarget(project_id, segment_id, template_id):
+            if await session.get(ProjectRow, project_id) is None:
+                raise NotFound("project", project_id)
+            segment = await session.get(SegmentRow, segment_id)
+            if segment is None or segment.project_id != project_id:
+                raise NotFound("segment", segment_id)
+            condition = and_(
+                PassRow.project_id == project_id,
+                _criterion(parse_criteria(segment.criteria)),
+            )
+            if template_id:
+                template = await _template(session, template_id)
+                if template.project_id != project_id:
+                    raise NotFound("template", template_id)
+                condition = and_(PassRow.template_id == template.id, condition)
+            return Audience(project_id, condition)
+        case CampaignTarget(campaign_id):
+            campaign = await session.get(CampaignRow, campaign_id)
+            if campaign is None:
+                raise NotFound("campaign", campaign_id)
+            members = select(CampaignMemberRow.pass_id).where(
+                CampaignMemberRow.campaign_id == campaign_id
+            )
+            return Audience(
+                campaign.project_id,
+                and_(PassRow.project_id == campaign.project_id, PassRow.id.in_(members)),
+            )
+        case EntityTarget(entity_id, group_tags):
+            entity = await session.get(EntityRow, entity_id)
+            if entity is None:
+                raise NotFound("entity", entity_id)
+            templates = select(TemplateRow.id).where(TemplateRow.entity_id == entity_id)
+            condition = and_(
+                PassRow.project_id == entity.project_id, PassRow.template_id.in_(templates)
+            )
+            if group_tags:
+                condition = and_(condition, _has_group_tag(group_tags))
+            return Audience(entity.project_id, condition)
+    raise AssertionError(f"unknown target {target!r}")  # pragma: no cover
+
+
+async def _one_pass(
+    session: AsyncSession, condition: ColumnElement[bool], *, unique: bool = False
+) -> PassRow | None:
+    rows = (await session.scalars(select(PassRow).where(condition).limit(2))).all()
+    if not rows or (unique and len(rows) > 1):
+        return None
+    return rows[0]
+
+
+async def _template(session: AsyncSession, template_id: str) -> TemplateRow:
+    template = await session.get(TemplateRow, template_id)
+    if template is None:
+        raise NotFound("template", template_id)
+    return template
+
+
+async def _template_ref(session: AsyncSession, ref: TemplateTarget) -> TemplateRow:
+    if ref.template_id:
+        return await _template(session, ref.template_id)
+    rows = (
+        await session.scalars(
+            select(TemplateRow).where(TemplateRow.external_id == ref.template_external_id).limit(2)
+        )
+    ).all()
+    if len(rows) != 1:
+        raise NotFound("template", ref.template_external_id)
+    return rows[0]
+
+
+def _has_tag(tag: str) -> ColumnElement[bool]:
+    return exists().where(PassTagRow.pass_id == PassRow.id, PassTagRow.tag == tag)
+
+
+def _has_group_tag(tags: tuple[str, ...]) -> ColumnElement[bool]:
+    return exists().where(PassGroupTagRow.pass_id == PassRow.id, PassGroupTagRow.tag.in_(tags))
+
+
+def _criterion(criterion: Criterion) -> ColumnElement[bool]:
+    match criterion:
+        case HasTag(tag):
+            return _has_tag(tag)
+        case AllOf(parts):
+            return and_(*(_criterion(p) for p in parts))
+        case AnyOf(parts):
+            return or_(*(_criterion(p) for p in parts))
+        case NoneOf(part):
+            return not_(_criterion(part))
+    return false()  # pragma: no cover

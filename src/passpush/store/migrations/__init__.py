@@ -1,0 +1,1 @@
+"""Alembic migrations; `passpush migrate` applies them."""

@@ -1,0 +1,243 @@
+"""The schema. Migrations in store/migrations are generated from and checked against it."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    Boolean,
+    DateTime,
+    Dialect,
+    ForeignKey,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Table,
+    Text,
+    TypeDecorator,
+    UniqueConstraint,
+)
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+ID = String(128)
+# SQLite only auto-increments an INTEGER PRIMARY KEY; PostgreSQL gets BIGINT.
+BigId = BigInteger().with_variant(Integer(), "sqlite")
+
+
+class UtcDateTime(TypeDecorator[datetime]):
+    """Stores naive UTC, returns aware UTC: the same on SQLite and PostgreSQL."""
+
+    impl = DateTime
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError("naive datetime given to the store")
+        return value.astimezone(UTC).replace(tzinfo=None)
+
+    def process_result_value(self, value: Any, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        if isinstance(value, str):  # SQLite inside INSERT ... SELECT copies
+            value = datetime.fromisoformat(value)
+        assert isinstance(value, datetime)
+        return value.replace(tzinfo=UTC)
+
+
+def table_of(model: type[Base]) -> Table:
+    """A model's Core table, for executemany statements that bypass the ORM."""
+    table = model.__table__
+    assert isinstance(table, Table)
+    return table
+
+
+class Base(DeclarativeBase):
+    metadata = MetaData(
+        naming_convention={
+            "ix": "ix_%(column_0_label)s",
+            "uq": "uq_%(table_name)s_%(column_0_name)s",
+            "ck": "ck_%(table_name)s_%(constraint_name)s",
+            "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+            "pk": "pk_%(table_name)s",
+        }
+    )
+    type_annotation_map = {datetime: UtcDateTime()}
+
+
+class ProjectRow(Base):
+    __tablename__ = "projects"
+
+    id: Mapped[str] = mapped_column(ID, primary_key=True)
+    display_name: Mapped[str] = mapped_column(String(200), default="")
+    created_at: Mapped[datetime]
+
+
+class EntityRow(Base):
+    __tablename__ = "entities"
+
+    id: Mapped[str] = mapped_column(ID, primary_key=True)
+    project_id: Mapped[str] = mapped_column(ForeignKey("projects.id"), index=True)
+    name: Mapped[str] = mapped_column(String(200), default="")
+    created_at: Mapped[datetime]
+
+
+class TemplateRow(Base):
+    __tablename__ = "templates"
+    __table_args__ = (UniqueConstraint("project_id", "external_id"),)
+
+    id: Mapped[str] = mapped_column(ID, primary_key=True)
+    project_id: Mapped[str] = mapped_column(ForeignKey("projects.id"), index=True)
+    external_id: Mapped[str | None] = mapped_column(ID)
+    platform: Mapped[str] = mapped_column(String(16))
+    display_name: Mapped[str] = mapped_column(String(200), default="")
+    pass_type_identifier: Mapped[str] = mapped_column(String(255), default="")
+    google_class_id: Mapped[str] = mapped_column(String(255), default="")
+    google_object_type: Mapped[str] = mapped_column(String(64), default="")
+    entity_id: Mapped[str | None] = mapped_column(ForeignKey("entities.id"), index=True)
+    created_at: Mapped[datetime]
+
+
+class PassRow(Base):
+    __tablename__ = "passes"
+    __table_args__ = (
+        UniqueConstraint("template_id", "external_id"),
+        Index("ix_passes_project_external", "project_id", "external_id"),
+    )
+
+    id: Mapped[str] = mapped_column(ID, primary_key=True)
+    # Copied from the template so that every audience query filters by project.
+    project_id: Mapped[str] = mapped_column(ForeignKey("projects.id"))
+    template_id: Mapped[str] = mapped_column(ForeignKey("templates.id"), index=True)
+    external_id: Mapped[str | None] = mapped_column(ID)
+    serial_number: Mapped[str] = mapped_column(String(128))
+    status: Mapped[str] = mapped_column(String(16))
+    authentication_token: Mapped[str] = mapped_column(String(128))
+    google_object_id: Mapped[str] = mapped_column(String(255), default="")
+    notification_header: Mapped[str | None] = mapped_column(String(100))
+    notification_body: Mapped[str | None] = mapped_column(Text)
+    notification_ticket_id: Mapped[int | None] = mapped_column(BigInteger)
+    # Microseconds since the epoch of the last change: Apple's update tag.
+    update_tag: Mapped[int] = mapped_column(BigInteger)
+    created_at: Mapped[datetime]
+    updated_at: Mapped[datetime]
+
+
+class PassTagRow(Base):
+    __tablename__ = "pass_tags"
+    __table_args__ = (Index("ix_pass_tags_tag", "tag", "pass_id"),)
+
+    pass_id: Mapped[str] = mapped_column(
+        ForeignKey("passes.id", ondelete="CASCADE"), primary_key=True
+    )
+    tag: Mapped[str] = mapped_column(String(128), primary_key=True)
+
+
+class PassGroupTagRow(Base):
+    __tablename__ = "pass_group_tags"
+    __table_args__ = (Index("ix_pass_group_tags_tag", "tag", "pass_id"),)
+
+    pass_id: Mapped[str] = mapped_column(
+        ForeignKey("passes.id", ondelete="CASCADE"), primary_key=True
+    )
+    tag: Mapped[str] = mapped_column(String(128), primary_key=True)
+
+
+class SegmentRow(Base):
+    __tablename__ = "segments"
+
+    id: Mapped[str] = mapped_column(ID, primary_key=True)
+    project_id: Mapped[str] = mapped_column(ForeignKey("projects.id"), index=True)
+    display_name: Mapped[str] = mapped_column(String(200), default="")
+    criteria: Mapped[dict[str, Any]] = mapped_column(JSON)
+    created_at: Mapped[datetime]
+
+
+class CampaignRow(Base):
+    __tablename__ = "campaigns"
+
+    id: Mapped[str] = mapped_column(ID, primary_key=True)
+    project_id: Mapped[str] = mapped_column(ForeignKey("projects.id"), index=True)
+    name: Mapped[str] = mapped_column(String(200), default="")
+    notification_limit: Mapped[int] = mapped_column(Integer)
+    created_at: Mapped[datetime]
+
+
+class CampaignMemberRow(Base):
+    __tablename__ = "campaign_members"
+
+    campaign_id: Mapped[str] = mapped_column(
+        ForeignKey("campaigns.id", ondelete="CASCADE"), primary_key=True
+    )
+    pass_id: Mapped[str] = mapped_column(
+        ForeignKey("passes.id", ondelete="CASCADE"), primary_key=True, index=True
+    )
+
+
+class DeviceRegistrationRow(Base):
+    __tablename__ = "device_registrations"
+    __table_args__ = (UniqueConstraint("pass_id", "device_library_identifier"),)
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    pass_id: Mapped[str] = mapped_column(ForeignKey("passes.id", ondelete="CASCADE"))
+    device_library_identifier: Mapped[str] = mapped_column(String(255))
+    push_token: Mapped[str] = mapped_column(String(400))
+    # False once APNs called the token bad; a new registration revives it.
+    active: Mapped[bool] = mapped_column(Boolean, default=True)
+    created_at: Mapped[datetime]
+    updated_at: Mapped[datetime]
+
+
+class TicketRow(Base):
+    __tablename__ = "tickets"
+    __table_args__ = (UniqueConstraint("project_id", "request_id"),)
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    project_id: Mapped[str] = mapped_column(ForeignKey("projects.id"), index=True)
+    operation: Mapped[str] = mapped_column(String(16))
+    target: Mapped[dict[str, Any]] = mapped_column(JSON)
+    content_header: Mapped[str] = mapped_column(String(100), default="")
+    content_body: Mapped[str] = mapped_column(Text, default="")
+    display_start: Mapped[datetime | None]
+    display_end: Mapped[datetime | None]
+    state: Mapped[str] = mapped_column(String(24))
+    total: Mapped[int] = mapped_column(BigInteger, default=0)
+    pending: Mapped[int] = mapped_column(BigInteger, default=0)
+    delivered: Mapped[int] = mapped_column(BigInteger, default=0)
+    failed: Mapped[int] = mapped_column(BigInteger, default=0)
+    skipped: Mapped[int] = mapped_column(BigInteger, default=0)
+    request_id: Mapped[str | None] = mapped_column(String(128))
+    # A digest of the request, so that a reused request_id with another body is refused.
+    request_fingerprint: Mapped[str] = mapped_column(String(64), default="")
+    created_at: Mapped[datetime]
+    updated_at: Mapped[datetime]
+    completed_at: Mapped[datetime | None]
+
+
+class DeliveryRow(Base):
+    """One push to one device (Apple) or one message to one object (Google)."""
+
+    __tablename__ = "deliveries"
+    __table_args__ = (
+        Index("ix_deliveries_ticket_state", "ticket_id", "state"),
+        Index("ix_deliveries_due", "state", "next_attempt_at"),
+    )
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    ticket_id: Mapped[int] = mapped_column(ForeignKey("tickets.id", ondelete="CASCADE"))
+    pass_id: Mapped[str] = mapped_column(ID)
+    # No foreign key: a registration APNs called gone is deleted, its deliveries stay.
+    registration_id: Mapped[int | None] = mapped_column(BigInteger)
+    platform: Mapped[str] = mapped_column(String(16))
+    state: Mapped[str] = mapped_column(String(16))
+    reason: Mapped[str] = mapped_column(String(128), default="")
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    next_attempt_at: Mapped[datetime]
+    lease_owner: Mapped[str | None] = mapped_column(String(64))
+    lease_until: Mapped[datetime | None]
+    updated_at: Mapped[datetime]

@@ -1,0 +1,376 @@
+"""Queries for projects, templates, passes, segments, campaigns, entities and devices."""
+
+from __future__ import annotations
+
+import secrets
+import uuid
+from collections.abc import Sequence
+from datetime import datetime
+
+from sqlalchemy import delete, func, insert, select
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.sql.expression import Executable
+
+from passpush.domain.errors import AlreadyExists, InvalidArgument, NotFound
+from passpush.domain.model import (
+    Campaign,
+    DeviceRegistration,
+    Entity,
+    Pass,
+    PassStatus,
+    Platform,
+    Project,
+    Segment,
+    Template,
+)
+from passpush.store.db import dialect_name
+from passpush.store.models import (
+    CampaignMemberRow,
+    CampaignRow,
+    DeviceRegistrationRow,
+    EntityRow,
+    PassGroupTagRow,
+    PassRow,
+    PassTagRow,
+    ProjectRow,
+    SegmentRow,
+    TemplateRow,
+)
+
+
+def new_id() -> str:
+    return str(uuid.uuid4())
+
+
+def update_tag_at(now: datetime) -> int:
+    """Apple's update tag: microseconds since the epoch, increasing with time."""
+    return int(now.timestamp() * 1_000_000)
+
+
+class PassStore:
+    """The pass-side repository; one per session (unit of work)."""
+
+    def __init__(self, session: AsyncSession) -> None:
+        self.session = session
+
+    # Projects -------------------------------------------------------------
+    async def create_project(self, project_id: str, display_name: str, now: datetime) -> Project:
+        if await self.session.get(ProjectRow, project_id) is not None:
+            raise AlreadyExists("project", project_id)
+        row = ProjectRow(id=project_id, display_name=display_name, created_at=now)
+        self.session.add(row)
+        await self.session.flush()
+        return _project(row)
+
+    async def ensure_project(self, project_id: str, now: datetime) -> None:
+        if await self.session.get(ProjectRow, project_id) is None:
+            self.session.add(ProjectRow(id=project_id, display_name=project_id, created_at=now))
+            await self.session.flush()
+
+    async def require_project(self, project_id: str) -> ProjectRow:
+        row = await self.session.get(ProjectRow, project_id)
+        if row is None:
+            raise NotFound("project", project_id)
+        return row
+
+    # Entities -------------------------------------------------------------
+    async def create_entity(self, entity: Entity, now: datetime) -> Entity:
+        await self.require_project(entity.project_id)
+        if await self.session.get(EntityRow, entity.id) is not None:
+            raise AlreadyExists("entity", entity.id)
+        row = EntityRow(
+            id=entity.id, project_id=entity.project_id, name=entity.name, created_at=now
+        )
+        self.session.add(row)
+        await self.session.flush()
+        return Entity(row.id, row.project_id, row.name, row.created_at)
+
+    # Templates ------------------------------------------------------------
+    async def create_template(self, template: Template, now: datetime) -> Template:
+        assert template.platform is not None, "validated by the caller"
+        await self.require_project(template.project_id)
+        if await self.session.get(TemplateRow, template.id) is not None:
+            raise AlreadyExists("template", template.id)
+        if template.external_id and await self.session.scalar(
+            select(TemplateRow.id).where(
+                TemplateRow.project_id == template.project_id,
+                TemplateRow.external_id == template.external_id,
+            )
+        ):
+            raise AlreadyExists("template", template.external_id)
+        if template.entity_id:
+            entity = await self.session.get(EntityRow, template.entity_id)
+            if entity is None or entity.project_id != template.project_id:
+                raise NotFound("entity", template.entity_id)
+        row = TemplateRow(
+            id=template.id,
+            project_id=template.project_id,
+            external_id=template.external_id or None,
+            platform=template.platform.value,
+            display_name=template.display_name,
+            pass_type_identifier=template.pass_type_identifier,
+            google_class_id=template.google_class_id,
+            google_object_type=template.google_object_type,
+            entity_id=template.entity_id or None,
+            created_at=now,
+        )
+        self.session.add(row)
+        await self.session.flush()
+        return _template(row)
+
+    async def get_template(self, template_id: str) -> Template:
+        row = await self.session.get(TemplateRow, template_id)
+        if row is None:
+            raise NotFound("template", template_id)
+        return _template(row)
+
+    async def list_templates(self, project_id: str, after: str, limit: int) -> Sequence[Template]:
+        await self.require_project(project_id)
+        rows = await self.session.scalars(
+            select(TemplateRow)
+            .where(TemplateRow.project_id == project_id, TemplateRow.id > after)
+            .order_by(TemplateRow.id)
+            .limit(limit)
+        )
+        return [_template(r) for r in rows]
+
+    # Passes ---------------------------------------------------------------
+    async def upsert_pass(self, p: Pass, now: datetime) -> tuple[Pass, bool]:
+        """Creates or updates a pass; returns it and whether it was created."""
+        template = await self.session.get(TemplateRow, p.template_id)
+        if template is None:
+            raise NotFound("template", p.template_id)
+        if template.platform == Platform.GOOGLE and not p.google_object_id:
+            raise InvalidArgument.field(
+                "pass.google_object_id", "is required for passes of Google templates"
+            )
+        row = await self._find_pass_for_upsert(p)
+        if row is not None and row.template_id != template.id:
+            raise InvalidArgument.field("pass.template_id", "cannot move to another template")
+        if p.external_id and (row is None or p.external_id != row.external_id):
+            clash = await self.session.scalar(
+                select(PassRow.id).where(
+                    PassRow.template_id == template.id, PassRow.external_id == p.external_id
+                )
+            )
+            if clash is not None:
+                raise AlreadyExists("pass", p.external_id)
+        created = row is None
+        if row is None:
+            pass_id = p.id or new_id()
+            row = PassRow(
+                id=pass_id,
+                project_id=template.project_id,
+                template_id=template.id,
+                serial_number=pass_id,
+                # Devices already hold an imported pass's token; a new pass gets a random one.
+                authentication_token=secrets.token_urlsafe(24),
+                created_at=now,
+            )
+            self.session.add(row)
+        row.external_id = p.external_id or row.external_id
+        if p.serial_number:
+            row.serial_number = p.serial_number
+        if p.authentication_token:
+            row.authentication_token = p.authentication_token
+        row.status = p.status.value
+        row.google_object_id = p.google_object_id
+        row.update_tag = update_tag_at(now)
+        row.updated_at = now
+        await self.session.flush()
+        await self._replace_tags(PassTagRow, row.id, p.tags, created)
+        await self._replace_tags(PassGroupTagRow, row.id, p.group_tags, created)
+        return await self.get_pass(row.id), created
+
+    async def _find_pass_for_upsert(self, p: Pass) -> PassRow | None:
+        if p.id:
+            return await self.session.get(PassRow, p.id)
+        if p.external_id:
+            return await self.session.scalar(
+                select(PassRow).where(
+                    PassRow.template_id == p.template_id, PassRow.external_id == p.external_id
+                )
+            )
+        return None
+
+    async def _replace_tags(
+        self,
+        table: type[PassTagRow] | type[PassGroupTagRow],
+        pass_id: str,
+        tags: Sequence[str],
+        created: bool,
+    ) -> None:
+        if not created:
+            await self.session.execute(delete(table).where(table.pass_id == pass_id))
+        unique = sorted(set(tags))
+        if unique:
+            await self.session.execute(
+                insert(table), [{"pass_id": pass_id, "tag": tag} for tag in unique]
+            )
+
+    async def get_pass(self, pass_id: str) -> Pass:
+        row = await self.session.get(PassRow, pass_id, populate_existing=True)
+        if row is None:
+            raise NotFound("pass", pass_id)
+        tags = await self.session.scalars(
+            select(PassTagRow.tag).where(PassTagRow.pass_id == pass_id)
+        )
+        group_tags = await self.session.scalars(
+            select(PassGroupTagRow.tag).where(PassGroupTagRow.pass_id == pass_id)
+        )
+        return _pass(row, tuple(sorted(tags)), tuple(sorted(group_tags)))
+
+    async def list_passes(self, template_id: str, after: str, limit: int) -> Sequence[Pass]:
+        if await self.session.get(TemplateRow, template_id) is None:
+            raise NotFound("template", template_id)
+        ids = await self.session.scalars(
+            select(PassRow.id)
+            .where(PassRow.template_id == template_id, PassRow.id > after)
+            .order_by(PassRow.id)
+            .limit(limit)
+        )
+        return [await self.get_pass(pass_id) for pass_id in ids]
+
+    # Segments -------------------------------------------------------------
+    async def create_segment(self, segment: Segment, now: datetime) -> Segment:
+        await self.require_project(segment.project_id)
+        if await self.session.get(SegmentRow, segment.id) is not None:
+            raise AlreadyExists("segment", segment.id)
+        row = SegmentRow(
+            id=segment.id,
+            project_id=segment.project_id,
+            display_name=segment.display_name,
+            criteria=segment.criteria,
+            created_at=now,
+        )
+        self.session.add(row)
+        await self.session.flush()
+        return Segment(row.id, row.project_id, row.display_name, row.criteria, row.created_at)
+
+    # Campaigns ------------------------------------------------------------
+    async def create_campaign(self, campaign: Campaign, now: datetime) -> Campaign:
+        await self.require_project(campaign.project_id)
+        if await self.session.get(CampaignRow, campaign.id) is not None:
+            raise AlreadyExists("campaign", campaign.id)
+        self.session.add(
+            CampaignRow(
+                id=campaign.id,
+                project_id=campaign.project_id,
+                name=campaign.name,
+                notification_limit=campaign.notification_limit,
+                created_at=now,
+            )
+        )
+        await self.session.flush()
+        return await self.get_campaign(campaign.id)
+
+    async def get_campaign(self, campaign_id: str) -> Campaign:
+        row = await self.session.get(CampaignRow, campaign_id)
+        if row is None:
+            raise NotFound("campaign", campaign_id)
+        members = await self.session.scalar(
+            select(func.count()).where(CampaignMemberRow.campaign_id == campaign_id)
+        )
+        return Campaign(
+            row.id, row.project_id, row.name, row.notification_limit, members or 0, row.created_at
+        )
+
+    async def add_campaign_members(self, campaign_id: str, pass_ids: Sequence[str]) -> Campaign:
+        campaign = await self.get_campaign(campaign_id)
+        wanted = sorted(set(pass_ids))
+        found = set(
+            await self.session.scalars(
+                select(PassRow.id).where(
+                    PassRow.id.in_(wanted), PassRow.project_id == campaign.project_id
+                )
+            )
+        )
+        missing = [p for p in wanted if p not in found]
+        if missing:
+            raise NotFound("pass", missing[0])
+        if wanted:
+            rows = [{"campaign_id": campaign_id, "pass_id": p} for p in wanted]
+            await self.session.execute(self._insert_ignoring_duplicates(CampaignMemberRow), rows)
+        return await self.get_campaign(campaign_id)
+
+    def _insert_ignoring_duplicates(self, table: type[CampaignMemberRow]) -> Executable:
+        if dialect_name(self.session) == "postgresql":
+            return pg_insert(table).on_conflict_do_nothing()
+        return sqlite_insert(table).on_conflict_do_nothing()
+
+    # Devices --------------------------------------------------------------
+    async def register_device(
+        self, pass_id: str, device_library_identifier: str, push_token: str, now: datetime
+    ) -> tuple[DeviceRegistration, bool]:
+        """Registers (or re-registers) a device; returns it and whether it is new."""
+        if await self.session.get(PassRow, pass_id) is None:
+            raise NotFound("pass", pass_id)
+        row = await self.session.scalar(
+            select(DeviceRegistrationRow).where(
+                DeviceRegistrationRow.pass_id == pass_id,
+                DeviceRegistrationRow.device_library_identifier == device_library_identifier,
+            )
+        )
+        created = row is None
+        if row is None:
+            row = DeviceRegistrationRow(
+                pass_id=pass_id,
+                device_library_identifier=device_library_identifier,
+                created_at=now,
+            )
+            self.session.add(row)
+        row.push_token = push_token
+        row.active = True
+        row.updated_at = now
+        await self.session.flush()
+        return DeviceRegistration(pass_id, device_library_identifier, row.updated_at), created
+
+    async def unregister_device(self, pass_id: str, device_library_identifier: str) -> None:
+        result = await self.session.execute(
+            delete(DeviceRegistrationRow).where(
+                DeviceRegistrationRow.pass_id == pass_id,
+                DeviceRegistrationRow.device_library_identifier == device_library_identifier,
+            )
+        )
+        if result.rowcount == 0:  # type: ignore[attr-defined]
+            raise NotFound("device_registration", f"{pass_id}/{device_library_identifier}")
+
+
+def _project(row: ProjectRow) -> Project:
+    return Project(row.id, row.display_name, row.created_at)
+
+
+def _template(row: TemplateRow) -> Template:
+    return Template(
+        id=row.id,
+        project_id=row.project_id,
+        platform=Platform(row.platform),
+        external_id=row.external_id or "",
+        display_name=row.display_name,
+        pass_type_identifier=row.pass_type_identifier,
+        google_class_id=row.google_class_id,
+        google_object_type=row.google_object_type,
+        entity_id=row.entity_id or "",
+        create_time=row.created_at,
+    )
+
+
+def _pass(row: PassRow, tags: tuple[str, ...], group_tags: tuple[str, ...]) -> Pass:
+    return Pass(
+        id=row.id,
+        template_id=row.template_id,
+        external_id=row.external_id or "",
+        serial_number=row.serial_number,
+        status=PassStatus(row.status),
+        tags=tags,
+        group_tags=group_tags,
+        google_object_id=row.google_object_id,
+        notification_header=row.notification_header,
+        notification_body=row.notification_body,
+        notification_ticket_id=row.notification_ticket_id,
+        update_tag=row.update_tag,
+        create_time=row.created_at,
+        update_time=row.updated_at,
+    )

@@ -1,0 +1,147 @@
+"""Shared fixtures: real databases (SQLite and PostgreSQL), a real fake APNs, a real server."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import shutil
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import asyncpg
+import grpc
+import pytest
+from passpush.v1 import notifications_pb2_grpc, passes_pb2_grpc
+from sqlalchemy import text
+from sqlalchemy.engine import make_url
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from passpush.api.server import PasspushServer
+from passpush.delivery.apns import ApnsConfig, ApnsGateway
+from passpush.delivery.worker import WorkerSettings
+from passpush.fakes.apns import FakeApns
+from passpush.fakes.tls import TlsBundle, make_tls_bundle
+from passpush.store import migrate
+from passpush.store.db import make_engine, make_sessions
+from passpush.store.models import Base
+
+# The PostgreSQL server to create throwaway test databases on (these machines run one).
+POSTGRES_ADMIN_URL = os.environ.get(
+    "PASSPUSH_TEST_POSTGRES_URL", "postgresql+asyncpg://postgres@127.0.0.1:5432/postgres"
+)
+BACKENDS = ["sqlite", "postgresql"]
+
+
+def _asyncpg_dsn(url: str) -> str:
+    return make_url(url).set(drivername="postgresql").render_as_string(hide_password=False)
+
+
+@pytest.fixture(scope="session")
+def sqlite_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A migrated SQLite file that each test copies: migrating once is faster."""
+    path = tmp_path_factory.mktemp("sqlite") / "template.db"
+    migrate.upgrade(f"sqlite+aiosqlite:///{path}")
+    return path
+
+
+@pytest.fixture(scope="session")
+def postgres_url() -> Iterator[str]:
+    """A fresh PostgreSQL database for this test session, migrated, dropped at the end."""
+    name = f"passpush_test_{uuid.uuid4().hex[:12]}"
+    admin = _asyncpg_dsn(POSTGRES_ADMIN_URL)
+
+    async def admin_sql(sql: str) -> None:
+        connection = await asyncpg.connect(admin)
+        try:
+            await connection.execute(sql)
+        finally:
+            await connection.close()
+
+    asyncio.run(admin_sql(f'CREATE DATABASE "{name}"'))
+    url = make_url(POSTGRES_ADMIN_URL).set(database=name).render_as_string(hide_password=False)
+    try:
+        migrate.upgrade(url)
+        yield url
+    finally:
+        asyncio.run(admin_sql(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+
+
+@pytest.fixture(params=BACKENDS)
+def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """An empty, migrated database: each test that uses it runs on SQLite and on PostgreSQL."""
+    if request.param == "sqlite":
+        path = tmp_path / "passpush.db"
+        shutil.copy(request.getfixturevalue("sqlite_template"), path)
+        return f"sqlite+aiosqlite:///{path}"
+    url: str = request.getfixturevalue("postgres_url")
+    tables = ", ".join(f'"{t.name}"' for t in Base.metadata.sorted_tables)
+
+    async def truncate() -> None:
+        engine = make_engine(url)
+        async with engine.begin() as connection:
+            await connection.execute(text(f"TRUNCATE {tables} RESTART IDENTITY CASCADE"))
+        await engine.dispose()
+
+    asyncio.run(truncate())
+    return url
+
+
+@pytest.fixture
+async def sessions(database_url: str) -> AsyncIterator[async_sessionmaker[AsyncSession]]:
+    engine = make_engine(database_url)
+    yield make_sessions(engine)
+    await engine.dispose()
+
+
+@pytest.fixture
+def tls(tmp_path: Path) -> TlsBundle:
+    return make_tls_bundle(tmp_path / "tls")
+
+
+@pytest.fixture
+async def fake_apns(tls: TlsBundle) -> AsyncIterator[FakeApns]:
+    async with FakeApns(tls) as fake:
+        yield fake
+
+
+@pytest.fixture
+async def apns_gateway(fake_apns: FakeApns) -> AsyncIterator[ApnsGateway]:
+    gateway = ApnsGateway(
+        ApnsConfig(endpoint=fake_apns.endpoint, ca_file=str(fake_apns.tls.ca_file))
+    )
+    yield gateway
+    await gateway.close()
+
+
+@pytest.fixture
+def worker_settings() -> WorkerSettings:
+    return WorkerSettings(poll_interval=0.05)
+
+
+@pytest.fixture
+async def server(
+    sessions: async_sessionmaker[AsyncSession],
+    apns_gateway: ApnsGateway,
+    worker_settings: WorkerSettings,
+) -> AsyncIterator[PasspushServer]:
+    server = PasspushServer(sessions, apns_gateway, worker_settings=worker_settings)
+    await server.start()
+    yield server
+    await server.stop(grace=1.0)
+
+
+@pytest.fixture
+async def channel(server: PasspushServer) -> AsyncIterator[grpc.aio.Channel]:
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{server.port}") as channel:
+        yield channel
+
+
+@pytest.fixture
+def notifications(channel: grpc.aio.Channel) -> notifications_pb2_grpc.NotificationServiceStub:
+    return notifications_pb2_grpc.NotificationServiceStub(channel)
+
+
+@pytest.fixture
+def passes(channel: grpc.aio.Channel) -> passes_pb2_grpc.PassServiceStub:
+    return passes_pb2_grpc.PassServiceStub(channel)

@@ -1,0 +1,157 @@
+"""Helpers for tests that drive the real server through its gRPC stubs."""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass, field
+
+import grpc
+from google.rpc import error_details_pb2
+from grpc_status import rpc_status
+from passpush.v1 import notifications_pb2 as npb
+from passpush.v1 import notifications_pb2_grpc, passes_pb2_grpc
+from passpush.v1 import passes_pb2 as ppb
+
+TERMINAL = {
+    npb.TICKET_STATE_SUCCEEDED,
+    npb.TICKET_STATE_PARTIALLY_FAILED,
+    npb.TICKET_STATE_FAILED,
+    npb.TICKET_STATE_CANCELLED,
+}
+TOPIC = "pass.com.example.loyalty"
+
+
+def token(n: int) -> str:
+    """A distinct, valid-looking APNs device token (64 hex digits)."""
+    return f"{n:064x}"
+
+
+def upsert(**fields: object) -> ppb.UpsertPassRequest:
+    # `pass` is a Python keyword: the field is set through a dict.
+    return ppb.UpsertPassRequest(**{"pass": ppb.Pass(**fields)})  # type: ignore[arg-type]
+
+
+@dataclass
+class World:
+    """Builds projects, templates, passes and devices through the PassService stub."""
+
+    passes: passes_pb2_grpc.PassServiceStub
+    project_id: str = "acme"
+    devices: dict[str, list[str]] = field(default_factory=dict)  # pass id -> tokens
+    _next_token: int = 1
+
+    async def project(self, project_id: str | None = None) -> str:
+        project_id = project_id or self.project_id
+        await self.passes.CreateProject(ppb.CreateProjectRequest(project_id=project_id))
+        return project_id
+
+    async def apple_template(
+        self,
+        template_id: str,
+        *,
+        topic: str = TOPIC,
+        project_id: str | None = None,
+        external_id: str = "",
+        entity_id: str = "",
+    ) -> str:
+        await self.passes.CreateTemplate(
+            ppb.CreateTemplateRequest(
+                template_id=template_id,
+                template=ppb.Template(
+                    project_id=project_id or self.project_id,
+                    platform=ppb.PLATFORM_APPLE,
+                    pass_type_identifier=topic,
+                    external_id=external_id,
+                    entity_id=entity_id,
+                ),
+            )
+        )
+        return template_id
+
+    async def pass_(
+        self,
+        pass_id: str,
+        template_id: str,
+        *,
+        devices: int = 1,
+        status: int = ppb.PASS_STATUS_ACTIVE,
+        tags: tuple[str, ...] = (),
+        group_tags: tuple[str, ...] = (),
+        external_id: str = "",
+    ) -> str:
+        await self.passes.UpsertPass(
+            upsert(
+                id=pass_id,
+                template_id=template_id,
+                status=status,
+                tags=list(tags),
+                group_tags=list(group_tags),
+                external_id=external_id,
+            )
+        )
+        for i in range(devices):
+            device_token = token(self._next_token)
+            self._next_token += 1
+            await self.passes.RegisterDevice(
+                ppb.RegisterDeviceRequest(
+                    pass_id=pass_id,
+                    device_library_identifier=f"{pass_id}-device-{i}",
+                    push_token=device_token,
+                )
+            )
+            self.devices.setdefault(pass_id, []).append(device_token)
+        return pass_id
+
+    def tokens_of(self, *pass_ids: str) -> list[str]:
+        return sorted(t for p in pass_ids for t in self.devices.get(p, []))
+
+
+async def wait_terminal(
+    notifications: notifications_pb2_grpc.NotificationServiceStub,
+    ticket_id: int,
+    seconds: float = 15.0,
+) -> npb.Ticket:
+    """Polls GetTicket until the ticket is terminal."""
+    ticket = npb.Ticket()
+    try:
+        async with asyncio.timeout(seconds):
+            while True:
+                ticket = await notifications.GetTicket(npb.GetTicketRequest(id=ticket_id))
+                if ticket.state in TERMINAL:
+                    return ticket
+                await asyncio.sleep(0.02)
+    except TimeoutError:
+        raise AssertionError(
+            f"ticket {ticket_id} not terminal after {seconds}s: {ticket}"
+        ) from None
+
+
+@dataclass(frozen=True)
+class RichError:
+    code: grpc.StatusCode
+    reason: str
+    field_violations: list[str]
+    resource: tuple[str, str] | None
+
+
+def rich_error(error: grpc.aio.AioRpcError) -> RichError:
+    """Unpacks the google.rpc.Status details of a failed call."""
+    status = rpc_status.from_call(error)
+    assert status is not None, f"no rich status on {error.code()}: {error.details()}"
+    reason, violations, resource = "", [], None
+    for detail in status.details:
+        if detail.Is(error_details_pb2.ErrorInfo.DESCRIPTOR):
+            info = error_details_pb2.ErrorInfo()
+            detail.Unpack(info)
+            assert info.domain == "passpush"
+            reason = info.reason
+        elif detail.Is(error_details_pb2.BadRequest.DESCRIPTOR):
+            bad = error_details_pb2.BadRequest()
+            detail.Unpack(bad)
+            violations = [v.field for v in bad.field_violations]
+        elif detail.Is(error_details_pb2.ResourceInfo.DESCRIPTOR):
+            info_r = error_details_pb2.ResourceInfo()
+            detail.Unpack(info_r)
+            resource = (info_r.resource_type, info_r.resource_name)
+    assert reason, "every error carries an ErrorInfo"
+    return RichError(error.code(), reason, violations, resource)
