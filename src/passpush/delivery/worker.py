@@ -64,6 +64,7 @@ class DeliveryWorker:
         self._wake.set()
 
     def start(self) -> None:
+        self._stopping = False
         self._task = asyncio.create_task(self._run(), name=f"delivery-worker {self.owner}")
 
     async def stop(self, grace: float) -> None:

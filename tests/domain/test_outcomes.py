@@ -1,0 +1,61 @@
+"""The APNs answer table of DESIGN.md, rule by rule."""
+
+from __future__ import annotations
+
+import pytest
+
+from passpush.domain.model import DeliveryState
+from passpush.domain.outcomes import BACKOFF_CAP_SECONDS, RegistrationAction, backoff, judge_apns
+
+
+def test_200_is_delivered() -> None:
+    verdict = judge_apns(200, "", attempt=1)
+    assert (verdict.state, verdict.registration) == (
+        DeliveryState.DELIVERED,
+        RegistrationAction.KEEP,
+    )
+
+
+@pytest.mark.parametrize("reason", ["BadDeviceToken", "DeviceTokenNotForTopic"])
+def test_bad_tokens_fail_and_deactivate(reason: str) -> None:
+    verdict = judge_apns(400, reason, attempt=1)
+    assert verdict.state is DeliveryState.FAILED
+    assert verdict.registration is RegistrationAction.DEACTIVATE
+
+
+@pytest.mark.parametrize("reason", ["Unregistered", "ExpiredToken"])
+def test_410_removes_the_registration(reason: str) -> None:
+    verdict = judge_apns(410, reason, attempt=1)
+    assert (verdict.state, verdict.registration) == (
+        DeliveryState.FAILED,
+        RegistrationAction.REMOVE,
+    )
+
+
+def test_403_fails_for_the_operator_to_see() -> None:
+    verdict = judge_apns(403, "InvalidProviderToken", attempt=1)
+    assert verdict.state is DeliveryState.FAILED and verdict.operator_visible
+
+
+@pytest.mark.parametrize(("status", "reason"), [(413, "PayloadTooLarge"), (400, "BadTopic")])
+def test_other_client_errors_fail_without_retry(status: int, reason: str) -> None:
+    verdict = judge_apns(status, reason, attempt=1)
+    assert (verdict.state, verdict.reason) == (DeliveryState.FAILED, reason)
+    assert verdict.registration is RegistrationAction.KEEP
+
+
+@pytest.mark.parametrize("status", [429, 500, 503, 0])
+def test_transient_answers_retry_then_give_up(status: int) -> None:
+    retry = judge_apns(status, "Busy", attempt=2, max_attempts=3)
+    assert retry.state is DeliveryState.PENDING and retry.retry_after > 0
+    final = judge_apns(status, "Busy", attempt=3, max_attempts=3)
+    assert (final.state, final.reason) == (DeliveryState.FAILED, "Busy")
+
+
+def test_backoff_grows_with_jitter_and_is_capped() -> None:
+    first = [backoff(1) for _ in range(50)]
+    fourth = [backoff(4) for _ in range(50)]
+    assert all(0.5 <= b <= 1.0 for b in first)
+    assert all(4.0 <= b <= 8.0 for b in fourth)
+    assert len(set(fourth)) > 1  # jitter
+    assert max(backoff(30) for _ in range(50)) <= BACKOFF_CAP_SECONDS

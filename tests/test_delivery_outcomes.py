@@ -1,0 +1,171 @@
+"""What each APNs answer does to a delivery, its registration and its ticket."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+import pytest
+from passpush.v1 import notifications_pb2 as npb
+from passpush.v1 import notifications_pb2_grpc, passes_pb2_grpc
+from sqlalchemy import select
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+from support import World, wait_terminal
+
+from passpush.api.server import PasspushServer
+from passpush.delivery.worker import WorkerSettings
+from passpush.fakes.apns import FakeApns
+from passpush.service.clock import utcnow
+from passpush.store.models import DeliveryRow, DeviceRegistrationRow
+from passpush.store.outbox import Outbox
+
+TEMPLATE = npb.Target(template=npb.TemplateRef(template_id="loyalty"))
+
+
+@pytest.fixture
+def worker_settings() -> WorkerSettings:
+    return WorkerSettings(poll_interval=0.05, max_attempts=3)
+
+
+@pytest.fixture
+async def world(passes: passes_pb2_grpc.PassServiceStub) -> World:
+    world = World(passes)
+    await world.project()
+    await world.apple_template("loyalty")
+    for pass_id in ("p1", "p2", "p3"):
+        await world.pass_(pass_id, "loyalty")
+    return world
+
+
+async def send(notifications: notifications_pb2_grpc.NotificationServiceStub) -> npb.Ticket:
+    accepted = await notifications.Send(
+        npb.SendRequest(target=TEMPLATE, content=npb.Content(body="Hello"))
+    )
+    return await wait_terminal(notifications, accepted.id)
+
+
+async def registrations(sessions: async_sessionmaker[AsyncSession]) -> dict[str, bool]:
+    async with sessions() as session:
+        rows = await session.execute(
+            select(DeviceRegistrationRow.push_token, DeviceRegistrationRow.active)
+        )
+        return {t: a for t, a in rows.all()}
+
+
+async def test_unregistered_removes_the_registration(
+    world: World,
+    notifications: notifications_pb2_grpc.NotificationServiceStub,
+    fake_apns: FakeApns,
+    sessions: async_sessionmaker[AsyncSession],
+) -> None:
+    gone = world.devices["p1"][0]
+    fake_apns.respond(gone, 410, "Unregistered")
+
+    ticket = await send(notifications)
+
+    assert ticket.state == npb.TICKET_STATE_PARTIALLY_FAILED
+    assert (ticket.counts.delivered, ticket.counts.failed) == (2, 1)
+    assert [(e.reason, e.count) for e in ticket.errors] == [("Unregistered", 1)]
+    assert gone not in await registrations(sessions)
+    assert fake_apns.tokens().count(gone) == 1  # no retry
+
+    fake_apns.reset()
+    again = await send(notifications)
+    assert gone not in fake_apns.tokens()
+    assert (again.counts.delivered, again.counts.skipped) == (2, 1)
+
+
+@pytest.mark.parametrize("reason", ["BadDeviceToken", "DeviceTokenNotForTopic"])
+async def test_bad_token_deactivates_the_registration(
+    reason: str,
+    world: World,
+    notifications: notifications_pb2_grpc.NotificationServiceStub,
+    fake_apns: FakeApns,
+    sessions: async_sessionmaker[AsyncSession],
+) -> None:
+    bad = world.devices["p2"][0]
+    fake_apns.respond(bad, 400, reason)
+
+    ticket = await send(notifications)
+
+    assert [(e.reason, e.count) for e in ticket.errors] == [(reason, 1)]
+    assert (await registrations(sessions))[bad] is False
+    assert fake_apns.tokens().count(bad) == 1
+
+
+async def test_retryable_answers_are_retried_until_delivered(
+    world: World,
+    notifications: notifications_pb2_grpc.NotificationServiceStub,
+    fake_apns: FakeApns,
+    sessions: async_sessionmaker[AsyncSession],
+) -> None:
+    flaky = world.devices["p3"][0]
+    fake_apns.respond(flaky, 503, "ServiceUnavailable", times=1)
+
+    ticket = await send(notifications)
+
+    assert ticket.state == npb.TICKET_STATE_SUCCEEDED
+    assert ticket.counts.delivered == 3
+    assert fake_apns.tokens().count(flaky) == 2
+    async with sessions() as session:
+        attempts = await session.scalar(
+            select(DeliveryRow.attempts)
+            .where(DeliveryRow.ticket_id == ticket.id)
+            .order_by(DeliveryRow.attempts.desc())
+            .limit(1)
+        )
+    assert attempts == 2
+
+
+async def test_retries_are_bounded_and_keep_the_last_reason(
+    world: World,
+    notifications: notifications_pb2_grpc.NotificationServiceStub,
+    fake_apns: FakeApns,
+) -> None:
+    throttled = world.devices["p3"][0]
+    fake_apns.respond(throttled, 429, "TooManyRequests")
+
+    ticket = await send(notifications)
+
+    assert fake_apns.tokens().count(throttled) == 3  # max_attempts
+    assert [(e.reason, e.count) for e in ticket.errors] == [("TooManyRequests", 1)]
+    assert ticket.state == npb.TICKET_STATE_PARTIALLY_FAILED
+
+
+async def test_forbidden_fails_without_retry(
+    world: World,
+    notifications: notifications_pb2_grpc.NotificationServiceStub,
+    fake_apns: FakeApns,
+) -> None:
+    for tokens in world.devices.values():
+        fake_apns.respond(tokens[0], 403, "InvalidProviderToken")
+
+    ticket = await send(notifications)
+
+    assert ticket.state == npb.TICKET_STATE_FAILED
+    assert ticket.counts.failed == 3
+    assert [(e.reason, e.count) for e in ticket.errors] == [("403 InvalidProviderToken", 3)]
+    assert len(fake_apns.received) == 3
+
+
+async def test_expired_leases_of_a_dead_worker_are_delivered(
+    world: World,
+    notifications: notifications_pb2_grpc.NotificationServiceStub,
+    fake_apns: FakeApns,
+    sessions: async_sessionmaker[AsyncSession],
+    server: PasspushServer,
+) -> None:
+    await server.worker.stop(grace=1.0)  # only the "dead" worker below may claim now
+    accepted = await notifications.Send(
+        npb.SendRequest(target=TEMPLATE, content=npb.Content(body="Hello"))
+    )
+    async with sessions.begin() as session:
+        claimed = await Outbox(session).claim_due(
+            "dead-worker", utcnow(), timedelta(milliseconds=300), limit=2
+        )
+    assert len(claimed) == 2  # leased, then never recorded: the worker "crashed"
+
+    server.worker.start()
+    ticket = await wait_terminal(notifications, accepted.id)
+
+    assert ticket.counts.delivered == 3
+    assert sorted(fake_apns.tokens()) == world.tokens_of("p1", "p2", "p3")

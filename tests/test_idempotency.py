@@ -1,0 +1,108 @@
+"""request_id (AIP-155): a retry returns the first ticket and sends nothing twice."""
+
+from __future__ import annotations
+
+import asyncio
+
+import grpc
+import pytest
+from passpush.v1 import notifications_pb2 as npb
+from passpush.v1 import notifications_pb2_grpc, passes_pb2_grpc
+from support import World, rich_error, wait_terminal
+
+from passpush.fakes.apns import FakeApns
+
+TEMPLATE = npb.Target(template=npb.TemplateRef(template_id="loyalty"))
+
+
+@pytest.fixture
+async def world(passes: passes_pb2_grpc.PassServiceStub) -> World:
+    world = World(passes)
+    await world.project()
+    await world.apple_template("loyalty")
+    await world.pass_("p1", "loyalty", devices=2)
+    await world.pass_("p2", "loyalty")
+    return world
+
+
+async def test_same_request_id_returns_the_same_ticket_and_pushes_once(
+    world: World,
+    notifications: notifications_pb2_grpc.NotificationServiceStub,
+    fake_apns: FakeApns,
+) -> None:
+    request = npb.SendRequest(
+        target=TEMPLATE, content=npb.Content(body="Hello"), request_id="retry-me"
+    )
+    first = await notifications.Send(request)
+    await wait_terminal(notifications, first.id)
+    second = await notifications.Send(request)
+    await asyncio.sleep(0.3)  # time enough for a second fan-out to be pushed, were there one
+
+    assert second.id == first.id
+    assert second.request_id == "retry-me"
+    assert sorted(fake_apns.tokens()) == world.tokens_of("p1", "p2")
+
+
+async def test_concurrent_retries_create_one_ticket(
+    world: World,
+    notifications: notifications_pb2_grpc.NotificationServiceStub,
+    fake_apns: FakeApns,
+) -> None:
+    request = npb.SendRequest(target=TEMPLATE, content=npb.Content(body="Hi"), request_id="burst")
+
+    tickets = await asyncio.gather(*(notifications.Send(request) for _ in range(10)))
+    await wait_terminal(notifications, tickets[0].id)
+    await asyncio.sleep(0.3)
+
+    assert {t.id for t in tickets} == {tickets[0].id}
+    assert sorted(fake_apns.tokens()) == world.tokens_of("p1", "p2")
+
+
+async def test_reusing_a_request_id_for_another_request_is_refused(
+    world: World,
+    notifications: notifications_pb2_grpc.NotificationServiceStub,
+    fake_apns: FakeApns,
+) -> None:
+    await notifications.Send(
+        npb.SendRequest(target=TEMPLATE, content=npb.Content(body="One"), request_id="key")
+    )
+
+    with pytest.raises(grpc.aio.AioRpcError) as raised:
+        await notifications.Send(
+            npb.SendRequest(target=TEMPLATE, content=npb.Content(body="Two"), request_id="key")
+        )
+
+    error = rich_error(raised.value)
+    assert error.code == grpc.StatusCode.ALREADY_EXISTS
+    assert error.reason == "REQUEST_ID_REUSED"
+
+
+async def test_delete_is_idempotent_too(
+    world: World,
+    notifications: notifications_pb2_grpc.NotificationServiceStub,
+    fake_apns: FakeApns,
+) -> None:
+    request = npb.DeleteRequest(target=npb.Target(pass_id="p2"), request_id="del-1")
+    first = await notifications.Delete(request)
+    await wait_terminal(notifications, first.id)
+
+    again = await notifications.Delete(request)
+    await asyncio.sleep(0.3)
+
+    assert again.id == first.id
+    assert fake_apns.tokens() == world.tokens_of("p2")
+
+
+async def test_without_request_id_each_send_is_new(
+    world: World,
+    notifications: notifications_pb2_grpc.NotificationServiceStub,
+    fake_apns: FakeApns,
+) -> None:
+    request = npb.SendRequest(target=npb.Target(pass_id="p2"), content=npb.Content(body="x"))
+    first = await notifications.Send(request)
+    second = await notifications.Send(request)
+    await wait_terminal(notifications, second.id)
+    await wait_terminal(notifications, first.id)
+
+    assert first.id != second.id
+    assert fake_apns.tokens() == world.tokens_of("p2") * 2
