@@ -12,7 +12,6 @@ from pathlib import Path
 import asyncpg
 import grpc
 import pytest
-from passpush.v1 import notifications_pb2_grpc, passes_pb2_grpc
 from sqlalchemy import text
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
@@ -25,6 +24,7 @@ from passpush.fakes.tls import TlsBundle, make_tls_bundle
 from passpush.store import migrate
 from passpush.store.db import make_engine, make_sessions
 from passpush.store.models import Base
+from passpush.v1 import notifications_pb2_grpc, passes_pb2_grpc
 
 # The PostgreSQL server to create throwaway test databases on (these machines run one).
 POSTGRES_ADMIN_URL = os.environ.get(

@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 import grpc
 from google.rpc import error_details_pb2
 from grpc_status import rpc_status
+
 from passpush.v1 import notifications_pb2 as npb
 from passpush.v1 import notifications_pb2_grpc, passes_pb2_grpc
 from passpush.v1 import passes_pb2 as ppb

@@ -5,11 +5,8 @@ from __future__ import annotations
 from datetime import timedelta
 
 import pytest
-from passpush.v1 import notifications_pb2 as npb
-from passpush.v1 import notifications_pb2_grpc, passes_pb2_grpc
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
-from support import World, wait_terminal
 
 from passpush.api.server import PasspushServer
 from passpush.delivery.worker import WorkerSettings
@@ -17,6 +14,10 @@ from passpush.fakes.apns import FakeApns
 from passpush.service.clock import utcnow
 from passpush.store.models import DeliveryRow, DeviceRegistrationRow
 from passpush.store.outbox import Outbox
+from passpush.v1 import notifications_pb2 as npb
+from passpush.v1 import notifications_pb2_grpc, passes_pb2_grpc
+
+from support import World, wait_terminal
 
 TEMPLATE = npb.Target(template=npb.TemplateRef(template_id="loyalty"))
 

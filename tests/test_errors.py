@@ -5,14 +5,15 @@ from __future__ import annotations
 import grpc
 import pytest
 from google.protobuf import struct_pb2, timestamp_pb2
+from sqlalchemy import func, select
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from passpush.store.models import Base
 from passpush.v1 import notifications_pb2 as npb
 from passpush.v1 import notifications_pb2_grpc, passes_pb2_grpc
 from passpush.v1 import passes_pb2 as ppb
-from sqlalchemy import func, select
-from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
-from support import World, rich_error, token, upsert
 
-from passpush.store.models import Base
+from support import World, rich_error, token, upsert
 
 
 async def row_counts(sessions: async_sessionmaker[AsyncSession]) -> dict[str, int]:

@@ -6,11 +6,12 @@ import asyncio
 
 import grpc
 import pytest
-from passpush.v1 import notifications_pb2 as npb
-from passpush.v1 import notifications_pb2_grpc, passes_pb2_grpc
-from support import World, rich_error, wait_terminal
 
 from passpush.fakes.apns import FakeApns
+from passpush.v1 import notifications_pb2 as npb
+from passpush.v1 import notifications_pb2_grpc, passes_pb2_grpc
+
+from support import World, rich_error, wait_terminal
 
 TEMPLATE = npb.Target(template=npb.TemplateRef(template_id="loyalty"))
 

@@ -6,12 +6,13 @@ from dataclasses import dataclass
 
 import pytest
 from google.protobuf import struct_pb2
+
+from passpush.fakes.apns import FakeApns
 from passpush.v1 import notifications_pb2 as npb
 from passpush.v1 import notifications_pb2_grpc, passes_pb2_grpc
 from passpush.v1 import passes_pb2 as ppb
-from support import TOPIC, World, wait_terminal
 
-from passpush.fakes.apns import FakeApns
+from support import TOPIC, World, wait_terminal
 
 TICKETS_TOPIC = "pass.com.example.tickets"
 

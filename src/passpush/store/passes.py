@@ -214,24 +214,34 @@ class PassStore:
         row = await self.session.get(PassRow, pass_id, populate_existing=True)
         if row is None:
             raise NotFound("pass", pass_id)
-        tags = await self.session.scalars(
-            select(PassTagRow.tag).where(PassTagRow.pass_id == pass_id)
-        )
-        group_tags = await self.session.scalars(
-            select(PassGroupTagRow.tag).where(PassGroupTagRow.pass_id == pass_id)
-        )
-        return _pass(row, tuple(sorted(tags)), tuple(sorted(group_tags)))
+        return (await self._with_tags([row]))[0]
 
     async def list_passes(self, template_id: str, after: str, limit: int) -> Sequence[Pass]:
         if await self.session.get(TemplateRow, template_id) is None:
             raise NotFound("template", template_id)
-        ids = await self.session.scalars(
-            select(PassRow.id)
+        rows = await self.session.scalars(
+            select(PassRow)
             .where(PassRow.template_id == template_id, PassRow.id > after)
             .order_by(PassRow.id)
             .limit(limit)
         )
-        return [await self.get_pass(pass_id) for pass_id in ids]
+        return await self._with_tags(list(rows))
+
+    async def _with_tags(self, rows: Sequence[PassRow]) -> list[Pass]:
+        """The passes with their tags and group tags: two queries for the whole page."""
+        ids = [row.id for row in rows]
+        tags: dict[str, list[str]] = {pass_id: [] for pass_id in ids}
+        group_tags: dict[str, list[str]] = {pass_id: [] for pass_id in ids}
+        for table, found in ((PassTagRow, tags), (PassGroupTagRow, group_tags)):
+            pairs = await self.session.execute(
+                select(table.pass_id, table.tag).where(table.pass_id.in_(ids))
+            )
+            for pass_id, tag in pairs:
+                found[pass_id].append(tag)
+        return [
+            _pass(row, tuple(sorted(tags[row.id])), tuple(sorted(group_tags[row.id])))
+            for row in rows
+        ]
 
     # Segments -------------------------------------------------------------
     async def create_segment(self, segment: Segment, now: datetime) -> Segment:
