@@ -42,17 +42,8 @@ def status_for(error: DomainError) -> grpc.Status:
                     ]
                 )
             )
-        case NotFound():
-            code = code_pb2.NOT_FOUND
-            details.append(
-                error_details_pb2.ResourceInfo(
-                    resource_type=error.resource_type,
-                    resource_name=error.resource_name,
-                    description=error.message,
-                )
-            )
-        case AlreadyExists():
-            code = code_pb2.ALREADY_EXISTS
+        case NotFound() | AlreadyExists():
+            code = code_pb2.NOT_FOUND if isinstance(error, NotFound) else code_pb2.ALREADY_EXISTS
             details.append(
                 error_details_pb2.ResourceInfo(
                     resource_type=error.resource_type,

@@ -1,0 +1,45 @@
+"""PASSPUSH_* variables: which APNs the server talks to, and how it authenticates."""
+
+from __future__ import annotations
+
+from passpush.config import APPLE_APNS_ENDPOINT, Settings
+from passpush.store.db import DEFAULT_DATABASE_URL
+
+
+def test_defaults_use_sqlite_and_the_bundled_fake_apns() -> None:
+    settings = Settings.from_env({})
+    assert settings.database_url == DEFAULT_DATABASE_URL
+    assert settings.grpc_address == "127.0.0.1:50051"
+    assert settings.apns is None  # serve starts the bundled fake
+
+
+def test_certificate_auth_goes_to_apple_unless_an_endpoint_is_named() -> None:
+    settings = Settings.from_env({"PASSPUSH_APNS_CERT": "/secrets/pass.pem"})
+    assert settings.apns is not None
+    assert (settings.apns.endpoint, settings.apns.cert_file) == (
+        APPLE_APNS_ENDPOINT,
+        "/secrets/pass.pem",
+    )
+
+
+def test_token_auth_and_a_named_endpoint_with_its_ca() -> None:
+    settings = Settings.from_env(
+        {
+            "PASSPUSH_APNS_ENDPOINT": "127.0.0.1:2197",
+            "PASSPUSH_APNS_CA_FILE": "/tmp/ca.pem",
+            "PASSPUSH_APNS_KEY_FILE": "/secrets/AuthKey.p8",
+            "PASSPUSH_APNS_KEY_ID": "ABC123DEFG",
+            "PASSPUSH_APNS_TEAM_ID": "TEAM123456",
+            "PASSPUSH_DATABASE_URL": "postgresql+asyncpg://postgres@127.0.0.1/test",
+        }
+    )
+    apns = settings.apns
+    assert apns is not None
+    assert (apns.endpoint, apns.ca_file) == ("127.0.0.1:2197", "/tmp/ca.pem")
+    assert (apns.key_file, apns.key_id, apns.team_id) == (
+        "/secrets/AuthKey.p8",
+        "ABC123DEFG",
+        "TEAM123456",
+    )
+    assert apns.cert_file is None
+    assert settings.database_url.startswith("postgresql+asyncpg://")
