@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 
 import grpc
@@ -42,7 +43,10 @@ class PasspushServer:
         self.notifications = NotificationCore(sessions, clock=clock, on_enqueued=self.worker.wake)
         self.passes = PassCore(sessions, clock=clock)
         self.health = health.aio.HealthServicer()
-        self.server = grpc.aio.server(interceptors=[ErrorInterceptor()])
+        # No SO_REUSEPORT: a second server on a taken port must fail, not share its calls.
+        self.server = grpc.aio.server(
+            interceptors=[ErrorInterceptor()], options=[("grpc.so_reuseport", 0)]
+        )
         notifications_pb2_grpc.add_NotificationServiceServicer_to_server(
             NotificationServicer(self.notifications), self.server
         )
@@ -64,5 +68,6 @@ class PasspushServer:
     async def stop(self, grace: float) -> None:
         """Stops taking calls, lets in-flight calls and the batch in hand finish within `grace`."""
         await self.health.enter_graceful_shutdown()
-        await self.server.stop(grace)
-        await self.worker.stop(grace)
+        # Side by side, so that shutdown takes `grace`, not twice it; Send commits its
+        # deliveries before answering, so the worker need not outlive the calls.
+        await asyncio.gather(self.server.stop(grace), self.worker.stop(grace))

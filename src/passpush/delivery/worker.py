@@ -104,10 +104,22 @@ class DeliveryWorker:
             )
         if not claimed:
             return 0
-        results = await asyncio.gather(*(self._deliver(d) for d in claimed))
+        pushes = [asyncio.create_task(self._deliver(d)) for d in claimed]
+        try:
+            await asyncio.wait(pushes)
+        except asyncio.CancelledError:
+            # Stopping past the grace period: keep what APNs already answered, so that only
+            # the unanswered pushes are handed back and sent again.
+            for push in pushes:
+                push.cancel()
+            await self._record([p.result() for p in pushes if p.done() and not p.cancelled()])
+            raise
+        await self._record([push.result() for push in pushes])
+        return len(claimed)
+
+    async def _record(self, results: list[DeliveryResult]) -> None:
         async with self._sessions.begin() as session:
             await Outbox(session).record(self.owner, results, self._clock())
-        return len(claimed)
 
     async def _deliver(self, delivery: ClaimedDelivery) -> DeliveryResult:
         if delivery.platform is Platform.GOOGLE:

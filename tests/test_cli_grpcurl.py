@@ -1,0 +1,470 @@
+"""The real `passpush` process, driven from outside: the console script, grpcurl, SIGTERM.
+
+Each test starts `passpush serve` as a subprocess on a free port, against the test database
+and the fake APNs running in this test process, and talks to it the way an engineer would:
+with grpcurl and server reflection, no proto files. Every server a test starts must stop on
+SIGTERM with exit code 0; its log is printed when a test fails.
+
+Everything here waits with asyncio (never a blocking subprocess call): the fake APNs answers
+from this process's event loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import socket
+import sqlite3
+import sys
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import grpc
+import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from sqlalchemy import select
+
+from passpush.fakes.apns import FakeApns
+from passpush.store.db import make_engine
+from passpush.store.models import DeliveryRow, DeviceRegistrationRow
+from passpush.v1 import notifications_pb2 as npb
+from passpush.v1 import notifications_pb2_grpc, passes_pb2_grpc
+
+from support import TOPIC, World, wait_terminal
+
+BIN_DIR = Path(sys.executable).parent
+PASSPUSH = BIN_DIR / "passpush"
+GRPCURL = BIN_DIR / "grpcurl"
+
+STARTUP_SECONDS = 30.0  # from spawning `passpush serve` to health SERVING
+STOP_SECONDS = 15.0  # from SIGTERM to exit
+SHUTDOWN_GRACE = 2.0  # PASSPUSH_SHUTDOWN_GRACE for the graceful-shutdown test
+DEVICE_TOKEN = "0123456789abcdef" * 4
+
+# grpcurl exits with 64 + the gRPC status code when the call fails.
+GRPCURL_INVALID_ARGUMENT = 64 + grpc.StatusCode.INVALID_ARGUMENT.value[0]
+GRPCURL_UNIMPLEMENTED = 64 + grpc.StatusCode.UNIMPLEMENTED.value[0]
+
+
+# -- running commands ------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Completed:
+    returncode: int
+    stdout: str
+    stderr: str
+
+    @property
+    def output(self) -> str:
+        return self.stdout + self.stderr
+
+
+async def run(
+    *argv: str | Path, env: dict[str, str] | None = None, seconds: float = 60
+) -> Completed:
+    """Runs a command to completion without blocking the event loop."""
+    process = await asyncio.create_subprocess_exec(
+        *map(str, argv),
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+        env=env,
+    )
+    try:
+        async with asyncio.timeout(seconds):
+            stdout, stderr = await process.communicate()
+    except TimeoutError:
+        process.kill()
+        await process.wait()
+        raise AssertionError(f"{argv} did not finish within {seconds}s") from None
+    assert process.returncode is not None
+    return Completed(process.returncode, stdout.decode(), stderr.decode())
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+def passpush_env(database_url: str, data_dir: Path, **settings: str) -> dict[str, str]:
+    """This process's environment without any PASSPUSH_* of its own, plus the given settings."""
+    env = {name: value for name, value in os.environ.items() if not name.startswith("PASSPUSH_")}
+    env["PASSPUSH_DATABASE_URL"] = database_url
+    env["PASSPUSH_DATA_DIR"] = str(data_dir)
+    env.update({f"PASSPUSH_{name}": value for name, value in settings.items()})
+    return env
+
+
+async def grpcurl(*args: str) -> Completed:
+    return await run(GRPCURL, "-plaintext", *args, seconds=30)
+
+
+async def call(address: str, method: str, request: dict[str, Any]) -> dict[str, Any]:
+    """A unary call through grpcurl; its JSON answer, zero values included."""
+    result = await grpcurl("-emit-defaults", "-d", json.dumps(request), address, method)
+    assert result.returncode == 0, f"grpcurl {method} failed:\n{result.output}"
+    answer: dict[str, Any] = json.loads(result.stdout)
+    return answer
+
+
+TERMINAL_STATES = {
+    "TICKET_STATE_SUCCEEDED",
+    "TICKET_STATE_PARTIALLY_FAILED",
+    "TICKET_STATE_FAILED",
+    "TICKET_STATE_CANCELLED",
+}
+
+
+async def poll_terminal(address: str, ticket_id: str, seconds: float = 15) -> dict[str, Any]:
+    """GetTicket through grpcurl until the ticket is terminal."""
+    ticket: dict[str, Any] = {}
+    try:
+        async with asyncio.timeout(seconds):
+            while ticket.get("state") not in TERMINAL_STATES:
+                ticket = await call(
+                    address, "passpush.v1.NotificationService/GetTicket", {"id": ticket_id}
+                )
+                await asyncio.sleep(0.05)
+    except TimeoutError:
+        raise AssertionError(
+            f"ticket {ticket_id} not terminal after {seconds}s: {ticket}"
+        ) from None
+    return ticket
+
+
+# -- the server process ----------------------------------------------------------------------
+
+
+class ServerProcess:
+    """`passpush serve` in a subprocess, its stdout and stderr in a log file."""
+
+    def __init__(self, env: dict[str, str], log_path: Path) -> None:
+        self.env = env
+        self.address = env["PASSPUSH_GRPC_ADDRESS"]
+        self.log_path = log_path
+        self._process: asyncio.subprocess.Process | None = None
+
+    @property
+    def running(self) -> bool:
+        return self._process is not None and self._process.returncode is None
+
+    def log(self) -> str:
+        return self.log_path.read_text() if self.log_path.exists() else "(no log)"
+
+    async def start(self) -> None:
+        with self.log_path.open("ab") as log:
+            self._process = await asyncio.create_subprocess_exec(
+                str(PASSPUSH), "serve", stdout=log, stderr=log, env=self.env
+            )
+        await self._wait_serving()
+
+    async def _wait_serving(self) -> None:
+        """Until the port accepts calls and the health service answers SERVING."""
+        assert self._process is not None
+        deadline = asyncio.get_running_loop().time() + STARTUP_SECONDS
+        async with grpc.aio.insecure_channel(self.address) as channel:
+            health = health_pb2_grpc.HealthStub(channel)
+            while True:
+                if self._process.returncode is not None:
+                    raise AssertionError(
+                        f"passpush serve exited with {self._process.returncode} before serving:"
+                        f"\n{self.log()}"
+                    )
+                try:
+                    answer = await health.Check(health_pb2.HealthCheckRequest(), timeout=1.0)
+                    if answer.status == health_pb2.HealthCheckResponse.SERVING:
+                        return
+                except grpc.aio.AioRpcError:
+                    pass  # not listening yet
+                if asyncio.get_running_loop().time() > deadline:
+                    raise AssertionError(
+                        f"passpush serve not SERVING after {STARTUP_SECONDS}s:\n{self.log()}"
+                    )
+                await asyncio.sleep(0.1)
+
+    async def stop(self) -> float:
+        """SIGTERM; asserts a clean exit (code 0) within STOP_SECONDS. Returns the time taken."""
+        assert self._process is not None
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        self._process.send_signal(signal.SIGTERM)
+        try:
+            returncode = await asyncio.wait_for(self._process.wait(), STOP_SECONDS)
+        except TimeoutError:
+            self._process.kill()
+            await self._process.wait()
+            raise AssertionError(
+                f"passpush serve still running {STOP_SECONDS}s after SIGTERM (killed):"
+                f"\n{self.log()}"
+            ) from None
+        assert returncode == 0, f"passpush serve exited with {returncode}:\n{self.log()}"
+        return loop.time() - started
+
+    def channel(self) -> grpc.aio.Channel:
+        return grpc.aio.insecure_channel(self.address)
+
+
+Launch = Callable[..., Awaitable[ServerProcess]]
+
+
+@pytest.fixture
+async def launch(database_url: str, fake_apns: FakeApns, tmp_path: Path) -> AsyncIterator[Launch]:
+    """Starts `passpush serve` processes; at teardown each still running must stop cleanly."""
+    servers: list[ServerProcess] = []
+
+    async def start(**settings: str) -> ServerProcess:
+        env = passpush_env(
+            database_url,
+            tmp_path,
+            GRPC_ADDRESS=f"127.0.0.1:{free_port()}",
+            APNS_ENDPOINT=fake_apns.endpoint,
+            APNS_CA_FILE=str(fake_apns.tls.ca_file),
+            **settings,
+        )
+        server = ServerProcess(env, tmp_path / f"passpush-serve-{len(servers)}.log")
+        servers.append(server)
+        await server.start()
+        return server
+
+    yield start
+
+    failures = []
+    for server in servers:
+        if server.running:
+            try:
+                await server.stop()
+            except AssertionError as failure:
+                failures.append(str(failure))
+        # pytest shows this only when the test fails.
+        print(f"----- {server.log_path.name} -----\n{server.log()}")
+    assert not failures, "\n\n".join(failures)
+
+
+@pytest.fixture
+async def live_server(launch: Launch) -> ServerProcess:
+    return await launch()
+
+
+# -- the console script: migrate, and serve on an unmigrated database ------------------------
+
+
+def _schema(path: Path) -> tuple[list[tuple[str, str]], list[str]]:
+    with sqlite3.connect(path) as db:
+        objects = db.execute("SELECT name, sql FROM sqlite_master ORDER BY name").fetchall()
+        versions = [row[0] for row in db.execute("SELECT version_num FROM alembic_version")]
+    return objects, versions
+
+
+async def test_migrate_creates_the_schema_and_is_idempotent(tmp_path: Path) -> None:
+    path = tmp_path / "x.db"
+    env = passpush_env(f"sqlite+aiosqlite:///{path}", tmp_path)
+
+    first = await run(PASSPUSH, "migrate", env=env)
+    assert first.returncode == 0, first.output
+    assert "up to date" in first.stdout
+    schema, versions = _schema(path)
+    assert {"tickets", "deliveries", "device_registrations"} <= {name for name, _ in schema}
+    assert len(versions) == 1
+
+    second = await run(PASSPUSH, "migrate", env=env)
+    assert second.returncode == 0, second.output
+    assert _schema(path) == (schema, versions)
+
+
+async def test_serve_on_an_unmigrated_database_exits_and_says_to_migrate(tmp_path: Path) -> None:
+    env = passpush_env(
+        f"sqlite+aiosqlite:///{tmp_path / 'fresh.db'}",
+        tmp_path,
+        GRPC_ADDRESS=f"127.0.0.1:{free_port()}",
+    )
+
+    result = await run(PASSPUSH, "serve", env=env, seconds=30)
+
+    assert result.returncode != 0, result.output
+    assert "passpush migrate" in result.stderr
+    assert "Traceback" not in result.output
+
+
+# -- grpcurl against the running server ------------------------------------------------------
+
+
+async def test_grpcurl_lists_the_services_by_reflection(live_server: ServerProcess) -> None:
+    result = await grpcurl(live_server.address, "list")
+
+    assert result.returncode == 0, result.output
+    assert set(result.stdout.split()) == {
+        "passpush.v1.NotificationService",
+        "passpush.v1.PassService",
+        "grpc.health.v1.Health",
+        "grpc.reflection.v1alpha.ServerReflection",
+    }
+
+
+async def test_grpcurl_describes_every_notification_rpc(live_server: ServerProcess) -> None:
+    result = await grpcurl(live_server.address, "describe", "passpush.v1.NotificationService")
+
+    assert result.returncode == 0, result.output
+    rpcs = {
+        line.split()[1] for line in result.stdout.splitlines() if line.strip().startswith("rpc ")
+    }
+    assert rpcs == {
+        "Send",
+        "Delete",
+        "Schedule",
+        "Cancel",
+        "GetScheduled",
+        "ListScheduled",
+        "GetTicket",
+        "WatchTicket",
+        "StreamDeliveryEvents",
+    }
+
+
+async def test_readme_walkthrough_with_grpcurl(
+    live_server: ServerProcess, fake_apns: FakeApns
+) -> None:
+    address = live_server.address
+    passes = "passpush.v1.PassService"
+    notifications = "passpush.v1.NotificationService"
+
+    await call(address, f"{passes}/CreateProject", {"project_id": "demo"})
+    template = await call(
+        address,
+        f"{passes}/CreateTemplate",
+        {
+            "template_id": "loyalty",
+            "template": {
+                "project_id": "demo",
+                "platform": "PLATFORM_APPLE",
+                "pass_type_identifier": TOPIC,
+            },
+        },
+    )
+    assert template["id"] == "loyalty"
+    pass_ = await call(
+        address,
+        f"{passes}/UpsertPass",
+        {
+            "pass": {
+                "id": "pass-1",
+                "template_id": "loyalty",
+                "external_id": "member-1",
+                "tags": ["gold"],
+            }
+        },
+    )
+    assert pass_["id"] == "pass-1"
+    await call(
+        address,
+        f"{passes}/RegisterDevice",
+        {"pass_id": "pass-1", "device_library_identifier": "device-1", "push_token": DEVICE_TOKEN},
+    )
+    sent = await call(
+        address,
+        f"{notifications}/Send",
+        {
+            "target": {"template": {"template_id": "loyalty"}},
+            "content": {"header": "Offer", "body": "20% off today"},
+        },
+    )
+    assert sent["operation"] == "OPERATION_SEND"
+
+    ticket = await poll_terminal(address, sent["id"])
+
+    assert ticket["state"] == "TICKET_STATE_SUCCEEDED", ticket
+    counts = {name: int(value) for name, value in ticket["counts"].items()}
+    assert counts == {"total": 1, "pending": 0, "delivered": 1, "failed": 0, "skipped": 0}
+    assert [(p.device_token, p.topic, p.payload) for p in fake_apns.received] == [
+        (DEVICE_TOKEN, TOPIC, b"{}")
+    ]
+
+
+async def test_grpcurl_shows_an_invalid_argument_and_the_field(live_server: ServerProcess) -> None:
+    request = {"target": {"template": {"template_id": "loyalty"}}, "content": {"body": ""}}
+
+    result = await grpcurl(
+        "-d", json.dumps(request), live_server.address, "passpush.v1.NotificationService/Send"
+    )
+
+    assert result.returncode == GRPCURL_INVALID_ARGUMENT, result.output
+    assert "Code: InvalidArgument" in result.output
+    assert "content.body" in result.output
+
+
+async def test_grpcurl_shows_unimplemented_rpcs_plainly(live_server: ServerProcess) -> None:
+    result = await grpcurl(
+        "-d", "{}", live_server.address, "passpush.v1.NotificationService/Schedule"
+    )
+
+    assert result.returncode == GRPCURL_UNIMPLEMENTED, result.output
+    assert "Code: Unimplemented" in result.output
+    assert "Schedule is part of the contract but not available" in result.output
+
+
+# -- graceful shutdown: accepted work survives a restart -------------------------------------
+
+
+async def _deliveries(database_url: str, ticket_id: int) -> list[tuple[str, str | None, str]]:
+    """(state, lease owner, push token) of each delivery of a ticket, read from the database."""
+    engine = make_engine(database_url)
+    try:
+        async with engine.connect() as connection:
+            rows = await connection.execute(
+                select(DeliveryRow.state, DeliveryRow.lease_owner, DeviceRegistrationRow.push_token)
+                .join(
+                    DeviceRegistrationRow, DeviceRegistrationRow.id == DeliveryRow.registration_id
+                )
+                .where(DeliveryRow.ticket_id == ticket_id)
+            )
+            return [(row.state, row.lease_owner, row.push_token) for row in rows]
+    finally:
+        await engine.dispose()
+
+
+async def test_sigterm_with_a_push_in_flight_exits_cleanly_and_loses_nothing(
+    launch: Launch, database_url: str, fake_apns: FakeApns
+) -> None:
+    server = await launch(SHUTDOWN_GRACE=str(SHUTDOWN_GRACE))
+    async with server.channel() as channel:
+        world = World(passes_pb2_grpc.PassServiceStub(channel))
+        await world.project()
+        await world.apple_template("loyalty")
+        await world.pass_("p1", "loyalty", devices=3)
+        hung = world.devices["p1"][0]
+        fake_apns.hang(hung)
+        ticket = await notifications_pb2_grpc.NotificationServiceStub(channel).Send(
+            npb.SendRequest(
+                target=npb.Target(template=npb.TemplateRef(template_id="loyalty")),
+                content=npb.Content(body="Closing soon"),
+            )
+        )
+        await fake_apns.wait_for(3, timeout=10)  # all pushed; the one to `hung` never answered
+
+    took = await server.stop()
+
+    assert took < SHUTDOWN_GRACE + 5, f"SIGTERM took {took:.1f}s:\n{server.log()}"
+    # Each delivery is either recorded or handed back: none is left leased to the dead process.
+    deliveries = await _deliveries(database_url, ticket.id)
+    assert sorted(t for _, _, t in deliveries) == world.tokens_of("p1")
+    for state, lease_owner, push_token in deliveries:
+        assert state == "delivered" or (state == "pending" and lease_owner is None), (
+            f"{push_token}: {state}, leased to {lease_owner}"
+        )
+    handed_back = sorted(t for state, _, t in deliveries if state == "pending")
+    assert handed_back == [hung]  # the answered pushes were recorded before stopping
+
+    fake_apns.reset()  # the device answers now
+    restarted = await launch()
+    async with restarted.channel() as channel:
+        notifications = notifications_pb2_grpc.NotificationServiceStub(channel)
+        done = await wait_terminal(notifications, ticket.id, seconds=30)
+
+    assert done.state == npb.TICKET_STATE_SUCCEEDED, done
+    assert (done.counts.total, done.counts.delivered, done.counts.pending) == (3, 3, 0)
+    # After the restart exactly the handed-back deliveries were pushed, each once.
+    assert sorted(fake_apns.tokens()) == handed_back
