@@ -11,7 +11,7 @@ PROTOS := $(wildcard protos/passpush/v1/*.proto)
 # grpc_tools ships the well-known types (google/protobuf/*.proto).
 WKT = $$($(BIN)/python -c 'import grpc_tools, os; print(os.path.join(grpc_tools.__path__[0], "_proto"))')
 
-.PHONY: help run test lint generate check-generated bench setup clean
+.PHONY: help run test lint generate check-generated setup clean
 
 help: ## List the targets.
 	@grep -E '^[a-z-]+:.*## ' Makefile | sed -E 's/:.*## /\t/'
@@ -48,8 +48,8 @@ check-generated: setup ## Fail when generated/ differs from what the protos gene
 	diff -r -x __pycache__ "$$tmp/passpush" generated/passpush || { echo "generated/ is stale: run 'make generate'"; exit 1; }
 
 lint: setup ## ruff, mypy, import layers, buf lint and buf format.
-	$(BIN)/ruff check src tests benchmarks
-	$(BIN)/ruff format --check src tests benchmarks
+	$(BIN)/ruff check src tests $(wildcard benchmarks)
+	$(BIN)/ruff format --check src tests $(wildcard benchmarks)
 	$(BIN)/mypy src
 	$(BIN)/lint-imports
 	$(BUF) lint
@@ -57,9 +57,6 @@ lint: setup ## ruff, mypy, import layers, buf lint and buf format.
 
 test: lint check-generated ## Lint, check generated code, and run the whole suite on SQLite and PostgreSQL.
 	$(BIN)/python -m pytest
-
-bench: setup ## Run the benchmarks.
-	$(BIN)/python -m benchmarks
 
 clean: ## Remove the virtualenv, node_modules and local data.
 	rm -rf $(VENV) node_modules var
