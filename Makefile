@@ -27,9 +27,10 @@ $(BUF): package.json
 	npm install --no-package-lock --no-audit --no-fund --silent
 	touch $@
 
-run: setup ## Migrate the database and start the server (SQLite and the bundled fake APNs by default).
+run: setup ## Migrate, make a first API key if there is none, and start the server.
 	mkdir -p var
 	$(BIN)/passpush migrate
+	$(BIN)/passpush keys create --project demo --scopes all --name demo --if-none
 	exec $(BIN)/passpush serve
 
 generate: setup ## Regenerate generated/ from protos/.

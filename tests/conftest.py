@@ -26,6 +26,8 @@ from passpush.store.db import make_engine, make_sessions
 from passpush.store.models import Base
 from passpush.v1 import notifications_pb2_grpc, passes_pb2_grpc
 
+from support import channel_with_key
+
 # The PostgreSQL server to create throwaway test databases on (these machines run one).
 POSTGRES_ADMIN_URL = os.environ.get(
     "PASSPUSH_TEST_POSTGRES_URL", "postgresql+asyncpg://postgres@127.0.0.1:5432/postgres"
@@ -131,9 +133,19 @@ async def server(
     await server.stop(grace=1.0)
 
 
+PROJECT = "acme"
+
+
 @pytest.fixture
-async def channel(server: PasspushServer) -> AsyncIterator[grpc.aio.Channel]:
-    async with grpc.aio.insecure_channel(f"127.0.0.1:{server.port}") as channel:
+async def api_key(server: PasspushServer) -> str:
+    """A key with every scope for project "acme", which it creates."""
+    _, plaintext = await server.keys.create_key(PROJECT, "tests", ["all"], create_project=True)
+    return plaintext
+
+
+@pytest.fixture
+async def channel(server: PasspushServer, api_key: str) -> AsyncIterator[grpc.aio.Channel]:
+    async with channel_with_key(server.port, api_key) as channel:
         yield channel
 
 

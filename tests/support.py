@@ -32,6 +32,45 @@ def upsert(**fields: object) -> ppb.UpsertPassRequest:
     return ppb.UpsertPassRequest(**{"pass": ppb.Pass(**fields)})  # type: ignore[arg-type]
 
 
+class _BearerKey:
+    """Adds `authorization: Bearer <key>` to a call's metadata."""
+
+    def __init__(self, key: str) -> None:
+        self._metadata = (("authorization", f"Bearer {key}"),)
+
+    def _with_key(self, details: grpc.aio.ClientCallDetails) -> grpc.aio.ClientCallDetails:
+        metadata = grpc.aio.Metadata(*(details.metadata or ()), *self._metadata)
+        return details._replace(metadata=metadata)  # type: ignore[attr-defined, no-any-return]
+
+
+# grpc.aio files an interceptor under its first kind only: one class per kind of call.
+class _UnaryUnary(_BearerKey, grpc.aio.UnaryUnaryClientInterceptor):
+    async def intercept_unary_unary(self, continuation, details, request):  # type: ignore[no-untyped-def]
+        return await continuation(self._with_key(details), request)
+
+
+class _UnaryStream(_BearerKey, grpc.aio.UnaryStreamClientInterceptor):
+    async def intercept_unary_stream(self, continuation, details, request):  # type: ignore[no-untyped-def]
+        return await continuation(self._with_key(details), request)
+
+
+class _StreamUnary(_BearerKey, grpc.aio.StreamUnaryClientInterceptor):
+    async def intercept_stream_unary(self, continuation, details, requests):  # type: ignore[no-untyped-def]
+        return await continuation(self._with_key(details), requests)
+
+
+class _StreamStream(_BearerKey, grpc.aio.StreamStreamClientInterceptor):
+    async def intercept_stream_stream(self, continuation, details, requests):  # type: ignore[no-untyped-def]
+        return await continuation(self._with_key(details), requests)
+
+
+def channel_with_key(port: int, key: str | None) -> grpc.aio.Channel:
+    """A channel to the server on `port` that presents `key` (or nothing) on every call."""
+    kinds = (_UnaryUnary, _UnaryStream, _StreamUnary, _StreamStream)
+    interceptors = [kind(key) for kind in kinds] if key is not None else []
+    return grpc.aio.insecure_channel(f"127.0.0.1:{port}", interceptors=interceptors)
+
+
 @dataclass
 class World:
     """Builds projects, templates, passes and devices through the PassService stub."""
@@ -40,11 +79,6 @@ class World:
     project_id: str = "acme"
     devices: dict[str, list[str]] = field(default_factory=dict)  # pass id -> tokens
     _next_token: int = 1
-
-    async def project(self, project_id: str | None = None) -> str:
-        project_id = project_id or self.project_id
-        await self.passes.CreateProject(ppb.CreateProjectRequest(project_id=project_id))
-        return project_id
 
     async def apple_template(
         self,

@@ -34,7 +34,7 @@ from passpush.store.models import DeliveryRow, DeviceRegistrationRow
 from passpush.v1 import notifications_pb2 as npb
 from passpush.v1 import notifications_pb2_grpc, passes_pb2_grpc
 
-from support import TOPIC, World, wait_terminal
+from support import TOPIC, World, channel_with_key, wait_terminal
 
 BIN_DIR = Path(sys.executable).parent
 PASSPUSH = BIN_DIR / "passpush"
@@ -48,6 +48,7 @@ DEVICE_TOKEN = "0123456789abcdef" * 4
 # grpcurl exits with 64 + the gRPC status code when the call fails.
 GRPCURL_INVALID_ARGUMENT = 64 + grpc.StatusCode.INVALID_ARGUMENT.value[0]
 GRPCURL_UNIMPLEMENTED = 64 + grpc.StatusCode.UNIMPLEMENTED.value[0]
+GRPCURL_UNAUTHENTICATED = 64 + grpc.StatusCode.UNAUTHENTICATED.value[0]
 
 
 # -- running commands ------------------------------------------------------------------------
@@ -100,13 +101,15 @@ def passpush_env(database_url: str, data_dir: Path, **settings: str) -> dict[str
     return env
 
 
-async def grpcurl(*args: str) -> Completed:
-    return await run(GRPCURL, "-plaintext", *args, seconds=30)
+async def grpcurl(*args: str, key: str | None = None) -> Completed:
+    """grpcurl, presenting `key` as `authorization: Bearer <key>` when given."""
+    headers = ("-H", f"authorization: Bearer {key}") if key else ()
+    return await run(GRPCURL, "-plaintext", *headers, *args, seconds=30)
 
 
-async def call(address: str, method: str, request: dict[str, Any]) -> dict[str, Any]:
+async def call(address: str, method: str, request: dict[str, Any], key: str) -> dict[str, Any]:
     """A unary call through grpcurl; its JSON answer, zero values included."""
-    result = await grpcurl("-emit-defaults", "-d", json.dumps(request), address, method)
+    result = await grpcurl("-emit-defaults", "-d", json.dumps(request), address, method, key=key)
     assert result.returncode == 0, f"grpcurl {method} failed:\n{result.output}"
     answer: dict[str, Any] = json.loads(result.stdout)
     return answer
@@ -120,14 +123,16 @@ TERMINAL_STATES = {
 }
 
 
-async def poll_terminal(address: str, ticket_id: str, seconds: float = 15) -> dict[str, Any]:
+async def poll_terminal(
+    address: str, ticket_id: str, key: str, seconds: float = 15
+) -> dict[str, Any]:
     """GetTicket through grpcurl until the ticket is terminal."""
     ticket: dict[str, Any] = {}
     try:
         async with asyncio.timeout(seconds):
             while ticket.get("state") not in TERMINAL_STATES:
                 ticket = await call(
-                    address, "passpush.v1.NotificationService/GetTicket", {"id": ticket_id}
+                    address, "passpush.v1.NotificationService/GetTicket", {"id": ticket_id}, key
                 )
                 await asyncio.sleep(0.05)
     except TimeoutError:
@@ -205,8 +210,8 @@ class ServerProcess:
         assert returncode == 0, f"passpush serve exited with {returncode}:\n{self.log()}"
         return loop.time() - started
 
-    def channel(self) -> grpc.aio.Channel:
-        return grpc.aio.insecure_channel(self.address)
+    def channel(self, key: str) -> grpc.aio.Channel:
+        return channel_with_key(int(self.address.rpartition(":")[2]), key)
 
 
 Launch = Callable[..., Awaitable[ServerProcess]]
@@ -248,6 +253,15 @@ async def launch(database_url: str, fake_apns: FakeApns, tmp_path: Path) -> Asyn
 @pytest.fixture
 async def live_server(launch: Launch) -> ServerProcess:
     return await launch()
+
+
+@pytest.fixture
+async def demo_key(database_url: str, tmp_path: Path) -> str:
+    """A key for project "demo", made the way the README says: with the CLI."""
+    env = passpush_env(database_url, tmp_path)
+    result = await run(PASSPUSH, "keys", "create", "--project", "demo", "--scopes", "all", env=env)
+    assert result.returncode == 0, result.output
+    return result.stdout.strip().splitlines()[-1]  # the key alone on the last line
 
 
 # -- the console script: migrate, and serve on an unmigrated database ------------------------
@@ -298,6 +312,7 @@ async def test_grpcurl_lists_the_services_by_reflection(live_server: ServerProce
 
     assert result.returncode == 0, result.output
     assert set(result.stdout.split()) == {
+        "passpush.v1.AdminService",
         "passpush.v1.NotificationService",
         "passpush.v1.PassService",
         "grpc.health.v1.Health",
@@ -326,13 +341,12 @@ async def test_grpcurl_describes_every_notification_rpc(live_server: ServerProce
 
 
 async def test_readme_walkthrough_with_grpcurl(
-    live_server: ServerProcess, fake_apns: FakeApns
+    live_server: ServerProcess, fake_apns: FakeApns, demo_key: str
 ) -> None:
     address = live_server.address
     passes = "passpush.v1.PassService"
     notifications = "passpush.v1.NotificationService"
 
-    await call(address, f"{passes}/CreateProject", {"project_id": "demo"})
     template = await call(
         address,
         f"{passes}/CreateTemplate",
@@ -344,6 +358,7 @@ async def test_readme_walkthrough_with_grpcurl(
                 "pass_type_identifier": TOPIC,
             },
         },
+        demo_key,
     )
     assert template["id"] == "loyalty"
     pass_ = await call(
@@ -357,12 +372,14 @@ async def test_readme_walkthrough_with_grpcurl(
                 "tags": ["gold"],
             }
         },
+        demo_key,
     )
     assert pass_["id"] == "pass-1"
     await call(
         address,
         f"{passes}/RegisterDevice",
         {"pass_id": "pass-1", "device_library_identifier": "device-1", "push_token": DEVICE_TOKEN},
+        demo_key,
     )
     sent = await call(
         address,
@@ -371,10 +388,11 @@ async def test_readme_walkthrough_with_grpcurl(
             "target": {"template": {"template_id": "loyalty"}},
             "content": {"header": "Offer", "body": "20% off today"},
         },
+        demo_key,
     )
     assert sent["operation"] == "OPERATION_SEND"
 
-    ticket = await poll_terminal(address, sent["id"])
+    ticket = await poll_terminal(address, sent["id"], demo_key)
 
     assert ticket["state"] == "TICKET_STATE_SUCCEEDED", ticket
     counts = {name: int(value) for name, value in ticket["counts"].items()}
@@ -384,11 +402,17 @@ async def test_readme_walkthrough_with_grpcurl(
     ]
 
 
-async def test_grpcurl_shows_an_invalid_argument_and_the_field(live_server: ServerProcess) -> None:
+async def test_grpcurl_shows_an_invalid_argument_and_the_field(
+    live_server: ServerProcess, demo_key: str
+) -> None:
     request = {"target": {"template": {"template_id": "loyalty"}}, "content": {"body": ""}}
 
     result = await grpcurl(
-        "-d", json.dumps(request), live_server.address, "passpush.v1.NotificationService/Send"
+        "-d",
+        json.dumps(request),
+        live_server.address,
+        "passpush.v1.NotificationService/Send",
+        key=demo_key,
     )
 
     assert result.returncode == GRPCURL_INVALID_ARGUMENT, result.output
@@ -396,9 +420,11 @@ async def test_grpcurl_shows_an_invalid_argument_and_the_field(live_server: Serv
     assert "content.body" in result.output
 
 
-async def test_grpcurl_shows_unimplemented_rpcs_plainly(live_server: ServerProcess) -> None:
+async def test_grpcurl_shows_unimplemented_rpcs_plainly(
+    live_server: ServerProcess, demo_key: str
+) -> None:
     result = await grpcurl(
-        "-d", "{}", live_server.address, "passpush.v1.NotificationService/Schedule"
+        "-d", "{}", live_server.address, "passpush.v1.NotificationService/Schedule", key=demo_key
     )
 
     assert result.returncode == GRPCURL_UNIMPLEMENTED, result.output
@@ -427,12 +453,11 @@ async def _deliveries(database_url: str, ticket_id: int) -> list[tuple[str, str 
 
 
 async def test_sigterm_with_a_push_in_flight_exits_cleanly_and_loses_nothing(
-    launch: Launch, database_url: str, fake_apns: FakeApns
+    launch: Launch, database_url: str, fake_apns: FakeApns, demo_key: str
 ) -> None:
     server = await launch(SHUTDOWN_GRACE=str(SHUTDOWN_GRACE))
-    async with server.channel() as channel:
-        world = World(passes_pb2_grpc.PassServiceStub(channel))
-        await world.project()
+    async with server.channel(demo_key) as channel:
+        world = World(passes_pb2_grpc.PassServiceStub(channel), project_id="demo")
         await world.apple_template("loyalty")
         await world.pass_("p1", "loyalty", devices=3)
         hung = world.devices["p1"][0]
@@ -460,7 +485,7 @@ async def test_sigterm_with_a_push_in_flight_exits_cleanly_and_loses_nothing(
 
     fake_apns.reset()  # the device answers now
     restarted = await launch()
-    async with restarted.channel() as channel:
+    async with restarted.channel(demo_key) as channel:
         notifications = notifications_pb2_grpc.NotificationServiceStub(channel)
         done = await wait_terminal(notifications, ticket.id, seconds=30)
 
@@ -468,3 +493,42 @@ async def test_sigterm_with_a_push_in_flight_exits_cleanly_and_loses_nothing(
     assert (done.counts.total, done.counts.delivered, done.counts.pending) == (3, 3, 0)
     # After the restart exactly the handed-back deliveries were pushed, each once.
     assert sorted(fake_apns.tokens()) == handed_back
+
+
+# -- API keys from the CLI ------------------------------------------------------------------
+
+
+async def test_calls_need_a_key_and_a_revoked_key_stops_working(
+    live_server: ServerProcess, demo_key: str, database_url: str, tmp_path: Path
+) -> None:
+    method = "passpush.v1.PassService/ListTemplates"
+    without = await grpcurl("-d", "{}", live_server.address, method)
+    assert without.returncode == GRPCURL_UNAUTHENTICATED, without.output
+    assert "Code: Unauthenticated" in without.output
+    assert (await grpcurl("-d", "{}", live_server.address, method, key=demo_key)).returncode == 0
+
+    env = passpush_env(database_url, tmp_path)
+    key_id = demo_key.partition(".")[0]
+    listed = await run(PASSPUSH, "keys", "list", "--project", "demo", env=env)
+    assert key_id in listed.stdout and demo_key not in listed.output
+    revoked = await run(PASSPUSH, "keys", "revoke", key_id, env=env)
+    assert revoked.returncode == 0, revoked.output
+
+    after = await grpcurl("-d", "{}", live_server.address, method, key=demo_key)
+    assert after.returncode == GRPCURL_UNAUTHENTICATED, after.output
+    assert "API_KEY_REVOKED" in after.output
+
+
+async def test_keys_create_refuses_unknown_scopes_and_if_none_creates_once(
+    database_url: str, tmp_path: Path
+) -> None:
+    env = passpush_env(database_url, tmp_path)
+    bad = await run(PASSPUSH, "keys", "create", "--project", "p", "--scopes", "root", env=env)
+    assert bad.returncode != 0 and "unknown scope 'root'" in bad.output
+    assert "Traceback" not in bad.output
+
+    create = (PASSPUSH, "keys", "create", "--project", "demo", "--scopes", "wnot", "--if-none")
+    first = await run(*create, env=env)
+    second = await run(*create, env=env)
+    assert first.stdout.strip().splitlines()[-1].startswith("ppk_")
+    assert second.returncode == 0 and "ppk_" not in second.stdout

@@ -30,7 +30,6 @@ def worker_settings() -> WorkerSettings:
 @pytest.fixture
 async def world(passes: passes_pb2_grpc.PassServiceStub) -> World:
     world = World(passes)
-    await world.project()
     await world.apple_template("loyalty")
     for pass_id in ("p1", "p2", "p3"):
         await world.pass_(pass_id, "loyalty")

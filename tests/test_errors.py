@@ -27,7 +27,6 @@ async def row_counts(sessions: async_sessionmaker[AsyncSession]) -> dict[str, in
 @pytest.fixture
 async def world(passes: passes_pb2_grpc.PassServiceStub) -> World:
     world = World(passes)
-    await world.project()
     await world.apple_template("loyalty")
     await world.pass_("p1", "loyalty", tags=("gold",))
     return world

@@ -19,7 +19,6 @@ TEMPLATE = npb.Target(template=npb.TemplateRef(template_id="loyalty"))
 @pytest.fixture
 async def world(passes: passes_pb2_grpc.PassServiceStub) -> World:
     world = World(passes)
-    await world.project()
     await world.apple_template("loyalty")
     await world.pass_("p1", "loyalty", devices=2)
     await world.pass_("p2", "loyalty")

@@ -16,7 +16,6 @@ from support import World, rich_error, token, upsert
 @pytest.fixture
 async def world(passes: passes_pb2_grpc.PassServiceStub) -> World:
     world = World(passes)
-    await world.project()
     await world.apple_template("loyalty")
     return world
 

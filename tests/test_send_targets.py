@@ -20,7 +20,6 @@ TICKETS_TOPIC = "pass.com.example.tickets"
 async def build_world(passes: passes_pb2_grpc.PassServiceStub) -> World:
     """Two templates of one project, passes in every status, tags, segments, a campaign."""
     world = World(passes)
-    await world.project()
     await passes.CreateEntity(
         ppb.CreateEntityRequest(entity_id="brand", entity=ppb.Entity(project_id="acme"))
     )
@@ -195,7 +194,6 @@ async def test_a_target_with_nothing_to_push_succeeds_at_once(
     fake_apns: FakeApns,
 ) -> None:
     world = World(passes)
-    await world.project()
     await world.apple_template("empty")
 
     ticket = await notifications.Send(

@@ -1,4 +1,4 @@
-"""The `passpush` command: serve, migrate."""
+"""The `passpush` command: serve, migrate, keys."""
 
 from __future__ import annotations
 
@@ -9,14 +9,18 @@ import logging
 import signal
 import sys
 from pathlib import Path
+from typing import Any
 
 from sqlalchemy.engine import make_url
 
 from passpush.api.server import PasspushServer
 from passpush.config import Settings
 from passpush.delivery.apns import ApnsConfig, ApnsGateway
+from passpush.domain.auth import SCOPE_ALIASES, ApiKey, Scope
+from passpush.domain.errors import DomainError
 from passpush.fakes.apns import FakeApns, start_bundled_fake
 from passpush.service.clock import utcnow
+from passpush.service.keys import KeyCore
 from passpush.store import migrate
 from passpush.store.db import is_sqlite, make_engine, make_sessions
 from passpush.store.outbox import Outbox
@@ -31,6 +35,7 @@ def main(argv: list[str] | None = None) -> None:
     commands = parser.add_subparsers(dest="command", required=True)
     commands.add_parser("serve", help="start the gRPC server and the delivery worker")
     commands.add_parser("migrate", help="bring the database schema up to date")
+    _add_keys_commands(commands)
     args = parser.parse_args(argv)
     logging.basicConfig(
         level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
@@ -42,6 +47,65 @@ def main(argv: list[str] | None = None) -> None:
     elif args.command == "serve":
         with contextlib.suppress(KeyboardInterrupt):
             sys.exit(asyncio.run(serve(settings)))
+    elif args.command == "keys":
+        try:
+            asyncio.run(keys(settings, args))
+        except DomainError as error:
+            sys.exit(f"passpush keys: {error.message}")
+
+
+def _add_keys_commands(commands: Any) -> None:
+    keys_parser = commands.add_parser("keys", help="create, list and revoke API keys")
+    actions = keys_parser.add_subparsers(dest="action", required=True)
+    create = actions.add_parser(
+        "create", help="create a key (and its project if needed); prints the key once"
+    )
+    create.add_argument("--project", required=True, help="the project the key acts in")
+    create.add_argument(
+        "--scopes",
+        required=True,
+        help="comma-separated: " + ", ".join([*Scope, *SCOPE_ALIASES]),
+    )
+    create.add_argument("--name", default="", help="a name to tell keys apart")
+    create.add_argument(
+        "--if-none",
+        action="store_true",
+        help="create nothing when the database holds any key already (first-run setup)",
+    )
+    listing = actions.add_parser("list", help="list a project's keys (never their secrets)")
+    listing.add_argument("--project", required=True)
+    revoke = actions.add_parser("revoke", help="revoke a key: its calls fail from now on")
+    revoke.add_argument("key_id", help="the key's id, the part before the dot (ppk_...)")
+
+
+async def keys(settings: Settings, args: argparse.Namespace) -> None:
+    engine = make_engine(settings.database_url)
+    core = KeyCore(make_sessions(engine), clock=utcnow)
+    try:
+        if args.action == "create":
+            if args.if_none and await core.any_keys():
+                print("API keys exist already; make another with: passpush keys create ...")
+                return
+            key, plaintext = await core.create_key(
+                args.project, args.name, args.scopes.split(","), create_project=True
+            )
+            print(f"API key {key.id} for project {key.project_id!r}, scopes {_scopes(key)}.")
+            print("It is shown only now. Send it as metadata `authorization: Bearer <key>`:")
+            print(plaintext)
+        elif args.action == "list":
+            page = await core.list_keys(args.project, 1000, "")
+            for key in page.items:
+                state = f"revoked {key.revoke_time:%Y-%m-%d}" if key.revoke_time else "live"
+                print(f"{key.id}  {state:18}  {_scopes(key)}  {key.name}")
+        elif args.action == "revoke":
+            key = await core.revoke_key_as_operator(args.key_id)
+            print(f"API key {key.id} of project {key.project_id!r} is revoked.")
+    finally:
+        await engine.dispose()
+
+
+def _scopes(key: ApiKey) -> str:
+    return ",".join(sorted(key.scopes))
 
 
 async def serve(settings: Settings) -> int:

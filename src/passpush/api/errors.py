@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import logging
-from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import grpc
 from google.protobuf import any_pb2
@@ -17,11 +15,11 @@ from passpush.domain.errors import (
     FailedPrecondition,
     InvalidArgument,
     NotFound,
+    PermissionDenied,
     ResourceExhausted,
+    Unauthenticated,
     Unimplemented,
 )
-
-log = logging.getLogger(__name__)
 
 DOMAIN = "passpush"
 
@@ -62,6 +60,12 @@ def status_for(error: DomainError) -> grpc.Status:
                     ]
                 )
             )
+        case Unauthenticated():
+            code = code_pb2.UNAUTHENTICATED
+        case PermissionDenied():
+            code = code_pb2.PERMISSION_DENIED
+            if error.scope:
+                details[0].metadata["scope"] = error.scope
         case FailedPrecondition():
             code = code_pb2.FAILED_PRECONDITION
         case Unimplemented():
@@ -86,68 +90,3 @@ def _status(code: int, message: str, details: list[Any]) -> grpc.Status:
         status_pb2.Status(code=code, message=message, details=packed)
     )
     return status
-
-
-async def _abort(context: grpc.aio.ServicerContext[Any, Any], error: Exception) -> None:
-    if isinstance(error, DomainError):
-        await context.abort_with_status(status_for(error))
-    log.exception("unexpected error in %s", type(error).__name__, exc_info=error)
-    await context.abort_with_status(internal_status())
-
-
-if TYPE_CHECKING:
-    Handler = grpc.RpcMethodHandler[Any, Any]  # generic only in the type stubs
-
-
-class ErrorInterceptor(grpc.aio.ServerInterceptor):
-    """Turns DomainError into its rich status, and anything else into a bare INTERNAL.
-
-    No traceback ever reaches the wire; unexpected errors are logged here.
-    """
-
-    async def intercept_service(
-        self,
-        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[Handler | None]],
-        handler_call_details: grpc.HandlerCallDetails,
-    ) -> Handler | None:
-        handler = await continuation(handler_call_details)
-        if handler is None:
-            return None
-        common: dict[str, Any] = {
-            "request_deserializer": handler.request_deserializer,
-            "response_serializer": handler.response_serializer,
-        }
-        if handler.unary_unary:
-            return grpc.unary_unary_rpc_method_handler(_unary(handler.unary_unary), **common)
-        if handler.stream_unary:
-            return grpc.stream_unary_rpc_method_handler(_unary(handler.stream_unary), **common)
-        if handler.unary_stream:
-            behavior: Any = handler.unary_stream  # async generators, whatever the stubs say
-            return grpc.unary_stream_rpc_method_handler(_streaming(behavior), **common)
-        behavior = handler.stream_stream
-        return grpc.stream_stream_rpc_method_handler(_streaming(behavior), **common)
-
-
-def _unary(behavior: Callable[..., Awaitable[Any]]) -> Callable[..., Awaitable[Any]]:
-    async def guarded(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
-        try:
-            return await behavior(request, context)
-        except grpc.aio.AbortError:
-            raise
-        except Exception as error:
-            await _abort(context, error)
-
-    return guarded
-
-
-def _streaming(behavior: Callable[..., AsyncIterator[Any]]) -> Callable[..., AsyncIterator[Any]]:
-    async def guarded(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
-        try:
-            async for response in behavior(request, context):
-                yield response
-        except grpc.aio.AbortError:
-            raise
-        except Exception as error:
-            await _abort(context, error)
-
-    return guarded

@@ -8,6 +8,7 @@ from typing import Any, NoReturn
 import grpc
 
 from passpush.api.convert import content_from_proto, target_from_proto, ticket_to_proto
+from passpush.api.interceptors import current_caller
 from passpush.domain.errors import Unimplemented
 from passpush.service.notifications import NotificationCore
 from passpush.v1 import notifications_pb2 as pb
@@ -22,6 +23,7 @@ class NotificationServicer(pb_grpc.NotificationServiceServicer):
 
     async def Send(self, request: pb.SendRequest, context: Context) -> pb.Ticket:
         ticket = await self._core.send(
+            current_caller().project_id,
             target_from_proto(request.target, request.HasField("target")),
             content_from_proto(request.content, request.HasField("content")),
             request.request_id,
@@ -30,12 +32,15 @@ class NotificationServicer(pb_grpc.NotificationServiceServicer):
 
     async def Delete(self, request: pb.DeleteRequest, context: Context) -> pb.Ticket:
         ticket = await self._core.delete(
-            target_from_proto(request.target, request.HasField("target")), request.request_id
+            current_caller().project_id,
+            target_from_proto(request.target, request.HasField("target")),
+            request.request_id,
         )
         return ticket_to_proto(ticket)
 
     async def GetTicket(self, request: pb.GetTicketRequest, context: Context) -> pb.Ticket:
-        return ticket_to_proto(await self._core.get_ticket(request.id))
+        ticket = await self._core.get_ticket(current_caller().project_id, request.id)
+        return ticket_to_proto(ticket)
 
     async def Schedule(
         self, request: pb.ScheduleRequest, context: Context

@@ -10,20 +10,30 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from passpush.api.errors import ErrorInterceptor
+from passpush.api.admin import AdminServicer
+from passpush.api.interceptors import CallInterceptor
 from passpush.api.notifications import NotificationServicer
 from passpush.api.passes import PassServicer
 from passpush.delivery.worker import ApplePushGateway, DeliveryWorker, WorkerSettings
 from passpush.service.clock import Clock, utcnow
+from passpush.service.keys import KeyCore
 from passpush.service.notifications import NotificationCore
 from passpush.service.passes import PassCore
-from passpush.v1 import notifications_pb2, notifications_pb2_grpc, passes_pb2, passes_pb2_grpc
+from passpush.v1 import (
+    admin_pb2,
+    admin_pb2_grpc,
+    notifications_pb2,
+    notifications_pb2_grpc,
+    passes_pb2,
+    passes_pb2_grpc,
+)
 
 log = logging.getLogger(__name__)
 
 SERVICE_NAMES = (
     notifications_pb2.DESCRIPTOR.services_by_name["NotificationService"].full_name,
     passes_pb2.DESCRIPTOR.services_by_name["PassService"].full_name,
+    admin_pb2.DESCRIPTOR.services_by_name["AdminService"].full_name,
 )
 
 
@@ -42,15 +52,17 @@ class PasspushServer:
         self.worker = DeliveryWorker(sessions, apns, clock=clock, settings=worker_settings)
         self.notifications = NotificationCore(sessions, clock=clock, on_enqueued=self.worker.wake)
         self.passes = PassCore(sessions, clock=clock)
+        self.keys = KeyCore(sessions, clock=clock)
         self.health = health.aio.HealthServicer()
         # No SO_REUSEPORT: a second server on a taken port must fail, not share its calls.
         self.server = grpc.aio.server(
-            interceptors=[ErrorInterceptor()], options=[("grpc.so_reuseport", 0)]
+            interceptors=[CallInterceptor(self.keys)], options=[("grpc.so_reuseport", 0)]
         )
         notifications_pb2_grpc.add_NotificationServiceServicer_to_server(
             NotificationServicer(self.notifications), self.server
         )
         passes_pb2_grpc.add_PassServiceServicer_to_server(PassServicer(self.passes), self.server)
+        admin_pb2_grpc.add_AdminServiceServicer_to_server(AdminServicer(self.keys), self.server)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
         reflection.enable_server_reflection(
             (*SERVICE_NAMES, health.SERVICE_NAME, reflection.SERVICE_NAME), self.server

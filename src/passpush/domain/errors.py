@@ -84,6 +84,22 @@ class ResourceExhausted(DomainError):
         self.subject = subject
 
 
+class Unauthenticated(DomainError):
+    """No credentials, or credentials that are not (or no longer) valid."""
+
+    reason = "UNAUTHENTICATED"
+
+
+class PermissionDenied(DomainError):
+    """Valid credentials that do not allow the operation; `scope` names what is missing."""
+
+    reason = "PERMISSION_DENIED"
+
+    def __init__(self, message: str, *, reason: str | None = None, scope: str = "") -> None:
+        super().__init__(message, reason=reason)
+        self.scope = scope
+
+
 class Unimplemented(DomainError):
     """The operation is declared in the contract but not built yet."""
 

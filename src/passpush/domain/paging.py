@@ -5,6 +5,9 @@ from __future__ import annotations
 import base64
 import binascii
 import json
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Generic, TypeVar
 
 from passpush.domain.errors import InvalidArgument
 
@@ -34,3 +37,19 @@ def decode_token(token: str) -> str:
     if not isinstance(after, str):
         raise InvalidArgument.field("page_token", "is not a token this server issued")
     return after
+
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class Page(Generic[T]):
+    items: Sequence[T]
+    next_page_token: str
+
+
+def page_of(items: Sequence[T], limit: int, key: Callable[[T], str]) -> Page[T]:
+    """Cuts a page from `limit + 1` items; the extra one tells whether more follow."""
+    if len(items) > limit:
+        return Page(items[:limit], encode_token(key(items[limit - 1])))
+    return Page(items, "")

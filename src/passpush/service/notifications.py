@@ -38,32 +38,39 @@ class NotificationCore:
         # Wakes the local delivery workers so that the first push does not wait for a poll.
         self._on_enqueued = on_enqueued
 
-    async def send(self, target: Target | None, content: Content | None, request_id: str) -> Ticket:
+    async def send(
+        self, project_id: str, target: Target | None, content: Content | None, request_id: str
+    ) -> Ticket:
         raise_if_any(
             [*check_target(target), *check_content(content), *check_request_id(request_id)]
         )
         assert target is not None and content is not None
-        return await self._submit(Operation.SEND, target, content, request_id)
+        return await self._submit(project_id, Operation.SEND, target, content, request_id)
 
-    async def delete(self, target: Target | None, request_id: str) -> Ticket:
+    async def delete(self, project_id: str, target: Target | None, request_id: str) -> Ticket:
         raise_if_any([*check_target(target), *check_request_id(request_id)])
         assert target is not None
-        return await self._submit(Operation.DELETE, target, None, request_id)
+        return await self._submit(project_id, Operation.DELETE, target, None, request_id)
 
-    async def get_ticket(self, ticket_id: int) -> Ticket:
+    async def get_ticket(self, project_id: str, ticket_id: int) -> Ticket:
         async with self._sessions() as session:
-            return await TicketStore(session).get(ticket_id)
+            return await TicketStore(session).get(project_id, ticket_id)
 
     async def _submit(
-        self, operation: Operation, target: Target, content: Content | None, request_id: str
+        self,
+        project_id: str,
+        operation: Operation,
+        target: Target,
+        content: Content | None,
+        request_id: str,
     ) -> Ticket:
         fingerprint = _fingerprint(operation, target, content)
         try:
             async with self._sessions.begin() as session:
                 tickets = TicketStore(session)
-                audience = await resolve_audience(session, target)
+                audience = await resolve_audience(session, project_id, target)
                 if request_id:
-                    existing = await tickets.find_by_request_id(audience.project_id, request_id)
+                    existing = await tickets.find_by_request_id(project_id, request_id)
                     if existing is not None:
                         return await self._replay(tickets, existing, fingerprint)
                 ticket_id = await tickets.create(
@@ -75,15 +82,14 @@ class NotificationCore:
                     fingerprint=fingerprint,
                     now=self._clock(),
                 )
-                ticket = await tickets.get(ticket_id)
+                ticket = await tickets.get(project_id, ticket_id)
         except IntegrityError:
             if not request_id:
                 raise
             # Two first tries raced on one request_id: the loser answers the winner's ticket.
             async with self._sessions() as session:
                 tickets = TicketStore(session)
-                audience = await resolve_audience(session, target)
-                existing = await tickets.find_by_request_id(audience.project_id, request_id)
+                existing = await tickets.find_by_request_id(project_id, request_id)
                 if existing is None:
                     raise
                 return await self._replay(tickets, existing, fingerprint)
@@ -95,7 +101,7 @@ class NotificationCore:
         """Answers a retry with the first ticket; a reused key with another request is refused."""
         if existing.request_fingerprint != fingerprint:
             raise AlreadyExists("request", "request_id", reason="REQUEST_ID_REUSED")
-        return await tickets.get(existing.id)
+        return await tickets.get(existing.project_id, existing.id)
 
 
 def _fingerprint(operation: Operation, target: Target, content: Content | None) -> str:

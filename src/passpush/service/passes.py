@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field, replace
-from typing import Generic, TypeVar
 
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from passpush.domain.errors import DomainError, InvalidArgument
+from passpush.domain.errors import DomainError, InvalidArgument, NotFound, PermissionDenied
 from passpush.domain.model import (
     Campaign,
     DeviceRegistration,
@@ -18,7 +17,7 @@ from passpush.domain.model import (
     Segment,
     Template,
 )
-from passpush.domain.paging import decode_token, encode_token, page_size
+from passpush.domain.paging import Page, decode_token, page_of, page_size
 from passpush.domain.segments import parse_criteria
 from passpush.domain.validation import (
     check_id,
@@ -35,15 +34,6 @@ MAX_MEMBERS_PER_CALL = 10_000
 MAX_IMPORT_FAILURES_REPORTED = 100
 
 
-T = TypeVar("T")
-
-
-@dataclass(frozen=True)
-class Page(Generic[T]):
-    items: Sequence[T]
-    next_page_token: str
-
-
 @dataclass
 class ImportSummary:
     created: int = 0
@@ -53,51 +43,67 @@ class ImportSummary:
 
 
 class PassCore:
+    """PassService's use cases, each within the caller's project (`project_id`)."""
+
     def __init__(
         self, sessions: async_sessionmaker[AsyncSession], *, clock: Clock = utcnow
     ) -> None:
         self._sessions = sessions
         self._clock = clock
 
-    async def create_project(self, project_id: str, display_name: str) -> Project:
-        project_id = project_id or new_id()
-        raise_if_any(check_id("project_id", project_id))
-        async with self._sessions.begin() as session:
-            return await PassStore(session).create_project(project_id, display_name, self._clock())
+    async def create_project(
+        self, project_id: str, requested_id: str, display_name: str
+    ) -> Project:
+        """Projects are provisioned with their first key (`passpush keys create`).
 
-    async def create_entity(self, entity: Entity) -> Entity:
+        A caller may only name its own project, which therefore exists already.
+        """
+        if requested_id and requested_id != project_id:
+            raise PermissionDenied(
+                "an API key acts in its own project only; a new project comes with its first "
+                "key: passpush keys create --project ID",
+                reason="OTHER_PROJECT",
+            )
+        async with self._sessions.begin() as session:
+            return await PassStore(session, project_id).create_project(display_name, self._clock())
+
+    async def create_entity(self, project_id: str, entity: Entity) -> Entity:
         entity = replace(entity, id=entity.id or new_id())
-        raise_if_any(
-            [*check_id("entity_id", entity.id), *check_id("entity.project_id", entity.project_id)]
+        raise_if_any(check_id("entity_id", entity.id))
+        _require_own_project(project_id, entity.project_id, "entity.project_id")
+        async with self._sessions.begin() as session:
+            return await PassStore(session, project_id).create_entity(entity, self._clock())
+
+    async def create_template(self, project_id: str, template: Template) -> Template:
+        template = replace(
+            template, id=template.id or new_id(), project_id=template.project_id or project_id
         )
-        async with self._sessions.begin() as session:
-            return await PassStore(session).create_entity(entity, self._clock())
-
-    async def create_template(self, template: Template) -> Template:
-        template = replace(template, id=template.id or new_id())
         raise_if_any([*check_id("template_id", template.id), *check_template(template)])
+        _require_own_project(project_id, template.project_id, "template.project_id")
         async with self._sessions.begin() as session:
-            return await PassStore(session).create_template(template, self._clock())
+            return await PassStore(session, project_id).create_template(template, self._clock())
 
-    async def get_template(self, template_id: str) -> Template:
+    async def get_template(self, project_id: str, template_id: str) -> Template:
         raise_if_any(check_id("id", template_id))
         async with self._sessions() as session:
-            return await PassStore(session).get_template(template_id)
+            return await PassStore(session, project_id).get_template(template_id)
 
-    async def list_templates(self, project_id: str, size: int, token: str) -> Page[Template]:
-        raise_if_any(check_id("project_id", project_id))
+    async def list_templates(
+        self, project_id: str, requested_project: str, size: int, token: str
+    ) -> Page[Template]:
+        _require_own_project(project_id, requested_project, "project_id")
         limit, after = page_size(size), decode_token(token)
         async with self._sessions() as session:
-            items = await PassStore(session).list_templates(project_id, after, limit + 1)
-        return _page(items, limit, lambda t: t.id)
+            items = await PassStore(session, project_id).list_templates(after, limit + 1)
+        return page_of(items, limit, lambda t: t.id)
 
-    async def upsert_pass(self, p: Pass) -> Pass:
+    async def upsert_pass(self, project_id: str, p: Pass) -> Pass:
         raise_if_any(check_pass(p))
         async with self._sessions.begin() as session:
-            result, _ = await PassStore(session).upsert_pass(p, self._clock())
+            result, _ = await PassStore(session, project_id).upsert_pass(p, self._clock())
             return result
 
-    async def import_passes(self, passes: AsyncIterator[Pass]) -> ImportSummary:
+    async def import_passes(self, project_id: str, passes: AsyncIterator[Pass]) -> ImportSummary:
         """Upserts each pass in its own transaction, so one bad pass fails alone."""
         summary = ImportSummary()
         index = 0
@@ -105,7 +111,7 @@ class PassCore:
             try:
                 raise_if_any(check_pass(p))
                 async with self._sessions.begin() as session:
-                    _, created = await PassStore(session).upsert_pass(p, self._clock())
+                    _, created = await PassStore(session, project_id).upsert_pass(p, self._clock())
                 if created:
                     summary.created += 1
                 else:
@@ -117,48 +123,44 @@ class PassCore:
             index += 1
         return summary
 
-    async def get_pass(self, pass_id: str) -> Pass:
+    async def get_pass(self, project_id: str, pass_id: str) -> Pass:
         raise_if_any(check_id("id", pass_id))
         async with self._sessions() as session:
-            return await PassStore(session).get_pass(pass_id)
+            return await PassStore(session, project_id).get_pass(pass_id)
 
-    async def list_passes(self, template_id: str, size: int, token: str) -> Page[Pass]:
+    async def list_passes(
+        self, project_id: str, template_id: str, size: int, token: str
+    ) -> Page[Pass]:
         raise_if_any(check_id("template_id", template_id))
         limit, after = page_size(size), decode_token(token)
         async with self._sessions() as session:
-            items = await PassStore(session).list_passes(template_id, after, limit + 1)
-        return _page(items, limit, lambda p: p.id)
+            items = await PassStore(session, project_id).list_passes(template_id, after, limit + 1)
+        return page_of(items, limit, lambda p: p.id)
 
-    async def create_segment(self, segment: Segment) -> Segment:
+    async def create_segment(self, project_id: str, segment: Segment) -> Segment:
         segment = replace(segment, id=segment.id or new_id())
-        raise_if_any(
-            [
-                *check_id("segment_id", segment.id),
-                *check_id("segment.project_id", segment.project_id),
-            ]
-        )
+        raise_if_any(check_id("segment_id", segment.id))
+        _require_own_project(project_id, segment.project_id, "segment.project_id")
         parse_criteria(segment.criteria)
         async with self._sessions.begin() as session:
-            return await PassStore(session).create_segment(segment, self._clock())
+            return await PassStore(session, project_id).create_segment(segment, self._clock())
 
-    async def create_campaign(self, campaign: Campaign) -> Campaign:
+    async def create_campaign(self, project_id: str, campaign: Campaign) -> Campaign:
         campaign = replace(
             campaign,
             id=campaign.id or new_id(),
             notification_limit=campaign.notification_limit or DEFAULT_CAMPAIGN_LIMIT,
         )
-        raise_if_any(
-            [
-                *check_id("campaign_id", campaign.id),
-                *check_id("campaign.project_id", campaign.project_id),
-            ]
-        )
+        raise_if_any(check_id("campaign_id", campaign.id))
         if campaign.notification_limit < 0:
             raise InvalidArgument.field("campaign.notification_limit", "must not be negative")
+        _require_own_project(project_id, campaign.project_id, "campaign.project_id")
         async with self._sessions.begin() as session:
-            return await PassStore(session).create_campaign(campaign, self._clock())
+            return await PassStore(session, project_id).create_campaign(campaign, self._clock())
 
-    async def add_campaign_members(self, campaign_id: str, pass_ids: Sequence[str]) -> Campaign:
+    async def add_campaign_members(
+        self, project_id: str, campaign_id: str, pass_ids: Sequence[str]
+    ) -> Campaign:
         violations = check_id("campaign_id", campaign_id)
         if len(pass_ids) > MAX_MEMBERS_PER_CALL:
             raise InvalidArgument.field("pass_ids", f"at most {MAX_MEMBERS_PER_CALL} per call")
@@ -166,10 +168,11 @@ class PassCore:
             violations += check_id(f"pass_ids[{i}]", pass_id)
         raise_if_any(violations)
         async with self._sessions.begin() as session:
-            return await PassStore(session).add_campaign_members(campaign_id, pass_ids)
+            store = PassStore(session, project_id)
+            return await store.add_campaign_members(campaign_id, pass_ids)
 
     async def register_device(
-        self, pass_id: str, device_library_identifier: str, push_token: str
+        self, project_id: str, pass_id: str, device_library_identifier: str, push_token: str
     ) -> DeviceRegistration:
         raise_if_any(
             [
@@ -179,12 +182,14 @@ class PassCore:
             ]
         )
         async with self._sessions.begin() as session:
-            registration, _ = await PassStore(session).register_device(
+            registration, _ = await PassStore(session, project_id).register_device(
                 pass_id, device_library_identifier, push_token, self._clock()
             )
             return registration
 
-    async def unregister_device(self, pass_id: str, device_library_identifier: str) -> None:
+    async def unregister_device(
+        self, project_id: str, pass_id: str, device_library_identifier: str
+    ) -> None:
         raise_if_any(
             [
                 *check_id("pass_id", pass_id),
@@ -192,11 +197,13 @@ class PassCore:
             ]
         )
         async with self._sessions.begin() as session:
-            await PassStore(session).unregister_device(pass_id, device_library_identifier)
+            await PassStore(session, project_id).unregister_device(
+                pass_id, device_library_identifier
+            )
 
 
-def _page(items: Sequence[T], limit: int, key: Callable[[T], str]) -> Page[T]:
-    """Cuts a page from `limit + 1` items; the extra one tells whether more follow."""
-    if len(items) > limit:
-        return Page(items[:limit], encode_token(key(items[limit - 1])))
-    return Page(items, "")
+def _require_own_project(project_id: str, requested: str, field: str) -> None:
+    """A request may name the caller's project or leave it empty; any other does not exist."""
+    raise_if_any(check_id(field, requested, required=False))
+    if requested and requested != project_id:
+        raise NotFound("project", requested)

@@ -31,7 +31,6 @@ from passpush.store.models import (
     PassGroupTagRow,
     PassRow,
     PassTagRow,
-    ProjectRow,
     SegmentRow,
     TemplateRow,
 )
@@ -45,76 +44,77 @@ class Audience:
     condition: ColumnElement[bool]
 
 
-async def resolve_audience(session: AsyncSession, target: Target) -> Audience:
-    """Resolves a target, raising NotFound for anything it names that does not exist."""
+async def resolve_audience(session: AsyncSession, project_id: str, target: Target) -> Audience:
+    """Resolves a target within a project.
+
+    Anything the target names that does not exist in `project_id` raises
+    NotFound, exactly as if it did not exist anywhere: another project's data
+    is invisible, and every condition is confined to the project.
+    """
+    in_project = PassRow.project_id == project_id
     match target:
         case PassTarget(pass_id):
-            row = await _one_pass(session, PassRow.id == pass_id)
+            row = await _one_pass(session, and_(in_project, PassRow.id == pass_id))
             if row is None:
                 # PassEntry callers may give the pass's external id instead.
-                row = await _one_pass(session, PassRow.external_id == pass_id, unique=True)
+                condition = and_(in_project, PassRow.external_id == pass_id)
+                row = await _one_pass(session, condition, unique=True)
             if row is None:
                 raise NotFound("pass", pass_id)
-            return Audience(row.project_id, PassRow.id == row.id)
+            return Audience(project_id, and_(in_project, PassRow.id == row.id))
         case ExternalPassTarget(template_id, external_id):
-            template = await _template(session, template_id)
+            await _template(session, project_id, template_id)
             row = await _one_pass(
                 session,
-                and_(PassRow.template_id == template.id, PassRow.external_id == external_id),
+                and_(
+                    in_project,
+                    PassRow.template_id == template_id,
+                    PassRow.external_id == external_id,
+                ),
             )
             if row is None:
                 raise NotFound("pass", f"{template_id}/{external_id}")
-            return Audience(row.project_id, PassRow.id == row.id)
+            return Audience(project_id, and_(in_project, PassRow.id == row.id))
         case TemplateTarget():
-            template = await _template_ref(session, target)
-            return Audience(template.project_id, PassRow.template_id == template.id)
+            template = await _template_ref(session, project_id, target)
+            return Audience(project_id, and_(in_project, PassRow.template_id == template.id))
         case TagTarget(tag, template_id):
-            condition = _has_tag(tag)
+            condition = and_(in_project, _has_tag(tag))
             if template_id:
-                template = await _template(session, template_id)
-                condition = and_(PassRow.template_id == template.id, condition)
-            project_id = await session.scalar(select(PassRow.project_id).where(condition).limit(1))
-            if project_id is None:
+                await _template(session, project_id, template_id)
+                condition = and_(condition, PassRow.template_id == template_id)
+            if await session.scalar(select(PassRow.id).where(condition).limit(1)) is None:
                 raise NotFound("tag", tag)
-            return Audience(project_id, and_(PassRow.project_id == project_id, condition))
-        case SegmentTarget(project_id, segment_id, template_id):
-            if await session.get(ProjectRow, project_id) is None:
-                raise NotFound("project", project_id)
-            segment = await session.get(SegmentRow, segment_id)
-            if segment is None or segment.project_id != project_id:
+            return Audience(project_id, condition)
+        case SegmentTarget(segment_project_id, segment_id, template_id):
+            if segment_project_id != project_id:
+                raise NotFound("project", segment_project_id)
+            segment = await session.get(SegmentRow, (project_id, segment_id))
+            if segment is None:
                 raise NotFound("segment", segment_id)
-            condition = and_(
-                PassRow.project_id == project_id,
-                _criterion(parse_criteria(segment.criteria)),
-            )
+            condition = and_(in_project, _criterion(parse_criteria(segment.criteria)))
             if template_id:
-                template = await _template(session, template_id)
-                if template.project_id != project_id:
-                    raise NotFound("template", template_id)
-                condition = and_(PassRow.template_id == template.id, condition)
+                await _template(session, project_id, template_id)
+                condition = and_(condition, PassRow.template_id == template_id)
             return Audience(project_id, condition)
         case CampaignTarget(campaign_id):
-            campaign = await session.get(CampaignRow, campaign_id)
-            if campaign is None:
+            if await session.get(CampaignRow, (project_id, campaign_id)) is None:
                 raise NotFound("campaign", campaign_id)
             members = select(CampaignMemberRow.pass_id).where(
-                CampaignMemberRow.campaign_id == campaign_id
+                CampaignMemberRow.project_id == project_id,
+                CampaignMemberRow.campaign_id == campaign_id,
             )
-            return Audience(
-                campaign.project_id,
-                and_(PassRow.project_id == campaign.project_id, PassRow.id.in_(members)),
-            )
+            return Audience(project_id, and_(in_project, PassRow.id.in_(members)))
         case EntityTarget(entity_id, group_tags):
-            entity = await session.get(EntityRow, entity_id)
-            if entity is None:
+            if await session.get(EntityRow, (project_id, entity_id)) is None:
                 raise NotFound("entity", entity_id)
-            templates = select(TemplateRow.id).where(TemplateRow.entity_id == entity_id)
-            condition = and_(
-                PassRow.project_id == entity.project_id, PassRow.template_id.in_(templates)
+            templates = select(TemplateRow.id).where(
+                TemplateRow.project_id == project_id, TemplateRow.entity_id == entity_id
             )
+            condition = and_(in_project, PassRow.template_id.in_(templates))
             if group_tags:
                 condition = and_(condition, _has_group_tag(group_tags))
-            return Audience(entity.project_id, condition)
+            return Audience(project_id, condition)
     raise AssertionError(f"unknown target {target!r}")  # pragma: no cover
 
 
@@ -127,32 +127,41 @@ async def _one_pass(
     return rows[0]
 
 
-async def _template(session: AsyncSession, template_id: str) -> TemplateRow:
-    template = await session.get(TemplateRow, template_id)
+async def _template(session: AsyncSession, project_id: str, template_id: str) -> TemplateRow:
+    template = await session.get(TemplateRow, (project_id, template_id))
     if template is None:
         raise NotFound("template", template_id)
     return template
 
 
-async def _template_ref(session: AsyncSession, ref: TemplateTarget) -> TemplateRow:
+async def _template_ref(session: AsyncSession, project_id: str, ref: TemplateTarget) -> TemplateRow:
     if ref.template_id:
-        return await _template(session, ref.template_id)
-    rows = (
-        await session.scalars(
-            select(TemplateRow).where(TemplateRow.external_id == ref.template_external_id).limit(2)
+        return await _template(session, project_id, ref.template_id)
+    template = await session.scalar(
+        select(TemplateRow).where(
+            TemplateRow.project_id == project_id,
+            TemplateRow.external_id == ref.template_external_id,
         )
-    ).all()
-    if len(rows) != 1:
+    )
+    if template is None:
         raise NotFound("template", ref.template_external_id)
-    return rows[0]
+    return template
 
 
 def _has_tag(tag: str) -> ColumnElement[bool]:
-    return exists().where(PassTagRow.pass_id == PassRow.id, PassTagRow.tag == tag)
+    return exists().where(
+        PassTagRow.project_id == PassRow.project_id,
+        PassTagRow.pass_id == PassRow.id,
+        PassTagRow.tag == tag,
+    )
 
 
 def _has_group_tag(tags: tuple[str, ...]) -> ColumnElement[bool]:
-    return exists().where(PassGroupTagRow.pass_id == PassRow.id, PassGroupTagRow.tag.in_(tags))
+    return exists().where(
+        PassGroupTagRow.project_id == PassRow.project_id,
+        PassGroupTagRow.pass_id == PassRow.id,
+        PassGroupTagRow.tag.in_(tags),
+    )
 
 
 def _criterion(criterion: Criterion) -> ColumnElement[bool]:

@@ -12,6 +12,7 @@ from sqlalchemy import (
     DateTime,
     Dialect,
     ForeignKey,
+    ForeignKeyConstraint,
     Index,
     Integer,
     MetaData,
@@ -78,42 +79,69 @@ class ProjectRow(Base):
     created_at: Mapped[datetime]
 
 
+# Everything a project owns is keyed by (project_id, id): callers choose ids, and one
+# project's ids must neither collide with nor reveal another's.
+def _project_fk() -> Mapped[str]:
+    return mapped_column(ForeignKey("projects.id"), primary_key=True)
+
+
+class ApiKeyRow(Base):
+    """An API key: its public id, and a salted hash of its secret (never the secret)."""
+
+    __tablename__ = "api_keys"
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    project_id: Mapped[str] = mapped_column(ForeignKey("projects.id"), index=True)
+    name: Mapped[str] = mapped_column(String(200), default="")
+    scopes: Mapped[list[str]] = mapped_column(JSON)
+    salt: Mapped[str] = mapped_column(String(64))
+    secret_hash: Mapped[str] = mapped_column(String(64))
+    created_at: Mapped[datetime]
+    revoked_at: Mapped[datetime | None]
+
+
 class EntityRow(Base):
     __tablename__ = "entities"
 
+    project_id: Mapped[str] = _project_fk()
     id: Mapped[str] = mapped_column(ID, primary_key=True)
-    project_id: Mapped[str] = mapped_column(ForeignKey("projects.id"), index=True)
     name: Mapped[str] = mapped_column(String(200), default="")
     created_at: Mapped[datetime]
 
 
 class TemplateRow(Base):
     __tablename__ = "templates"
-    __table_args__ = (UniqueConstraint("project_id", "external_id"),)
+    __table_args__ = (
+        UniqueConstraint("project_id", "external_id"),
+        ForeignKeyConstraint(["project_id", "entity_id"], ["entities.project_id", "entities.id"]),
+    )
 
+    project_id: Mapped[str] = _project_fk()
     id: Mapped[str] = mapped_column(ID, primary_key=True)
-    project_id: Mapped[str] = mapped_column(ForeignKey("projects.id"), index=True)
     external_id: Mapped[str | None] = mapped_column(ID)
     platform: Mapped[str] = mapped_column(String(16))
     display_name: Mapped[str] = mapped_column(String(200), default="")
     pass_type_identifier: Mapped[str] = mapped_column(String(255), default="")
     google_class_id: Mapped[str] = mapped_column(String(255), default="")
     google_object_type: Mapped[str] = mapped_column(String(64), default="")
-    entity_id: Mapped[str | None] = mapped_column(ForeignKey("entities.id"), index=True)
+    entity_id: Mapped[str | None] = mapped_column(ID)
     created_at: Mapped[datetime]
 
 
 class PassRow(Base):
     __tablename__ = "passes"
     __table_args__ = (
-        UniqueConstraint("template_id", "external_id"),
+        UniqueConstraint("project_id", "template_id", "external_id"),
         Index("ix_passes_project_external", "project_id", "external_id"),
+        Index("ix_passes_project_template", "project_id", "template_id"),
+        ForeignKeyConstraint(
+            ["project_id", "template_id"], ["templates.project_id", "templates.id"]
+        ),
     )
 
+    project_id: Mapped[str] = _project_fk()
     id: Mapped[str] = mapped_column(ID, primary_key=True)
-    # Copied from the template so that every audience query filters by project.
-    project_id: Mapped[str] = mapped_column(ForeignKey("projects.id"))
-    template_id: Mapped[str] = mapped_column(ForeignKey("templates.id"), index=True)
+    template_id: Mapped[str] = mapped_column(ID)
     external_id: Mapped[str | None] = mapped_column(ID)
     serial_number: Mapped[str] = mapped_column(String(128))
     status: Mapped[str] = mapped_column(String(16))
@@ -128,31 +156,38 @@ class PassRow(Base):
     updated_at: Mapped[datetime]
 
 
+def _pass_fk() -> ForeignKeyConstraint:
+    return ForeignKeyConstraint(
+        ["project_id", "pass_id"], ["passes.project_id", "passes.id"], ondelete="CASCADE"
+    )
+
+
 class PassTagRow(Base):
     __tablename__ = "pass_tags"
-    __table_args__ = (Index("ix_pass_tags_tag", "tag", "pass_id"),)
+    __table_args__ = (Index("ix_pass_tags_tag", "project_id", "tag", "pass_id"), _pass_fk())
 
-    pass_id: Mapped[str] = mapped_column(
-        ForeignKey("passes.id", ondelete="CASCADE"), primary_key=True
-    )
+    project_id: Mapped[str] = mapped_column(ID, primary_key=True)
+    pass_id: Mapped[str] = mapped_column(ID, primary_key=True)
     tag: Mapped[str] = mapped_column(String(128), primary_key=True)
 
 
 class PassGroupTagRow(Base):
     __tablename__ = "pass_group_tags"
-    __table_args__ = (Index("ix_pass_group_tags_tag", "tag", "pass_id"),)
-
-    pass_id: Mapped[str] = mapped_column(
-        ForeignKey("passes.id", ondelete="CASCADE"), primary_key=True
+    __table_args__ = (
+        Index("ix_pass_group_tags_tag", "project_id", "tag", "pass_id"),
+        _pass_fk(),
     )
+
+    project_id: Mapped[str] = mapped_column(ID, primary_key=True)
+    pass_id: Mapped[str] = mapped_column(ID, primary_key=True)
     tag: Mapped[str] = mapped_column(String(128), primary_key=True)
 
 
 class SegmentRow(Base):
     __tablename__ = "segments"
 
+    project_id: Mapped[str] = _project_fk()
     id: Mapped[str] = mapped_column(ID, primary_key=True)
-    project_id: Mapped[str] = mapped_column(ForeignKey("projects.id"), index=True)
     display_name: Mapped[str] = mapped_column(String(200), default="")
     criteria: Mapped[dict[str, Any]] = mapped_column(JSON)
     created_at: Mapped[datetime]
@@ -161,8 +196,8 @@ class SegmentRow(Base):
 class CampaignRow(Base):
     __tablename__ = "campaigns"
 
+    project_id: Mapped[str] = _project_fk()
     id: Mapped[str] = mapped_column(ID, primary_key=True)
-    project_id: Mapped[str] = mapped_column(ForeignKey("projects.id"), index=True)
     name: Mapped[str] = mapped_column(String(200), default="")
     notification_limit: Mapped[int] = mapped_column(Integer)
     created_at: Mapped[datetime]
@@ -170,21 +205,31 @@ class CampaignRow(Base):
 
 class CampaignMemberRow(Base):
     __tablename__ = "campaign_members"
+    __table_args__ = (
+        ForeignKeyConstraint(
+            ["project_id", "campaign_id"],
+            ["campaigns.project_id", "campaigns.id"],
+            ondelete="CASCADE",
+        ),
+        _pass_fk(),
+        Index("ix_campaign_members_pass", "project_id", "pass_id"),
+    )
 
-    campaign_id: Mapped[str] = mapped_column(
-        ForeignKey("campaigns.id", ondelete="CASCADE"), primary_key=True
-    )
-    pass_id: Mapped[str] = mapped_column(
-        ForeignKey("passes.id", ondelete="CASCADE"), primary_key=True, index=True
-    )
+    project_id: Mapped[str] = mapped_column(ID, primary_key=True)
+    campaign_id: Mapped[str] = mapped_column(ID, primary_key=True)
+    pass_id: Mapped[str] = mapped_column(ID, primary_key=True)
 
 
 class DeviceRegistrationRow(Base):
     __tablename__ = "device_registrations"
-    __table_args__ = (UniqueConstraint("pass_id", "device_library_identifier"),)
+    __table_args__ = (
+        UniqueConstraint("project_id", "pass_id", "device_library_identifier"),
+        _pass_fk(),
+    )
 
     id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
-    pass_id: Mapped[str] = mapped_column(ForeignKey("passes.id", ondelete="CASCADE"))
+    project_id: Mapped[str] = mapped_column(ID)
+    pass_id: Mapped[str] = mapped_column(ID)
     device_library_identifier: Mapped[str] = mapped_column(String(255))
     push_token: Mapped[str] = mapped_column(String(400))
     # False once APNs called the token bad; a new registration revives it.
@@ -230,6 +275,7 @@ class DeliveryRow(Base):
 
     id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
     ticket_id: Mapped[int] = mapped_column(ForeignKey("tickets.id", ondelete="CASCADE"))
+    project_id: Mapped[str] = mapped_column(ID)
     pass_id: Mapped[str] = mapped_column(ID)
     # No foreign key: a registration APNs called gone is deleted, its deliveries stay.
     registration_id: Mapped[int | None] = mapped_column(BigInteger)

@@ -91,8 +91,19 @@ class Outbox:
                 TemplateRow.pass_type_identifier,
                 PassRow.google_object_id,
             )
-            .join(PassRow, PassRow.id == DeliveryRow.pass_id)
-            .join(TemplateRow, TemplateRow.id == PassRow.template_id)
+            .join(
+                PassRow,
+                and_(
+                    PassRow.project_id == DeliveryRow.project_id, PassRow.id == DeliveryRow.pass_id
+                ),
+            )
+            .join(
+                TemplateRow,
+                and_(
+                    TemplateRow.project_id == PassRow.project_id,
+                    TemplateRow.id == PassRow.template_id,
+                ),
+            )
             .outerjoin(
                 DeviceRegistrationRow,
                 and_(

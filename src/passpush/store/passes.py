@@ -7,7 +7,7 @@ import uuid
 from collections.abc import Sequence
 from datetime import datetime
 
-from sqlalchemy import delete, func, insert, select
+from sqlalchemy import ColumnElement, delete, func, insert, select
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -50,39 +50,34 @@ def update_tag_at(now: datetime) -> int:
 
 
 class PassStore:
-    """The pass-side repository; one per session (unit of work)."""
+    """The pass-side repository of one project; one per session (unit of work).
 
-    def __init__(self, session: AsyncSession) -> None:
+    Every query is confined to `project_id`: another project's rows are never
+    read, and to this store they do not exist.
+    """
+
+    def __init__(self, session: AsyncSession, project_id: str) -> None:
         self.session = session
+        self.project_id = project_id
 
     # Projects -------------------------------------------------------------
-    async def create_project(self, project_id: str, display_name: str, now: datetime) -> Project:
-        if await self.session.get(ProjectRow, project_id) is not None:
-            raise AlreadyExists("project", project_id)
-        row = ProjectRow(id=project_id, display_name=display_name, created_at=now)
+    async def create_project(self, display_name: str, now: datetime) -> Project:
+        if await self.session.get(ProjectRow, self.project_id) is not None:
+            raise AlreadyExists("project", self.project_id)
+        row = ProjectRow(id=self.project_id, display_name=display_name, created_at=now)
         self.session.add(row)
         await self.session.flush()
         return _project(row)
 
-    async def ensure_project(self, project_id: str, now: datetime) -> None:
-        if await self.session.get(ProjectRow, project_id) is None:
-            self.session.add(ProjectRow(id=project_id, display_name=project_id, created_at=now))
-            await self.session.flush()
-
-    async def require_project(self, project_id: str) -> ProjectRow:
-        row = await self.session.get(ProjectRow, project_id)
-        if row is None:
-            raise NotFound("project", project_id)
-        return row
+    async def ensure_project(self, now: datetime) -> None:
+        if await self.session.get(ProjectRow, self.project_id) is None:
+            await self.create_project(self.project_id, now)
 
     # Entities -------------------------------------------------------------
     async def create_entity(self, entity: Entity, now: datetime) -> Entity:
-        await self.require_project(entity.project_id)
-        if await self.session.get(EntityRow, entity.id) is not None:
+        if await self.session.get(EntityRow, self._key(entity.id)) is not None:
             raise AlreadyExists("entity", entity.id)
-        row = EntityRow(
-            id=entity.id, project_id=entity.project_id, name=entity.name, created_at=now
-        )
+        row = EntityRow(project_id=self.project_id, id=entity.id, name=entity.name, created_at=now)
         self.session.add(row)
         await self.session.flush()
         return Entity(row.id, row.project_id, row.name, row.created_at)
@@ -90,23 +85,22 @@ class PassStore:
     # Templates ------------------------------------------------------------
     async def create_template(self, template: Template, now: datetime) -> Template:
         assert template.platform is not None, "validated by the caller"
-        await self.require_project(template.project_id)
-        if await self.session.get(TemplateRow, template.id) is not None:
+        if await self.session.get(TemplateRow, self._key(template.id)) is not None:
             raise AlreadyExists("template", template.id)
         if template.external_id and await self.session.scalar(
             select(TemplateRow.id).where(
-                TemplateRow.project_id == template.project_id,
+                TemplateRow.project_id == self.project_id,
                 TemplateRow.external_id == template.external_id,
             )
         ):
             raise AlreadyExists("template", template.external_id)
-        if template.entity_id:
-            entity = await self.session.get(EntityRow, template.entity_id)
-            if entity is None or entity.project_id != template.project_id:
-                raise NotFound("entity", template.entity_id)
+        if template.entity_id and (
+            await self.session.get(EntityRow, self._key(template.entity_id)) is None
+        ):
+            raise NotFound("entity", template.entity_id)
         row = TemplateRow(
+            project_id=self.project_id,
             id=template.id,
-            project_id=template.project_id,
             external_id=template.external_id or None,
             platform=template.platform.value,
             display_name=template.display_name,
@@ -121,16 +115,18 @@ class PassStore:
         return _template(row)
 
     async def get_template(self, template_id: str) -> Template:
-        row = await self.session.get(TemplateRow, template_id)
+        return _template(await self._template_row(template_id))
+
+    async def _template_row(self, template_id: str) -> TemplateRow:
+        row = await self.session.get(TemplateRow, self._key(template_id))
         if row is None:
             raise NotFound("template", template_id)
-        return _template(row)
+        return row
 
-    async def list_templates(self, project_id: str, after: str, limit: int) -> Sequence[Template]:
-        await self.require_project(project_id)
+    async def list_templates(self, after: str, limit: int) -> Sequence[Template]:
         rows = await self.session.scalars(
             select(TemplateRow)
-            .where(TemplateRow.project_id == project_id, TemplateRow.id > after)
+            .where(TemplateRow.project_id == self.project_id, TemplateRow.id > after)
             .order_by(TemplateRow.id)
             .limit(limit)
         )
@@ -139,9 +135,7 @@ class PassStore:
     # Passes ---------------------------------------------------------------
     async def upsert_pass(self, p: Pass, now: datetime) -> tuple[Pass, bool]:
         """Creates or updates a pass; returns it and whether it was created."""
-        template = await self.session.get(TemplateRow, p.template_id)
-        if template is None:
-            raise NotFound("template", p.template_id)
+        template = await self._template_row(p.template_id)
         if template.platform == Platform.GOOGLE and not p.google_object_id:
             raise InvalidArgument.field(
                 "pass.google_object_id", "is required for passes of Google templates"
@@ -152,7 +146,9 @@ class PassStore:
         if p.external_id and (row is None or p.external_id != row.external_id):
             clash = await self.session.scalar(
                 select(PassRow.id).where(
-                    PassRow.template_id == template.id, PassRow.external_id == p.external_id
+                    PassRow.project_id == self.project_id,
+                    PassRow.template_id == template.id,
+                    PassRow.external_id == p.external_id,
                 )
             )
             if clash is not None:
@@ -161,8 +157,8 @@ class PassStore:
         if row is None:
             pass_id = p.id or new_id()
             row = PassRow(
+                project_id=self.project_id,
                 id=pass_id,
-                project_id=template.project_id,
                 template_id=template.id,
                 serial_number=pass_id,
                 # Devices already hold an imported pass's token; a new pass gets a random one.
@@ -186,11 +182,13 @@ class PassStore:
 
     async def _find_pass_for_upsert(self, p: Pass) -> PassRow | None:
         if p.id:
-            return await self.session.get(PassRow, p.id)
+            return await self.session.get(PassRow, self._key(p.id))
         if p.external_id:
             return await self.session.scalar(
                 select(PassRow).where(
-                    PassRow.template_id == p.template_id, PassRow.external_id == p.external_id
+                    PassRow.project_id == self.project_id,
+                    PassRow.template_id == p.template_id,
+                    PassRow.external_id == p.external_id,
                 )
             )
         return None
@@ -203,25 +201,31 @@ class PassStore:
         created: bool,
     ) -> None:
         if not created:
-            await self.session.execute(delete(table).where(table.pass_id == pass_id))
+            await self.session.execute(
+                delete(table).where(table.project_id == self.project_id, table.pass_id == pass_id)
+            )
         unique = sorted(set(tags))
         if unique:
             await self.session.execute(
-                insert(table), [{"pass_id": pass_id, "tag": tag} for tag in unique]
+                insert(table),
+                [{"project_id": self.project_id, "pass_id": pass_id, "tag": t} for t in unique],
             )
 
     async def get_pass(self, pass_id: str) -> Pass:
-        row = await self.session.get(PassRow, pass_id, populate_existing=True)
+        row = await self.session.get(PassRow, self._key(pass_id), populate_existing=True)
         if row is None:
             raise NotFound("pass", pass_id)
         return (await self._with_tags([row]))[0]
 
     async def list_passes(self, template_id: str, after: str, limit: int) -> Sequence[Pass]:
-        if await self.session.get(TemplateRow, template_id) is None:
-            raise NotFound("template", template_id)
+        await self._template_row(template_id)
         rows = await self.session.scalars(
             select(PassRow)
-            .where(PassRow.template_id == template_id, PassRow.id > after)
+            .where(
+                PassRow.project_id == self.project_id,
+                PassRow.template_id == template_id,
+                PassRow.id > after,
+            )
             .order_by(PassRow.id)
             .limit(limit)
         )
@@ -234,7 +238,9 @@ class PassStore:
         group_tags: dict[str, list[str]] = {pass_id: [] for pass_id in ids}
         for table, found in ((PassTagRow, tags), (PassGroupTagRow, group_tags)):
             pairs = await self.session.execute(
-                select(table.pass_id, table.tag).where(table.pass_id.in_(ids))
+                select(table.pass_id, table.tag).where(
+                    table.project_id == self.project_id, table.pass_id.in_(ids)
+                )
             )
             for pass_id, tag in pairs:
                 found[pass_id].append(tag)
@@ -245,12 +251,11 @@ class PassStore:
 
     # Segments -------------------------------------------------------------
     async def create_segment(self, segment: Segment, now: datetime) -> Segment:
-        await self.require_project(segment.project_id)
-        if await self.session.get(SegmentRow, segment.id) is not None:
+        if await self.session.get(SegmentRow, self._key(segment.id)) is not None:
             raise AlreadyExists("segment", segment.id)
         row = SegmentRow(
+            project_id=self.project_id,
             id=segment.id,
-            project_id=segment.project_id,
             display_name=segment.display_name,
             criteria=segment.criteria,
             created_at=now,
@@ -261,13 +266,12 @@ class PassStore:
 
     # Campaigns ------------------------------------------------------------
     async def create_campaign(self, campaign: Campaign, now: datetime) -> Campaign:
-        await self.require_project(campaign.project_id)
-        if await self.session.get(CampaignRow, campaign.id) is not None:
+        if await self.session.get(CampaignRow, self._key(campaign.id)) is not None:
             raise AlreadyExists("campaign", campaign.id)
         self.session.add(
             CampaignRow(
+                project_id=self.project_id,
                 id=campaign.id,
-                project_id=campaign.project_id,
                 name=campaign.name,
                 notification_limit=campaign.notification_limit,
                 created_at=now,
@@ -277,23 +281,26 @@ class PassStore:
         return await self.get_campaign(campaign.id)
 
     async def get_campaign(self, campaign_id: str) -> Campaign:
-        row = await self.session.get(CampaignRow, campaign_id)
+        row = await self.session.get(CampaignRow, self._key(campaign_id))
         if row is None:
             raise NotFound("campaign", campaign_id)
         members = await self.session.scalar(
-            select(func.count()).where(CampaignMemberRow.campaign_id == campaign_id)
+            select(func.count()).where(
+                CampaignMemberRow.project_id == self.project_id,
+                CampaignMemberRow.campaign_id == campaign_id,
+            )
         )
         return Campaign(
             row.id, row.project_id, row.name, row.notification_limit, members or 0, row.created_at
         )
 
     async def add_campaign_members(self, campaign_id: str, pass_ids: Sequence[str]) -> Campaign:
-        campaign = await self.get_campaign(campaign_id)
+        await self.get_campaign(campaign_id)
         wanted = sorted(set(pass_ids))
         found = set(
             await self.session.scalars(
                 select(PassRow.id).where(
-                    PassRow.id.in_(wanted), PassRow.project_id == campaign.project_id
+                    PassRow.project_id == self.project_id, PassRow.id.in_(wanted)
                 )
             )
         )
@@ -301,7 +308,10 @@ class PassStore:
         if missing:
             raise NotFound("pass", missing[0])
         if wanted:
-            rows = [{"campaign_id": campaign_id, "pass_id": p} for p in wanted]
+            rows = [
+                {"project_id": self.project_id, "campaign_id": campaign_id, "pass_id": p}
+                for p in wanted
+            ]
             await self.session.execute(self._insert_ignoring_duplicates(CampaignMemberRow), rows)
         return await self.get_campaign(campaign_id)
 
@@ -315,17 +325,17 @@ class PassStore:
         self, pass_id: str, device_library_identifier: str, push_token: str, now: datetime
     ) -> tuple[DeviceRegistration, bool]:
         """Registers (or re-registers) a device; returns it and whether it is new."""
-        if await self.session.get(PassRow, pass_id) is None:
+        if await self.session.get(PassRow, self._key(pass_id)) is None:
             raise NotFound("pass", pass_id)
         row = await self.session.scalar(
             select(DeviceRegistrationRow).where(
-                DeviceRegistrationRow.pass_id == pass_id,
-                DeviceRegistrationRow.device_library_identifier == device_library_identifier,
+                *self._registration(pass_id, device_library_identifier)
             )
         )
         created = row is None
         if row is None:
             row = DeviceRegistrationRow(
+                project_id=self.project_id,
                 pass_id=pass_id,
                 device_library_identifier=device_library_identifier,
                 created_at=now,
@@ -340,12 +350,22 @@ class PassStore:
     async def unregister_device(self, pass_id: str, device_library_identifier: str) -> None:
         result = await self.session.execute(
             delete(DeviceRegistrationRow).where(
-                DeviceRegistrationRow.pass_id == pass_id,
-                DeviceRegistrationRow.device_library_identifier == device_library_identifier,
+                *self._registration(pass_id, device_library_identifier)
             )
         )
         if result.rowcount == 0:  # type: ignore[attr-defined]
             raise NotFound("device_registration", f"{pass_id}/{device_library_identifier}")
+
+    def _registration(self, pass_id: str, device: str) -> tuple[ColumnElement[bool], ...]:
+        return (
+            DeviceRegistrationRow.project_id == self.project_id,
+            DeviceRegistrationRow.pass_id == pass_id,
+            DeviceRegistrationRow.device_library_identifier == device,
+        )
+
+    def _key(self, resource_id: str) -> tuple[str, str]:
+        """The primary key of one of this project's rows."""
+        return (self.project_id, resource_id)
 
 
 def _project(row: ProjectRow) -> Project:

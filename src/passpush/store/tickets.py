@@ -38,6 +38,7 @@ from passpush.store.passes import update_tag_at
 ERROR_SAMPLE_SIZE = 10
 _DELIVERY_COLUMNS = [
     "ticket_id",
+    "project_id",
     "pass_id",
     "registration_id",
     "platform",
@@ -147,9 +148,9 @@ class TicketStore:
             row.completed_at = now
         await self.session.flush()
 
-    async def get(self, ticket_id: int) -> Ticket:
+    async def get(self, project_id: str, ticket_id: int) -> Ticket:
         row = await self.session.get(TicketRow, ticket_id, populate_existing=True)
-        if row is None:
+        if row is None or row.project_id != project_id:
             raise NotFound("ticket", str(ticket_id))
         errors = await self.session.execute(
             select(DeliveryRow.reason, func.count())
@@ -194,13 +195,17 @@ def _fan_out(ticket_id: int, audience: Any, now: datetime) -> list[Select[Any]]:
     """
     active = PassRow.status == PassStatus.ACTIVE.value
     apple = TemplateRow.platform == Platform.APPLE.value
-    has_device = exists().where(
-        DeviceRegistrationRow.pass_id == PassRow.id, DeviceRegistrationRow.active
+    registered = and_(
+        DeviceRegistrationRow.project_id == PassRow.project_id,
+        DeviceRegistrationRow.pass_id == PassRow.id,
+        DeviceRegistrationRow.active,
     )
+    has_device = exists().where(registered)
 
     def rows(registration: Any, state: DeliveryState, reason: str, condition: Any) -> Select[Any]:
         query = select(
             literal(ticket_id),
+            PassRow.project_id,
             PassRow.id,
             registration,
             TemplateRow.platform,
@@ -209,15 +214,18 @@ def _fan_out(ticket_id: int, audience: Any, now: datetime) -> list[Select[Any]]:
             literal(0),
             literal(now, type_=DeliveryRow.next_attempt_at.type),
             literal(now, type_=DeliveryRow.updated_at.type),
-        ).join(TemplateRow, TemplateRow.id == PassRow.template_id)
+        ).join(
+            TemplateRow,
+            and_(
+                TemplateRow.project_id == PassRow.project_id,
+                TemplateRow.id == PassRow.template_id,
+            ),
+        )
         return query.where(audience, condition)
 
     apple_devices = rows(
         DeviceRegistrationRow.id, DeliveryState.PENDING, "", and_(active, apple)
-    ).join(
-        DeviceRegistrationRow,
-        and_(DeviceRegistrationRow.pass_id == PassRow.id, DeviceRegistrationRow.active),
-    )
+    ).join(DeviceRegistrationRow, registered)
     none = literal(None, type_=DeliveryRow.registration_id.type)
     return [
         apple_devices,

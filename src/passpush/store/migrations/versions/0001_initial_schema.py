@@ -2,7 +2,7 @@
 
 Revision ID: 0001
 Revises: (none)
-Create Date: 2026-11-23 18:57:04.544032
+Create Date: 2026-11-23 19:20:21.266205
 """
 
 from collections.abc import Sequence
@@ -26,49 +26,58 @@ def upgrade() -> None:
         sa.PrimaryKeyConstraint("id", name=op.f("pk_projects")),
     )
     op.create_table(
-        "campaigns",
-        sa.Column("id", sa.String(length=128), nullable=False),
+        "api_keys",
+        sa.Column("id", sa.String(length=32), nullable=False),
         sa.Column("project_id", sa.String(length=128), nullable=False),
+        sa.Column("name", sa.String(length=200), nullable=False),
+        sa.Column("scopes", sa.JSON(), nullable=False),
+        sa.Column("salt", sa.String(length=64), nullable=False),
+        sa.Column("secret_hash", sa.String(length=64), nullable=False),
+        sa.Column("created_at", sa.DateTime(), nullable=False),
+        sa.Column("revoked_at", sa.DateTime(), nullable=True),
+        sa.ForeignKeyConstraint(
+            ["project_id"], ["projects.id"], name=op.f("fk_api_keys_project_id_projects")
+        ),
+        sa.PrimaryKeyConstraint("id", name=op.f("pk_api_keys")),
+    )
+    with op.batch_alter_table("api_keys", schema=None) as batch_op:
+        batch_op.create_index(batch_op.f("ix_api_keys_project_id"), ["project_id"], unique=False)
+
+    op.create_table(
+        "campaigns",
+        sa.Column("project_id", sa.String(length=128), nullable=False),
+        sa.Column("id", sa.String(length=128), nullable=False),
         sa.Column("name", sa.String(length=200), nullable=False),
         sa.Column("notification_limit", sa.Integer(), nullable=False),
         sa.Column("created_at", sa.DateTime(), nullable=False),
         sa.ForeignKeyConstraint(
             ["project_id"], ["projects.id"], name=op.f("fk_campaigns_project_id_projects")
         ),
-        sa.PrimaryKeyConstraint("id", name=op.f("pk_campaigns")),
+        sa.PrimaryKeyConstraint("project_id", "id", name=op.f("pk_campaigns")),
     )
-    with op.batch_alter_table("campaigns", schema=None) as batch_op:
-        batch_op.create_index(batch_op.f("ix_campaigns_project_id"), ["project_id"], unique=False)
-
     op.create_table(
         "entities",
-        sa.Column("id", sa.String(length=128), nullable=False),
         sa.Column("project_id", sa.String(length=128), nullable=False),
+        sa.Column("id", sa.String(length=128), nullable=False),
         sa.Column("name", sa.String(length=200), nullable=False),
         sa.Column("created_at", sa.DateTime(), nullable=False),
         sa.ForeignKeyConstraint(
             ["project_id"], ["projects.id"], name=op.f("fk_entities_project_id_projects")
         ),
-        sa.PrimaryKeyConstraint("id", name=op.f("pk_entities")),
+        sa.PrimaryKeyConstraint("project_id", "id", name=op.f("pk_entities")),
     )
-    with op.batch_alter_table("entities", schema=None) as batch_op:
-        batch_op.create_index(batch_op.f("ix_entities_project_id"), ["project_id"], unique=False)
-
     op.create_table(
         "segments",
-        sa.Column("id", sa.String(length=128), nullable=False),
         sa.Column("project_id", sa.String(length=128), nullable=False),
+        sa.Column("id", sa.String(length=128), nullable=False),
         sa.Column("display_name", sa.String(length=200), nullable=False),
         sa.Column("criteria", sa.JSON(), nullable=False),
         sa.Column("created_at", sa.DateTime(), nullable=False),
         sa.ForeignKeyConstraint(
             ["project_id"], ["projects.id"], name=op.f("fk_segments_project_id_projects")
         ),
-        sa.PrimaryKeyConstraint("id", name=op.f("pk_segments")),
+        sa.PrimaryKeyConstraint("project_id", "id", name=op.f("pk_segments")),
     )
-    with op.batch_alter_table("segments", schema=None) as batch_op:
-        batch_op.create_index(batch_op.f("ix_segments_project_id"), ["project_id"], unique=False)
-
     op.create_table(
         "tickets",
         sa.Column(
@@ -115,6 +124,7 @@ def upgrade() -> None:
         sa.Column(
             "ticket_id", sa.BigInteger().with_variant(sa.Integer(), "sqlite"), nullable=False
         ),
+        sa.Column("project_id", sa.String(length=128), nullable=False),
         sa.Column("pass_id", sa.String(length=128), nullable=False),
         sa.Column("registration_id", sa.BigInteger(), nullable=True),
         sa.Column("platform", sa.String(length=16), nullable=False),
@@ -139,8 +149,8 @@ def upgrade() -> None:
 
     op.create_table(
         "templates",
-        sa.Column("id", sa.String(length=128), nullable=False),
         sa.Column("project_id", sa.String(length=128), nullable=False),
+        sa.Column("id", sa.String(length=128), nullable=False),
         sa.Column("external_id", sa.String(length=128), nullable=True),
         sa.Column("platform", sa.String(length=16), nullable=False),
         sa.Column("display_name", sa.String(length=200), nullable=False),
@@ -150,22 +160,20 @@ def upgrade() -> None:
         sa.Column("entity_id", sa.String(length=128), nullable=True),
         sa.Column("created_at", sa.DateTime(), nullable=False),
         sa.ForeignKeyConstraint(
-            ["entity_id"], ["entities.id"], name=op.f("fk_templates_entity_id_entities")
+            ["project_id", "entity_id"],
+            ["entities.project_id", "entities.id"],
+            name=op.f("fk_templates_project_id_entities"),
         ),
         sa.ForeignKeyConstraint(
             ["project_id"], ["projects.id"], name=op.f("fk_templates_project_id_projects")
         ),
-        sa.PrimaryKeyConstraint("id", name=op.f("pk_templates")),
+        sa.PrimaryKeyConstraint("project_id", "id", name=op.f("pk_templates")),
         sa.UniqueConstraint("project_id", "external_id", name=op.f("uq_templates_project_id")),
     )
-    with op.batch_alter_table("templates", schema=None) as batch_op:
-        batch_op.create_index(batch_op.f("ix_templates_entity_id"), ["entity_id"], unique=False)
-        batch_op.create_index(batch_op.f("ix_templates_project_id"), ["project_id"], unique=False)
-
     op.create_table(
         "passes",
-        sa.Column("id", sa.String(length=128), nullable=False),
         sa.Column("project_id", sa.String(length=128), nullable=False),
+        sa.Column("id", sa.String(length=128), nullable=False),
         sa.Column("template_id", sa.String(length=128), nullable=False),
         sa.Column("external_id", sa.String(length=128), nullable=True),
         sa.Column("serial_number", sa.String(length=128), nullable=False),
@@ -179,40 +187,49 @@ def upgrade() -> None:
         sa.Column("created_at", sa.DateTime(), nullable=False),
         sa.Column("updated_at", sa.DateTime(), nullable=False),
         sa.ForeignKeyConstraint(
-            ["project_id"], ["projects.id"], name=op.f("fk_passes_project_id_projects")
+            ["project_id", "template_id"],
+            ["templates.project_id", "templates.id"],
+            name=op.f("fk_passes_project_id_templates"),
         ),
         sa.ForeignKeyConstraint(
-            ["template_id"], ["templates.id"], name=op.f("fk_passes_template_id_templates")
+            ["project_id"], ["projects.id"], name=op.f("fk_passes_project_id_projects")
         ),
-        sa.PrimaryKeyConstraint("id", name=op.f("pk_passes")),
-        sa.UniqueConstraint("template_id", "external_id", name=op.f("uq_passes_template_id")),
+        sa.PrimaryKeyConstraint("project_id", "id", name=op.f("pk_passes")),
+        sa.UniqueConstraint(
+            "project_id", "template_id", "external_id", name=op.f("uq_passes_project_id")
+        ),
     )
     with op.batch_alter_table("passes", schema=None) as batch_op:
         batch_op.create_index(
             "ix_passes_project_external", ["project_id", "external_id"], unique=False
         )
-        batch_op.create_index(batch_op.f("ix_passes_template_id"), ["template_id"], unique=False)
+        batch_op.create_index(
+            "ix_passes_project_template", ["project_id", "template_id"], unique=False
+        )
 
     op.create_table(
         "campaign_members",
+        sa.Column("project_id", sa.String(length=128), nullable=False),
         sa.Column("campaign_id", sa.String(length=128), nullable=False),
         sa.Column("pass_id", sa.String(length=128), nullable=False),
         sa.ForeignKeyConstraint(
-            ["campaign_id"],
-            ["campaigns.id"],
-            name=op.f("fk_campaign_members_campaign_id_campaigns"),
+            ["project_id", "campaign_id"],
+            ["campaigns.project_id", "campaigns.id"],
+            name=op.f("fk_campaign_members_project_id_campaigns"),
             ondelete="CASCADE",
         ),
         sa.ForeignKeyConstraint(
-            ["pass_id"],
-            ["passes.id"],
-            name=op.f("fk_campaign_members_pass_id_passes"),
+            ["project_id", "pass_id"],
+            ["passes.project_id", "passes.id"],
+            name=op.f("fk_campaign_members_project_id_passes"),
             ondelete="CASCADE",
         ),
-        sa.PrimaryKeyConstraint("campaign_id", "pass_id", name=op.f("pk_campaign_members")),
+        sa.PrimaryKeyConstraint(
+            "project_id", "campaign_id", "pass_id", name=op.f("pk_campaign_members")
+        ),
     )
     with op.batch_alter_table("campaign_members", schema=None) as batch_op:
-        batch_op.create_index(batch_op.f("ix_campaign_members_pass_id"), ["pass_id"], unique=False)
+        batch_op.create_index("ix_campaign_members_pass", ["project_id", "pass_id"], unique=False)
 
     op.create_table(
         "device_registrations",
@@ -222,6 +239,7 @@ def upgrade() -> None:
             autoincrement=True,
             nullable=False,
         ),
+        sa.Column("project_id", sa.String(length=128), nullable=False),
         sa.Column("pass_id", sa.String(length=128), nullable=False),
         sa.Column("device_library_identifier", sa.String(length=255), nullable=False),
         sa.Column("push_token", sa.String(length=400), nullable=False),
@@ -229,42 +247,52 @@ def upgrade() -> None:
         sa.Column("created_at", sa.DateTime(), nullable=False),
         sa.Column("updated_at", sa.DateTime(), nullable=False),
         sa.ForeignKeyConstraint(
-            ["pass_id"],
-            ["passes.id"],
-            name=op.f("fk_device_registrations_pass_id_passes"),
+            ["project_id", "pass_id"],
+            ["passes.project_id", "passes.id"],
+            name=op.f("fk_device_registrations_project_id_passes"),
             ondelete="CASCADE",
         ),
         sa.PrimaryKeyConstraint("id", name=op.f("pk_device_registrations")),
         sa.UniqueConstraint(
-            "pass_id", "device_library_identifier", name=op.f("uq_device_registrations_pass_id")
+            "project_id",
+            "pass_id",
+            "device_library_identifier",
+            name=op.f("uq_device_registrations_project_id"),
         ),
     )
     op.create_table(
         "pass_group_tags",
+        sa.Column("project_id", sa.String(length=128), nullable=False),
         sa.Column("pass_id", sa.String(length=128), nullable=False),
         sa.Column("tag", sa.String(length=128), nullable=False),
         sa.ForeignKeyConstraint(
-            ["pass_id"],
-            ["passes.id"],
-            name=op.f("fk_pass_group_tags_pass_id_passes"),
+            ["project_id", "pass_id"],
+            ["passes.project_id", "passes.id"],
+            name=op.f("fk_pass_group_tags_project_id_passes"),
             ondelete="CASCADE",
         ),
-        sa.PrimaryKeyConstraint("pass_id", "tag", name=op.f("pk_pass_group_tags")),
+        sa.PrimaryKeyConstraint("project_id", "pass_id", "tag", name=op.f("pk_pass_group_tags")),
     )
     with op.batch_alter_table("pass_group_tags", schema=None) as batch_op:
-        batch_op.create_index("ix_pass_group_tags_tag", ["tag", "pass_id"], unique=False)
+        batch_op.create_index(
+            "ix_pass_group_tags_tag", ["project_id", "tag", "pass_id"], unique=False
+        )
 
     op.create_table(
         "pass_tags",
+        sa.Column("project_id", sa.String(length=128), nullable=False),
         sa.Column("pass_id", sa.String(length=128), nullable=False),
         sa.Column("tag", sa.String(length=128), nullable=False),
         sa.ForeignKeyConstraint(
-            ["pass_id"], ["passes.id"], name=op.f("fk_pass_tags_pass_id_passes"), ondelete="CASCADE"
+            ["project_id", "pass_id"],
+            ["passes.project_id", "passes.id"],
+            name=op.f("fk_pass_tags_project_id_passes"),
+            ondelete="CASCADE",
         ),
-        sa.PrimaryKeyConstraint("pass_id", "tag", name=op.f("pk_pass_tags")),
+        sa.PrimaryKeyConstraint("project_id", "pass_id", "tag", name=op.f("pk_pass_tags")),
     )
     with op.batch_alter_table("pass_tags", schema=None) as batch_op:
-        batch_op.create_index("ix_pass_tags_tag", ["tag", "pass_id"], unique=False)
+        batch_op.create_index("ix_pass_tags_tag", ["project_id", "tag", "pass_id"], unique=False)
 
     # ### end Alembic commands ###
 
@@ -281,18 +309,14 @@ def downgrade() -> None:
     op.drop_table("pass_group_tags")
     op.drop_table("device_registrations")
     with op.batch_alter_table("campaign_members", schema=None) as batch_op:
-        batch_op.drop_index(batch_op.f("ix_campaign_members_pass_id"))
+        batch_op.drop_index("ix_campaign_members_pass")
 
     op.drop_table("campaign_members")
     with op.batch_alter_table("passes", schema=None) as batch_op:
-        batch_op.drop_index(batch_op.f("ix_passes_template_id"))
+        batch_op.drop_index("ix_passes_project_template")
         batch_op.drop_index("ix_passes_project_external")
 
     op.drop_table("passes")
-    with op.batch_alter_table("templates", schema=None) as batch_op:
-        batch_op.drop_index(batch_op.f("ix_templates_project_id"))
-        batch_op.drop_index(batch_op.f("ix_templates_entity_id"))
-
     op.drop_table("templates")
     with op.batch_alter_table("deliveries", schema=None) as batch_op:
         batch_op.drop_index("ix_deliveries_ticket_state")
@@ -303,17 +327,12 @@ def downgrade() -> None:
         batch_op.drop_index(batch_op.f("ix_tickets_project_id"))
 
     op.drop_table("tickets")
-    with op.batch_alter_table("segments", schema=None) as batch_op:
-        batch_op.drop_index(batch_op.f("ix_segments_project_id"))
-
     op.drop_table("segments")
-    with op.batch_alter_table("entities", schema=None) as batch_op:
-        batch_op.drop_index(batch_op.f("ix_entities_project_id"))
-
     op.drop_table("entities")
-    with op.batch_alter_table("campaigns", schema=None) as batch_op:
-        batch_op.drop_index(batch_op.f("ix_campaigns_project_id"))
-
     op.drop_table("campaigns")
+    with op.batch_alter_table("api_keys", schema=None) as batch_op:
+        batch_op.drop_index(batch_op.f("ix_api_keys_project_id"))
+
+    op.drop_table("api_keys")
     op.drop_table("projects")
     # ### end Alembic commands ###

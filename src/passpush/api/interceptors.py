@@ -1,0 +1,126 @@
+"""The one server interceptor: authenticates each call, and maps every error to a status.
+
+Reflection and health stay open; every passpush.v1 method needs a live API key
+of its project carrying the method's scope (api/scopes.py).
+"""
+
+from __future__ import annotations
+
+import contextvars
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import TYPE_CHECKING, Any
+
+import grpc
+
+from passpush.api.errors import internal_status, status_for
+from passpush.api.scopes import PASSPUSH_PREFIX, required_scope
+from passpush.domain.auth import Caller, Scope
+from passpush.domain.errors import DomainError, PermissionDenied, Unauthenticated
+from passpush.service.keys import KeyCore
+
+if TYPE_CHECKING:
+    Handler = grpc.RpcMethodHandler[Any, Any]  # generic only in the type stubs
+
+log = logging.getLogger(__name__)
+
+Context = grpc.aio.ServicerContext[Any, Any]
+
+# Each RPC runs in a task of its own, so a context variable is per call.
+_caller: contextvars.ContextVar[Caller] = contextvars.ContextVar("passpush_caller")
+
+
+def current_caller() -> Caller:
+    """The authenticated caller of the RPC being served."""
+    return _caller.get()
+
+
+class CallInterceptor(grpc.aio.ServerInterceptor):
+    def __init__(self, keys: KeyCore) -> None:
+        self._keys = keys
+
+    async def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[Handler | None]],
+        handler_call_details: grpc.HandlerCallDetails,
+    ) -> Handler | None:
+        handler = await continuation(handler_call_details)
+        method = handler_call_details.method
+        if handler is None or not method.startswith(PASSPUSH_PREFIX):
+            return handler  # reflection and health: open to all
+        scope = required_scope(method)
+
+        async def begin(context: Context) -> None:
+            _caller.set(await self._authenticate(context, scope))
+
+        return _guarded(handler, begin)
+
+    async def _authenticate(self, context: Context, scope: Scope | None) -> Caller:
+        metadata = dict(context.invocation_metadata() or ())
+        authorization = str(metadata.get("authorization", ""))
+        scheme, _, key = authorization.partition(" ")
+        if scheme.lower() != "bearer" or not key.strip():
+            raise Unauthenticated(
+                "send an API key as metadata `authorization: Bearer <key>`",
+                reason="MISSING_CREDENTIALS",
+            )
+        caller = await self._keys.authenticate(key)
+        if scope is None:
+            raise PermissionDenied("no scope grants this method", reason="METHOD_NOT_GRANTED")
+        if scope not in caller.scopes:
+            raise PermissionDenied(
+                f"this API key lacks the scope {scope.value!r}",
+                reason="MISSING_SCOPE",
+                scope=scope.value,
+            )
+        return caller
+
+
+def _guarded(handler: Handler, begin: Callable[[Context], Awaitable[None]]) -> Handler:
+    """The same handler, with `begin` run first and every error turned into a status."""
+
+    def unary(behavior: Callable[..., Awaitable[Any]]) -> Callable[..., Awaitable[Any]]:
+        async def run(request: Any, context: Context) -> Any:
+            try:
+                await begin(context)
+                return await behavior(request, context)
+            except grpc.aio.AbortError:
+                raise
+            except Exception as error:
+                await _abort(context, error)
+
+        return run
+
+    def streaming(behavior: Callable[..., AsyncIterator[Any]]) -> Callable[..., AsyncIterator[Any]]:
+        async def run(request: Any, context: Context) -> AsyncIterator[Any]:
+            try:
+                await begin(context)
+                async for response in behavior(request, context):
+                    yield response
+            except grpc.aio.AbortError:
+                raise
+            except Exception as error:
+                await _abort(context, error)
+
+        return run
+
+    common: dict[str, Any] = {
+        "request_deserializer": handler.request_deserializer,
+        "response_serializer": handler.response_serializer,
+    }
+    if handler.unary_unary:
+        return grpc.unary_unary_rpc_method_handler(unary(handler.unary_unary), **common)
+    if handler.stream_unary:
+        return grpc.stream_unary_rpc_method_handler(unary(handler.stream_unary), **common)
+    if handler.unary_stream:
+        generator: Any = handler.unary_stream  # an async generator, whatever the stubs say
+        return grpc.unary_stream_rpc_method_handler(streaming(generator), **common)
+    generator = handler.stream_stream
+    return grpc.stream_stream_rpc_method_handler(streaming(generator), **common)
+
+
+async def _abort(context: Context, error: Exception) -> None:
+    if isinstance(error, DomainError):
+        await context.abort_with_status(status_for(error))
+    log.error("unexpected error", exc_info=error)
+    await context.abort_with_status(internal_status())
