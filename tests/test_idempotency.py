@@ -11,7 +11,7 @@ from passpush.fakes.apns import FakeApns
 from passpush.v1 import notifications_pb2 as npb
 from passpush.v1 import notifications_pb2_grpc, passes_pb2_grpc
 
-from support import World, rich_error, wait_terminal
+from support import World, rich_error, upsert, wait_terminal
 
 TEMPLATE = npb.Target(template=npb.TemplateRef(template_id="loyalty"))
 
@@ -106,3 +106,22 @@ async def test_without_request_id_each_send_is_new(
 
     assert first.id != second.id
     assert fake_apns.tokens() == world.tokens_of("p2") * 2
+
+
+async def test_a_retry_finds_its_ticket_after_the_target_changed(
+    world: World,
+    passes: passes_pb2_grpc.PassServiceStub,
+    notifications: notifications_pb2_grpc.NotificationServiceStub,
+) -> None:
+    await passes.UpsertPass(upsert(id="p2", template_id="loyalty", tags=["vip"]))
+    request = npb.SendRequest(
+        target=npb.Target(tag=npb.TagRef(tag="vip")),
+        content=npb.Content(body="x"),
+        request_id="late-retry",
+    )
+    first = await notifications.Send(request)
+    await passes.UpsertPass(upsert(id="p2", template_id="loyalty", tags=[]))  # no "vip" now
+
+    again = await notifications.Send(request)
+
+    assert again.id == first.id

@@ -68,11 +68,12 @@ class NotificationCore:
         try:
             async with self._sessions.begin() as session:
                 tickets = TicketStore(session)
-                audience = await resolve_audience(session, project_id, target)
                 if request_id:
+                    # First: a retry answers its first ticket even if the target changed since.
                     existing = await tickets.find_by_request_id(project_id, request_id)
                     if existing is not None:
                         return await self._replay(tickets, existing, fingerprint)
+                audience = await resolve_audience(session, project_id, target)
                 ticket_id = await tickets.create(
                     audience=audience,
                     operation=operation,
