@@ -43,3 +43,18 @@ def test_token_auth_and_a_named_endpoint_with_its_ca() -> None:
     )
     assert apns.cert_file is None
     assert settings.database_url.startswith("postgresql+asyncpg://")
+
+
+def test_worker_tuning_comes_from_the_environment() -> None:
+    settings = Settings.from_env(
+        {
+            "PASSPUSH_WORKER_BATCH_SIZE": "50",
+            "PASSPUSH_WORKER_LEASE_SECONDS": "2.5",
+            "PASSPUSH_WORKER_IN_FLIGHT": "20",
+            "PASSPUSH_APNS_CONNECTIONS": "2",
+            "PASSPUSH_APNS_ENDPOINT": "127.0.0.1:2197",
+        }
+    )
+    assert (settings.worker.batch_size, settings.worker.max_in_flight) == (50, 20)
+    assert settings.worker.lease.total_seconds() == 2.5
+    assert settings.apns is not None and settings.apns.max_connections == 2

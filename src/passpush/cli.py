@@ -119,14 +119,24 @@ async def serve(settings: Settings) -> int:
     apns_config = settings.apns
     if apns_config is None:
         fake = await start_bundled_fake(Path(settings.data_dir) / "fake-apns")
-        apns_config = ApnsConfig(endpoint=fake.endpoint, ca_file=str(fake.tls.ca_file))
+        apns_config = ApnsConfig(
+            endpoint=fake.endpoint,
+            ca_file=str(fake.tls.ca_file),
+            max_connections=settings.apns_connections,
+        )
         log.warning(
             "no APNs credentials configured: pushing to the bundled fake APNs at %s "
             "(set PASSPUSH_APNS_CERT or PASSPUSH_APNS_KEY_FILE for Apple's)",
             fake.endpoint,
         )
     gateway = ApnsGateway(apns_config)
-    server = PasspushServer(sessions, gateway, address=settings.grpc_address, clock=utcnow)
+    server = PasspushServer(
+        sessions,
+        gateway,
+        address=settings.grpc_address,
+        clock=utcnow,
+        worker_settings=settings.worker,
+    )
     if is_sqlite(settings.database_url):
         # SQLite serves one process: leases left by a crashed run are ours to take back now.
         async with sessions.begin() as session:

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from datetime import timedelta
 
 from passpush.delivery.apns import ApnsConfig
+from passpush.delivery.worker import WorkerSettings
 from passpush.store.db import DEFAULT_DATABASE_URL
 
 APPLE_APNS_ENDPOINT = "api.push.apple.com:443"
@@ -21,12 +23,26 @@ class Settings:
     apns: ApnsConfig | None = None
     data_dir: str = "var"
     shutdown_grace: float = 10.0  # seconds SIGTERM gives in-flight work to finish
+    worker: WorkerSettings = field(default_factory=WorkerSettings)
+    apns_connections: int = 4
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] = os.environ) -> Settings:
         def get(name: str) -> str | None:
             return env.get(f"PASSPUSH_{name}") or None
 
+        def number(name: str, default: float) -> float:
+            value = get(name)
+            return default if value is None else float(value)
+
+        defaults = WorkerSettings()
+        worker = WorkerSettings(
+            batch_size=int(number("WORKER_BATCH_SIZE", defaults.batch_size)),
+            max_in_flight=int(number("WORKER_IN_FLIGHT", defaults.max_in_flight)),
+            lease=timedelta(seconds=number("WORKER_LEASE_SECONDS", defaults.lease.seconds)),
+            poll_interval=number("WORKER_POLL_SECONDS", defaults.poll_interval),
+        )
+        apns_connections = int(number("APNS_CONNECTIONS", cls.apns_connections))
         endpoint = get("APNS_ENDPOINT")
         credentials = get("APNS_CERT") or get("APNS_KEY_FILE")
         apns = None
@@ -38,6 +54,7 @@ class Settings:
                 key_file=get("APNS_KEY_FILE"),
                 key_id=get("APNS_KEY_ID"),
                 team_id=get("APNS_TEAM_ID"),
+                max_connections=apns_connections,
             )
         return cls(
             database_url=get("DATABASE_URL") or DEFAULT_DATABASE_URL,
@@ -45,5 +62,7 @@ class Settings:
             http_address=get("HTTP_ADDRESS") or cls.http_address,
             apns=apns,
             data_dir=get("DATA_DIR") or cls.data_dir,
-            shutdown_grace=float(get("SHUTDOWN_GRACE") or cls.shutdown_grace),
+            shutdown_grace=number("SHUTDOWN_GRACE", cls.shutdown_grace),
+            worker=worker,
+            apns_connections=apns_connections,
         )
