@@ -4,11 +4,15 @@ from __future__ import annotations
 
 import asyncio
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 
 import grpc
 from google.rpc import error_details_pb2
 from grpc_status import rpc_status
+from sqlalchemy import insert
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from passpush.store.models import DeviceRegistrationRow, PassRow, table_of
 from passpush.v1 import notifications_pb2 as npb
 from passpush.v1 import notifications_pb2_grpc, passes_pb2_grpc
 from passpush.v1 import passes_pb2 as ppb
@@ -190,3 +194,50 @@ def rich_error(error: grpc.aio.AioRpcError) -> RichError:
             resource = (info_r.resource_type, info_r.resource_name)
     assert reason, "every error carries an ErrorInfo"
     return RichError(error.code(), reason, violations, resource)
+
+
+async def seed_apple_passes(
+    sessions: async_sessionmaker[AsyncSession],
+    project_id: str,
+    template_id: str,
+    count: int,
+    *,
+    first_token: int = 1,
+) -> list[str]:
+    """`count` ACTIVE passes with one device each, written straight to the database (fast).
+
+    The template must exist. Returns the device tokens, in pass order.
+    """
+    now = datetime.now(UTC)
+    tokens = [token(first_token + i) for i in range(count)]
+    passes = [
+        {
+            "project_id": project_id,
+            "id": f"{template_id}-{i}",
+            "template_id": template_id,
+            "serial_number": f"{template_id}-{i}",
+            "status": "active",
+            "authentication_token": "t" * 24,
+            "google_object_id": "",
+            "update_tag": 0,
+            "created_at": now,
+            "updated_at": now,
+        }
+        for i in range(count)
+    ]
+    devices = [
+        {
+            "project_id": project_id,
+            "pass_id": p["id"],
+            "device_library_identifier": "device",
+            "push_token": t,
+            "active": True,
+            "created_at": now,
+            "updated_at": now,
+        }
+        for p, t in zip(passes, tokens, strict=True)
+    ]
+    async with sessions.begin() as session:
+        await session.execute(insert(table_of(PassRow)), passes)
+        await session.execute(insert(table_of(DeviceRegistrationRow)), devices)
+    return tokens

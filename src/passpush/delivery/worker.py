@@ -1,8 +1,11 @@
-"""The delivery worker: claims due deliveries in batches, pushes them, records outcomes.
+"""The delivery worker: claims due deliveries, pushes them, records outcomes, as a pipeline.
 
 Durable before acknowledged: Send commits deliveries before it answers; the
-worker leases them, so a crash or a restart leaves nothing lost — an expired
-lease is claimed again (at most one batch pushed twice).
+worker leases them, so a crash or a restart leaves nothing lost. At most
+`batch_size` deliveries are claimed and not yet recorded at any moment, so a
+crash pushes at most one batch twice. Within that window the work flows:
+claims are topped up as outcomes are recorded, and outcomes are recorded in
+small batched transactions while the pushes go on.
 """
 
 from __future__ import annotations
@@ -34,11 +37,12 @@ class ApplePushGateway(Protocol):
 
 @dataclass(frozen=True)
 class WorkerSettings:
-    batch_size: int = 500
+    batch_size: int = 500  # claimed-and-unrecorded deliveries at most: the crash re-push bound
     max_in_flight: int = 200  # concurrent pushes across connections
     lease: timedelta = timedelta(seconds=60)
     poll_interval: float = 0.5  # seconds between looks at the outbox when not woken
     max_attempts: int = MAX_ATTEMPTS
+    record_interval: float = 0.05  # seconds between batched writes of outcomes
 
 
 class DeliveryWorker:
@@ -58,68 +62,103 @@ class DeliveryWorker:
         self._wake = asyncio.Event()
         self._stopping = False
         self._in_flight = asyncio.Semaphore(self._settings.max_in_flight)
-        self._task: asyncio.Task[None] | None = None
+        self._tasks: list[asyncio.Task[None]] = []
+        self._pushes: set[asyncio.Task[None]] = set()
+        self._outstanding = 0  # claimed, not yet recorded
+        self._results: list[DeliveryResult] = []  # answered, not yet recorded
+        self._room = asyncio.Event()  # set when outstanding work dropped
+        self._answered = asyncio.Event()  # set when results wait to be recorded
 
     def wake(self) -> None:
         self._wake.set()
 
     def start(self) -> None:
         self._stopping = False
-        self._task = asyncio.create_task(self._run(), name=f"delivery-worker {self.owner}")
+        self._tasks = [
+            asyncio.create_task(self._claim_loop(), name=f"claims {self.owner}"),
+            asyncio.create_task(self._record_loop(), name=f"outcomes {self.owner}"),
+        ]
 
     async def stop(self, grace: float) -> None:
-        """Finishes the batch in hand within `grace` seconds, else hands it back."""
+        """Finishes the pushes in hand within `grace` seconds, records them, hands back the rest."""
         self._stopping = True
         self._wake.set()
-        if self._task is None:
-            return
-        try:
-            await asyncio.wait_for(asyncio.shield(self._task), grace)
-        except TimeoutError:
-            self._task.cancel()
-            await asyncio.gather(self._task, return_exceptions=True)
+        self._room.set()
+        claims = self._tasks[0] if self._tasks else None
+        if claims is not None:
+            await asyncio.gather(claims, return_exceptions=True)
+        if self._pushes:
+            _, late = await asyncio.wait(self._pushes, timeout=grace)
+            for push in late:
+                push.cancel()
+            await asyncio.gather(*late, return_exceptions=True)
+        for task in self._tasks[1:]:
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+        self._tasks = []
+        await self._flush()  # what APNs answered is kept; only the unanswered go back
         async with self._sessions.begin() as session:
             released = await Outbox(session).release(self.owner)
+        self._outstanding = 0
         if released:
             log.info("handed back %d leased deliveries", released)
 
-    async def _run(self) -> None:
-        while not self._stopping:
-            try:
-                handled = await self.run_once()
-            except Exception:
-                log.exception("delivery batch failed; its leases will expire and be retried")
-                handled = 0
-            if handled == 0 and not self._stopping:
-                self._wake.clear()
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._wake.wait(), self._settings.poll_interval)
-
-    async def run_once(self) -> int:
-        """Claims one batch, delivers it, records the outcomes; returns the batch size."""
+    async def _claim_loop(self) -> None:
         settings = self._settings
-        async with self._sessions.begin() as session:
-            claimed = await Outbox(session).claim_due(
-                self.owner, self._clock(), settings.lease, settings.batch_size
-            )
-        if not claimed:
-            return 0
-        pushes = [asyncio.create_task(self._deliver(d)) for d in claimed]
-        try:
-            await asyncio.wait(pushes)
-        except asyncio.CancelledError:
-            # Stopping past the grace period: keep what APNs already answered, so that only
-            # the unanswered pushes are handed back and sent again.
-            for push in pushes:
-                push.cancel()
-            await self._record([p.result() for p in pushes if p.done() and not p.cancelled()])
-            raise
-        await self._record([push.result() for push in pushes])
-        return len(claimed)
+        while not self._stopping:
+            # Top up only once half the window is free: fewer, larger claims.
+            room = settings.batch_size - self._outstanding
+            if room < max(1, settings.batch_size // 2):
+                self._room.clear()
+                await self._room.wait()
+                continue
+            try:
+                async with self._sessions.begin() as session:
+                    claimed = await Outbox(session).claim_due(
+                        self.owner, self._clock(), settings.lease, room
+                    )
+            except Exception:
+                log.exception("claiming deliveries failed; trying again shortly")
+                claimed = []
+            if claimed:
+                self._outstanding += len(claimed)
+                for delivery in claimed:
+                    push = asyncio.create_task(self._push_and_keep(delivery))
+                    self._pushes.add(push)
+                    push.add_done_callback(self._pushes.discard)
+                continue
+            self._wake.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), settings.poll_interval)
 
-    async def _record(self, results: list[DeliveryResult]) -> None:
-        async with self._sessions.begin() as session:
-            await Outbox(session).record(self.owner, results, self._clock())
+    async def _push_and_keep(self, delivery: ClaimedDelivery) -> None:
+        result = await self._deliver(delivery)
+        # Only now look up the list: _flush may have swapped it while the push was out.
+        self._results.append(result)
+        self._answered.set()
+
+    async def _record_loop(self) -> None:
+        while True:
+            await self._answered.wait()
+            await asyncio.sleep(self._settings.record_interval)  # let a batch gather
+            try:
+                await self._flush()
+            except Exception:
+                # The leases stay ours until they expire: the outcomes are pushed again then.
+                log.exception("recording delivery outcomes failed")
+
+    async def _flush(self) -> None:
+        results, self._results = self._results, []
+        self._answered.clear()
+        if not results:
+            return
+        try:
+            async with self._sessions.begin() as session:
+                await Outbox(session).record(self.owner, results, self._clock())
+        finally:
+            # Recorded, or left to their leases: either way no longer this window's to hold.
+            self._outstanding -= len(results)
+            self._room.set()
 
     async def _deliver(self, delivery: ClaimedDelivery) -> DeliveryResult:
         if delivery.platform is Platform.GOOGLE:
