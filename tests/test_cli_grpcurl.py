@@ -6,26 +6,18 @@ with grpcurl and server reflection, no proto files. Every server a test starts m
 SIGTERM with exit code 0; its log is printed when a test fails.
 
 Everything here waits with asyncio (never a blocking subprocess call): the fake APNs answers
-from this process's event loop.
+from this process's event loop. The process helpers live in tests/processes.py.
 """
 
 from __future__ import annotations
 
-import asyncio
 import json
-import os
-import signal
-import socket
 import sqlite3
-import sys
-from collections.abc import AsyncIterator, Awaitable, Callable
-from dataclasses import dataclass
+from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import Any
 
 import grpc
 import pytest
-from grpc_health.v1 import health_pb2, health_pb2_grpc
 from sqlalchemy import select
 
 from passpush.fakes.apns import FakeApns
@@ -34,14 +26,21 @@ from passpush.store.models import DeliveryRow, DeviceRegistrationRow
 from passpush.v1 import notifications_pb2 as npb
 from passpush.v1 import notifications_pb2_grpc, passes_pb2_grpc
 
-from support import TOPIC, World, channel_with_key, wait_terminal
+from processes import (
+    PASSPUSH,
+    Launch,
+    Launcher,
+    ServerProcess,
+    call,
+    create_key,
+    free_port,
+    grpcurl,
+    passpush_env,
+    poll_terminal,
+    run,
+)
+from support import TOPIC, World, wait_terminal
 
-BIN_DIR = Path(sys.executable).parent
-PASSPUSH = BIN_DIR / "passpush"
-GRPCURL = BIN_DIR / "grpcurl"
-
-STARTUP_SECONDS = 30.0  # from spawning `passpush serve` to health SERVING
-STOP_SECONDS = 15.0  # from SIGTERM to exit
 SHUTDOWN_GRACE = 2.0  # PASSPUSH_SHUTDOWN_GRACE for the graceful-shutdown test
 DEVICE_TOKEN = "0123456789abcdef" * 4
 
@@ -51,203 +50,11 @@ GRPCURL_UNIMPLEMENTED = 64 + grpc.StatusCode.UNIMPLEMENTED.value[0]
 GRPCURL_UNAUTHENTICATED = 64 + grpc.StatusCode.UNAUTHENTICATED.value[0]
 
 
-# -- running commands ------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Completed:
-    returncode: int
-    stdout: str
-    stderr: str
-
-    @property
-    def output(self) -> str:
-        return self.stdout + self.stderr
-
-
-async def run(
-    *argv: str | Path, env: dict[str, str] | None = None, seconds: float = 60
-) -> Completed:
-    """Runs a command to completion without blocking the event loop."""
-    process = await asyncio.create_subprocess_exec(
-        *map(str, argv),
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-        env=env,
-    )
-    try:
-        async with asyncio.timeout(seconds):
-            stdout, stderr = await process.communicate()
-    except TimeoutError:
-        process.kill()
-        await process.wait()
-        raise AssertionError(f"{argv} did not finish within {seconds}s") from None
-    assert process.returncode is not None
-    return Completed(process.returncode, stdout.decode(), stderr.decode())
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
-
-
-def passpush_env(database_url: str, data_dir: Path, **settings: str) -> dict[str, str]:
-    """This process's environment without any PASSPUSH_* of its own, plus the given settings."""
-    env = {name: value for name, value in os.environ.items() if not name.startswith("PASSPUSH_")}
-    env["PASSPUSH_DATABASE_URL"] = database_url
-    env["PASSPUSH_DATA_DIR"] = str(data_dir)
-    env.update({f"PASSPUSH_{name}": value for name, value in settings.items()})
-    return env
-
-
-async def grpcurl(*args: str, key: str | None = None) -> Completed:
-    """grpcurl, presenting `key` as `authorization: Bearer <key>` when given."""
-    headers = ("-H", f"authorization: Bearer {key}") if key else ()
-    return await run(GRPCURL, "-plaintext", *headers, *args, seconds=30)
-
-
-async def call(address: str, method: str, request: dict[str, Any], key: str) -> dict[str, Any]:
-    """A unary call through grpcurl; its JSON answer, zero values included."""
-    result = await grpcurl("-emit-defaults", "-d", json.dumps(request), address, method, key=key)
-    assert result.returncode == 0, f"grpcurl {method} failed:\n{result.output}"
-    answer: dict[str, Any] = json.loads(result.stdout)
-    return answer
-
-
-TERMINAL_STATES = {
-    "TICKET_STATE_SUCCEEDED",
-    "TICKET_STATE_PARTIALLY_FAILED",
-    "TICKET_STATE_FAILED",
-    "TICKET_STATE_CANCELLED",
-}
-
-
-async def poll_terminal(
-    address: str, ticket_id: str, key: str, seconds: float = 15
-) -> dict[str, Any]:
-    """GetTicket through grpcurl until the ticket is terminal."""
-    ticket: dict[str, Any] = {}
-    try:
-        async with asyncio.timeout(seconds):
-            while ticket.get("state") not in TERMINAL_STATES:
-                ticket = await call(
-                    address, "passpush.v1.NotificationService/GetTicket", {"id": ticket_id}, key
-                )
-                await asyncio.sleep(0.05)
-    except TimeoutError:
-        raise AssertionError(
-            f"ticket {ticket_id} not terminal after {seconds}s: {ticket}"
-        ) from None
-    return ticket
-
-
-# -- the server process ----------------------------------------------------------------------
-
-
-class ServerProcess:
-    """`passpush serve` in a subprocess, its stdout and stderr in a log file."""
-
-    def __init__(self, env: dict[str, str], log_path: Path) -> None:
-        self.env = env
-        self.address = env["PASSPUSH_GRPC_ADDRESS"]
-        self.log_path = log_path
-        self._process: asyncio.subprocess.Process | None = None
-
-    @property
-    def running(self) -> bool:
-        return self._process is not None and self._process.returncode is None
-
-    def log(self) -> str:
-        return self.log_path.read_text() if self.log_path.exists() else "(no log)"
-
-    async def start(self) -> None:
-        with self.log_path.open("ab") as log:
-            self._process = await asyncio.create_subprocess_exec(
-                str(PASSPUSH), "serve", stdout=log, stderr=log, env=self.env
-            )
-        await self._wait_serving()
-
-    async def _wait_serving(self) -> None:
-        """Until the port accepts calls and the health service answers SERVING."""
-        assert self._process is not None
-        deadline = asyncio.get_running_loop().time() + STARTUP_SECONDS
-        async with grpc.aio.insecure_channel(self.address) as channel:
-            health = health_pb2_grpc.HealthStub(channel)
-            while True:
-                if self._process.returncode is not None:
-                    raise AssertionError(
-                        f"passpush serve exited with {self._process.returncode} before serving:"
-                        f"\n{self.log()}"
-                    )
-                try:
-                    answer = await health.Check(health_pb2.HealthCheckRequest(), timeout=1.0)
-                    if answer.status == health_pb2.HealthCheckResponse.SERVING:
-                        return
-                except grpc.aio.AioRpcError:
-                    pass  # not listening yet
-                if asyncio.get_running_loop().time() > deadline:
-                    raise AssertionError(
-                        f"passpush serve not SERVING after {STARTUP_SECONDS}s:\n{self.log()}"
-                    )
-                await asyncio.sleep(0.1)
-
-    async def stop(self) -> float:
-        """SIGTERM; asserts a clean exit (code 0) within STOP_SECONDS. Returns the time taken."""
-        assert self._process is not None
-        loop = asyncio.get_running_loop()
-        started = loop.time()
-        self._process.send_signal(signal.SIGTERM)
-        try:
-            returncode = await asyncio.wait_for(self._process.wait(), STOP_SECONDS)
-        except TimeoutError:
-            self._process.kill()
-            await self._process.wait()
-            raise AssertionError(
-                f"passpush serve still running {STOP_SECONDS}s after SIGTERM (killed):"
-                f"\n{self.log()}"
-            ) from None
-        assert returncode == 0, f"passpush serve exited with {returncode}:\n{self.log()}"
-        return loop.time() - started
-
-    def channel(self, key: str) -> grpc.aio.Channel:
-        return channel_with_key(int(self.address.rpartition(":")[2]), key)
-
-
-Launch = Callable[..., Awaitable[ServerProcess]]
-
-
 @pytest.fixture
-async def launch(database_url: str, fake_apns: FakeApns, tmp_path: Path) -> AsyncIterator[Launch]:
+async def launch(database_url: str, fake_apns: FakeApns, tmp_path: Path) -> AsyncIterator[Launcher]:
     """Starts `passpush serve` processes; at teardown each still running must stop cleanly."""
-    servers: list[ServerProcess] = []
-
-    async def start(**settings: str) -> ServerProcess:
-        env = passpush_env(
-            database_url,
-            tmp_path,
-            GRPC_ADDRESS=f"127.0.0.1:{free_port()}",
-            APNS_ENDPOINT=fake_apns.endpoint,
-            APNS_CA_FILE=str(fake_apns.tls.ca_file),
-            **settings,
-        )
-        server = ServerProcess(env, tmp_path / f"passpush-serve-{len(servers)}.log")
-        servers.append(server)
-        await server.start()
-        return server
-
-    yield start
-
-    failures = []
-    for server in servers:
-        if server.running:
-            try:
-                await server.stop()
-            except AssertionError as failure:
-                failures.append(str(failure))
-        # pytest shows this only when the test fails.
-        print(f"----- {server.log_path.name} -----\n{server.log()}")
-    assert not failures, "\n\n".join(failures)
+    async with Launcher(database_url, fake_apns, tmp_path) as launcher:
+        yield launcher
 
 
 @pytest.fixture
@@ -258,10 +65,7 @@ async def live_server(launch: Launch) -> ServerProcess:
 @pytest.fixture
 async def demo_key(database_url: str, tmp_path: Path) -> str:
     """A key for project "demo", made the way the README says: with the CLI."""
-    env = passpush_env(database_url, tmp_path)
-    result = await run(PASSPUSH, "keys", "create", "--project", "demo", "--scopes", "all", env=env)
-    assert result.returncode == 0, result.output
-    return result.stdout.strip().splitlines()[-1]  # the key alone on the last line
+    return await create_key(database_url, tmp_path, "demo")
 
 
 # -- the console script: migrate, and serve on an unmigrated database ------------------------

@@ -96,7 +96,11 @@ class DeliveryWorker:
             task.cancel()
             await asyncio.gather(task, return_exceptions=True)
         self._tasks = []
-        await self._flush()  # what APNs answered is kept; only the unanswered go back
+        try:
+            await self._flush()  # what APNs answered is kept; only the unanswered go back
+        except Exception:
+            log.exception("recording outcomes at shutdown failed; they will be pushed again")
+        self._results = []
         async with self._sessions.begin() as session:
             released = await Outbox(session).release(self.owner)
         self._outstanding = 0
@@ -144,10 +148,11 @@ class DeliveryWorker:
             try:
                 await self._flush()
             except Exception:
-                # The leases stay ours until they expire: the outcomes are pushed again then.
-                log.exception("recording delivery outcomes failed")
+                log.exception("recording delivery outcomes failed; retrying in 1 s")
+                await asyncio.sleep(1.0)
 
     async def _flush(self) -> None:
+        """Records the answered deliveries; on failure keeps them to record on the next try."""
         results, self._results = self._results, []
         self._answered.clear()
         if not results:
@@ -155,10 +160,13 @@ class DeliveryWorker:
         try:
             async with self._sessions.begin() as session:
                 await Outbox(session).record(self.owner, results, self._clock())
-        finally:
-            # Recorded, or left to their leases: either way no longer this window's to hold.
-            self._outstanding -= len(results)
-            self._room.set()
+        except BaseException:
+            # Still claimed and unrecorded: they stay in the window until written.
+            self._results[:0] = results
+            self._answered.set()
+            raise
+        self._outstanding -= len(results)
+        self._room.set()
 
     async def _deliver(self, delivery: ClaimedDelivery) -> DeliveryResult:
         if delivery.platform is Platform.GOOGLE:
