@@ -26,6 +26,8 @@ from aioapns.connection import (
 )
 from aioapns.exceptions import ConnectionClosed
 from aioapns.exceptions import ConnectionError as ApnsConnectError
+from h2.config import H2Configuration
+from h2.connection import H2Connection
 from h2.errors import ErrorCodes
 from h2.events import (
     ConnectionTerminated,
@@ -112,6 +114,16 @@ class WalletApnsProtocol(APNsTLSClientProtocol):
         # request_statuses stay empty.
         self.exchanges: dict[int, _Exchange] = {}
         self.closed: asyncio.Future[None] = self.loop.create_future()  # done on connection_lost
+        # We build every outbound header ourselves: skip h2's per-header re-validation.
+        self.conn = H2Connection(
+            config=H2Configuration(
+                client_side=True,
+                header_encoding=None,
+                validate_outbound_headers=False,
+                normalize_outbound_headers=False,
+            )
+        )
+        self._flush_scheduled = False
 
     async def send_notification(self, request: NotificationRequest) -> NotificationResult:
         try:
@@ -126,7 +138,7 @@ class WalletApnsProtocol(APNsTLSClientProtocol):
             self.conn.send_headers(stream_id, self._request_headers(request))
             payload = json.dumps(request.message, ensure_ascii=False).encode()
             self.conn.send_data(stream_id, payload, end_stream=True)
-            self.flush()
+            self._flush_soon()
             async with asyncio.timeout(self.REQUEST_TIMEOUT):
                 return await exchange.answer
         except TimeoutError:
@@ -136,6 +148,17 @@ class WalletApnsProtocol(APNsTLSClientProtocol):
             # stream so the server stops working on it and the slot can be reused.
             if self.exchanges.pop(stream_id, None) is not None:
                 self._abandon_stream(stream_id)
+
+    def _flush_soon(self) -> None:
+        """One socket write per loop turn for all pushes queued in it, not one per push."""
+        if not self._flush_scheduled:
+            self._flush_scheduled = True
+            self.loop.call_soon(self._flush_queued)
+
+    def _flush_queued(self) -> None:
+        self._flush_scheduled = False
+        if self.transport is not None and not self.transport.is_closing():
+            self.flush()
 
     def _request_headers(self, request: NotificationRequest) -> list[tuple[str, str]]:
         headers = [
