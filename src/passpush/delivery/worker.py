@@ -116,6 +116,8 @@ class DeliveryWorker:
                 self._room.clear()
                 await self._room.wait()
                 continue
+            # Cleared before looking, so that a Send during the claim still wakes us after it.
+            self._wake.clear()
             try:
                 async with self._sessions.begin() as session:
                     claimed = await Outbox(session).claim_due(
@@ -131,7 +133,6 @@ class DeliveryWorker:
                     self._pushes.add(push)
                     push.add_done_callback(self._pushes.discard)
                 continue
-            self._wake.clear()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), settings.poll_interval)
 
