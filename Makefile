@@ -11,7 +11,7 @@ PROTOS := $(wildcard protos/passpush/v1/*.proto)
 # grpc_tools ships the well-known types (google/protobuf/*.proto).
 WKT = $$($(BIN)/python -c 'import grpc_tools, os; print(os.path.join(grpc_tools.__path__[0], "_proto"))')
 
-.PHONY: help run test lint generate check-generated setup clean
+.PHONY: help run test lint generate check-generated setup clean bench
 
 help: ## List the targets.
 	@grep -E '^[a-z-]+:.*## ' Makefile | sed -E 's/:.*## /\t/'
@@ -58,6 +58,9 @@ lint: setup ## ruff, mypy, import layers, buf lint and buf format.
 
 test: lint check-generated ## Lint, check generated code, and run the whole suite on SQLite and PostgreSQL.
 	$(BIN)/python -m pytest
+
+bench: setup ## Run the benchmarks and print their table.
+	$(BIN)/python -m benchmarks
 
 clean: ## Remove the virtualenv, node_modules and local data.
 	rm -rf $(VENV) node_modules var

@@ -1,0 +1,1 @@
+"""passpush benchmarks: `python -m benchmarks [name ...]` (see benchmarks/README.md)."""
