@@ -270,7 +270,9 @@ class DeliveryRow(Base):
     __tablename__ = "deliveries"
     __table_args__ = (
         Index("ix_deliveries_ticket_state", "ticket_id", "state"),
-        Index("ix_deliveries_due", "state", "next_attempt_at"),
+        # The claim's ORDER BY (next_attempt_at, id) as an index range read, not a sort of
+        # every pending delivery.
+        Index("ix_deliveries_due", "state", "next_attempt_at", "id"),
     )
 
     id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
