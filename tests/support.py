@@ -10,9 +10,9 @@ import grpc
 from google.rpc import error_details_pb2
 from grpc_status import rpc_status
 from sqlalchemy import insert
-from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from passpush.store.models import DeviceRegistrationRow, PassRow, table_of
+from passpush.store.db import make_engine
+from passpush.store.models import DeviceRegistrationRow, PassRow, TemplateRow, table_of
 from passpush.v1 import notifications_pb2 as npb
 from passpush.v1 import notifications_pb2_grpc, passes_pb2_grpc
 from passpush.v1 import passes_pb2 as ppb
@@ -197,19 +197,20 @@ def rich_error(error: grpc.aio.AioRpcError) -> RichError:
 
 
 async def seed_apple_passes(
-    sessions: async_sessionmaker[AsyncSession],
+    database_url: str,
     project_id: str,
     template_id: str,
     count: int,
     *,
-    first_token: int = 1,
+    new_template_topic: str | None = None,
 ) -> list[str]:
     """`count` ACTIVE passes with one device each, written straight to the database (fast).
 
-    The template must exist. Returns the device tokens, in pass order.
+    The template must exist, unless `new_template_topic` is given: then it is created, an
+    Apple template with that pass type identifier. Returns the device tokens, in pass order.
     """
     now = datetime.now(UTC)
-    tokens = [token(first_token + i) for i in range(count)]
+    tokens = [token(1 + i) for i in range(count)]
     passes = [
         {
             "project_id": project_id,
@@ -237,7 +238,23 @@ async def seed_apple_passes(
         }
         for p, t in zip(passes, tokens, strict=True)
     ]
-    async with sessions.begin() as session:
-        await session.execute(insert(table_of(PassRow)), passes)
-        await session.execute(insert(table_of(DeviceRegistrationRow)), devices)
+    engine = make_engine(database_url)
+    try:
+        async with engine.begin() as connection:
+            if new_template_topic is not None:
+                template = {
+                    "project_id": project_id,
+                    "id": template_id,
+                    "platform": "apple",
+                    "display_name": "",
+                    "pass_type_identifier": new_template_topic,
+                    "google_class_id": "",
+                    "google_object_type": "",
+                    "created_at": now,
+                }
+                await connection.execute(insert(table_of(TemplateRow)), [template])
+            await connection.execute(insert(table_of(PassRow)), passes)
+            await connection.execute(insert(table_of(DeviceRegistrationRow)), devices)
+    finally:
+        await engine.dispose()
     return tokens

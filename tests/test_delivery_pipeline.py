@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import pytest
-from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from passpush.delivery.worker import WorkerSettings
 from passpush.fakes.apns import FakeApns
@@ -26,11 +25,11 @@ def worker_settings() -> WorkerSettings:
 async def test_a_broadcast_larger_than_the_window_delivers_each_device_once(
     passes: passes_pb2_grpc.PassServiceStub,
     notifications: notifications_pb2_grpc.NotificationServiceStub,
-    sessions: async_sessionmaker[AsyncSession],
+    database_url: str,
     fake_apns: FakeApns,
 ) -> None:
     await World(passes).apple_template("crowd")
-    tokens = await seed_apple_passes(sessions, "acme", "crowd", AUDIENCE)
+    tokens = await seed_apple_passes(database_url, "acme", "crowd", AUDIENCE)
 
     accepted = await notifications.Send(
         npb.SendRequest(

@@ -13,30 +13,26 @@ one batch of devices gets it twice.
 
 from __future__ import annotations
 
-import secrets
 from collections import Counter
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime
 from pathlib import Path
 
 import pytest
-from sqlalchemy import insert, select
+from sqlalchemy import select
 
 from passpush.fakes.apns import FakeApns
 from passpush.store.db import is_sqlite, make_engine
 from passpush.store.models import (
     DeliveryRow,
     DeviceRegistrationRow,
-    PassRow,
-    TemplateRow,
-    table_of,
 )
 from passpush.v1 import notifications_pb2 as npb
 from passpush.v1 import notifications_pb2_grpc
 
 from processes import Launcher, ServerProcess, create_key
-from support import TOPIC, token, wait_terminal
+from support import TOPIC, seed_apple_passes, wait_terminal
 
 PROJECT = "resilience"
 TEMPLATE = "broadcast"
@@ -87,72 +83,6 @@ async def replicas(
 
 
 # -- the audience and the outbox, straight from the database ---------------------------------
-
-
-async def seed_broadcast(database_url: str, passes: int) -> list[str]:
-    """A template of `passes` ACTIVE passes with one device each; returns the device tokens."""
-    now = datetime.now(UTC)
-    tokens = [token(n + 1) for n in range(passes)]
-    engine = make_engine(database_url)
-    try:
-        async with engine.begin() as connection:
-            await connection.execute(
-                insert(table_of(TemplateRow)),
-                [
-                    {
-                        "project_id": PROJECT,
-                        "id": TEMPLATE,
-                        "external_id": None,
-                        "platform": "apple",
-                        "display_name": "",
-                        "pass_type_identifier": TOPIC,
-                        "google_class_id": "",
-                        "google_object_type": "",
-                        "entity_id": None,
-                        "created_at": now,
-                    }
-                ],
-            )
-            await connection.execute(
-                insert(table_of(PassRow)),
-                [
-                    {
-                        "project_id": PROJECT,
-                        "id": f"pass-{n}",
-                        "template_id": TEMPLATE,
-                        "external_id": None,
-                        "serial_number": f"pass-{n}",
-                        "status": "active",
-                        "authentication_token": secrets.token_urlsafe(24),
-                        "google_object_id": "",
-                        "notification_header": None,
-                        "notification_body": None,
-                        "notification_ticket_id": None,
-                        "update_tag": 1,
-                        "created_at": now,
-                        "updated_at": now,
-                    }
-                    for n in range(passes)
-                ],
-            )
-            await connection.execute(
-                insert(table_of(DeviceRegistrationRow)),
-                [
-                    {
-                        "project_id": PROJECT,
-                        "pass_id": f"pass-{n}",
-                        "device_library_identifier": f"device-{n}",
-                        "push_token": push_token,
-                        "active": True,
-                        "created_at": now,
-                        "updated_at": now,
-                    }
-                    for n, push_token in enumerate(tokens)
-                ],
-            )
-    finally:
-        await engine.dispose()
-    return tokens
 
 
 @dataclass(frozen=True)
@@ -236,7 +166,9 @@ AUDIENCE = 3000
 async def test_kill_9_mid_broadcast_then_restart_pushes_every_device(
     launch: Launcher, database_url: str, fake_apns: FakeApns, key: str
 ) -> None:
-    tokens = await seed_broadcast(database_url, AUDIENCE)
+    tokens = await seed_apple_passes(
+        database_url, PROJECT, TEMPLATE, AUDIENCE, new_template_topic=TOPIC
+    )
     server = await launch(**WORKER)
     ticket = await send_to_template(server, key)
     assert ticket.counts.total == AUDIENCE, ticket
@@ -277,7 +209,9 @@ async def test_two_replicas_share_a_broadcast_and_push_each_device_once(
     second_apns: FakeApns,
     key: str,
 ) -> None:
-    tokens = await seed_broadcast(replica_database_url, REPLICA_AUDIENCE)
+    tokens = await seed_apple_passes(
+        replica_database_url, PROJECT, TEMPLATE, REPLICA_AUDIENCE, new_template_topic=TOPIC
+    )
     # The default lease (60 s): in normal operation no lease may expire under a busy replica.
     settings = {"WORKER_BATCH_SIZE": str(BATCH_SIZE), "WORKER_POLL_SECONDS": "0.1"}
     replica_a = await replicas(**settings)
@@ -303,7 +237,9 @@ async def test_when_a_replica_is_killed_the_other_finishes_its_leased_work(
     second_apns: FakeApns,
     key: str,
 ) -> None:
-    tokens = await seed_broadcast(replica_database_url, AUDIENCE)
+    tokens = await seed_apple_passes(
+        replica_database_url, PROJECT, TEMPLATE, AUDIENCE, new_template_topic=TOPIC
+    )
     replica_a = await replicas(**WORKER)
     replica_b = await replicas(**WORKER, APNS_ENDPOINT=second_apns.endpoint)
     # Some of B's pushes are never answered, so that B surely holds leases when it dies
