@@ -7,7 +7,7 @@ from typing import Any
 import grpc
 
 from passpush.api.convert import timestamp
-from passpush.api.interceptors import current_caller
+from passpush.api.interceptors import current_project
 from passpush.domain.auth import ApiKey
 from passpush.service.keys import KeyCore
 from passpush.v1 import admin_pb2 as pb
@@ -24,23 +24,21 @@ class AdminServicer(pb_grpc.AdminServiceServicer):
         self, request: pb.CreateApiKeyRequest, context: Context
     ) -> pb.CreateApiKeyResponse:
         key, plaintext = await self._keys.create_key(
-            current_caller().project_id, request.api_key.display_name, request.api_key.scopes
+            current_project(), request.api_key.display_name, request.api_key.scopes
         )
         return pb.CreateApiKeyResponse(api_key=api_key_to_proto(key), key=plaintext)
 
     async def ListApiKeys(
         self, request: pb.ListApiKeysRequest, context: Context
     ) -> pb.ListApiKeysResponse:
-        page = await self._keys.list_keys(
-            current_caller().project_id, request.page_size, request.page_token
-        )
+        page = await self._keys.list_keys(current_project(), request.page_size, request.page_token)
         return pb.ListApiKeysResponse(
             api_keys=[api_key_to_proto(k) for k in page.items],
             next_page_token=page.next_page_token,
         )
 
     async def RevokeApiKey(self, request: pb.RevokeApiKeyRequest, context: Context) -> pb.ApiKey:
-        key = await self._keys.revoke_key(current_caller().project_id, request.id)
+        key = await self._keys.revoke_key(current_project(), request.id)
         return api_key_to_proto(key)
 
 

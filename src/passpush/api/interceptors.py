@@ -30,9 +30,9 @@ Context = grpc.aio.ServicerContext[Any, Any]
 _caller: contextvars.ContextVar[Caller] = contextvars.ContextVar("passpush_caller")
 
 
-def current_caller() -> Caller:
-    """The authenticated caller of the RPC being served."""
-    return _caller.get()
+def current_project() -> str:
+    """The caller's project: the only one its calls can see or change."""
+    return _caller.get().project_id
 
 
 class CallInterceptor(grpc.aio.ServerInterceptor):

@@ -8,7 +8,7 @@ from typing import Any, NoReturn
 import grpc
 
 from passpush.api.convert import content_from_proto, target_from_proto, ticket_to_proto
-from passpush.api.interceptors import current_caller
+from passpush.api.interceptors import current_project
 from passpush.domain.errors import Unimplemented
 from passpush.service.notifications import NotificationCore
 from passpush.v1 import notifications_pb2 as pb
@@ -23,7 +23,7 @@ class NotificationServicer(pb_grpc.NotificationServiceServicer):
 
     async def Send(self, request: pb.SendRequest, context: Context) -> pb.Ticket:
         ticket = await self._core.send(
-            current_caller().project_id,
+            current_project(),
             target_from_proto(request.target, request.HasField("target")),
             content_from_proto(request.content, request.HasField("content")),
             request.request_id,
@@ -32,14 +32,14 @@ class NotificationServicer(pb_grpc.NotificationServiceServicer):
 
     async def Delete(self, request: pb.DeleteRequest, context: Context) -> pb.Ticket:
         ticket = await self._core.delete(
-            current_caller().project_id,
+            current_project(),
             target_from_proto(request.target, request.HasField("target")),
             request.request_id,
         )
         return ticket_to_proto(ticket)
 
     async def GetTicket(self, request: pb.GetTicketRequest, context: Context) -> pb.Ticket:
-        ticket = await self._core.get_ticket(current_caller().project_id, request.id)
+        ticket = await self._core.get_ticket(current_project(), request.id)
         return ticket_to_proto(ticket)
 
     async def Schedule(

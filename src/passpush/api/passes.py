@@ -8,7 +8,7 @@ from typing import Any
 import grpc
 
 from passpush.api import convert
-from passpush.api.interceptors import current_caller
+from passpush.api.interceptors import current_project
 from passpush.domain.errors import Unimplemented
 from passpush.domain.model import Entity, Pass
 from passpush.service.passes import PassCore
@@ -24,7 +24,7 @@ class PassServicer(pb_grpc.PassServiceServicer):
 
     async def CreateProject(self, request: pb.CreateProjectRequest, context: Context) -> pb.Project:
         project = await self._core.create_project(
-            _project(), request.project_id, request.project.display_name
+            current_project(), request.project_id, request.project.display_name
         )
         return convert.project_to_proto(project)
 
@@ -32,16 +32,20 @@ class PassServicer(pb_grpc.PassServiceServicer):
         self, request: pb.CreateTemplateRequest, context: Context
     ) -> pb.Template:
         template = convert.template_from_proto(request.template_id, request.template)
-        return convert.template_to_proto(await self._core.create_template(_project(), template))
+        return convert.template_to_proto(
+            await self._core.create_template(current_project(), template)
+        )
 
     async def GetTemplate(self, request: pb.GetTemplateRequest, context: Context) -> pb.Template:
-        return convert.template_to_proto(await self._core.get_template(_project(), request.id))
+        return convert.template_to_proto(
+            await self._core.get_template(current_project(), request.id)
+        )
 
     async def ListTemplates(
         self, request: pb.ListTemplatesRequest, context: Context
     ) -> pb.ListTemplatesResponse:
         page = await self._core.list_templates(
-            _project(), request.project_id, request.page_size, request.page_token
+            current_project(), request.project_id, request.page_size, request.page_token
         )
         return pb.ListTemplatesResponse(
             templates=[convert.template_to_proto(t) for t in page.items],
@@ -49,17 +53,19 @@ class PassServicer(pb_grpc.PassServiceServicer):
         )
 
     async def UpsertPass(self, request: pb.UpsertPassRequest, context: Context) -> pb.Pass:
-        p = await self._core.upsert_pass(_project(), convert.pass_from_proto(_pass_field(request)))
+        p = await self._core.upsert_pass(
+            current_project(), convert.pass_from_proto(_pass_field(request))
+        )
         return convert.pass_to_proto(p)
 
     async def GetPass(self, request: pb.GetPassRequest, context: Context) -> pb.Pass:
-        return convert.pass_to_proto(await self._core.get_pass(_project(), request.id))
+        return convert.pass_to_proto(await self._core.get_pass(current_project(), request.id))
 
     async def ListPasses(
         self, request: pb.ListPassesRequest, context: Context
     ) -> pb.ListPassesResponse:
         page = await self._core.list_passes(
-            _project(), request.template_id, request.page_size, request.page_token
+            current_project(), request.template_id, request.page_size, request.page_token
         )
         return pb.ListPassesResponse(
             passes=[convert.pass_to_proto(p) for p in page.items],
@@ -73,7 +79,7 @@ class PassServicer(pb_grpc.PassServiceServicer):
             async for request in request_iterator:
                 yield convert.pass_from_proto(_pass_field(request))
 
-        summary = await self._core.import_passes(_project(), passes())
+        summary = await self._core.import_passes(current_project(), passes())
         return pb.ImportPassesResponse(
             created=summary.created,
             updated=summary.updated,
@@ -83,31 +89,36 @@ class PassServicer(pb_grpc.PassServiceServicer):
 
     async def CreateSegment(self, request: pb.CreateSegmentRequest, context: Context) -> pb.Segment:
         segment = convert.segment_from_proto(request.segment_id, request.segment)
-        return convert.segment_to_proto(await self._core.create_segment(_project(), segment))
+        return convert.segment_to_proto(await self._core.create_segment(current_project(), segment))
 
     async def CreateCampaign(
         self, request: pb.CreateCampaignRequest, context: Context
     ) -> pb.Campaign:
         campaign = convert.campaign_from_proto(request.campaign_id, request.campaign)
-        return convert.campaign_to_proto(await self._core.create_campaign(_project(), campaign))
+        return convert.campaign_to_proto(
+            await self._core.create_campaign(current_project(), campaign)
+        )
 
     async def AddCampaignMembers(
         self, request: pb.AddCampaignMembersRequest, context: Context
     ) -> pb.Campaign:
         campaign = await self._core.add_campaign_members(
-            _project(), request.campaign_id, request.pass_ids
+            current_project(), request.campaign_id, request.pass_ids
         )
         return convert.campaign_to_proto(campaign)
 
     async def CreateEntity(self, request: pb.CreateEntityRequest, context: Context) -> pb.Entity:
         entity = Entity(request.entity_id, request.entity.project_id, request.entity.name)
-        return convert.entity_to_proto(await self._core.create_entity(_project(), entity))
+        return convert.entity_to_proto(await self._core.create_entity(current_project(), entity))
 
     async def RegisterDevice(
         self, request: pb.RegisterDeviceRequest, context: Context
     ) -> pb.DeviceRegistration:
         registration = await self._core.register_device(
-            _project(), request.pass_id, request.device_library_identifier, request.push_token
+            current_project(),
+            request.pass_id,
+            request.device_library_identifier,
+            request.push_token,
         )
         return convert.registration_to_proto(registration)
 
@@ -115,7 +126,7 @@ class PassServicer(pb_grpc.PassServiceServicer):
         self, request: pb.UnregisterDeviceRequest, context: Context
     ) -> pb.UnregisterDeviceResponse:
         await self._core.unregister_device(
-            _project(), request.pass_id, request.device_library_identifier
+            current_project(), request.pass_id, request.device_library_identifier
         )
         return pb.UnregisterDeviceResponse()
 
@@ -127,8 +138,3 @@ def _pass_field(request: pb.UpsertPassRequest | pb.ImportPassesRequest) -> pb.Pa
     # The contract names the field `pass`, a Python keyword: protobuf offers it by getattr.
     message: pb.Pass = getattr(request, "pass")
     return message
-
-
-def _project() -> str:
-    """The caller's project: the only one its calls can see or change."""
-    return current_caller().project_id
