@@ -382,3 +382,22 @@ async def test_the_database_holds_no_key_in_clear(
         assert secret not in dump
     assert all(len(row.secret_hash) == 64 and row.salt for row in stored)
     assert len({row.salt for row in stored}) == 2  # salted per key
+
+
+async def test_a_key_revoked_through_the_api_stops_at_once_though_it_was_just_used(
+    server: PasspushServer, api_key: str
+) -> None:
+    """Live keys are remembered between calls; RevokeApiKey forgets the key it revokes."""
+    doomed = await Keys(server).make(OWNER, ["all"])
+    async with channel_with_key(server.port, doomed) as channel:
+        notifications = notifications_pb2_grpc.NotificationServiceStub(channel)
+        with pytest.raises(grpc.aio.AioRpcError) as missing:
+            await notifications.GetTicket(npb.GetTicketRequest(id=987654))
+        assert missing.value.code() == grpc.StatusCode.NOT_FOUND  # the key works, and is cached
+        async with channel_with_key(server.port, api_key) as admin_channel:
+            admin = admin_pb2_grpc.AdminServiceStub(admin_channel)
+            await admin.RevokeApiKey(apb.RevokeApiKeyRequest(id=doomed.partition(".")[0]))
+        with pytest.raises(grpc.aio.AioRpcError) as refused:
+            await notifications.GetTicket(npb.GetTicketRequest(id=987654))
+    assert refused.value.code() == grpc.StatusCode.UNAUTHENTICATED
+    assert _error_info(refused.value).reason == "API_KEY_REVOKED"

@@ -11,8 +11,10 @@ from this process's event loop. The process helpers live in tests/processes.py.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import sqlite3
+import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -303,8 +305,9 @@ async def test_sigterm_with_a_push_in_flight_exits_cleanly_and_loses_nothing(
 
 
 async def test_calls_need_a_key_and_a_revoked_key_stops_working(
-    live_server: ServerProcess, demo_key: str, database_url: str, tmp_path: Path
+    launch: Launch, demo_key: str, database_url: str, tmp_path: Path
 ) -> None:
+    live_server = await launch(KEY_CACHE_SECONDS="1")
     method = "passpush.v1.PassService/ListTemplates"
     without = await grpcurl("-d", "{}", live_server.address, method)
     assert without.returncode == GRPCURL_UNAUTHENTICATED, without.output
@@ -318,7 +321,14 @@ async def test_calls_need_a_key_and_a_revoked_key_stops_working(
     revoked = await run(PASSPUSH, "keys", "revoke", key_id, env=env)
     assert revoked.returncode == 0, revoked.output
 
-    after = await grpcurl("-d", "{}", live_server.address, method, key=demo_key)
+    # The server trusted the key it read for PASSPUSH_KEY_CACHE_SECONDS (1 s here); a CLI
+    # revocation reaches it within that time.
+    deadline = time.monotonic() + 1 + 5
+    while True:
+        after = await grpcurl("-d", "{}", live_server.address, method, key=demo_key)
+        if after.returncode != 0 or time.monotonic() > deadline:
+            break
+        await asyncio.sleep(0.2)
     assert after.returncode == GRPCURL_UNAUTHENTICATED, after.output
     assert "API_KEY_REVOKED" in after.output
 

@@ -136,6 +136,7 @@ async def serve(settings: Settings) -> int:
         address=settings.grpc_address,
         clock=utcnow,
         worker_settings=settings.worker,
+        key_cache_seconds=settings.key_cache_seconds,
     )
     if is_sqlite(settings.database_url):
         # SQLite serves one process: leases left by a crashed run are ours to take back now.

@@ -9,6 +9,7 @@ from datetime import timedelta
 
 from passpush.delivery.apns import ApnsConfig
 from passpush.delivery.worker import WorkerSettings
+from passpush.service.keys import DEFAULT_CACHE_SECONDS
 from passpush.store.db import DEFAULT_DATABASE_URL
 
 APPLE_APNS_ENDPOINT = "api.push.apple.com:443"
@@ -25,6 +26,9 @@ class Settings:
     shutdown_grace: float = 10.0  # seconds SIGTERM gives in-flight work to finish
     worker: WorkerSettings = field(default_factory=WorkerSettings)
     apns_connections: int = 4
+    # How long a live API key is trusted without reading it again: a revocation from the
+    # CLI or another replica reaches this server within that time.
+    key_cache_seconds: float = DEFAULT_CACHE_SECONDS
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] = os.environ) -> Settings:
@@ -65,4 +69,5 @@ class Settings:
             shutdown_grace=number("SHUTDOWN_GRACE", cls.shutdown_grace),
             worker=worker,
             apns_connections=apns_connections,
+            key_cache_seconds=number("KEY_CACHE_SECONDS", cls.key_cache_seconds),
         )

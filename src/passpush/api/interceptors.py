@@ -38,14 +38,19 @@ def current_project() -> str:
 class CallInterceptor(grpc.aio.ServerInterceptor):
     def __init__(self, keys: KeyCore) -> None:
         self._keys = keys
+        # The guarded handler of each method, made once: the server's handlers never change.
+        self._guarded: dict[str, Handler] = {}
 
     async def intercept_service(
         self,
         continuation: Callable[[grpc.HandlerCallDetails], Awaitable[Handler | None]],
         handler_call_details: grpc.HandlerCallDetails,
     ) -> Handler | None:
-        handler = await continuation(handler_call_details)
         method = handler_call_details.method
+        guarded = self._guarded.get(method)
+        if guarded is not None:
+            return guarded
+        handler = await continuation(handler_call_details)
         if handler is None or not method.startswith(PASSPUSH_PREFIX):
             return handler  # reflection and health: open to all
         scope = required_scope(method)
@@ -53,7 +58,8 @@ class CallInterceptor(grpc.aio.ServerInterceptor):
         async def begin(context: Context) -> None:
             _caller.set(await self._authenticate(context, scope))
 
-        return _guarded(handler, begin)
+        guarded = self._guarded[method] = _guarded(handler, begin)
+        return guarded
 
     async def _authenticate(self, context: Context, scope: Scope | None) -> Caller:
         metadata = dict(context.invocation_metadata() or ())

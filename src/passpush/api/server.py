@@ -16,7 +16,7 @@ from passpush.api.notifications import NotificationServicer
 from passpush.api.passes import PassServicer
 from passpush.delivery.worker import ApplePushGateway, DeliveryWorker, WorkerSettings
 from passpush.service.clock import Clock, utcnow
-from passpush.service.keys import KeyCore
+from passpush.service.keys import DEFAULT_CACHE_SECONDS, KeyCore
 from passpush.service.notifications import NotificationCore
 from passpush.service.passes import PassCore
 from passpush.v1 import (
@@ -48,11 +48,12 @@ class PasspushServer:
         address: str = "127.0.0.1:0",
         clock: Clock = utcnow,
         worker_settings: WorkerSettings | None = None,
+        key_cache_seconds: float = DEFAULT_CACHE_SECONDS,
     ) -> None:
         self.worker = DeliveryWorker(sessions, apns, clock=clock, settings=worker_settings)
         self.notifications = NotificationCore(sessions, clock=clock, on_enqueued=self.worker.wake)
         self.passes = PassCore(sessions, clock=clock)
-        self.keys = KeyCore(sessions, clock=clock)
+        self.keys = KeyCore(sessions, clock=clock, cache_seconds=key_cache_seconds)
         self.health = health.aio.HealthServicer()
         # No SO_REUSEPORT: a second server on a taken port must fail, not share its calls.
         self.server = grpc.aio.server(

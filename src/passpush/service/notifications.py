@@ -2,15 +2,25 @@
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import json
 from collections.abc import Callable
+from dataclasses import dataclass
 
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from passpush.domain.errors import AlreadyExists
-from passpush.domain.model import Content, Operation, Target, Ticket, target_to_dict
+from passpush.domain.errors import AlreadyExists, DomainError, NotFound
+from passpush.domain.model import (
+    Content,
+    ExternalPassTarget,
+    Operation,
+    PassTarget,
+    Target,
+    Ticket,
+    target_to_dict,
+)
 from passpush.domain.validation import (
     check_content,
     check_request_id,
@@ -18,13 +28,36 @@ from passpush.domain.validation import (
     raise_if_any,
 )
 from passpush.service.clock import Clock, utcnow
-from passpush.store.audience import resolve_audience
+from passpush.store.audience import resolve_audience, resolve_pass_targets
 from passpush.store.models import TicketRow
-from passpush.store.tickets import TicketStore
+from passpush.store.tickets import NewTicket, TicketStore
+
+
+@dataclass(eq=False)
+class _Submission:
+    """A Send or Delete waiting for its transaction."""
+
+    project_id: str
+    operation: Operation
+    target: Target
+    content: Content | None
+    request_id: str
+    fingerprint: str
+    answer: asyncio.Future[Ticket]
+
+    @property
+    def key(self) -> tuple[str, str]:
+        return (self.project_id, self.request_id)
 
 
 class NotificationCore:
-    """Accepts notification operations; delivery workers carry them out."""
+    """Accepts notification operations; delivery workers carry them out.
+
+    Sends to one pass each are committed in groups: while one transaction
+    commits, the next ones queue and then share a transaction of a few
+    statements, so that throughput grows with load instead of each call paying
+    a dozen round trips. A broadcast commits alone, beside them.
+    """
 
     def __init__(
         self,
@@ -32,11 +65,15 @@ class NotificationCore:
         *,
         clock: Clock = utcnow,
         on_enqueued: Callable[[], None] = lambda: None,
+        max_group: int = 256,
     ) -> None:
         self._sessions = sessions
         self._clock = clock
         # Wakes the local delivery workers so that the first push does not wait for a poll.
         self._on_enqueued = on_enqueued
+        self._max_group = max_group
+        self._queued: list[_Submission] = []
+        self._committer: asyncio.Task[None] | None = None
 
     async def send(
         self, project_id: str, target: Target | None, content: Content | None, request_id: str
@@ -64,45 +101,111 @@ class NotificationCore:
         content: Content | None,
         request_id: str,
     ) -> Ticket:
+        answer = asyncio.get_running_loop().create_future()
         fingerprint = _fingerprint(operation, target, content)
-        try:
-            async with self._sessions.begin() as session:
-                tickets = TicketStore(session)
-                if request_id:
-                    # First: a retry answers its first ticket even if the target changed since.
-                    existing = await tickets.find_by_request_id(project_id, request_id)
-                    if existing is not None:
-                        return await self._replay(tickets, existing, fingerprint)
-                audience = await resolve_audience(session, project_id, target)
-                ticket_id = await tickets.create(
-                    audience=audience,
-                    operation=operation,
-                    target=target,
-                    content=content,
-                    request_id=request_id,
-                    fingerprint=fingerprint,
-                    now=self._clock(),
-                )
-                ticket = await tickets.get(project_id, ticket_id)
-        except IntegrityError:
-            if not request_id:
-                raise
-            # Two first tries raced on one request_id: the loser answers the winner's ticket.
-            async with self._sessions() as session:
-                tickets = TicketStore(session)
-                existing = await tickets.find_by_request_id(project_id, request_id)
-                if existing is None:
-                    raise
-                return await self._replay(tickets, existing, fingerprint)
-        self._on_enqueued()
-        return ticket
+        submission = _Submission(
+            project_id, operation, target, content, request_id, fingerprint, answer
+        )
+        if isinstance(target, PassTarget | ExternalPassTarget):
+            self._queued.append(submission)
+            if self._committer is None or self._committer.done():
+                self._committer = asyncio.create_task(self._commit_queued())
+        else:
+            await self._commit([submission])
+        # The transaction goes on if the caller leaves: its retry will find the ticket.
+        return await asyncio.shield(answer)
 
-    @staticmethod
-    async def _replay(tickets: TicketStore, existing: TicketRow, fingerprint: str) -> Ticket:
-        """Answers a retry with the first ticket; a reused key with another request is refused."""
-        if existing.request_fingerprint != fingerprint:
-            raise AlreadyExists("request", "request_id", reason="REQUEST_ID_REUSED")
-        return await tickets.get(existing.project_id, existing.id)
+    async def _commit_queued(self) -> None:
+        while self._queued:
+            group = self._queued[: self._max_group]
+            del self._queued[: self._max_group]
+            await self._commit(group)
+
+    async def _commit(self, group: list[_Submission]) -> None:
+        """Commits a group in one transaction and answers each submission."""
+        for attempt in range(3):
+            try:
+                async with self._sessions.begin() as session:
+                    answers = await self._accept(session, group)
+                break
+            except IntegrityError as error:
+                # A request_id raced another server's first try: the next look finds its ticket.
+                if attempt == 2:
+                    answers = {s: error for s in group}
+            except Exception as error:  # every waiting call gets the failure
+                answers = {s: error for s in group}
+                break
+        if any(isinstance(a, Ticket) for a in answers.values()):
+            self._on_enqueued()
+        for submission, answer in answers.items():
+            if submission.answer.done():
+                continue
+            if isinstance(answer, Ticket):
+                submission.answer.set_result(answer)
+            else:
+                submission.answer.set_exception(answer)
+
+    async def _accept(
+        self, session: AsyncSession, group: list[_Submission]
+    ) -> dict[_Submission, Ticket | Exception]:
+        tickets = TicketStore(session)
+        answers: dict[_Submission, Ticket | Exception] = {}
+        # First: a retry answers its first ticket even if the target changed since.
+        existing = await tickets.find_by_request_ids({s.key for s in group if s.request_id})
+        # One query resolves every pass target of the group.
+        passes = await resolve_pass_targets(
+            session,
+            {(s.project_id, s.target.pass_id) for s in group if isinstance(s.target, PassTarget)},
+        )
+        first_in_group: dict[tuple[str, str], _Submission] = {}
+        retries_in_group: list[tuple[_Submission, _Submission]] = []
+        new: list[tuple[_Submission, NewTicket]] = []
+        for s in group:
+            if s.request_id and s.key in existing:
+                answers[s] = await _answer_retry(tickets, s, existing[s.key])
+                continue
+            if s.request_id and s.key in first_in_group:
+                retries_in_group.append((s, first_in_group[s.key]))
+                continue
+            try:
+                if isinstance(s.target, PassTarget):
+                    audience = passes.get((s.project_id, s.target.pass_id))
+                    if audience is None:
+                        raise NotFound("pass", s.target.pass_id)
+                else:
+                    audience = await resolve_audience(session, s.project_id, s.target)
+            except DomainError as error:
+                answers[s] = error
+                continue
+            first_in_group[s.key] = s
+            new.append(
+                (
+                    s,
+                    NewTicket(
+                        audience, s.operation, s.target, s.content, s.request_id, s.fingerprint
+                    ),
+                )
+            )
+        created = await tickets.create_many([n for _, n in new], self._clock())
+        answers.update(zip([s for s, _ in new], created, strict=True))
+        for retry, first in retries_in_group:
+            answers[retry] = (
+                answers[first] if retry.fingerprint == first.fingerprint else _reused_request_id()
+            )
+        return answers
+
+
+async def _answer_retry(
+    tickets: TicketStore, submission: _Submission, existing: TicketRow
+) -> Ticket | Exception:
+    """A retry gets the first ticket; a reused key with another request is refused."""
+    if existing.request_fingerprint != submission.fingerprint:
+        return _reused_request_id()
+    return await tickets.get(existing.project_id, existing.id)
+
+
+def _reused_request_id() -> AlreadyExists:
+    return AlreadyExists("request", "request_id", reason="REQUEST_ID_REUSED")
 
 
 def _fingerprint(operation: Operation, target: Target, content: Content | None) -> str:

@@ -7,9 +7,11 @@ Resolving also checks that what the target names exists in the project.
 
 from __future__ import annotations
 
+from collections import defaultdict
+from collections.abc import Collection
 from dataclasses import dataclass
 
-from sqlalchemy import ColumnElement, and_, exists, false, not_, or_, select
+from sqlalchemy import ColumnElement, and_, exists, false, not_, or_, select, tuple_
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from passpush.domain.errors import NotFound
@@ -42,6 +44,9 @@ class Audience:
 
     project_id: str
     condition: ColumnElement[bool]
+    # Set when the audience is one known pass: the fan-out of many such tickets then runs
+    # as one parametrized statement.
+    pass_id: str | None = None
 
 
 async def resolve_audience(session: AsyncSession, project_id: str, target: Target) -> Audience:
@@ -54,17 +59,17 @@ async def resolve_audience(session: AsyncSession, project_id: str, target: Targe
     in_project = PassRow.project_id == project_id
     match target:
         case PassTarget(pass_id):
-            row = await _one_pass(session, and_(in_project, PassRow.id == pass_id))
-            if row is None:
+            found = await _one_pass(session, and_(in_project, PassRow.id == pass_id))
+            if found is None:
                 # PassEntry callers may give the pass's external id instead.
                 condition = and_(in_project, PassRow.external_id == pass_id)
-                row = await _one_pass(session, condition, unique=True)
-            if row is None:
+                found = await _one_pass(session, condition, unique=True)
+            if found is None:
                 raise NotFound("pass", pass_id)
-            return Audience(project_id, and_(in_project, PassRow.id == row.id))
+            return _one_pass_audience(project_id, found)
         case ExternalPassTarget(template_id, external_id):
             await _template(session, project_id, template_id)
-            row = await _one_pass(
+            found = await _one_pass(
                 session,
                 and_(
                     in_project,
@@ -72,9 +77,9 @@ async def resolve_audience(session: AsyncSession, project_id: str, target: Targe
                     PassRow.external_id == external_id,
                 ),
             )
-            if row is None:
+            if found is None:
                 raise NotFound("pass", f"{template_id}/{external_id}")
-            return Audience(project_id, and_(in_project, PassRow.id == row.id))
+            return _one_pass_audience(project_id, found)
         case TemplateTarget():
             template = await _template_ref(session, project_id, target)
             return Audience(project_id, and_(in_project, PassRow.template_id == template.id))
@@ -118,13 +123,51 @@ async def resolve_audience(session: AsyncSession, project_id: str, target: Targe
     raise AssertionError(f"unknown target {target!r}")  # pragma: no cover
 
 
+async def resolve_pass_targets(
+    session: AsyncSession, targets: Collection[tuple[str, str]]
+) -> dict[tuple[str, str], Audience]:
+    """Resolves many (project_id, pass id) targets with one query, as resolve_audience would
+    one by one: the pass with that id, else the only pass with that external id. A target
+    missing from the answer names no pass."""
+    if not targets:
+        return {}
+    pairs = list(targets)
+    rows = await session.execute(
+        select(PassRow.project_id, PassRow.id, PassRow.external_id).where(
+            or_(
+                tuple_(PassRow.project_id, PassRow.id).in_(pairs),
+                tuple_(PassRow.project_id, PassRow.external_id).in_(pairs),
+            )
+        )
+    )
+    by_id: set[tuple[str, str]] = set()
+    by_external_id: dict[tuple[str, str], list[str]] = defaultdict(list)
+    for project_id, pass_id, external_id in rows:
+        by_id.add((project_id, pass_id))
+        if external_id is not None:
+            by_external_id[(project_id, external_id)].append(pass_id)
+    found = {}
+    for project_id, given in pairs:
+        if (project_id, given) in by_id:
+            found[(project_id, given)] = _one_pass_audience(project_id, given)
+        elif len(matches := by_external_id.get((project_id, given), [])) == 1:
+            found[(project_id, given)] = _one_pass_audience(project_id, matches[0])
+    return found
+
+
 async def _one_pass(
     session: AsyncSession, condition: ColumnElement[bool], *, unique: bool = False
-) -> PassRow | None:
-    rows = (await session.scalars(select(PassRow).where(condition).limit(2))).all()
-    if not rows or (unique and len(rows) > 1):
+) -> str | None:
+    """The id of the pass matching `condition` (None when none, or several and `unique`)."""
+    ids = (await session.scalars(select(PassRow.id).where(condition).limit(2))).all()
+    if not ids or (unique and len(ids) > 1):
         return None
-    return rows[0]
+    return ids[0]
+
+
+def _one_pass_audience(project_id: str, pass_id: str) -> Audience:
+    condition = and_(PassRow.project_id == project_id, PassRow.id == pass_id)
+    return Audience(project_id, condition, pass_id)
 
 
 async def _template(session: AsyncSession, project_id: str, template_id: str) -> TemplateRow:

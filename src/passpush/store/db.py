@@ -25,9 +25,14 @@ def make_engine(url: str = DEFAULT_DATABASE_URL, **kwargs: Any) -> AsyncEngine:
     if not is_sqlite(url):
         return create_async_engine(url, pool_size=10, max_overflow=10, **kwargs)
     database = make_url(url).database
+    pool: dict[str, Any] = {}
     if database and database != ":memory:":
         Path(database).parent.mkdir(parents=True, exist_ok=True)
-    engine = create_async_engine(url, connect_args={"timeout": 30}, **kwargs)
+        # One connection, handed out in turn: the pool's queue serializes this process's
+        # transactions, instead of SQLite's busy handler, which sleeps in growing steps (up
+        # to 100 ms) while another connection of the same process holds the write lock.
+        pool = {"pool_size": 1, "max_overflow": 0, "pool_timeout": 60}
+    engine = create_async_engine(url, connect_args={"timeout": 30}, **pool, **kwargs)
     _make_sqlite_transactions_immediate(engine)
     return engine
 

@@ -2,11 +2,31 @@
 
 from __future__ import annotations
 
+from collections.abc import Collection, Sequence
+from dataclasses import dataclass
 from datetime import datetime
+from itertools import groupby
 from typing import Any
 
-from sqlalchemy import Select, and_, exists, func, insert, literal, not_, select, update
+from sqlalchemy import (
+    BigInteger,
+    Insert,
+    Select,
+    Update,
+    and_,
+    bindparam,
+    exists,
+    func,
+    insert,
+    literal,
+    not_,
+    select,
+    tuple_,
+    union_all,
+    update,
+)
 from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.sql.elements import BindParameter
 
 from passpush.domain.errors import NotFound
 from passpush.domain.model import (
@@ -32,6 +52,7 @@ from passpush.store.models import (
     PassRow,
     TemplateRow,
     TicketRow,
+    table_of,
 )
 from passpush.store.passes import update_tag_at
 
@@ -50,103 +71,125 @@ _DELIVERY_COLUMNS = [
 ]
 
 
+@dataclass(frozen=True)
+class NewTicket:
+    """A ticket to create: what was asked, and the audience it resolved to."""
+
+    audience: Audience
+    operation: Operation
+    target: Target
+    content: Content | None
+    request_id: str
+    fingerprint: str
+
+
 class TicketStore:
     """The ticket-side repository; one per session (unit of work)."""
 
     def __init__(self, session: AsyncSession) -> None:
         self.session = session
 
-    async def find_by_request_id(self, project_id: str, request_id: str) -> TicketRow | None:
-        return await self.session.scalar(
-            select(TicketRow).where(
-                TicketRow.project_id == project_id, TicketRow.request_id == request_id
-            )
+    async def find_by_request_ids(
+        self, keys: Collection[tuple[str, str]]
+    ) -> dict[tuple[str, str], TicketRow]:
+        """The tickets created under these (project_id, request_id) pairs, by pair."""
+        if not keys:
+            return {}
+        rows = await self.session.scalars(
+            select(TicketRow).where(tuple_(TicketRow.project_id, TicketRow.request_id).in_(keys))
         )
+        return {(row.project_id, row.request_id or ""): row for row in rows}
 
-    async def create(
-        self,
-        *,
-        audience: Audience,
-        operation: Operation,
-        target: Target,
-        content: Content | None,
-        request_id: str,
-        fingerprint: str,
-        now: datetime,
-    ) -> int:
-        """Commits-to-be a ticket with all its deliveries; returns its id.
+    async def create_many(self, new: Sequence[NewTicket], now: datetime) -> list[Ticket]:
+        """Commits-to-be tickets with all their deliveries, in order; returns them.
 
         Everything is INSERT ... SELECT / UPDATE ... WHERE over the audience
-        condition: the audience is never loaded into Python.
+        conditions: an audience is never loaded into Python. Tickets for one pass
+        each (the common transactional Send) share parametrized statements, so a
+        batch costs a handful of round trips whatever its size.
         """
-        row = TicketRow(
-            project_id=audience.project_id,
-            operation=operation.value,
-            target=target_to_dict(target),
-            content_header=content.header if content else "",
-            content_body=content.body if content else "",
-            display_start=content.display_start if content else None,
-            display_end=content.display_end if content else None,
-            state=TicketState.PENDING.value,
-            request_id=request_id or None,
-            request_fingerprint=fingerprint,
-            created_at=now,
-            updated_at=now,
+        if not new:
+            return []
+        ids = list(
+            await self.session.scalars(
+                insert(_tickets).returning(_tickets.c.id, sort_by_parameter_order=True),
+                [_ticket_values(n, now) for n in new],
+            )
         )
-        self.session.add(row)
-        await self.session.flush()
-        for query in _fan_out(row.id, audience.condition, now):
-            await self.session.execute(insert(DeliveryRow).from_select(_DELIVERY_COLUMNS, query))
-        await self._change_passes(row.id, audience, operation, content, now)
-        await self._count_deliveries(row, now)
-        return row.id
-
-    async def _change_passes(
-        self,
-        ticket_id: int,
-        audience: Audience,
-        operation: Operation,
-        content: Content | None,
-        now: datetime,
-    ) -> None:
-        """Sets (or clears) the notification field of the audience's active passes."""
-        values: dict[str, Any] = {"update_tag": update_tag_at(now), "updated_at": now}
-        if operation is Operation.SEND and content is not None:
-            values |= {
-                "notification_header": content.header,
-                "notification_body": content.body,
-                "notification_ticket_id": ticket_id,
-            }
-        else:
-            values |= {
-                "notification_header": None,
-                "notification_body": None,
-                "notification_ticket_id": None,
-            }
+        # In ticket order, so that the last notification to a pass is the one it shows.
+        for one_pass, run in groupby(
+            zip(ids, new, strict=True), key=lambda item: item[1].audience.pass_id
+        ):
+            created = list(run)
+            if one_pass is not None:
+                await self._fan_out_one_pass_each(created, now)
+            else:
+                for ticket_id, n in created:
+                    await self._fan_out(ticket_id, n, now)
+        counts = await self._count_deliveries(ids)
+        tickets = [
+            _new_ticket(ticket_id, n, counts[ticket_id], now)
+            for ticket_id, n in zip(ids, new, strict=True)
+        ]
         await self.session.execute(
-            update(PassRow)
-            .where(audience.condition, PassRow.status == PassStatus.ACTIVE.value)
-            .values(**values)
-            .execution_options(synchronize_session=False)
+            update(_tickets)
+            .where(_tickets.c.id == bindparam("ticket_id"))
+            .values(
+                state=bindparam("new_state"),
+                total=bindparam("new_total"),
+                pending=bindparam("new_pending"),
+                skipped=bindparam("new_skipped"),
+                completed_at=bindparam("new_completed_at"),
+            ),
+            [
+                {
+                    "ticket_id": t.id,
+                    "new_state": t.state.value,
+                    "new_total": t.counts.total,
+                    "new_pending": t.counts.pending,
+                    "new_skipped": t.counts.skipped,
+                    "new_completed_at": t.complete_time,
+                }
+                for t in tickets
+            ],
+        )
+        return tickets
+
+    async def _fan_out_one_pass_each(
+        self, created: Sequence[tuple[int, NewTicket]], now: datetime
+    ) -> None:
+        """The deliveries and pass changes of tickets whose audience is one pass each."""
+        params = [
+            {
+                "of_ticket": ticket_id,
+                "of_project": n.audience.project_id,
+                "of_pass": n.audience.pass_id,
+                "at": now,
+            }
+            for ticket_id, n in created
+        ]
+        await self.session.execute(_INSERT_ONE_PASS_DELIVERIES, params)
+        changes = [_pass_change(ticket_id, n.operation, n.content, now) for ticket_id, n in created]
+        await self.session.execute(
+            _UPDATE_ONE_PASS, [p | _as_params(c) for p, c in zip(params, changes, strict=True)]
         )
 
-    async def _count_deliveries(self, row: TicketRow, now: datetime) -> None:
-        counts: dict[str, int] = dict(
-            (
-                await self.session.execute(
-                    select(DeliveryRow.state, func.count())
-                    .where(DeliveryRow.ticket_id == row.id)
-                    .group_by(DeliveryRow.state)
-                )
-            ).all()
+    async def _fan_out(self, ticket_id: int, n: NewTicket, now: datetime) -> None:
+        condition = n.audience.condition
+        await self.session.execute(_insert_deliveries(literal(ticket_id), condition), {"at": now})
+        change = _pass_change(ticket_id, n.operation, n.content, now)
+        await self.session.execute(_update_active_passes(condition, change))
+
+    async def _count_deliveries(self, ticket_ids: Sequence[int]) -> dict[int, dict[str, int]]:
+        counts: dict[int, dict[str, int]] = {ticket_id: {} for ticket_id in ticket_ids}
+        rows = await self.session.execute(
+            select(DeliveryRow.ticket_id, DeliveryRow.state, func.count())
+            .where(DeliveryRow.ticket_id.in_(ticket_ids))
+            .group_by(DeliveryRow.ticket_id, DeliveryRow.state)
         )
-        row.pending = counts.get(DeliveryState.PENDING.value, 0)
-        row.skipped = counts.get(DeliveryState.SKIPPED.value, 0)
-        row.total = row.pending + row.skipped
-        if row.pending == 0:
-            row.state = terminal_state(0, 0).value
-            row.completed_at = now
-        await self.session.flush()
+        for ticket_id, state, count in rows:
+            counts[ticket_id][state] = count
+        return counts
 
     async def get(self, project_id: str, ticket_id: int) -> Ticket:
         row = await self.session.get(TicketRow, ticket_id, populate_existing=True)
@@ -186,13 +229,94 @@ def ticket_from_row(row: TicketRow, errors: list[tuple[str, int]]) -> Ticket:
     )
 
 
-def _fan_out(ticket_id: int, audience: Any, now: datetime) -> list[Select[Any]]:
-    """The SELECTs whose rows become the ticket's deliveries.
+# Core tables: parametrized statements run as executemany, without ORM bookkeeping.
+_tickets = table_of(TicketRow)
+_passes = table_of(PassRow)
+_deliveries = table_of(DeliveryRow)
+_PASS_CHANGE_PARAMS: dict[str, BindParameter[Any]] = {
+    name: bindparam(f"new_{name}")
+    for name in (
+        "update_tag",
+        "updated_at",
+        "notification_header",
+        "notification_body",
+        "notification_ticket_id",
+    )
+}
+
+
+def _ticket_values(n: NewTicket, now: datetime) -> dict[str, Any]:
+    content = n.content
+    return {
+        "project_id": n.audience.project_id,
+        "operation": n.operation.value,
+        "target": target_to_dict(n.target),
+        "content_header": content.header if content else "",
+        "content_body": content.body if content else "",
+        "display_start": content.display_start if content else None,
+        "display_end": content.display_end if content else None,
+        "state": TicketState.PENDING.value,
+        "request_id": n.request_id or None,
+        "request_fingerprint": n.fingerprint,
+        "created_at": now,
+        "updated_at": now,
+    }
+
+
+def _new_ticket(ticket_id: int, n: NewTicket, counts: dict[str, int], now: datetime) -> Ticket:
+    pending = counts.get(DeliveryState.PENDING.value, 0)
+    skipped = counts.get(DeliveryState.SKIPPED.value, 0)
+    done = pending == 0
+    return Ticket(
+        id=ticket_id,
+        project_id=n.audience.project_id,
+        operation=n.operation,
+        target=n.target,
+        content=n.content if n.operation is Operation.SEND else None,
+        state=terminal_state(0, 0) if done else TicketState.PENDING,
+        counts=DeliveryCounts(pending + skipped, pending, 0, 0, skipped),
+        request_id=n.request_id,
+        create_time=now,
+        update_time=now,
+        complete_time=now if done else None,
+    )
+
+
+def _pass_change(
+    ticket_id: int, operation: Operation, content: Content | None, now: datetime
+) -> dict[str, Any]:
+    """Sets (Send) or clears (Delete) the notification field of a pass."""
+    sending = operation is Operation.SEND and content is not None
+    return {
+        "update_tag": update_tag_at(now),
+        "updated_at": now,
+        "notification_header": content.header if sending and content else None,
+        "notification_body": content.body if sending and content else None,
+        "notification_ticket_id": ticket_id if sending else None,
+    }
+
+
+def _as_params(change: dict[str, Any]) -> dict[str, Any]:
+    """A pass change as the parameters of _PASS_CHANGE_PARAMS."""
+    return {f"new_{name}": value for name, value in change.items()}
+
+
+def _update_active_passes(audience: Any, values: dict[str, Any]) -> Update:
+    """Changes the audience's active passes (the inactive ones get nothing)."""
+    return (
+        update(_passes).where(audience, PassRow.status == PassStatus.ACTIVE.value).values(**values)
+    )
+
+
+def _insert_deliveries(ticket_id: Any, audience: Any) -> Insert:
+    """One INSERT ... SELECT of a ticket's deliveries.
 
     Apple: one pending delivery per active registered device of each active
     pass. Google: one per active pass. A pass that gets nothing (not active,
     or an Apple pass without devices) is one skipped delivery with a reason.
+    The parameter `at` is the time of the Send.
     """
+    now = bindparam("at", type_=DeliveryRow.next_attempt_at.type)
     active = PassRow.status == PassStatus.ACTIVE.value
     apple = TemplateRow.platform == Platform.APPLE.value
     registered = and_(
@@ -204,7 +328,7 @@ def _fan_out(ticket_id: int, audience: Any, now: datetime) -> list[Select[Any]]:
 
     def rows(registration: Any, state: DeliveryState, reason: str, condition: Any) -> Select[Any]:
         query = select(
-            literal(ticket_id),
+            ticket_id,
             PassRow.project_id,
             PassRow.id,
             registration,
@@ -212,8 +336,8 @@ def _fan_out(ticket_id: int, audience: Any, now: datetime) -> list[Select[Any]]:
             literal(state.value),
             literal(reason),
             literal(0),
-            literal(now, type_=DeliveryRow.next_attempt_at.type),
-            literal(now, type_=DeliveryRow.updated_at.type),
+            now,
+            now,
         ).join(
             TemplateRow,
             and_(
@@ -227,9 +351,19 @@ def _fan_out(ticket_id: int, audience: Any, now: datetime) -> list[Select[Any]]:
         DeviceRegistrationRow.id, DeliveryState.PENDING, "", and_(active, apple)
     ).join(DeviceRegistrationRow, registered)
     none = literal(None, type_=DeliveryRow.registration_id.type)
-    return [
+    every_row = union_all(
         apple_devices,
         rows(none, DeliveryState.PENDING, "", and_(active, not_(apple))),
         rows(none, DeliveryState.SKIPPED, SKIP_PASS_NOT_ACTIVE, not_(active)),
         rows(none, DeliveryState.SKIPPED, SKIP_NO_DEVICES, and_(active, apple, not_(has_device))),
-    ]
+    )
+    return insert(_deliveries).from_select(_DELIVERY_COLUMNS, every_row)
+
+
+# The statements of tickets for one pass each, built once (parameters of_ticket, of_project,
+# of_pass, at, and new_* for the pass change).
+_ONE_PASS = and_(PassRow.project_id == bindparam("of_project"), PassRow.id == bindparam("of_pass"))
+_INSERT_ONE_PASS_DELIVERIES = _insert_deliveries(
+    bindparam("of_ticket", type_=BigInteger), _ONE_PASS
+)
+_UPDATE_ONE_PASS = _update_active_passes(_ONE_PASS, _PASS_CHANGE_PARAMS)

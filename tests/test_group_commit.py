@@ -1,0 +1,92 @@
+"""Single-pass Sends arriving together share a transaction: each still gets its own answer."""
+
+from __future__ import annotations
+
+import asyncio
+
+import grpc
+import pytest
+
+from passpush.fakes.apns import FakeApns
+from passpush.v1 import notifications_pb2 as npb
+from passpush.v1 import notifications_pb2_grpc, passes_pb2_grpc
+
+from support import World, rich_error, wait_terminal
+
+PASSES = 30
+
+
+@pytest.fixture
+async def world(passes: passes_pb2_grpc.PassServiceStub) -> World:
+    world = World(passes)
+    await world.apple_template("loyalty")
+    for i in range(PASSES):
+        await world.pass_(f"p{i}", "loyalty")
+    await world.pass_("by-external", "loyalty", external_id="member-7")
+    await world.pass_("no-device", "loyalty", devices=0)
+    return world
+
+
+def _send(pass_id: str, request_id: str, body: str = "Hi") -> npb.SendRequest:
+    return npb.SendRequest(
+        target=npb.Target(pass_id=pass_id), content=npb.Content(body=body), request_id=request_id
+    )
+
+
+async def test_a_burst_of_single_pass_sends_answers_each_call_as_if_alone(
+    world: World,
+    notifications: notifications_pb2_grpc.NotificationServiceStub,
+    fake_apns: FakeApns,
+) -> None:
+    requests = {
+        **{f"p{i}": _send(f"p{i}", f"r{i}") for i in range(PASSES)},
+        "external": _send("member-7", "r-external"),
+        "no-device": _send("no-device", "r-no-device"),
+        **{f"ghost{i}": _send(f"ghost{i}", f"r-ghost{i}") for i in range(3)},
+        **{f"retry{i}": _send("p0", "r0") for i in range(5)},
+        "reused": _send("p1", "r1", body="another body"),
+    }
+    answers = dict(
+        zip(
+            requests,
+            await asyncio.gather(
+                *(notifications.Send(r) for r in requests.values()), return_exceptions=True
+            ),
+            strict=True,
+        )
+    )
+
+    tickets = {name: a for name, a in answers.items() if isinstance(a, npb.Ticket)}
+    errors = {
+        name: rich_error(a) for name, a in answers.items() if isinstance(a, grpc.aio.AioRpcError)
+    }
+    assert set(tickets) | set(errors) == set(requests), answers
+    # Retries of r0 answer r0's ticket; r1 with two bodies: one ticket, one refusal.
+    assert {tickets[f"retry{i}"].id for i in range(5)} == {tickets["p0"].id}
+    r1 = [name for name in ("p1", "reused") if name in tickets]
+    refused = [name for name in ("p1", "reused") if name in errors]
+    assert len(r1) == 1 and len(refused) == 1
+    assert errors[refused[0]].code == grpc.StatusCode.ALREADY_EXISTS
+    assert errors[refused[0]].reason == "REQUEST_ID_REUSED"
+    for i in range(3):
+        assert errors[f"ghost{i}"].code == grpc.StatusCode.NOT_FOUND
+        assert errors[f"ghost{i}"].resource == ("pass", f"ghost{i}")
+    assert set(errors) == {*refused, "ghost0", "ghost1", "ghost2"}
+
+    # Each new ticket is its own, for its own pass, with its own counts.
+    sent = [name for name in tickets if not name.startswith("retry")]
+    assert len({tickets[name].id for name in sent}) == len(sent)
+    for name in sent:
+        ticket = tickets[name]
+        assert ticket.target == requests[name].target
+        assert ticket.request_id == requests[name].request_id
+        if name == "no-device":
+            assert (ticket.counts.total, ticket.counts.skipped) == (1, 1)
+            assert ticket.state == npb.TICKET_STATE_SUCCEEDED
+        else:
+            assert (ticket.counts.total, ticket.counts.pending) == (1, 1)
+        done = await wait_terminal(notifications, ticket.id)
+        assert done.counts.total == 1
+
+    pushed = [f"p{i}" for i in range(PASSES)] + ["by-external"]
+    assert sorted(fake_apns.tokens()) == world.tokens_of(*pushed)
