@@ -1,13 +1,34 @@
-"""The deliveries outbox: claim due deliveries under a lease, record outcomes in batches."""
+"""The deliveries outbox: claim due deliveries under a lease, record outcomes in batches.
+
+The worker runs these statements many times a second, so they are Core statements built
+once per dialect: each call only binds values, with no ORM bookkeeping, and each step is one
+round trip (a claim is one UPDATE … RETURNING, answers of one kind one UPDATE … RETURNING).
+"""
 
 from __future__ import annotations
 
-from collections import defaultdict
+import functools
+import itertools
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from typing import Any
 
-from sqlalchemy import ColumnElement, and_, bindparam, delete, or_, select, update
+from sqlalchemy import (
+    BigInteger,
+    ColumnElement,
+    Select,
+    Update,
+    and_,
+    any_,
+    bindparam,
+    delete,
+    or_,
+    select,
+    update,
+)
+from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from passpush.domain.model import DeliveryState, Platform, TicketState, terminal_state
@@ -21,6 +42,12 @@ from passpush.store.models import (
     TicketRow,
     table_of,
 )
+
+_deliveries = table_of(DeliveryRow)
+_registrations = table_of(DeviceRegistrationRow)
+_passes = table_of(PassRow)
+_templates = table_of(TemplateRow)
+_tickets = table_of(TicketRow)
 
 
 @dataclass(frozen=True)
@@ -50,70 +77,26 @@ class Outbox:
 
     def __init__(self, session: AsyncSession) -> None:
         self.session = session
+        self._statements = _statements_for(dialect_name(session))
 
     async def claim_due(
         self, owner: str, now: datetime, lease: timedelta, limit: int
     ) -> list[ClaimedDelivery]:
-        """Leases up to `limit` due deliveries to `owner`.
+        """Leases up to `limit` due deliveries to `owner`, oldest due first.
 
         On PostgreSQL, FOR UPDATE SKIP LOCKED lets replicas claim side by side;
         a replica that dies leaves leases that expire and are claimed again.
         """
-        due = (
-            select(DeliveryRow.id)
-            .where(
-                DeliveryRow.state == DeliveryState.PENDING.value,
-                DeliveryRow.next_attempt_at <= now,
-                or_(DeliveryRow.lease_until.is_(None), DeliveryRow.lease_until < now),
+        connection = await self.session.connection()
+        ids = list(
+            await connection.scalars(
+                self._statements.claim,
+                {"owner": owner, "now": now, "lease_until": now + lease, "limit": limit},
             )
-            .order_by(DeliveryRow.next_attempt_at, DeliveryRow.id)
-            .limit(limit)
         )
-        if dialect_name(self.session) == "postgresql":
-            due = due.with_for_update(skip_locked=True)
-        ids = list(await self.session.scalars(due))
         if not ids:
             return []
-        await self.session.execute(
-            update(DeliveryRow)
-            .where(DeliveryRow.id.in_(ids))
-            .values(lease_owner=owner, lease_until=now + lease)
-        )
-        rows = await self.session.execute(
-            select(
-                DeliveryRow.id,
-                DeliveryRow.ticket_id,
-                DeliveryRow.pass_id,
-                DeliveryRow.platform,
-                DeliveryRow.attempts,
-                DeliveryRow.registration_id,
-                DeviceRegistrationRow.push_token,
-                TemplateRow.pass_type_identifier,
-                PassRow.google_object_id,
-            )
-            .join(
-                PassRow,
-                and_(
-                    PassRow.project_id == DeliveryRow.project_id, PassRow.id == DeliveryRow.pass_id
-                ),
-            )
-            .join(
-                TemplateRow,
-                and_(
-                    TemplateRow.project_id == PassRow.project_id,
-                    TemplateRow.id == PassRow.template_id,
-                ),
-            )
-            .outerjoin(
-                DeviceRegistrationRow,
-                and_(
-                    DeviceRegistrationRow.id == DeliveryRow.registration_id,
-                    DeviceRegistrationRow.active,
-                ),
-            )
-            .where(DeliveryRow.id.in_(ids))
-            .order_by(DeliveryRow.id)
-        )
+        rows = await connection.execute(self._statements.push_details, {"ids": ids})
         claimed = [
             ClaimedDelivery(
                 id=r.id,
@@ -128,13 +111,9 @@ class Outbox:
             )
             for r in rows
         ]
-        await self.session.execute(
-            update(TicketRow)
-            .where(
-                TicketRow.id.in_({c.ticket_id for c in claimed}),
-                TicketRow.state == TicketState.PENDING.value,
-            )
-            .values(state=TicketState.RUNNING.value, updated_at=now)
+        await connection.execute(
+            self._statements.start_tickets,
+            {"ids": list({c.ticket_id for c in claimed}), "now": now},
         )
         return claimed
 
@@ -146,45 +125,44 @@ class Outbox:
         Only deliveries still leased to `owner` are recorded: one whose lease
         expired and was claimed again belongs to its new owner.
         """
-        if not results:
-            return set()
-        held_query = select(DeliveryRow.id).where(
-            DeliveryRow.id.in_([r.delivery.id for r in results]),
-            DeliveryRow.lease_owner == owner,
+        connection = await self.session.connection()
+        retries = [r for r in results if r.state is DeliveryState.PENDING]
+        if retries:
+            # Still pending: no ticket count changes, so which were still ours does not matter.
+            await connection.execute(
+                self._statements.retry,
+                [
+                    {
+                        "delivery_id": r.delivery.id,
+                        "owner": owner,
+                        "new_reason": r.reason,
+                        "next_at": r.next_attempt_at or now,
+                        "now": now,
+                    }
+                    for r in retries
+                ],
+            )
+        recorded: list[DeliveryResult] = []
+        answered = sorted(
+            (r for r in results if r.state is not DeliveryState.PENDING), key=_outcome
         )
-        if dialect_name(self.session) == "postgresql":
-            held_query = held_query.with_for_update()
-        held = set(await self.session.scalars(held_query))
-        mine = [r for r in results if r.delivery.id in held]
-        if not mine:
-            return set()
-        # Core statements: executemany over the batch, one round trip, no ORM bookkeeping.
-        deliveries = table_of(DeliveryRow)
-        await self.session.execute(
-            update(deliveries)
-            .where(deliveries.c.id == bindparam("delivery_id"))
-            .values(
-                state=bindparam("new_state"),
-                reason=bindparam("new_reason"),
-                attempts=bindparam("new_attempts"),
-                next_attempt_at=bindparam("next_at"),
-                lease_owner=None,
-                lease_until=None,
-                updated_at=now,
-            ),
-            [
-                {
-                    "delivery_id": r.delivery.id,
-                    "new_state": r.state.value,
-                    "new_reason": r.reason,
-                    "new_attempts": r.delivery.attempts + 1,
-                    "next_at": r.next_attempt_at or now,
-                }
-                for r in mine
-            ],
-        )
-        await self._act_on_registrations(mine, now)
-        return await self._count(mine, now)
+        for (state, reason), group in itertools.groupby(answered, key=_outcome):
+            same_outcome = list(group)
+            held = set(
+                await connection.scalars(
+                    self._statements.finish,
+                    {
+                        "ids": [r.delivery.id for r in same_outcome],
+                        "owner": owner,
+                        "new_state": state.value,
+                        "new_reason": reason,
+                        "now": now,
+                    },
+                )
+            )
+            recorded += (r for r in same_outcome if r.delivery.id in held)
+        await self._act_on_registrations(recorded, now)
+        return await self._count(recorded, now)
 
     async def _act_on_registrations(self, results: Sequence[DeliveryResult], now: datetime) -> None:
         for action in (RegistrationAction.DEACTIVATE, RegistrationAction.REMOVE):
@@ -196,47 +174,48 @@ class Outbox:
             ]
             if not targets:
                 continue
-            registrations = table_of(DeviceRegistrationRow)
             condition = and_(
-                registrations.c.id == bindparam("registration_id"),
-                registrations.c.push_token == bindparam("token"),
+                _registrations.c.id == bindparam("registration_id"),
+                _registrations.c.push_token == bindparam("token"),
             )
             statement = (
-                update(registrations).where(condition).values(active=False, updated_at=now)
+                update(_registrations).where(condition).values(active=False, updated_at=now)
                 if action is RegistrationAction.DEACTIVATE
-                else delete(registrations).where(condition)
+                else delete(_registrations).where(condition)
             )
             await self.session.execute(statement, targets)
 
     async def _count(self, results: Sequence[DeliveryResult], now: datetime) -> set[int]:
-        done: dict[int, dict[str, int]] = defaultdict(lambda: {"delivered": 0, "failed": 0})
-        for r in results:
-            if r.state is DeliveryState.DELIVERED:
-                done[r.delivery.ticket_id]["delivered"] += 1
-            elif r.state is DeliveryState.FAILED:
-                done[r.delivery.ticket_id]["failed"] += 1
+        """Moves the recorded deliveries from pending to delivered or failed on their tickets."""
+        delivered = Counter(
+            r.delivery.ticket_id for r in results if r.state is DeliveryState.DELIVERED
+        )
+        failed = Counter(r.delivery.ticket_id for r in results if r.state is DeliveryState.FAILED)
+        connection = await self.session.connection()
         finished: set[int] = set()
-        for ticket_id, counts in done.items():
-            n = counts["delivered"] + counts["failed"]
-            if n == 0:
-                continue
-            await self.session.execute(
-                update(TicketRow)
-                .where(TicketRow.id == ticket_id)
-                .values(
-                    pending=TicketRow.pending - n,
-                    delivered=TicketRow.delivered + counts["delivered"],
-                    failed=TicketRow.failed + counts["failed"],
-                    updated_at=now,
+        for ticket_id in delivered.keys() | failed.keys():
+            counted = (
+                await connection.execute(
+                    self._statements.count_ticket,
+                    {
+                        "ticket_id": ticket_id,
+                        "n_answered": delivered[ticket_id] + failed[ticket_id],
+                        "n_delivered": delivered[ticket_id],
+                        "n_failed": failed[ticket_id],
+                        "now": now,
+                    },
                 )
-            )
-            ticket = await self.session.get(TicketRow, ticket_id, populate_existing=True)
-            assert ticket is not None
-            if ticket.pending == 0 and not TicketState(ticket.state).is_terminal:
-                ticket.state = terminal_state(ticket.delivered, ticket.failed).value
-                ticket.completed_at = now
+            ).one()
+            if counted.pending == 0 and not TicketState(counted.state).is_terminal:
+                await connection.execute(
+                    self._statements.finish_ticket,
+                    {
+                        "ticket_id": ticket_id,
+                        "new_state": terminal_state(counted.delivered, counted.failed).value,
+                        "now": now,
+                    },
+                )
                 finished.add(ticket_id)
-        await self.session.flush()
         return finished
 
     async def release(self, owner: str | None = None) -> int:
@@ -250,3 +229,131 @@ class Outbox:
             .values(lease_owner=None, lease_until=None)
         )
         return int(result.rowcount)  # type: ignore[attr-defined]
+
+
+def _outcome(result: DeliveryResult) -> tuple[DeliveryState, str]:
+    return result.state, result.reason
+
+
+@dataclass(frozen=True)
+class _Statements:
+    """The outbox's hot statements for one dialect."""
+
+    claim: Update
+    push_details: Select[Any]
+    start_tickets: Update
+    finish: Update
+    retry: Update
+    count_ticket: Update
+    finish_ticket: Update
+
+
+@functools.cache
+def _statements_for(dialect: str) -> _Statements:
+    d, t = _deliveries, _tickets
+    now = bindparam("now", type_=d.c.updated_at.type)
+    pending = DeliveryState.PENDING.value
+    return _Statements(
+        claim=_claim_statement(skip_locked=dialect == "postgresql"),
+        push_details=_push_details_statement(dialect),
+        start_tickets=update(t)
+        .where(_one_of(t.c.id, dialect), t.c.state == TicketState.PENDING.value)
+        .values(state=TicketState.RUNNING.value, updated_at=now),
+        finish=update(d)
+        .where(_one_of(d.c.id, dialect), d.c.lease_owner == bindparam("owner"))
+        .values(
+            state=bindparam("new_state"),
+            reason=bindparam("new_reason"),
+            attempts=d.c.attempts + 1,
+            next_attempt_at=now,
+            lease_owner=None,
+            lease_until=None,
+            updated_at=now,
+        )
+        .returning(d.c.id),
+        retry=update(d)
+        .where(d.c.id == bindparam("delivery_id"), d.c.lease_owner == bindparam("owner"))
+        .values(
+            state=pending,
+            reason=bindparam("new_reason"),
+            attempts=d.c.attempts + 1,
+            next_attempt_at=bindparam("next_at"),
+            lease_owner=None,
+            lease_until=None,
+            updated_at=now,
+        ),
+        count_ticket=update(t)
+        .where(t.c.id == bindparam("ticket_id"))
+        .values(
+            pending=t.c.pending - bindparam("n_answered"),
+            delivered=t.c.delivered + bindparam("n_delivered"),
+            failed=t.c.failed + bindparam("n_failed"),
+            updated_at=now,
+        )
+        .returning(t.c.pending, t.c.state, t.c.delivered, t.c.failed),
+        finish_ticket=update(t)
+        .where(t.c.id == bindparam("ticket_id"))
+        .values(state=bindparam("new_state"), completed_at=now, updated_at=now),
+    )
+
+
+def _claim_statement(*, skip_locked: bool) -> Update:
+    """Leases the due deliveries, oldest due first, and returns their ids."""
+    d = _deliveries
+    now = bindparam("now", type_=d.c.next_attempt_at.type)
+    due = (
+        select(d.c.id)
+        .where(
+            d.c.state == DeliveryState.PENDING.value,
+            d.c.next_attempt_at <= now,
+            or_(d.c.lease_until.is_(None), d.c.lease_until < now),
+        )
+        .order_by(d.c.next_attempt_at, d.c.id)
+        .limit(bindparam("limit"))
+    )
+    if skip_locked:
+        due = due.with_for_update(skip_locked=True)
+    return (
+        update(d)
+        .where(d.c.id.in_(due))
+        .values(lease_owner=bindparam("owner"), lease_until=bindparam("lease_until"))
+        .returning(d.c.id)
+    )
+
+
+def _push_details_statement(dialect: str) -> Select[Any]:
+    """What pushing the deliveries bound as `ids` needs: the device's token, the topic.
+
+    (Not in the claim's RETURNING: SQLite's may not name other tables.)
+    """
+    d, r, p, t = _deliveries, _registrations, _passes, _templates
+    return (
+        select(
+            d.c.id,
+            d.c.ticket_id,
+            d.c.pass_id,
+            d.c.platform,
+            d.c.attempts,
+            d.c.registration_id,
+            r.c.push_token,
+            t.c.pass_type_identifier,
+            p.c.google_object_id,
+        )
+        .join(p, and_(p.c.project_id == d.c.project_id, p.c.id == d.c.pass_id))
+        .join(t, and_(t.c.project_id == p.c.project_id, t.c.id == p.c.template_id))
+        .outerjoin(r, and_(r.c.id == d.c.registration_id, r.c.active))
+        .where(_one_of(d.c.id, dialect))
+        .order_by(d.c.id)
+    )
+
+
+def _one_of(column: Any, dialect: str) -> ColumnElement[bool]:
+    """`column` is one of the list bound as `ids`.
+
+    On PostgreSQL one array parameter, so that every batch size shares one prepared
+    statement; elsewhere an IN list expanded at execution.
+    """
+    if dialect == "postgresql":
+        ids = bindparam("ids", type_=ARRAY(BigInteger()))
+        return column == any_(ids)  # type: ignore[no-any-return]
+    return column.in_(bindparam("ids", expanding=True))  # type: ignore[no-any-return]
