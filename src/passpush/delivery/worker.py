@@ -16,6 +16,7 @@ import logging
 import os
 import socket
 import uuid
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -61,11 +62,12 @@ class DeliveryWorker:
         self.owner = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
         self._wake = asyncio.Event()
         self._stopping = False
-        self._in_flight = asyncio.Semaphore(self._settings.max_in_flight)
-        self._tasks: list[asyncio.Task[None]] = []
-        self._pushes: set[asyncio.Task[None]] = set()
+        self._tasks: list[asyncio.Task[None]] = []  # the claim loop, then the record loop
+        self._lanes: list[asyncio.Task[None]] = []
         self._outstanding = 0  # claimed, not yet recorded
+        self._claimed: deque[ClaimedDelivery] = deque()  # claimed, not yet pushed
         self._results: list[DeliveryResult] = []  # answered, not yet recorded
+        self._work = asyncio.Event()  # set when claimed deliveries wait for a lane
         self._room = asyncio.Event()  # set when outstanding work dropped
         self._answered = asyncio.Event()  # set when results wait to be recorded
 
@@ -78,20 +80,28 @@ class DeliveryWorker:
             asyncio.create_task(self._claim_loop(), name=f"claims {self.owner}"),
             asyncio.create_task(self._record_loop(), name=f"outcomes {self.owner}"),
         ]
+        # A fixed set of lanes, each pushing one delivery after another, bounds the pushes in
+        # flight without a task and a semaphore per push.
+        self._lanes = [
+            asyncio.create_task(self._push_lane(), name=f"pushes {self.owner}")
+            for _ in range(self._settings.max_in_flight)
+        ]
 
     async def stop(self, grace: float) -> None:
         """Finishes the pushes in hand within `grace` seconds, records them, hands back the rest."""
         self._stopping = True
         self._wake.set()
         self._room.set()
+        self._work.set()
         claims = self._tasks[0] if self._tasks else None
         if claims is not None:
             await asyncio.gather(claims, return_exceptions=True)
-        if self._pushes:
-            _, late = await asyncio.wait(self._pushes, timeout=grace)
-            for push in late:
-                push.cancel()
+        if self._lanes:
+            _, late = await asyncio.wait(self._lanes, timeout=grace)
+            for lane in late:
+                lane.cancel()
             await asyncio.gather(*late, return_exceptions=True)
+        self._lanes = []
         for task in self._tasks[1:]:
             task.cancel()
             await asyncio.gather(task, return_exceptions=True)
@@ -101,6 +111,7 @@ class DeliveryWorker:
         except Exception:
             log.exception("recording outcomes at shutdown failed; they will be pushed again")
         self._results = []
+        self._claimed.clear()
         async with self._sessions.begin() as session:
             released = await Outbox(session).release(self.owner)
         self._outstanding = 0
@@ -128,19 +139,22 @@ class DeliveryWorker:
                 claimed = []
             if claimed:
                 self._outstanding += len(claimed)
-                for delivery in claimed:
-                    push = asyncio.create_task(self._push_and_keep(delivery))
-                    self._pushes.add(push)
-                    push.add_done_callback(self._pushes.discard)
+                self._claimed.extend(claimed)
+                self._work.set()
                 continue
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), settings.poll_interval)
 
-    async def _push_and_keep(self, delivery: ClaimedDelivery) -> None:
-        result = await self._deliver(delivery)
-        # Only now look up the list: _flush may have swapped it while the push was out.
-        self._results.append(result)
-        self._answered.set()
+    async def _push_lane(self) -> None:
+        """Pushes claimed deliveries one after another; after a stop, takes no new one."""
+        while not self._stopping:
+            if not self._claimed:
+                self._work.clear()
+                await self._work.wait()
+                continue
+            result = await self._deliver(self._claimed.popleft())
+            self._results.append(result)
+            self._answered.set()
 
     async def _record_loop(self) -> None:
         while True:
@@ -175,12 +189,11 @@ class DeliveryWorker:
             return DeliveryResult(delivery, DeliveryState.FAILED, "GoogleWalletNotConfigured")
         if delivery.push_token is None:
             return DeliveryResult(delivery, DeliveryState.FAILED, "DeviceUnregistered")
-        async with self._in_flight:
-            try:
-                outcome = await self._apns.push(delivery.push_token, delivery.topic)
-            except Exception:
-                log.exception("APNs push failed unexpectedly (delivery %d)", delivery.id)
-                outcome = PushOutcome(0, "InternalError")
+        try:
+            outcome = await self._apns.push(delivery.push_token, delivery.topic)
+        except Exception:
+            log.exception("APNs push failed unexpectedly (delivery %d)", delivery.id)
+            outcome = PushOutcome(0, "InternalError")
         verdict = judge_apns(
             outcome.status, outcome.reason, delivery.attempts + 1, self._settings.max_attempts
         )
