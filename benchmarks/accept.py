@@ -192,11 +192,14 @@ async def measure_backend(
             client(deployment.address, deployment.key, options.channels) as c,
         ):
             send = single_pass_sender(c)
-            await closed_loop(send, WARMUP_SECONDS, 8)
-            # Throughput first: a closed loop cannot leave a backlog behind, an overloaded open
+            await fake.reset()
+            warmup = await closed_loop(send, WARMUP_SECONDS, 8)
+            # Throughput first: a closed loop cannot leave calls behind, an overloaded open
             # loop can (calls given up by the client may still hold the server for a while).
             throughput = await closed_loop(send, options.throughput_seconds, options.concurrency)
             log(f"accept on {backend}: {throughput.rate:,.0f} Sends/s closed loop")
+            # It leaves pushes behind, though: the open loop starts once they are out.
+            await fake.wait_for(warmup.calls + throughput.calls, within=120)
             latency = await open_loop(send, options.rate, options.duration)
             log(
                 f"accept on {backend}: {latency.issued:,} Sends at {options.rate:.0f}/s: "

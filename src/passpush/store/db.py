@@ -23,7 +23,12 @@ def is_sqlite(url: str) -> bool:
 
 def make_engine(url: str = DEFAULT_DATABASE_URL, **kwargs: Any) -> AsyncEngine:
     if not is_sqlite(url):
-        return create_async_engine(url, pool_size=10, max_overflow=10, **kwargs)
+        # No JIT: it compiles big statements for hundreds of milliseconds, where an
+        # OLTP service wants its answer now.
+        connect_args = {"server_settings": {"jit": "off"}}
+        return create_async_engine(
+            url, pool_size=10, max_overflow=10, connect_args=connect_args, **kwargs
+        )
     database = make_url(url).database
     pool: dict[str, Any] = {}
     if database and database != ":memory:":

@@ -276,7 +276,9 @@ class DeliveryRow(Base):
     )
 
     id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
-    ticket_id: Mapped[int] = mapped_column(ForeignKey("tickets.id", ondelete="CASCADE"))
+    # No foreign key: a broadcast inserts a million rows at once, and a per-row check of
+    # the ticket it was just inserted with cost seconds of it.
+    ticket_id: Mapped[int] = mapped_column(BigId)
     project_id: Mapped[str] = mapped_column(ID)
     pass_id: Mapped[str] = mapped_column(ID)
     # No foreign key: a registration APNs called gone is deleted, its deliveries stay.

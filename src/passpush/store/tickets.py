@@ -11,18 +11,16 @@ from typing import Any
 from sqlalchemy import (
     BigInteger,
     Insert,
-    Select,
     Update,
     and_,
     bindparam,
-    exists,
+    case,
     func,
     insert,
     literal,
     not_,
     select,
     tuple_,
-    union_all,
     update,
 )
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -309,7 +307,7 @@ def _update_active_passes(audience: Any, values: dict[str, Any]) -> Update:
 
 
 def _insert_deliveries(ticket_id: Any, audience: Any) -> Insert:
-    """One INSERT ... SELECT of a ticket's deliveries.
+    """One INSERT ... SELECT of a ticket's deliveries, in one pass over the audience.
 
     Apple: one pending delivery per active registered device of each active
     pass. Google: one per active pass. A pass that gets nothing (not active,
@@ -319,45 +317,41 @@ def _insert_deliveries(ticket_id: Any, audience: Any) -> Insert:
     now = bindparam("at", type_=DeliveryRow.next_attempt_at.type)
     active = PassRow.status == PassStatus.ACTIVE.value
     apple = TemplateRow.platform == Platform.APPLE.value
-    registered = and_(
+    # Only an active Apple pass is joined to its devices: any other pass stays one row.
+    device = and_(
         DeviceRegistrationRow.project_id == PassRow.project_id,
         DeviceRegistrationRow.pass_id == PassRow.id,
         DeviceRegistrationRow.active,
+        active,
+        apple,
     )
-    has_device = exists().where(registered)
-
-    def rows(registration: Any, state: DeliveryState, reason: str, condition: Any) -> Select[Any]:
-        query = select(
+    no_device = and_(apple, DeviceRegistrationRow.id.is_(None))
+    skipped = DeliveryState.SKIPPED.value
+    rows = (
+        select(
             ticket_id,
             PassRow.project_id,
             PassRow.id,
-            registration,
+            DeviceRegistrationRow.id,
             TemplateRow.platform,
-            literal(state.value),
-            literal(reason),
+            case((not_(active), skipped), (no_device, skipped), else_=DeliveryState.PENDING.value),
+            case((not_(active), SKIP_PASS_NOT_ACTIVE), (no_device, SKIP_NO_DEVICES), else_=""),
             literal(0),
             now,
             now,
-        ).join(
+        )
+        .select_from(PassRow)
+        .join(
             TemplateRow,
             and_(
                 TemplateRow.project_id == PassRow.project_id,
                 TemplateRow.id == PassRow.template_id,
             ),
         )
-        return query.where(audience, condition)
-
-    apple_devices = rows(
-        DeviceRegistrationRow.id, DeliveryState.PENDING, "", and_(active, apple)
-    ).join(DeviceRegistrationRow, registered)
-    none = literal(None, type_=DeliveryRow.registration_id.type)
-    every_row = union_all(
-        apple_devices,
-        rows(none, DeliveryState.PENDING, "", and_(active, not_(apple))),
-        rows(none, DeliveryState.SKIPPED, SKIP_PASS_NOT_ACTIVE, not_(active)),
-        rows(none, DeliveryState.SKIPPED, SKIP_NO_DEVICES, and_(active, apple, not_(has_device))),
+        .outerjoin(DeviceRegistrationRow, device)
+        .where(audience)
     )
-    return insert(_deliveries).from_select(_DELIVERY_COLUMNS, every_row)
+    return insert(_deliveries).from_select(_DELIVERY_COLUMNS, rows)
 
 
 # The statements of tickets for one pass each, built once (parameters of_ticket, of_project,
