@@ -152,11 +152,9 @@ async def test_certificate_auth_presents_the_pass_type_id_certificate(
     assert push.authorization is None
 
 
-async def test_token_auth_sends_a_jwt_signed_with_the_p8_key(
-    fake: FakeApns, make_gateway: MakeGateway, tmp_path: Path
-) -> None:
+def write_p8_key(key_file: Path) -> ec.EllipticCurvePrivateKey:
+    """A fresh P-256 key written as an APNs .p8 file."""
     key = ec.generate_private_key(ec.SECP256R1())
-    key_file = tmp_path / "AuthKey_KEY1234567.p8"
     key_file.write_bytes(
         key.private_bytes(
             serialization.Encoding.PEM,
@@ -164,6 +162,14 @@ async def test_token_auth_sends_a_jwt_signed_with_the_p8_key(
             serialization.NoEncryption(),
         )
     )
+    return key
+
+
+async def test_token_auth_sends_a_jwt_signed_with_the_p8_key(
+    fake: FakeApns, make_gateway: MakeGateway, tmp_path: Path
+) -> None:
+    key_file = tmp_path / "AuthKey_KEY1234567.p8"
+    key = write_p8_key(key_file)
     gateway = make_gateway(key_file=str(key_file), key_id="KEY1234567", team_id="TEAM123456")
 
     outcome = await gateway.push(device_token(1), PASS_TYPE_ID)
@@ -190,6 +196,41 @@ async def test_500_concurrent_pushes_complete(fake: FakeApns, make_gateway: Make
     assert outcomes == [PushOutcome(200, "")] * 500
     assert sorted(fake.tokens()) == sorted(tokens)
     assert {push.payload for push in fake.received} == {b"{}"}
+
+
+async def test_only_the_headers_that_repeat_are_indexed_in_hpack(
+    fake: FakeApns, make_gateway: MakeGateway, tmp_path: Path
+) -> None:
+    key_file = tmp_path / "AuthKey.p8"
+    write_p8_key(key_file)
+    gateway = make_gateway(key_file=str(key_file), key_id="K", team_id="T", max_connections=1)
+
+    for number in range(50):
+        assert await gateway.push(device_token(number), PASS_TYPE_ID) == PushOutcome(200, "")
+
+    # Each push's path (its token) and apns-id would only push the JWT out of the table.
+    [connection] = connections(gateway)
+    indexed = [name for name, _ in connection.conn.encoder.header_table.dynamic_entries]
+    assert sorted(indexed) == [b"apns-topic", b"authorization", b"host"]
+
+
+async def test_pushes_spread_over_connections_opened_as_the_load_grows(
+    fake: FakeApns, make_gateway: MakeGateway
+) -> None:
+    gateway = make_gateway(max_connections=4)
+    assert await gateway.push(device_token(0), PASS_TYPE_ID) == PushOutcome(200, "")
+    assert len(connections(gateway)) == 1  # no connection opened ahead of need
+
+    tokens = [device_token(number) for number in range(1, 401)]
+    for token in tokens:
+        fake.hang(token)  # all in flight at once
+    pushes = [asyncio.create_task(gateway.push(token, PASS_TYPE_ID)) for token in tokens]
+    await fake.wait_for(1 + len(tokens))
+
+    in_flight = sorted(len(connection.exchanges) for connection in connections(gateway))
+    assert in_flight == [100, 100, 100, 100]
+    await gateway.close()
+    assert {(await push).reason for push in pushes} == {"ConnectionLost"}
 
 
 async def test_pitfall_a_error_bodies_do_not_freeze_the_connection(

@@ -48,6 +48,9 @@ CONNECTION_LOST = "ConnectionLost"
 
 # Streams aioapns opens per connection at most (APNs advertises the same).
 STREAMS_PER_CONNECTION = 1000
+# Pushes in flight on every connection before the pool opens another (up to max_connections):
+# h2's cost per push grows with the streams open on its connection.
+SPREAD_ABOVE_IN_FLIGHT = 50
 
 
 @dataclass(frozen=True)
@@ -306,6 +309,38 @@ class _ConnectionPool(APNsBaseConnectionPool):
         self.protocol_class = protocol_class
         self.ssl_context = ssl_context
         self._auth_provider = auth_provider
+
+    async def acquire(self) -> APNsBaseClientProtocol:
+        """The connection with the fewest pushes in flight; first another, while all carry many.
+
+        aioapns' own acquire fills one connection up to 1,000 streams before it opens the next.
+        """
+        if self._wants_another_connection():
+            async with self._lock:  # one connection opened at a time
+                if self._wants_another_connection():
+                    await self._open_another()
+        return min(self._open_connections(), key=lambda connection: len(connection.exchanges))
+
+    def _open_connections(self) -> list[WalletApnsProtocol]:
+        return [c for c in self.connections if isinstance(c, WalletApnsProtocol)]
+
+    def _wants_another_connection(self) -> bool:
+        connections = self._open_connections()
+        return len(connections) < self.max_connections and all(
+            len(c.exchanges) >= SPREAD_ABOVE_IN_FLIGHT for c in connections
+        )
+
+    async def _open_another(self) -> None:
+        try:
+            connection = await self.create_connection()
+        except Exception as error:
+            if not self.connections:
+                logger.error("could not connect to APNs: %r", error)
+                raise ApnsConnectError() from error
+            logger.warning("could not open another APNs connection, using the open ones: %r", error)
+            return
+        self.connections.append(connection)
+        logger.info("APNs connection opened (%d open)", len(self.connections))
 
     async def create_connection(self) -> APNsBaseClientProtocol:
         protocol_factory = partial(
