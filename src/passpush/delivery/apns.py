@@ -38,7 +38,7 @@ from h2.events import (
     StreamReset,
 )
 from h2.exceptions import ProtocolError
-from hpack import NeverIndexedHeaderTuple
+from hpack import Encoder, NeverIndexedHeaderTuple
 from hpack.struct import HeaderWeaklyTyped
 
 logger = logging.getLogger(__name__)
@@ -131,6 +131,7 @@ class WalletApnsProtocol(APNsTLSClientProtocol):
                 normalize_inbound_headers=False,
             )
         )
+        self.conn.encoder = _EncoderWithoutHuffman()  # before any header: HPACK keeps state
         self._flush_scheduled = False
 
     async def send_notification(self, request: NotificationRequest) -> NotificationResult:
@@ -264,6 +265,14 @@ class WalletApnsProtocol(APNsTLSClientProtocol):
         for exchange in exchanges.values():
             if not exchange.answer.done():
                 exchange.answer.set_exception(lost)
+
+
+class _EncoderWithoutHuffman(Encoder):
+    """HPACK that sends literals as they are: Huffman-coding each push's token and apns-id in
+    pure Python costs a tenth of a push's CPU, to save some 30 bytes."""
+
+    def add(self, to_add: tuple[bytes, bytes], sensitive: bool, huffman: bool = False) -> bytes:
+        return super().add(to_add, sensitive, huffman=False)
 
 
 def _error_body(body: bytearray) -> tuple[str | None, int | None]:
