@@ -60,10 +60,14 @@ RPCS: dict[str, tuple[Callable[[], Any], grpc.StatusCode]] = {
     "NotificationService/Cancel": (lambda: npb.CancelRequest(id="s"), NOT_YET),
     "NotificationService/GetScheduled": (lambda: npb.GetScheduledRequest(id="s"), NOT_YET),
     "NotificationService/ListScheduled": (lambda: npb.ListScheduledRequest(), NOT_YET),
-    "NotificationService/WatchTicket": (lambda: npb.WatchTicketRequest(id=1), NOT_YET),
+    # The owner's ticket 1 is done: its watch and its events end after what it has.
+    "NotificationService/WatchTicket": (
+        lambda: npb.WatchTicketRequest(id=1),
+        grpc.StatusCode.NOT_FOUND,
+    ),
     "NotificationService/StreamDeliveryEvents": (
         lambda: npb.StreamDeliveryEventsRequest(ticket_id=1),
-        NOT_YET,
+        grpc.StatusCode.NOT_FOUND,
     ),
     "PassService/CreateProject": (
         lambda: ppb.CreateProjectRequest(project_id=OWNER),

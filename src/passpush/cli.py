@@ -1,4 +1,4 @@
-"""The `passpush` command: serve, migrate, keys."""
+"""The `passpush` command: serve, migrate, keys; send and watch (console.py)."""
 
 from __future__ import annotations
 
@@ -13,6 +13,7 @@ from typing import Any
 
 from sqlalchemy.engine import make_url
 
+from passpush import console
 from passpush.api.server import PasspushServer
 from passpush.config import Settings
 from passpush.delivery.apns import ApnsConfig, ApnsGateway
@@ -36,7 +37,11 @@ def main(argv: list[str] | None = None) -> None:
     commands.add_parser("serve", help="start the gRPC server and the delivery worker")
     commands.add_parser("migrate", help="bring the database schema up to date")
     _add_keys_commands(commands)
+    console.add_commands(commands)
     args = parser.parse_args(argv)
+    if args.command in ("send", "watch"):
+        # A client of a running server: no settings, no logging set-up of its own.
+        sys.exit(asyncio.run(console.run(args)))
     logging.basicConfig(
         level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
@@ -137,6 +142,7 @@ async def serve(settings: Settings) -> int:
         clock=utcnow,
         worker_settings=settings.worker,
         key_cache_seconds=settings.key_cache_seconds,
+        event_retention=settings.event_retention,
     )
     if is_sqlite(settings.database_url):
         # SQLite serves one process: leases left by a crashed run are ours to take back now.

@@ -10,6 +10,7 @@ from datetime import timedelta
 from passpush.delivery.apns import ApnsConfig
 from passpush.delivery.worker import WorkerSettings
 from passpush.service.keys import DEFAULT_CACHE_SECONDS
+from passpush.service.status import DEFAULT_EVENT_RETENTION
 from passpush.store.db import DEFAULT_DATABASE_URL
 
 APPLE_APNS_ENDPOINT = "api.push.apple.com:443"
@@ -29,6 +30,8 @@ class Settings:
     # How long a live API key is trusted without reading it again: a revocation from the
     # CLI or another replica reaches this server within that time.
     key_cache_seconds: float = DEFAULT_CACHE_SECONDS
+    # How long delivery events stay readable by StreamDeliveryEvents.
+    event_retention: timedelta = DEFAULT_EVENT_RETENTION
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] = os.environ) -> Settings:
@@ -70,4 +73,7 @@ class Settings:
             worker=worker,
             apns_connections=apns_connections,
             key_cache_seconds=number("KEY_CACHE_SECONDS", cls.key_cache_seconds),
+            event_retention=timedelta(
+                days=number("EVENT_RETENTION_DAYS", DEFAULT_EVENT_RETENTION.days)
+            ),
         )

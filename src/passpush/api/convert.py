@@ -31,6 +31,16 @@ _OPERATIONS = {
     model.Operation.SEND: npb.OPERATION_SEND,
     model.Operation.DELETE: npb.OPERATION_DELETE,
 }
+_OUTCOMES = {
+    model.DeliveryOutcome.DELIVERED: npb.DELIVERY_OUTCOME_DELIVERED,
+    model.DeliveryOutcome.FAILED: npb.DELIVERY_OUTCOME_FAILED,
+    model.DeliveryOutcome.SKIPPED: npb.DELIVERY_OUTCOME_SKIPPED,
+    model.DeliveryOutcome.RETRYING: npb.DELIVERY_OUTCOME_RETRYING,
+}
+_OUTCOMES_FROM_PROTO: dict[int, model.DeliveryOutcome] = {
+    value: outcome for outcome, value in _OUTCOMES.items()
+}
+_PLATFORMS_TO_PROTO = {platform: value for value, platform in _PLATFORMS.items()}
 
 
 def timestamp(value: datetime | None) -> timestamp_pb2.Timestamp | None:
@@ -146,6 +156,26 @@ def ticket_to_proto(ticket: model.Ticket) -> npb.Ticket:
         errors=[npb.DeliveryError(reason=r, count=n) for r, n in ticket.errors],
         request_id=ticket.request_id,
         project_id=ticket.project_id,
+    )
+
+
+def outcome_from_proto(value: int) -> model.DeliveryOutcome | None:
+    """None for UNSPECIFIED or a number this release does not know."""
+    return _OUTCOMES_FROM_PROTO.get(value)
+
+
+def event_to_proto(event: model.DeliveryEvent) -> npb.DeliveryEvent:
+    return npb.DeliveryEvent(
+        sequence=event.sequence,
+        ticket_id=event.ticket_id,
+        pass_id=event.pass_id,
+        device_library_identifier=event.device_library_identifier,
+        google_object_id=event.google_object_id,
+        platform=_PLATFORMS_TO_PROTO[event.platform],
+        outcome=_OUTCOMES[event.outcome],
+        reason=event.reason,
+        attempt=event.attempt,
+        event_time=timestamp(event.time),
     )
 
 

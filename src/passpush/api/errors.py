@@ -18,6 +18,7 @@ from passpush.domain.errors import (
     PermissionDenied,
     ResourceExhausted,
     Unauthenticated,
+    Unavailable,
     Unimplemented,
 )
 
@@ -70,6 +71,8 @@ def status_for(error: DomainError) -> grpc.Status:
             code = code_pb2.FAILED_PRECONDITION
         case Unimplemented():
             code = code_pb2.UNIMPLEMENTED
+        case Unavailable():
+            code = code_pb2.UNAVAILABLE
         case _:
             code = code_pb2.INTERNAL
     return _status(code, error.message, details)

@@ -7,10 +7,17 @@ from typing import Any, NoReturn
 
 import grpc
 
-from passpush.api.convert import content_from_proto, target_from_proto, ticket_to_proto
+from passpush.api.convert import (
+    content_from_proto,
+    event_to_proto,
+    outcome_from_proto,
+    target_from_proto,
+    ticket_to_proto,
+)
 from passpush.api.interceptors import current_project
-from passpush.domain.errors import Unimplemented
+from passpush.domain.errors import InvalidArgument, Unimplemented
 from passpush.service.notifications import NotificationCore
+from passpush.service.status import EventStreams, TicketWatch
 from passpush.v1 import notifications_pb2 as pb
 from passpush.v1 import notifications_pb2_grpc as pb_grpc
 
@@ -18,8 +25,10 @@ Context = grpc.aio.ServicerContext[Any, Any]
 
 
 class NotificationServicer(pb_grpc.NotificationServiceServicer):
-    def __init__(self, core: NotificationCore) -> None:
+    def __init__(self, core: NotificationCore, watch: TicketWatch, events: EventStreams) -> None:
         self._core = core
+        self._watch = watch
+        self._events = events
 
     async def Send(self, request: pb.SendRequest, context: Context) -> pb.Ticket:
         ticket = await self._core.send(
@@ -63,14 +72,26 @@ class NotificationServicer(pb_grpc.NotificationServiceServicer):
     async def WatchTicket(  # type: ignore[override]
         self, request: pb.WatchTicketRequest, context: Context
     ) -> AsyncIterator[pb.Ticket]:
-        _not_yet("WatchTicket (poll GetTicket meanwhile)")
-        yield pb.Ticket()  # pragma: no cover - makes this an async generator
+        async for ticket in self._watch.watch(current_project(), request.id):
+            yield ticket_to_proto(ticket)
 
     async def StreamDeliveryEvents(  # type: ignore[override]
         self, request: pb.StreamDeliveryEventsRequest, context: Context
     ) -> AsyncIterator[pb.DeliveryEvent]:
-        _not_yet("StreamDeliveryEvents")
-        yield pb.DeliveryEvent()  # pragma: no cover - makes this an async generator
+        outcomes = [outcome_from_proto(value) for value in request.outcomes]
+        if None in outcomes:
+            raise InvalidArgument.field(
+                "outcomes", "must be DELIVERED, FAILED, SKIPPED or RETRYING"
+            )
+        events = self._events.stream(
+            current_project(),
+            ticket_id=request.ticket_id,
+            after_sequence=request.after_sequence,
+            target=target_from_proto(request.target, request.HasField("target")),
+            outcomes=[o for o in outcomes if o is not None],
+        )
+        async for event in events:
+            yield event_to_proto(event)
 
 
 def _not_yet(method: str) -> NoReturn:

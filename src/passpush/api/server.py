@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from datetime import timedelta
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
@@ -19,6 +20,14 @@ from passpush.service.clock import Clock, utcnow
 from passpush.service.keys import DEFAULT_CACHE_SECONDS, KeyCore
 from passpush.service.notifications import NotificationCore
 from passpush.service.passes import PassCore
+from passpush.service.status import (
+    DEFAULT_EVENT_RETENTION,
+    ChangeFeed,
+    EventRetention,
+    EventStreams,
+    TicketWatch,
+)
+from passpush.store.listen import ChangeListener
 from passpush.v1 import (
     admin_pb2,
     admin_pb2_grpc,
@@ -49,18 +58,36 @@ class PasspushServer:
         clock: Clock = utcnow,
         worker_settings: WorkerSettings | None = None,
         key_cache_seconds: float = DEFAULT_CACHE_SECONDS,
+        event_retention: timedelta = DEFAULT_EVENT_RETENTION,
     ) -> None:
-        self.worker = DeliveryWorker(sessions, apns, clock=clock, settings=worker_settings)
+        self.changes = ChangeFeed()
+        self.worker = DeliveryWorker(
+            sessions,
+            apns,
+            clock=clock,
+            settings=worker_settings,
+            on_recorded=self.changes.publish,
+        )
         self.notifications = NotificationCore(sessions, clock=clock, on_enqueued=self.worker.wake)
         self.passes = PassCore(sessions, clock=clock)
         self.keys = KeyCore(sessions, clock=clock, cache_seconds=key_cache_seconds)
+        self.watch = TicketWatch(sessions, self.changes)
+        self.events = EventStreams(sessions, self.changes)
+        self.retention = EventRetention(sessions, event_retention, clock=clock)
+        # Other replicas' outcomes reach this one's streams through PostgreSQL.
+        engine = sessions.kw["bind"]
+        self.listener = (
+            ChangeListener(engine.url.render_as_string(hide_password=False), self.changes.publish)
+            if engine.dialect.name == "postgresql"
+            else None
+        )
         self.health = health.aio.HealthServicer()
         # No SO_REUSEPORT: a second server on a taken port must fail, not share its calls.
         self.server = grpc.aio.server(
             interceptors=[CallInterceptor(self.keys)], options=[("grpc.so_reuseport", 0)]
         )
         notifications_pb2_grpc.add_NotificationServiceServicer_to_server(
-            NotificationServicer(self.notifications), self.server
+            NotificationServicer(self.notifications, self.watch, self.events), self.server
         )
         passes_pb2_grpc.add_PassServiceServicer_to_server(PassServicer(self.passes), self.server)
         admin_pb2_grpc.add_AdminServiceServicer_to_server(AdminServicer(self.keys), self.server)
@@ -73,6 +100,9 @@ class PasspushServer:
             raise OSError(f"cannot listen on {address}")
 
     async def start(self) -> None:
+        if self.listener is not None:
+            self.listener.start()
+        self.retention.start()
         await self.server.start()
         self.worker.start()
         for name in ("", *SERVICE_NAMES):
@@ -81,6 +111,12 @@ class PasspushServer:
     async def stop(self, grace: float) -> None:
         """Stops taking calls, lets in-flight calls and the batch in hand finish within `grace`."""
         await self.health.enter_graceful_shutdown()
+        # Subscriptions never end on their own: tell them to resume elsewhere.
+        self.changes.close()
+        await self.watch.stop()
         # Side by side, so that shutdown takes `grace`, not twice it; Send commits its
         # deliveries before answering, so the worker need not outlive the calls.
         await asyncio.gather(self.server.stop(grace), self.worker.stop(grace))
+        await self.retention.stop()
+        if self.listener is not None:
+            await self.listener.stop()

@@ -57,8 +57,11 @@ class DeliveryWorker:
         *,
         clock: Callable[[], datetime],
         settings: WorkerSettings | None = None,
+        on_recorded: Callable[[], None] = lambda: None,
     ) -> None:
         self._sessions = sessions
+        # Wakes the status streams: outcomes and ticket counts changed.
+        self._on_recorded = on_recorded
         self._apns = apns
         self._clock = clock
         self._settings = settings or WorkerSettings()
@@ -186,6 +189,7 @@ class DeliveryWorker:
             raise
         self._outstanding -= len(results)
         self._room.set()
+        self._on_recorded()
 
     async def _deliver(self, delivery: ClaimedDelivery) -> DeliveryResult:
         if delivery.platform is Platform.GOOGLE:

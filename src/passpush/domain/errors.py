@@ -104,3 +104,9 @@ class Unimplemented(DomainError):
     """The operation is declared in the contract but not built yet."""
 
     reason = "NOT_IMPLEMENTED"
+
+
+class Unavailable(DomainError):
+    """The server cannot go on with the call now (it is shutting down): retry, elsewhere."""
+
+    reason = "UNAVAILABLE"

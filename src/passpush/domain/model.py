@@ -45,6 +45,25 @@ class DeliveryState(enum.StrEnum):
     SKIPPED = "skipped"
 
 
+class DeliveryOutcome(enum.StrEnum):
+    """What one attempt (or the decision not to attempt) came to: a delivery event."""
+
+    DELIVERED = "delivered"
+    FAILED = "failed"
+    SKIPPED = "skipped"
+    RETRYING = "retrying"
+
+
+def outcome_of(state: DeliveryState) -> DeliveryOutcome:
+    """The event a delivery's new state makes: still PENDING after an attempt is a retry."""
+    return {
+        DeliveryState.DELIVERED: DeliveryOutcome.DELIVERED,
+        DeliveryState.FAILED: DeliveryOutcome.FAILED,
+        DeliveryState.SKIPPED: DeliveryOutcome.SKIPPED,
+        DeliveryState.PENDING: DeliveryOutcome.RETRYING,
+    }[state]
+
+
 def terminal_state(delivered: int, failed: int) -> TicketState:
     """The state of a ticket whose deliveries are all done.
 
@@ -148,6 +167,22 @@ class Ticket:
     update_time: datetime
     complete_time: datetime | None
     errors: list[tuple[str, int]] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class DeliveryEvent:
+    """One delivery's outcome, numbered in the order it was recorded."""
+
+    sequence: int
+    ticket_id: int
+    pass_id: str
+    device_library_identifier: str  # Apple
+    google_object_id: str  # Google
+    platform: Platform
+    outcome: DeliveryOutcome
+    reason: str
+    attempt: int  # from 1; 0 for a skipped delivery, never attempted
+    time: datetime
 
 
 @dataclass(frozen=True)

@@ -29,6 +29,7 @@ from passpush.domain.validation import (
 )
 from passpush.service.clock import Clock, utcnow
 from passpush.store.audience import resolve_audience, resolve_pass_targets
+from passpush.store.events import EventStore
 from passpush.store.models import TicketRow
 from passpush.store.tickets import NewTicket, TicketStore
 
@@ -186,7 +187,9 @@ class NotificationCore:
                     ),
                 )
             )
-        created = await tickets.create_many([n for _, n in new], self._clock())
+        now = self._clock()
+        created = await tickets.create_many([n for _, n in new], now)
+        await EventStore(session).append_skipped([t.id for t in created if t.counts.skipped], now)
         answers.update(zip([s for s, _ in new], created, strict=True))
         for retry, first in retries_in_group:
             answers[retry] = (

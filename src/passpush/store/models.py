@@ -291,3 +291,29 @@ class DeliveryRow(Base):
     lease_owner: Mapped[str | None] = mapped_column(String(64))
     lease_until: Mapped[datetime | None]
     updated_at: Mapped[datetime]
+
+
+class DeliveryEventRow(Base):
+    """One delivery outcome, numbered in commit order: what StreamDeliveryEvents resumes on.
+
+    The device is copied in, not referenced: APNs may have had its registration
+    deleted since. Kept for the configured retention, then purged.
+    """
+
+    __tablename__ = "delivery_events"
+    __table_args__ = (
+        Index("ix_delivery_events_project_sequence", "project_id", "sequence"),
+        Index("ix_delivery_events_ticket_sequence", "ticket_id", "sequence"),
+    )
+
+    sequence: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    project_id: Mapped[str] = mapped_column(ID)
+    ticket_id: Mapped[int] = mapped_column(BigId)
+    pass_id: Mapped[str] = mapped_column(ID)
+    device_library_identifier: Mapped[str] = mapped_column(String(255), default="")
+    google_object_id: Mapped[str] = mapped_column(String(255), default="")
+    platform: Mapped[str] = mapped_column(String(16))
+    outcome: Mapped[str] = mapped_column(String(16))
+    reason: Mapped[str] = mapped_column(String(128), default="")
+    attempt: Mapped[int] = mapped_column(Integer, default=0)
+    created_at: Mapped[datetime]

@@ -34,6 +34,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from passpush.domain.model import DeliveryState, Platform, TicketState, terminal_state
 from passpush.domain.outcomes import RegistrationAction
 from passpush.store.db import dialect_name
+from passpush.store.events import EventStore
 from passpush.store.models import (
     DeliveryRow,
     DeviceRegistrationRow,
@@ -161,6 +162,10 @@ class Outbox:
                 )
             )
             recorded += (r for r in same_outcome if r.delivery.id in held)
+        # Before registrations go: an event names the device that was pushed.
+        events = EventStore(self.session)
+        await events.append_for_deliveries([r.delivery.id for r in (*retries, *recorded)], now)
+        await events.announce()
         await self._act_on_registrations(recorded, now)
         return await self._count(recorded, now)
 

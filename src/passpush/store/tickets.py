@@ -193,6 +193,21 @@ class TicketStore:
         row = await self.session.get(TicketRow, ticket_id, populate_existing=True)
         if row is None or row.project_id != project_id:
             raise NotFound("ticket", str(ticket_id))
+        return ticket_from_row(row, await self._errors(ticket_id))
+
+    async def get_many(self, ticket_ids: Collection[int]) -> list[Ticket]:
+        """The tickets that exist among `ticket_ids`, whatever their project."""
+        rows = await self.session.scalars(
+            select(TicketRow)
+            .where(TicketRow.id.in_(ticket_ids))
+            .execution_options(populate_existing=True)
+        )
+        return [
+            ticket_from_row(row, await self._errors(row.id) if row.failed else []) for row in rows
+        ]
+
+    async def _errors(self, ticket_id: int) -> list[tuple[str, int]]:
+        """The commonest reasons of the ticket's failed deliveries, with their counts."""
         errors = await self.session.execute(
             select(DeliveryRow.reason, func.count())
             .where(
@@ -203,7 +218,7 @@ class TicketStore:
             .order_by(func.count().desc(), DeliveryRow.reason)
             .limit(ERROR_SAMPLE_SIZE)
         )
-        return ticket_from_row(row, [(reason, count) for reason, count in errors])
+        return [(reason, count) for reason, count in errors]
 
 
 def ticket_from_row(row: TicketRow, errors: list[tuple[str, int]]) -> Ticket:

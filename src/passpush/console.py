@@ -1,0 +1,158 @@
+"""`passpush send` and `passpush watch`: a gRPC client of a running server, with a live
+progress bar of a ticket (WatchTicket) and a final summary."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from typing import Any, TextIO
+
+import grpc
+
+from passpush.v1 import notifications_pb2 as npb
+from passpush.v1 import notifications_pb2_grpc
+
+DEFAULT_ADDRESS = "127.0.0.1:50051"
+BAR_WIDTH = 30
+_STATES = {
+    npb.TICKET_STATE_PENDING: "PENDING",
+    npb.TICKET_STATE_RUNNING: "RUNNING",
+    npb.TICKET_STATE_SUCCEEDED: "SUCCEEDED",
+    npb.TICKET_STATE_PARTIALLY_FAILED: "PARTIALLY_FAILED",
+    npb.TICKET_STATE_FAILED: "FAILED",
+    npb.TICKET_STATE_CANCELLED: "CANCELLED",
+}
+
+
+def add_commands(commands: Any) -> None:
+    send = commands.add_parser("send", help="send a notification through a running server")
+    _add_connection(send)
+    targets = send.add_mutually_exclusive_group(required=True)
+    targets.add_argument(
+        "--pass", dest="pass_id", metavar="ID", help="one pass (or its external id)"
+    )
+    targets.add_argument("--template", metavar="ID", help="every pass of a template")
+    targets.add_argument("--tag", help="every pass with this tag (with --in-template: of it)")
+    targets.add_argument("--segment", metavar="PROJECT/ID", help="a segment's passes")
+    targets.add_argument("--campaign", metavar="ID", help="a campaign's member passes")
+    targets.add_argument("--entity", metavar="ID", help="an entity's passes (--group-tag narrows)")
+    send.add_argument("--in-template", metavar="ID", default="", help="narrows --tag, --segment")
+    send.add_argument("--group-tag", action="append", default=[], help="narrows --entity")
+    send.add_argument("--header", default="", help="the notification's label")
+    send.add_argument("--body", required=True, help="the notification's text")
+    send.add_argument("--request-id", default="", help="makes retrying safe (idempotency key)")
+    send.add_argument("--watch", action="store_true", help="show its progress until it is done")
+
+    watch = commands.add_parser("watch", help="show a ticket's progress until it is done")
+    _add_connection(watch)
+    watch.add_argument("ticket", type=int, help="the ticket's id")
+
+
+def _add_connection(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--address",
+        default=os.environ.get("PASSPUSH_GRPC_ADDRESS") or DEFAULT_ADDRESS,
+        help="the server (default: PASSPUSH_GRPC_ADDRESS or %(default)s)",
+    )
+    parser.add_argument(
+        "--key",
+        default=os.environ.get("PASSPUSH_API_KEY", ""),
+        help="an API key (default: PASSPUSH_API_KEY)",
+    )
+
+
+async def run(args: argparse.Namespace) -> int:
+    """Runs `send` or `watch`; the exit status: 0 once the ticket succeeded (or was sent
+    without --watch), 1 when it ended otherwise, 2 when a call failed."""
+    if not args.key:
+        print("passpush: give an API key with --key or PASSPUSH_API_KEY", file=sys.stderr)
+        return 2
+    metadata = (("authorization", f"Bearer {args.key}"),)
+    async with grpc.aio.insecure_channel(args.address) as channel:
+        stub: notifications_pb2_grpc.NotificationServiceAsyncStub
+        stub = notifications_pb2_grpc.NotificationServiceStub(channel)  # type: ignore[assignment]
+        try:
+            if args.command == "send":
+                ticket = await stub.Send(_send_request(args), metadata=metadata)
+                print(f"ticket {ticket.id}: {ticket.counts.total} deliveries")
+                if not args.watch:
+                    return 0
+                ticket_id = ticket.id
+            else:
+                ticket_id = args.ticket
+            final = await watch(stub, ticket_id, metadata, sys.stdout)
+        except grpc.aio.AioRpcError as error:
+            print(f"passpush: {error.code().name}: {error.details()}", file=sys.stderr)
+            return 2
+    return 0 if final.state == npb.TICKET_STATE_SUCCEEDED else 1
+
+
+async def watch(
+    stub: notifications_pb2_grpc.NotificationServiceAsyncStub,
+    ticket_id: int,
+    metadata: tuple[tuple[str, str], ...],
+    out: TextIO,
+) -> npb.Ticket:
+    """Follows WatchTicket: redraws the bar on a terminal, prints a line a change otherwise;
+    ends with a summary."""
+    live = out.isatty()
+    ticket = npb.Ticket()
+    async for ticket in stub.WatchTicket(npb.WatchTicketRequest(id=ticket_id), metadata=metadata):
+        line = progress_line(ticket)
+        out.write(f"\r{line}\x1b[K" if live else f"{line}\n")
+        out.flush()
+    if live:
+        out.write("\n")
+    out.write(summary(ticket) + "\n")
+    out.flush()
+    return ticket
+
+
+def progress_line(ticket: npb.Ticket) -> str:
+    c = ticket.counts
+    done = c.delivered + c.failed + c.skipped
+    filled = BAR_WIDTH * done // c.total if c.total else BAR_WIDTH
+    bar = "#" * filled + "." * (BAR_WIDTH - filled)
+    percent = 100 * done // c.total if c.total else 100
+    return (
+        f"[{bar}] {percent:3d}%  {done}/{c.total}  "
+        f"delivered {c.delivered}  failed {c.failed}  skipped {c.skipped}"
+    )
+
+
+def summary(ticket: npb.Ticket) -> str:
+    c = ticket.counts
+    text = (
+        f"ticket {ticket.id} {_STATES.get(ticket.state, 'UNKNOWN')}: {c.total} total, "
+        f"{c.delivered} delivered, {c.failed} failed, {c.skipped} skipped"
+    )
+    if ticket.errors:
+        text += "; errors: " + ", ".join(f"{e.reason} x{e.count}" for e in ticket.errors)
+    return text
+
+
+def _send_request(args: argparse.Namespace) -> npb.SendRequest:
+    target = npb.Target()
+    if args.pass_id:
+        target.pass_id = args.pass_id
+    elif args.template:
+        target.template.template_id = args.template
+    elif args.tag:
+        target.tag.tag = args.tag
+        target.tag.template_id = args.in_template
+    elif args.segment:
+        project_id, _, segment_id = args.segment.partition("/")
+        target.segment.project_id = project_id
+        target.segment.segment_id = segment_id
+        target.segment.template_id = args.in_template
+    elif args.campaign:
+        target.campaign_id = args.campaign
+    else:
+        target.entity.entity_id = args.entity
+        target.entity.group_tags.extend(args.group_tag)
+    return npb.SendRequest(
+        target=target,
+        content=npb.Content(header=args.header, body=args.body),
+        request_id=args.request_id,
+    )

@@ -1,0 +1,292 @@
+"""Delivery status for subscribers: WatchTicket and StreamDeliveryEvents, woken by changes.
+
+Nothing here polls the database on a timer. Whatever changes tickets or
+events publishes to the ChangeFeed: this process's worker when it records
+outcomes, and on PostgreSQL every other replica through LISTEN/NOTIFY. A
+woken stream reads once, at most `interval` after its last read, so a
+million-push broadcast costs a subscriber ten reads a second, not a million.
+
+Back-pressure: a ticket watcher holds only the newest state (a slow client
+skips states, never piles them up), and an event stream reads its next page
+only once the previous one was taken by the client.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections import defaultdict
+from collections.abc import AsyncIterator, Collection
+from datetime import timedelta
+
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from passpush.domain.errors import FieldViolation, Unavailable
+from passpush.domain.model import DeliveryEvent, DeliveryOutcome, Target, Ticket
+from passpush.domain.validation import check_target, raise_if_any
+from passpush.service.clock import Clock, utcnow
+from passpush.store.audience import resolve_audience
+from passpush.store.events import EventStore
+from passpush.store.tickets import TicketStore
+
+log = logging.getLogger(__name__)
+
+DEFAULT_INTERVAL = 0.1  # seconds: at most ten reads (and messages) a second per stream
+EVENT_PAGE = 500
+DEFAULT_EVENT_RETENTION = timedelta(days=7)
+
+
+class ChangeFeed:
+    """Says that tickets or events changed, so that waiting streams read again."""
+
+    def __init__(self) -> None:
+        self._generation = 0
+        self._changed = asyncio.Event()
+        self._closed = False
+
+    @property
+    def generation(self) -> int:
+        return self._generation
+
+    def publish(self) -> None:
+        self._generation += 1
+        self._changed.set()
+        self._changed = asyncio.Event()
+
+    def close(self) -> None:
+        """Ends every waiting stream with UNAVAILABLE: the server is stopping."""
+        self._closed = True
+        self.publish()
+
+    async def wait_past(self, generation: int) -> None:
+        """Returns once anything changed after `generation` was read."""
+        while self._generation == generation and not self._closed:
+            await self._changed.wait()
+        if self._closed:
+            raise Unavailable(
+                "the server is shutting down; resume on another", reason="SHUTTING_DOWN"
+            )
+
+
+class _Latest:
+    """One watcher's mailbox: the newest state not yet sent, never a queue."""
+
+    def __init__(self) -> None:
+        self.sent: Ticket | None = None
+        self._newest: Ticket | None = None
+        self._ready = asyncio.Event()
+        self._closed = False
+
+    def close(self) -> None:
+        self._closed = True
+        self._ready.set()
+
+    def offer(self, ticket: Ticket) -> None:
+        if self.sent is not None and _same(self.sent, ticket):
+            return
+        self._newest = ticket
+        self._ready.set()
+
+    async def take(self) -> Ticket:
+        await self._ready.wait()
+        if self._closed:
+            raise Unavailable("the server is shutting down; watch again", reason="SHUTTING_DOWN")
+        self._ready.clear()
+        assert self._newest is not None
+        self.sent, self._newest = self._newest, None
+        return self.sent
+
+
+def _same(a: Ticket, b: Ticket) -> bool:
+    return (a.state, a.counts) == (b.state, b.counts)
+
+
+class TicketWatch:
+    """WatchTicket for every stream of this server: one read of all watched tickets per
+    change, whatever the number of streams."""
+
+    def __init__(
+        self,
+        sessions: async_sessionmaker[AsyncSession],
+        feed: ChangeFeed,
+        *,
+        interval: float = DEFAULT_INTERVAL,
+    ) -> None:
+        self._sessions = sessions
+        self._feed = feed
+        self._interval = interval
+        self._watchers: dict[int, set[_Latest]] = defaultdict(set)
+        self._reader: asyncio.Task[None] | None = None
+
+    async def watch(self, project_id: str, ticket_id: int) -> AsyncIterator[Ticket]:
+        """The ticket now, then each change of its state or counts; ends when it is terminal."""
+        mailbox = _Latest()
+        # Watching before the first read: a change after that read wakes the reader.
+        self._watchers[ticket_id].add(mailbox)
+        try:
+            async with self._sessions() as session:
+                ticket = await TicketStore(session).get(project_id, ticket_id)
+            mailbox.sent = ticket
+            yield ticket
+            if not ticket.state.is_terminal:
+                self._start_reader()
+            while not ticket.state.is_terminal:
+                ticket = await mailbox.take()
+                yield ticket
+        finally:
+            watchers = self._watchers.get(ticket_id)
+            if watchers is not None:
+                watchers.discard(mailbox)
+                if not watchers:
+                    del self._watchers[ticket_id]
+
+    async def stop(self) -> None:
+        """Ends every watch with UNAVAILABLE: the server is stopping."""
+        for watchers in self._watchers.values():
+            for mailbox in watchers:
+                mailbox.close()
+        if self._reader is not None:
+            self._reader.cancel()
+            await asyncio.gather(self._reader, return_exceptions=True)
+
+    def _start_reader(self) -> None:
+        if self._reader is None or self._reader.done():
+            self._reader = asyncio.create_task(self._read_on_change(), name="ticket watch")
+
+    async def _read_on_change(self) -> None:
+        generation = -1  # read at once: a change may have come before the first wait
+        while self._watchers:
+            if generation >= 0:
+                try:
+                    await self._feed.wait_past(generation)
+                except Unavailable:
+                    return
+            generation = self._feed.generation
+            try:
+                async with self._sessions() as session:
+                    tickets = await TicketStore(session).get_many(list(self._watchers))
+            except Exception:
+                log.exception("reading watched tickets failed; trying again")
+                tickets = []
+                generation = -1
+            for ticket in tickets:
+                for mailbox in self._watchers.get(ticket.id, ()):
+                    mailbox.offer(ticket)
+            await asyncio.sleep(self._interval)
+
+
+class EventStreams:
+    """StreamDeliveryEvents: each stream keeps its own place in the project's events."""
+
+    def __init__(
+        self,
+        sessions: async_sessionmaker[AsyncSession],
+        feed: ChangeFeed,
+        *,
+        interval: float = DEFAULT_INTERVAL,
+        page: int = EVENT_PAGE,
+    ) -> None:
+        self._sessions = sessions
+        self._feed = feed
+        self._interval = interval
+        self._page = page
+
+    async def stream(
+        self,
+        project_id: str,
+        *,
+        ticket_id: int = 0,
+        after_sequence: int = 0,
+        target: Target | None = None,
+        outcomes: Collection[DeliveryOutcome] = (),
+    ) -> AsyncIterator[DeliveryEvent]:
+        """Events after `after_sequence`, then each new one as it comes; with a ticket, ends
+        once the ticket is terminal and all its events were sent."""
+        violations = []
+        if ticket_id < 0:
+            violations.append(FieldViolation("ticket_id", "must not be negative"))
+        if after_sequence < 0:
+            violations.append(FieldViolation("after_sequence", "must not be negative"))
+        if target is not None:
+            violations += check_target(target)
+        raise_if_any(violations)
+        async with self._sessions() as session:
+            if ticket_id:
+                await TicketStore(session).get(project_id, ticket_id)  # NotFound
+            audience = await resolve_audience(session, project_id, target) if target else None
+        cursor = after_sequence
+        while True:
+            generation = self._feed.generation
+            async with self._sessions() as session:
+                # The ticket's state before its events: once terminal, all its events are in.
+                finished = False
+                if ticket_id:
+                    ticket = await TicketStore(session).get(project_id, ticket_id)
+                    finished = ticket.state.is_terminal
+                events = await EventStore(session).after(
+                    project_id,
+                    cursor,
+                    self._page,
+                    ticket_id=ticket_id,
+                    audience=audience.condition if audience else None,
+                    outcomes=outcomes,
+                )
+            for event in events:
+                yield event
+                cursor = event.sequence
+            if len(events) == self._page:
+                continue
+            if finished:
+                return
+            await self._feed.wait_past(generation)
+            await asyncio.sleep(self._interval)
+
+
+class EventRetention:
+    """Deletes events older than the retention, in small batches, every `every`."""
+
+    BATCH = 10_000
+
+    def __init__(
+        self,
+        sessions: async_sessionmaker[AsyncSession],
+        retention: timedelta,
+        *,
+        clock: Clock = utcnow,
+        every: timedelta = timedelta(hours=1),
+    ) -> None:
+        self._sessions = sessions
+        self._retention = retention
+        self._clock = clock
+        self._every = every
+        self._task: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._run(), name="event retention")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+
+    async def purge(self) -> int:
+        """Deletes every event older than the retention; returns how many."""
+        before = self._clock() - self._retention
+        total = 0
+        while True:
+            async with self._sessions.begin() as session:
+                deleted = await EventStore(session).purge(before, self.BATCH)
+            total += deleted
+            if deleted < self.BATCH:
+                return total
+
+    async def _run(self) -> None:
+        while True:
+            try:
+                purged = await self.purge()
+            except Exception:
+                log.exception("purging old delivery events failed; trying again later")
+            else:
+                if purged:
+                    log.info("purged %d delivery events older than %s", purged, self._retention)
+            await asyncio.sleep(self._every.total_seconds())

@@ -1,0 +1,158 @@
+"""Delivery events: appended with the outcomes they tell of, read back after a sequence number.
+
+A subscriber resumes with the last sequence it saw, so sequences must become
+visible in increasing order. SQLite has one writer at a time. On PostgreSQL a
+sequence is drawn at INSERT but seen at COMMIT, so two replicas' transactions
+could show 101 before 100; every transaction that appends events therefore
+takes one advisory lock first and holds it to its commit.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Collection
+from datetime import datetime
+
+from sqlalchemy import (
+    ColumnElement,
+    Insert,
+    and_,
+    bindparam,
+    case,
+    delete,
+    func,
+    insert,
+    select,
+    text,
+)
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from passpush.domain.model import DeliveryEvent, DeliveryOutcome, DeliveryState, Platform
+from passpush.store.db import dialect_name
+from passpush.store.models import (
+    DeliveryEventRow,
+    DeliveryRow,
+    DeviceRegistrationRow,
+    PassRow,
+    table_of,
+)
+
+# The PostgreSQL channel on which a replica announces new events and ticket changes.
+CHANGES_CHANNEL = "passpush_changes"
+_APPEND_LOCK = 0x70707573  # any constant, the same in every replica
+_events = table_of(DeliveryEventRow)
+
+
+class EventStore:
+    """One per session (unit of work)."""
+
+    def __init__(self, session: AsyncSession) -> None:
+        self.session = session
+
+    async def append_for_deliveries(self, delivery_ids: Collection[int], now: datetime) -> None:
+        """The events of deliveries just recorded: their new state, reason and attempt count."""
+        if delivery_ids:
+            await self._append(DeliveryRow.id.in_(delivery_ids), now)
+
+    async def append_skipped(self, ticket_ids: Collection[int], now: datetime) -> None:
+        """The events of the deliveries these new tickets skipped."""
+        if ticket_ids:
+            skipped = DeliveryRow.state == DeliveryState.SKIPPED.value
+            await self._append(and_(DeliveryRow.ticket_id.in_(ticket_ids), skipped), now)
+
+    async def announce(self) -> None:
+        """Tells every replica's streams, at commit, that events or tickets changed."""
+        if dialect_name(self.session) == "postgresql":
+            await self.session.execute(select(func.pg_notify(CHANGES_CHANNEL, "")))
+
+    async def after(
+        self,
+        project_id: str,
+        after_sequence: int,
+        limit: int,
+        *,
+        ticket_id: int = 0,
+        audience: ColumnElement[bool] | None = None,
+        outcomes: Collection[DeliveryOutcome] = (),
+    ) -> list[DeliveryEvent]:
+        """Up to `limit` of the project's events after `after_sequence`, in order."""
+        e = DeliveryEventRow
+        query = select(e).where(e.project_id == project_id, e.sequence > after_sequence)
+        if ticket_id:
+            query = query.where(e.ticket_id == ticket_id)
+        if outcomes:
+            query = query.where(e.outcome.in_([o.value for o in outcomes]))
+        if audience is not None:
+            query = query.where(e.pass_id.in_(select(PassRow.id).where(audience)))
+        rows = await self.session.scalars(query.order_by(e.sequence).limit(limit))
+        return [_event(row) for row in rows]
+
+    async def purge(self, before: datetime, batch: int) -> int:
+        """Deletes up to `batch` of the oldest events older than `before`; returns how many."""
+        oldest = select(_events.c.sequence, _events.c.created_at).order_by(_events.c.sequence)
+        old = oldest.limit(batch).subquery()
+        expired = select(old.c.sequence).where(old.c.created_at < before)
+        result = await self.session.execute(delete(_events).where(_events.c.sequence.in_(expired)))
+        return int(result.rowcount)  # type: ignore[attr-defined]
+
+    async def _append(self, deliveries: ColumnElement[bool], now: datetime) -> None:
+        if dialect_name(self.session) == "postgresql":
+            await self.session.execute(
+                text("SELECT pg_advisory_xact_lock(:key)"), {"key": _APPEND_LOCK}
+            )
+        await self.session.execute(_append_statement(deliveries), {"at": now})
+
+
+def _append_statement(deliveries: ColumnElement[bool]) -> Insert:
+    """INSERT ... SELECT of the events of the deliveries matching `deliveries`, in id order."""
+    d, r = DeliveryRow, DeviceRegistrationRow
+    outcome = case(
+        (d.state == DeliveryState.PENDING.value, DeliveryOutcome.RETRYING.value),
+        else_=d.state,
+    )
+    rows = (
+        select(
+            d.project_id,
+            d.ticket_id,
+            d.pass_id,
+            func.coalesce(r.device_library_identifier, ""),
+            PassRow.google_object_id,
+            d.platform,
+            outcome,
+            d.reason,
+            d.attempts,
+            bindparam("at", type_=DeliveryEventRow.created_at.type),
+        )
+        .select_from(d)
+        .join(PassRow, and_(PassRow.project_id == d.project_id, PassRow.id == d.pass_id))
+        .outerjoin(r, r.id == d.registration_id)
+        .where(deliveries)
+        .order_by(d.id)
+    )
+    columns = [
+        "project_id",
+        "ticket_id",
+        "pass_id",
+        "device_library_identifier",
+        "google_object_id",
+        "platform",
+        "outcome",
+        "reason",
+        "attempt",
+        "created_at",
+    ]
+    return insert(_events).from_select(columns, rows)
+
+
+def _event(row: DeliveryEventRow) -> DeliveryEvent:
+    return DeliveryEvent(
+        sequence=row.sequence,
+        ticket_id=row.ticket_id,
+        pass_id=row.pass_id,
+        device_library_identifier=row.device_library_identifier,
+        google_object_id=row.google_object_id,
+        platform=Platform(row.platform),
+        outcome=DeliveryOutcome(row.outcome),
+        reason=row.reason,
+        attempt=row.attempt,
+        time=row.created_at,
+    )
