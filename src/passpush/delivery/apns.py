@@ -46,8 +46,6 @@ logger = logging.getLogger(__name__)
 TIMEOUT = "Timeout"
 CONNECTION_LOST = "ConnectionLost"
 
-# Streams aioapns opens per connection at most (APNs advertises the same).
-STREAMS_PER_CONNECTION = 1000
 # Pushes in flight on every connection before the pool opens another (up to max_connections):
 # h2's cost per push grows with the streams open on its connection.
 SPREAD_ABOVE_IN_FLIGHT = 50
@@ -322,13 +320,15 @@ class _ConnectionPool(APNsBaseConnectionPool):
     async def acquire(self) -> APNsBaseClientProtocol:
         """The connection with the fewest pushes in flight; first another, while all carry many.
 
-        aioapns' own acquire fills one connection up to 1,000 streams before it opens the next.
+        aioapns' own acquire fills one connection up to 1,000 streams before it opens the next,
+        and once all are full polls every 10 ms, logging a warning each time. Here a push that
+        finds every stream taken waits for one of its connection's (send_notification).
         """
         if self._wants_another_connection():
             async with self._lock:  # one connection opened at a time
                 if self._wants_another_connection():
                     await self._open_another()
-        return min(self._open_connections(), key=lambda connection: len(connection.exchanges))
+        return min(self._open_connections(), key=lambda c: (c.is_busy, len(c.exchanges)))
 
     def _open_connections(self) -> list[WalletApnsProtocol]:
         return [c for c in self.connections if isinstance(c, WalletApnsProtocol)]
@@ -388,9 +388,6 @@ class ApnsGateway:
         self._ssl_context = _ssl_context(config)
         self._auth_provider = auth_provider
         self._pool: _ConnectionPool | None = None  # made on first push, inside the running loop
-        # Pushes beyond what the connections carry wait here: in aioapns' pool they would
-        # poll every 10 ms, each logging a warning.
-        self._in_flight = asyncio.Semaphore(config.max_connections * STREAMS_PER_CONNECTION)
         self._closed = False
 
     async def push(self, device_token: str, topic: str) -> PushOutcome:
@@ -400,11 +397,10 @@ class ApnsGateway:
         request = NotificationRequest(device_token, {}, apns_topic=topic)
         short_token = device_token[:8]
         try:
-            async with self._in_flight:
-                # Not pool.send_notification: it re-sends on a lost connection (up to 5 times,
-                # sleeping 1 s); retrying is the delivery worker's call, made on the outcome.
-                connection = await self._connection_pool().acquire()
-                result = await connection.send_notification(request)
+            # Not pool.send_notification: it re-sends on a lost connection (up to 5 times,
+            # sleeping 1 s); retrying is the delivery worker's call, made on the outcome.
+            connection = await self._connection_pool().acquire()
+            result = await connection.send_notification(request)
         except ApnsRequestTimeout:
             logger.warning(
                 "APNs push to %s… got no answer within %s s",
