@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+
 import pytest
 
 from passpush.delivery.worker import WorkerSettings
@@ -42,3 +44,27 @@ async def test_a_broadcast_larger_than_the_window_delivers_each_device_once(
     assert ticket.state == npb.TICKET_STATE_SUCCEEDED
     assert (ticket.counts.total, ticket.counts.delivered) == (AUDIENCE, AUDIENCE)
     assert sorted(fake_apns.tokens()) == sorted(tokens)
+
+
+async def test_pushes_in_flight_never_exceed_the_setting(
+    passes: passes_pb2_grpc.PassServiceStub,
+    notifications: notifications_pb2_grpc.NotificationServiceStub,
+    database_url: str,
+    fake_apns: FakeApns,
+    worker_settings: WorkerSettings,
+) -> None:
+    await World(passes).apple_template("crowd")
+    tokens = await seed_apple_passes(database_url, "acme", "crowd", 300)
+    for token in tokens:
+        fake_apns.hang(token)  # no push is ever answered: each one stays in flight
+
+    await notifications.Send(
+        npb.SendRequest(
+            target=npb.Target(template=npb.TemplateRef(template_id="crowd")),
+            content=npb.Content(body="Everyone"),
+        )
+    )
+    await fake_apns.wait_for(worker_settings.max_in_flight, timeout=10)
+    await asyncio.sleep(0.3)  # time enough for any push beyond the bound to arrive
+
+    assert len(fake_apns.received) == worker_settings.max_in_flight
