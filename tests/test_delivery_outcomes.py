@@ -10,10 +10,11 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from passpush.api.server import PasspushServer
 from passpush.delivery.worker import WorkerSettings
+from passpush.domain.model import DeliveryState
 from passpush.fakes.apns import FakeApns
 from passpush.service.clock import utcnow
 from passpush.store.models import DeliveryRow, DeviceRegistrationRow
-from passpush.store.outbox import Outbox
+from passpush.store.outbox import DeliveryResult, Outbox
 from passpush.v1 import notifications_pb2 as npb
 from passpush.v1 import notifications_pb2_grpc, passes_pb2_grpc
 
@@ -169,3 +170,43 @@ async def test_expired_leases_of_a_dead_worker_are_delivered(
 
     assert ticket.counts.delivered == 3
     assert sorted(fake_apns.tokens()) == world.tokens_of("p1", "p2", "p3")
+
+
+async def test_an_answer_after_the_lease_was_taken_over_counts_once_for_the_new_owner(
+    world: World,
+    notifications: notifications_pb2_grpc.NotificationServiceStub,
+    sessions: async_sessionmaker[AsyncSession],
+    server: PasspushServer,
+) -> None:
+    await server.worker.stop(grace=1.0)  # the outbox is driven by hand below
+    accepted = await notifications.Send(
+        npb.SendRequest(target=TEMPLATE, content=npb.Content(body="Hello"))
+    )
+    now = utcnow()
+    async with sessions.begin() as session:
+        slow = await Outbox(session).claim_due("slow", now, timedelta(seconds=1), limit=3)
+    after_its_lease = now + timedelta(seconds=2)
+    async with sessions.begin() as session:
+        taken_over = await Outbox(session).claim_due(
+            "new-owner", after_its_lease, timedelta(seconds=60), limit=3
+        )
+    assert [d.id for d in taken_over] == [d.id for d in slow] and len(slow) == 3
+
+    async with sessions.begin() as session:
+        finished = await Outbox(session).record(
+            "slow", [DeliveryResult(d, DeliveryState.DELIVERED, "") for d in slow], after_its_lease
+        )
+    assert finished == set()
+    ticket = await notifications.GetTicket(npb.GetTicketRequest(id=accepted.id))
+    assert (ticket.counts.pending, ticket.counts.delivered) == (3, 0)
+
+    async with sessions.begin() as session:
+        finished = await Outbox(session).record(
+            "new-owner",
+            [DeliveryResult(d, DeliveryState.DELIVERED, "") for d in taken_over],
+            after_its_lease,
+        )
+    assert finished == {accepted.id}
+    ticket = await notifications.GetTicket(npb.GetTicketRequest(id=accepted.id))
+    assert ticket.state == npb.TICKET_STATE_SUCCEEDED
+    assert (ticket.counts.pending, ticket.counts.delivered) == (0, 3)
