@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import sqlite3
 import time
 from collections.abc import AsyncIterator
@@ -346,3 +347,41 @@ async def test_keys_create_refuses_unknown_scopes_and_if_none_creates_once(
     second = await run(*create, env=env)
     assert first.stdout.strip().splitlines()[-1].startswith("ppk_")
     assert second.returncode == 0 and "ppk_" not in second.stdout
+
+
+# -- send --watch and watch: the CLI as a client of a running server --------------------------
+
+
+async def test_send_watch_shows_progress_and_a_summary_and_watch_replays_it(
+    live_server: ServerProcess, demo_key: str, fake_apns: FakeApns, tmp_path: Path
+) -> None:
+    async with live_server.channel(demo_key) as channel:
+        world = World(passes_pb2_grpc.PassServiceStub(channel), project_id="demo")
+        await world.apple_template("loyalty")
+        for i in range(3):
+            await world.pass_(f"p{i}", "loyalty")
+    fake_apns.respond(world.devices["p2"][0], 400, "BadDeviceToken")
+    env = {"PASSPUSH_API_KEY": demo_key, "PATH": os.environ["PATH"]}
+    connection = ("--address", live_server.address)
+    send = ("send", *connection, "--template", "loyalty", "--header", "News", "--body", "Hi")
+
+    sent = await run(PASSPUSH, *send, "--watch", env=env)
+
+    assert sent.returncode == 1, sent.output  # a delivery failed
+    lines = sent.stdout.strip().splitlines()
+    ticket_id = int(lines[0].split()[1].rstrip(":"))
+    assert lines[0] == f"ticket {ticket_id}: 3 deliveries"
+    assert any(line.startswith("[") and "/3" in line for line in lines[1:-1]), lines
+    assert lines[-1] == (
+        f"ticket {ticket_id} PARTIALLY_FAILED: 3 total, 2 delivered, 1 failed, 0 skipped; "
+        "errors: BadDeviceToken x1"
+    )
+    watched = await run(PASSPUSH, "watch", *connection, str(ticket_id), env=env)
+    assert watched.returncode == 1 and watched.stdout.strip().splitlines()[-1] == lines[-1]
+
+    quiet = await run(PASSPUSH, "send", *connection, "--pass", "p0", "--body", "x", env=env)
+    assert quiet.returncode == 0 and quiet.stdout.strip().endswith(": 1 deliveries")
+    no_key = await run(PASSPUSH, "watch", *connection, str(ticket_id), env={"PATH": env["PATH"]})
+    assert no_key.returncode == 2 and "PASSPUSH_API_KEY" in no_key.stderr
+    unknown = await run(PASSPUSH, "watch", *connection, "987654", env=env)
+    assert unknown.returncode == 2 and "NOT_FOUND" in unknown.stderr

@@ -13,6 +13,7 @@ one batch of devices gets it twice.
 
 from __future__ import annotations
 
+import asyncio
 from collections import Counter
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -284,3 +285,40 @@ async def test_when_a_replica_is_killed_the_other_finishes_its_leased_work(
         f"B pushed {by_b_at_kill} before the kill and left {len(left_by_b)} leased;"
         f" {len(repushed)} devices pushed twice"
     )
+
+
+async def test_a_subscriber_of_one_replica_follows_what_another_delivers(
+    replicas: Launcher,
+    replica_database_url: str,
+    fake_apns: FakeApns,
+    second_apns: FakeApns,
+    key: str,
+) -> None:
+    """Streams on A are woken by B's outcomes through PostgreSQL (LISTEN/NOTIFY): A neither
+    pushes nor looks at the outbox here, and its streams never poll."""
+    audience = 300
+    tokens = await seed_apple_passes(
+        replica_database_url, PROJECT, TEMPLATE, audience, new_template_topic=TOPIC
+    )
+    replica_a = await replicas(WORKER_POLL_SECONDS="600")  # idle unless its own Send wakes it
+    replica_b = await replicas(WORKER_POLL_SECONDS="600", APNS_ENDPOINT=second_apns.endpoint)
+
+    async with replica_a.channel(key) as channel:
+        on_a = notifications_pb2_grpc.NotificationServiceStub(channel)
+        everything = on_a.StreamDeliveryEvents(npb.StreamDeliveryEventsRequest())
+        ticket = await send_to_template(replica_b, key)
+        events = []
+        async with asyncio.timeout(30):
+            updates = [t async for t in on_a.WatchTicket(npb.WatchTicketRequest(id=ticket.id))]
+            async for event in everything:
+                events.append(event)
+                if len(events) == audience:
+                    break
+        everything.cancel()
+
+    assert updates[-1].state == npb.TICKET_STATE_SUCCEEDED
+    assert updates[-1].counts.delivered == audience
+    assert fake_apns.received == [] and sorted(second_apns.tokens()) == sorted(tokens)
+    assert [e.sequence for e in events] == sorted({e.sequence for e in events})
+    assert {e.pass_id for e in events} == {f"{TEMPLATE}-{i}" for i in range(audience)}
+    assert {e.outcome for e in events} == {npb.DELIVERY_OUTCOME_DELIVERED}

@@ -140,6 +140,10 @@ class TicketWatch:
                 if not watchers:
                     del self._watchers[ticket_id]
 
+    def watched(self) -> set[int]:
+        """The tickets that streams watch now."""
+        return set(self._watchers)
+
     async def stop(self) -> None:
         """Ends every watch with UNAVAILABLE: the server is stopping."""
         for watchers in self._watchers.values():
