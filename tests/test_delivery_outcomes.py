@@ -13,6 +13,7 @@ from passpush.delivery.worker import WorkerSettings
 from passpush.domain.model import DeliveryState
 from passpush.fakes.apns import FakeApns
 from passpush.service.clock import utcnow
+from passpush.store.events import EventStore
 from passpush.store.models import DeliveryRow, DeviceRegistrationRow
 from passpush.store.outbox import DeliveryResult, Outbox
 from passpush.v1 import notifications_pb2 as npb
@@ -192,13 +193,17 @@ async def test_an_answer_after_the_lease_was_taken_over_counts_once_for_the_new_
         )
     assert [d.id for d in taken_over] == [d.id for d in slow] and len(slow) == 3
 
+    late_answers = [
+        DeliveryResult(slow[0], DeliveryState.PENDING, "TooManyRequests", after_its_lease),
+        *(DeliveryResult(d, DeliveryState.DELIVERED, "") for d in slow[1:]),
+    ]
     async with sessions.begin() as session:
-        finished = await Outbox(session).record(
-            "slow", [DeliveryResult(d, DeliveryState.DELIVERED, "") for d in slow], after_its_lease
-        )
+        finished = await Outbox(session).record("slow", late_answers, after_its_lease)
     assert finished == set()
     ticket = await notifications.GetTicket(npb.GetTicketRequest(id=accepted.id))
     assert (ticket.counts.pending, ticket.counts.delivered) == (3, 0)
+    async with sessions() as session:
+        assert await EventStore(session).after("acme", 0, limit=10) == []  # nothing happened
 
     async with sessions.begin() as session:
         finished = await Outbox(session).record(

@@ -126,28 +126,27 @@ class Outbox:
         Only deliveries still leased to `owner` are recorded: one whose lease
         expired and was claimed again belongs to its new owner.
         """
-        connection = await self.session.connection()
         retries = [r for r in results if r.state is DeliveryState.PENDING]
-        if retries:
-            # Still pending: no ticket count changes, so which were still ours does not matter.
-            await connection.execute(
-                self._statements.retry,
-                [
-                    {
-                        "delivery_id": r.delivery.id,
-                        "owner": owner,
-                        "new_reason": r.reason,
-                        "next_at": r.next_attempt_at or now,
-                        "now": now,
-                    }
-                    for r in retries
-                ],
-            )
-        recorded: list[DeliveryResult] = []
-        answered = sorted(
-            (r for r in results if r.state is not DeliveryState.PENDING), key=_outcome
-        )
-        for (state, reason), group in itertools.groupby(answered, key=_outcome):
+        answered = [r for r in results if r.state is not DeliveryState.PENDING]
+        recorded = [
+            *await self._retry_later(owner, retries, now),
+            *await self._finish(owner, answered, now),
+        ]
+        # Before registrations go: an event names the device that was pushed.
+        events = EventStore(self.session)
+        await events.append_for_deliveries([r.delivery.id for r in recorded], now)
+        await events.announce()
+        await self._act_on_registrations(recorded, now)
+        return await self._count(recorded, now)
+
+    async def _finish(
+        self, owner: str, answered: Sequence[DeliveryResult], now: datetime
+    ) -> list[DeliveryResult]:
+        """Stores delivered and failed outcomes, one statement per outcome; returns those that
+        were still `owner`'s, and so were stored."""
+        connection = await self.session.connection()
+        stored: list[DeliveryResult] = []
+        for (state, reason), group in itertools.groupby(sorted(answered, key=_outcome), _outcome):
             same_outcome = list(group)
             held = set(
                 await connection.scalars(
@@ -161,13 +160,38 @@ class Outbox:
                     },
                 )
             )
-            recorded += (r for r in same_outcome if r.delivery.id in held)
-        # Before registrations go: an event names the device that was pushed.
-        events = EventStore(self.session)
-        await events.append_for_deliveries([r.delivery.id for r in (*retries, *recorded)], now)
-        await events.announce()
-        await self._act_on_registrations(recorded, now)
-        return await self._count(recorded, now)
+            stored += (r for r in same_outcome if r.delivery.id in held)
+        return stored
+
+    async def _retry_later(
+        self, owner: str, retries: Sequence[DeliveryResult], now: datetime
+    ) -> list[DeliveryResult]:
+        """Puts deliveries back in the outbox until their next attempt (each its own time);
+        returns those that were still `owner`'s, and so were stored."""
+        if not retries:
+            return []
+        connection = await self.session.connection()
+        held = set(
+            await connection.scalars(
+                self._statements.held, {"ids": [r.delivery.id for r in retries], "owner": owner}
+            )
+        )
+        mine = [r for r in retries if r.delivery.id in held]
+        if mine:
+            await connection.execute(
+                self._statements.retry,
+                [
+                    {
+                        "delivery_id": r.delivery.id,
+                        "owner": owner,
+                        "new_reason": r.reason,
+                        "next_at": r.next_attempt_at or now,
+                        "now": now,
+                    }
+                    for r in mine
+                ],
+            )
+        return mine
 
     async def _act_on_registrations(self, results: Sequence[DeliveryResult], now: datetime) -> None:
         for action in (RegistrationAction.DEACTIVATE, RegistrationAction.REMOVE):
@@ -248,6 +272,7 @@ class _Statements:
     push_details: Select[Any]
     start_tickets: Update
     finish: Update
+    held: Select[Any]
     retry: Update
     count_ticket: Update
     finish_ticket: Update
@@ -276,6 +301,7 @@ def _statements_for(dialect: str) -> _Statements:
             updated_at=now,
         )
         .returning(d.c.id),
+        held=_held_statement(dialect),
         retry=update(d)
         .where(d.c.id == bindparam("delivery_id"), d.c.lease_owner == bindparam("owner"))
         .values(
@@ -324,6 +350,14 @@ def _claim_statement(*, skip_locked: bool) -> Update:
         .values(lease_owner=bindparam("owner"), lease_until=bindparam("lease_until"))
         .returning(d.c.id)
     )
+
+
+def _held_statement(dialect: str) -> Select[Any]:
+    """Which of the deliveries bound as `ids` are still leased to `owner`; on PostgreSQL
+    locked, so that no other worker takes one over before this transaction writes it."""
+    d = _deliveries
+    held = select(d.c.id).where(_one_of(d.c.id, dialect), d.c.lease_owner == bindparam("owner"))
+    return held.with_for_update() if dialect == "postgresql" else held
 
 
 def _push_details_statement(dialect: str) -> Select[Any]:
