@@ -16,7 +16,7 @@ import time
 import traceback
 from collections.abc import Awaitable, Callable, Sequence
 
-from benchmarks import accept, fake, fanout, resolution, scaleout
+from benchmarks import accept, fake, fanout, resolution, scaleout, watch
 from benchmarks.database import BACKENDS, postgres_version
 from benchmarks.harness import Options, Result, log, machine, render_table, workspace
 
@@ -38,6 +38,7 @@ BENCHMARKS: dict[str, tuple[Benchmark, str]] = {
     "scale-out": (scaleout.run, "the fan-out on PostgreSQL, 2 replicas vs 1"),
     "resolution": (resolution.run, "1M passes: Send time, first push, peak RSS"),
     "accept": (accept.run, "single-pass Send latency at 500/s; throughput vs a no-op server"),
+    "watch": (watch.run, "1,000 WatchTicket streams follow a broadcast: update lag"),
 }
 
 # Full size, and --quick (each benchmark in seconds; all of them in under a minute).
@@ -51,6 +52,8 @@ QUICK = Options(
     resolution_watch=3.0,
     duration=1.0,
     throughput_seconds=1.0,
+    watch_streams=100,
+    watch_passes=2_000,
 )
 
 
@@ -87,6 +90,8 @@ def parse(argv: Sequence[str] | None) -> tuple[list[str], Options, bool]:
         "channels": "accept: gRPC channels of the client",
         "connections": "raw loop: aioapns connections (default: PASSPUSH_APNS_CONNECTIONS or 4)",
         "in_flight": "raw loop: pushes in flight (default: PASSPUSH_WORKER_IN_FLIGHT or 200)",
+        "watch_streams": "watch: concurrent WatchTicket streams",
+        "watch_passes": "watch: the watched broadcast's audience",
     }
     for dest, text in sizes.items():
         kind = type(getattr(FULL, dest))

@@ -260,6 +260,8 @@ class Options:
     channels: int = 8  # gRPC channels (connections) of the accept client
     connections: int = 4  # raw loop: aioapns connections (passpush: PASSPUSH_APNS_CONNECTIONS)
     in_flight: int = 200  # raw loop: pushes in flight (passpush: PASSPUSH_WORKER_IN_FLIGHT)
+    watch_streams: int = 1_000  # watch: concurrent WatchTicket streams
+    watch_passes: int = 30_000  # watch: the watched broadcast's audience
     keep: bool = False  # keep the temporary directory (logs, databases of SQLite)
 
 

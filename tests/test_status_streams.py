@@ -229,3 +229,42 @@ async def test_old_events_are_purged_after_the_retention(
     )
     assert await later.purge() == 1
     assert await _events(notifications, ticket_id=ticket.id) == []
+
+
+async def test_a_subscriber_that_does_not_read_slows_nothing(
+    world: World, notifications: Stub
+) -> None:
+    stalled = notifications.StreamDeliveryEvents(npb.StreamDeliveryEventsRequest())
+    watched = notifications.WatchTicket(npb.WatchTicketRequest(id=1))
+    for _ in range(3):  # one after another, while the subscribers read nothing
+        ticket = await notifications.Send(
+            npb.SendRequest(target=TEMPLATE, content=npb.Content(body="Hello"))
+        )
+        done = await wait_terminal(notifications, ticket.id, seconds=10)
+        assert done.state == npb.TICKET_STATE_SUCCEEDED
+    first = await stalled.read()
+    assert isinstance(first, npb.DeliveryEvent) and first.sequence == 1
+    stalled.cancel()
+    watched.cancel()
+
+
+async def test_streams_end_unavailable_when_the_server_stops(
+    world: World, server: PasspushServer, notifications: Stub, fake_apns: FakeApns
+) -> None:
+    # Retried with backoff: the ticket stays open, with no push held in flight.
+    fake_apns.respond(world.devices["p2"][0], 503, "ServiceUnavailable")
+    ticket = await notifications.Send(
+        npb.SendRequest(target=npb.Target(pass_id="p2"), content=npb.Content(body="Hi"))
+    )
+    watch = notifications.WatchTicket(npb.WatchTicketRequest(id=ticket.id))
+    events = notifications.StreamDeliveryEvents(npb.StreamDeliveryEventsRequest())
+    await watch.read()
+    await fake_apns.wait_for(1)
+    started = time.monotonic()
+    await server.stop(grace=5.0)
+    assert time.monotonic() - started < 4.0, "streams do not hold shutdown for the grace"
+    for stream in (watch, events):
+        with pytest.raises(grpc.aio.AioRpcError) as raised:
+            while True:
+                await stream.read()
+        assert raised.value.code() == grpc.StatusCode.UNAVAILABLE

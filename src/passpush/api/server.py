@@ -27,6 +27,7 @@ from passpush.service.status import (
     EventStreams,
     TicketWatch,
 )
+from passpush.store.db import make_read_sessions
 from passpush.store.listen import ChangeListener
 from passpush.v1 import (
     admin_pb2,
@@ -71,8 +72,10 @@ class PasspushServer:
         self.notifications = NotificationCore(sessions, clock=clock, on_enqueued=self.worker.wake)
         self.passes = PassCore(sessions, clock=clock)
         self.keys = KeyCore(sessions, clock=clock, cache_seconds=key_cache_seconds)
-        self.watch = TicketWatch(sessions, self.changes)
-        self.events = EventStreams(sessions, self.changes)
+        # The streams only read: on SQLite, beside the writer rather than behind it.
+        reads, self._read_engine = make_read_sessions(sessions)
+        self.watch = TicketWatch(reads, self.changes)
+        self.events = EventStreams(reads, self.changes)
         self.retention = EventRetention(sessions, event_retention, clock=clock)
         # Other replicas' outcomes reach this one's streams through PostgreSQL.
         engine = sessions.kw["bind"]
@@ -120,3 +123,5 @@ class PasspushServer:
         await self.retention.stop()
         if self.listener is not None:
             await self.listener.stop()
+        if self._read_engine is not None:
+            await self._read_engine.dispose()

@@ -21,7 +21,7 @@ from datetime import timedelta
 
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from passpush.domain.errors import FieldViolation, Unavailable
+from passpush.domain.errors import DomainError, FieldViolation, NotFound, Unavailable
 from passpush.domain.model import DeliveryEvent, DeliveryOutcome, Target, Ticket
 from passpush.domain.validation import check_target, raise_if_any
 from passpush.service.clock import Clock, utcnow
@@ -63,34 +63,34 @@ class ChangeFeed:
         while self._generation == generation and not self._closed:
             await self._changed.wait()
         if self._closed:
-            raise Unavailable(
-                "the server is shutting down; resume on another", reason="SHUTTING_DOWN"
-            )
+            raise _shutting_down()
 
 
 class _Latest:
     """One watcher's mailbox: the newest state not yet sent, never a queue."""
 
-    def __init__(self) -> None:
+    def __init__(self, project_id: str) -> None:
+        self.project_id = project_id
         self.sent: Ticket | None = None
         self._newest: Ticket | None = None
+        self._error: DomainError | None = None
         self._ready = asyncio.Event()
-        self._closed = False
 
-    def close(self) -> None:
-        self._closed = True
+    def fail(self, error: DomainError) -> None:
+        self._error = error
         self._ready.set()
 
     def offer(self, ticket: Ticket) -> None:
-        if self.sent is not None and _same(self.sent, ticket):
-            return
-        self._newest = ticket
-        self._ready.set()
+        if ticket.project_id != self.project_id:
+            self.fail(NotFound("ticket", str(ticket.id)))  # another project's: as if absent
+        elif self.sent is None or not _same(self.sent, ticket):
+            self._newest = ticket
+            self._ready.set()
 
     async def take(self) -> Ticket:
         await self._ready.wait()
-        if self._closed:
-            raise Unavailable("the server is shutting down; watch again", reason="SHUTTING_DOWN")
+        if self._error is not None:
+            raise self._error
         self._ready.clear()
         assert self._newest is not None
         self.sent, self._newest = self._newest, None
@@ -102,8 +102,9 @@ def _same(a: Ticket, b: Ticket) -> bool:
 
 
 class TicketWatch:
-    """WatchTicket for every stream of this server: one read of all watched tickets per
-    change, whatever the number of streams."""
+    """WatchTicket for every stream of this server: one reader reads all watched tickets
+    at once, when something changed or streams joined (their first message), at most once
+    every `interval`, whatever the number of streams."""
 
     def __init__(
         self,
@@ -116,23 +117,25 @@ class TicketWatch:
         self._feed = feed
         self._interval = interval
         self._watchers: dict[int, set[_Latest]] = defaultdict(set)
+        self._joined = asyncio.Event()
         self._reader: asyncio.Task[None] | None = None
+        self._stopped = False
 
     async def watch(self, project_id: str, ticket_id: int) -> AsyncIterator[Ticket]:
         """The ticket now, then each change of its state or counts; ends when it is terminal."""
-        mailbox = _Latest()
-        # Watching before the first read: a change after that read wakes the reader.
+        if self._stopped:
+            raise _shutting_down()
+        mailbox = _Latest(project_id)
         self._watchers[ticket_id].add(mailbox)
+        self._joined.set()
+        if self._reader is None or self._reader.done():
+            self._reader = asyncio.create_task(self._read_on_change(), name="ticket watch")
         try:
-            async with self._sessions() as session:
-                ticket = await TicketStore(session).get(project_id, ticket_id)
-            mailbox.sent = ticket
-            yield ticket
-            if not ticket.state.is_terminal:
-                self._start_reader()
-            while not ticket.state.is_terminal:
+            while True:
                 ticket = await mailbox.take()
                 yield ticket
+                if ticket.state.is_terminal:
+                    return
         finally:
             watchers = self._watchers.get(ticket_id)
             if watchers is not None:
@@ -146,37 +149,57 @@ class TicketWatch:
 
     async def stop(self) -> None:
         """Ends every watch with UNAVAILABLE: the server is stopping."""
+        self._stopped = True
         for watchers in self._watchers.values():
             for mailbox in watchers:
-                mailbox.close()
+                mailbox.fail(_shutting_down())
         if self._reader is not None:
             self._reader.cancel()
             await asyncio.gather(self._reader, return_exceptions=True)
 
-    def _start_reader(self) -> None:
-        if self._reader is None or self._reader.done():
-            self._reader = asyncio.create_task(self._read_on_change(), name="ticket watch")
-
     async def _read_on_change(self) -> None:
-        generation = -1  # read at once: a change may have come before the first wait
+        generation = self._feed.generation
         while self._watchers:
-            if generation >= 0:
-                try:
-                    await self._feed.wait_past(generation)
-                except Unavailable:
-                    return
-            generation = self._feed.generation
+            self._joined.clear()
             try:
                 async with self._sessions() as session:
                     tickets = await TicketStore(session).get_many(list(self._watchers))
             except Exception:
                 log.exception("reading watched tickets failed; trying again")
-                tickets = []
-                generation = -1
-            for ticket in tickets:
-                for mailbox in self._watchers.get(ticket.id, ()):
-                    mailbox.offer(ticket)
-            await asyncio.sleep(self._interval)
+                await asyncio.sleep(1.0)
+                continue
+            found = {ticket.id: ticket for ticket in tickets}
+            for ticket_id, watchers in list(self._watchers.items()):
+                for mailbox in watchers:
+                    ticket = found.get(ticket_id)
+                    if ticket is None:
+                        mailbox.fail(NotFound("ticket", str(ticket_id)))
+                    else:
+                        mailbox.offer(ticket)
+            await asyncio.sleep(self._interval)  # coalesces changes: ten reads a second at most
+            if self._watchers and not self._joined.is_set():
+                try:
+                    await self._next_change(generation)
+                except Unavailable:
+                    return
+            generation = self._feed.generation
+
+    async def _next_change(self, generation: int) -> None:
+        """Returns when something changed after `generation`, or a stream joined."""
+        changed = asyncio.ensure_future(self._feed.wait_past(generation))
+        joined = asyncio.ensure_future(self._joined.wait())
+        try:
+            done, _ = await asyncio.wait({changed, joined}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for waiter in (changed, joined):
+                waiter.cancel()
+            await asyncio.gather(changed, joined, return_exceptions=True)
+        if changed in done and not changed.cancelled():
+            changed.result()  # Unavailable once the feed closed
+
+
+def _shutting_down() -> Unavailable:
+    return Unavailable("the server is shutting down; watch again", reason="SHUTTING_DOWN")
 
 
 class EventStreams:

@@ -66,6 +66,33 @@ def _make_sqlite_transactions_immediate(engine: AsyncEngine) -> None:
         connection.exec_driver_sql("BEGIN IMMEDIATE")
 
 
+def make_read_sessions(
+    sessions: async_sessionmaker[AsyncSession],
+) -> tuple[async_sessionmaker[AsyncSession], AsyncEngine | None]:
+    """Sessions for reads that may run beside the writes, and their own engine if any.
+
+    SQLite: a second engine on the same file, read-only, with plain (deferred)
+    transactions: under WAL they read a snapshot while the one writer works,
+    instead of queueing behind it for the single write connection. PostgreSQL:
+    the same sessions.
+    """
+    engine = sessions.kw["bind"]
+    if engine.dialect.name != "sqlite" or engine.url.database in (None, "", ":memory:"):
+        return sessions, None
+    readers = create_async_engine(
+        engine.url, connect_args={"timeout": 30}, pool_size=2, max_overflow=2
+    )
+
+    @event.listens_for(readers.sync_engine, "connect")
+    def _on_connect(dbapi_connection: Any, _record: Any) -> None:
+        cursor = dbapi_connection.cursor()
+        cursor.execute("PRAGMA query_only=ON")
+        cursor.execute("PRAGMA busy_timeout=30000")
+        cursor.close()
+
+    return make_sessions(readers), readers
+
+
 def dialect_name(session: AsyncSession) -> str:
     return session.get_bind().dialect.name
 
