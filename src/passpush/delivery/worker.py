@@ -164,14 +164,18 @@ class DeliveryWorker:
             self._answered.set()
 
     async def _record_loop(self) -> None:
+        loop = asyncio.get_running_loop()
         while True:
             await self._answered.wait()
-            await asyncio.sleep(self._settings.record_interval)  # let a batch gather
+            started = loop.time()
             try:
                 await self._flush()
             except Exception:
                 log.exception("recording delivery outcomes failed; retrying in 1 s")
                 await asyncio.sleep(1.0)
+            # One write per record_interval at most, so that a batch gathers; but right away
+            # when the last write took that long already: answers waiting fill the window.
+            await asyncio.sleep(max(0.0, started + self._settings.record_interval - loop.time()))
 
     async def _flush(self) -> None:
         """Records the answered deliveries; on failure keeps them to record on the next try."""
