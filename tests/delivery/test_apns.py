@@ -233,6 +233,24 @@ async def test_pushes_spread_over_connections_opened_as_the_load_grows(
     assert {(await push).reason for push in pushes} == {"ConnectionLost"}
 
 
+async def test_when_no_other_connection_opens_pushes_go_on_over_the_open_one(
+    fake: FakeApns, make_gateway: MakeGateway, caplog: pytest.LogCaptureFixture
+) -> None:
+    gateway = make_gateway(max_connections=2)
+    assert await gateway.push(device_token(0), PASS_TYPE_ID) == PushOutcome(200, "")
+    assert fake._server is not None
+    fake._server.close()  # takes no new connection; the open one goes on
+
+    tokens = [device_token(number) for number in range(1, 201)]
+    async with asyncio.timeout(5):
+        outcomes = await asyncio.gather(*(gateway.push(token, PASS_TYPE_ID) for token in tokens))
+
+    assert outcomes == [PushOutcome(200, "")] * 200
+    assert len(connections(gateway)) == 1
+    # Tried once, not again for every push while the others carry many.
+    assert caplog.text.count("could not open another APNs connection") == 1
+
+
 async def test_pitfall_a_error_bodies_do_not_freeze_the_connection(
     fake: FakeApns, make_gateway: MakeGateway
 ) -> None:

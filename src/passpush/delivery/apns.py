@@ -49,6 +49,7 @@ CONNECTION_LOST = "ConnectionLost"
 # Pushes in flight on every connection before the pool opens another (up to max_connections):
 # h2's cost per push grows with the streams open on its connection.
 SPREAD_ABOVE_IN_FLIGHT = 50
+RETRY_SPREADING_AFTER = 10.0  # seconds, after failing to open another connection
 
 
 @dataclass(frozen=True)
@@ -316,6 +317,7 @@ class _ConnectionPool(APNsBaseConnectionPool):
         self.protocol_class = protocol_class
         self.ssl_context = ssl_context
         self._auth_provider = auth_provider
+        self._spread_again_at = 0.0  # loop time; later after opening a connection failed
 
     async def acquire(self) -> APNsBaseClientProtocol:
         """The connection with the fewest pushes in flight; first another, while all carry many.
@@ -335,6 +337,8 @@ class _ConnectionPool(APNsBaseConnectionPool):
 
     def _wants_another_connection(self) -> bool:
         connections = self._open_connections()
+        if connections and self.loop.time() < self._spread_again_at:
+            return False
         return len(connections) < self.max_connections and all(
             len(c.exchanges) >= SPREAD_ABOVE_IN_FLIGHT for c in connections
         )
@@ -347,6 +351,8 @@ class _ConnectionPool(APNsBaseConnectionPool):
                 logger.error("could not connect to APNs: %r", error)
                 raise ApnsConnectError() from error
             logger.warning("could not open another APNs connection, using the open ones: %r", error)
+            # Not on every push meanwhile: they would queue behind failing connects.
+            self._spread_again_at = self.loop.time() + RETRY_SPREADING_AFTER
             return
         self.connections.append(connection)
         logger.info("APNs connection opened (%d open)", len(self.connections))
