@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Callable
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import grpc
 import pytest
-from google.protobuf import struct_pb2
+from google.protobuf import struct_pb2, timestamp_pb2
 from google.rpc import error_details_pb2
 from grpc_status import rpc_status
 from sqlalchemy import select
@@ -56,10 +57,22 @@ RPCS: dict[str, tuple[Callable[[], Any], grpc.StatusCode]] = {
         lambda: npb.GetTicketRequest(id=1),
         grpc.StatusCode.NOT_FOUND,
     ),
-    "NotificationService/Schedule": (lambda: npb.ScheduleRequest(), NOT_YET),
-    "NotificationService/Cancel": (lambda: npb.CancelRequest(id="s"), NOT_YET),
-    "NotificationService/GetScheduled": (lambda: npb.GetScheduledRequest(id="s"), NOT_YET),
-    "NotificationService/ListScheduled": (lambda: npb.ListScheduledRequest(), NOT_YET),
+    "NotificationService/Schedule": (
+        lambda: npb.ScheduleRequest(
+            target=npb.Target(pass_id="p1"),
+            content=npb.Content(body="later"),
+            send_time=_in_an_hour(),
+        ),
+        grpc.StatusCode.NOT_FOUND,
+    ),
+    # The id of the owner's schedule is put in by `_with_owned_ids`.
+    "NotificationService/Cancel": (lambda: npb.CancelRequest(), grpc.StatusCode.NOT_FOUND),
+    "NotificationService/GetScheduled": (
+        lambda: npb.GetScheduledRequest(),
+        grpc.StatusCode.NOT_FOUND,
+    ),
+    # Another project's key lists its own (no) schedules.
+    "NotificationService/ListScheduled": (lambda: npb.ListScheduledRequest(), grpc.StatusCode.OK),
     # The owner's ticket 1 is done: its watch and its events end after what it has.
     "NotificationService/WatchTicket": (
         lambda: npb.WatchTicketRequest(id=1),
@@ -147,6 +160,21 @@ RPCS: dict[str, tuple[Callable[[], Any], grpc.StatusCode]] = {
 UNARY_STREAM = {"WatchTicket", "StreamDeliveryEvents"}
 
 
+def _in_an_hour() -> timestamp_pb2.Timestamp:
+    ts = timestamp_pb2.Timestamp()
+    ts.FromDatetime(datetime.now(UTC) + timedelta(hours=1))
+    return ts
+
+
+def _with_owned_ids(rpc: str, request: Any, owned: dict[str, str]) -> Any:
+    """The request, naming the owner's real key or schedule where it needs an id."""
+    if rpc == "AdminService/RevokeApiKey":
+        return apb.RevokeApiKeyRequest(id=owned["owner_key_id"])
+    if rpc in ("NotificationService/Cancel", "NotificationService/GetScheduled"):
+        request.id = owned["schedule_id"]
+    return request
+
+
 def test_every_rpc_has_a_scope_and_a_case_here() -> None:
     from passpush.v1 import admin_pb2, notifications_pb2, passes_pb2
 
@@ -222,6 +250,13 @@ async def owned(
             npb.SendRequest(target=npb.Target(pass_id="p1"), content=npb.Content(body="x"))
         )
         await wait_terminal(stub, sent.id)
+        scheduled = await stub.Schedule(
+            npb.ScheduleRequest(
+                target=npb.Target(pass_id="p1"),
+                content=npb.Content(body="later"),
+                send_time=_in_an_hour(),
+            )
+        )
     keys = Keys(server)
     revoked = await keys.make(OWNER, ["all"])
     await server.keys.revoke_key(OWNER, revoked.partition(".")[0])
@@ -230,6 +265,7 @@ async def owned(
         "revoked": revoked,
         "stranger": await keys.make(STRANGER, ["all"]),
         "owner_key_id": api_key.partition(".")[0],
+        "schedule_id": scheduled.id,
     }
 
 
@@ -251,10 +287,7 @@ async def test_every_rpc_refuses_bad_credentials_and_other_projects(
     make_request, stranger_code = RPCS[rpc]
 
     def request() -> Any:
-        built = make_request()
-        if rpc == "AdminService/RevokeApiKey":
-            built = apb.RevokeApiKeyRequest(id=owned["owner_key_id"])
-        return built
+        return _with_owned_ids(rpc, make_request(), owned)
 
     before = await snapshot(sessions)
     pushes = len(fake_apns.received)
@@ -302,7 +335,7 @@ async def test_the_owners_key_may_make_each_request(
     rpc: str, owned: dict[str, str], server: PasspushServer
 ) -> None:
     make_request, stranger_code = RPCS[rpc]
-    request = make_request()
+    request = _with_owned_ids(rpc, make_request(), owned)
     if rpc == "AdminService/RevokeApiKey":
         request = apb.RevokeApiKeyRequest(id=owned["revoked"].partition(".")[0])
     expected = {

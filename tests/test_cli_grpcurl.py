@@ -230,13 +230,13 @@ async def test_grpcurl_shows_an_invalid_argument_and_the_field(
 async def test_grpcurl_shows_unimplemented_rpcs_plainly(
     live_server: ServerProcess, demo_key: str
 ) -> None:
-    result = await grpcurl(
-        "-d", "{}", live_server.address, "passpush.v1.NotificationService/Schedule", key=demo_key
-    )
+    method = "passpush.v1.PassService/SetPassContent"
+    request = '{"pass_id": "p1"}'
+    result = await grpcurl("-d", request, live_server.address, method, key=demo_key)
 
     assert result.returncode == GRPCURL_UNIMPLEMENTED, result.output
     assert "Code: Unimplemented" in result.output
-    assert "Schedule is part of the contract but not available" in result.output
+    assert "SetPassContent is part of the contract but not available" in result.output
 
 
 # -- graceful shutdown: accepted work survives a restart -------------------------------------

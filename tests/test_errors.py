@@ -314,10 +314,10 @@ async def test_pass_service_unknown_and_duplicate_resources(
 
 
 async def test_unimplemented_rpcs_say_so_clearly(
-    world: World, notifications: notifications_pb2_grpc.NotificationServiceStub
+    world: World, passes: passes_pb2_grpc.PassServiceStub
 ) -> None:
     with pytest.raises(grpc.aio.AioRpcError) as raised:
-        await notifications.Schedule(npb.ScheduleRequest(target=PASS))
+        await passes.SetPassContent(ppb.SetPassContentRequest(pass_id="p1"))
     error = rich_error(raised.value)
     assert error.code == grpc.StatusCode.UNIMPLEMENTED
-    assert "Schedule" in (raised.value.details() or "")
+    assert "SetPassContent" in (raised.value.details() or "")

@@ -25,6 +25,7 @@ from passpush.service.keys import KeyCore
 from passpush.store import migrate
 from passpush.store.db import is_sqlite, make_engine, make_sessions
 from passpush.store.outbox import Outbox
+from passpush.store.schedules import ScheduleStore
 
 log = logging.getLogger("passpush")
 
@@ -145,9 +146,10 @@ async def serve(settings: Settings) -> int:
         event_retention=settings.event_retention,
     )
     if is_sqlite(settings.database_url):
-        # SQLite serves one process: leases left by a crashed run are ours to take back now.
+        # SQLite serves one process: leases and claims left by a crashed run are ours now.
         async with sessions.begin() as session:
             await Outbox(session).release()
+            await ScheduleStore(session).release_claims()
     await server.start()
     log.info(
         "passpush gRPC listening on %s (APNs at %s)", settings.grpc_address, apns_config.endpoint

@@ -24,11 +24,12 @@ _sym_db = _symbol_database.Default()
 
 from google.api import annotations_pb2 as google_dot_api_dot_annotations__pb2
 from google.api import field_behavior_pb2 as google_dot_api_dot_field__behavior__pb2
+from google.protobuf import duration_pb2 as google_dot_protobuf_dot_duration__pb2
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 from passpush.v1 import passes_pb2 as passpush_dot_v1_dot_passes__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1fpasspush/v1/notifications.proto\x12\x0bpasspush.v1\x1a\x1cgoogle/api/annotations.proto\x1a\x1fgoogle/api/field_behavior.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x18passpush/v1/passes.proto\"\x98\x02\n\x06Target\x12\x11\n\x07pass_id\x18\x01 \x01(\tH\x00\x12\x32\n\rexternal_pass\x18\x02 \x01(\x0b\x32\x19.passpush.v1.ExternalPassH\x00\x12,\n\x08template\x18\x03 \x01(\x0b\x32\x18.passpush.v1.TemplateRefH\x00\x12\"\n\x03tag\x18\x04 \x01(\x0b\x32\x13.passpush.v1.TagRefH\x00\x12*\n\x07segment\x18\x05 \x01(\x0b\x32\x17.passpush.v1.SegmentRefH\x00\x12\x15\n\x0b\x63\x61mpaign_id\x18\x06 \x01(\tH\x00\x12(\n\x06\x65ntity\x18\x07 \x01(\x0b\x32\x16.passpush.v1.EntityRefH\x00\x42\x08\n\x06target\"I\n\x0c\x45xternalPass\x12\x19\n\x0btemplate_id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\x12\x1e\n\x10pass_external_id\x18\x02 \x01(\tB\x04\xe2\x41\x01\x02\"P\n\x0bTemplateRef\x12\x15\n\x0btemplate_id\x18\x01 \x01(\tH\x00\x12\x1e\n\x14template_external_id\x18\x02 \x01(\tH\x00\x42\n\n\x08template\"0\n\x06TagRef\x12\x11\n\x03tag\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\x12\x13\n\x0btemplate_id\x18\x02 \x01(\t\"U\n\nSegmentRef\x12\x18\n\nproject_id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\x12\x18\n\nsegment_id\x18\x02 \x01(\tB\x04\xe2\x41\x01\x02\x12\x13\n\x0btemplate_id\x18\x03 \x01(\t\"8\n\tEntityRef\x12\x17\n\tentity_id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\x12\x12\n\ngroup_tags\x18\x02 \x03(\t\"\x91\x01\n\x07\x43ontent\x12\x0e\n\x06header\x18\x01 \x01(\t\x12\x12\n\x04\x62ody\x18\x02 \x01(\tB\x04\xe2\x41\x01\x02\x12\x31\n\rdisplay_start\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0b\x64isplay_end\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"y\n\x0bSendRequest\x12)\n\x06target\x18\x01 \x01(\x0b\x32\x13.passpush.v1.TargetB\x04\xe2\x41\x01\x02\x12+\n\x07\x63ontent\x18\x02 \x01(\x0b\x32\x14.passpush.v1.ContentB\x04\xe2\x41\x01\x02\x12\x12\n\nrequest_id\x18\x03 \x01(\t\"N\n\rDeleteRequest\x12)\n\x06target\x18\x01 \x01(\x0b\x32\x13.passpush.v1.TargetB\x04\xe2\x41\x01\x02\x12\x12\n\nrequest_id\x18\x02 \x01(\t\"\xb2\x01\n\x0fScheduleRequest\x12)\n\x06target\x18\x01 \x01(\x0b\x32\x13.passpush.v1.TargetB\x04\xe2\x41\x01\x02\x12+\n\x07\x63ontent\x18\x02 \x01(\x0b\x32\x14.passpush.v1.ContentB\x04\xe2\x41\x01\x02\x12\x33\n\tsend_time\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xe2\x41\x01\x02\x12\x12\n\nrequest_id\x18\x04 \x01(\t\"!\n\rCancelRequest\x12\x10\n\x02id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\"\'\n\x13GetScheduledRequest\x12\x10\n\x02id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\"\x9a\x01\n\x14ListScheduledRequest\x12\x36\n\x05state\x18\x01 \x01(\x0e\x32\'.passpush.v1.ScheduledNotificationState\x12#\n\x06target\x18\x02 \x01(\x0b\x32\x13.passpush.v1.Target\x12\x11\n\tpage_size\x18\x03 \x01(\x05\x12\x12\n\npage_token\x18\x04 \x01(\t\"u\n\x15ListScheduledResponse\x12\x43\n\x17scheduled_notifications\x18\x01 \x03(\x0b\x32\".passpush.v1.ScheduledNotification\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"$\n\x10GetTicketRequest\x12\x10\n\x02id\x18\x01 \x01(\x03\x42\x04\xe2\x41\x01\x02\"&\n\x12WatchTicketRequest\x12\x10\n\x02id\x18\x01 \x01(\x03\x42\x04\xe2\x41\x01\x02\"\x9d\x01\n\x1bStreamDeliveryEventsRequest\x12\x11\n\tticket_id\x18\x01 \x01(\x03\x12\x16\n\x0e\x61\x66ter_sequence\x18\x02 \x01(\x03\x12#\n\x06target\x18\x03 \x01(\x0b\x32\x13.passpush.v1.Target\x12.\n\x08outcomes\x18\x04 \x03(\x0e\x32\x1c.passpush.v1.DeliveryOutcome\"\x92\x04\n\x06Ticket\x12\x10\n\x02id\x18\x01 \x01(\x03\x42\x04\xe2\x41\x01\x03\x12/\n\toperation\x18\x02 \x01(\x0e\x32\x16.passpush.v1.OperationB\x04\xe2\x41\x01\x03\x12)\n\x06target\x18\x03 \x01(\x0b\x32\x13.passpush.v1.TargetB\x04\xe2\x41\x01\x03\x12+\n\x07\x63ontent\x18\x04 \x01(\x0b\x32\x14.passpush.v1.ContentB\x04\xe2\x41\x01\x03\x12-\n\x05state\x18\x05 \x01(\x0e\x32\x18.passpush.v1.TicketStateB\x04\xe2\x41\x01\x03\x12\x31\n\x06\x63ounts\x18\x06 \x01(\x0b\x32\x1b.passpush.v1.DeliveryCountsB\x04\xe2\x41\x01\x03\x12\x35\n\x0b\x63reate_time\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xe2\x41\x01\x03\x12\x35\n\x0bupdate_time\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xe2\x41\x01\x03\x12\x37\n\rcomplete_time\x18\t \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xe2\x41\x01\x03\x12\x30\n\x06\x65rrors\x18\n \x03(\x0b\x32\x1a.passpush.v1.DeliveryErrorB\x04\xe2\x41\x01\x03\x12\x18\n\nrequest_id\x18\x0b \x01(\tB\x04\xe2\x41\x01\x03\x12\x18\n\nproject_id\x18\x0c \x01(\tB\x04\xe2\x41\x01\x03\"d\n\x0e\x44\x65liveryCounts\x12\r\n\x05total\x18\x01 \x01(\x03\x12\x0f\n\x07pending\x18\x02 \x01(\x03\x12\x11\n\tdelivered\x18\x03 \x01(\x03\x12\x0e\n\x06\x66\x61iled\x18\x04 \x01(\x03\x12\x0f\n\x07skipped\x18\x05 \x01(\x03\".\n\rDeliveryError\x12\x0e\n\x06reason\x18\x01 \x01(\t\x12\r\n\x05\x63ount\x18\x02 \x01(\x03\"\xa1\x03\n\x15ScheduledNotification\x12\x10\n\x02id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x03\x12#\n\x06target\x18\x02 \x01(\x0b\x32\x13.passpush.v1.Target\x12%\n\x07\x63ontent\x18\x03 \x01(\x0b\x32\x14.passpush.v1.Content\x12-\n\tsend_time\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12<\n\x05state\x18\x05 \x01(\x0e\x32\'.passpush.v1.ScheduledNotificationStateB\x04\xe2\x41\x01\x03\x12\x17\n\tticket_id\x18\x06 \x01(\x03\x42\x04\xe2\x41\x01\x03\x12\x1c\n\x0e\x66\x61ilure_reason\x18\x07 \x01(\tB\x04\xe2\x41\x01\x03\x12\x35\n\x0b\x63reate_time\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xe2\x41\x01\x03\x12\x35\n\x0bupdate_time\x18\t \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xe2\x41\x01\x03\x12\x18\n\nrequest_id\x18\n \x01(\tB\x04\xe2\x41\x01\x03\"\xab\x02\n\rDeliveryEvent\x12\x10\n\x08sequence\x18\x01 \x01(\x03\x12\x11\n\tticket_id\x18\x02 \x01(\x03\x12\x0f\n\x07pass_id\x18\x03 \x01(\t\x12!\n\x19\x64\x65vice_library_identifier\x18\x04 \x01(\t\x12\x18\n\x10google_object_id\x18\x05 \x01(\t\x12\'\n\x08platform\x18\x06 \x01(\x0e\x32\x15.passpush.v1.Platform\x12-\n\x07outcome\x18\x07 \x01(\x0e\x32\x1c.passpush.v1.DeliveryOutcome\x12\x0e\n\x06reason\x18\x08 \x01(\t\x12\x0f\n\x07\x61ttempt\x18\t \x01(\x05\x12.\n\nevent_time\x18\n \x01(\x0b\x32\x1a.google.protobuf.Timestamp*P\n\tOperation\x12\x19\n\x15OPERATION_UNSPECIFIED\x10\x00\x12\x12\n\x0eOPERATION_SEND\x10\x01\x12\x14\n\x10OPERATION_DELETE\x10\x02*\xd3\x01\n\x0bTicketState\x12\x1c\n\x18TICKET_STATE_UNSPECIFIED\x10\x00\x12\x18\n\x14TICKET_STATE_PENDING\x10\x01\x12\x18\n\x14TICKET_STATE_RUNNING\x10\x02\x12\x1a\n\x16TICKET_STATE_SUCCEEDED\x10\x03\x12!\n\x1dTICKET_STATE_PARTIALLY_FAILED\x10\x04\x12\x17\n\x13TICKET_STATE_FAILED\x10\x05\x12\x1a\n\x16TICKET_STATE_CANCELLED\x10\x06*\x9d\x02\n\x1aScheduledNotificationState\x12,\n(SCHEDULED_NOTIFICATION_STATE_UNSPECIFIED\x10\x00\x12(\n$SCHEDULED_NOTIFICATION_STATE_PENDING\x10\x01\x12+\n\'SCHEDULED_NOTIFICATION_STATE_PROCESSING\x10\x02\x12%\n!SCHEDULED_NOTIFICATION_STATE_SENT\x10\x03\x12*\n&SCHEDULED_NOTIFICATION_STATE_CANCELLED\x10\x04\x12\'\n#SCHEDULED_NOTIFICATION_STATE_FAILED\x10\x05*\xad\x01\n\x0f\x44\x65liveryOutcome\x12 \n\x1c\x44\x45LIVERY_OUTCOME_UNSPECIFIED\x10\x00\x12\x1e\n\x1a\x44\x45LIVERY_OUTCOME_DELIVERED\x10\x01\x12\x1b\n\x17\x44\x45LIVERY_OUTCOME_FAILED\x10\x02\x12\x1c\n\x18\x44\x45LIVERY_OUTCOME_SKIPPED\x10\x03\x12\x1d\n\x19\x44\x45LIVERY_OUTCOME_RETRYING\x10\x04\x32\xff\x07\n\x13NotificationService\x12X\n\x04Send\x12\x18.passpush.v1.SendRequest\x1a\x13.passpush.v1.Ticket\"!\x82\xd3\xe4\x93\x02\x1b\"\x16/v1/notifications:send:\x01*\x12^\n\x06\x44\x65lete\x12\x1a.passpush.v1.DeleteRequest\x1a\x13.passpush.v1.Ticket\"#\x82\xd3\xe4\x93\x02\x1d\"\x18/v1/notifications:delete:\x01*\x12s\n\x08Schedule\x12\x1c.passpush.v1.ScheduleRequest\x1a\".passpush.v1.ScheduledNotification\"%\x82\xd3\xe4\x93\x02\x1f\"\x1a/v1/scheduledNotifications:\x01*\x12x\n\x06\x43\x61ncel\x12\x1a.passpush.v1.CancelRequest\x1a\".passpush.v1.ScheduledNotification\".\x82\xd3\xe4\x93\x02(\"&/v1/scheduledNotifications/{id}:cancel\x12}\n\x0cGetScheduled\x12 .passpush.v1.GetScheduledRequest\x1a\".passpush.v1.ScheduledNotification\"\'\x82\xd3\xe4\x93\x02!\x12\x1f/v1/scheduledNotifications/{id}\x12z\n\rListScheduled\x12!.passpush.v1.ListScheduledRequest\x1a\".passpush.v1.ListScheduledResponse\"\"\x82\xd3\xe4\x93\x02\x1c\x12\x1a/v1/scheduledNotifications\x12Y\n\tGetTicket\x12\x1d.passpush.v1.GetTicketRequest\x1a\x13.passpush.v1.Ticket\"\x18\x82\xd3\xe4\x93\x02\x12\x12\x10/v1/tickets/{id}\x12\x65\n\x0bWatchTicket\x12\x1f.passpush.v1.WatchTicketRequest\x1a\x13.passpush.v1.Ticket\"\x1e\x82\xd3\xe4\x93\x02\x18\x12\x16/v1/tickets/{id}:watch0\x01\x12\x81\x01\n\x14StreamDeliveryEvents\x12(.passpush.v1.StreamDeliveryEventsRequest\x1a\x1a.passpush.v1.DeliveryEvent\"!\x82\xd3\xe4\x93\x02\x1b\x12\x19/v1/deliveryEvents:stream0\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1fpasspush/v1/notifications.proto\x12\x0bpasspush.v1\x1a\x1cgoogle/api/annotations.proto\x1a\x1fgoogle/api/field_behavior.proto\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x18passpush/v1/passes.proto\"\x98\x02\n\x06Target\x12\x11\n\x07pass_id\x18\x01 \x01(\tH\x00\x12\x32\n\rexternal_pass\x18\x02 \x01(\x0b\x32\x19.passpush.v1.ExternalPassH\x00\x12,\n\x08template\x18\x03 \x01(\x0b\x32\x18.passpush.v1.TemplateRefH\x00\x12\"\n\x03tag\x18\x04 \x01(\x0b\x32\x13.passpush.v1.TagRefH\x00\x12*\n\x07segment\x18\x05 \x01(\x0b\x32\x17.passpush.v1.SegmentRefH\x00\x12\x15\n\x0b\x63\x61mpaign_id\x18\x06 \x01(\tH\x00\x12(\n\x06\x65ntity\x18\x07 \x01(\x0b\x32\x16.passpush.v1.EntityRefH\x00\x42\x08\n\x06target\"I\n\x0c\x45xternalPass\x12\x19\n\x0btemplate_id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\x12\x1e\n\x10pass_external_id\x18\x02 \x01(\tB\x04\xe2\x41\x01\x02\"P\n\x0bTemplateRef\x12\x15\n\x0btemplate_id\x18\x01 \x01(\tH\x00\x12\x1e\n\x14template_external_id\x18\x02 \x01(\tH\x00\x42\n\n\x08template\"0\n\x06TagRef\x12\x11\n\x03tag\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\x12\x13\n\x0btemplate_id\x18\x02 \x01(\t\"U\n\nSegmentRef\x12\x18\n\nproject_id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\x12\x18\n\nsegment_id\x18\x02 \x01(\tB\x04\xe2\x41\x01\x02\x12\x13\n\x0btemplate_id\x18\x03 \x01(\t\"8\n\tEntityRef\x12\x17\n\tentity_id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\x12\x12\n\ngroup_tags\x18\x02 \x03(\t\"\x91\x01\n\x07\x43ontent\x12\x0e\n\x06header\x18\x01 \x01(\t\x12\x12\n\x04\x62ody\x18\x02 \x01(\tB\x04\xe2\x41\x01\x02\x12\x31\n\rdisplay_start\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0b\x64isplay_end\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"y\n\x0bSendRequest\x12)\n\x06target\x18\x01 \x01(\x0b\x32\x13.passpush.v1.TargetB\x04\xe2\x41\x01\x02\x12+\n\x07\x63ontent\x18\x02 \x01(\x0b\x32\x14.passpush.v1.ContentB\x04\xe2\x41\x01\x02\x12\x12\n\nrequest_id\x18\x03 \x01(\t\"N\n\rDeleteRequest\x12)\n\x06target\x18\x01 \x01(\x0b\x32\x13.passpush.v1.TargetB\x04\xe2\x41\x01\x02\x12\x12\n\nrequest_id\x18\x02 \x01(\t\"\xb2\x01\n\x0fScheduleRequest\x12)\n\x06target\x18\x01 \x01(\x0b\x32\x13.passpush.v1.TargetB\x04\xe2\x41\x01\x02\x12+\n\x07\x63ontent\x18\x02 \x01(\x0b\x32\x14.passpush.v1.ContentB\x04\xe2\x41\x01\x02\x12\x33\n\tsend_time\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xe2\x41\x01\x02\x12\x12\n\nrequest_id\x18\x04 \x01(\t\"!\n\rCancelRequest\x12\x10\n\x02id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\"\'\n\x13GetScheduledRequest\x12\x10\n\x02id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\"\x9a\x01\n\x14ListScheduledRequest\x12\x36\n\x05state\x18\x01 \x01(\x0e\x32\'.passpush.v1.ScheduledNotificationState\x12#\n\x06target\x18\x02 \x01(\x0b\x32\x13.passpush.v1.Target\x12\x11\n\tpage_size\x18\x03 \x01(\x05\x12\x12\n\npage_token\x18\x04 \x01(\t\"u\n\x15ListScheduledResponse\x12\x43\n\x17scheduled_notifications\x18\x01 \x03(\x0b\x32\".passpush.v1.ScheduledNotification\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"$\n\x10GetTicketRequest\x12\x10\n\x02id\x18\x01 \x01(\x03\x42\x04\xe2\x41\x01\x02\"&\n\x12WatchTicketRequest\x12\x10\n\x02id\x18\x01 \x01(\x03\x42\x04\xe2\x41\x01\x02\"\x9d\x01\n\x1bStreamDeliveryEventsRequest\x12\x11\n\tticket_id\x18\x01 \x01(\x03\x12\x16\n\x0e\x61\x66ter_sequence\x18\x02 \x01(\x03\x12#\n\x06target\x18\x03 \x01(\x0b\x32\x13.passpush.v1.Target\x12.\n\x08outcomes\x18\x04 \x03(\x0e\x32\x1c.passpush.v1.DeliveryOutcome\"\xed\x04\n\x06Ticket\x12\x10\n\x02id\x18\x01 \x01(\x03\x42\x04\xe2\x41\x01\x03\x12/\n\toperation\x18\x02 \x01(\x0e\x32\x16.passpush.v1.OperationB\x04\xe2\x41\x01\x03\x12)\n\x06target\x18\x03 \x01(\x0b\x32\x13.passpush.v1.TargetB\x04\xe2\x41\x01\x03\x12+\n\x07\x63ontent\x18\x04 \x01(\x0b\x32\x14.passpush.v1.ContentB\x04\xe2\x41\x01\x03\x12-\n\x05state\x18\x05 \x01(\x0e\x32\x18.passpush.v1.TicketStateB\x04\xe2\x41\x01\x03\x12\x31\n\x06\x63ounts\x18\x06 \x01(\x0b\x32\x1b.passpush.v1.DeliveryCountsB\x04\xe2\x41\x01\x03\x12\x35\n\x0b\x63reate_time\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xe2\x41\x01\x03\x12\x35\n\x0bupdate_time\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xe2\x41\x01\x03\x12\x37\n\rcomplete_time\x18\t \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xe2\x41\x01\x03\x12\x30\n\x06\x65rrors\x18\n \x03(\x0b\x32\x1a.passpush.v1.DeliveryErrorB\x04\xe2\x41\x01\x03\x12\x18\n\nrequest_id\x18\x0b \x01(\tB\x04\xe2\x41\x01\x03\x12\x18\n\nproject_id\x18\x0c \x01(\tB\x04\xe2\x41\x01\x03\x12\'\n\x19scheduled_notification_id\x18\r \x01(\tB\x04\xe2\x41\x01\x03\x12\x30\n\x07late_by\x18\x0e \x01(\x0b\x32\x19.google.protobuf.DurationB\x04\xe2\x41\x01\x03\"d\n\x0e\x44\x65liveryCounts\x12\r\n\x05total\x18\x01 \x01(\x03\x12\x0f\n\x07pending\x18\x02 \x01(\x03\x12\x11\n\tdelivered\x18\x03 \x01(\x03\x12\x0e\n\x06\x66\x61iled\x18\x04 \x01(\x03\x12\x0f\n\x07skipped\x18\x05 \x01(\x03\".\n\rDeliveryError\x12\x0e\n\x06reason\x18\x01 \x01(\t\x12\r\n\x05\x63ount\x18\x02 \x01(\x03\"\xa1\x03\n\x15ScheduledNotification\x12\x10\n\x02id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x03\x12#\n\x06target\x18\x02 \x01(\x0b\x32\x13.passpush.v1.Target\x12%\n\x07\x63ontent\x18\x03 \x01(\x0b\x32\x14.passpush.v1.Content\x12-\n\tsend_time\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12<\n\x05state\x18\x05 \x01(\x0e\x32\'.passpush.v1.ScheduledNotificationStateB\x04\xe2\x41\x01\x03\x12\x17\n\tticket_id\x18\x06 \x01(\x03\x42\x04\xe2\x41\x01\x03\x12\x1c\n\x0e\x66\x61ilure_reason\x18\x07 \x01(\tB\x04\xe2\x41\x01\x03\x12\x35\n\x0b\x63reate_time\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xe2\x41\x01\x03\x12\x35\n\x0bupdate_time\x18\t \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xe2\x41\x01\x03\x12\x18\n\nrequest_id\x18\n \x01(\tB\x04\xe2\x41\x01\x03\"\xab\x02\n\rDeliveryEvent\x12\x10\n\x08sequence\x18\x01 \x01(\x03\x12\x11\n\tticket_id\x18\x02 \x01(\x03\x12\x0f\n\x07pass_id\x18\x03 \x01(\t\x12!\n\x19\x64\x65vice_library_identifier\x18\x04 \x01(\t\x12\x18\n\x10google_object_id\x18\x05 \x01(\t\x12\'\n\x08platform\x18\x06 \x01(\x0e\x32\x15.passpush.v1.Platform\x12-\n\x07outcome\x18\x07 \x01(\x0e\x32\x1c.passpush.v1.DeliveryOutcome\x12\x0e\n\x06reason\x18\x08 \x01(\t\x12\x0f\n\x07\x61ttempt\x18\t \x01(\x05\x12.\n\nevent_time\x18\n \x01(\x0b\x32\x1a.google.protobuf.Timestamp*P\n\tOperation\x12\x19\n\x15OPERATION_UNSPECIFIED\x10\x00\x12\x12\n\x0eOPERATION_SEND\x10\x01\x12\x14\n\x10OPERATION_DELETE\x10\x02*\xd3\x01\n\x0bTicketState\x12\x1c\n\x18TICKET_STATE_UNSPECIFIED\x10\x00\x12\x18\n\x14TICKET_STATE_PENDING\x10\x01\x12\x18\n\x14TICKET_STATE_RUNNING\x10\x02\x12\x1a\n\x16TICKET_STATE_SUCCEEDED\x10\x03\x12!\n\x1dTICKET_STATE_PARTIALLY_FAILED\x10\x04\x12\x17\n\x13TICKET_STATE_FAILED\x10\x05\x12\x1a\n\x16TICKET_STATE_CANCELLED\x10\x06*\x9d\x02\n\x1aScheduledNotificationState\x12,\n(SCHEDULED_NOTIFICATION_STATE_UNSPECIFIED\x10\x00\x12(\n$SCHEDULED_NOTIFICATION_STATE_PENDING\x10\x01\x12+\n\'SCHEDULED_NOTIFICATION_STATE_PROCESSING\x10\x02\x12%\n!SCHEDULED_NOTIFICATION_STATE_SENT\x10\x03\x12*\n&SCHEDULED_NOTIFICATION_STATE_CANCELLED\x10\x04\x12\'\n#SCHEDULED_NOTIFICATION_STATE_FAILED\x10\x05*\xad\x01\n\x0f\x44\x65liveryOutcome\x12 \n\x1c\x44\x45LIVERY_OUTCOME_UNSPECIFIED\x10\x00\x12\x1e\n\x1a\x44\x45LIVERY_OUTCOME_DELIVERED\x10\x01\x12\x1b\n\x17\x44\x45LIVERY_OUTCOME_FAILED\x10\x02\x12\x1c\n\x18\x44\x45LIVERY_OUTCOME_SKIPPED\x10\x03\x12\x1d\n\x19\x44\x45LIVERY_OUTCOME_RETRYING\x10\x04\x32\xff\x07\n\x13NotificationService\x12X\n\x04Send\x12\x18.passpush.v1.SendRequest\x1a\x13.passpush.v1.Ticket\"!\x82\xd3\xe4\x93\x02\x1b\"\x16/v1/notifications:send:\x01*\x12^\n\x06\x44\x65lete\x12\x1a.passpush.v1.DeleteRequest\x1a\x13.passpush.v1.Ticket\"#\x82\xd3\xe4\x93\x02\x1d\"\x18/v1/notifications:delete:\x01*\x12s\n\x08Schedule\x12\x1c.passpush.v1.ScheduleRequest\x1a\".passpush.v1.ScheduledNotification\"%\x82\xd3\xe4\x93\x02\x1f\"\x1a/v1/scheduledNotifications:\x01*\x12x\n\x06\x43\x61ncel\x12\x1a.passpush.v1.CancelRequest\x1a\".passpush.v1.ScheduledNotification\".\x82\xd3\xe4\x93\x02(\"&/v1/scheduledNotifications/{id}:cancel\x12}\n\x0cGetScheduled\x12 .passpush.v1.GetScheduledRequest\x1a\".passpush.v1.ScheduledNotification\"\'\x82\xd3\xe4\x93\x02!\x12\x1f/v1/scheduledNotifications/{id}\x12z\n\rListScheduled\x12!.passpush.v1.ListScheduledRequest\x1a\".passpush.v1.ListScheduledResponse\"\"\x82\xd3\xe4\x93\x02\x1c\x12\x1a/v1/scheduledNotifications\x12Y\n\tGetTicket\x12\x1d.passpush.v1.GetTicketRequest\x1a\x13.passpush.v1.Ticket\"\x18\x82\xd3\xe4\x93\x02\x12\x12\x10/v1/tickets/{id}\x12\x65\n\x0bWatchTicket\x12\x1f.passpush.v1.WatchTicketRequest\x1a\x13.passpush.v1.Ticket\"\x1e\x82\xd3\xe4\x93\x02\x18\x12\x16/v1/tickets/{id}:watch0\x01\x12\x81\x01\n\x14StreamDeliveryEvents\x12(.passpush.v1.StreamDeliveryEventsRequest\x1a\x1a.passpush.v1.DeliveryEvent\"!\x82\xd3\xe4\x93\x02\x1b\x12\x19/v1/deliveryEvents:stream0\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -93,6 +94,10 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_TICKET'].fields_by_name['request_id']._serialized_options = b'\342A\001\003'
   _globals['_TICKET'].fields_by_name['project_id']._loaded_options = None
   _globals['_TICKET'].fields_by_name['project_id']._serialized_options = b'\342A\001\003'
+  _globals['_TICKET'].fields_by_name['scheduled_notification_id']._loaded_options = None
+  _globals['_TICKET'].fields_by_name['scheduled_notification_id']._serialized_options = b'\342A\001\003'
+  _globals['_TICKET'].fields_by_name['late_by']._loaded_options = None
+  _globals['_TICKET'].fields_by_name['late_by']._serialized_options = b'\342A\001\003'
   _globals['_SCHEDULEDNOTIFICATION'].fields_by_name['id']._loaded_options = None
   _globals['_SCHEDULEDNOTIFICATION'].fields_by_name['id']._serialized_options = b'\342A\001\003'
   _globals['_SCHEDULEDNOTIFICATION'].fields_by_name['state']._loaded_options = None
@@ -125,58 +130,58 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_NOTIFICATIONSERVICE'].methods_by_name['WatchTicket']._serialized_options = b'\202\323\344\223\002\030\022\026/v1/tickets/{id}:watch'
   _globals['_NOTIFICATIONSERVICE'].methods_by_name['StreamDeliveryEvents']._loaded_options = None
   _globals['_NOTIFICATIONSERVICE'].methods_by_name['StreamDeliveryEvents']._serialized_options = b'\202\323\344\223\002\033\022\031/v1/deliveryEvents:stream'
-  _globals['_OPERATION']._serialized_start=3332
-  _globals['_OPERATION']._serialized_end=3412
-  _globals['_TICKETSTATE']._serialized_start=3415
-  _globals['_TICKETSTATE']._serialized_end=3626
-  _globals['_SCHEDULEDNOTIFICATIONSTATE']._serialized_start=3629
-  _globals['_SCHEDULEDNOTIFICATIONSTATE']._serialized_end=3914
-  _globals['_DELIVERYOUTCOME']._serialized_start=3917
-  _globals['_DELIVERYOUTCOME']._serialized_end=4090
-  _globals['_TARGET']._serialized_start=171
-  _globals['_TARGET']._serialized_end=451
-  _globals['_EXTERNALPASS']._serialized_start=453
-  _globals['_EXTERNALPASS']._serialized_end=526
-  _globals['_TEMPLATEREF']._serialized_start=528
-  _globals['_TEMPLATEREF']._serialized_end=608
-  _globals['_TAGREF']._serialized_start=610
-  _globals['_TAGREF']._serialized_end=658
-  _globals['_SEGMENTREF']._serialized_start=660
-  _globals['_SEGMENTREF']._serialized_end=745
-  _globals['_ENTITYREF']._serialized_start=747
-  _globals['_ENTITYREF']._serialized_end=803
-  _globals['_CONTENT']._serialized_start=806
-  _globals['_CONTENT']._serialized_end=951
-  _globals['_SENDREQUEST']._serialized_start=953
-  _globals['_SENDREQUEST']._serialized_end=1074
-  _globals['_DELETEREQUEST']._serialized_start=1076
-  _globals['_DELETEREQUEST']._serialized_end=1154
-  _globals['_SCHEDULEREQUEST']._serialized_start=1157
-  _globals['_SCHEDULEREQUEST']._serialized_end=1335
-  _globals['_CANCELREQUEST']._serialized_start=1337
-  _globals['_CANCELREQUEST']._serialized_end=1370
-  _globals['_GETSCHEDULEDREQUEST']._serialized_start=1372
-  _globals['_GETSCHEDULEDREQUEST']._serialized_end=1411
-  _globals['_LISTSCHEDULEDREQUEST']._serialized_start=1414
-  _globals['_LISTSCHEDULEDREQUEST']._serialized_end=1568
-  _globals['_LISTSCHEDULEDRESPONSE']._serialized_start=1570
-  _globals['_LISTSCHEDULEDRESPONSE']._serialized_end=1687
-  _globals['_GETTICKETREQUEST']._serialized_start=1689
-  _globals['_GETTICKETREQUEST']._serialized_end=1725
-  _globals['_WATCHTICKETREQUEST']._serialized_start=1727
-  _globals['_WATCHTICKETREQUEST']._serialized_end=1765
-  _globals['_STREAMDELIVERYEVENTSREQUEST']._serialized_start=1768
-  _globals['_STREAMDELIVERYEVENTSREQUEST']._serialized_end=1925
-  _globals['_TICKET']._serialized_start=1928
-  _globals['_TICKET']._serialized_end=2458
-  _globals['_DELIVERYCOUNTS']._serialized_start=2460
-  _globals['_DELIVERYCOUNTS']._serialized_end=2560
-  _globals['_DELIVERYERROR']._serialized_start=2562
-  _globals['_DELIVERYERROR']._serialized_end=2608
-  _globals['_SCHEDULEDNOTIFICATION']._serialized_start=2611
-  _globals['_SCHEDULEDNOTIFICATION']._serialized_end=3028
-  _globals['_DELIVERYEVENT']._serialized_start=3031
-  _globals['_DELIVERYEVENT']._serialized_end=3330
-  _globals['_NOTIFICATIONSERVICE']._serialized_start=4093
-  _globals['_NOTIFICATIONSERVICE']._serialized_end=5116
+  _globals['_OPERATION']._serialized_start=3455
+  _globals['_OPERATION']._serialized_end=3535
+  _globals['_TICKETSTATE']._serialized_start=3538
+  _globals['_TICKETSTATE']._serialized_end=3749
+  _globals['_SCHEDULEDNOTIFICATIONSTATE']._serialized_start=3752
+  _globals['_SCHEDULEDNOTIFICATIONSTATE']._serialized_end=4037
+  _globals['_DELIVERYOUTCOME']._serialized_start=4040
+  _globals['_DELIVERYOUTCOME']._serialized_end=4213
+  _globals['_TARGET']._serialized_start=203
+  _globals['_TARGET']._serialized_end=483
+  _globals['_EXTERNALPASS']._serialized_start=485
+  _globals['_EXTERNALPASS']._serialized_end=558
+  _globals['_TEMPLATEREF']._serialized_start=560
+  _globals['_TEMPLATEREF']._serialized_end=640
+  _globals['_TAGREF']._serialized_start=642
+  _globals['_TAGREF']._serialized_end=690
+  _globals['_SEGMENTREF']._serialized_start=692
+  _globals['_SEGMENTREF']._serialized_end=777
+  _globals['_ENTITYREF']._serialized_start=779
+  _globals['_ENTITYREF']._serialized_end=835
+  _globals['_CONTENT']._serialized_start=838
+  _globals['_CONTENT']._serialized_end=983
+  _globals['_SENDREQUEST']._serialized_start=985
+  _globals['_SENDREQUEST']._serialized_end=1106
+  _globals['_DELETEREQUEST']._serialized_start=1108
+  _globals['_DELETEREQUEST']._serialized_end=1186
+  _globals['_SCHEDULEREQUEST']._serialized_start=1189
+  _globals['_SCHEDULEREQUEST']._serialized_end=1367
+  _globals['_CANCELREQUEST']._serialized_start=1369
+  _globals['_CANCELREQUEST']._serialized_end=1402
+  _globals['_GETSCHEDULEDREQUEST']._serialized_start=1404
+  _globals['_GETSCHEDULEDREQUEST']._serialized_end=1443
+  _globals['_LISTSCHEDULEDREQUEST']._serialized_start=1446
+  _globals['_LISTSCHEDULEDREQUEST']._serialized_end=1600
+  _globals['_LISTSCHEDULEDRESPONSE']._serialized_start=1602
+  _globals['_LISTSCHEDULEDRESPONSE']._serialized_end=1719
+  _globals['_GETTICKETREQUEST']._serialized_start=1721
+  _globals['_GETTICKETREQUEST']._serialized_end=1757
+  _globals['_WATCHTICKETREQUEST']._serialized_start=1759
+  _globals['_WATCHTICKETREQUEST']._serialized_end=1797
+  _globals['_STREAMDELIVERYEVENTSREQUEST']._serialized_start=1800
+  _globals['_STREAMDELIVERYEVENTSREQUEST']._serialized_end=1957
+  _globals['_TICKET']._serialized_start=1960
+  _globals['_TICKET']._serialized_end=2581
+  _globals['_DELIVERYCOUNTS']._serialized_start=2583
+  _globals['_DELIVERYCOUNTS']._serialized_end=2683
+  _globals['_DELIVERYERROR']._serialized_start=2685
+  _globals['_DELIVERYERROR']._serialized_end=2731
+  _globals['_SCHEDULEDNOTIFICATION']._serialized_start=2734
+  _globals['_SCHEDULEDNOTIFICATION']._serialized_end=3151
+  _globals['_DELIVERYEVENT']._serialized_start=3154
+  _globals['_DELIVERYEVENT']._serialized_end=3453
+  _globals['_NOTIFICATIONSERVICE']._serialized_start=4216
+  _globals['_NOTIFICATIONSERVICE']._serialized_end=5239
 # @@protoc_insertion_point(module_scope)

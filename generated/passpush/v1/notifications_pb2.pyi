@@ -5,6 +5,7 @@ isort:skip_file
 
 from collections import abc as _abc
 from google.protobuf import descriptor as _descriptor
+from google.protobuf import duration_pb2 as _duration_pb2
 from google.protobuf import message as _message
 from google.protobuf import timestamp_pb2 as _timestamp_pb2
 from google.protobuf.internal import containers as _containers
@@ -724,6 +725,8 @@ class Ticket(_message.Message):
     ERRORS_FIELD_NUMBER: _builtins.int
     REQUEST_ID_FIELD_NUMBER: _builtins.int
     PROJECT_ID_FIELD_NUMBER: _builtins.int
+    SCHEDULED_NOTIFICATION_ID_FIELD_NUMBER: _builtins.int
+    LATE_BY_FIELD_NUMBER: _builtins.int
     id: _builtins.int
     """The ticket's id, assigned by the server."""
     operation: Global___Operation.ValueType
@@ -734,6 +737,8 @@ class Ticket(_message.Message):
     """The caller's idempotency key, if any."""
     project_id: _builtins.str
     """The project the target belongs to."""
+    scheduled_notification_id: _builtins.str
+    """The scheduled notification this ticket sent, if it came from one."""
     @_builtins.property
     def target(self) -> Global___Target:
         """The target, as the caller gave it."""
@@ -766,6 +771,12 @@ class Ticket(_message.Message):
         most 10 reasons).
         """
 
+    @_builtins.property
+    def late_by(self) -> _duration_pb2.Duration:
+        """For a scheduled send: how long after its send time it went out (at
+        start-up, for one whose time passed while no server ran).
+        """
+
     def __init__(
         self,
         *,
@@ -781,10 +792,12 @@ class Ticket(_message.Message):
         errors: _abc.Iterable[Global___DeliveryError] | None = ...,
         request_id: _builtins.str = ...,
         project_id: _builtins.str = ...,
+        scheduled_notification_id: _builtins.str = ...,
+        late_by: _duration_pb2.Duration | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["complete_time", b"complete_time", "content", b"content", "counts", b"counts", "create_time", b"create_time", "target", b"target", "update_time", b"update_time"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["complete_time", b"complete_time", "content", b"content", "counts", b"counts", "create_time", b"create_time", "late_by", b"late_by", "target", b"target", "update_time", b"update_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["complete_time", b"complete_time", "content", b"content", "counts", b"counts", "create_time", b"create_time", "errors", b"errors", "id", b"id", "operation", b"operation", "project_id", b"project_id", "request_id", b"request_id", "state", b"state", "target", b"target", "update_time", b"update_time"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["complete_time", b"complete_time", "content", b"content", "counts", b"counts", "create_time", b"create_time", "errors", b"errors", "id", b"id", "late_by", b"late_by", "operation", b"operation", "project_id", b"project_id", "request_id", b"request_id", "scheduled_notification_id", b"scheduled_notification_id", "state", b"state", "target", b"target", "update_time", b"update_time"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

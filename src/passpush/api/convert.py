@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
-from google.protobuf import json_format, struct_pb2, timestamp_pb2
+from google.protobuf import duration_pb2, json_format, struct_pb2, timestamp_pb2
 
 from passpush.domain import model
 from passpush.v1 import notifications_pb2 as npb
@@ -41,6 +41,16 @@ _OUTCOMES_FROM_PROTO: dict[int, model.DeliveryOutcome] = {
     value: outcome for outcome, value in _OUTCOMES.items()
 }
 _PLATFORMS_TO_PROTO = {platform: value for value, platform in _PLATFORMS.items()}
+_SCHEDULE_STATES = {
+    model.ScheduleState.PENDING: npb.SCHEDULED_NOTIFICATION_STATE_PENDING,
+    model.ScheduleState.PROCESSING: npb.SCHEDULED_NOTIFICATION_STATE_PROCESSING,
+    model.ScheduleState.SENT: npb.SCHEDULED_NOTIFICATION_STATE_SENT,
+    model.ScheduleState.CANCELLED: npb.SCHEDULED_NOTIFICATION_STATE_CANCELLED,
+    model.ScheduleState.FAILED: npb.SCHEDULED_NOTIFICATION_STATE_FAILED,
+}
+_SCHEDULE_STATES_FROM_PROTO: dict[int, model.ScheduleState] = {
+    value: state for state, value in _SCHEDULE_STATES.items()
+}
 
 
 def timestamp(value: datetime | None) -> timestamp_pb2.Timestamp | None:
@@ -156,6 +166,36 @@ def ticket_to_proto(ticket: model.Ticket) -> npb.Ticket:
         errors=[npb.DeliveryError(reason=r, count=n) for r, n in ticket.errors],
         request_id=ticket.request_id,
         project_id=ticket.project_id,
+        scheduled_notification_id=ticket.scheduled_notification_id,
+        late_by=duration(ticket.late_by),
+    )
+
+
+def duration(value: timedelta | None) -> duration_pb2.Duration | None:
+    if value is None:
+        return None
+    d = duration_pb2.Duration()
+    d.FromTimedelta(max(value, timedelta(0)))
+    return d
+
+
+def schedule_state_from_proto(value: int) -> model.ScheduleState | None:
+    """None for UNSPECIFIED (every state) or a number this release does not know."""
+    return _SCHEDULE_STATES_FROM_PROTO.get(value)
+
+
+def scheduled_to_proto(s: model.ScheduledNotification) -> npb.ScheduledNotification:
+    return npb.ScheduledNotification(
+        id=s.id,
+        target=target_to_proto(s.target),
+        content=content_to_proto(s.content),
+        send_time=timestamp(s.send_time),
+        state=_SCHEDULE_STATES[s.state],
+        ticket_id=s.ticket_id,
+        failure_reason=s.failure_reason,
+        create_time=timestamp(s.create_time),
+        update_time=timestamp(s.update_time),
+        request_id=s.request_id,
     )
 
 

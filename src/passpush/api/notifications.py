@@ -3,20 +3,24 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
-from typing import Any, NoReturn
+from typing import Any
 
 import grpc
 
 from passpush.api.convert import (
     content_from_proto,
+    datetime_of,
     event_to_proto,
     outcome_from_proto,
+    schedule_state_from_proto,
+    scheduled_to_proto,
     target_from_proto,
     ticket_to_proto,
 )
 from passpush.api.interceptors import current_project
-from passpush.domain.errors import InvalidArgument, Unimplemented
+from passpush.domain.errors import InvalidArgument
 from passpush.service.notifications import NotificationCore
+from passpush.service.schedules import ScheduleCore
 from passpush.service.status import EventStreams, TicketWatch
 from passpush.v1 import notifications_pb2 as pb
 from passpush.v1 import notifications_pb2_grpc as pb_grpc
@@ -25,8 +29,15 @@ Context = grpc.aio.ServicerContext[Any, Any]
 
 
 class NotificationServicer(pb_grpc.NotificationServiceServicer):
-    def __init__(self, core: NotificationCore, watch: TicketWatch, events: EventStreams) -> None:
+    def __init__(
+        self,
+        core: NotificationCore,
+        schedules: ScheduleCore,
+        watch: TicketWatch,
+        events: EventStreams,
+    ) -> None:
         self._core = core
+        self._schedules = schedules
         self._watch = watch
         self._events = events
 
@@ -54,20 +65,40 @@ class NotificationServicer(pb_grpc.NotificationServiceServicer):
     async def Schedule(
         self, request: pb.ScheduleRequest, context: Context
     ) -> pb.ScheduledNotification:
-        _not_yet("Schedule")
+        scheduled = await self._schedules.schedule(
+            current_project(),
+            target_from_proto(request.target, request.HasField("target")),
+            content_from_proto(request.content, request.HasField("content")),
+            datetime_of(request, "send_time"),
+            request.request_id,
+        )
+        return scheduled_to_proto(scheduled)
 
     async def Cancel(self, request: pb.CancelRequest, context: Context) -> pb.ScheduledNotification:
-        _not_yet("Cancel")
+        return scheduled_to_proto(await self._schedules.cancel(current_project(), request.id))
 
     async def GetScheduled(
         self, request: pb.GetScheduledRequest, context: Context
     ) -> pb.ScheduledNotification:
-        _not_yet("GetScheduled")
+        return scheduled_to_proto(await self._schedules.get(current_project(), request.id))
 
     async def ListScheduled(
         self, request: pb.ListScheduledRequest, context: Context
     ) -> pb.ListScheduledResponse:
-        _not_yet("ListScheduled")
+        state = schedule_state_from_proto(request.state)
+        if state is None and request.state != pb.SCHEDULED_NOTIFICATION_STATE_UNSPECIFIED:
+            raise InvalidArgument.field("state", "is not a state this server knows")
+        page = await self._schedules.list(
+            current_project(),
+            state,
+            target_from_proto(request.target, request.HasField("target")),
+            request.page_size,
+            request.page_token,
+        )
+        return pb.ListScheduledResponse(
+            scheduled_notifications=[scheduled_to_proto(s) for s in page.items],
+            next_page_token=page.next_page_token,
+        )
 
     async def WatchTicket(  # type: ignore[override]
         self, request: pb.WatchTicketRequest, context: Context
@@ -92,7 +123,3 @@ class NotificationServicer(pb_grpc.NotificationServiceServicer):
         )
         async for event in events:
             yield event_to_proto(event)
-
-
-def _not_yet(method: str) -> NoReturn:
-    raise Unimplemented(f"{method} is part of the contract but not available in this release")

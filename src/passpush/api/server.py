@@ -20,6 +20,7 @@ from passpush.service.clock import Clock, utcnow
 from passpush.service.keys import DEFAULT_CACHE_SECONDS, KeyCore
 from passpush.service.notifications import NotificationCore
 from passpush.service.passes import PassCore
+from passpush.service.schedules import ScheduleCore, Scheduler
 from passpush.service.status import (
     DEFAULT_EVENT_RETENTION,
     ChangeFeed,
@@ -70,6 +71,8 @@ class PasspushServer:
             on_recorded=self.changes.publish,
         )
         self.notifications = NotificationCore(sessions, clock=clock, on_enqueued=self.worker.wake)
+        self.scheduler = Scheduler(sessions, clock=clock, on_sent=self.worker.wake)
+        self.schedules = ScheduleCore(sessions, clock=clock, on_scheduled=self.scheduler.wake)
         self.passes = PassCore(sessions, clock=clock)
         self.keys = KeyCore(sessions, clock=clock, cache_seconds=key_cache_seconds)
         # The streams only read: on SQLite, beside the writer rather than behind it.
@@ -90,7 +93,8 @@ class PasspushServer:
             interceptors=[CallInterceptor(self.keys)], options=[("grpc.so_reuseport", 0)]
         )
         notifications_pb2_grpc.add_NotificationServiceServicer_to_server(
-            NotificationServicer(self.notifications, self.watch, self.events), self.server
+            NotificationServicer(self.notifications, self.schedules, self.watch, self.events),
+            self.server,
         )
         passes_pb2_grpc.add_PassServiceServicer_to_server(PassServicer(self.passes), self.server)
         admin_pb2_grpc.add_AdminServiceServicer_to_server(AdminServicer(self.keys), self.server)
@@ -108,6 +112,7 @@ class PasspushServer:
         self.retention.start()
         await self.server.start()
         self.worker.start()
+        self.scheduler.start()
         for name in ("", *SERVICE_NAMES):
             await self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
 
@@ -119,6 +124,7 @@ class PasspushServer:
         await self.watch.stop()
         # Side by side, so that shutdown takes `grace`, not twice it; Send commits its
         # deliveries before answering, so the worker need not outlive the calls.
+        await self.scheduler.stop()
         await asyncio.gather(self.server.stop(grace), self.worker.stop(grace))
         await self.retention.stop()
         if self.listener is not None:

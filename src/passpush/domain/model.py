@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import enum
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 
 
 class Platform(enum.StrEnum):
@@ -167,6 +167,32 @@ class Ticket:
     update_time: datetime
     complete_time: datetime | None
     errors: list[tuple[str, int]] = field(default_factory=list)
+    # Set when a scheduled notification made this ticket: which, and how late it went out.
+    scheduled_notification_id: str = ""
+    late_by: timedelta | None = None
+
+
+class ScheduleState(enum.StrEnum):
+    PENDING = "pending"
+    PROCESSING = "processing"
+    SENT = "sent"
+    CANCELLED = "cancelled"
+    FAILED = "failed"
+
+
+@dataclass(frozen=True)
+class ScheduledNotification:
+    id: str
+    project_id: str
+    target: Target
+    content: Content
+    send_time: datetime
+    state: ScheduleState
+    ticket_id: int  # 0 until SENT
+    failure_reason: str
+    request_id: str
+    create_time: datetime
+    update_time: datetime
 
 
 @dataclass(frozen=True)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterable
+from datetime import datetime, timedelta
 
 from passpush.domain.errors import FieldViolation, InvalidArgument
 from passpush.domain.model import (
@@ -77,6 +78,20 @@ def check_content(content: Content | None, prefix: str = "content") -> list[Fiel
 def check_request_id(value: str, field: str = "request_id") -> list[FieldViolation]:
     if len(value) > REQUEST_ID_MAX:
         return [FieldViolation(field, f"must be at most {REQUEST_ID_MAX} characters")]
+    return []
+
+
+MAX_SCHEDULE_AHEAD = timedelta(days=30)
+
+
+def check_send_time(send_time: datetime | None, now: datetime) -> list[FieldViolation]:
+    """A schedule's time: in the future, and at most 30 days away."""
+    if send_time is None:
+        return [FieldViolation("send_time", "is required")]
+    if send_time <= now:
+        return [FieldViolation("send_time", "must be in the future")]
+    if send_time > now + MAX_SCHEDULE_AHEAD:
+        return [FieldViolation("send_time", "must be at most 30 days from now")]
     return []
 
 

@@ -31,6 +31,7 @@ from passpush.service.clock import Clock, utcnow
 from passpush.store.audience import resolve_audience, resolve_pass_targets
 from passpush.store.events import EventStore
 from passpush.store.models import TicketRow
+from passpush.store.schedules import reserve_campaign_place
 from passpush.store.tickets import NewTicket, TicketStore
 
 
@@ -103,7 +104,7 @@ class NotificationCore:
         request_id: str,
     ) -> Ticket:
         answer = asyncio.get_running_loop().create_future()
-        fingerprint = _fingerprint(operation, target, content)
+        fingerprint = fingerprint_of(operation, target, content)
         submission = _Submission(
             project_id, operation, target, content, request_id, fingerprint, answer
         )
@@ -174,6 +175,8 @@ class NotificationCore:
                     if audience is None:
                         raise NotFound("pass", s.target.pass_id)
                 else:
+                    if s.operation is Operation.SEND:
+                        await reserve_campaign_place(session, s.project_id, s.target)
                     audience = await resolve_audience(session, s.project_id, s.target)
             except DomainError as error:
                 answers[s] = error
@@ -211,8 +214,12 @@ def _reused_request_id() -> AlreadyExists:
     return AlreadyExists("request", "request_id", reason="REQUEST_ID_REUSED")
 
 
-def _fingerprint(operation: Operation, target: Target, content: Content | None) -> str:
+def fingerprint_of(
+    operation: Operation, target: Target, content: Content | None, **more: str
+) -> str:
+    """A digest of a request, to tell a retry (same digest) from a reused request_id."""
     document = {
+        **more,
         "operation": operation.value,
         "target": target_to_dict(target),
         "content": None

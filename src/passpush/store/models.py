@@ -240,7 +240,11 @@ class DeviceRegistrationRow(Base):
 
 class TicketRow(Base):
     __tablename__ = "tickets"
-    __table_args__ = (UniqueConstraint("project_id", "request_id"),)
+    __table_args__ = (
+        UniqueConstraint("project_id", "request_id"),
+        # A campaign's notifications are counted against its cap.
+        Index("ix_tickets_project_campaign", "project_id", "campaign_id"),
+    )
 
     id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
     project_id: Mapped[str] = mapped_column(ForeignKey("projects.id"), index=True)
@@ -262,6 +266,11 @@ class TicketRow(Base):
     created_at: Mapped[datetime]
     updated_at: Mapped[datetime]
     completed_at: Mapped[datetime | None]
+    # The target's campaign, when it is one (copied out of `target` to count and find).
+    campaign_id: Mapped[str | None] = mapped_column(String(128))
+    # Set when a scheduled notification made this ticket.
+    scheduled_notification_id: Mapped[str | None] = mapped_column(String(64))
+    scheduled_send_time: Mapped[datetime | None]
 
 
 class DeliveryRow(Base):
@@ -317,3 +326,37 @@ class DeliveryEventRow(Base):
     reason: Mapped[str] = mapped_column(String(128), default="")
     attempt: Mapped[int] = mapped_column(Integer, default=0)
     created_at: Mapped[datetime]
+
+
+class ScheduledNotificationRow(Base):
+    """A notification waiting for its send time; a scheduler claims it when due."""
+
+    __tablename__ = "scheduled_notifications"
+    __table_args__ = (
+        UniqueConstraint("project_id", "request_id"),
+        Index("ix_scheduled_notifications_due", "state", "send_time"),
+        Index("ix_scheduled_notifications_project_campaign", "project_id", "campaign_id"),
+    )
+
+    project_id: Mapped[str] = _project_fk()
+    # Ordered by creation: a listing is newest first by id.
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    target: Mapped[dict[str, Any]] = mapped_column(JSON)
+    # The target as canonical JSON, to list the schedules of exactly one target.
+    target_key: Mapped[str] = mapped_column(String(1024))
+    campaign_id: Mapped[str | None] = mapped_column(String(128))
+    content_header: Mapped[str] = mapped_column(String(100), default="")
+    content_body: Mapped[str] = mapped_column(Text)
+    display_start: Mapped[datetime | None]
+    display_end: Mapped[datetime | None]
+    send_time: Mapped[datetime]
+    state: Mapped[str] = mapped_column(String(16))
+    ticket_id: Mapped[int | None] = mapped_column(BigInteger)
+    failure_reason: Mapped[str] = mapped_column(String(500), default="")
+    request_id: Mapped[str | None] = mapped_column(String(128))
+    request_fingerprint: Mapped[str] = mapped_column(String(64), default="")
+    # Who is sending it, and until when: a scheduler that dies leaves it to another.
+    claimed_by: Mapped[str | None] = mapped_column(String(64))
+    claimed_until: Mapped[datetime | None]
+    created_at: Mapped[datetime]
+    updated_at: Mapped[datetime]

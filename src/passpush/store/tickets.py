@@ -30,6 +30,7 @@ from passpush.domain.errors import NotFound
 from passpush.domain.model import (
     SKIP_NO_DEVICES,
     SKIP_PASS_NOT_ACTIVE,
+    CampaignTarget,
     Content,
     DeliveryCounts,
     DeliveryState,
@@ -79,6 +80,8 @@ class NewTicket:
     content: Content | None
     request_id: str
     fingerprint: str
+    # The scheduled notification this ticket sends, and the time it was due.
+    scheduled: tuple[str, datetime] | None = None
 
 
 class TicketStore:
@@ -239,6 +242,8 @@ def ticket_from_row(row: TicketRow, errors: list[tuple[str, int]]) -> Ticket:
         update_time=row.updated_at,
         complete_time=row.completed_at,
         errors=errors,
+        scheduled_notification_id=row.scheduled_notification_id or "",
+        late_by=row.created_at - row.scheduled_send_time if row.scheduled_send_time else None,
     )
 
 
@@ -260,7 +265,11 @@ _PASS_CHANGE_PARAMS: dict[str, BindParameter[Any]] = {
 
 def _ticket_values(n: NewTicket, now: datetime) -> dict[str, Any]:
     content = n.content
+    scheduled_id, due = n.scheduled or (None, None)
     return {
+        "campaign_id": n.target.campaign_id if isinstance(n.target, CampaignTarget) else None,
+        "scheduled_notification_id": scheduled_id,
+        "scheduled_send_time": due,
         "project_id": n.audience.project_id,
         "operation": n.operation.value,
         "target": target_to_dict(n.target),
@@ -292,6 +301,8 @@ def _new_ticket(ticket_id: int, n: NewTicket, counts: dict[str, int], now: datet
         create_time=now,
         update_time=now,
         complete_time=now if done else None,
+        scheduled_notification_id=n.scheduled[0] if n.scheduled else "",
+        late_by=now - n.scheduled[1] if n.scheduled else None,
     )
 
 
