@@ -17,10 +17,11 @@ import asyncio
 from collections import Counter
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
+from google.protobuf import timestamp_pb2
 from sqlalchemy import select
 
 from passpush.fakes.apns import FakeApns
@@ -322,3 +323,81 @@ async def test_a_subscriber_of_one_replica_follows_what_another_delivers(
     assert [e.sequence for e in events] == sorted({e.sequence for e in events})
     assert {e.pass_id for e in events} == {f"{TEMPLATE}-{i}" for i in range(audience)}
     assert {e.outcome for e in events} == {npb.DELIVERY_OUTCOME_DELIVERED}
+
+
+# -- schedules across restarts and replicas ---------------------------------------------------
+
+
+def _in(seconds: float) -> timestamp_pb2.Timestamp:
+    ts = timestamp_pb2.Timestamp()
+    ts.FromDatetime(datetime.now(UTC) + timedelta(seconds=seconds))
+    return ts
+
+
+async def _schedule_to_template(server: ServerProcess, key: str, seconds: float) -> str:
+    async with server.channel(key) as channel:
+        scheduled = await notifications_pb2_grpc.NotificationServiceStub(channel).Schedule(
+            npb.ScheduleRequest(
+                target=npb.Target(template=npb.TemplateRef(template_id=TEMPLATE)),
+                content=npb.Content(body="Doors open at six"),
+                send_time=_in(seconds),
+            )
+        )
+    return scheduled.id
+
+
+async def _sent(server: ServerProcess, key: str, schedule_id: str) -> npb.Ticket:
+    """Waits for the schedule to be SENT; its ticket, once terminal."""
+    async with server.channel(key) as channel:
+        stub = notifications_pb2_grpc.NotificationServiceStub(channel)
+        async with asyncio.timeout(30):
+            while True:
+                scheduled = await stub.GetScheduled(npb.GetScheduledRequest(id=schedule_id))
+                if scheduled.state == npb.SCHEDULED_NOTIFICATION_STATE_SENT:
+                    break
+                await asyncio.sleep(0.05)
+        return await wait_terminal(stub, scheduled.ticket_id, seconds=30)
+
+
+async def test_a_schedule_due_while_no_server_ran_fires_at_start_up(
+    database_url: str, fake_apns: FakeApns, tmp_path: Path, key: str
+) -> None:
+    tokens = await seed_apple_passes(database_url, PROJECT, TEMPLATE, 3, new_template_topic=TOPIC)
+    async with Launcher(database_url, fake_apns, tmp_path) as launcher:
+        first = await launcher()
+        schedule_id = await _schedule_to_template(first, key, 2.0)
+        await first.stop()
+        await asyncio.sleep(3.0)  # its time passes while no server runs
+        assert fake_apns.received == []
+
+        restarted = await launcher()
+        ticket = await _sent(restarted, key, schedule_id)
+
+    assert ticket.scheduled_notification_id == schedule_id
+    assert ticket.late_by.ToTimedelta() >= timedelta(seconds=1), ticket.late_by
+    assert ticket.counts.delivered == 3
+    assert sorted(fake_apns.tokens()) == sorted(tokens)
+
+
+async def test_replicas_fire_each_schedule_once(
+    replicas: Launcher,
+    replica_database_url: str,
+    fake_apns: FakeApns,
+    second_apns: FakeApns,
+    key: str,
+) -> None:
+    tokens = await seed_apple_passes(
+        replica_database_url, PROJECT, TEMPLATE, 4, new_template_topic=TOPIC
+    )
+    replica_a = await replicas()
+    replica_b = await replicas(APNS_ENDPOINT=second_apns.endpoint)
+    made = [
+        await _schedule_to_template(server, key, 1.5)
+        for server in (replica_a, replica_b, replica_a, replica_b, replica_a)
+    ]
+    tickets = [await _sent(replica_a, key, schedule_id) for schedule_id in made]
+
+    assert len({t.id for t in tickets}) == len(made)
+    assert all(t.counts.delivered == len(tokens) for t in tickets)
+    pushed = Counter(fake_apns.tokens() + second_apns.tokens())
+    assert pushed == {token: len(made) for token in tokens}, "each schedule sent exactly once"
