@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 import grpc
 
 from passpush.api.errors import internal_status, status_for
-from passpush.api.scopes import PASSPUSH_PREFIX, required_scope
+from passpush.api.scopes import PASSPUSH_PREFIX, campaign_scope, required_scope
 from passpush.domain.auth import Caller, Scope
 from passpush.domain.errors import DomainError, PermissionDenied, Unauthenticated
 from passpush.service.keys import KeyCore
@@ -33,6 +33,11 @@ _caller: contextvars.ContextVar[Caller] = contextvars.ContextVar("passpush_calle
 def current_project() -> str:
     """The caller's project: the only one its calls can see or change."""
     return _caller.get().project_id
+
+
+def current_scopes() -> frozenset[Scope]:
+    """The caller's scopes, for the calls a campaigns scope grants only on campaigns."""
+    return _caller.get().scopes
 
 
 class CallInterceptor(grpc.aio.ServerInterceptor):
@@ -55,13 +60,15 @@ class CallInterceptor(grpc.aio.ServerInterceptor):
             return handler  # reflection and health: open to all
         scope = required_scope(method)
 
-        async def begin(context: Context) -> None:
-            _caller.set(await self._authenticate(context, scope))
+        async def begin(request: Any, context: Context) -> None:
+            _caller.set(await self._authenticate(context, scope, campaign_scope(method, request)))
 
         guarded = self._guarded[method] = _guarded(handler, begin)
         return guarded
 
-    async def _authenticate(self, context: Context, scope: Scope | None) -> Caller:
+    async def _authenticate(
+        self, context: Context, scope: Scope | None, alternative: Scope | None = None
+    ) -> Caller:
         metadata = dict(context.invocation_metadata() or ())
         authorization = str(metadata.get("authorization", ""))
         scheme, _, key = authorization.partition(" ")
@@ -73,7 +80,7 @@ class CallInterceptor(grpc.aio.ServerInterceptor):
         caller = await self._keys.authenticate(key)
         if scope is None:
             raise PermissionDenied("no scope grants this method", reason="METHOD_NOT_GRANTED")
-        if scope not in caller.scopes:
+        if scope not in caller.scopes and alternative not in caller.scopes:
             raise PermissionDenied(
                 f"this API key lacks the scope {scope.value!r}",
                 reason="MISSING_SCOPE",
@@ -82,13 +89,13 @@ class CallInterceptor(grpc.aio.ServerInterceptor):
         return caller
 
 
-def _guarded(handler: Handler, begin: Callable[[Context], Awaitable[None]]) -> Handler:
+def _guarded(handler: Handler, begin: Callable[[Any, Context], Awaitable[None]]) -> Handler:
     """The same handler, with `begin` run first and every error turned into a status."""
 
     def unary(behavior: Callable[..., Awaitable[Any]]) -> Callable[..., Awaitable[Any]]:
         async def run(request: Any, context: Context) -> Any:
             try:
-                await begin(context)
+                await begin(request, context)
                 return await behavior(request, context)
             except grpc.aio.AbortError:
                 raise
@@ -100,7 +107,7 @@ def _guarded(handler: Handler, begin: Callable[[Context], Awaitable[None]]) -> H
     def streaming(behavior: Callable[..., AsyncIterator[Any]]) -> Callable[..., AsyncIterator[Any]]:
         async def run(request: Any, context: Context) -> AsyncIterator[Any]:
             try:
-                await begin(context)
+                await begin(request, context)
                 async for response in behavior(request, context):
                     yield response
             except grpc.aio.AbortError:

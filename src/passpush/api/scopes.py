@@ -48,6 +48,26 @@ METHOD_SCOPES: dict[str, Scope] = {
 }
 
 
+# A campaigns key (WalletWerk's scopes) may also send, schedule, cancel and read the
+# notifications of campaigns: a call whose request targets a campaign, or names a schedule
+# by id (Cancel, GetScheduled), which the servicer lets through only for a campaign's.
+CAMPAIGN_METHOD_SCOPES: dict[str, Scope] = {
+    **{_NOTIFICATIONS + m: Scope.CAMPAIGNS_WRITE for m in ("Send", "Schedule", "Cancel")},
+    **{_NOTIFICATIONS + m: Scope.CAMPAIGNS_READ for m in ("GetScheduled", "ListScheduled")},
+}
+
+
 def required_scope(method: str) -> Scope | None:
     """The scope `method` needs; None for a method no scope grants (refused to all)."""
     return METHOD_SCOPES.get(method)
+
+
+def campaign_scope(method: str, request: object) -> Scope | None:
+    """The campaigns scope that also grants this call, if any."""
+    scope = CAMPAIGN_METHOD_SCOPES.get(method)
+    if scope is None:
+        return None
+    target = getattr(request, "target", None)
+    if target is None:  # Cancel and GetScheduled name a schedule by id
+        return scope
+    return scope if target.WhichOneof("target") == "campaign_id" else None

@@ -212,7 +212,18 @@ class PassStore:
             )
 
     async def get_pass(self, pass_id: str) -> Pass:
+        """The pass with that id, else the only pass of the project with that external id
+        (as a pass target resolves: PassEntry callers name passes either way)."""
         row = await self.session.get(PassRow, self._key(pass_id), populate_existing=True)
+        if row is None:
+            by_external_id = (
+                await self.session.scalars(
+                    select(PassRow)
+                    .where(PassRow.project_id == self.project_id, PassRow.external_id == pass_id)
+                    .limit(2)
+                )
+            ).all()
+            row = by_external_id[0] if len(by_external_id) == 1 else None
         if row is None:
             raise NotFound("pass", pass_id)
         return (await self._with_tags([row]))[0]
