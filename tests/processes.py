@@ -276,6 +276,7 @@ class Launcher:
     async def __call__(self, **settings: str) -> ServerProcess:
         options = {
             "GRPC_ADDRESS": f"127.0.0.1:{free_port()}",
+            "HTTP_ADDRESS": f"127.0.0.1:{free_port()}",  # serve also starts the HTTP shim
             "APNS_ENDPOINT": self.fake_apns.endpoint,
             "APNS_CA_FILE": str(self.fake_apns.tls.ca_file),
             **settings,

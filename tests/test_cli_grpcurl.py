@@ -102,6 +102,7 @@ async def test_serve_on_an_unmigrated_database_exits_and_says_to_migrate(tmp_pat
         f"sqlite+aiosqlite:///{tmp_path / 'fresh.db'}",
         tmp_path,
         GRPC_ADDRESS=f"127.0.0.1:{free_port()}",
+        HTTP_ADDRESS=f"127.0.0.1:{free_port()}",
     )
 
     result = await run(PASSPUSH, "serve", env=env, seconds=30)

@@ -20,6 +20,7 @@ from passpush.delivery.apns import ApnsConfig, ApnsGateway
 from passpush.domain.auth import SCOPE_ALIASES, ApiKey, Scope
 from passpush.domain.errors import DomainError
 from passpush.fakes.apns import FakeApns, start_bundled_fake
+from passpush.http.app import HttpServer, create_app
 from passpush.service.clock import utcnow
 from passpush.service.keys import KeyCore
 from passpush.store import migrate
@@ -35,7 +36,9 @@ def main(argv: list[str] | None = None) -> None:
         prog="passpush", description="Push notifications to Apple Wallet and Google Wallet passes."
     )
     commands = parser.add_subparsers(dest="command", required=True)
-    commands.add_parser("serve", help="start the gRPC server and the delivery worker")
+    commands.add_parser(
+        "serve", help="start the gRPC server, the HTTP shim and the delivery worker"
+    )
     commands.add_parser("migrate", help="bring the database schema up to date")
     _add_keys_commands(commands)
     console.add_commands(commands)
@@ -154,6 +157,19 @@ async def serve(settings: Settings) -> int:
     log.info(
         "passpush gRPC listening on %s (APNs at %s)", settings.grpc_address, apns_config.endpoint
     )
+    # The shim calls the gRPC server like any client, over the port it just bound.
+    http = HttpServer(create_app(_dial(settings.grpc_address, server.port)), settings.http_address)
+    try:
+        await http.start()
+    except OSError as error:
+        log.error("cannot serve HTTP on %s: %s", settings.http_address, error)
+        await server.stop(0)
+        await gateway.close()
+        if fake is not None:
+            await fake.stop()
+        await engine.dispose()
+        return 2
+    log.info("passpush HTTP shim listening on %s", settings.http_address)
 
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -161,12 +177,21 @@ async def serve(settings: Settings) -> int:
         loop.add_signal_handler(signum, stop.set)
     await stop.wait()
     log.info("shutting down: finishing in-flight work (up to %.0f s)", settings.shutdown_grace)
+    await http.stop(settings.shutdown_grace)
     await server.stop(settings.shutdown_grace)
     await gateway.close()
     if fake is not None:
         await fake.stop()
     await engine.dispose()
     return 0
+
+
+def _dial(listen_address: str, port: int) -> str:
+    """Where a local client reaches a server listening on `listen_address`."""
+    host = listen_address.rpartition(":")[0]
+    if host in ("", "0.0.0.0", "[::]", "localhost"):
+        host = "127.0.0.1"
+    return f"{host}:{port}"
 
 
 def _safe_url(url: str) -> str:

@@ -1,1 +1,1 @@
-"""The HTTP transport: the vendor REST shim and the PassKit web service (not built yet)."""
+"""The HTTP transport: the vendor REST shim (app.py), a client of the gRPC service."""

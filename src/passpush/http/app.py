@@ -1,0 +1,100 @@
+"""The ASGI app of the shim, and the uvicorn server `passpush serve` runs it in."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator, Iterator
+
+import grpc
+import uvicorn
+from fastapi import FastAPI
+
+from passpush.http import airship, passentry, walletwerk
+from passpush.http.errors import VendorErrors
+from passpush.http.stubs import Stubs
+
+log = logging.getLogger(__name__)
+
+DESCRIPTION = """\
+The REST shapes of three wallet vendors, translated onto passpush's gRPC service:
+Airship Wallet (`/v1/...`, HTTP Basic key:secret or Bearer), PassEntry (`/api/v1/...`,
+Bearer) and WalletWerk campaigns (`/campaigns/...`, Bearer). Keys are passpush API keys
+(`ppk_<id>.<secret>`); errors come in each vendor's own shape.
+"""
+
+VENDOR_ERRORS = VendorErrors(
+    [
+        (passentry.PREFIX + "/", passentry.error_body),  # /api/v1 before Airship's /v1
+        (airship.PREFIX + "/", airship.error_body),
+        (walletwerk.PREFIX + "/", walletwerk.error_body),
+    ],
+    fallback=airship.error_body,
+)
+
+
+def create_app(grpc_target: str) -> FastAPI:
+    """The shim, calling the gRPC server at `grpc_target` (`host:port`)."""
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        async with grpc.aio.insecure_channel(grpc_target) as channel:
+            app.state.stubs = Stubs.over(channel)
+            yield
+
+    app = FastAPI(
+        title="passpush HTTP shim",
+        version="1",
+        description=DESCRIPTION,
+        lifespan=lifespan,
+    )
+    for router in (airship.router, passentry.router, walletwerk.router):
+        app.include_router(router)
+    VENDOR_ERRORS.install(app)
+    return app
+
+
+class HttpServer:
+    """uvicorn serving the shim beside the gRPC server, started and stopped with it."""
+
+    def __init__(self, app: FastAPI, address: str) -> None:
+        host, _, port = address.rpartition(":")
+        config = uvicorn.Config(
+            app, host=host or "127.0.0.1", port=int(port), log_config=None, access_log=False
+        )
+        self._server = _QuietSignalsServer(config)
+        self._task: asyncio.Task[None] | None = None
+
+    async def start(self) -> None:
+        """Serves in the background once listening; raises OSError if it cannot listen."""
+        self._task = asyncio.create_task(self._server.serve())
+        while not self._server.started:
+            if self._task.done():
+                with contextlib.suppress(SystemExit):  # uvicorn exits when it cannot bind
+                    await self._task
+                raise OSError("the HTTP shim could not start listening")
+            await asyncio.sleep(0.02)
+
+    @property
+    def port(self) -> int:
+        servers = self._server.servers
+        return int(servers[0].sockets[0].getsockname()[1])
+
+    async def stop(self, grace: float) -> None:
+        """Stops accepting, lets open requests finish for up to `grace` seconds."""
+        if self._task is None:
+            return
+        self._server.should_exit = True
+        try:
+            await asyncio.wait_for(asyncio.shield(self._task), grace)
+        except TimeoutError:
+            self._server.force_exit = True
+            await self._task
+
+
+class _QuietSignalsServer(uvicorn.Server):
+    # `passpush serve` owns SIGTERM/SIGINT and stops both servers; uvicorn must not take them.
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        yield

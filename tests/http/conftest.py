@@ -1,0 +1,26 @@
+"""The shim under test: real uvicorn on a free port, calling the real gRPC server fixture."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+import httpx
+import pytest
+
+from passpush.api.server import PasspushServer
+from passpush.http.app import HttpServer, create_app
+
+
+@pytest.fixture
+async def shim(server: PasspushServer) -> AsyncIterator[str]:
+    """The shim's base URL."""
+    http = HttpServer(create_app(f"127.0.0.1:{server.port}"), "127.0.0.1:0")
+    await http.start()
+    yield f"http://127.0.0.1:{http.port}"
+    await http.stop(grace=1.0)
+
+
+@pytest.fixture
+async def client(shim: str) -> AsyncIterator[httpx.AsyncClient]:
+    async with httpx.AsyncClient(base_url=shim, timeout=30) as client:
+        yield client
