@@ -1,8 +1,9 @@
 """The deliveries outbox: claim due deliveries under a lease, record outcomes in batches.
 
 The worker runs these statements many times a second, so they are Core statements built
-once per dialect: each call only binds values, with no ORM bookkeeping, and each step is one
-round trip (a claim is one UPDATE … RETURNING, answers of one kind one UPDATE … RETURNING).
+once per dialect: each call only binds values, with no ORM bookkeeping, and a batch costs a
+few round trips whatever its size (a claim: one UPDATE … RETURNING the ids, one SELECT of what
+pushing them needs; the answers of one kind: one UPDATE … RETURNING the ids still ours).
 """
 
 from __future__ import annotations
