@@ -5,7 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import event
+from sqlalchemy import BigInteger, ColumnElement, any_, bindparam, event
+from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import (
     AsyncEngine,
@@ -91,6 +92,18 @@ def make_read_sessions(
         cursor.close()
 
     return make_sessions(readers), readers
+
+
+def one_of(column: Any, dialect: str, name: str = "ids") -> ColumnElement[bool]:
+    """`column` is one of the list bound as `name`.
+
+    On PostgreSQL one array parameter, so that every list length shares one prepared
+    statement; elsewhere an IN list expanded at execution.
+    """
+    if dialect == "postgresql":
+        values = bindparam(name, type_=ARRAY(BigInteger()))
+        return column == any_(values)  # type: ignore[no-any-return]
+    return column.in_(bindparam(name, expanding=True))  # type: ignore[no-any-return]
 
 
 def dialect_name(session: AsyncSession) -> str:

@@ -9,8 +9,10 @@ takes one advisory lock first and holds it to its commit.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Collection
 from datetime import datetime
+from typing import Any
 
 from sqlalchemy import (
     ColumnElement,
@@ -27,7 +29,7 @@ from sqlalchemy import (
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from passpush.domain.model import DeliveryEvent, DeliveryOutcome, DeliveryState, Platform
-from passpush.store.db import dialect_name
+from passpush.store.db import dialect_name, one_of
 from passpush.store.models import (
     DeliveryEventRow,
     DeliveryRow,
@@ -51,13 +53,12 @@ class EventStore:
     async def append_for_deliveries(self, delivery_ids: Collection[int], now: datetime) -> None:
         """The events of deliveries just recorded: their new state, reason and attempt count."""
         if delivery_ids:
-            await self._append(DeliveryRow.id.in_(delivery_ids), now)
+            await self._append("recorded", {"ids": list(delivery_ids), "at": now})
 
     async def append_skipped(self, ticket_ids: Collection[int], now: datetime) -> None:
         """The events of the deliveries these new tickets skipped."""
         if ticket_ids:
-            skipped = DeliveryRow.state == DeliveryState.SKIPPED.value
-            await self._append(and_(DeliveryRow.ticket_id.in_(ticket_ids), skipped), now)
+            await self._append("skipped", {"ids": list(ticket_ids), "at": now})
 
     async def announce(self) -> None:
         """Tells every replica's streams, at commit, that events or tickets changed."""
@@ -94,12 +95,24 @@ class EventStore:
         result = await self.session.execute(delete(_events).where(_events.c.sequence.in_(expired)))
         return int(result.rowcount)  # type: ignore[attr-defined]
 
-    async def _append(self, deliveries: ColumnElement[bool], now: datetime) -> None:
-        if dialect_name(self.session) == "postgresql":
+    async def _append(self, which: str, params: dict[str, Any]) -> None:
+        dialect = dialect_name(self.session)
+        if dialect == "postgresql":
             await self.session.execute(
                 text("SELECT pg_advisory_xact_lock(:key)"), {"key": _APPEND_LOCK}
             )
-        await self.session.execute(_append_statement(deliveries), {"at": now})
+        await self.session.execute(_append_statements(dialect)[which], params)
+
+
+@functools.cache
+def _append_statements(dialect: str) -> dict[str, Insert]:
+    """Built once per database: the events of recorded deliveries (by delivery id), and of
+    the deliveries skipped by new tickets (by ticket id)."""
+    skipped = DeliveryRow.state == DeliveryState.SKIPPED.value
+    return {
+        "recorded": _append_statement(one_of(DeliveryRow.id, dialect)),
+        "skipped": _append_statement(and_(one_of(DeliveryRow.ticket_id, dialect), skipped)),
+    }
 
 
 def _append_statement(deliveries: ColumnElement[bool]) -> Insert:

@@ -17,24 +17,21 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy import (
-    BigInteger,
     ColumnElement,
     Select,
     Update,
     and_,
-    any_,
     bindparam,
     delete,
     or_,
     select,
     update,
 )
-from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from passpush.domain.model import DeliveryState, Platform, TicketState, terminal_state
 from passpush.domain.outcomes import RegistrationAction
-from passpush.store.db import dialect_name
+from passpush.store.db import dialect_name, one_of
 from passpush.store.events import EventStore
 from passpush.store.models import (
     DeliveryRow,
@@ -288,10 +285,10 @@ def _statements_for(dialect: str) -> _Statements:
         claim=_claim_statement(skip_locked=dialect == "postgresql"),
         push_details=_push_details_statement(dialect),
         start_tickets=update(t)
-        .where(_one_of(t.c.id, dialect), t.c.state == TicketState.PENDING.value)
+        .where(one_of(t.c.id, dialect), t.c.state == TicketState.PENDING.value)
         .values(state=TicketState.RUNNING.value, updated_at=now),
         finish=update(d)
-        .where(_one_of(d.c.id, dialect), d.c.lease_owner == bindparam("owner"))
+        .where(one_of(d.c.id, dialect), d.c.lease_owner == bindparam("owner"))
         .values(
             state=bindparam("new_state"),
             reason=bindparam("new_reason"),
@@ -357,7 +354,7 @@ def _held_statement(dialect: str) -> Select[Any]:
     """Which of the deliveries bound as `ids` are still leased to `owner`; on PostgreSQL
     locked, so that no other worker takes one over before this transaction writes it."""
     d = _deliveries
-    held = select(d.c.id).where(_one_of(d.c.id, dialect), d.c.lease_owner == bindparam("owner"))
+    held = select(d.c.id).where(one_of(d.c.id, dialect), d.c.lease_owner == bindparam("owner"))
     return held.with_for_update() if dialect == "postgresql" else held
 
 
@@ -382,18 +379,6 @@ def _push_details_statement(dialect: str) -> Select[Any]:
         .join(p, and_(p.c.project_id == d.c.project_id, p.c.id == d.c.pass_id))
         .join(t, and_(t.c.project_id == p.c.project_id, t.c.id == p.c.template_id))
         .outerjoin(r, and_(r.c.id == d.c.registration_id, r.c.active))
-        .where(_one_of(d.c.id, dialect))
+        .where(one_of(d.c.id, dialect))
         .order_by(d.c.id)
     )
-
-
-def _one_of(column: Any, dialect: str) -> ColumnElement[bool]:
-    """`column` is one of the list bound as `ids`.
-
-    On PostgreSQL one array parameter, so that every batch size shares one prepared
-    statement; elsewhere an IN list expanded at execution.
-    """
-    if dialect == "postgresql":
-        ids = bindparam("ids", type_=ARRAY(BigInteger()))
-        return column == any_(ids)  # type: ignore[no-any-return]
-    return column.in_(bindparam("ids", expanding=True))  # type: ignore[no-any-return]
