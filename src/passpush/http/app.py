@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import socket
 from collections.abc import AsyncIterator, Iterator
 
 import grpc
@@ -60,20 +61,21 @@ class HttpServer:
 
     def __init__(self, app: FastAPI, address: str) -> None:
         host, _, port = address.rpartition(":")
-        config = uvicorn.Config(
-            app, host=host or "127.0.0.1", port=int(port), log_config=None, access_log=False
-        )
+        self._host, self._port = host.strip("[]") or "127.0.0.1", int(port)
+        config = uvicorn.Config(app, log_config=None, access_log=False)
         self._server = _QuietSignalsServer(config)
         self._task: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
         """Serves in the background once listening; raises OSError if it cannot listen."""
-        self._task = asyncio.create_task(self._server.serve())
+        # Bind here rather than in uvicorn, which exits the process when the port is taken.
+        family = socket.AF_INET6 if ":" in self._host else socket.AF_INET
+        listener = socket.create_server((self._host, self._port), family=family)
+        self._task = asyncio.create_task(self._server.serve(sockets=[listener]))
         while not self._server.started:
             if self._task.done():
-                with contextlib.suppress(SystemExit):  # uvicorn exits when it cannot bind
-                    await self._task
-                raise OSError("the HTTP shim could not start listening")
+                self._task.result()  # what went wrong, if it raised
+                raise OSError("the HTTP shim stopped before it started")
             await asyncio.sleep(0.02)
 
     @property
