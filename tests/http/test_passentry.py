@@ -9,6 +9,7 @@ from datetime import UTC, datetime, timedelta
 import httpx
 import pytest
 
+from passpush.api.server import PasspushServer
 from passpush.v1 import passes_pb2 as ppb
 from passpush.v1 import passes_pb2_grpc
 
@@ -204,3 +205,18 @@ async def test_basic_auth_is_not_passentry_s_and_answers_401(
 
     assert response.status_code == 401
     assert response.json()["errors"][0]["status"] == "401"
+
+
+async def test_a_key_that_cannot_read_passes_is_refused_before_anything_is_sent(
+    client: httpx.AsyncClient, world: World, server: PasspushServer
+) -> None:
+    _, key = await server.keys.create_key("acme", "writer", ["notifications:write"])
+
+    response = await client.post(
+        "/api/v1/passes/member-42/notification", content=PASS_NOTIFICATION, headers=headers(key)
+    )
+
+    assert response.status_code == 403, response.text
+    assert response.json()["errors"][0]["code"] == "MISSING_SCOPE"
+    the_pass = await world.passes.GetPass(ppb.GetPassRequest(id="member-42"))
+    assert not the_pass.HasField("notification")

@@ -123,12 +123,14 @@ async def notify_pass(
     id: Text, body: PassNotificationBody, service: Service, key: BearerKey
 ) -> PassDocument:
     """Send a notification to one pass, by its UUID or its external id."""
+    # Read the pass first: a key that cannot (no passes:read) is refused before anything is sent.
+    the_pass = await call(service.passes.GetPass(ppb.GetPassRequest(id=id), metadata=key))
     request = npb.SendRequest(
-        target=npb.Target(pass_id=id), content=npb.Content(body=body.notification.message)
+        target=npb.Target(pass_id=the_pass.id), content=npb.Content(body=body.notification.message)
     )
     ticket = await call(service.notifications.Send(request, metadata=key))
     ticket = await _finished(service, key, ticket)
-    the_pass = await call(service.passes.GetPass(ppb.GetPassRequest(id=id), metadata=key))
+    the_pass = await call(service.passes.GetPass(ppb.GetPassRequest(id=the_pass.id), metadata=key))
     return PassDocument(
         data=PassResource(id=the_pass.id, type="pass", attributes=_pass_attributes(the_pass)),
         meta=PassMeta(notifications=_delivery_status(ticket)),
