@@ -118,16 +118,17 @@ class TicketStore:
             )
         )
         # In ticket order, so that the last notification to a pass is the one it shows.
+        counts: dict[int, dict[str, int]] = {}
         for one_pass, run in groupby(
             zip(ids, new, strict=True), key=lambda item: item[1].audience.pass_id
         ):
             created = list(run)
             if one_pass is not None:
                 await self._fan_out_one_pass_each(created, now)
+                counts |= await self._count_deliveries([ticket_id for ticket_id, _ in created])
             else:
                 for ticket_id, n in created:
-                    await self._fan_out(ticket_id, n, now)
-        counts = await self._count_deliveries(ids)
+                    counts[ticket_id] = await self._fan_out(ticket_id, n, now)
         tickets = [
             _new_ticket(ticket_id, n, counts[ticket_id], now)
             for ticket_id, n in zip(ids, new, strict=True)
@@ -175,11 +176,26 @@ class TicketStore:
             _UPDATE_ONE_PASS, [p | _as_params(c) for p, c in zip(params, changes, strict=True)]
         )
 
-    async def _fan_out(self, ticket_id: int, n: NewTicket, now: datetime) -> None:
+    async def _fan_out(self, ticket_id: int, n: NewTicket, now: datetime) -> dict[str, int]:
+        """One broadcast's deliveries and pass changes; its counts by delivery state."""
         condition = n.audience.condition
-        await self.session.execute(_insert_deliveries(literal(ticket_id), condition), {"at": now})
+        inserted = await self.session.execute(
+            _insert_deliveries(literal(ticket_id), condition), {"at": now}
+        )
         change = _pass_change(ticket_id, n.operation, n.content, now)
         await self.session.execute(_update_active_passes(condition, change))
+        # The total from the insert itself: only the (few) skipped ones are counted again.
+        total = int(inserted.rowcount)  # type: ignore[attr-defined]
+        skipped = await self.session.scalar(
+            select(func.count()).where(
+                DeliveryRow.ticket_id == ticket_id,
+                DeliveryRow.state == DeliveryState.SKIPPED.value,
+            )
+        )
+        return {
+            DeliveryState.PENDING.value: total - (skipped or 0),
+            DeliveryState.SKIPPED.value: skipped or 0,
+        }
 
     async def _count_deliveries(self, ticket_ids: Sequence[int]) -> dict[int, dict[str, int]]:
         counts: dict[int, dict[str, int]] = {ticket_id: {} for ticket_id in ticket_ids}
