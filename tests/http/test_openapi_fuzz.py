@@ -3,7 +3,9 @@
 Schemathesis generates requests from the document (valid and invalid: wrong types,
 unknown fields, odd text, missing credentials) and checks every answer: never a 5xx,
 a status the document declares, and a body matching its schema. Bounded by examples
-per operation so the run takes well under a minute per database.
+per operation: about a minute per database, half of it the coverage phase (boundary
+and wrong-type values of every parameter). One worker: several threads trip a CPython
+3.11 AST bug inside hypothesis.
 """
 
 from __future__ import annotations
@@ -28,7 +30,7 @@ CHECKS = ",".join(
         "response_schema_conformance",
     ]
 )
-EXAMPLES_PER_OPERATION = 30
+EXAMPLES_PER_OPERATION = 20
 SECONDS = 180
 
 VENDOR_PATHS = {
@@ -69,6 +71,7 @@ async def test_the_document_lists_every_vendor_route_with_its_schemas(
             assert "schema" in operation["responses"][success]["content"]["application/json"]
             for status in ("400", "401", "403", "404", "409", "429"):
                 assert status in operation["responses"], (method, path, status)
+            assert "422" not in operation["responses"], (method, path)
             if method == "post":
                 assert operation["requestBody"]["required"] is True, (method, path)
     docs = await client.get("/docs")
