@@ -181,7 +181,8 @@ class NotificationCore:
             except DomainError as error:
                 answers[s] = error
                 continue
-            first_in_group[s.key] = s
+            if s.request_id:
+                first_in_group[s.key] = s
             new.append(
                 (
                     s,
