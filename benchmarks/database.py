@@ -28,6 +28,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, create_async_engine
 from benchmarks.harness import TOPIC, VENV_BIN, log, run_command
 from passpush.domain.model import PassStatus, Platform
 from passpush.store import migrate
+from passpush.store.db import asyncpg_dsn
 from passpush.store.models import (
     DeviceRegistrationRow,
     PassRow,
@@ -52,10 +53,6 @@ def device_token(index: int) -> str:
 
 def pass_id(index: int) -> str:
     return f"pass-{index:08d}"
-
-
-def _asyncpg_dsn(url: str) -> str:
-    return make_url(url).set(drivername="postgresql").render_as_string(hide_password=False)
 
 
 @dataclass(frozen=True)
@@ -248,7 +245,7 @@ def _remove_sqlite_files(path: Path) -> None:
 
 
 async def _admin(sql: str) -> None:
-    connection = await asyncpg.connect(_asyncpg_dsn(POSTGRES_ADMIN_URL))
+    connection = await asyncpg.connect(asyncpg_dsn(POSTGRES_ADMIN_URL))
     try:
         await connection.execute(sql)
     finally:
@@ -257,7 +254,7 @@ async def _admin(sql: str) -> None:
 
 async def postgres_version() -> str:
     with contextlib.suppress(Exception):
-        connection = await asyncpg.connect(_asyncpg_dsn(POSTGRES_ADMIN_URL), timeout=5)
+        connection = await asyncpg.connect(asyncpg_dsn(POSTGRES_ADMIN_URL), timeout=5)
         try:
             return str(await connection.fetchval("SHOW server_version"))
         finally:

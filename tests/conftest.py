@@ -22,7 +22,7 @@ from passpush.delivery.worker import WorkerSettings
 from passpush.fakes.apns import FakeApns
 from passpush.fakes.tls import TlsBundle, make_tls_bundle
 from passpush.store import migrate
-from passpush.store.db import make_engine, make_sessions
+from passpush.store.db import asyncpg_dsn, make_engine, make_sessions
 from passpush.store.models import Base
 from passpush.v1 import notifications_pb2_grpc, passes_pb2_grpc
 
@@ -33,10 +33,6 @@ POSTGRES_ADMIN_URL = os.environ.get(
     "PASSPUSH_TEST_POSTGRES_URL", "postgresql+asyncpg://postgres@127.0.0.1:5432/postgres"
 )
 BACKENDS = ["sqlite", "postgresql"]
-
-
-def _asyncpg_dsn(url: str) -> str:
-    return make_url(url).set(drivername="postgresql").render_as_string(hide_password=False)
 
 
 @pytest.fixture(scope="session")
@@ -51,7 +47,7 @@ def sqlite_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def postgres_url() -> Iterator[str]:
     """A fresh PostgreSQL database for this test session, migrated, dropped at the end."""
     name = f"passpush_test_{uuid.uuid4().hex[:12]}"
-    admin = _asyncpg_dsn(POSTGRES_ADMIN_URL)
+    admin = asyncpg_dsn(POSTGRES_ADMIN_URL)
 
     async def admin_sql(sql: str) -> None:
         connection = await asyncpg.connect(admin)

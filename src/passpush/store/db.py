@@ -18,6 +18,11 @@ from sqlalchemy.ext.asyncio import (
 DEFAULT_DATABASE_URL = "sqlite+aiosqlite:///./var/passpush.db"
 
 
+def asyncpg_dsn(url: str) -> str:
+    """A PostgreSQL SQLAlchemy URL as the plain DSN asyncpg.connect takes."""
+    return make_url(url).set(drivername="postgresql").render_as_string(hide_password=False)
+
+
 def is_sqlite(url: str) -> bool:
     return make_url(url).get_backend_name() == "sqlite"
 

@@ -7,8 +7,8 @@ import logging
 from collections.abc import Callable
 
 import asyncpg  # type: ignore[import-untyped]
-from sqlalchemy.engine import make_url
 
+from passpush.store.db import asyncpg_dsn
 from passpush.store.events import CHANGES_CHANNEL
 
 log = logging.getLogger(__name__)
@@ -25,8 +25,7 @@ class ChangeListener:
     """
 
     def __init__(self, database_url: str, on_change: Callable[[], None]) -> None:
-        url = make_url(database_url).set(drivername="postgresql")
-        self._dsn = url.render_as_string(hide_password=False)
+        self._dsn = asyncpg_dsn(database_url)
         self._on_change = on_change
         self._task: asyncio.Task[None] | None = None
         self.listening = asyncio.Event()
