@@ -14,28 +14,17 @@ import argparse
 import asyncio
 import json
 import logging
-import time
 
 from benchmarks.harness import TOPIC
-from benchmarks.raw_aioapns import device_token
+from benchmarks.raw_aioapns import device_token, in_lanes
 from passpush.delivery.apns import ApnsConfig, ApnsGateway
 
 
 async def push_all(gateway: ApnsGateway, count: int, in_flight: int) -> tuple[int, float]:
-    next_index = 0
-    ok = 0
+    async def push(index: int) -> bool:
+        return (await gateway.push(device_token(index), TOPIC)).delivered
 
-    async def lane() -> None:
-        nonlocal next_index, ok
-        while next_index < count:
-            index = next_index
-            next_index += 1
-            outcome = await gateway.push(device_token(index), TOPIC)
-            ok += outcome.delivered
-
-    started = time.perf_counter()
-    await asyncio.gather(*(lane() for _ in range(in_flight)))
-    return ok, time.perf_counter() - started
+    return await in_lanes(push, count, in_flight)
 
 
 async def main_async(args: argparse.Namespace) -> dict[str, float]:
