@@ -239,7 +239,7 @@ class EventStreams:
         raise_if_any(violations)
         async with self._sessions() as session:
             if ticket_id:
-                await TicketStore(session).get(project_id, ticket_id)  # NotFound
+                await TicketStore(session).state(project_id, ticket_id)  # NotFound
             audience = await resolve_audience(session, project_id, target) if target else None
         cursor = after_sequence
         while True:
@@ -248,8 +248,8 @@ class EventStreams:
                 # The ticket's state before its events: once terminal, all its events are in.
                 finished = False
                 if ticket_id:
-                    ticket = await TicketStore(session).get(project_id, ticket_id)
-                    finished = ticket.state.is_terminal
+                    state = await TicketStore(session).state(project_id, ticket_id)
+                    finished = state.is_terminal
                 events = await EventStore(session).after(
                     project_id,
                     cursor,

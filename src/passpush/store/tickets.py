@@ -214,6 +214,17 @@ class TicketStore:
             raise NotFound("ticket", str(ticket_id))
         return ticket_from_row(row, await self._errors(ticket_id))
 
+    async def state(self, project_id: str, ticket_id: int) -> TicketState:
+        """Where the ticket stands, without its counts' error sample; NotFound as `get`."""
+        state = await self.session.scalar(
+            select(TicketRow.state).where(
+                TicketRow.id == ticket_id, TicketRow.project_id == project_id
+            )
+        )
+        if state is None:
+            raise NotFound("ticket", str(ticket_id))
+        return TicketState(state)
+
     async def get_many(self, ticket_ids: Collection[int]) -> list[Ticket]:
         """The tickets that exist among `ticket_ids`, whatever their project."""
         rows = await self.session.scalars(
