@@ -17,11 +17,13 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy import (
+    BindParameter,
     ColumnElement,
     Select,
     Update,
     and_,
     bindparam,
+    case,
     delete,
     or_,
     select,
@@ -29,7 +31,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from passpush.domain.model import DeliveryState, Platform, TicketState, terminal_state
+from passpush.domain.model import DeliveryState, Platform, TicketState
 from passpush.domain.outcomes import RegistrationAction
 from passpush.store.db import dialect_name, one_of
 from passpush.store.events import EventStore
@@ -116,10 +118,8 @@ class Outbox:
         )
         return claimed
 
-    async def record(
-        self, owner: str, results: Sequence[DeliveryResult], now: datetime
-    ) -> set[int]:
-        """Stores outcomes, updates ticket counts, and returns the tickets that finished.
+    async def record(self, owner: str, results: Sequence[DeliveryResult], now: datetime) -> None:
+        """Stores outcomes and updates ticket counts, finishing the tickets that are done.
 
         Only deliveries still leased to `owner` are recorded: one whose lease
         expired and was claimed again belongs to its new owner.
@@ -135,7 +135,7 @@ class Outbox:
         await events.append_for_deliveries([r.delivery.id for r in recorded], now)
         await events.announce()
         await self._act_on_registrations(recorded, now)
-        return await self._count(recorded, now)
+        await self._count(recorded, now)
 
     async def _finish(
         self, owner: str, answered: Sequence[DeliveryResult], now: datetime
@@ -212,38 +212,30 @@ class Outbox:
             )
             await self.session.execute(statement, targets)
 
-    async def _count(self, results: Sequence[DeliveryResult], now: datetime) -> set[int]:
-        """Moves the recorded deliveries from pending to delivered or failed on their tickets."""
+    async def _count(self, results: Sequence[DeliveryResult], now: datetime) -> None:
+        """Moves the recorded deliveries from pending to delivered or failed on their tickets,
+        finishing each ticket whose last delivery this was: one statement for all of them."""
         delivered = Counter(
             r.delivery.ticket_id for r in results if r.state is DeliveryState.DELIVERED
         )
         failed = Counter(r.delivery.ticket_id for r in results if r.state is DeliveryState.FAILED)
+        tickets = sorted(delivered.keys() | failed.keys())  # one lock order for every worker
+        if not tickets:
+            return
         connection = await self.session.connection()
-        finished: set[int] = set()
-        for ticket_id in delivered.keys() | failed.keys():
-            counted = (
-                await connection.execute(
-                    self._statements.count_ticket,
-                    {
-                        "ticket_id": ticket_id,
-                        "n_answered": delivered[ticket_id] + failed[ticket_id],
-                        "n_delivered": delivered[ticket_id],
-                        "n_failed": failed[ticket_id],
-                        "now": now,
-                    },
-                )
-            ).one()
-            if counted.pending == 0 and not TicketState(counted.state).is_terminal:
-                await connection.execute(
-                    self._statements.finish_ticket,
-                    {
-                        "ticket_id": ticket_id,
-                        "new_state": terminal_state(counted.delivered, counted.failed).value,
-                        "now": now,
-                    },
-                )
-                finished.add(ticket_id)
-        return finished
+        await connection.execute(
+            self._statements.count_tickets,
+            [
+                {
+                    "ticket_id": ticket_id,
+                    "n_answered": delivered[ticket_id] + failed[ticket_id],
+                    "n_delivered": delivered[ticket_id],
+                    "n_failed": failed[ticket_id],
+                    "now": now,
+                }
+                for ticket_id in tickets
+            ],
+        )
 
     async def release(self, owner: str | None = None) -> int:
         """Hands back leased, unfinished deliveries (all of them when owner is None)."""
@@ -272,8 +264,7 @@ class _Statements:
     finish: Update
     held: Select[Any]
     retry: Update
-    count_ticket: Update
-    finish_ticket: Update
+    count_tickets: Update
 
 
 @functools.cache
@@ -311,18 +302,38 @@ def _statements_for(dialect: str) -> _Statements:
             lease_until=None,
             updated_at=now,
         ),
-        count_ticket=update(t)
+        count_tickets=_count_tickets_statement(now),
+    )
+
+
+def _count_tickets_statement(now: BindParameter[Any]) -> Update:
+    """Counts one ticket's answered deliveries; the answer that leaves none pending also
+    sets its terminal state, as `terminal_state` decides it (SET reads the row as it was)."""
+    t = _tickets
+    answered, delivered, failed = (
+        t.c.pending - bindparam("n_answered"),
+        t.c.delivered + bindparam("n_delivered"),
+        t.c.failed + bindparam("n_failed"),
+    )
+    # Not in_(): an expanding IN list cannot go through executemany.
+    unfinished = or_(*(t.c.state == s.value for s in TicketState if not s.is_terminal))
+    finishing = and_(answered == 0, unfinished)
+    finished_state = case(
+        (failed == 0, TicketState.SUCCEEDED.value),
+        (delivered == 0, TicketState.FAILED.value),
+        else_=TicketState.PARTIALLY_FAILED.value,
+    )
+    return (
+        update(t)
         .where(t.c.id == bindparam("ticket_id"))
         .values(
-            pending=t.c.pending - bindparam("n_answered"),
-            delivered=t.c.delivered + bindparam("n_delivered"),
-            failed=t.c.failed + bindparam("n_failed"),
+            pending=answered,
+            delivered=delivered,
+            failed=failed,
+            state=case((finishing, finished_state), else_=t.c.state),
+            completed_at=case((finishing, now), else_=t.c.completed_at),
             updated_at=now,
         )
-        .returning(t.c.pending, t.c.state, t.c.delivered, t.c.failed),
-        finish_ticket=update(t)
-        .where(t.c.id == bindparam("ticket_id"))
-        .values(state=bindparam("new_state"), completed_at=now, updated_at=now),
     )
 
 

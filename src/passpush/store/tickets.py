@@ -117,13 +117,14 @@ class TicketStore:
                 [_ticket_values(n, now) for n in new],
             )
         )
-        # In ticket order, so that the last notification to a pass is the one it shows.
+        # Runs of one-pass tickets share statements; in ticket order, so that the last
+        # notification to a pass is the one it shows.
         counts: dict[int, dict[str, int]] = {}
         for one_pass, run in groupby(
-            zip(ids, new, strict=True), key=lambda item: item[1].audience.pass_id
+            zip(ids, new, strict=True), key=lambda item: item[1].audience.pass_id is not None
         ):
             created = list(run)
-            if one_pass is not None:
+            if one_pass:
                 await self._fan_out_one_pass_each(created, now)
                 counts |= await self._count_deliveries([ticket_id for ticket_id, _ in created])
             else:
