@@ -30,9 +30,8 @@ from passpush.domain.validation import (
 from passpush.service.clock import Clock, utcnow
 from passpush.store.audience import resolve_audience, resolve_pass_targets
 from passpush.store.events import EventStore
-from passpush.store.models import TicketRow
 from passpush.store.schedules import reserve_campaign_place
-from passpush.store.tickets import NewTicket, TicketStore
+from passpush.store.tickets import NewTicket, PriorTicket, TicketStore
 
 
 @dataclass(eq=False)
@@ -203,10 +202,10 @@ class NotificationCore:
 
 
 async def _answer_retry(
-    tickets: TicketStore, submission: _Submission, existing: TicketRow
+    tickets: TicketStore, submission: _Submission, existing: PriorTicket
 ) -> Ticket | Exception:
     """A retry gets the first ticket; a reused key with another request is refused."""
-    if existing.request_fingerprint != submission.fingerprint:
+    if existing.fingerprint != submission.fingerprint:
         return _reused_request_id()
     return await tickets.get(existing.project_id, existing.id)
 

@@ -11,7 +11,7 @@ from collections import defaultdict
 from collections.abc import Collection
 from dataclasses import dataclass
 
-from sqlalchemy import ColumnElement, and_, exists, false, not_, or_, select, tuple_
+from sqlalchemy import ColumnElement, and_, exists, false, not_, or_, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from passpush.domain.errors import NotFound
@@ -26,6 +26,7 @@ from passpush.domain.model import (
     TemplateTarget,
 )
 from passpush.domain.segments import AllOf, AnyOf, Criterion, HasTag, NoneOf, parse_criteria
+from passpush.store.db import among, dialect_name
 from passpush.store.models import (
     CampaignMemberRow,
     CampaignRow,
@@ -47,6 +48,11 @@ class Audience:
     # Set when the audience is one known pass: the fan-out of many such tickets then runs
     # as one parametrized statement.
     pass_id: str | None = None
+
+    @property
+    def key(self) -> tuple[str, str] | None:
+        """(project_id, pass_id) of a one-pass audience."""
+        return (self.project_id, self.pass_id) if self.pass_id is not None else None
 
 
 async def resolve_audience(session: AsyncSession, project_id: str, target: Target) -> Audience:
@@ -132,12 +138,12 @@ async def resolve_pass_targets(
     if not targets:
         return {}
     pairs = list(targets)
+    dialect = dialect_name(session)
+    named = {pass_id for _, pass_id in pairs}
     rows = await session.execute(
         select(PassRow.project_id, PassRow.id, PassRow.external_id).where(
-            or_(
-                tuple_(PassRow.project_id, PassRow.id).in_(pairs),
-                tuple_(PassRow.project_id, PassRow.external_id).in_(pairs),
-            )
+            among(PassRow.project_id, {project_id for project_id, _ in pairs}, dialect),
+            or_(among(PassRow.id, named, dialect), among(PassRow.external_id, named, dialect)),
         )
     )
     by_id: set[tuple[str, str]] = set()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from pathlib import Path
 from typing import Any
 
@@ -109,6 +110,13 @@ def one_of(column: Any, dialect: str, name: str = "ids") -> ColumnElement[bool]:
         values = bindparam(name, type_=ARRAY(BigInteger()))
         return column == any_(values)  # type: ignore[no-any-return]
     return column.in_(bindparam(name, expanding=True))  # type: ignore[no-any-return]
+
+
+def among(column: Any, values: Collection[Any], dialect: str) -> ColumnElement[bool]:
+    """`column` is one of `values`: as one_of, with the values bound here."""
+    if dialect == "postgresql":
+        return column == any_(bindparam(None, list(values), type_=ARRAY(column.type)))  # type: ignore[no-any-return]
+    return column.in_(list(values))  # type: ignore[no-any-return]
 
 
 def dialect_name(session: AsyncSession) -> str:

@@ -9,8 +9,8 @@ from itertools import groupby
 from typing import Any
 
 from sqlalchemy import (
-    BigInteger,
     Insert,
+    Select,
     Update,
     and_,
     bindparam,
@@ -20,7 +20,6 @@ from sqlalchemy import (
     literal,
     not_,
     select,
-    tuple_,
     update,
 )
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -45,6 +44,7 @@ from passpush.domain.model import (
     terminal_state,
 )
 from passpush.store.audience import Audience
+from passpush.store.db import among, dialect_name
 from passpush.store.models import (
     DeliveryRow,
     DeviceRegistrationRow,
@@ -84,6 +84,41 @@ class NewTicket:
     scheduled: tuple[str, datetime] | None = None
 
 
+@dataclass(frozen=True)
+class PriorTicket:
+    """A ticket found by its request_id: enough to tell a retry from a reused key."""
+
+    id: int
+    project_id: str
+    fingerprint: str
+
+
+@dataclass(frozen=True)
+class _Draft:
+    """A delivery that a one-pass ticket will get (a row of _deliveries_of)."""
+
+    project_id: str
+    pass_id: str
+    registration_id: int | None
+    platform: str
+    state: str
+    reason: str
+
+    def values(self, ticket_id: int, now: datetime) -> dict[str, Any]:
+        return {
+            "ticket_id": ticket_id,
+            "project_id": self.project_id,
+            "pass_id": self.pass_id,
+            "registration_id": self.registration_id,
+            "platform": self.platform,
+            "state": self.state,
+            "reason": self.reason,
+            "attempts": 0,
+            "next_attempt_at": now,
+            "updated_at": now,
+        }
+
+
 class TicketStore:
     """The ticket-side repository; one per session (unit of work)."""
 
@@ -92,89 +127,121 @@ class TicketStore:
 
     async def find_by_request_ids(
         self, keys: Collection[tuple[str, str]]
-    ) -> dict[tuple[str, str], TicketRow]:
+    ) -> dict[tuple[str, str], PriorTicket]:
         """The tickets created under these (project_id, request_id) pairs, by pair."""
         if not keys:
             return {}
-        rows = await self.session.scalars(
-            select(TicketRow).where(tuple_(TicketRow.project_id, TicketRow.request_id).in_(keys))
+        dialect, t = dialect_name(self.session), _tickets
+        rows = await self.session.execute(
+            select(t.c.id, t.c.project_id, t.c.request_id, t.c.request_fingerprint).where(
+                among(t.c.project_id, {project_id for project_id, _ in keys}, dialect),
+                among(t.c.request_id, {request_id for _, request_id in keys}, dialect),
+            )
         )
-        return {(row.project_id, row.request_id or ""): row for row in rows}
+        found = {
+            (project_id, request_id): PriorTicket(ticket_id, project_id, fingerprint)
+            for ticket_id, project_id, request_id, fingerprint in rows
+        }
+        return {key: found[key] for key in keys if key in found}
 
     async def create_many(self, new: Sequence[NewTicket], now: datetime) -> list[Ticket]:
         """Commits-to-be tickets with all their deliveries, in order; returns them.
 
-        Everything is INSERT ... SELECT / UPDATE ... WHERE over the audience
-        conditions: an audience is never loaded into Python. Tickets for one pass
-        each (the common transactional Send) share parametrized statements, so a
-        batch costs a handful of round trips whatever its size.
+        A broadcast is INSERT ... SELECT / UPDATE ... WHERE over its audience
+        condition: an audience is never loaded into Python. A ticket for one pass
+        (the common transactional Send) is written whole instead: the few deliveries
+        of all such tickets are read with one query first, so that each ticket goes
+        in with its final counts, and a batch costs a handful of statements
+        whatever its size.
         """
         if not new:
             return []
-        ids = list(
-            await self.session.scalars(
-                insert(_tickets).returning(_tickets.c.id, sort_by_parameter_order=True),
-                [_ticket_values(n, now) for n in new],
-            )
-        )
-        # Runs of one-pass tickets share statements; in ticket order, so that the last
-        # notification to a pass is the one it shows.
-        counts: dict[int, dict[str, int]] = {}
+        drafts = await self._one_pass_drafts([n.audience for n in new])
+        # Counts by delivery state; None for a broadcast's, known once its fan-out is in.
+        counts = [_counted(drafts[n.audience.key]) if n.audience.key else None for n in new]
+        values = [_ticket_values(n, c, now) for n, c in zip(new, counts, strict=True)]
+        ids = await self._insert_tickets(values)
+        broadcasts: dict[int, dict[str, int]] = {}
+        # Runs in ticket order, so that the last notification to a pass is the one it shows.
         for one_pass, run in groupby(
-            zip(ids, new, strict=True), key=lambda item: item[1].audience.pass_id is not None
+            zip(ids, new, strict=True), key=lambda item: item[1].audience.key is not None
         ):
             created = list(run)
             if one_pass:
-                await self._fan_out_one_pass_each(created, now)
-                counts |= await self._count_deliveries([ticket_id for ticket_id, _ in created])
+                await self._fan_out_one_pass_each(created, drafts, now)
             else:
                 for ticket_id, n in created:
-                    counts[ticket_id] = await self._fan_out(ticket_id, n, now)
+                    broadcasts[ticket_id] = await self._fan_out(ticket_id, n, now)
         tickets = [
-            _new_ticket(ticket_id, n, counts[ticket_id], now)
-            for ticket_id, n in zip(ids, new, strict=True)
+            _new_ticket(ticket_id, n, broadcasts.get(ticket_id, c or {}), now)
+            for ticket_id, n, c in zip(ids, new, counts, strict=True)
         ]
-        await self.session.execute(
-            update(_tickets)
-            .where(_tickets.c.id == bindparam("ticket_id"))
-            .values(
-                state=bindparam("new_state"),
-                total=bindparam("new_total"),
-                pending=bindparam("new_pending"),
-                skipped=bindparam("new_skipped"),
-                completed_at=bindparam("new_completed_at"),
-            ),
-            [
-                {
-                    "ticket_id": t.id,
-                    "new_state": t.state.value,
-                    "new_total": t.counts.total,
-                    "new_pending": t.counts.pending,
-                    "new_skipped": t.counts.skipped,
-                    "new_completed_at": t.complete_time,
-                }
-                for t in tickets
-            ],
-        )
+        if broadcasts:
+            await self.session.execute(
+                _COUNT_BROADCAST,
+                [_counts_params(t) for t in tickets if t.id in broadcasts],
+            )
         return tickets
 
+    async def _insert_tickets(self, values: list[dict[str, Any]]) -> list[int]:
+        """Inserts ticket rows; their ids, in order."""
+        if dialect_name(self.session) == "sqlite":
+            # Asked to keep the order, SQLAlchemy inserts row by row on SQLite. One INSERT of
+            # many rows numbers them up in VALUES order (integer primary key, one writer), so
+            # the ascending ids are that order.
+            inserted = await self.session.scalars(insert(_tickets).returning(_tickets.c.id), values)
+            return sorted(inserted)
+        return list(
+            await self.session.scalars(
+                insert(_tickets).returning(_tickets.c.id, sort_by_parameter_order=True), values
+            )
+        )
+
+    async def _one_pass_drafts(
+        self, audiences: Sequence[Audience]
+    ) -> dict[tuple[str, str], list[_Draft]]:
+        """The deliveries that one-pass audiences get (the rows _insert_deliveries would
+        insert for each), read with one query, by (project_id, pass_id)."""
+        keys = {a.key for a in audiences if a.key is not None}
+        if not keys:
+            return {}
+        dialect = dialect_name(self.session)
+        rows = await self.session.execute(
+            _deliveries_of(
+                and_(
+                    among(PassRow.project_id, {project_id for project_id, _ in keys}, dialect),
+                    among(PassRow.id, {pass_id for _, pass_id in keys}, dialect),
+                )
+            )
+        )
+        drafts: dict[tuple[str, str], list[_Draft]] = {key: [] for key in keys}
+        for row in rows:
+            draft = _Draft(*row)
+            if (draft.project_id, draft.pass_id) in drafts:
+                drafts[(draft.project_id, draft.pass_id)].append(draft)
+        return drafts
+
     async def _fan_out_one_pass_each(
-        self, created: Sequence[tuple[int, NewTicket]], now: datetime
+        self,
+        created: Sequence[tuple[int, NewTicket]],
+        drafts: dict[tuple[str, str], list[_Draft]],
+        now: datetime,
     ) -> None:
         """The deliveries and pass changes of tickets whose audience is one pass each."""
-        params = [
-            {
-                "of_ticket": ticket_id,
-                "of_project": n.audience.project_id,
-                "of_pass": n.audience.pass_id,
-                "at": now,
-            }
+        deliveries = [
+            d.values(ticket_id, now)
             for ticket_id, n in created
+            for d in drafts[n.audience.key]  # type: ignore[index]
         ]
-        await self.session.execute(_INSERT_ONE_PASS_DELIVERIES, params)
-        changes = [_pass_change(ticket_id, n.operation, n.content, now) for ticket_id, n in created]
+        if deliveries:
+            await self.session.execute(insert(_deliveries), deliveries)
         await self.session.execute(
-            _UPDATE_ONE_PASS, [p | _as_params(c) for p, c in zip(params, changes, strict=True)]
+            _UPDATE_ONE_PASS,
+            [
+                {"of_project": n.audience.project_id, "of_pass": n.audience.pass_id}
+                | _as_params(_pass_change(ticket_id, n.operation, n.content, now))
+                for ticket_id, n in created
+            ],
         )
 
     async def _fan_out(self, ticket_id: int, n: NewTicket, now: datetime) -> dict[str, int]:
@@ -197,17 +264,6 @@ class TicketStore:
             DeliveryState.PENDING.value: total - (skipped or 0),
             DeliveryState.SKIPPED.value: skipped or 0,
         }
-
-    async def _count_deliveries(self, ticket_ids: Sequence[int]) -> dict[int, dict[str, int]]:
-        counts: dict[int, dict[str, int]] = {ticket_id: {} for ticket_id in ticket_ids}
-        rows = await self.session.execute(
-            select(DeliveryRow.ticket_id, DeliveryRow.state, func.count())
-            .where(DeliveryRow.ticket_id.in_(ticket_ids))
-            .group_by(DeliveryRow.ticket_id, DeliveryRow.state)
-        )
-        for ticket_id, state, count in rows:
-            counts[ticket_id][state] = count
-        return counts
 
     async def get(self, project_id: str, ticket_id: int) -> Ticket:
         row = await self.session.get(TicketRow, ticket_id, populate_existing=True)
@@ -291,9 +347,12 @@ _PASS_CHANGE_PARAMS: dict[str, BindParameter[Any]] = {
 }
 
 
-def _ticket_values(n: NewTicket, now: datetime) -> dict[str, Any]:
+def _ticket_values(n: NewTicket, counts: dict[str, int] | None, now: datetime) -> dict[str, Any]:
+    """A ticket row; a broadcast's (counts None) is counted once its fan-out is in."""
     content = n.content
     scheduled_id, due = n.scheduled or (None, None)
+    ticket = _new_ticket(0, n, counts or {}, now)
+    counted = counts is not None
     return {
         "campaign_id": n.target.campaign_id if isinstance(n.target, CampaignTarget) else None,
         "scheduled_notification_id": scheduled_id,
@@ -305,11 +364,34 @@ def _ticket_values(n: NewTicket, now: datetime) -> dict[str, Any]:
         "content_body": content.body if content else "",
         "display_start": content.display_start if content else None,
         "display_end": content.display_end if content else None,
-        "state": TicketState.PENDING.value,
+        "state": ticket.state.value if counted else TicketState.PENDING.value,
+        "total": ticket.counts.total,
+        "pending": ticket.counts.pending,
+        "skipped": ticket.counts.skipped,
+        "completed_at": ticket.complete_time if counted else None,
         "request_id": n.request_id or None,
         "request_fingerprint": n.fingerprint,
         "created_at": now,
         "updated_at": now,
+    }
+
+
+def _counted(drafts: Sequence[_Draft]) -> dict[str, int]:
+    """Counts by delivery state; a one-pass audience always has a row (maybe skipped)."""
+    counts: dict[str, int] = {}
+    for draft in drafts:
+        counts[draft.state] = counts.get(draft.state, 0) + 1
+    return counts
+
+
+def _counts_params(ticket: Ticket) -> dict[str, Any]:
+    return {
+        "ticket_id": ticket.id,
+        "new_state": ticket.state.value,
+        "new_total": ticket.counts.total,
+        "new_pending": ticket.counts.pending,
+        "new_skipped": ticket.counts.skipped,
+        "new_completed_at": ticket.complete_time,
     }
 
 
@@ -360,15 +442,15 @@ def _update_active_passes(audience: Any, values: dict[str, Any]) -> Update:
     )
 
 
-def _insert_deliveries(ticket_id: Any, audience: Any) -> Insert:
-    """One INSERT ... SELECT of a ticket's deliveries, in one pass over the audience.
+def _deliveries_of(audience: Any, *, ticket_id: Any = None, at: Any = None) -> Select[Any]:
+    """The deliveries of an audience, in one pass over it: project_id, pass_id,
+    registration_id, platform, state, reason (with `ticket_id` first and attempts,
+    next_attempt_at and updated_at last when given, as _DELIVERY_COLUMNS).
 
     Apple: one pending delivery per active registered device of each active
     pass. Google: one per active pass. A pass that gets nothing (not active,
     or an Apple pass without devices) is one skipped delivery with a reason.
-    The parameter `at` is the time of the Send.
     """
-    now = bindparam("at", type_=DeliveryRow.next_attempt_at.type)
     active = PassRow.status == PassStatus.ACTIVE.value
     apple = TemplateRow.platform == Platform.APPLE.value
     # Only an active Apple pass is joined to its devices: any other pass stays one row.
@@ -381,19 +463,18 @@ def _insert_deliveries(ticket_id: Any, audience: Any) -> Insert:
     )
     no_device = and_(apple, DeviceRegistrationRow.id.is_(None))
     skipped = DeliveryState.SKIPPED.value
-    rows = (
-        select(
-            ticket_id,
-            PassRow.project_id,
-            PassRow.id,
-            DeviceRegistrationRow.id,
-            TemplateRow.platform,
-            case((not_(active), skipped), (no_device, skipped), else_=DeliveryState.PENDING.value),
-            case((not_(active), SKIP_PASS_NOT_ACTIVE), (no_device, SKIP_NO_DEVICES), else_=""),
-            literal(0),
-            now,
-            now,
-        )
+    columns: list[Any] = [
+        PassRow.project_id,
+        PassRow.id,
+        DeviceRegistrationRow.id,
+        TemplateRow.platform,
+        case((not_(active), skipped), (no_device, skipped), else_=DeliveryState.PENDING.value),
+        case((not_(active), SKIP_PASS_NOT_ACTIVE), (no_device, SKIP_NO_DEVICES), else_=""),
+    ]
+    if ticket_id is not None:
+        columns = [ticket_id, *columns, literal(0), at, at]
+    return (
+        select(*columns)
         .select_from(PassRow)
         .join(
             TemplateRow,
@@ -405,13 +486,28 @@ def _insert_deliveries(ticket_id: Any, audience: Any) -> Insert:
         .outerjoin(DeviceRegistrationRow, device)
         .where(audience)
     )
+
+
+def _insert_deliveries(ticket_id: Any, audience: Any) -> Insert:
+    """One INSERT ... SELECT of a ticket's deliveries; the parameter `at` is the Send's time."""
+    at = bindparam("at", type_=DeliveryRow.next_attempt_at.type)
+    rows = _deliveries_of(audience, ticket_id=ticket_id, at=at)
     return insert(_deliveries).from_select(_DELIVERY_COLUMNS, rows)
 
 
-# The statements of tickets for one pass each, built once (parameters of_ticket, of_project,
-# of_pass, at, and new_* for the pass change).
+# The statements of tickets for one pass each, built once (parameters of_project, of_pass,
+# and new_* for the pass change).
 _ONE_PASS = and_(PassRow.project_id == bindparam("of_project"), PassRow.id == bindparam("of_pass"))
-_INSERT_ONE_PASS_DELIVERIES = _insert_deliveries(
-    bindparam("of_ticket", type_=BigInteger), _ONE_PASS
-)
 _UPDATE_ONE_PASS = _update_active_passes(_ONE_PASS, _PASS_CHANGE_PARAMS)
+# A broadcast's counts, once its deliveries are in.
+_COUNT_BROADCAST = (
+    update(_tickets)
+    .where(_tickets.c.id == bindparam("ticket_id"))
+    .values(
+        state=bindparam("new_state"),
+        total=bindparam("new_total"),
+        pending=bindparam("new_pending"),
+        skipped=bindparam("new_skipped"),
+        completed_at=bindparam("new_completed_at"),
+    )
+)
