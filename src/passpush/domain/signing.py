@@ -97,6 +97,14 @@ def load_signing(
     return SigningMaterial(certificate, key, wwdr)
 
 
+def certificate_expire_time(certificate_pem: str) -> datetime | None:
+    """When a PEM certificate expires; None if it cannot be read."""
+    try:
+        return x509.load_pem_x509_certificate(certificate_pem.encode()).not_valid_after_utc
+    except ValueError:
+        return None
+
+
 def certificate_pass_type_identifier(certificate: x509.Certificate) -> str:
     """The pass type identifier a Pass Type ID certificate names in its UID, if any."""
     values = certificate.subject.get_attributes_for_oid(NameOID.USER_ID)
