@@ -11,11 +11,16 @@ from pathlib import Path
 
 import grpc
 import pytest
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from passpush.api.server import PasspushServer
+from passpush.domain.model import Content, Pass, PassTarget, Platform, Template, TemplateTarget
 from passpush.domain.passkit import PASS_JSON, PassPackageSource
 from passpush.domain.signing import AppleSigningPem, load_signing
+from passpush.service.notifications import NotificationCore
+from passpush.service.passes import PassCore
 from passpush.service.passkit import PassKitSettings, PassPackager
+from passpush.store.passes import PassStore
 from passpush.v1 import notifications_pb2 as npb
 from passpush.v1 import notifications_pb2_grpc, passes_pb2_grpc
 from passpush.v1 import passes_pb2 as ppb
@@ -421,3 +426,33 @@ async def test_the_server_material_signs_templates_without_their_own(
         "value": "Doors open at six",
         "changeMessage": "%@",
     }
+
+
+async def test_update_tags_only_grow_even_when_the_clock_goes_back(
+    sessions: async_sessionmaker[AsyncSession],
+) -> None:
+    """A device asks for the passes changed after the last tag it saw: a change stamped by
+    a clock that went back (or a replica's slower one) must still count as later."""
+    now = datetime.now(UTC)
+    earlier = now - timedelta(hours=1)
+    async with sessions.begin() as session:
+        await PassStore(session, "acme").ensure_project(now)
+    core = PassCore(sessions, clock=lambda: now)
+    late_core = PassCore(sessions, clock=lambda: earlier)
+    late_notifications = NotificationCore(sessions, clock=lambda: earlier)
+    await core.create_template(
+        "acme", Template("loyalty", "acme", Platform.APPLE, pass_type_identifier=TOPIC)
+    )
+    first = await core.upsert_pass("acme", Pass("p1", "loyalty"))
+
+    tags = [first.update_tag]
+    for change in (
+        late_notifications.send("acme", PassTarget("p1"), Content("", "one pass"), ""),
+        late_notifications.send("acme", TemplateTarget("loyalty"), Content("", "broadcast"), ""),
+        late_notifications.delete("acme", PassTarget("p1"), ""),
+        late_core.upsert_pass("acme", Pass("p1", "loyalty")),
+    ):
+        await change
+        tags.append((await core.get_pass("acme", "p1")).update_tag)
+
+    assert tags == sorted(set(tags)), tags
