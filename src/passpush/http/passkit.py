@@ -94,7 +94,9 @@ _apple_pass = APIKeyHeader(
 
 def _authentication_token(header: Annotated[str | None, Depends(_apple_pass)]) -> str | None:
     scheme, _, token = (header or "").partition(" ")
-    return token.strip() or None if scheme.lower() == "applepass" else None
+    if scheme.lower() != "applepass":
+        return None
+    return token.strip() or None
 
 
 def _core(request: Request) -> PassKitCore:

@@ -219,7 +219,17 @@ class PassKitCore:
             source.update_time, if_modified_since
         ):
             return LatestPass(None, last_modified)
-        return LatestPass(await self.packager.package(source), last_modified)
+        try:
+            pkpass = await self.packager.package(source)
+        except FailedPrecondition as error:  # the device only sees a status: say it here
+            log.error(
+                "PassKit: cannot serve pass %s of project %s: %s",
+                named.pass_id,
+                named.project_id,
+                error.message,
+            )
+            raise
+        return LatestPass(pkpass, last_modified)
 
     def record_device_logs(self, lines: Sequence[str]) -> None:
         """Writes what devices report (their errors with this service) to the log, without
