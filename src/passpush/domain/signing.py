@@ -4,6 +4,7 @@ pass's manifest. Pure computation with `cryptography`; no I/O, no shelling out."
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -24,7 +25,7 @@ class AppleSigningPem:
     """Signing material as it is given and stored: three PEM texts."""
 
     certificate_pem: str
-    private_key_pem: str
+    private_key_pem: str = dataclasses.field(repr=False)  # no key in a logged Template
     wwdr_certificate_pem: str
 
 
