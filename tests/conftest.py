@@ -26,6 +26,7 @@ from passpush.store.db import asyncpg_dsn, make_engine, make_sessions
 from passpush.store.models import Base
 from passpush.v1 import notifications_pb2_grpc, passes_pb2_grpc
 
+from apple_passes import AppleCerts, make_signing
 from support import channel_with_key
 
 # The PostgreSQL server to create throwaway test databases on (these machines run one).
@@ -90,6 +91,12 @@ async def sessions(database_url: str) -> AsyncIterator[async_sessionmaker[AsyncS
     engine = make_engine(database_url)
     yield make_sessions(engine)
     await engine.dispose()
+
+
+@pytest.fixture(scope="session")
+def apple_certs() -> AppleCerts:
+    """Pass signing material for TOPIC under a test root CA, made once per session."""
+    return make_signing()
 
 
 @pytest.fixture

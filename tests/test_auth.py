@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import AsyncIterator, Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -24,11 +25,11 @@ from passpush.v1 import admin_pb2_grpc, notifications_pb2_grpc, passes_pb2_grpc
 from passpush.v1 import notifications_pb2 as npb
 from passpush.v1 import passes_pb2 as ppb
 
+from apple_passes import AppleCerts, pass_document, pass_files
 from support import World, channel_with_key, rich_error, token, upsert, wait_terminal
 
 OWNER = "acme"
 STRANGER = "umbrella"
-NOT_YET = grpc.StatusCode.UNIMPLEMENTED
 
 
 def _segment_criteria() -> struct_pb2.Struct:
@@ -145,7 +146,20 @@ RPCS: dict[str, tuple[Callable[[], Any], grpc.StatusCode]] = {
         lambda: ppb.UnregisterDeviceRequest(pass_id="p1", device_library_identifier="p1-device-0"),
         grpc.StatusCode.NOT_FOUND,
     ),
-    "PassService/SetPassContent": (lambda: ppb.SetPassContentRequest(pass_id="p1"), NOT_YET),
+    "PassService/SetPassContent": (
+        lambda: ppb.SetPassContentRequest(
+            pass_id="p1", pass_json=json.dumps(pass_document()).encode(), files=pass_files()
+        ),
+        grpc.StatusCode.NOT_FOUND,
+    ),
+    "PassService/GetPassPackage": (
+        lambda: ppb.GetPassPackageRequest(pass_id="p1"),
+        grpc.StatusCode.NOT_FOUND,
+    ),
+    "PassService/SetTemplateSigning": (
+        lambda: ppb.SetTemplateSigningRequest(template_id="loyalty"),
+        grpc.StatusCode.NOT_FOUND,
+    ),
     # A key of another project creates and lists keys of its own project only.
     "AdminService/CreateApiKey": (
         lambda: apb.CreateApiKeyRequest(api_key=apb.ApiKey(scopes=["passes:read"])),
@@ -235,12 +249,20 @@ class Keys:
 
 @pytest.fixture
 async def owned(
-    server: PasspushServer, passes: passes_pb2_grpc.PassServiceStub, api_key: str
+    server: PasspushServer,
+    passes: passes_pb2_grpc.PassServiceStub,
+    api_key: str,
+    apple_certs: AppleCerts,
 ) -> dict[str, str]:
-    """The owner's data (a template, passes, a device, a campaign, a ticket) and keys."""
+    """The owner's data (a template with signing material, passes, content, a device, a
+    campaign, a ticket) and keys."""
     world = World(passes)
     await world.apple_template("loyalty")
     await world.pass_("p1", "loyalty", tags=("gold",))
+    await passes.SetTemplateSigning(
+        ppb.SetTemplateSigningRequest(template_id="loyalty", apple_signing=apple_certs.proto())
+    )
+    await passes.SetPassContent(RPCS["PassService/SetPassContent"][0]())
     await passes.CreateCampaign(
         ppb.CreateCampaignRequest(campaign_id="spring", campaign=ppb.Campaign(project_id=OWNER))
     )
@@ -339,7 +361,6 @@ async def test_the_owners_key_may_make_each_request(
     if rpc == "AdminService/RevokeApiKey":
         request = apb.RevokeApiKeyRequest(id=owned["revoked"].partition(".")[0])
     expected = {
-        NOT_YET: NOT_YET,
         grpc.StatusCode.PERMISSION_DENIED: grpc.StatusCode.ALREADY_EXISTS,  # CreateProject
     }.get(stranger_code, grpc.StatusCode.OK)
     async with channel_with_key(server.port, owned["owner"]) as channel:

@@ -49,7 +49,6 @@ DEVICE_TOKEN = "0123456789abcdef" * 4
 
 # grpcurl exits with 64 + the gRPC status code when the call fails.
 GRPCURL_INVALID_ARGUMENT = 64 + grpc.StatusCode.INVALID_ARGUMENT.value[0]
-GRPCURL_UNIMPLEMENTED = 64 + grpc.StatusCode.UNIMPLEMENTED.value[0]
 GRPCURL_UNAUTHENTICATED = 64 + grpc.StatusCode.UNAUTHENTICATED.value[0]
 
 
@@ -226,18 +225,6 @@ async def test_grpcurl_shows_an_invalid_argument_and_the_field(
     assert result.returncode == GRPCURL_INVALID_ARGUMENT, result.output
     assert "Code: InvalidArgument" in result.output
     assert "content.body" in result.output
-
-
-async def test_grpcurl_shows_unimplemented_rpcs_plainly(
-    live_server: ServerProcess, demo_key: str
-) -> None:
-    method = "passpush.v1.PassService/SetPassContent"
-    request = '{"pass_id": "p1"}'
-    result = await grpcurl("-d", request, live_server.address, method, key=demo_key)
-
-    assert result.returncode == GRPCURL_UNIMPLEMENTED, result.output
-    assert "Code: Unimplemented" in result.output
-    assert "SetPassContent is part of the contract but not available" in result.output
 
 
 # -- graceful shutdown: accepted work survives a restart -------------------------------------

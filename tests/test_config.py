@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from passpush.config import APPLE_APNS_ENDPOINT, Settings
+import pytest
+
+from passpush.config import APPLE_APNS_ENDPOINT, Settings, SigningFiles
 from passpush.store.db import DEFAULT_DATABASE_URL
 
 
@@ -58,3 +60,43 @@ def test_worker_tuning_comes_from_the_environment() -> None:
     assert (settings.worker.batch_size, settings.worker.max_in_flight) == (50, 20)
     assert settings.worker.lease.total_seconds() == 2.5
     assert settings.apns is not None and settings.apns.max_connections == 2
+
+
+def test_the_passkit_web_service_is_under_a_prefix_of_the_http_address_by_default() -> None:
+    default = Settings.from_env({"PASSPUSH_HTTP_ADDRESS": "127.0.0.1:9000"})
+    moved = Settings.from_env(
+        {
+            "PASSPUSH_PASSKIT_PREFIX": "wallet/",
+            "PASSPUSH_PASSKIT_URL": "https://passes.example.com/wallet/",
+        }
+    )
+
+    assert (default.passkit_prefix, default.passkit_url) == (
+        "/passkit",
+        "http://127.0.0.1:9000/passkit",
+    )
+    assert (moved.passkit_prefix, moved.passkit_url) == (
+        "/wallet",
+        "https://passes.example.com/wallet",
+    )
+    with pytest.raises(ValueError, match="PASSPUSH_PASSKIT_PREFIX"):
+        Settings.from_env({"PASSPUSH_PASSKIT_PREFIX": "/"})
+
+
+def test_the_signing_key_may_share_the_certificates_file_but_the_wwdr_is_required() -> None:
+    shared = Settings.from_env(
+        {"PASSPUSH_APPLE_SIGNING_CERT": "/s/pass.pem", "PASSPUSH_APPLE_SIGNING_WWDR": "/s/w.pem"}
+    )
+    separate = Settings.from_env(
+        {
+            "PASSPUSH_APPLE_SIGNING_CERT": "/s/pass.pem",
+            "PASSPUSH_APPLE_SIGNING_KEY": "/s/key.pem",
+            "PASSPUSH_APPLE_SIGNING_WWDR": "/s/w.pem",
+        }
+    )
+
+    assert Settings.from_env({}).apple_signing is None
+    assert shared.apple_signing == SigningFiles("/s/pass.pem", "/s/pass.pem", "/s/w.pem")
+    assert separate.apple_signing == SigningFiles("/s/pass.pem", "/s/key.pem", "/s/w.pem")
+    with pytest.raises(ValueError, match="PASSPUSH_APPLE_SIGNING_WWDR"):
+        Settings.from_env({"PASSPUSH_APPLE_SIGNING_CERT": "/s/pass.pem"})

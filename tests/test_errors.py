@@ -311,13 +311,3 @@ async def test_pass_service_unknown_and_duplicate_resources(
         with pytest.raises(grpc.aio.AioRpcError) as raised:
             await call
         assert rich_error(raised.value).code == code
-
-
-async def test_unimplemented_rpcs_say_so_clearly(
-    world: World, passes: passes_pb2_grpc.PassServiceStub
-) -> None:
-    with pytest.raises(grpc.aio.AioRpcError) as raised:
-        await passes.SetPassContent(ppb.SetPassContentRequest(pass_id="p1"))
-    error = rich_error(raised.value)
-    assert error.code == grpc.StatusCode.UNIMPLEMENTED
-    assert "SetPassContent" in (raised.value.details() or "")

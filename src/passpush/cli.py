@@ -15,14 +15,16 @@ from sqlalchemy.engine import make_url
 
 from passpush import console
 from passpush.api.server import PasspushServer
-from passpush.config import Settings
+from passpush.config import Settings, SigningFiles
 from passpush.delivery.apns import ApnsConfig, ApnsGateway
 from passpush.domain.auth import SCOPE_ALIASES, ApiKey, Scope
 from passpush.domain.errors import DomainError
+from passpush.domain.signing import AppleSigningPem, SigningMaterial, load_signing
 from passpush.fakes.apns import FakeApns, start_bundled_fake
 from passpush.http.app import HttpServer, create_app
 from passpush.service.clock import utcnow
 from passpush.service.keys import KeyCore
+from passpush.service.passkit import PassKitSettings
 from passpush.store import migrate
 from passpush.store.db import is_sqlite, make_engine, make_sessions
 from passpush.store.outbox import Outbox
@@ -49,7 +51,10 @@ def main(argv: list[str] | None = None) -> None:
     logging.basicConfig(
         level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
-    settings = Settings.from_env()
+    try:
+        settings = Settings.from_env()
+    except ValueError as error:
+        sys.exit(f"passpush: {error}")
     if args.command == "migrate":
         migrate.upgrade(settings.database_url)
         print(f"database is up to date ({_safe_url(settings.database_url)})")
@@ -118,6 +123,12 @@ def _scopes(key: ApiKey) -> str:
 
 
 async def serve(settings: Settings) -> int:
+    try:
+        default_signing = _default_signing(settings.apple_signing)
+    except (OSError, DomainError) as error:
+        message = error.message if isinstance(error, DomainError) else str(error)
+        log.error("cannot load PASSPUSH_APPLE_SIGNING_CERT, _KEY, _WWDR: %s", message)
+        return 2
     engine = make_engine(settings.database_url)
     if not await migrate.is_up_to_date(engine):
         log.error("the database schema is not up to date: run `passpush migrate` first")
@@ -147,6 +158,7 @@ async def serve(settings: Settings) -> int:
         worker_settings=settings.worker,
         key_cache_seconds=settings.key_cache_seconds,
         event_retention=settings.event_retention,
+        passkit=PassKitSettings(settings.passkit_url, default_signing),
     )
     if is_sqlite(settings.database_url):
         # SQLite serves one process: leases and claims left by a crashed run are ours now.
@@ -157,8 +169,12 @@ async def serve(settings: Settings) -> int:
     log.info(
         "passpush gRPC listening on %s (APNs at %s)", settings.grpc_address, apns_config.endpoint
     )
-    # The shim calls the gRPC server like any client, over the port it just bound.
-    http = HttpServer(create_app(_dial(settings.grpc_address, server.port)), settings.http_address)
+    # The shim calls the gRPC server like any client, over the port it just bound; the
+    # PassKit routes (devices, no API key) call the service in-process.
+    app = create_app(
+        _dial(settings.grpc_address, server.port), server.passkit, settings.passkit_prefix
+    )
+    http = HttpServer(app, settings.http_address)
     try:
         await http.start()
     except OSError as error:
@@ -169,7 +185,12 @@ async def serve(settings: Settings) -> int:
             await fake.stop()
         await engine.dispose()
         return 2
-    log.info("passpush HTTP shim listening on %s", settings.http_address)
+    log.info(
+        "passpush HTTP shim listening on %s; PassKit web service at %s (webServiceURL %s)",
+        settings.http_address,
+        settings.passkit_prefix,
+        settings.passkit_url,
+    )
 
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -184,6 +205,30 @@ async def serve(settings: Settings) -> int:
         await fake.stop()
     await engine.dispose()
     return 0
+
+
+def _default_signing(files: SigningFiles | None) -> SigningMaterial | None:
+    """The server's signing material, checked at start: a mistake shows now, not on a
+    device."""
+    if files is None:
+        log.warning(
+            "no PASSPUSH_APPLE_SIGNING_CERT: only templates with their own apple_signing "
+            "can serve passes"
+        )
+        return None
+    pem = AppleSigningPem(
+        Path(files.certificate).read_text(),
+        Path(files.private_key).read_text(),
+        Path(files.wwdr_certificate).read_text(),
+    )
+    material = load_signing(pem, field="apple_signing")
+    if material.expire_time <= utcnow():
+        log.warning(
+            "the Pass Type ID certificate of PASSPUSH_APPLE_SIGNING_CERT expired on %s: "
+            "devices will refuse the passes it signs",
+            material.expire_time.date(),
+        )
+    return material
 
 
 def _dial(listen_address: str, port: int) -> str:

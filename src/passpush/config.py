@@ -14,6 +14,17 @@ from passpush.service.status import DEFAULT_EVENT_RETENTION
 from passpush.store.db import DEFAULT_DATABASE_URL
 
 APPLE_APNS_ENDPOINT = "api.push.apple.com:443"
+DEFAULT_PASSKIT_PREFIX = "/passkit"
+
+
+@dataclass(frozen=True)
+class SigningFiles:
+    """The server's default pass signing material: PEM files (the key may be in the
+    certificate's file)."""
+
+    certificate: str
+    private_key: str
+    wwdr_certificate: str
 
 
 @dataclass(frozen=True)
@@ -32,6 +43,12 @@ class Settings:
     key_cache_seconds: float = DEFAULT_CACHE_SECONDS
     # How long delivery events stay readable by StreamDeliveryEvents.
     event_retention: timedelta = DEFAULT_EVENT_RETENTION
+    # Where the HTTP server serves the PassKit web service, and the public URL of that
+    # place, written into every pass as its webServiceURL.
+    passkit_prefix: str = DEFAULT_PASSKIT_PREFIX
+    passkit_url: str = f"http://127.0.0.1:8080{DEFAULT_PASSKIT_PREFIX}"
+    # None: no default; only templates with their own material can be signed.
+    apple_signing: SigningFiles | None = None
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] = os.environ) -> Settings:
@@ -63,10 +80,23 @@ class Settings:
                 team_id=get("APNS_TEAM_ID"),
                 max_connections=apns_connections,
             )
+        http_address = get("HTTP_ADDRESS") or cls.http_address
+        prefix = "/" + (get("PASSKIT_PREFIX") or DEFAULT_PASSKIT_PREFIX).strip("/")
+        if prefix == "/":
+            raise ValueError("PASSPUSH_PASSKIT_PREFIX must name a path, such as /passkit")
+        signing = None
+        certificate, wwdr = get("APPLE_SIGNING_CERT"), get("APPLE_SIGNING_WWDR")
+        if certificate or wwdr or get("APPLE_SIGNING_KEY"):
+            if not (certificate and wwdr):
+                raise ValueError(
+                    "PASSPUSH_APPLE_SIGNING_CERT and PASSPUSH_APPLE_SIGNING_WWDR go together "
+                    "(and PASSPUSH_APPLE_SIGNING_KEY, unless the key is in the CERT file)"
+                )
+            signing = SigningFiles(certificate, get("APPLE_SIGNING_KEY") or certificate, wwdr)
         return cls(
             database_url=get("DATABASE_URL") or DEFAULT_DATABASE_URL,
             grpc_address=get("GRPC_ADDRESS") or cls.grpc_address,
-            http_address=get("HTTP_ADDRESS") or cls.http_address,
+            http_address=http_address,
             apns=apns,
             data_dir=get("DATA_DIR") or cls.data_dir,
             shutdown_grace=number("SHUTDOWN_GRACE", cls.shutdown_grace),
@@ -76,4 +106,7 @@ class Settings:
             event_retention=timedelta(
                 days=number("EVENT_RETENTION_DAYS", DEFAULT_EVENT_RETENTION.days)
             ),
+            passkit_prefix=prefix,
+            passkit_url=(get("PASSKIT_URL") or f"http://{http_address}{prefix}").rstrip("/"),
+            apple_signing=signing,
         )

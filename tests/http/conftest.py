@@ -13,10 +13,13 @@ from passpush.http.app import HttpServer, create_app
 
 @pytest.fixture
 async def shim(server: PasspushServer) -> AsyncIterator[str]:
-    """The shim's base URL."""
-    http = HttpServer(create_app(f"127.0.0.1:{server.port}"), "127.0.0.1:0")
+    """The shim's base URL; it serves the PassKit web service under /passkit too."""
+    http = HttpServer(create_app(f"127.0.0.1:{server.port}", server.passkit), "127.0.0.1:0")
     await http.start()
-    yield f"http://127.0.0.1:{http.port}"
+    base = f"http://127.0.0.1:{http.port}"
+    # The port is known only now: passes name this server as their web service.
+    server.passkit.packager.web_service_url = f"{base}/passkit"
+    yield base
     await http.stop(grace=1.0)
 
 

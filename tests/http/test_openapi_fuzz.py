@@ -58,14 +58,40 @@ VENDOR_PATHS = {
 }
 
 
+# Apple's PassKit web service, with the statuses each route answers (Apple's, and 400 for
+# a malformed body, 404/409 for a pass that cannot be served).
+_DEVICE_PASS = "/passkit/v1/devices/{deviceLibraryIdentifier}/registrations/{passTypeIdentifier}"
+PASSKIT_PATHS = {
+    ("post", _DEVICE_PASS + "/{serialNumber}"): {"200", "201", "400", "401"},
+    ("delete", _DEVICE_PASS + "/{serialNumber}"): {"200", "401"},
+    ("get", _DEVICE_PASS): {"200", "204"},
+    ("get", "/passkit/v1/passes/{passTypeIdentifier}/{serialNumber}"): {
+        "200",
+        "304",
+        "401",
+        "404",
+        "409",
+    },
+    ("post", "/passkit/v1/log"): {"200", "400"},
+}
+
+
 async def test_the_document_lists_every_vendor_route_with_its_schemas(
     client: httpx.AsyncClient,
 ) -> None:
     document = (await client.get("/openapi.json")).json()
 
     routes = {(m, p) for p, item in document["paths"].items() for m in item}
-    assert routes == VENDOR_PATHS
+    assert routes == VENDOR_PATHS | set(PASSKIT_PATHS)
+    for (method, path), statuses in PASSKIT_PATHS.items():
+        operation = document["paths"][path][method]
+        assert set(operation["responses"]) == statuses, (method, path)
+        assert operation.get("requestBody", {"required": True})["required"] is True
+    pkpass = document["paths"]["/passkit/v1/passes/{passTypeIdentifier}/{serialNumber}"]["get"]
+    assert "application/vnd.apple.pkpass" in pkpass["responses"]["200"]["content"]
     for path, item in document["paths"].items():
+        if path.startswith("/passkit/"):
+            continue
         for method, operation in item.items():
             success = next(s for s in operation["responses"] if s.startswith("2"))
             assert "schema" in operation["responses"][success]["content"]["application/json"]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import socket
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -11,11 +12,13 @@ import httpx
 import pytest
 
 from passpush.fakes.apns import FakeApns
+from passpush.v1 import passes_pb2 as ppb
 from passpush.v1 import passes_pb2_grpc
 
+from apple_passes import AppleCerts, pass_document, pass_files, verified_pass
 from processes import PASSPUSH, Launcher, create_key, free_port, passpush_env, run
 from shim_auth import basic
-from support import World
+from support import TOPIC, World, upsert
 
 
 @pytest.fixture
@@ -80,4 +83,73 @@ async def test_serve_exits_when_the_http_address_is_taken(
 
     assert result.returncode != 0, result.output
     assert "HTTP" in result.stderr
+    assert "Traceback" not in result.output
+
+
+def signing_files(certs: AppleCerts, directory: Path) -> dict[str, str]:
+    """The server's signing settings: the key in the certificate's file, as Apple exports."""
+    directory.mkdir()
+    (directory / "pass.pem").write_text(certs.certificate_pem + certs.private_key_pem)
+    (directory / "wwdr.pem").write_text(certs.wwdr_certificate_pem)
+    return {
+        "APPLE_SIGNING_CERT": str(directory / "pass.pem"),
+        "APPLE_SIGNING_WWDR": str(directory / "wwdr.pem"),
+    }
+
+
+async def test_serve_signs_with_its_own_material_for_its_public_passkit_url(
+    launch: Launcher, database_url: str, tmp_path: Path, apple_certs: AppleCerts
+) -> None:
+    http_address = f"127.0.0.1:{free_port()}"
+    server = await launch(
+        HTTP_ADDRESS=http_address,
+        PASSKIT_PREFIX="/wallet",
+        PASSKIT_URL="https://passes.example.com/wallet/",
+        **signing_files(apple_certs, tmp_path / "signing"),
+    )
+    key = await create_key(database_url, tmp_path, "demo")
+    async with server.channel(key) as channel:
+        passes = passes_pb2_grpc.PassServiceStub(channel)
+        await World(passes, project_id="demo").apple_template("t1")  # no material of its own
+        await passes.UpsertPass(upsert(id="p1", template_id="t1"))
+        await passes.SetPassContent(
+            ppb.SetPassContentRequest(
+                pass_id="p1", pass_json=json.dumps(pass_document()).encode(), files=pass_files()
+            )
+        )
+        issued = await passes.GetPassPackage(ppb.GetPassPackageRequest(pass_id="p1"))
+    document = await verified_pass(issued.pkpass, apple_certs, tmp_path / "issued")
+    auth = {"Authorization": f"ApplePass {document['authenticationToken']}"}
+
+    async with httpx.AsyncClient(base_url=f"http://{http_address}", timeout=30) as client:
+        await wait_http(client)
+        fetched = await client.get(f"/wallet/v1/passes/{TOPIC}/p1", headers=auth)
+        default_prefix = await client.get(f"/passkit/v1/passes/{TOPIC}/p1", headers=auth)
+
+    assert document["webServiceURL"] == "https://passes.example.com/wallet"
+    assert fetched.status_code == 200, fetched.text
+    await verified_pass(fetched.content, apple_certs, tmp_path / "fetched")
+    assert default_prefix.status_code == 404
+    await server.stop()
+
+
+async def test_serve_exits_when_its_signing_material_does_not_fit_together(
+    launch: Launcher, database_url: str, tmp_path: Path, apple_certs: AppleCerts
+) -> None:
+    settings = signing_files(apple_certs, tmp_path / "signing")
+    (tmp_path / "signing" / "wwdr.pem").write_text(apple_certs.root_certificate_pem)
+    env = passpush_env(
+        database_url,
+        tmp_path,
+        GRPC_ADDRESS=f"127.0.0.1:{free_port()}",
+        HTTP_ADDRESS=f"127.0.0.1:{free_port()}",
+        APNS_ENDPOINT=launch.fake_apns.endpoint,
+        APNS_CA_FILE=str(launch.fake_apns.tls.ca_file),
+        **settings,
+    )
+
+    result = await run(PASSPUSH, "serve", env=env, seconds=30)
+
+    assert result.returncode == 2, result.output
+    assert "wwdr_certificate_pem: did not issue the certificate" in result.stderr
     assert "Traceback" not in result.output

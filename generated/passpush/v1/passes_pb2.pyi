@@ -131,6 +131,8 @@ class Template(_message.Message):
     ENTITY_ID_FIELD_NUMBER: _builtins.int
     DISPLAY_NAME_FIELD_NUMBER: _builtins.int
     CREATE_TIME_FIELD_NUMBER: _builtins.int
+    APPLE_SIGNING_FIELD_NUMBER: _builtins.int
+    APPLE_SIGNING_EXPIRE_TIME_FIELD_NUMBER: _builtins.int
     id: _builtins.str
     """The template's id."""
     project_id: _builtins.str
@@ -162,6 +164,19 @@ class Template(_message.Message):
     def create_time(self) -> _timestamp_pb2.Timestamp:
         """When it was created."""
 
+    @_builtins.property
+    def apple_signing(self) -> Global___AppleSigning:
+        """Apple: the material that signs this template's passes. Optional; without
+        it the server's own (PASSPUSH_APPLE_SIGNING_CERT, _KEY, _WWDR) signs them.
+        Input only: never returned.
+        """
+
+    @_builtins.property
+    def apple_signing_expire_time(self) -> _timestamp_pb2.Timestamp:
+        """Apple: when the template's own Pass Type ID certificate expires; unset
+        when the template has no signing material of its own.
+        """
+
     def __init__(
         self,
         *,
@@ -175,14 +190,52 @@ class Template(_message.Message):
         entity_id: _builtins.str = ...,
         display_name: _builtins.str = ...,
         create_time: _timestamp_pb2.Timestamp | None = ...,
+        apple_signing: Global___AppleSigning | None = ...,
+        apple_signing_expire_time: _timestamp_pb2.Timestamp | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["apple_signing", b"apple_signing", "apple_signing_expire_time", b"apple_signing_expire_time", "create_time", b"create_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "display_name", b"display_name", "entity_id", b"entity_id", "external_id", b"external_id", "google_class_id", b"google_class_id", "google_object_type", b"google_object_type", "id", b"id", "pass_type_identifier", b"pass_type_identifier", "platform", b"platform", "project_id", b"project_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["apple_signing", b"apple_signing", "apple_signing_expire_time", b"apple_signing_expire_time", "create_time", b"create_time", "display_name", b"display_name", "entity_id", b"entity_id", "external_id", b"external_id", "google_class_id", b"google_class_id", "google_object_type", b"google_object_type", "id", b"id", "pass_type_identifier", b"pass_type_identifier", "platform", b"platform", "project_id", b"project_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___Template: _TypeAlias = Template  # noqa: Y015
+
+@_typing.final
+class AppleSigning(_message.Message):
+    """AppleSigning is what signs an Apple template's passes: the Pass Type ID
+    certificate with its private key, and the Apple WWDR intermediate
+    certificate that issued it. All three are PEM text; the key must not be
+    encrypted and must belong to the certificate, and the WWDR certificate must
+    be the certificate's issuer. When the certificate names a pass type
+    identifier (its UID), it must be the template's.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CERTIFICATE_PEM_FIELD_NUMBER: _builtins.int
+    PRIVATE_KEY_PEM_FIELD_NUMBER: _builtins.int
+    WWDR_CERTIFICATE_PEM_FIELD_NUMBER: _builtins.int
+    certificate_pem: _builtins.str
+    """The Pass Type ID certificate (PEM)."""
+    private_key_pem: _builtins.str
+    """The certificate's private key (PEM, unencrypted: PKCS#8 or traditional)."""
+    wwdr_certificate_pem: _builtins.str
+    """The Apple WWDR intermediate certificate that issued it (PEM)."""
+    def __init__(
+        self,
+        *,
+        certificate_pem: _builtins.str = ...,
+        private_key_pem: _builtins.str = ...,
+        wwdr_certificate_pem: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["certificate_pem", b"certificate_pem", "private_key_pem", b"private_key_pem", "wwdr_certificate_pem", b"wwdr_certificate_pem"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___AppleSigning: _TypeAlias = AppleSigning  # noqa: Y015
 
 @_typing.final
 class Pass(_message.Message):
@@ -203,6 +256,7 @@ class Pass(_message.Message):
     UPDATE_TAG_FIELD_NUMBER: _builtins.int
     CREATE_TIME_FIELD_NUMBER: _builtins.int
     UPDATE_TIME_FIELD_NUMBER: _builtins.int
+    HAS_CONTENT_FIELD_NUMBER: _builtins.int
     id: _builtins.str
     """The pass's id (Airship `passId`, PassEntry UUID). On upsert, empty means
     "find by template_id + external_id, or assign a new id".
@@ -226,6 +280,10 @@ class Pass(_message.Message):
     """
     update_tag: _builtins.int
     """Apple: the update tag, bumped each time the pass changes."""
+    has_content: _builtins.bool
+    """Apple: whether the pass has content (SetPassContent), so that devices
+    can fetch it and GetPassPackage can return it.
+    """
     @_builtins.property
     def tags(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """Tags, for tag targets and segments. Replaced as a whole on upsert."""
@@ -262,10 +320,11 @@ class Pass(_message.Message):
         update_tag: _builtins.int = ...,
         create_time: _timestamp_pb2.Timestamp | None = ...,
         update_time: _timestamp_pb2.Timestamp | None = ...,
+        has_content: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "notification", b"notification", "update_time", b"update_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["authentication_token", b"authentication_token", "create_time", b"create_time", "external_id", b"external_id", "google_object_id", b"google_object_id", "group_tags", b"group_tags", "id", b"id", "notification", b"notification", "serial_number", b"serial_number", "status", b"status", "tags", b"tags", "template_id", b"template_id", "update_tag", b"update_tag", "update_time", b"update_time"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["authentication_token", b"authentication_token", "create_time", b"create_time", "external_id", b"external_id", "google_object_id", b"google_object_id", "group_tags", b"group_tags", "has_content", b"has_content", "id", b"id", "notification", b"notification", "serial_number", b"serial_number", "status", b"status", "tags", b"tags", "template_id", b"template_id", "update_tag", b"update_tag", "update_time", b"update_time"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -962,7 +1021,19 @@ Global___UnregisterDeviceResponse: _TypeAlias = UnregisterDeviceResponse  # noqa
 
 @_typing.final
 class SetPassContentRequest(_message.Message):
-    """SetPassContentRequest sets an Apple pass's content."""
+    """SetPassContentRequest sets an Apple pass's content: either an existing
+    .pkpass, or its pass.json and files. The content replaces the pass's
+    previous content as a whole; a request that is refused changes nothing.
+
+    pass.json must be a UTF-8 JSON object with `description`,
+    `organizationName`, `teamIdentifier` and exactly one pass style
+    (`boardingPass`, `coupon`, `eventTicket`, `generic` or `storeCard`). Its
+    `passTypeIdentifier`, if given, must be the template's; its `serialNumber`
+    and `authenticationToken` (at least 16 characters), if given, become the
+    pass's. The files must include `icon.png`; names are `name.ext` or
+    `xx.lproj/name.ext` (no other folders, no `..`); `.png` files must be PNG
+    images. At most 200 files and 3 MiB uncompressed in all.
+    """
 
     DESCRIPTOR: _descriptor.Descriptor
 
@@ -991,16 +1062,19 @@ class SetPassContentRequest(_message.Message):
     PASS_JSON_FIELD_NUMBER: _builtins.int
     FILES_FIELD_NUMBER: _builtins.int
     pass_id: _builtins.str
-    """The pass."""
+    """The pass (an Apple pass)."""
     pkpass: _builtins.bytes
-    """An existing .pkpass (a zip); or leave empty and give `pass_json` and
-    `files`.
+    """An existing .pkpass (a zip). Its manifest.json and signature are
+    dropped: the service signs the pass again. Leave empty to give
+    `pass_json` and `files` instead.
     """
     pass_json: _builtins.bytes
     """The pass.json document."""
     @_builtins.property
     def files(self) -> _containers.ScalarMap[_builtins.str, _builtins.bytes]:
-        """The other files of the pass (icon.png, logo.png...), by name."""
+        """The other files of the pass (icon.png, logo.png, en.lproj/pass.strings...),
+        by name.
+        """
 
     def __init__(
         self,
@@ -1017,3 +1091,79 @@ class SetPassContentRequest(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___SetPassContentRequest: _TypeAlias = SetPassContentRequest  # noqa: Y015
+
+@_typing.final
+class GetPassPackageRequest(_message.Message):
+    """GetPassPackageRequest asks for an Apple pass's signed .pkpass."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PASS_ID_FIELD_NUMBER: _builtins.int
+    pass_id: _builtins.str
+    """The pass (an Apple pass with content)."""
+    def __init__(
+        self,
+        *,
+        pass_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["pass_id", b"pass_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetPassPackageRequest: _TypeAlias = GetPassPackageRequest  # noqa: Y015
+
+@_typing.final
+class PassPackage(_message.Message):
+    """PassPackage is a signed .pkpass."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PKPASS_FIELD_NUMBER: _builtins.int
+    UPDATE_TAG_FIELD_NUMBER: _builtins.int
+    pkpass: _builtins.bytes
+    """The .pkpass file (a zip; MIME type application/vnd.apple.pkpass)."""
+    update_tag: _builtins.int
+    """The pass's update tag when the package was made."""
+    def __init__(
+        self,
+        *,
+        pkpass: _builtins.bytes = ...,
+        update_tag: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["pkpass", b"pkpass", "update_tag", b"update_tag"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___PassPackage: _TypeAlias = PassPackage  # noqa: Y015
+
+@_typing.final
+class SetTemplateSigningRequest(_message.Message):
+    """SetTemplateSigningRequest sets an Apple template's signing material."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TEMPLATE_ID_FIELD_NUMBER: _builtins.int
+    APPLE_SIGNING_FIELD_NUMBER: _builtins.int
+    template_id: _builtins.str
+    """The template (an Apple template)."""
+    @_builtins.property
+    def apple_signing(self) -> Global___AppleSigning:
+        """The new material; leave it unset to sign with the server's again."""
+
+    def __init__(
+        self,
+        *,
+        template_id: _builtins.str = ...,
+        apple_signing: Global___AppleSigning | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["apple_signing", b"apple_signing"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["apple_signing", b"apple_signing", "template_id", b"template_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SetTemplateSigningRequest: _TypeAlias = SetTemplateSigningRequest  # noqa: Y015

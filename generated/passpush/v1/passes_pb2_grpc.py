@@ -116,6 +116,16 @@ class PassServiceStub:
                 request_serializer=passpush_dot_v1_dot_passes__pb2.SetPassContentRequest.SerializeToString,
                 response_deserializer=passpush_dot_v1_dot_passes__pb2.Pass.FromString,
                 _registered_method=True)
+        self.GetPassPackage = channel.unary_unary(
+                '/passpush.v1.PassService/GetPassPackage',
+                request_serializer=passpush_dot_v1_dot_passes__pb2.GetPassPackageRequest.SerializeToString,
+                response_deserializer=passpush_dot_v1_dot_passes__pb2.PassPackage.FromString,
+                _registered_method=True)
+        self.SetTemplateSigning = channel.unary_unary(
+                '/passpush.v1.PassService/SetTemplateSigning',
+                request_serializer=passpush_dot_v1_dot_passes__pb2.SetTemplateSigningRequest.SerializeToString,
+                response_deserializer=passpush_dot_v1_dot_passes__pb2.Template.FromString,
+                _registered_method=True)
 
 
 class PassServiceServicer:
@@ -234,7 +244,33 @@ class PassServiceServicer:
 
     def SetPassContent(self, request, context):
         """Sets an Apple pass's content (its pass.json and images), from which the
-        service serves re-signed .pkpass files to devices.
+        service serves re-signed .pkpass files to devices. The service writes
+        `webServiceURL`, `authenticationToken`, `passTypeIdentifier` and
+        `serialNumber` into pass.json, and the notification back field while the
+        pass carries a notification. An imported pass keeps its serialNumber and
+        authenticationToken (the devices hold them). Devices see the new content
+        at their next update (after the next Send or Delete, or a pull to
+        refresh): setting content pushes nothing.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetPassPackage(self, request, context):
+        """Returns an Apple pass as a signed .pkpass, exactly as a device fetching
+        it now would get it: the file to hand to the holder (e-mail, a download
+        link, an "Add to Apple Wallet" button), after which the holder's devices
+        register with the service.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def SetTemplateSigning(self, request, context):
+        """Sets, replaces or (with an empty `apple_signing`) removes an Apple
+        template's own signing material, for instance when its Pass Type ID
+        certificate is renewed. Without its own material a template's passes are
+        signed with the server's (PASSPUSH_APPLE_SIGNING_CERT, _KEY, _WWDR).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -317,6 +353,16 @@ def add_PassServiceServicer_to_server(servicer, server):
                     servicer.SetPassContent,
                     request_deserializer=passpush_dot_v1_dot_passes__pb2.SetPassContentRequest.FromString,
                     response_serializer=passpush_dot_v1_dot_passes__pb2.Pass.SerializeToString,
+            ),
+            'GetPassPackage': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetPassPackage,
+                    request_deserializer=passpush_dot_v1_dot_passes__pb2.GetPassPackageRequest.FromString,
+                    response_serializer=passpush_dot_v1_dot_passes__pb2.PassPackage.SerializeToString,
+            ),
+            'SetTemplateSigning': grpc.unary_unary_rpc_method_handler(
+                    servicer.SetTemplateSigning,
+                    request_deserializer=passpush_dot_v1_dot_passes__pb2.SetTemplateSigningRequest.FromString,
+                    response_serializer=passpush_dot_v1_dot_passes__pb2.Template.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -731,6 +777,60 @@ class PassService:
             '/passpush.v1.PassService/SetPassContent',
             passpush_dot_v1_dot_passes__pb2.SetPassContentRequest.SerializeToString,
             passpush_dot_v1_dot_passes__pb2.Pass.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetPassPackage(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/passpush.v1.PassService/GetPassPackage',
+            passpush_dot_v1_dot_passes__pb2.GetPassPackageRequest.SerializeToString,
+            passpush_dot_v1_dot_passes__pb2.PassPackage.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SetTemplateSigning(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/passpush.v1.PassService/SetTemplateSigning',
+            passpush_dot_v1_dot_passes__pb2.SetTemplateSigningRequest.SerializeToString,
+            passpush_dot_v1_dot_passes__pb2.Template.FromString,
             options,
             channel_credentials,
             insecure,

@@ -80,7 +80,25 @@ class PassServiceStub:
     """Removes a device's registration for a pass; it is pushed no more."""
     SetPassContent: _grpc.UnaryUnaryMultiCallable[_passes_pb2.SetPassContentRequest, _passes_pb2.Pass]
     """Sets an Apple pass's content (its pass.json and images), from which the
-    service serves re-signed .pkpass files to devices.
+    service serves re-signed .pkpass files to devices. The service writes
+    `webServiceURL`, `authenticationToken`, `passTypeIdentifier` and
+    `serialNumber` into pass.json, and the notification back field while the
+    pass carries a notification. An imported pass keeps its serialNumber and
+    authenticationToken (the devices hold them). Devices see the new content
+    at their next update (after the next Send or Delete, or a pull to
+    refresh): setting content pushes nothing.
+    """
+    GetPassPackage: _grpc.UnaryUnaryMultiCallable[_passes_pb2.GetPassPackageRequest, _passes_pb2.PassPackage]
+    """Returns an Apple pass as a signed .pkpass, exactly as a device fetching
+    it now would get it: the file to hand to the holder (e-mail, a download
+    link, an "Add to Apple Wallet" button), after which the holder's devices
+    register with the service.
+    """
+    SetTemplateSigning: _grpc.UnaryUnaryMultiCallable[_passes_pb2.SetTemplateSigningRequest, _passes_pb2.Template]
+    """Sets, replaces or (with an empty `apple_signing`) removes an Apple
+    template's own signing material, for instance when its Pass Type ID
+    certificate is renewed. Without its own material a template's passes are
+    signed with the server's (PASSPUSH_APPLE_SIGNING_CERT, _KEY, _WWDR).
     """
 
 @_typing.type_check_only
@@ -135,7 +153,25 @@ class PassServiceAsyncStub(PassServiceStub):
     """Removes a device's registration for a pass; it is pushed no more."""
     SetPassContent: _aio.UnaryUnaryMultiCallable[_passes_pb2.SetPassContentRequest, _passes_pb2.Pass]  # type: ignore[assignment]
     """Sets an Apple pass's content (its pass.json and images), from which the
-    service serves re-signed .pkpass files to devices.
+    service serves re-signed .pkpass files to devices. The service writes
+    `webServiceURL`, `authenticationToken`, `passTypeIdentifier` and
+    `serialNumber` into pass.json, and the notification back field while the
+    pass carries a notification. An imported pass keeps its serialNumber and
+    authenticationToken (the devices hold them). Devices see the new content
+    at their next update (after the next Send or Delete, or a pull to
+    refresh): setting content pushes nothing.
+    """
+    GetPassPackage: _aio.UnaryUnaryMultiCallable[_passes_pb2.GetPassPackageRequest, _passes_pb2.PassPackage]  # type: ignore[assignment]
+    """Returns an Apple pass as a signed .pkpass, exactly as a device fetching
+    it now would get it: the file to hand to the holder (e-mail, a download
+    link, an "Add to Apple Wallet" button), after which the holder's devices
+    register with the service.
+    """
+    SetTemplateSigning: _aio.UnaryUnaryMultiCallable[_passes_pb2.SetTemplateSigningRequest, _passes_pb2.Template]  # type: ignore[assignment]
+    """Sets, replaces or (with an empty `apple_signing`) removes an Apple
+    template's own signing material, for instance when its Pass Type ID
+    certificate is renewed. Without its own material a template's passes are
+    signed with the server's (PASSPUSH_APPLE_SIGNING_CERT, _KEY, _WWDR).
     """
 
 class PassServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -277,7 +313,37 @@ class PassServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_passes_pb2.Pass, _abc.Awaitable[_passes_pb2.Pass]]:
         """Sets an Apple pass's content (its pass.json and images), from which the
-        service serves re-signed .pkpass files to devices.
+        service serves re-signed .pkpass files to devices. The service writes
+        `webServiceURL`, `authenticationToken`, `passTypeIdentifier` and
+        `serialNumber` into pass.json, and the notification back field while the
+        pass carries a notification. An imported pass keeps its serialNumber and
+        authenticationToken (the devices hold them). Devices see the new content
+        at their next update (after the next Send or Delete, or a pull to
+        refresh): setting content pushes nothing.
+        """
+
+    @_abc_1.abstractmethod
+    def GetPassPackage(
+        self,
+        request: _passes_pb2.GetPassPackageRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_passes_pb2.PassPackage, _abc.Awaitable[_passes_pb2.PassPackage]]:
+        """Returns an Apple pass as a signed .pkpass, exactly as a device fetching
+        it now would get it: the file to hand to the holder (e-mail, a download
+        link, an "Add to Apple Wallet" button), after which the holder's devices
+        register with the service.
+        """
+
+    @_abc_1.abstractmethod
+    def SetTemplateSigning(
+        self,
+        request: _passes_pb2.SetTemplateSigningRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_passes_pb2.Template, _abc.Awaitable[_passes_pb2.Template]]:
+        """Sets, replaces or (with an empty `apple_signing`) removes an Apple
+        template's own signing material, for instance when its Pass Type ID
+        certificate is renewed. Without its own material a template's passes are
+        signed with the server's (PASSPUSH_APPLE_SIGNING_CERT, _KEY, _WWDR).
         """
 
 def add_PassServiceServicer_to_server(servicer: PassServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

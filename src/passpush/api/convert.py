@@ -7,6 +7,7 @@ from datetime import UTC, datetime, timedelta
 from google.protobuf import duration_pb2, json_format, struct_pb2, timestamp_pb2
 
 from passpush.domain import model
+from passpush.domain.signing import AppleSigningPem
 from passpush.v1 import notifications_pb2 as npb
 from passpush.v1 import passes_pb2 as ppb
 
@@ -239,6 +240,19 @@ def template_from_proto(template_id: str, message: ppb.Template) -> model.Templa
         google_class_id=message.google_class_id,
         google_object_type=message.google_object_type,
         entity_id=message.entity_id,
+        apple_signing=(
+            apple_signing_from_proto(message.apple_signing)
+            if message.HasField("apple_signing")
+            else None
+        ),
+    )
+
+
+def apple_signing_from_proto(message: ppb.AppleSigning) -> AppleSigningPem:
+    return AppleSigningPem(
+        certificate_pem=message.certificate_pem,
+        private_key_pem=message.private_key_pem,
+        wwdr_certificate_pem=message.wwdr_certificate_pem,
     )
 
 
@@ -255,6 +269,7 @@ def template_to_proto(template: model.Template) -> ppb.Template:
         entity_id=template.entity_id,
         display_name=template.display_name,
         create_time=timestamp(template.create_time),
+        apple_signing_expire_time=timestamp(template.apple_signing_expire_time),
     )
 
 
@@ -294,6 +309,7 @@ def pass_to_proto(p: model.Pass) -> ppb.Pass:
         update_tag=p.update_tag,
         create_time=timestamp(p.create_time),
         update_time=timestamp(p.update_time),
+        has_content=p.has_content,
     )
 
 

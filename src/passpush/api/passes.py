@@ -9,7 +9,6 @@ import grpc
 
 from passpush.api import convert
 from passpush.api.interceptors import current_project
-from passpush.domain.errors import Unimplemented
 from passpush.domain.model import Entity, Pass
 from passpush.service.passes import PassCore
 from passpush.v1 import passes_pb2 as pb
@@ -131,7 +130,33 @@ class PassServicer(pb_grpc.PassServiceServicer):
         return pb.UnregisterDeviceResponse()
 
     async def SetPassContent(self, request: pb.SetPassContentRequest, context: Context) -> pb.Pass:
-        raise Unimplemented("SetPassContent is part of the contract but not available yet")
+        p = await self._core.set_pass_content(
+            current_project(),
+            request.pass_id,
+            pkpass=request.pkpass,
+            pass_json=request.pass_json,
+            files=dict(request.files),
+        )
+        return convert.pass_to_proto(p)
+
+    async def GetPassPackage(
+        self, request: pb.GetPassPackageRequest, context: Context
+    ) -> pb.PassPackage:
+        pkpass, update_tag = await self._core.get_pass_package(current_project(), request.pass_id)
+        return pb.PassPackage(pkpass=pkpass, update_tag=update_tag)
+
+    async def SetTemplateSigning(
+        self, request: pb.SetTemplateSigningRequest, context: Context
+    ) -> pb.Template:
+        signing = (
+            convert.apple_signing_from_proto(request.apple_signing)
+            if request.HasField("apple_signing")
+            else None
+        )
+        template = await self._core.set_template_signing(
+            current_project(), request.template_id, signing
+        )
+        return convert.template_to_proto(template)
 
 
 def _pass_field(request: pb.UpsertPassRequest | pb.ImportPassesRequest) -> pb.Pass:

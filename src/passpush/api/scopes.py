@@ -36,11 +36,12 @@ METHOD_SCOPES: dict[str, Scope] = {
             "RegisterDevice",
             "UnregisterDevice",
             "SetPassContent",
+            "SetTemplateSigning",
         )
     },
     **{
         _PASSES + m: Scope.PASSES_READ
-        for m in ("GetTemplate", "ListTemplates", "GetPass", "ListPasses")
+        for m in ("GetTemplate", "ListTemplates", "GetPass", "ListPasses", "GetPassPackage")
     },
     **{_PASSES + m: Scope.CAMPAIGNS_WRITE for m in ("CreateCampaign", "AddCampaignMembers")},
     _PASSES + "CreateProject": Scope.ADMIN,

@@ -20,6 +20,7 @@ from passpush.service.clock import Clock, utcnow
 from passpush.service.keys import DEFAULT_CACHE_SECONDS, KeyCore
 from passpush.service.notifications import NotificationCore
 from passpush.service.passes import PassCore
+from passpush.service.passkit import PassKitCore, PassKitSettings, PassPackager
 from passpush.service.schedules import ScheduleCore, Scheduler
 from passpush.service.status import (
     DEFAULT_EVENT_RETENTION,
@@ -61,6 +62,7 @@ class PasspushServer:
         worker_settings: WorkerSettings | None = None,
         key_cache_seconds: float = DEFAULT_CACHE_SECONDS,
         event_retention: timedelta = DEFAULT_EVENT_RETENTION,
+        passkit: PassKitSettings | None = None,
     ) -> None:
         self.changes = ChangeFeed()
         self.worker = DeliveryWorker(
@@ -73,7 +75,10 @@ class PasspushServer:
         self.notifications = NotificationCore(sessions, clock=clock, on_enqueued=self.worker.wake)
         self.scheduler = Scheduler(sessions, clock=clock, on_sent=self.worker.wake)
         self.schedules = ScheduleCore(sessions, clock=clock, on_scheduled=self.scheduler.wake)
-        self.passes = PassCore(sessions, clock=clock)
+        packager = PassPackager(passkit or PassKitSettings())
+        self.passes = PassCore(sessions, clock=clock, packager=packager)
+        # The PassKit web service: the HTTP server's device routes call it in-process.
+        self.passkit = PassKitCore(sessions, packager, clock=clock)
         self.keys = KeyCore(sessions, clock=clock, cache_seconds=key_cache_seconds)
         # The streams only read: on SQLite, beside the writer rather than behind it.
         reads, self._read_engine = make_read_sessions(sessions)

@@ -6,6 +6,8 @@ import enum
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
+from passpush.domain.signing import AppleSigningPem
+
 
 class Platform(enum.StrEnum):
     APPLE = "apple"
@@ -230,6 +232,10 @@ class Template:
     google_object_type: str = ""
     entity_id: str = ""
     create_time: datetime | None = None
+    # Apple: the template's own signing material (input, and internal: never returned),
+    # and when its certificate expires (output).
+    apple_signing: AppleSigningPem | None = None
+    apple_signing_expire_time: datetime | None = None
 
 
 @dataclass(frozen=True)
@@ -251,6 +257,7 @@ class Pass:
     update_tag: int = 0
     create_time: datetime | None = None
     update_time: datetime | None = None
+    has_content: bool = False  # Apple: SetPassContent gave it content
 
 
 @dataclass(frozen=True)

@@ -13,9 +13,10 @@ import grpc
 import uvicorn
 from fastapi import FastAPI
 
-from passpush.http import airship, passentry, walletwerk
+from passpush.http import airship, passentry, passkit, walletwerk
 from passpush.http.errors import VendorErrors
 from passpush.http.stubs import Stubs
+from passpush.service.passkit import PassKitCore
 
 log = logging.getLogger(__name__)
 
@@ -24,20 +25,19 @@ The REST shapes of three wallet vendors, translated onto passpush's gRPC service
 Airship Wallet (`/v1/...`, HTTP Basic key:secret or Bearer), PassEntry (`/api/v1/...`,
 Bearer) and WalletWerk campaigns (`/campaigns/...`, Bearer). Keys are passpush API keys
 (`ppk_<id>.<secret>`); errors come in each vendor's own shape.
+
+And Apple's PassKit web service (`{prefix}/v1/...`), which Wallet devices call at their
+passes' webServiceURL, authenticated with each pass's token (`ApplePass <token>`).
 """
 
-VENDOR_ERRORS = VendorErrors(
-    [
-        (passentry.PREFIX + "/", passentry.error_body),  # /api/v1 before Airship's /v1
-        (airship.PREFIX + "/", airship.error_body),
-        (walletwerk.PREFIX + "/", walletwerk.error_body),
-    ],
-    fallback=airship.error_body,
-)
 
-
-def create_app(grpc_target: str) -> FastAPI:
-    """The shim, calling the gRPC server at `grpc_target` (`host:port`)."""
+def create_app(
+    grpc_target: str,
+    passkit_core: PassKitCore | None = None,
+    passkit_prefix: str = passkit.DEFAULT_PREFIX,
+) -> FastAPI:
+    """The shim, calling the gRPC server at `grpc_target` (`host:port`); and, given its
+    core, the PassKit web service under `passkit_prefix`."""
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -48,12 +48,25 @@ def create_app(grpc_target: str) -> FastAPI:
     app = FastAPI(
         title="passpush HTTP shim",
         version="1",
-        description=DESCRIPTION,
+        description=DESCRIPTION.format(prefix=passkit_prefix),
         lifespan=lifespan,
     )
+    shapes = [
+        (passentry.PREFIX + "/", passentry.error_body),  # /api/v1 before Airship's /v1
+        (airship.PREFIX + "/", airship.error_body),
+        (walletwerk.PREFIX + "/", walletwerk.error_body),
+    ]
     for router in (airship.router, passentry.router, walletwerk.router):
         app.include_router(router)
-    VENDOR_ERRORS.install(app)
+    if passkit_core is not None:
+        app.state.passkit = passkit_core
+        app.include_router(passkit.router, prefix=passkit_prefix)
+        shapes.insert(0, (passkit_prefix + "/", passkit.error_body))
+    VendorErrors(
+        shapes,
+        fallback=airship.error_body,
+        auth_schemes=[(passkit_prefix + "/", "ApplePass")],
+    ).install(app)
     app.openapi = lambda: _without_422(app)  # type: ignore[method-assign]
     return app
 

@@ -28,14 +28,22 @@ ErrorBody = Callable[[CallFailed], dict[str, Any]]
 class VendorErrors:
     """Which error shape answers a path: the first vendor whose prefix it starts with."""
 
-    def __init__(self, shapes: Sequence[tuple[str, ErrorBody]], fallback: ErrorBody) -> None:
+    def __init__(
+        self,
+        shapes: Sequence[tuple[str, ErrorBody]],
+        fallback: ErrorBody,
+        auth_schemes: Sequence[tuple[str, str]] = (),
+    ) -> None:
         self._shapes = shapes
         self._fallback = fallback
+        # The scheme a 401 asks for, by path prefix; Bearer elsewhere.
+        self._auth_schemes = auth_schemes
 
     def respond(self, request: Request, failure: CallFailed) -> JSONResponse:
         path = request.url.path
         body = next((shape for prefix, shape in self._shapes if path.startswith(prefix)), None)
-        headers = {"WWW-Authenticate": "Bearer"} if failure.status == 401 else None
+        scheme = next((s for prefix, s in self._auth_schemes if path.startswith(prefix)), "Bearer")
+        headers = {"WWW-Authenticate": scheme} if failure.status == 401 else None
         return JSONResponse((body or self._fallback)(failure), failure.status, headers=headers)
 
     def install(self, app: FastAPI) -> None:

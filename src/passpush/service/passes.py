@@ -7,18 +7,33 @@ from dataclasses import dataclass, field, replace
 
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from passpush.domain.errors import DomainError, InvalidArgument, NotFound, PermissionDenied
+from passpush.domain.errors import (
+    AlreadyExists,
+    DomainError,
+    FailedPrecondition,
+    InvalidArgument,
+    NotFound,
+    PermissionDenied,
+)
 from passpush.domain.model import (
     Campaign,
     DeviceRegistration,
     Entity,
     Pass,
+    Platform,
     Project,
     Segment,
     Template,
 )
 from passpush.domain.paging import Page, decode_token, page_of, page_size
+from passpush.domain.passkit import (
+    PassContent,
+    check_pass_type_identifier,
+    content_from_files,
+    content_from_pkpass,
+)
 from passpush.domain.segments import parse_criteria
+from passpush.domain.signing import AppleSigningPem, load_signing
 from passpush.domain.validation import (
     check_id,
     check_pass,
@@ -27,6 +42,7 @@ from passpush.domain.validation import (
     raise_if_any,
 )
 from passpush.service.clock import Clock, utcnow
+from passpush.service.passkit import PassKitSettings, PassPackager
 from passpush.store.passes import PassStore, new_id
 
 DEFAULT_CAMPAIGN_LIMIT = 3
@@ -46,10 +62,15 @@ class PassCore:
     """PassService's use cases, each within the caller's project (`project_id`)."""
 
     def __init__(
-        self, sessions: async_sessionmaker[AsyncSession], *, clock: Clock = utcnow
+        self,
+        sessions: async_sessionmaker[AsyncSession],
+        *,
+        clock: Clock = utcnow,
+        packager: PassPackager | None = None,
     ) -> None:
         self._sessions = sessions
         self._clock = clock
+        self._packager = packager or PassPackager(PassKitSettings())
 
     async def create_project(
         self, project_id: str, requested_id: str, display_name: str
@@ -80,8 +101,34 @@ class PassCore:
         )
         raise_if_any([*check_id("template_id", template.id), *check_template(template)])
         _require_own_project(project_id, template.project_id, "template.project_id")
+        if template.apple_signing is not None:
+            if template.platform is not Platform.APPLE:
+                raise InvalidArgument.field("template.apple_signing", "is for Apple templates only")
+            self._check_signing(
+                template.apple_signing, template.pass_type_identifier, "template.apple_signing"
+            )
         async with self._sessions.begin() as session:
             return await PassStore(session, project_id).create_template(template, self._clock())
+
+    async def set_template_signing(
+        self, project_id: str, template_id: str, signing: AppleSigningPem | None
+    ) -> Template:
+        raise_if_any(check_id("template_id", template_id))
+        async with self._sessions.begin() as session:
+            store = PassStore(session, project_id)
+            template = await store.get_template(template_id)
+            if signing is not None:
+                self._check_signing(signing, template.pass_type_identifier, "apple_signing")
+            return await store.set_template_signing(template_id, signing)
+
+    def _check_signing(
+        self, signing: AppleSigningPem, pass_type_identifier: str, field: str
+    ) -> None:
+        material = load_signing(signing, field=field, pass_type_identifier=pass_type_identifier)
+        if material.expire_time <= self._clock():
+            raise InvalidArgument.field(
+                f"{field}.certificate_pem", f"expired on {material.expire_time:%Y-%m-%d}"
+            )
 
     async def get_template(self, project_id: str, template_id: str) -> Template:
         raise_if_any(check_id("id", template_id))
@@ -136,6 +183,52 @@ class PassCore:
         async with self._sessions() as session:
             items = await PassStore(session, project_id).list_passes(template_id, after, limit + 1)
         return page_of(items, limit, lambda p: p.id)
+
+    async def set_pass_content(
+        self,
+        project_id: str,
+        pass_id: str,
+        *,
+        pkpass: bytes,
+        pass_json: bytes,
+        files: dict[str, bytes],
+    ) -> Pass:
+        """Checks the content whole before anything is written: a refused request changes
+        nothing."""
+        raise_if_any(check_id("pass_id", pass_id))
+        if pkpass and (pass_json or files):
+            raise InvalidArgument.field("pkpass", "give either pkpass, or pass_json and files")
+        field = "pkpass" if pkpass else "pass_json"
+        content = content_from_pkpass(pkpass) if pkpass else content_from_files(pass_json, files)
+        async with self._sessions.begin() as session:
+            store = PassStore(session, project_id)
+            current = await store.get_pass(pass_id)
+            template = await store.get_template(current.template_id)
+            if template.platform is not Platform.APPLE:
+                raise FailedPrecondition(
+                    f"pass {pass_id!r} is not an Apple pass: content is for Apple passes",
+                    reason="NOT_AN_APPLE_PASS",
+                )
+            check_pass_type_identifier(content, template.pass_type_identifier, field)
+            if not self._packager.can_sign(template.apple_signing):
+                raise FailedPrecondition(
+                    "nothing can sign this pass: give its template apple_signing "
+                    "(SetTemplateSigning) or the server PASSPUSH_APPLE_SIGNING_CERT, _KEY "
+                    "and _WWDR",
+                    reason="SIGNING_NOT_CONFIGURED",
+                )
+            serial_number = await _serial_number(store, current, template, content)
+            return await store.set_pass_content(
+                current.id, content, serial_number, content.authentication_token, self._clock()
+            )
+
+    async def get_pass_package(self, project_id: str, pass_id: str) -> tuple[bytes, int]:
+        """The pass's signed .pkpass as a device would get it now, and its update tag."""
+        raise_if_any(check_id("pass_id", pass_id))
+        async with self._sessions() as session:
+            store = PassStore(session, project_id)
+            source = await store.package_source((await store.get_pass(pass_id)).id)
+        return await self._packager.package(source), source.update_tag
 
     async def create_segment(self, project_id: str, segment: Segment) -> Segment:
         segment = replace(segment, id=segment.id or new_id())
@@ -200,6 +293,19 @@ class PassCore:
             await PassStore(session, project_id).unregister_device(
                 pass_id, device_library_identifier
             )
+
+
+async def _serial_number(
+    store: PassStore, current: Pass, template: Template, content: PassContent
+) -> str:
+    """An imported pass keeps its serialNumber (its devices know it by it), if no other
+    pass of the pass type has it."""
+    serial_number = content.serial_number or current.serial_number
+    if serial_number != current.serial_number and await store.serial_number_taken(
+        template.pass_type_identifier, serial_number, other_than=current.id
+    ):
+        raise AlreadyExists("pass", serial_number, reason="SERIAL_NUMBER_TAKEN")
+    return serial_number
 
 
 def _require_own_project(project_id: str, requested: str, field: str) -> None:

@@ -15,12 +15,14 @@ from sqlalchemy import (
     ForeignKeyConstraint,
     Index,
     Integer,
+    LargeBinary,
     MetaData,
     String,
     Table,
     Text,
     TypeDecorator,
     UniqueConstraint,
+    false,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
@@ -126,6 +128,10 @@ class TemplateRow(Base):
     google_object_type: Mapped[str] = mapped_column(String(64), default="")
     entity_id: Mapped[str | None] = mapped_column(ID)
     created_at: Mapped[datetime]
+    # Apple: the template's own signing material (PEM), else the server's signs its passes.
+    apple_certificate_pem: Mapped[str | None] = mapped_column(Text)
+    apple_private_key_pem: Mapped[str | None] = mapped_column(Text)
+    apple_wwdr_certificate_pem: Mapped[str | None] = mapped_column(Text)
 
 
 class PassRow(Base):
@@ -134,6 +140,8 @@ class PassRow(Base):
         UniqueConstraint("project_id", "template_id", "external_id"),
         Index("ix_passes_project_external", "project_id", "external_id"),
         Index("ix_passes_project_template", "project_id", "template_id"),
+        # A device names a pass by its pass type identifier and serial number only.
+        Index("ix_passes_serial_number", "serial_number"),
         ForeignKeyConstraint(
             ["project_id", "template_id"], ["templates.project_id", "templates.id"]
         ),
@@ -150,16 +158,32 @@ class PassRow(Base):
     notification_header: Mapped[str | None] = mapped_column(String(100))
     notification_body: Mapped[str | None] = mapped_column(Text)
     notification_ticket_id: Mapped[int | None] = mapped_column(BigInteger)
-    # Microseconds since the epoch of the last change: Apple's update tag.
+    # Microseconds since the epoch of the last change, and above every earlier tag of the
+    # pass: Apple's update tag.
     update_tag: Mapped[int] = mapped_column(BigInteger)
     created_at: Mapped[datetime]
     updated_at: Mapped[datetime]
+    # Apple: whether pass_files holds the pass's content, so devices can fetch it.
+    has_content: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
 
 
 def _pass_fk() -> ForeignKeyConstraint:
     return ForeignKeyConstraint(
         ["project_id", "pass_id"], ["passes.project_id", "passes.id"], ondelete="CASCADE"
     )
+
+
+class PassFileRow(Base):
+    """One file of an Apple pass's content (pass.json, an image, a localization), kept in
+    the database so that every replica serves the same pass."""
+
+    __tablename__ = "pass_files"
+    __table_args__ = (_pass_fk(),)
+
+    project_id: Mapped[str] = mapped_column(ID, primary_key=True)
+    pass_id: Mapped[str] = mapped_column(ID, primary_key=True)
+    name: Mapped[str] = mapped_column(String(255), primary_key=True)
+    data: Mapped[bytes] = mapped_column(LargeBinary)
 
 
 class PassTagRow(Base):
@@ -224,6 +248,8 @@ class DeviceRegistrationRow(Base):
     __tablename__ = "device_registrations"
     __table_args__ = (
         UniqueConstraint("project_id", "pass_id", "device_library_identifier"),
+        # The PassKit web service lists a device's passes, whatever their project.
+        Index("ix_device_registrations_device", "device_library_identifier"),
         _pass_fk(),
     )
 

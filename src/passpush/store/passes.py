@@ -13,7 +13,7 @@ from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.sql.expression import Executable
 
-from passpush.domain.errors import AlreadyExists, InvalidArgument, NotFound
+from passpush.domain.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound
 from passpush.domain.model import (
     Campaign,
     DeviceRegistration,
@@ -25,12 +25,15 @@ from passpush.domain.model import (
     Segment,
     Template,
 )
+from passpush.domain.passkit import PassContent, PassPackageSource
+from passpush.domain.signing import AppleSigningPem, certificate_expire_time
 from passpush.store.db import dialect_name
 from passpush.store.models import (
     CampaignMemberRow,
     CampaignRow,
     DeviceRegistrationRow,
     EntityRow,
+    PassFileRow,
     PassGroupTagRow,
     PassRow,
     PassTagRow,
@@ -47,6 +50,12 @@ def new_id() -> str:
 def update_tag_at(now: datetime) -> int:
     """Apple's update tag: microseconds since the epoch, increasing with time."""
     return int(now.timestamp() * 1_000_000)
+
+
+def next_update_tag(previous: int, now: datetime) -> int:
+    """A pass's next update tag: the time's, but above the previous one whatever the clock
+    did (a device that saw a tag must see every later change as newer)."""
+    return max(previous + 1, update_tag_at(now))
 
 
 class PassStore:
@@ -110,7 +119,20 @@ class PassStore:
             entity_id=template.entity_id or None,
             created_at=now,
         )
+        _set_signing(row, template.apple_signing)
         self.session.add(row)
+        await self.session.flush()
+        return _template(row)
+
+    async def set_template_signing(
+        self, template_id: str, signing: AppleSigningPem | None
+    ) -> Template:
+        row = await self._template_row(template_id)
+        if row.platform != Platform.APPLE:
+            raise FailedPrecondition(
+                f"template {template_id!r} is not an Apple template", reason="NOT_AN_APPLE_TEMPLATE"
+            )
+        _set_signing(row, signing)
         await self.session.flush()
         return _template(row)
 
@@ -173,7 +195,7 @@ class PassStore:
             row.authentication_token = p.authentication_token
         row.status = p.status.value
         row.google_object_id = p.google_object_id
-        row.update_tag = update_tag_at(now)
+        row.update_tag = update_tag_at(now) if created else next_update_tag(row.update_tag, now)
         row.updated_at = now
         await self.session.flush()
         await self._replace_tags(PassTagRow, row.id, p.tags, created)
@@ -227,6 +249,87 @@ class PassStore:
         if row is None:
             raise NotFound("pass", pass_id)
         return (await self._with_tags([row]))[0]
+
+    # Apple pass content -----------------------------------------------------
+    async def serial_number_taken(
+        self, pass_type_identifier: str, serial_number: str, other_than: str
+    ) -> bool:
+        """Whether another Apple pass of the project with that pass type has the serial:
+        a device names a pass by the two, so they must name one pass."""
+        found = await self.session.scalar(
+            select(PassRow.id)
+            .join(TemplateRow, _template_of_pass())
+            .where(
+                PassRow.project_id == self.project_id,
+                PassRow.serial_number == serial_number,
+                PassRow.id != other_than,
+                TemplateRow.pass_type_identifier == pass_type_identifier,
+                TemplateRow.platform == Platform.APPLE.value,
+            )
+            .limit(1)
+        )
+        return found is not None
+
+    async def set_pass_content(
+        self,
+        pass_id: str,
+        content: PassContent,
+        serial_number: str,
+        authentication_token: str,
+        now: datetime,
+    ) -> Pass:
+        """Replaces the pass's content; a new update tag tells devices it changed."""
+        row = await self.session.get(PassRow, self._key(pass_id))
+        if row is None:
+            raise NotFound("pass", pass_id)
+        await self.session.execute(
+            delete(PassFileRow).where(
+                PassFileRow.project_id == self.project_id, PassFileRow.pass_id == pass_id
+            )
+        )
+        await self.session.execute(
+            insert(PassFileRow),
+            [
+                {"project_id": self.project_id, "pass_id": pass_id, "name": name, "data": data}
+                for name, data in content.stored_files().items()
+            ],
+        )
+        row.serial_number = serial_number
+        if authentication_token:
+            row.authentication_token = authentication_token
+        row.has_content = True
+        row.update_tag = next_update_tag(row.update_tag, now)
+        row.updated_at = now
+        await self.session.flush()
+        return await self.get_pass(pass_id)
+
+    async def package_source(self, pass_id: str) -> PassPackageSource:
+        """What the pass's .pkpass is made of now; its files are empty without content."""
+        pass_row = await self.session.get(PassRow, self._key(pass_id), populate_existing=True)
+        if pass_row is None:
+            raise NotFound("pass", pass_id)
+        template = await self._template_row(pass_row.template_id)
+        files: dict[str, bytes] = {}
+        if pass_row.has_content:
+            rows = await self.session.execute(
+                select(PassFileRow.name, PassFileRow.data).where(
+                    PassFileRow.project_id == self.project_id, PassFileRow.pass_id == pass_id
+                )
+            )
+            files = {name: data for name, data in rows}
+        return PassPackageSource(
+            project_id=self.project_id,
+            pass_id=pass_row.id,
+            pass_type_identifier=template.pass_type_identifier,
+            serial_number=pass_row.serial_number,
+            authentication_token=pass_row.authentication_token,
+            notification_header=pass_row.notification_header,
+            notification_body=pass_row.notification_body,
+            update_tag=pass_row.update_tag,
+            update_time=pass_row.updated_at,
+            template_signing=_signing(template),
+            files=files,
+        )
 
     async def list_passes(self, template_id: str, after: str, limit: int) -> Sequence[Pass]:
         await self._template_row(template_id)
@@ -379,6 +482,24 @@ class PassStore:
         return (self.project_id, resource_id)
 
 
+def _template_of_pass() -> ColumnElement[bool]:
+    return (TemplateRow.project_id == PassRow.project_id) & (TemplateRow.id == PassRow.template_id)
+
+
+def _set_signing(row: TemplateRow, signing: AppleSigningPem | None) -> None:
+    row.apple_certificate_pem = signing.certificate_pem if signing else None
+    row.apple_private_key_pem = signing.private_key_pem if signing else None
+    row.apple_wwdr_certificate_pem = signing.wwdr_certificate_pem if signing else None
+
+
+def _signing(row: TemplateRow) -> AppleSigningPem | None:
+    if not (row.apple_certificate_pem and row.apple_private_key_pem):
+        return None
+    return AppleSigningPem(
+        row.apple_certificate_pem, row.apple_private_key_pem, row.apple_wwdr_certificate_pem or ""
+    )
+
+
 def _project(row: ProjectRow) -> Project:
     return Project(row.id, row.display_name, row.created_at)
 
@@ -395,6 +516,10 @@ def _template(row: TemplateRow) -> Template:
         google_object_type=row.google_object_type,
         entity_id=row.entity_id or "",
         create_time=row.created_at,
+        apple_signing=(signing := _signing(row)),
+        apple_signing_expire_time=(
+            certificate_expire_time(signing.certificate_pem) if signing else None
+        ),
     )
 
 
@@ -414,4 +539,5 @@ def _pass(row: PassRow, tags: tuple[str, ...], group_tags: tuple[str, ...]) -> P
         update_tag=row.update_tag,
         create_time=row.created_at,
         update_time=row.updated_at,
+        has_content=row.has_content,
     )

@@ -9,6 +9,7 @@ from itertools import groupby
 from typing import Any
 
 from sqlalchemy import (
+    BigInteger,
     Insert,
     Select,
     Update,
@@ -336,7 +337,7 @@ _tickets = table_of(TicketRow)
 _passes = table_of(PassRow)
 _deliveries = table_of(DeliveryRow)
 _PASS_CHANGE_PARAMS: dict[str, BindParameter[Any]] = {
-    name: bindparam(f"new_{name}")
+    name: bindparam(f"new_{name}", type_=BigInteger if name == "update_tag" else None)
     for name in (
         "update_tag",
         "updated_at",
@@ -436,9 +437,20 @@ def _as_params(change: dict[str, Any]) -> dict[str, Any]:
 
 
 def _update_active_passes(audience: Any, values: dict[str, Any]) -> Update:
-    """Changes the audience's active passes (the inactive ones get nothing)."""
+    """Changes the audience's active passes (the inactive ones get nothing).
+
+    The update tag is the time's, but above the pass's previous one whatever the clock
+    did (store/passes.py next_update_tag): a device that saw a tag sees later changes.
+    """
+    values = dict(values)
+    new_tag = values.pop("update_tag")
+    if not isinstance(new_tag, BindParameter):  # a broadcast's value: a 64-bit bind
+        new_tag = literal(new_tag, BigInteger)
+    tag = case((PassRow.update_tag >= new_tag, PassRow.update_tag + 1), else_=new_tag)
     return (
-        update(_passes).where(audience, PassRow.status == PassStatus.ACTIVE.value).values(**values)
+        update(_passes)
+        .where(audience, PassRow.status == PassStatus.ACTIVE.value)
+        .values(update_tag=tag, **values)
     )
 
 

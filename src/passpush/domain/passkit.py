@@ -1,0 +1,294 @@
+"""Apple pass content: reading what a caller imports, and making the signed .pkpass.
+
+A pass's content is its pass.json and its other files (images, localizations). The
+caller imports it once, as a .pkpass or as pass.json and files; passpush keeps it and,
+each time a device asks, writes the pass's current state into pass.json (the web
+service, the authentication token, the notification back field) and signs it again.
+Everything here is pure: bytes in, bytes or InvalidArgument out.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import re
+import zipfile
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from passpush.domain.errors import FieldViolation, InvalidArgument
+from passpush.domain.signing import AppleSigningPem, SigningMaterial
+from passpush.domain.validation import AUTH_TOKEN_MIN
+
+PASS_JSON = "pass.json"
+MANIFEST = "manifest.json"
+SIGNATURE = "signature"
+MEDIA_TYPE = "application/vnd.apple.pkpass"
+STYLES = ("boardingPass", "coupon", "eventTicket", "generic", "storeCard")
+FIELD_GROUPS = ("headerFields", "primaryFields", "secondaryFields", "auxiliaryFields", "backFields")
+# The back field that carries the notification: its changeMessage `%@` makes the device
+# show the new value on the lock screen.
+NOTIFICATION_FIELD_KEY = "passpush.notification"
+REQUIRED_FILE = "icon.png"
+
+# Uncompressed, all files together: a pass is fetched by every device on every update, and
+# the whole request must fit gRPC's default 4 MiB message.
+MAX_CONTENT_BYTES = 3 * 1024 * 1024
+MAX_FILES = 200
+MAX_SERIAL_NUMBER = 128
+# Finder and macOS zip tools add these; Apple's own tools skip them too.
+_IGNORED = re.compile(r"(^|/)(\.DS_Store|__MACOSX(/.*)?)$")
+# `name.ext` at the root or in one `xx.lproj` folder: a pass bundle has no other folders.
+_NAME = r"[A-Za-z0-9_@~-][A-Za-z0-9._@~-]*"
+_FILE_NAME = re.compile(rf"({_NAME}\.lproj/)?{_NAME}")
+_PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+
+@dataclass(frozen=True)
+class PassContent:
+    """A pass's content as passpush keeps it: pass.json (without the fields passpush
+    writes itself) and every other file, by name."""
+
+    pass_json: dict[str, Any]
+    files: dict[str, bytes]
+
+    @property
+    def serial_number(self) -> str:
+        return str(self.pass_json.get("serialNumber") or "")
+
+    @property
+    def authentication_token(self) -> str:
+        return str(self.pass_json.get("authenticationToken") or "")
+
+    @property
+    def pass_type_identifier(self) -> str:
+        return str(self.pass_json.get("passTypeIdentifier") or "")
+
+    def stored_files(self) -> dict[str, bytes]:
+        """Every file as stored: pass.json included."""
+        return {PASS_JSON: json.dumps(self.pass_json, ensure_ascii=False).encode(), **self.files}
+
+
+@dataclass(frozen=True)
+class PassPackageSource:
+    """What a signed .pkpass is made of: the stored content and the pass's state now."""
+
+    project_id: str
+    pass_id: str
+    pass_type_identifier: str
+    serial_number: str
+    authentication_token: str
+    notification_header: str | None
+    notification_body: str | None
+    update_tag: int
+    update_time: datetime
+    template_signing: AppleSigningPem | None
+    files: dict[str, bytes]  # pass.json included; empty when the pass has no content
+
+
+def content_from_pkpass(data: bytes, field: str = "pkpass") -> PassContent:
+    """The content of an existing .pkpass; its manifest and signature are dropped."""
+    try:
+        archive = zipfile.ZipFile(io.BytesIO(data))
+    except (zipfile.BadZipFile, ValueError, EOFError):
+        raise InvalidArgument.field(field, "is not a zip file (.pkpass)") from None
+    files: dict[str, bytes] = {}
+    budget = MAX_CONTENT_BYTES
+    with archive:
+        entries = [
+            e for e in archive.infolist() if not e.is_dir() and not _IGNORED.search(e.filename)
+        ]
+        if len(entries) > MAX_FILES + 2:
+            raise InvalidArgument.field(field, f"holds more than {MAX_FILES} files")
+        for entry in entries:
+            name = entry.filename
+            if name in (MANIFEST, SIGNATURE):
+                continue  # passpush signs again
+            problem = _name_problem(name)
+            if problem:
+                raise InvalidArgument.field(field, f"{name!r} {problem}")
+            if name in files:
+                raise InvalidArgument.field(field, f"holds {name!r} twice")
+            if entry.flag_bits & 0x1:
+                raise InvalidArgument.field(field, f"{name!r} is encrypted")
+            files[name] = _read_within(archive, entry, budget, field)
+            budget -= len(files[name])
+    pass_json = files.pop(PASS_JSON, None)
+    if pass_json is None:
+        raise InvalidArgument.field(field, "holds no pass.json at its root")
+    return _content(pass_json, files, json_field=field, files_field=field)
+
+
+def content_from_files(pass_json: bytes, files: Mapping[str, bytes]) -> PassContent:
+    """The content given as pass.json and the other files by name."""
+    violations = []
+    if not pass_json:
+        violations.append(FieldViolation("pass_json", "is required (or give pkpass)"))
+    if len(files) > MAX_FILES:
+        violations.append(FieldViolation("files", f"must be at most {MAX_FILES} files"))
+    for name in sorted(files):
+        if name in (PASS_JSON, MANIFEST, SIGNATURE):
+            where = "goes in pass_json" if name == PASS_JSON else "is made by passpush"
+            violations.append(FieldViolation(f"files[{name}]", where))
+        else:
+            problem = _name_problem(name)
+            if problem:
+                violations.append(FieldViolation(f"files[{name}]", problem))
+    if violations:
+        raise InvalidArgument(violations)
+    if len(pass_json) + sum(len(data) for data in files.values()) > MAX_CONTENT_BYTES:
+        raise InvalidArgument.field("files", f"must be at most {_mib(MAX_CONTENT_BYTES)} in all")
+    return _content(pass_json, dict(files), json_field="pass_json", files_field="files")
+
+
+def _content(
+    pass_json: bytes, files: dict[str, bytes], *, json_field: str, files_field: str
+) -> PassContent:
+    """Checks pass.json and the files. In a .pkpass (one field for everything) the
+    description names the part at fault; otherwise the field does (`pass_json.description`)."""
+    in_pkpass = json_field == files_field
+    document, problems = _pass_json(pass_json)
+    violations = [
+        FieldViolation(json_field, f"pass.json{'.' + path if path else ''} {problem}")
+        if in_pkpass
+        else FieldViolation(f"{json_field}.{path}" if path else json_field, problem)
+        for path, problem in problems
+    ]
+    if REQUIRED_FILE not in files:
+        violations.append(FieldViolation(files_field, f"must include {REQUIRED_FILE}"))
+    for name in sorted(files):
+        if name.lower().endswith(".png") and not files[name].startswith(_PNG_MAGIC):
+            if in_pkpass:
+                violations.append(FieldViolation(files_field, f"{name!r} is not a PNG image"))
+            else:
+                violations.append(FieldViolation(f"{files_field}[{name}]", "is not a PNG image"))
+    if violations:
+        raise InvalidArgument(violations)
+    assert document is not None
+    return PassContent(document, files)
+
+
+def _pass_json(data: bytes) -> tuple[dict[str, Any] | None, list[tuple[str, str]]]:
+    """pass.json without passpush's own fields, or what a device would refuse in it
+    (as pairs of a path in the document, empty for the whole, and the problem)."""
+    try:
+        document = json.loads(data.decode("utf-8-sig"))
+    except (UnicodeDecodeError, ValueError):
+        return None, [("", "is not valid UTF-8 JSON")]
+    if not isinstance(document, dict):
+        return None, [("", "must be a JSON object")]
+    problems = []
+    for key in ("description", "organizationName", "teamIdentifier"):
+        if not isinstance(document.get(key), str) or not document[key].strip():
+            problems.append((key, "is required (a string)"))
+    if document.get("formatVersion", 1) != 1:
+        problems.append(("formatVersion", "must be 1"))
+    styles = [style for style in STYLES if style in document]
+    if len(styles) != 1:
+        problems.append(("", "must have exactly one pass style: " + ", ".join(STYLES)))
+    elif not isinstance(document[styles[0]], dict):
+        problems.append((styles[0], "must be an object"))
+    else:
+        for group in FIELD_GROUPS:
+            fields = document[styles[0]].get(group, [])
+            if not isinstance(fields, list) or not all(isinstance(f, dict) for f in fields):
+                problems.append((f"{styles[0]}.{group}", "must be a list of objects"))
+    limits = {"serialNumber": (1, MAX_SERIAL_NUMBER), "authenticationToken": (AUTH_TOKEN_MIN, 128)}
+    for key, (shortest, longest) in limits.items():
+        value = document.get(key)
+        if value is not None and not (isinstance(value, str) and shortest <= len(value) <= longest):
+            problems.append((key, f"must be a string of {shortest}-{longest} characters"))
+    if problems:
+        return None, problems
+    document.setdefault("formatVersion", 1)
+    document.pop("webServiceURL", None)  # passpush's own, written into every package
+    _remove_notification_field(document[styles[0]])
+    return document, []
+
+
+def check_pass_type_identifier(content: PassContent, expected: str, field: str) -> None:
+    """pass.json may name its pass type, but only its template's: another would not verify."""
+    given = content.pass_type_identifier
+    if given and given != expected:
+        raise InvalidArgument.field(
+            f"{field}.passTypeIdentifier",
+            f"is {given!r}, but the pass's template is {expected!r}",
+        )
+
+
+def render_pass_json(source: PassPackageSource, web_service_url: str) -> bytes:
+    """pass.json as a device gets it now: the stored document with the pass's state."""
+    document = json.loads(source.files[PASS_JSON])
+    document.update(
+        passTypeIdentifier=source.pass_type_identifier,
+        serialNumber=source.serial_number,
+        authenticationToken=source.authentication_token,
+        webServiceURL=web_service_url,
+    )
+    style = next(document[s] for s in STYLES if s in document)
+    _remove_notification_field(style)
+    if source.notification_body is not None:
+        field: dict[str, str] = {"key": NOTIFICATION_FIELD_KEY}
+        if source.notification_header:
+            field["label"] = source.notification_header
+        field |= {"value": source.notification_body, "changeMessage": "%@"}
+        style["backFields"] = [field, *style.get("backFields", [])]
+    return json.dumps(document, ensure_ascii=False, indent=2).encode()
+
+
+def build_pkpass(files: Mapping[str, bytes], signing: SigningMaterial) -> bytes:
+    """A signed .pkpass: the files, manifest.json (each file's SHA-1) and its signature."""
+    manifest = manifest_of(files)
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as archive:
+        for name in sorted(files):
+            archive.writestr(name, files[name])
+        archive.writestr(MANIFEST, manifest)
+        archive.writestr(SIGNATURE, signing.sign(manifest))
+    return buffer.getvalue()
+
+
+def manifest_of(files: Mapping[str, bytes]) -> bytes:
+    return json.dumps(
+        {name: hashlib.sha1(data).hexdigest() for name, data in sorted(files.items())}, indent=2
+    ).encode()
+
+
+def _remove_notification_field(style: dict[str, Any]) -> None:
+    for group in FIELD_GROUPS:
+        if isinstance(style.get(group), list):
+            style[group] = [f for f in style[group] if f.get("key") != NOTIFICATION_FIELD_KEY]
+
+
+def _name_problem(name: str) -> str:
+    if not name or len(name) > 255:
+        return "must be a name of 1-255 characters"
+    if name.startswith("/") or "\\" in name or ".." in name.split("/"):
+        return "must be a relative path within the pass (no '/', '\\' or '..' to leave it)"
+    if not _FILE_NAME.fullmatch(name):
+        return "must be a file name, at the root or in one xx.lproj folder"
+    return ""
+
+
+def _read_within(
+    archive: zipfile.ZipFile, entry: zipfile.ZipInfo, budget: int, field: str
+) -> bytes:
+    """An entry's bytes, read no further than the budget (its header may lie)."""
+    too_big = InvalidArgument.field(field, f"must be at most {_mib(MAX_CONTENT_BYTES)} unzipped")
+    if entry.file_size > budget:
+        raise too_big
+    try:
+        with archive.open(entry) as stream:
+            data = stream.read(budget + 1)
+    except (zipfile.BadZipFile, NotImplementedError, ValueError, EOFError, OSError) as error:
+        raise InvalidArgument.field(field, f"{entry.filename!r} cannot be read: {error}") from None
+    if len(data) > budget:
+        raise too_big
+    return data
+
+
+def _mib(size: int) -> str:
+    return f"{size / 1024 / 1024:g} MiB"

@@ -1,0 +1,295 @@
+"""The device side of Apple Wallet: the PassKit web service's use cases, and the signed
+.pkpass that they and GetPassPackage serve.
+
+A device knows a pass by its pass type identifier and serial number, and proves it
+holds it with the pass's authentication token (`Authorization: ApplePass <token>`),
+compared in constant time. It registers for pushes (the same registrations Send
+delivers to), asks which of its passes changed since an update tag, fetches the
+re-signed pass, and unregisters when the holder deletes the pass.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import logging
+import re
+from collections import OrderedDict
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from passpush.domain.errors import FailedPrecondition, NotFound, Unauthenticated
+from passpush.domain.passkit import PASS_JSON, PassPackageSource, build_pkpass, render_pass_json
+from passpush.domain.signing import AppleSigningPem, SigningMaterial, load_signing
+from passpush.domain.validation import check_id, check_push_token, raise_if_any
+from passpush.service.clock import Clock, utcnow
+from passpush.store.passes import PassStore
+from passpush.store.passkit import NamedPass, PassKitStore
+
+log = logging.getLogger(__name__)
+
+DEFAULT_WEB_SERVICE_URL = "http://127.0.0.1:8080/passkit"
+MAX_UPDATE_TAG = 2**63 - 1
+MAX_LOG_LINES = 100
+MAX_LOG_LINE = 1000
+# What a device might put in a log line that must not reach ours: long token-like runs
+# (push tokens, authentication tokens) keep their first 8 characters, as elsewhere.
+_TOKEN_LIKE = re.compile(r"[A-Za-z0-9_+/=-]{24,}")
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+_UNAUTHENTICATED = "no pass with that pass type and serial number has that ApplePass token"
+
+
+@dataclass(frozen=True)
+class PassKitSettings:
+    # The public base URL of the PassKit web service, written into each pass.
+    web_service_url: str = DEFAULT_WEB_SERVICE_URL
+    # The server's signing material, for templates without their own.
+    default_signing: SigningMaterial | None = None
+
+
+class PassPackager:
+    """Makes signed .pkpass files: pass.json with the pass's state now, signed with the
+    template's material or else the server's."""
+
+    _CACHED_MATERIALS = 64
+
+    def __init__(self, settings: PassKitSettings) -> None:
+        self.web_service_url = settings.web_service_url
+        self._default = settings.default_signing
+        # Loading a key checks it (milliseconds for RSA): once per template's material.
+        self._loaded: OrderedDict[AppleSigningPem, SigningMaterial] = OrderedDict()
+
+    def can_sign(self, template_signing: AppleSigningPem | None) -> bool:
+        return template_signing is not None or self._default is not None
+
+    async def package(self, source: PassPackageSource) -> bytes:
+        """The pass's .pkpass; NotFound without content, FailedPrecondition without signing."""
+        if PASS_JSON not in source.files:
+            raise NotFound("pass_content", source.pass_id)
+        signing = self._signing_for(source.template_signing)
+        # Zipping images and signing take milliseconds: off the event loop.
+        return await asyncio.to_thread(self._build, source, signing)
+
+    def _build(self, source: PassPackageSource, signing: SigningMaterial) -> bytes:
+        files = {**source.files, PASS_JSON: render_pass_json(source, self.web_service_url)}
+        return build_pkpass(files, signing)
+
+    def _signing_for(self, template_signing: AppleSigningPem | None) -> SigningMaterial:
+        if template_signing is None:
+            if self._default is None:
+                raise FailedPrecondition(
+                    "no signing material: give the template apple_signing "
+                    "(SetTemplateSigning) or set PASSPUSH_APPLE_SIGNING_CERT, _KEY and _WWDR",
+                    reason="SIGNING_NOT_CONFIGURED",
+                )
+            return self._default
+        material = self._loaded.get(template_signing)
+        if material is None:
+            material = load_signing(template_signing, field="template.apple_signing")
+            self._loaded[template_signing] = material
+            if len(self._loaded) > self._CACHED_MATERIALS:
+                self._loaded.popitem(last=False)
+        else:
+            self._loaded.move_to_end(template_signing)
+        return material
+
+
+@dataclass(frozen=True)
+class UpdatedSerials:
+    serial_numbers: list[str]
+    last_updated: str  # the update tag to ask from next time (a string, as Apple wants)
+
+
+@dataclass(frozen=True)
+class LatestPass:
+    pkpass: bytes | None  # None: not modified since the device's copy
+    last_modified: datetime
+
+
+class PassKitCore:
+    """The PassKit web service's use cases. No API key: each call is the device's."""
+
+    def __init__(
+        self,
+        sessions: async_sessionmaker[AsyncSession],
+        packager: PassPackager,
+        *,
+        clock: Clock = utcnow,
+    ) -> None:
+        self._sessions = sessions
+        self.packager = packager
+        self._clock = clock
+
+    async def register(
+        self,
+        pass_type_identifier: str,
+        serial_number: str,
+        device_library_identifier: str,
+        push_token: str,
+        authentication_token: str | None,
+    ) -> bool:
+        """Registers the device for pushes about the pass (or renews its push token);
+        True when the registration is new."""
+        async with self._sessions.begin() as session:
+            named = await _authenticate(
+                session, pass_type_identifier, serial_number, authentication_token
+            )
+            raise_if_any(
+                [
+                    # As RegisterDevice: the same registrations.
+                    *check_id("deviceLibraryIdentifier", device_library_identifier),
+                    *check_push_token("pushToken", push_token),
+                ]
+            )
+            _, created = await PassStore(session, named.project_id).register_device(
+                named.pass_id, device_library_identifier, push_token, self._clock()
+            )
+        log.info(
+            "PassKit: device %s… %s for pass %s of project %s",
+            device_library_identifier[:8],
+            "registered" if created else "registered again",
+            named.pass_id,
+            named.project_id,
+        )
+        return created
+
+    async def unregister(
+        self,
+        pass_type_identifier: str,
+        serial_number: str,
+        device_library_identifier: str,
+        authentication_token: str | None,
+    ) -> None:
+        """Stops pushes about the pass to the device; unregistering twice is no error."""
+        async with self._sessions.begin() as session:
+            named = await _authenticate(
+                session, pass_type_identifier, serial_number, authentication_token
+            )
+            try:
+                await PassStore(session, named.project_id).unregister_device(
+                    named.pass_id, device_library_identifier
+                )
+            except NotFound:
+                return
+        log.info(
+            "PassKit: device %s… unregistered from pass %s of project %s",
+            device_library_identifier[:8],
+            named.pass_id,
+            named.project_id,
+        )
+
+    async def updated_serials(
+        self, device_library_identifier: str, pass_type_identifier: str, since: str | None
+    ) -> UpdatedSerials | None:
+        """The serial numbers of the device's passes of that type changed after the tag
+        `since` (all of them without a tag, or with one passpush did not make); None when
+        there are none."""
+        if not (
+            _plausible(device_library_identifier, 255) and _plausible(pass_type_identifier, 255)
+        ):
+            return None
+        async with self._sessions() as session:
+            rows = await PassKitStore(session).device_serials(
+                device_library_identifier, pass_type_identifier, _update_tag(since)
+            )
+        if not rows:
+            return None
+        return UpdatedSerials(sorted({serial for serial, _ in rows}), str(max(t for _, t in rows)))
+
+    async def latest_pass(
+        self,
+        pass_type_identifier: str,
+        serial_number: str,
+        authentication_token: str | None,
+        if_modified_since: datetime | None,
+    ) -> LatestPass:
+        """The pass as it is now, signed; or no body when the device's copy is current."""
+        async with self._sessions() as session:
+            named = await _authenticate(
+                session, pass_type_identifier, serial_number, authentication_token
+            )
+            source = await PassStore(session, named.project_id).package_source(named.pass_id)
+        if PASS_JSON not in source.files:
+            raise NotFound("pass_content", serial_number)
+        last_modified = last_modified_of(source.update_time, self._clock())
+        if if_modified_since is not None and not modified_since(
+            source.update_time, if_modified_since
+        ):
+            return LatestPass(None, last_modified)
+        try:
+            pkpass = await self.packager.package(source)
+        except FailedPrecondition as error:  # the device only sees a status: say it here
+            log.error(
+                "PassKit: cannot serve pass %s of project %s: %s",
+                named.pass_id,
+                named.project_id,
+                error.message,
+            )
+            raise
+        return LatestPass(pkpass, last_modified)
+
+    def record_device_logs(self, lines: Sequence[str]) -> None:
+        """Writes what devices report (their errors with this service) to the log, without
+        anything that looks like a token."""
+        for line in lines[:MAX_LOG_LINES]:
+            log.warning("PassKit device log: %s", device_log_line(line))
+        if len(lines) > MAX_LOG_LINES:
+            log.warning("PassKit device log: %d more lines left out", len(lines) - MAX_LOG_LINES)
+
+
+async def _authenticate(
+    session: AsyncSession,
+    pass_type_identifier: str,
+    serial_number: str,
+    authentication_token: str | None,
+) -> NamedPass:
+    """The pass the device named, if the device holds its token; else Unauthenticated,
+    the same whether the pass does not exist or the token is wrong."""
+    if not (
+        authentication_token
+        and _plausible(pass_type_identifier, 255)
+        and _plausible(serial_number, 128)
+    ):
+        raise Unauthenticated(_UNAUTHENTICATED)
+    given = authentication_token.encode()
+    found = None
+    for named in await PassKitStore(session).passes_named(pass_type_identifier, serial_number):
+        if hmac.compare_digest(named.authentication_token.encode(), given) and found is None:
+            found = named
+    if found is None:
+        raise Unauthenticated(_UNAUTHENTICATED)
+    return found
+
+
+def last_modified_of(update_time: datetime, now: datetime) -> datetime:
+    """The Last-Modified of a pass changed at `update_time`, in whole seconds as HTTP has
+    them: the change's second once it is over; while it lasts, the second before, so that
+    a second change within the same second still reads as modified to the device."""
+    second = update_time.replace(microsecond=0)
+    return second if now.replace(microsecond=0) > second else second - timedelta(seconds=1)
+
+
+def modified_since(update_time: datetime, since: datetime) -> bool:
+    return update_time.replace(microsecond=0) > since
+
+
+def device_log_line(line: str) -> str:
+    line = _CONTROL.sub(" ", line[:MAX_LOG_LINE])
+    return _TOKEN_LIKE.sub(lambda match: match.group()[:8] + "…", line)
+
+
+def _update_tag(value: str | None) -> int | None:
+    """A tag passpush made (a decimal), else None: the device then gets every serial."""
+    if value is None or not value.isascii() or not value.isdecimal():
+        return None
+    tag = int(value)
+    return tag if tag <= MAX_UPDATE_TAG else None
+
+
+def _plausible(name: str, longest: int) -> bool:
+    """A name that can be in the database: not empty, short enough, no control characters
+    (PostgreSQL refuses NUL in text)."""
+    return 0 < len(name) <= longest and not _CONTROL.search(name)

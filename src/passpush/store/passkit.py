@@ -1,0 +1,77 @@
+"""Queries of the PassKit web service: a device names passes by pass type identifier and
+serial number, with no project, so these look across projects (and return only what the
+service needs to authenticate the device and answer it)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from sqlalchemy import and_, select
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from passpush.domain.model import Platform
+from passpush.store.models import DeviceRegistrationRow, PassRow, TemplateRow
+
+# A device holds a handful of passes of one type; more is not a device.
+MAX_DEVICE_PASSES = 1000
+_TEMPLATE_OF_PASS = and_(
+    TemplateRow.project_id == PassRow.project_id,
+    TemplateRow.id == PassRow.template_id,
+    TemplateRow.platform == Platform.APPLE.value,
+)
+
+
+@dataclass(frozen=True)
+class NamedPass:
+    """An Apple pass a device named, with the token that proves the device holds it."""
+
+    project_id: str
+    pass_id: str
+    authentication_token: str
+
+
+class PassKitStore:
+    def __init__(self, session: AsyncSession) -> None:
+        self.session = session
+
+    async def passes_named(self, pass_type_identifier: str, serial_number: str) -> list[NamedPass]:
+        """The Apple passes with that pass type and serial number: one, unless projects
+        share a pass type (each pass's own token then tells them apart)."""
+        rows = await self.session.execute(
+            select(PassRow.project_id, PassRow.id, PassRow.authentication_token)
+            .join(TemplateRow, _TEMPLATE_OF_PASS)
+            .where(
+                PassRow.serial_number == serial_number,
+                TemplateRow.pass_type_identifier == pass_type_identifier,
+            )
+            .order_by(PassRow.project_id, PassRow.id)
+            .limit(10)
+        )
+        return [NamedPass(project_id, pass_id, token) for project_id, pass_id, token in rows]
+
+    async def device_serials(
+        self, device_library_identifier: str, pass_type_identifier: str, since: int | None
+    ) -> list[tuple[str, int]]:
+        """(serial number, update tag) of the passes with content of that type the device
+        is registered for, changed after the tag `since` (all of them without one)."""
+        query = (
+            select(PassRow.serial_number, PassRow.update_tag)
+            .select_from(DeviceRegistrationRow)
+            .join(
+                PassRow,
+                and_(
+                    PassRow.project_id == DeviceRegistrationRow.project_id,
+                    PassRow.id == DeviceRegistrationRow.pass_id,
+                ),
+            )
+            .join(TemplateRow, _TEMPLATE_OF_PASS)
+            .where(
+                DeviceRegistrationRow.device_library_identifier == device_library_identifier,
+                TemplateRow.pass_type_identifier == pass_type_identifier,
+                PassRow.has_content,
+            )
+            .limit(MAX_DEVICE_PASSES)
+        )
+        if since is not None:
+            query = query.where(PassRow.update_tag > since)
+        return [(serial, tag) for serial, tag in await self.session.execute(query)]
