@@ -45,6 +45,7 @@ ANY_OBJECT = "*"
 """Pass to `FakeGoogleWallet.respond` to program the answer for every object without its own."""
 
 SCOPE = "https://www.googleapis.com/auth/wallet_object.issuer"
+GOOGLE_TOKEN_AUDIENCE = "https://oauth2.googleapis.com/token"
 OBJECT_TYPES = frozenset(
     {
         "genericObject",
@@ -126,7 +127,7 @@ class ReceivedRequest:
     action: str  # "addMessage", "get" or "patch"
     body: dict[str, Any]
     status: int  # what the fake answered
-    received_at: float  # time.monotonic()
+    received_at: float  # time.time()
 
 
 @dataclass
@@ -227,11 +228,19 @@ class FakeGoogleWallet:
     # -- objects, answers and tokens ---------------------------------------------------------
 
     def add_object(
-        self, object_type: str, object_id: str, messages: list[dict[str, Any]] | None = None
+        self,
+        object_type: str,
+        object_id: str,
+        messages: list[dict[str, Any]] | None = None,
+        *,
+        notified_today: int = 0,
     ) -> None:
-        """An object the issuer inserted, with the messages it holds already."""
+        """An object the issuer inserted, with the messages it holds already, and how many
+        notifying messages it took in the last 24 hours (from elsewhere than passpush)."""
         self._objects[object_id] = _WalletObject(
-            object_type, {"id": object_id, "messages": list(messages or [])}
+            object_type,
+            {"id": object_id, "messages": list(messages or [])},
+            [self.clock()] * notified_today,
         )
 
     def messages(self, object_id: str) -> list[dict[str, Any]]:
@@ -296,7 +305,8 @@ class FakeGoogleWallet:
             claims = jwt.decode(  # type: ignore[no-untyped-call]
                 form.get("assertion", ""),
                 certs=self.account.public_key_pem,
-                audience=self.token_url,
+                # google-auth names Google's endpoint as the audience wherever it posts.
+                audience=[GOOGLE_TOKEN_AUDIENCE, self.token_url],
             )
         except (ValueError, google.auth.exceptions.GoogleAuthError) as error:
             return _grant_error("invalid_grant", f"Invalid JWT: {error}")
@@ -334,7 +344,7 @@ class FakeGoogleWallet:
                 action,
                 body if isinstance(body, dict) else {},
                 response.status_code,
-                time.monotonic(),
+                time.time(),
             )
         )
         self._arrived.set()
