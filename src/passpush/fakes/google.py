@@ -171,6 +171,7 @@ class FakeGoogleWallet:
         self._objects: dict[str, _WalletObject] = {}
         self._tokens: dict[str, float] = {}  # access token -> expiry (time.time())
         self._programmed: dict[str, list[_ProgrammedAnswer]] = {}
+        self._late_answers: list[float] = []
         self._arrived = asyncio.Event()
         self._server: uvicorn.Server | None = None
         self._task: asyncio.Task[None] | None = None
@@ -265,6 +266,11 @@ class FakeGoogleWallet:
             _ProgrammedAnswer(status, reason, times, action)
         )
 
+    def answer_late(self, seconds: float, *, times: int = 1) -> None:
+        """Carry out the next `times` API requests, but answer each only after `seconds`: a
+        client that gives up first has its message added without knowing it."""
+        self._late_answers += [seconds] * times
+
     def expire_tokens(self) -> None:
         """Every access token issued so far is refused from now on (401)."""
         self._tokens.clear()
@@ -272,6 +278,7 @@ class FakeGoogleWallet:
     def reset(self) -> None:
         self.requests.clear()
         self._programmed.clear()
+        self._late_answers.clear()
         self.token_grants = 0
 
     def received(self, action: str | None = None) -> list[ReceivedRequest]:
@@ -349,6 +356,8 @@ class FakeGoogleWallet:
         )
         self._arrived.set()
         logger.info("%s %s %s: %d", action, object_type, object_id, response.status_code)
+        if self._late_answers:
+            await asyncio.sleep(self._late_answers.pop(0))
         return response
 
     def _answer(
