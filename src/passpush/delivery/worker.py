@@ -7,9 +7,9 @@ crash pushes at most one batch twice. Within that window the work flows:
 claims are topped up as outcomes are recorded, and outcomes are recorded in
 small batched transactions while the pushes go on.
 
-Each platform has its own window and lanes. Google's requests are paced (~20 a second),
-so its window holds only what is sent well within a lease, and its lanes waiting for their
-turn never hold up Apple's pushes.
+Each platform has its own window and lanes: `batch_size` and `max_in_flight` are Apple's.
+Google's requests are paced (~20 a second), so its window holds only what is sent well
+within a lease, and its lanes waiting for their turn never hold up Apple's pushes.
 """
 
 from __future__ import annotations
@@ -48,7 +48,7 @@ class WorkerSettings:
     # max_in_flight, so that answers awaiting their write and the next claim's worth of work
     # fit beside the pushes in flight and no lane waits for the database.
     batch_size: int = 2000
-    max_in_flight: int = 200  # concurrent pushes across connections
+    max_in_flight: int = 200  # concurrent APNs pushes across connections
     lease: timedelta = timedelta(seconds=60)
     poll_interval: float = 0.5  # seconds between looks at the outbox when not woken
     max_attempts: int = MAX_ATTEMPTS
