@@ -204,7 +204,14 @@ async def test_readme_walkthrough_with_grpcurl(
 
     assert ticket["state"] == "TICKET_STATE_SUCCEEDED", ticket
     counts = {name: int(value) for name, value in ticket["counts"].items()}
-    assert counts == {"total": 1, "pending": 0, "delivered": 1, "failed": 0, "skipped": 0}
+    assert counts == {
+        "total": 1,
+        "pending": 0,
+        "delivered": 1,
+        "failed": 0,
+        "skipped": 0,
+        "delivered_without_alert": 0,
+    }
     assert [(p.device_token, p.topic, p.payload) for p in fake_apns.received] == [
         (DEVICE_TOKEN, TOPIC, b"{}")
     ]
