@@ -24,6 +24,12 @@ TERMINAL = {
     npb.TICKET_STATE_CANCELLED,
 }
 TOPIC = "pass.com.example.loyalty"
+GOOGLE_ISSUER = "3388000000022222222"
+
+
+def google_object_id(pass_id: str) -> str:
+    """The Google Wallet object id World gives a pass (issuerId.suffix)."""
+    return f"{GOOGLE_ISSUER}.{pass_id}"
 
 
 def token(n: int) -> str:
@@ -140,6 +146,42 @@ class World:
             )
             self.devices.setdefault(pass_id, []).append(device_token)
         return pass_id
+
+    async def google_template(
+        self, template_id: str, *, object_type: str = "loyaltyObject", class_id: str = ""
+    ) -> str:
+        await self.passes.CreateTemplate(
+            ppb.CreateTemplateRequest(
+                template_id=template_id,
+                template=ppb.Template(
+                    project_id=self.project_id,
+                    platform=ppb.PLATFORM_GOOGLE,
+                    google_class_id=class_id or f"{GOOGLE_ISSUER}.{template_id}",
+                    google_object_type=object_type,
+                ),
+            )
+        )
+        return template_id
+
+    async def google_pass(
+        self,
+        pass_id: str,
+        template_id: str,
+        *,
+        tags: tuple[str, ...] = (),
+        status: int = ppb.PASS_STATUS_ACTIVE,
+    ) -> str:
+        """A pass of a Google template; its object id is google_object_id(pass_id)."""
+        await self.passes.UpsertPass(
+            upsert(
+                id=pass_id,
+                template_id=template_id,
+                status=status,
+                tags=list(tags),
+                google_object_id=google_object_id(pass_id),
+            )
+        )
+        return google_object_id(pass_id)
 
     def tokens_of(self, *pass_ids: str) -> list[str]:
         return sorted(t for p in pass_ids for t in self.devices.get(p, []))

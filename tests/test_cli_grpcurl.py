@@ -203,7 +203,14 @@ async def test_readme_walkthrough_with_grpcurl(
 
     assert ticket["state"] == "TICKET_STATE_SUCCEEDED", ticket
     counts = {name: int(value) for name, value in ticket["counts"].items()}
-    assert counts == {"total": 1, "pending": 0, "delivered": 1, "failed": 0, "skipped": 0}
+    assert counts == {
+        "total": 1,
+        "pending": 0,
+        "delivered": 1,
+        "failed": 0,
+        "skipped": 0,
+        "delivered_without_alert": 0,
+    }
     assert [(p.device_token, p.topic, p.payload) for p in fake_apns.received] == [
         (DEVICE_TOKEN, TOPIC, b"{}")
     ]
@@ -288,6 +295,25 @@ async def test_sigterm_with_a_push_in_flight_exits_cleanly_and_loses_nothing(
     assert (done.counts.total, done.counts.delivered, done.counts.pending) == (3, 3, 0)
     # After the restart exactly the handed-back deliveries were pushed, each once.
     assert sorted(fake_apns.tokens()) == handed_back
+
+
+async def test_serve_without_google_credentials_sends_to_the_bundled_fake(
+    live_server: ServerProcess, demo_key: str
+) -> None:
+    async with live_server.channel(demo_key) as channel:
+        world = World(passes_pb2_grpc.PassServiceStub(channel), project_id="demo")
+        await world.google_template("offers")
+        object_id = await world.google_pass("g1", "offers")
+        notifications = notifications_pb2_grpc.NotificationServiceStub(channel)
+        accepted = await notifications.Send(
+            npb.SendRequest(target=npb.Target(pass_id="g1"), content=npb.Content(body="Hello"))
+        )
+        ticket = await wait_terminal(notifications, accepted.id, seconds=30)
+
+    assert (ticket.state, ticket.counts.delivered) == (npb.TICKET_STATE_SUCCEEDED, 1), ticket
+    log = live_server.log()
+    assert "sending to the bundled fake Google Wallet API" in log
+    assert f"addMessage loyaltyObject {object_id}: 200" in log
 
 
 # -- API keys from the CLI ------------------------------------------------------------------

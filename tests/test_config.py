@@ -100,3 +100,33 @@ def test_the_signing_key_may_share_the_certificates_file_but_the_wwdr_is_require
     assert separate.apple_signing == SigningFiles("/s/pass.pem", "/s/key.pem", "/s/w.pem")
     with pytest.raises(ValueError, match="PASSPUSH_APPLE_SIGNING_WWDR"):
         Settings.from_env({"PASSPUSH_APPLE_SIGNING_CERT": "/s/pass.pem"})
+
+
+def test_without_google_credentials_serve_uses_the_bundled_fake() -> None:
+    settings = Settings.from_env({"PASSPUSH_GOOGLE_RATE": "5"})
+    assert settings.google is None and settings.google_rate == 5
+
+
+def test_google_credentials_go_to_google_unless_endpoints_are_named() -> None:
+    google = Settings.from_env({"PASSPUSH_GOOGLE_CREDENTIALS": "/secrets/sa.json"}).google
+    assert google is not None
+    assert (google.credentials_file, google.api_base, google.token_url, google.rate) == (
+        "/secrets/sa.json",
+        "https://walletobjects.googleapis.com",
+        "https://oauth2.googleapis.com/token",
+        20.0,
+    )
+    named = Settings.from_env(
+        {
+            "PASSPUSH_GOOGLE_CREDENTIALS": "/secrets/sa.json",
+            "PASSPUSH_GOOGLE_API_BASE": "http://127.0.0.1:8095",
+            "PASSPUSH_GOOGLE_TOKEN_URL": "http://127.0.0.1:8095/token",
+            "PASSPUSH_GOOGLE_RATE": "10",
+        }
+    ).google
+    assert named is not None
+    assert (named.api_base, named.token_url, named.rate) == (
+        "http://127.0.0.1:8095",
+        "http://127.0.0.1:8095/token",
+        10.0,
+    )

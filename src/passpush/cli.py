@@ -17,9 +17,11 @@ from passpush import console
 from passpush.api.server import PasspushServer
 from passpush.config import Settings, SigningFiles
 from passpush.delivery.apns import ApnsConfig, ApnsGateway
+from passpush.delivery.google import GoogleWalletConfig, GoogleWalletGateway
 from passpush.domain.auth import SCOPE_ALIASES, ApiKey, Scope
 from passpush.domain.errors import DomainError
 from passpush.domain.signing import AppleSigningPem, SigningMaterial, load_signing
+from passpush.fakes import google as fake_google
 from passpush.fakes.apns import FakeApns, start_bundled_fake
 from passpush.http.app import HttpServer, create_app
 from passpush.service.clock import utcnow
@@ -149,10 +151,39 @@ async def serve(settings: Settings) -> int:
             "(set PASSPUSH_APNS_CERT or PASSPUSH_APNS_KEY_FILE for Apple's)",
             fake.endpoint,
         )
+    fake_wallet: fake_google.FakeGoogleWallet | None = None
+    google_config = settings.google
+    if google_config is None:
+        fake_wallet = await fake_google.start_bundled_fake(Path(settings.data_dir) / "fake-google")
+        google_config = GoogleWalletConfig(
+            credentials_file=str(fake_wallet.account.key_file),
+            api_base=fake_wallet.api_base,
+            token_url=fake_wallet.token_url,
+            rate=settings.google_rate,
+        )
+        log.warning(
+            "no Google Wallet credentials configured: sending to the bundled fake Google "
+            "Wallet API at %s (set PASSPUSH_GOOGLE_CREDENTIALS for Google's)",
+            fake_wallet.api_base,
+        )
+    elif google_config.credentials_file is None:
+        log.error(
+            "PASSPUSH_GOOGLE_API_BASE is set but PASSPUSH_GOOGLE_CREDENTIALS is not: Google "
+            "Wallet deliveries will fail with GoogleWalletNotConfigured"
+        )
+    try:
+        google = GoogleWalletGateway(google_config)
+    except (OSError, ValueError) as error:
+        log.error("cannot use PASSPUSH_GOOGLE_CREDENTIALS: %s", error)
+        if fake is not None:
+            await fake.stop()
+        await engine.dispose()
+        return 2
     gateway = ApnsGateway(apns_config)
     server = PasspushServer(
         sessions,
         gateway,
+        google,
         address=settings.grpc_address,
         clock=utcnow,
         worker_settings=settings.worker,
@@ -167,7 +198,10 @@ async def serve(settings: Settings) -> int:
             await ScheduleStore(session).release_claims()
     await server.start()
     log.info(
-        "passpush gRPC listening on %s (APNs at %s)", settings.grpc_address, apns_config.endpoint
+        "passpush gRPC listening on %s (APNs at %s, Google Wallet API at %s)",
+        settings.grpc_address,
+        apns_config.endpoint,
+        google_config.api_base,
     )
     # The shim calls the gRPC server like any client, over the port it just bound; the
     # PassKit routes (devices, no API key) call the service in-process.
@@ -180,9 +214,7 @@ async def serve(settings: Settings) -> int:
     except OSError as error:
         log.error("cannot serve HTTP on %s: %s", settings.http_address, error)
         await server.stop(0)
-        await gateway.close()
-        if fake is not None:
-            await fake.stop()
+        await _close_gateways(gateway, google, fake, fake_wallet)
         await engine.dispose()
         return 2
     log.info(
@@ -200,9 +232,7 @@ async def serve(settings: Settings) -> int:
     log.info("shutting down: finishing in-flight work (up to %.0f s)", settings.shutdown_grace)
     await http.stop(settings.shutdown_grace)
     await server.stop(settings.shutdown_grace)
-    await gateway.close()
-    if fake is not None:
-        await fake.stop()
+    await _close_gateways(gateway, google, fake, fake_wallet)
     await engine.dispose()
     return 0
 
@@ -229,6 +259,20 @@ def _default_signing(files: SigningFiles | None) -> SigningMaterial | None:
             material.expire_time.date(),
         )
     return material
+
+
+async def _close_gateways(
+    apns: ApnsGateway,
+    google: GoogleWalletGateway,
+    fake_apns: FakeApns | None,
+    fake_wallet: fake_google.FakeGoogleWallet | None,
+) -> None:
+    await apns.close()
+    await google.close()
+    if fake_apns is not None:
+        await fake_apns.stop()
+    if fake_wallet is not None:
+        await fake_wallet.stop()
 
 
 def _dial(listen_address: str, port: int) -> str:

@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from datetime import timedelta
 
 from passpush.delivery.apns import ApnsConfig
+from passpush.delivery.google import GOOGLE_API_BASE, GOOGLE_TOKEN_URL, GoogleWalletConfig
 from passpush.delivery.worker import WorkerSettings
 from passpush.service.keys import DEFAULT_CACHE_SECONDS
 from passpush.service.status import DEFAULT_EVENT_RETENTION
@@ -38,6 +39,9 @@ class Settings:
     shutdown_grace: float = 10.0  # seconds SIGTERM gives in-flight work to finish
     worker: WorkerSettings = field(default_factory=WorkerSettings)
     apns_connections: int = 4
+    # None: neither Google credentials nor an API base, so `serve` starts the bundled fake.
+    google: GoogleWalletConfig | None = None
+    google_rate: float = 20.0  # Google Wallet API requests per second from this process
     # How long a live API key is trusted without reading it again: a revocation from the
     # CLI or another replica reaches this server within that time.
     key_cache_seconds: float = DEFAULT_CACHE_SECONDS
@@ -93,6 +97,17 @@ class Settings:
                     "(and PASSPUSH_APPLE_SIGNING_KEY, unless the key is in the CERT file)"
                 )
             signing = SigningFiles(certificate, get("APPLE_SIGNING_KEY") or certificate, wwdr)
+        google_rate = number("GOOGLE_RATE", cls.google_rate)
+        google_credentials = get("GOOGLE_CREDENTIALS")
+        google_api_base = get("GOOGLE_API_BASE")
+        google = None
+        if google_credentials or google_api_base:
+            google = GoogleWalletConfig(
+                credentials_file=google_credentials,
+                api_base=google_api_base or GOOGLE_API_BASE,
+                token_url=get("GOOGLE_TOKEN_URL") or GOOGLE_TOKEN_URL,
+                rate=google_rate,
+            )
         return cls(
             database_url=get("DATABASE_URL") or DEFAULT_DATABASE_URL,
             grpc_address=get("GRPC_ADDRESS") or cls.grpc_address,
@@ -102,6 +117,8 @@ class Settings:
             shutdown_grace=number("SHUTDOWN_GRACE", cls.shutdown_grace),
             worker=worker,
             apns_connections=apns_connections,
+            google=google,
+            google_rate=google_rate,
             key_cache_seconds=number("KEY_CACHE_SECONDS", cls.key_cache_seconds),
             event_retention=timedelta(
                 days=number("EVENT_RETENTION_DAYS", DEFAULT_EVENT_RETENTION.days)

@@ -127,6 +127,8 @@ def summary(ticket: npb.Ticket) -> str:
         f"ticket {ticket.id} {_STATES.get(ticket.state, 'UNKNOWN')}: {c.total} total, "
         f"{c.delivered} delivered, {c.failed} failed, {c.skipped} skipped"
     )
+    if c.delivered_without_alert:
+        text += f" ({c.delivered_without_alert} of the delivered without an alert: quota reached)"
     if ticket.errors:
         text += "; errors: " + ", ".join(f"{e.reason} x{e.count}" for e in ticket.errors)
     return text

@@ -5,7 +5,13 @@ from __future__ import annotations
 import pytest
 
 from passpush.domain.model import DeliveryState
-from passpush.domain.outcomes import BACKOFF_CAP_SECONDS, RegistrationAction, backoff, judge_apns
+from passpush.domain.outcomes import (
+    BACKOFF_CAP_SECONDS,
+    RegistrationAction,
+    backoff,
+    judge_apns,
+    judge_google,
+)
 
 
 def test_200_is_delivered() -> None:
@@ -59,3 +65,37 @@ def test_backoff_grows_with_jitter_and_is_capped() -> None:
     assert all(4.0 <= b <= 8.0 for b in fourth)
     assert len(set(fourth)) > 1  # jitter
     assert max(backoff(30) for _ in range(50)) <= BACKOFF_CAP_SECONDS
+
+
+def test_google_success_is_delivered_and_a_missing_object_fails_clearly() -> None:
+    assert judge_google(200, "", attempt=1).state is DeliveryState.DELIVERED
+    missing = judge_google(404, "resourceNotFound", attempt=1)
+    assert (missing.state, missing.reason) == (DeliveryState.FAILED, "GoogleObjectNotFound")
+
+
+@pytest.mark.parametrize("status", [401, 403])
+def test_google_refusing_the_credentials_fails_for_the_operator_to_see(status: int) -> None:
+    verdict = judge_google(status, "permissionDenied", attempt=1)
+    assert verdict.state is DeliveryState.FAILED and verdict.operator_visible
+    assert verdict.reason == f"Google {status} permissionDenied"
+
+
+@pytest.mark.parametrize("status", [429, 500, 503, 0])
+def test_google_transient_answers_retry_then_give_up(status: int) -> None:
+    retry = judge_google(status, "backendError", attempt=1, max_attempts=2)
+    assert retry.state is DeliveryState.PENDING and retry.retry_after > 0
+    assert not retry.operator_visible
+    assert judge_google(status, "backendError", attempt=2, max_attempts=2).state is (
+        DeliveryState.FAILED
+    )
+
+
+def test_google_retry_after_is_a_floor_for_the_backoff() -> None:
+    assert judge_google(429, "rateLimitExceeded", attempt=1, retry_after=30).retry_after == 30
+    capped = judge_google(429, "rateLimitExceeded", attempt=1, retry_after=3600)
+    assert capped.retry_after == BACKOFF_CAP_SECONDS
+
+
+def test_google_other_client_errors_fail_without_retry() -> None:
+    verdict = judge_google(400, "invalidArgument", attempt=1)
+    assert (verdict.state, verdict.reason) == (DeliveryState.FAILED, "Google 400 invalidArgument")

@@ -138,6 +138,12 @@ class _DeliveryOutcomeEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_Deliv
     """Not attempted (pass not ACTIVE, or no device)."""
     DELIVERY_OUTCOME_RETRYING: _DeliveryOutcome.ValueType  # 4
     """Failed for now and will be retried."""
+    DELIVERY_OUTCOME_DELIVERED_WITHOUT_ALERT: _DeliveryOutcome.ValueType  # 5
+    """Google only: the message was added to the pass and is shown, but without
+    an alert, because the pass had its 3 notifying messages of the last 24
+    hours already; `reason` says whether passpush counted them or Google
+    refused. Counted as delivered on the ticket.
+    """
 
 class DeliveryOutcome(_DeliveryOutcome, metaclass=_DeliveryOutcomeEnumTypeWrapper):
     """DeliveryOutcome is what became of one delivery."""
@@ -152,6 +158,12 @@ DELIVERY_OUTCOME_SKIPPED: DeliveryOutcome.ValueType  # 3
 """Not attempted (pass not ACTIVE, or no device)."""
 DELIVERY_OUTCOME_RETRYING: DeliveryOutcome.ValueType  # 4
 """Failed for now and will be retried."""
+DELIVERY_OUTCOME_DELIVERED_WITHOUT_ALERT: DeliveryOutcome.ValueType  # 5
+"""Google only: the message was added to the pass and is shown, but without
+an alert, because the pass had its 3 notifying messages of the last 24
+hours already; `reason` says whether passpush counted them or Google
+refused. Counted as delivered on the ticket.
+"""
 Global___DeliveryOutcome: _TypeAlias = DeliveryOutcome  # noqa: Y015
 
 @_typing.final
@@ -818,16 +830,24 @@ class DeliveryCounts(_message.Message):
     DELIVERED_FIELD_NUMBER: _builtins.int
     FAILED_FIELD_NUMBER: _builtins.int
     SKIPPED_FIELD_NUMBER: _builtins.int
+    DELIVERED_WITHOUT_ALERT_FIELD_NUMBER: _builtins.int
     total: _builtins.int
     """Every delivery of the ticket."""
     pending: _builtins.int
     """Not yet done (waiting, in flight, or waiting to be retried)."""
     delivered: _builtins.int
-    """Accepted by APNs or Google."""
+    """Accepted by APNs or Google, including those counted in
+    `delivered_without_alert`.
+    """
     failed: _builtins.int
     """Given up on, with a reason."""
     skipped: _builtins.int
     """Not attempted, because the pass is not ACTIVE or has no device."""
+    delivered_without_alert: _builtins.int
+    """Of `delivered`: Google messages added to the pass but shown without an
+    alert, because the pass had its 3 notifying messages of the last 24 hours
+    already (Google's limit).
+    """
     def __init__(
         self,
         *,
@@ -836,10 +856,11 @@ class DeliveryCounts(_message.Message):
         delivered: _builtins.int = ...,
         failed: _builtins.int = ...,
         skipped: _builtins.int = ...,
+        delivered_without_alert: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["delivered", b"delivered", "failed", b"failed", "pending", b"pending", "skipped", b"skipped", "total", b"total"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["delivered", b"delivered", "delivered_without_alert", b"delivered_without_alert", "failed", b"failed", "pending", b"pending", "skipped", b"skipped", "total", b"total"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -972,7 +993,9 @@ class DeliveryEvent(_message.Message):
     outcome: Global___DeliveryOutcome.ValueType
     """What happened."""
     reason: _builtins.str
-    """Why, for anything but DELIVERED."""
+    """Why, for anything but DELIVERED; for DELIVERED_WITHOUT_ALERT, why there
+    was no alert.
+    """
     attempt: _builtins.int
     """Which attempt this was, from 1."""
     @_builtins.property

@@ -114,7 +114,9 @@ class NotificationServiceServicer:
 
     def Delete(self, request, context):
         """Removes the notification from the target's passes and pushes them again
-        (the holder sees no alert). Idempotent with `request_id`, like Send.
+        (the holder sees no alert). On Google Wallet it removes the messages
+        passpush added to each pass object and leaves the others. Idempotent with
+        `request_id`, like Send.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

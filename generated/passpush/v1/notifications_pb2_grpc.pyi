@@ -51,7 +51,9 @@ class NotificationServiceStub:
     """
     Delete: _grpc.UnaryUnaryMultiCallable[_notifications_pb2.DeleteRequest, _notifications_pb2.Ticket]
     """Removes the notification from the target's passes and pushes them again
-    (the holder sees no alert). Idempotent with `request_id`, like Send.
+    (the holder sees no alert). On Google Wallet it removes the messages
+    passpush added to each pass object and leaves the others. Idempotent with
+    `request_id`, like Send.
     """
     Schedule: _grpc.UnaryUnaryMultiCallable[_notifications_pb2.ScheduleRequest, _notifications_pb2.ScheduledNotification]
     """Schedules a notification to be sent at `send_time`, at most 30 days ahead."""
@@ -103,7 +105,9 @@ class NotificationServiceAsyncStub(NotificationServiceStub):
     """
     Delete: _aio.UnaryUnaryMultiCallable[_notifications_pb2.DeleteRequest, _notifications_pb2.Ticket]  # type: ignore[assignment]
     """Removes the notification from the target's passes and pushes them again
-    (the holder sees no alert). Idempotent with `request_id`, like Send.
+    (the holder sees no alert). On Google Wallet it removes the messages
+    passpush added to each pass object and leaves the others. Idempotent with
+    `request_id`, like Send.
     """
     Schedule: _aio.UnaryUnaryMultiCallable[_notifications_pb2.ScheduleRequest, _notifications_pb2.ScheduledNotification]  # type: ignore[assignment]
     """Schedules a notification to be sent at `send_time`, at most 30 days ahead."""
@@ -164,7 +168,9 @@ class NotificationServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_notifications_pb2.Ticket, _abc.Awaitable[_notifications_pb2.Ticket]]:
         """Removes the notification from the target's passes and pushes them again
-        (the holder sees no alert). Idempotent with `request_id`, like Send.
+        (the holder sees no alert). On Google Wallet it removes the messages
+        passpush added to each pass object and leaves the others. Idempotent with
+        `request_id`, like Send.
         """
 
     @_abc_1.abstractmethod

@@ -34,6 +34,7 @@ _OPERATIONS = {
 }
 _OUTCOMES = {
     model.DeliveryOutcome.DELIVERED: npb.DELIVERY_OUTCOME_DELIVERED,
+    model.DeliveryOutcome.DELIVERED_WITHOUT_ALERT: npb.DELIVERY_OUTCOME_DELIVERED_WITHOUT_ALERT,
     model.DeliveryOutcome.FAILED: npb.DELIVERY_OUTCOME_FAILED,
     model.DeliveryOutcome.SKIPPED: npb.DELIVERY_OUTCOME_SKIPPED,
     model.DeliveryOutcome.RETRYING: npb.DELIVERY_OUTCOME_RETRYING,
@@ -160,6 +161,7 @@ def ticket_to_proto(ticket: model.Ticket) -> npb.Ticket:
             delivered=c.delivered,
             failed=c.failed,
             skipped=c.skipped,
+            delivered_without_alert=c.delivered_without_alert,
         ),
         create_time=timestamp(ticket.create_time),
         update_time=timestamp(ticket.update_time),

@@ -15,6 +15,7 @@ from passpush.api.admin import AdminServicer
 from passpush.api.interceptors import CallInterceptor
 from passpush.api.notifications import NotificationServicer
 from passpush.api.passes import PassServicer
+from passpush.delivery.google import GoogleWalletGateway
 from passpush.delivery.worker import ApplePushGateway, DeliveryWorker, WorkerSettings
 from passpush.service.clock import Clock, utcnow
 from passpush.service.keys import DEFAULT_CACHE_SECONDS, KeyCore
@@ -56,6 +57,7 @@ class PasspushServer:
         self,
         sessions: async_sessionmaker[AsyncSession],
         apns: ApplePushGateway,
+        google: GoogleWalletGateway | None = None,
         *,
         address: str = "127.0.0.1:0",
         clock: Clock = utcnow,
@@ -68,6 +70,7 @@ class PasspushServer:
         self.worker = DeliveryWorker(
             sessions,
             apns,
+            google,
             clock=clock,
             settings=worker_settings,
             on_recorded=self.changes.publish,

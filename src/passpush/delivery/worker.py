@@ -6,25 +6,31 @@ worker leases them, so a crash or a restart leaves nothing lost. At most
 crash pushes at most one batch twice. Within that window the work flows:
 claims are topped up as outcomes are recorded, and outcomes are recorded in
 small batched transactions while the pushes go on.
+
+Each platform has its own window and lanes: `batch_size` and `max_in_flight` are Apple's.
+Google's requests are paced (~20 a second), so its window holds only what is sent well
+within a lease, and its lanes waiting for their turn never hold up Apple's pushes.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
+import math
 import os
 import socket
 import uuid
-from collections import deque
+from collections import Counter, deque
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Protocol
 
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from passpush.delivery.apns import PushOutcome
+from passpush.delivery.google import GoogleWalletGateway
+from passpush.delivery.google_messenger import GoogleMessenger
 from passpush.domain.model import DeliveryState, Platform
 from passpush.domain.outcomes import MAX_ATTEMPTS, judge_apns
 from passpush.store.outbox import ClaimedDelivery, DeliveryResult, Outbox
@@ -42,14 +48,36 @@ class WorkerSettings:
     # max_in_flight, so that answers awaiting their write and the next claim's worth of work
     # fit beside the pushes in flight and no lane waits for the database.
     batch_size: int = 2000
-    max_in_flight: int = 200  # concurrent pushes across connections
+    max_in_flight: int = 200  # concurrent APNs pushes across connections
     lease: timedelta = timedelta(seconds=60)
     poll_interval: float = 0.5  # seconds between looks at the outbox when not woken
     max_attempts: int = MAX_ATTEMPTS
     record_interval: float = 0.05  # seconds between batched writes of outcomes
-    # Seconds before claiming again after a claim that emptied the outbox: under a stream of
-    # Sends, claims then gather their deliveries instead of taking one or two each.
+    # Seconds before claiming again after claims that emptied the outbox: under a stream of
+    # Sends, a claim then gathers their deliveries instead of taking one or two each.
     claim_interval: float = 0.05
+
+
+@dataclass(eq=False)
+class _PlatformQueue:
+    """One platform's deliveries between their claim and their record."""
+
+    platform: Platform
+    window: int  # claimed and not yet recorded, at most
+    lanes: int  # deliveries in flight at once
+    waiting: deque[ClaimedDelivery] = field(default_factory=deque)  # claimed, not yet sent
+    outstanding: int = 0  # claimed, not yet recorded
+    work: asyncio.Event = field(default_factory=asyncio.Event)  # set while some wait
+
+    @property
+    def room(self) -> int:
+        return self.window - self.outstanding
+
+    @property
+    def wants_more(self) -> bool:
+        # Top up once a quarter of the window is free: claims large enough to be cheap
+        # per delivery, early enough that the lanes never run dry.
+        return self.room >= max(1, self.window // 4)
 
 
 class DeliveryWorker:
@@ -57,6 +85,7 @@ class DeliveryWorker:
         self,
         sessions: async_sessionmaker[AsyncSession],
         apns: ApplePushGateway,
+        google: GoogleWalletGateway | None = None,
         *,
         clock: Callable[[], datetime],
         settings: WorkerSettings | None = None,
@@ -67,16 +96,23 @@ class DeliveryWorker:
         self._on_recorded = on_recorded
         self._apns = apns
         self._clock = clock
-        self._settings = settings or WorkerSettings()
+        self._settings = settings = settings or WorkerSettings()
+        self._google = GoogleMessenger(
+            sessions, google, clock=clock, max_attempts=settings.max_attempts
+        )
         self.owner = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
         self._wake = asyncio.Event()
-        self._stopping = False
+        self._stopping = False  # no new claims or pushes
+        self._closing = False  # and the record loop ends
         self._tasks: list[asyncio.Task[None]] = []  # the claim loop, then the record loop
         self._lanes: list[asyncio.Task[None]] = []
-        self._outstanding = 0  # claimed, not yet recorded
-        self._claimed: deque[ClaimedDelivery] = deque()  # claimed, not yet pushed
+        self._queues = {
+            Platform.APPLE: _PlatformQueue(
+                Platform.APPLE, settings.batch_size, settings.max_in_flight
+            ),
+            Platform.GOOGLE: _google_queue(settings, self._google.rate),
+        }
         self._results: list[DeliveryResult] = []  # answered, not yet recorded
-        self._work = asyncio.Event()  # set when claimed deliveries wait for a lane
         self._room = asyncio.Event()  # set when outstanding work dropped
         self._answered = asyncio.Event()  # set when results wait to be recorded
 
@@ -84,7 +120,7 @@ class DeliveryWorker:
         self._wake.set()
 
     def start(self) -> None:
-        self._stopping = False
+        self._stopping = self._closing = False
         self._tasks = [
             asyncio.create_task(self._claim_loop(), name=f"claims {self.owner}"),
             asyncio.create_task(self._record_loop(), name=f"outcomes {self.owner}"),
@@ -92,8 +128,9 @@ class DeliveryWorker:
         # A fixed set of lanes, each pushing one delivery after another, bounds the pushes in
         # flight without a task and a semaphore per push.
         self._lanes = [
-            asyncio.create_task(self._push_lane(), name=f"pushes {self.owner}")
-            for _ in range(self._settings.max_in_flight)
+            asyncio.create_task(self._push_lane(queue), name=f"{queue.platform} {self.owner}")
+            for queue in self._queues.values()
+            for _ in range(queue.lanes)
         ]
 
     async def stop(self, grace: float) -> None:
@@ -101,7 +138,8 @@ class DeliveryWorker:
         self._stopping = True
         self._wake.set()
         self._room.set()
-        self._work.set()
+        for queue in self._queues.values():
+            queue.work.set()
         claims = self._tasks[0] if self._tasks else None
         if claims is not None:
             await asyncio.gather(claims, return_exceptions=True)
@@ -111,60 +149,80 @@ class DeliveryWorker:
                 lane.cancel()
             await asyncio.gather(*late, return_exceptions=True)
         self._lanes = []
-        for task in self._tasks[1:]:
-            task.cancel()
-            await asyncio.gather(task, return_exceptions=True)
+        # The record loop ends at its next turn rather than by cancellation: cancelled inside
+        # a transaction, it would leave SQLite's write lock with a connection nobody finishes.
+        self._closing = True
+        self._answered.set()
+        await asyncio.gather(*self._tasks[1:], return_exceptions=True)
         self._tasks = []
         try:
             await self._flush()  # what APNs answered is kept; only the unanswered go back
         except Exception:
             log.exception("recording outcomes at shutdown failed; they will be pushed again")
         self._results = []
-        self._claimed.clear()
+        for queue in self._queues.values():
+            queue.waiting.clear()
+            queue.outstanding = 0
         async with self._sessions.begin() as session:
             released = await Outbox(session).release(self.owner)
-        self._outstanding = 0
         if released:
             log.info("handed back %d leased deliveries", released)
 
     async def _claim_loop(self) -> None:
         settings = self._settings
+        loop = asyncio.get_running_loop()
+        # When to look again at a platform whose last claim found nothing due.
+        next_look = dict.fromkeys(self._queues, 0.0)
         while not self._stopping:
-            # Top up once a quarter of the window is free: claims large enough to be cheap
-            # per delivery, early enough that the lanes never run dry.
-            room = settings.batch_size - self._outstanding
-            if room < max(1, settings.batch_size // 4):
-                self._room.clear()
-                await self._room.wait()
-                continue
-            # Cleared before looking, so that a Send during the claim still wakes us after it.
-            self._wake.clear()
-            try:
-                async with self._sessions.begin() as session:
-                    claimed = await Outbox(session).claim_due(
-                        self.owner, self._clock(), settings.lease, room
-                    )
-            except Exception:
-                log.exception("claiming deliveries failed; trying again shortly")
-                claimed = []
-            if claimed:
-                self._outstanding += len(claimed)
-                self._claimed.extend(claimed)
-                self._work.set()
-                if len(claimed) < room:
+            if self._wake.is_set():
+                # Cleared before looking, so that a Send during the claim still wakes us after it.
+                self._wake.clear()
+                next_look = dict.fromkeys(self._queues, 0.0)
+            claimed_any = filled_any = False
+            for platform, queue in self._queues.items():
+                if not queue.wants_more or loop.time() < next_look[platform]:
+                    continue
+                room = queue.room
+                claimed = await self._claim(queue)
+                if claimed:
+                    claimed_any, filled_any = True, filled_any or len(claimed) == room
+                    queue.outstanding += len(claimed)
+                    queue.waiting.extend(claimed)
+                    queue.work.set()
+                else:
+                    next_look[platform] = loop.time() + settings.poll_interval
+            if claimed_any:
+                if not filled_any:
                     await asyncio.sleep(settings.claim_interval)
                 continue
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), settings.poll_interval)
+            # Until a Send wakes us, a full window gets room, or a platform is due a look.
+            self._room.clear()
+            looks = [next_look[p] for p, q in self._queues.items() if q.wants_more]
+            timeout = max(0.0, min(looks) - loop.time()) if looks else None
+            await _first_of(self._wake, self._room, timeout)
 
-    async def _push_lane(self) -> None:
+    async def _claim(self, queue: _PlatformQueue) -> list[ClaimedDelivery]:
+        try:
+            async with self._sessions.begin() as session:
+                return await Outbox(session).claim_due(
+                    self.owner, self._clock(), self._settings.lease, queue.room, queue.platform
+                )
+        except Exception:
+            log.exception("claiming deliveries failed; trying again shortly")
+            return []
+
+    async def _push_lane(self, queue: _PlatformQueue) -> None:
         """Pushes claimed deliveries one after another; after a stop, takes no new one."""
         while not self._stopping:
-            if not self._claimed:
-                self._work.clear()
-                await self._work.wait()
+            if not queue.waiting:
+                queue.work.clear()
+                await queue.work.wait()
                 continue
-            result = await self._deliver(self._claimed.popleft())
+            delivery = queue.waiting.popleft()
+            if queue.platform is Platform.GOOGLE:
+                result = await self._google.deliver(delivery)
+            else:
+                result = await self._push_to_apple(delivery)
             self._results.append(result)
             self._answered.set()
 
@@ -172,6 +230,8 @@ class DeliveryWorker:
         loop = asyncio.get_running_loop()
         while True:
             await self._answered.wait()
+            if self._closing:
+                return  # stop() records what is left
             started = loop.time()
             try:
                 await self._flush()
@@ -196,14 +256,12 @@ class DeliveryWorker:
             self._results[:0] = results
             self._answered.set()
             raise
-        self._outstanding -= len(results)
+        for platform, count in Counter(r.delivery.platform for r in results).items():
+            self._queues[platform].outstanding -= count
         self._room.set()
         self._on_recorded()
 
-    async def _deliver(self, delivery: ClaimedDelivery) -> DeliveryResult:
-        if delivery.platform is Platform.GOOGLE:
-            # Google Wallet delivery is not built yet: say so on the ticket, plainly.
-            return DeliveryResult(delivery, DeliveryState.FAILED, "GoogleWalletNotConfigured")
+    async def _push_to_apple(self, delivery: ClaimedDelivery) -> DeliveryResult:
         if delivery.push_token is None:
             return DeliveryResult(delivery, DeliveryState.FAILED, "DeviceUnregistered")
         try:
@@ -224,3 +282,27 @@ class DeliveryWorker:
         return DeliveryResult(
             delivery, verdict.state, verdict.reason, next_attempt_at, verdict.registration
         )
+
+
+def _google_queue(settings: WorkerSettings, rate: float | None) -> _PlatformQueue:
+    """Google's window and lanes. Its requests are paced, so it claims no more than it sends
+    well within a lease (a delivery takes up to three requests): a lease that ran out under
+    a claimed delivery would let it be claimed, and sent, again."""
+    if rate is None:  # not configured: each delivery fails at once
+        return _PlatformQueue(Platform.GOOGLE, settings.batch_size, lanes=4)
+    window = int(rate * settings.lease.total_seconds() / 4)
+    return _PlatformQueue(
+        Platform.GOOGLE,
+        window=max(1, min(settings.batch_size, window)),
+        lanes=max(1, min(settings.max_in_flight, math.ceil(rate))),
+    )
+
+
+async def _first_of(a: asyncio.Event, b: asyncio.Event, seconds: float | None) -> None:
+    """Waits until either event is set, or `seconds` pass (None: no limit)."""
+    waits = [asyncio.ensure_future(a.wait()), asyncio.ensure_future(b.wait())]
+    try:
+        await asyncio.wait(waits, timeout=seconds, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for wait in waits:
+            wait.cancel()

@@ -43,14 +43,22 @@ class TicketState(enum.StrEnum):
 class DeliveryState(enum.StrEnum):
     PENDING = "pending"
     DELIVERED = "delivered"
+    # Google: the message is on the pass, shown without an alert (the pass had its 3
+    # notifying messages of the last 24 h). Counted as delivered too.
+    DELIVERED_WITHOUT_ALERT = "delivered_silent"
     FAILED = "failed"
     SKIPPED = "skipped"
+
+    @property
+    def is_delivered(self) -> bool:
+        return self in (DeliveryState.DELIVERED, DeliveryState.DELIVERED_WITHOUT_ALERT)
 
 
 class DeliveryOutcome(enum.StrEnum):
     """What one attempt (or the decision not to attempt) came to: a delivery event."""
 
     DELIVERED = "delivered"
+    DELIVERED_WITHOUT_ALERT = "delivered_silent"  # the value of its DeliveryState
     FAILED = "failed"
     SKIPPED = "skipped"
     RETRYING = "retrying"
@@ -60,6 +68,7 @@ def outcome_of(state: DeliveryState) -> DeliveryOutcome:
     """The event a delivery's new state makes: still PENDING after an attempt is a retry."""
     return {
         DeliveryState.DELIVERED: DeliveryOutcome.DELIVERED,
+        DeliveryState.DELIVERED_WITHOUT_ALERT: DeliveryOutcome.DELIVERED_WITHOUT_ALERT,
         DeliveryState.FAILED: DeliveryOutcome.FAILED,
         DeliveryState.SKIPPED: DeliveryOutcome.SKIPPED,
         DeliveryState.PENDING: DeliveryOutcome.RETRYING,
@@ -81,6 +90,13 @@ def terminal_state(delivered: int, failed: int) -> TicketState:
 # Why a delivery was skipped rather than attempted.
 SKIP_PASS_NOT_ACTIVE = "PassNotActive"
 SKIP_NO_DEVICES = "NoRegisteredDevices"
+# Why a Google message went without an alert: passpush counted the pass's 3 notifying
+# messages of the last 24 h already, or Google refused a fourth.
+NO_ALERT_PASS_QUOTA = "NotificationQuotaReached"
+NO_ALERT_GOOGLE_QUOTA = "GoogleNotificationQuotaExceeded"
+# Google's limit: notifying (TEXT_AND_NOTIFY) messages per pass in a sliding window.
+GOOGLE_NOTIFYING_MESSAGES_PER_WINDOW = 3
+GOOGLE_NOTIFYING_WINDOW = timedelta(hours=24)
 
 
 # Targets: one class per kind of the proto's Target oneof.
@@ -153,6 +169,8 @@ class DeliveryCounts:
     delivered: int = 0
     failed: int = 0
     skipped: int = 0
+    # Of `delivered`: Google messages shown without an alert (the pass's quota was used up).
+    delivered_without_alert: int = 0
 
 
 @dataclass(frozen=True)

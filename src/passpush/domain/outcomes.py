@@ -1,4 +1,4 @@
-"""What an APNs answer means for a delivery (DESIGN.md, "APNs answers")."""
+"""What an APNs or Google Wallet answer means for a delivery (DESIGN.md, "APNs answers")."""
 
 from __future__ import annotations
 
@@ -29,11 +29,9 @@ class Verdict:
     reason: str
     registration: RegistrationAction = RegistrationAction.KEEP
     retry_after: float = 0.0  # seconds, when state is PENDING
-
-    @property
-    def operator_visible(self) -> bool:
-        """403: the certificate or key is wrong, which no retry will fix."""
-        return self.reason.startswith("403")
+    # The credentials were refused (APNs 403, Google 401/403): no retry fixes that, an
+    # operator must.
+    operator_visible: bool = False
 
 
 def judge_apns(status: int, reason: str, attempt: int, max_attempts: int = MAX_ATTEMPTS) -> Verdict:
@@ -46,7 +44,7 @@ def judge_apns(status: int, reason: str, attempt: int, max_attempts: int = MAX_A
     if status == 400 and reason in _BAD_TOKEN_REASONS:
         return Verdict(DeliveryState.FAILED, reason, RegistrationAction.DEACTIVATE)
     if status == 403:
-        return Verdict(DeliveryState.FAILED, f"403 {reason}")
+        return Verdict(DeliveryState.FAILED, f"403 {reason}", operator_visible=True)
     if status in _RETRYABLE_STATUSES or status >= 500:
         if attempt < max_attempts:
             return Verdict(DeliveryState.PENDING, reason, retry_after=backoff(attempt))
@@ -58,3 +56,36 @@ def backoff(attempt: int) -> float:
     """Exponential backoff with full jitter: up to base * 2^(attempt-1), capped."""
     ceiling = min(BACKOFF_CAP_SECONDS, BACKOFF_BASE_SECONDS * 2 ** (attempt - 1))
     return random.uniform(ceiling / 2, ceiling)
+
+
+GOOGLE_OBJECT_NOT_FOUND = "GoogleObjectNotFound"
+GOOGLE_NOT_CONFIGURED = "GoogleWalletNotConfigured"
+_GOOGLE_RETRYABLE_STATUSES = frozenset({0, 408, 429})
+
+
+def judge_google(
+    status: int,
+    reason: str,
+    attempt: int,
+    max_attempts: int = MAX_ATTEMPTS,
+    retry_after: float = 0.0,
+) -> Verdict:
+    """Judges Google Wallet's answer to attempt number `attempt` (from 1).
+
+    `status` 0 means no answer (timeout, connection error); `retry_after` is Google's
+    Retry-After in seconds, a floor for the backoff.
+    """
+    if 200 <= status < 300:
+        return Verdict(DeliveryState.DELIVERED, "")
+    if status == 404:
+        return Verdict(DeliveryState.FAILED, GOOGLE_OBJECT_NOT_FOUND)
+    # Prefixed: a ticket's error sample mixes Apple's and Google's reasons.
+    described = f"Google {status} {reason}" if status else f"Google {reason}"
+    if status in (401, 403):
+        return Verdict(DeliveryState.FAILED, described, operator_visible=True)
+    if status in _GOOGLE_RETRYABLE_STATUSES or status >= 500:
+        if attempt < max_attempts:
+            wait = max(backoff(attempt), min(retry_after, BACKOFF_CAP_SECONDS))
+            return Verdict(DeliveryState.PENDING, described, retry_after=wait)
+        return Verdict(DeliveryState.FAILED, described)
+    return Verdict(DeliveryState.FAILED, described)

@@ -27,6 +27,7 @@ from passpush.domain.validation import check_target, raise_if_any
 from passpush.service.clock import Clock, utcnow
 from passpush.store.audience import resolve_audience
 from passpush.store.events import EventStore
+from passpush.store.google_messages import GoogleMessageLog
 from passpush.store.tickets import TicketStore
 
 log = logging.getLogger(__name__)
@@ -270,7 +271,8 @@ class EventStreams:
 
 
 class EventRetention:
-    """Deletes events older than the retention, in small batches, every `every`."""
+    """Deletes events older than the retention, in small batches, every `every`; and the
+    Google message ledger's rows once they are out of its 24-hour window."""
 
     BATCH = 10_000
 
@@ -298,6 +300,8 @@ class EventRetention:
 
     async def purge(self) -> int:
         """Deletes every event older than the retention; returns how many."""
+        async with self._sessions.begin() as session:
+            await GoogleMessageLog(session).purge(self._clock())
         before = self._clock() - self._retention
         total = 0
         while True:

@@ -286,6 +286,8 @@ class TicketRow(Base):
     delivered: Mapped[int] = mapped_column(BigInteger, default=0)
     failed: Mapped[int] = mapped_column(BigInteger, default=0)
     skipped: Mapped[int] = mapped_column(BigInteger, default=0)
+    # Of `delivered`: Google messages shown without an alert (the pass's quota was used up).
+    delivered_without_alert: Mapped[int] = mapped_column(BigInteger, default=0, server_default="0")
     request_id: Mapped[str | None] = mapped_column(String(128))
     # A digest of the request, so that a reused request_id with another body is refused.
     request_fingerprint: Mapped[str] = mapped_column(String(64), default="")
@@ -305,9 +307,10 @@ class DeliveryRow(Base):
     __tablename__ = "deliveries"
     __table_args__ = (
         Index("ix_deliveries_ticket_state", "ticket_id", "state"),
-        # The claim's ORDER BY (next_attempt_at, id) as an index range read, not a sort of
-        # every pending delivery.
-        Index("ix_deliveries_due", "state", "next_attempt_at", "id"),
+        # A claim takes one platform's due deliveries (Google's are paced, Apple's are not),
+        # and its ORDER BY (next_attempt_at, id) is an index range read, not a sort of every
+        # pending delivery.
+        Index("ix_deliveries_due", "state", "platform", "next_attempt_at", "id"),
     )
 
     id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
@@ -386,3 +389,22 @@ class ScheduledNotificationRow(Base):
     claimed_until: Mapped[datetime | None]
     created_at: Mapped[datetime]
     updated_at: Mapped[datetime]
+
+
+class GoogleMessageRow(Base):
+    """A message passpush added (or is adding) to a Google Wallet object, kept for 24 hours.
+
+    Google lets a pass take 3 notifying messages (TEXT_AND_NOTIFY) in 24 hours; this is
+    where passpush counts them, in the database so that replicas agree. One row per
+    delivery: its retries reuse the decision taken for its first attempt.
+    """
+
+    __tablename__ = "google_messages"
+    __table_args__ = (Index("ix_google_messages_pass", "project_id", "pass_id", "sent_at"),)
+
+    delivery_id: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=False)
+    project_id: Mapped[str] = mapped_column(ID)
+    pass_id: Mapped[str] = mapped_column(ID)
+    # TEXT_AND_NOTIFY (True) or TEXT (False).
+    notifying: Mapped[bool] = mapped_column(Boolean)
+    sent_at: Mapped[datetime]

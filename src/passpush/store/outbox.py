@@ -31,7 +31,13 @@ from sqlalchemy import (
 )
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from passpush.domain.model import DeliveryState, Platform, TicketState
+from passpush.domain.model import (
+    Content,
+    DeliveryState,
+    Operation,
+    Platform,
+    TicketState,
+)
 from passpush.domain.outcomes import RegistrationAction
 from passpush.store.db import dialect_name, one_of
 from passpush.store.events import EventStore
@@ -52,6 +58,14 @@ _tickets = table_of(TicketRow)
 
 
 @dataclass(frozen=True)
+class TicketMessage:
+    """What a Google delivery's ticket asks of the pass object."""
+
+    operation: Operation  # SEND: add the message; DELETE: remove passpush's messages
+    content: Content | None  # None for a Delete
+
+
+@dataclass(frozen=True)
 class ClaimedDelivery:
     id: int
     ticket_id: int
@@ -62,6 +76,9 @@ class ClaimedDelivery:
     push_token: str | None  # None when the device unregistered since the send
     topic: str
     google_object_id: str
+    project_id: str = ""
+    google_object_type: str = ""  # "loyaltyObject", ...
+    message: TicketMessage | None = None  # Google deliveries only
 
 
 @dataclass(frozen=True)
@@ -81,23 +98,36 @@ class Outbox:
         self._statements = _statements_for(dialect_name(session))
 
     async def claim_due(
-        self, owner: str, now: datetime, lease: timedelta, limit: int
+        self,
+        owner: str,
+        now: datetime,
+        lease: timedelta,
+        limit: int,
+        platform: Platform | None = None,
     ) -> list[ClaimedDelivery]:
-        """Leases up to `limit` due deliveries to `owner`, oldest due first.
+        """Leases up to `limit` due deliveries (of one platform, if given) to `owner`, oldest
+        due first.
 
         On PostgreSQL, FOR UPDATE SKIP LOCKED lets replicas claim side by side;
         a replica that dies leaves leases that expire and are claimed again.
         """
         connection = await self.session.connection()
-        ids = list(
-            await connection.scalars(
-                self._statements.claim,
-                {"owner": owner, "now": now, "lease_until": now + lease, "limit": limit},
-            )
-        )
+        params: dict[str, Any] = {
+            "owner": owner,
+            "now": now,
+            "lease_until": now + lease,
+            "limit": limit,
+        }
+        if platform is None:
+            claim = self._statements.claim
+        else:
+            claim, params["of_platform"] = self._statements.claim_platform, platform.value
+        ids = list(await connection.scalars(claim, params))
         if not ids:
             return []
-        rows = await connection.execute(self._statements.push_details, {"ids": ids})
+        rows = (await connection.execute(self._statements.push_details, {"ids": ids})).all()
+        google_tickets = {r.ticket_id for r in rows if r.platform == Platform.GOOGLE.value}
+        messages = await self._ticket_messages(google_tickets) if google_tickets else {}
         claimed = [
             ClaimedDelivery(
                 id=r.id,
@@ -109,6 +139,9 @@ class Outbox:
                 push_token=r.push_token,
                 topic=r.pass_type_identifier,
                 google_object_id=r.google_object_id,
+                project_id=r.project_id,
+                google_object_type=r.google_object_type,
+                message=messages.get(r.ticket_id),
             )
             for r in rows
         ]
@@ -117,6 +150,22 @@ class Outbox:
             {"ids": list({c.ticket_id for c in claimed}), "now": now},
         )
         return claimed
+
+    async def _ticket_messages(self, ticket_ids: set[int]) -> dict[int, TicketMessage]:
+        """What the tickets of claimed Google deliveries ask (a few tickets per claim: Apple
+        deliveries, the many, do not read their ticket's content)."""
+        connection = await self.session.connection()
+        rows = await connection.execute(
+            self._statements.ticket_messages, {"ids": sorted(ticket_ids)}
+        )
+        messages = {}
+        for r in rows:
+            operation = Operation(r.operation)
+            content = None
+            if operation is Operation.SEND:
+                content = Content(r.content_header, r.content_body, r.display_start, r.display_end)
+            messages[r.id] = TicketMessage(operation, content)
+        return messages
 
     async def record(self, owner: str, results: Sequence[DeliveryResult], now: datetime) -> None:
         """Stores outcomes and updates ticket counts, finishing the tickets that are done.
@@ -215,8 +264,11 @@ class Outbox:
     async def _count(self, results: Sequence[DeliveryResult], now: datetime) -> None:
         """Moves the recorded deliveries from pending to delivered or failed on their tickets,
         finishing each ticket whose last delivery this was: one statement for all of them."""
-        delivered = Counter(
-            r.delivery.ticket_id for r in results if r.state is DeliveryState.DELIVERED
+        delivered = Counter(r.delivery.ticket_id for r in results if r.state.is_delivered)
+        without_alert = Counter(
+            r.delivery.ticket_id
+            for r in results
+            if r.state is DeliveryState.DELIVERED_WITHOUT_ALERT
         )
         failed = Counter(r.delivery.ticket_id for r in results if r.state is DeliveryState.FAILED)
         tickets = sorted(delivered.keys() | failed.keys())  # one lock order for every worker
@@ -230,6 +282,7 @@ class Outbox:
                     "ticket_id": ticket_id,
                     "n_answered": delivered[ticket_id] + failed[ticket_id],
                     "n_delivered": delivered[ticket_id],
+                    "n_without_alert": without_alert[ticket_id],
                     "n_failed": failed[ticket_id],
                     "now": now,
                 }
@@ -259,7 +312,9 @@ class _Statements:
     """The outbox's hot statements for one dialect."""
 
     claim: Update
+    claim_platform: Update  # of the platform bound as `of_platform`
     push_details: Select[Any]
+    ticket_messages: Select[Any]
     start_tickets: Update
     finish: Update
     held: Select[Any]
@@ -274,7 +329,16 @@ def _statements_for(dialect: str) -> _Statements:
     pending = DeliveryState.PENDING.value
     return _Statements(
         claim=_claim_statement(skip_locked=dialect == "postgresql"),
+        claim_platform=_claim_statement(skip_locked=dialect == "postgresql", of_platform=True),
         push_details=_push_details_statement(dialect),
+        ticket_messages=select(
+            t.c.id,
+            t.c.operation,
+            t.c.content_header,
+            t.c.content_body,
+            t.c.display_start,
+            t.c.display_end,
+        ).where(one_of(t.c.id, dialect)),
         start_tickets=update(t)
         .where(one_of(t.c.id, dialect), t.c.state == TicketState.PENDING.value)
         .values(state=TicketState.RUNNING.value, updated_at=now),
@@ -329,6 +393,7 @@ def _count_tickets_statement(now: BindParameter[Any]) -> Update:
         .values(
             pending=answered,
             delivered=delivered,
+            delivered_without_alert=t.c.delivered_without_alert + bindparam("n_without_alert"),
             failed=failed,
             state=case((finishing, finished_state), else_=t.c.state),
             completed_at=case((finishing, now), else_=t.c.completed_at),
@@ -337,17 +402,21 @@ def _count_tickets_statement(now: BindParameter[Any]) -> Update:
     )
 
 
-def _claim_statement(*, skip_locked: bool) -> Update:
-    """Leases the due deliveries, oldest due first, and returns their ids."""
+def _claim_statement(*, skip_locked: bool, of_platform: bool = False) -> Update:
+    """Leases the due deliveries (of the platform bound as `of_platform`, if asked), oldest
+    due first, and returns their ids."""
     d = _deliveries
     now = bindparam("now", type_=d.c.next_attempt_at.type)
+    conditions = [
+        d.c.state == DeliveryState.PENDING.value,
+        d.c.next_attempt_at <= now,
+        or_(d.c.lease_until.is_(None), d.c.lease_until < now),
+    ]
+    if of_platform:
+        conditions.append(d.c.platform == bindparam("of_platform"))
     due = (
         select(d.c.id)
-        .where(
-            d.c.state == DeliveryState.PENDING.value,
-            d.c.next_attempt_at <= now,
-            or_(d.c.lease_until.is_(None), d.c.lease_until < now),
-        )
+        .where(*conditions)
         .order_by(d.c.next_attempt_at, d.c.id)
         .limit(bindparam("limit"))
     )
@@ -370,7 +439,8 @@ def _held_statement(dialect: str) -> Select[Any]:
 
 
 def _push_details_statement(dialect: str) -> Select[Any]:
-    """What pushing the deliveries bound as `ids` needs: the device's token, the topic.
+    """What pushing the deliveries bound as `ids` needs: the device's token and the topic
+    (Apple), the object's type and id (Google).
 
     (Not in the claim's RETURNING: SQLite's may not name other tables.)
     """
@@ -379,12 +449,14 @@ def _push_details_statement(dialect: str) -> Select[Any]:
         select(
             d.c.id,
             d.c.ticket_id,
+            d.c.project_id,
             d.c.pass_id,
             d.c.platform,
             d.c.attempts,
             d.c.registration_id,
             r.c.push_token,
             t.c.pass_type_identifier,
+            t.c.google_object_type,
             p.c.google_object_id,
         )
         .join(p, and_(p.c.project_id == d.c.project_id, p.c.id == d.c.pass_id))

@@ -1,0 +1,298 @@
+"""The Google Wallet gateway: the REST calls that put passpush's messages on pass objects.
+
+Thin over httpx: one AsyncClient (HTTP/1.1 keep-alive connections, timeouts); OAuth2 access
+tokens of a service account, which google-auth signs and fetches (synchronously, so in a
+thread, one refresh at a time) and which are cached until shortly before they expire; and one
+pacer for every request of the process, which keeps it under Google's requests per second.
+Like the APNs gateway it returns Google's answers as they are: what an answer means for a
+delivery is domain/outcomes.py's to say, retrying it is the worker's.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+from urllib.parse import quote
+
+import google.auth.exceptions
+import google.auth.transport
+import httpx
+from google.oauth2 import service_account
+
+log = logging.getLogger(__name__)
+
+SCOPE = "https://www.googleapis.com/auth/wallet_object.issuer"
+GOOGLE_API_BASE = "https://walletobjects.googleapis.com"
+GOOGLE_TOKEN_URL = "https://oauth2.googleapis.com/token"
+TIMEOUT = "Timeout"
+CONNECTION_ERROR = "ConnectionError"
+# Refresh a token this long before Google says it expires (at most half its lifetime).
+REFRESH_MARGIN_SECONDS = 60.0
+
+
+@dataclass(frozen=True)
+class GoogleWalletConfig:
+    """Where the Google Wallet API is and how to authenticate to it."""
+
+    credentials_file: str | None = None  # a service account's JSON key
+    api_base: str = GOOGLE_API_BASE
+    token_url: str = GOOGLE_TOKEN_URL
+    rate: float = 20.0  # requests per second from this process (Google allows ~20 per issuer)
+    request_timeout: float = 10.0  # seconds, per request
+    max_connections: int = 20
+
+
+@dataclass(frozen=True)
+class GoogleAnswer:
+    """Google's answer to one request."""
+
+    status: int  # HTTP status; 0 when no answer came (TIMEOUT, CONNECTION_ERROR)
+    reason: str  # Google's error reason ("resourceNotFound", ...); "" on success
+    message: str = ""  # Google's error message, for the operator's log
+    body: Mapping[str, Any] = field(default_factory=dict)  # a successful answer's JSON
+    retry_after: float = 0.0  # seconds, from a Retry-After header
+
+    @property
+    def ok(self) -> bool:
+        return 200 <= self.status < 300
+
+
+class RequestPacer:
+    """Spaces requests `1 / rate` seconds apart, in the order they ask, whoever asks.
+
+    A token bucket that holds one token: Google counts requests per second per issuer, and
+    a burst above the rate would be refused with 429 anyway.
+    """
+
+    def __init__(self, rate: float) -> None:
+        if rate <= 0:
+            raise ValueError("the Google request rate must be positive")
+        self._interval = 1.0 / rate
+        self._next_slot = 0.0  # event loop time
+
+    async def wait_turn(self) -> None:
+        now = asyncio.get_running_loop().time()
+        slot = max(now, self._next_slot)
+        self._next_slot = slot + self._interval
+        if slot > now:
+            await asyncio.sleep(slot - now)
+
+
+class ServiceAccountTokens:
+    """OAuth2 access tokens of a service account (JWT bearer grant), cached until near expiry."""
+
+    def __init__(self, credentials_file: str, token_url: str, timeout: float) -> None:
+        # Raises at start-up on a missing or malformed key, not at the first delivery.
+        credentials = service_account.Credentials.from_service_account_file(  # type: ignore[no-untyped-call]
+            credentials_file, scopes=[SCOPE]
+        )
+        self._credentials = credentials.with_token_uri(token_url)
+        self.client_email: str = self._credentials.service_account_email
+        self._transport = _HttpxTokenTransport(timeout)
+        self._lock = asyncio.Lock()
+        self._token: str | None = None
+        self._refresh_at = 0.0  # event loop time
+
+    async def token(self) -> str:
+        """A valid access token; raises google.auth.exceptions.GoogleAuthError."""
+        loop = asyncio.get_running_loop()
+        async with self._lock:  # one refresh at a time; the others wait for its token
+            if self._token is None or loop.time() >= self._refresh_at:
+                # google-auth's refresh is synchronous HTTP: off the event loop.
+                await asyncio.to_thread(self._credentials.refresh, self._transport)
+                self._token = str(self._credentials.token)
+                self._refresh_at = loop.time() + _seconds_to_refresh(self._credentials.expiry)
+            return self._token
+
+    def forget(self, token: str) -> None:
+        """Google refused `token` (revoked, or a clock off): the next caller fetches another."""
+        if self._token == token:
+            self._token = None
+
+    def close(self) -> None:
+        self._transport.close()
+
+
+def _seconds_to_refresh(expiry: datetime | None) -> float:
+    if expiry is None:
+        return REFRESH_MARGIN_SECONDS
+    left = (expiry.replace(tzinfo=UTC) - datetime.now(UTC)).total_seconds()
+    return max(0.0, left - min(REFRESH_MARGIN_SECONDS, left / 2))
+
+
+class GoogleWalletGateway:
+    """The Google Wallet API calls passpush makes on pass objects."""
+
+    def __init__(self, config: GoogleWalletConfig) -> None:
+        self.config = config
+        self._tokens = (
+            ServiceAccountTokens(config.credentials_file, config.token_url, config.request_timeout)
+            if config.credentials_file
+            else None
+        )
+        self._pacer = RequestPacer(config.rate)
+        self._client = httpx.AsyncClient(
+            base_url=config.api_base.rstrip("/"),
+            timeout=config.request_timeout,
+            limits=httpx.Limits(
+                max_connections=config.max_connections,
+                max_keepalive_connections=config.max_connections,
+            ),
+            headers={"content-type": "application/json"},
+        )
+
+    @property
+    def has_credentials(self) -> bool:
+        return self._tokens is not None
+
+    @property
+    def client_email(self) -> str:
+        return self._tokens.client_email if self._tokens is not None else ""
+
+    async def add_message(
+        self, object_type: str, object_id: str, message: Mapping[str, Any]
+    ) -> GoogleAnswer:
+        """POST …/{objectType}/{objectId}/addMessage: adds `message` to the object."""
+        path = f"{_object_path(object_type, object_id)}/addMessage"
+        return await self._call("POST", path, {"message": message})
+
+    async def get_object(self, object_type: str, object_id: str) -> GoogleAnswer:
+        return await self._call("GET", _object_path(object_type, object_id))
+
+    async def set_messages(
+        self, object_type: str, object_id: str, messages: list[Mapping[str, Any]]
+    ) -> GoogleAnswer:
+        """PATCH the object's `messages` to exactly `messages`; its other fields stay."""
+        return await self._call(
+            "PATCH", _object_path(object_type, object_id), {"messages": messages}
+        )
+
+    async def close(self) -> None:
+        await self._client.aclose()
+        if self._tokens is not None:
+            self._tokens.close()
+
+    async def _call(
+        self, method: str, path: str, body: Mapping[str, Any] | None = None
+    ) -> GoogleAnswer:
+        if self._tokens is None:
+            raise RuntimeError("no Google service account configured")
+        for first_try in (True, False):
+            try:
+                token = await self._tokens.token()
+            except google.auth.exceptions.GoogleAuthError as error:
+                return _token_failure(error)
+            await self._pacer.wait_turn()
+            try:
+                response = await self._client.request(
+                    method, path, json=body, headers={"authorization": f"Bearer {token}"}
+                )
+            except httpx.TimeoutException:
+                return GoogleAnswer(0, TIMEOUT)
+            except httpx.TransportError as error:
+                return GoogleAnswer(0, CONNECTION_ERROR, type(error).__name__)
+            if response.status_code == 401 and first_try:
+                # A cached token Google no longer takes: once more with a fresh one.
+                self._tokens.forget(token)
+                continue
+            return _answer(response)
+        raise AssertionError("unreachable")  # pragma: no cover
+
+
+def _object_path(object_type: str, object_id: str) -> str:
+    return f"/walletobjects/v1/{quote(object_type, safe='')}/{quote(object_id, safe='')}"
+
+
+def _answer(response: httpx.Response) -> GoogleAnswer:
+    try:
+        body = response.json()
+    except ValueError:
+        body = None
+    if not isinstance(body, dict):
+        body = {}
+    if response.is_success:
+        return GoogleAnswer(response.status_code, "", body=body)
+    # Google's error shape: {"error": {"code", "message", "status", "errors": [{"reason"}]}}
+    error = body.get("error")
+    reason, message = "", ""
+    if isinstance(error, dict):
+        message = str(error.get("message", ""))
+        details = error.get("errors")
+        if isinstance(details, list) and details and isinstance(details[0], dict):
+            reason = str(details[0].get("reason", ""))
+        reason = reason or str(error.get("status", ""))
+    return GoogleAnswer(
+        response.status_code,
+        reason or f"HTTP{response.status_code}",
+        message[:500],
+        retry_after=_retry_after(response.headers.get("retry-after")),
+    )
+
+
+def _retry_after(value: str | None) -> float:
+    try:
+        return max(0.0, float(value)) if value else 0.0
+    except ValueError:  # an HTTP date: the backoff decides
+        return 0.0
+
+
+def _token_failure(error: google.auth.exceptions.GoogleAuthError) -> GoogleAnswer:
+    """The token endpoint's refusal as an answer: 401 when it will refuse again, else none."""
+    if isinstance(error, google.auth.exceptions.RefreshError) and not error.retryable:
+        return GoogleAnswer(401, "TokenRefused", _describe_token_error(error))
+    return GoogleAnswer(0, "TokenUnavailable", _describe_token_error(error))
+
+
+def _describe_token_error(error: Exception) -> str:
+    # The first argument is google-auth's message; the second the endpoint's JSON, e.g.
+    # {"error": "invalid_grant", "error_description": "..."}, which holds no secret.
+    return str(error.args[0])[:500] if error.args else type(error).__name__
+
+
+class _TokenResponse(google.auth.transport.Response):
+    def __init__(self, response: httpx.Response) -> None:
+        self._response = response
+
+    @property
+    def status(self) -> int:
+        return self._response.status_code
+
+    @property
+    def headers(self) -> Mapping[str, str]:
+        return self._response.headers
+
+    @property
+    def data(self) -> bytes:
+        return self._response.content
+
+
+class _HttpxTokenTransport(google.auth.transport.Request):
+    """google-auth's HTTP transport over a synchronous httpx client (no `requests` needed)."""
+
+    def __init__(self, timeout: float) -> None:
+        self._client = httpx.Client(timeout=timeout)
+        self._timeout = timeout
+
+    def __call__(
+        self,
+        url: str,
+        method: str = "GET",
+        body: bytes | None = None,
+        headers: Mapping[str, str] | None = None,
+        timeout: float | None = None,
+        **kwargs: Any,
+    ) -> google.auth.transport.Response:
+        try:
+            response = self._client.request(
+                method, url, content=body, headers=headers, timeout=timeout or self._timeout
+            )
+        except httpx.HTTPError as error:
+            raise google.auth.exceptions.TransportError(str(error)) from error  # type: ignore[no-untyped-call]
+        return _TokenResponse(response)
+
+    def close(self) -> None:
+        self._client.close()

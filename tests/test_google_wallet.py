@@ -1,0 +1,411 @@
+"""Google Wallet delivery against a fake Google Wallet API (a real HTTP server on loopback
+with a token endpoint that checks the service account's signed assertion)."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+from google.protobuf import timestamp_pb2
+from sqlalchemy import insert
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from passpush.api.server import PasspushServer
+from passpush.delivery.apns import ApnsGateway
+from passpush.delivery.google import GoogleWalletConfig, GoogleWalletGateway
+from passpush.delivery.worker import WorkerSettings
+from passpush.fakes.apns import FakeApns
+from passpush.fakes.google import FakeGoogleWallet, ServiceAccount, make_service_account
+from passpush.store.google_messages import GoogleMessageLog
+from passpush.store.models import GoogleMessageRow
+from passpush.v1 import notifications_pb2 as npb
+from passpush.v1 import notifications_pb2_grpc, passes_pb2_grpc
+
+from support import World, wait_terminal
+
+Notifications = notifications_pb2_grpc.NotificationServiceStub
+
+
+@pytest.fixture(scope="session")
+def google_account(tmp_path_factory: pytest.TempPathFactory) -> ServiceAccount:
+    return make_service_account(tmp_path_factory.mktemp("google"))
+
+
+@pytest.fixture
+async def fake_google(google_account: ServiceAccount) -> AsyncIterator[FakeGoogleWallet]:
+    async with FakeGoogleWallet(google_account) as fake:
+        yield fake
+
+
+@pytest.fixture
+def google_rate() -> float:
+    return 500.0  # out of the way, but for the test of the rate itself
+
+
+@pytest.fixture
+def google_timeout() -> float:
+    return 10.0  # seconds per request
+
+
+@pytest.fixture
+async def google_gateway(
+    fake_google: FakeGoogleWallet, google_rate: float, google_timeout: float
+) -> AsyncIterator[GoogleWalletGateway]:
+    gateway = GoogleWalletGateway(
+        GoogleWalletConfig(
+            credentials_file=str(fake_google.account.key_file),
+            api_base=fake_google.api_base,
+            token_url=fake_google.token_url,
+            rate=google_rate,
+            request_timeout=google_timeout,
+        )
+    )
+    yield gateway
+    await gateway.close()
+
+
+@pytest.fixture
+def worker_settings() -> WorkerSettings:
+    return WorkerSettings(poll_interval=0.05, max_attempts=3)
+
+
+@pytest.fixture
+async def server(
+    sessions: async_sessionmaker[AsyncSession],
+    apns_gateway: ApnsGateway,
+    google_gateway: GoogleWalletGateway,
+    worker_settings: WorkerSettings,
+) -> AsyncIterator[PasspushServer]:
+    server = PasspushServer(sessions, apns_gateway, google_gateway, worker_settings=worker_settings)
+    await server.start()
+    yield server
+    await server.stop(grace=1.0)
+
+
+@pytest.fixture
+async def world(passes: passes_pb2_grpc.PassServiceStub) -> World:
+    world = World(passes)
+    await world.google_template("offers", object_type="offerObject")
+    return world
+
+
+async def google_pass(
+    world: World,
+    fake: FakeGoogleWallet,
+    pass_id: str,
+    *,
+    tags: tuple[str, ...] = (),
+    messages: list[dict[str, Any]] | None = None,
+    notified_today: int = 0,
+) -> str:
+    """A Google pass whose object the issuer inserted (the fake knows it)."""
+    object_id = await world.google_pass(pass_id, "offers", tags=tags)
+    fake.add_object("offerObject", object_id, messages, notified_today=notified_today)
+    return object_id
+
+
+async def send(
+    notifications: Notifications, target: npb.Target, body: str, **content: object
+) -> npb.Ticket:
+    accepted = await notifications.Send(
+        npb.SendRequest(target=target, content=npb.Content(body=body, **content))  # type: ignore[arg-type]
+    )
+    return await wait_terminal(notifications, accepted.id)
+
+
+async def events_of(notifications: Notifications, ticket_id: int) -> list[npb.DeliveryEvent]:
+    request = npb.StreamDeliveryEventsRequest(ticket_id=ticket_id)
+    return [event async for event in notifications.StreamDeliveryEvents(request)]
+
+
+def one_pass(pass_id: str) -> npb.Target:
+    return npb.Target(pass_id=pass_id)
+
+
+async def test_a_broadcast_over_apple_and_google_templates_reaches_both(
+    world: World,
+    notifications: Notifications,
+    fake_apns: FakeApns,
+    fake_google: FakeGoogleWallet,
+) -> None:
+    await world.apple_template("loyalty")
+    for pass_id in ("a1", "a2"):
+        await world.pass_(pass_id, "loyalty", tags=("vip",))
+    objects = [await google_pass(world, fake_google, p, tags=("vip",)) for p in ("g1", "g2")]
+
+    before = datetime.now(UTC).replace(microsecond=0)
+    ticket = await send(
+        notifications, npb.Target(tag=npb.TagRef(tag="vip")), "20% off today", header="Offer"
+    )
+
+    assert ticket.state == npb.TICKET_STATE_SUCCEEDED
+    assert (ticket.counts.total, ticket.counts.delivered) == (4, 4)
+    assert ticket.counts.delivered_without_alert == 0
+    assert sorted(fake_apns.tokens()) == world.tokens_of("a1", "a2")
+    for object_id in objects:
+        [message] = fake_google.messages(object_id)
+        assert message["id"] == f"passpush-{ticket.id}"
+        assert (message["header"], message["body"]) == ("Offer", "20% off today")
+        assert message["messageType"] == "TEXT_AND_NOTIFY"
+        start = datetime.fromisoformat(message["displayInterval"]["start"]["date"])
+        end = datetime.fromisoformat(message["displayInterval"]["end"]["date"])
+        assert before <= start <= datetime.now(UTC) and end - start == timedelta(hours=1)
+    assert sorted(r.path for r in fake_google.received("addMessage")) == [
+        f"/walletobjects/v1/offerObject/{object_id}/addMessage" for object_id in objects
+    ]
+    events = await events_of(notifications, ticket.id)
+    google_events = [e for e in events if e.google_object_id]
+    assert sorted(e.google_object_id for e in google_events) == objects
+    assert {e.outcome for e in events} == {npb.DELIVERY_OUTCOME_DELIVERED}
+
+    # The token is cached; one Google no longer takes is replaced once, and the send goes on.
+    assert fake_google.token_grants == 1
+    fake_google.expire_tokens()
+    again = await send(notifications, one_pass("g1"), "Still 20% off")
+    assert again.counts.delivered == 1
+    assert fake_google.token_grants == 2
+    assert [r.status for r in fake_google.received("addMessage")][-2:] == [401, 200]
+
+
+async def test_the_fourth_notification_in_24_hours_goes_without_an_alert(
+    world: World, notifications: Notifications, fake_google: FakeGoogleWallet
+) -> None:
+    object_id = await google_pass(world, fake_google, "g1")
+    start = datetime.now(UTC) + timedelta(minutes=5)
+    window = {
+        "display_start": timestamp_pb2.Timestamp(seconds=int(start.timestamp())),
+        "display_end": timestamp_pb2.Timestamp(seconds=int(start.timestamp()) + 7200),
+    }
+
+    tickets = [await send(notifications, one_pass("g1"), f"News {n}", **window) for n in range(4)]
+
+    assert [m["messageType"] for m in fake_google.messages(object_id)] == [
+        *["TEXT_AND_NOTIFY"] * 3,
+        "TEXT",
+    ]
+    assert len(fake_google.received("addMessage")) == 4  # passpush counted: no refusal needed
+    interval = fake_google.messages(object_id)[0]["displayInterval"]
+    assert datetime.fromisoformat(interval["start"]["date"]) == start.replace(microsecond=0)
+    assert datetime.fromisoformat(interval["end"]["date"]) == start.replace(
+        microsecond=0
+    ) + timedelta(hours=2)
+    fourth = tickets[-1]
+    assert fourth.state == npb.TICKET_STATE_SUCCEEDED
+    assert (fourth.counts.delivered, fourth.counts.delivered_without_alert) == (1, 1)
+    assert [t.counts.delivered_without_alert for t in tickets[:3]] == [0, 0, 0]
+    [event] = await events_of(notifications, fourth.id)
+    assert event.outcome == npb.DELIVERY_OUTCOME_DELIVERED_WITHOUT_ALERT
+    assert event.reason == "NotificationQuotaReached"
+
+
+async def test_googles_own_quota_refusal_is_sent_again_as_text(
+    world: World, notifications: Notifications, fake_google: FakeGoogleWallet
+) -> None:
+    # Three notifications reached the pass from elsewhere: passpush's count cannot know.
+    object_id = await google_pass(world, fake_google, "g1", notified_today=3)
+
+    ticket = await send(notifications, one_pass("g1"), "Doors open at six")
+
+    answers = [(r.body["message"]["messageType"], r.status) for r in fake_google.received()]
+    assert answers == [("TEXT_AND_NOTIFY", 403), ("TEXT", 200)]
+    assert [m["messageType"] for m in fake_google.messages(object_id)] == ["TEXT"]
+    assert (ticket.counts.delivered, ticket.counts.delivered_without_alert) == (1, 1)
+    [event] = await events_of(notifications, ticket.id)
+    assert event.outcome == npb.DELIVERY_OUTCOME_DELIVERED_WITHOUT_ALERT
+    assert event.reason == "GoogleNotificationQuotaExceeded"
+
+
+async def test_delete_removes_only_passpushs_messages(
+    world: World, notifications: Notifications, fake_google: FakeGoogleWallet
+) -> None:
+    theirs = {"id": "issuer-welcome", "header": "Welcome", "body": "Thanks for joining"}
+    object_id = await google_pass(world, fake_google, "g1", messages=[theirs])
+    for body in ("First", "Second"):
+        await send(notifications, one_pass("g1"), body)
+    assert len(fake_google.messages(object_id)) == 3
+
+    deleted = await notifications.Delete(npb.DeleteRequest(target=one_pass("g1")))
+    ticket = await wait_terminal(notifications, deleted.id)
+
+    assert (ticket.state, ticket.counts.delivered) == (npb.TICKET_STATE_SUCCEEDED, 1)
+    assert fake_google.messages(object_id) == [theirs]
+    [patch] = fake_google.received("patch")
+    assert patch.body == {"messages": [theirs]}
+
+    # Nothing of passpush's left: a second Delete reads the object and changes nothing.
+    again = await notifications.Delete(npb.DeleteRequest(target=one_pass("g1")))
+    assert (await wait_terminal(notifications, again.id)).counts.delivered == 1
+    assert len(fake_google.received("patch")) == 1
+
+
+async def test_429_and_503_are_retried_with_backoff_and_add_the_message_once(
+    world: World, notifications: Notifications, fake_google: FakeGoogleWallet
+) -> None:
+    throttled = await google_pass(world, fake_google, "g1", tags=("t",))
+    flaky = await google_pass(world, fake_google, "g2", tags=("t",))
+    fake_google.respond(429, "rateLimitExceeded", times=1, object_id=throttled)
+    fake_google.respond(503, "backendError", times=1, object_id=flaky)
+
+    ticket = await send(notifications, npb.Target(tag=npb.TagRef(tag="t")), "Hello")
+
+    assert (ticket.state, ticket.counts.delivered) == (npb.TICKET_STATE_SUCCEEDED, 2)
+    for object_id in (throttled, flaky):
+        assert len(fake_google.messages(object_id)) == 1
+        statuses = [
+            r.status for r in fake_google.received("addMessage") if r.object_id == object_id
+        ]
+        assert statuses[0] in (429, 503) and statuses[-1] == 200
+    events = await events_of(notifications, ticket.id)
+    retries = sorted(e.reason for e in events if e.outcome == npb.DELIVERY_OUTCOME_RETRYING)
+    assert retries == ["Google 429 rateLimitExceeded", "Google 503 backendError"]
+    assert {e.attempt for e in events if e.outcome == npb.DELIVERY_OUTCOME_DELIVERED} == {2}
+
+
+async def test_a_missing_object_and_refused_credentials_fail_without_retry(
+    world: World,
+    notifications: Notifications,
+    fake_google: FakeGoogleWallet,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    await world.google_pass("gone", "offers", tags=("t",))  # the issuer never inserted it
+    refused = await google_pass(world, fake_google, "g1", tags=("t",))
+    fake_google.respond(403, "permissionDenied", object_id=refused)
+
+    with caplog.at_level(logging.ERROR, logger="passpush"):
+        ticket = await send(notifications, npb.Target(tag=npb.TagRef(tag="t")), "Hello")
+
+    assert (ticket.state, ticket.counts.failed) == (npb.TICKET_STATE_FAILED, 2)
+    assert sorted((e.reason, e.count) for e in ticket.errors) == [
+        ("Google 403 permissionDenied", 1),
+        ("GoogleObjectNotFound", 1),
+    ]
+    assert len(fake_google.received("addMessage")) == 2  # no retry of either
+    [alarm] = [r for r in caplog.records if "refused passpush's service account" in r.message]
+    assert alarm.levelno == logging.ERROR and "permissionDenied" in alarm.message
+    assert "ya29." not in caplog.text  # no token in the logs
+
+    # A message whose display window is over before it is sent would never show.
+    an_hour_ago = int((datetime.now(UTC) - timedelta(hours=1)).timestamp())
+    late = await send(
+        notifications,
+        one_pass("gone"),
+        "Happy hour",
+        display_start=timestamp_pb2.Timestamp(seconds=an_hour_ago - 3600),
+        display_end=timestamp_pb2.Timestamp(seconds=an_hour_ago),
+    )
+    assert [(e.reason, e.count) for e in late.errors] == [("DisplayWindowEnded", 1)]
+    assert len(fake_google.received()) == 2
+
+
+@pytest.mark.parametrize("google_timeout", [0.3])
+async def test_a_retry_after_a_lost_answer_does_not_add_the_message_twice(
+    world: World, notifications: Notifications, fake_google: FakeGoogleWallet
+) -> None:
+    object_id = await google_pass(world, fake_google, "g1")
+    fake_google.answer_late(1.0)  # added, but passpush stops waiting after 0.3 s
+
+    ticket = await send(notifications, one_pass("g1"), "Hello")
+
+    assert (ticket.state, ticket.counts.delivered) == (npb.TICKET_STATE_SUCCEEDED, 1)
+    assert [m["body"] for m in fake_google.messages(object_id)] == ["Hello"]
+    assert [r.action for r in fake_google.received()] == ["addMessage", "get"]
+    events = await events_of(notifications, ticket.id)
+    assert [(e.outcome, e.reason) for e in events] == [
+        (npb.DELIVERY_OUTCOME_RETRYING, "Google Timeout"),
+        (npb.DELIVERY_OUTCOME_DELIVERED, ""),
+    ]
+
+
+async def test_a_key_the_token_endpoint_refuses_is_an_authentication_failure(
+    fake_google: FakeGoogleWallet, tmp_path: Path
+) -> None:
+    stranger = make_service_account(tmp_path, client_email="someone@elsewhere.example")
+    gateway = GoogleWalletGateway(
+        GoogleWalletConfig(
+            credentials_file=str(stranger.key_file),
+            api_base=fake_google.api_base,
+            token_url=fake_google.token_url,
+        )
+    )
+    try:
+        answer = await gateway.get_object("offerObject", "3388000000022222222.g1")
+    finally:
+        await gateway.close()
+
+    assert (answer.status, answer.reason) == (401, "TokenRefused")
+    assert "invalid_grant" in answer.message
+    assert fake_google.received() == []  # no API call without a token
+
+
+@pytest.mark.parametrize("google_rate", [20.0])
+async def test_the_request_rate_is_respected_and_apple_does_not_wait_for_it(
+    world: World,
+    notifications: Notifications,
+    fake_apns: FakeApns,
+    fake_google: FakeGoogleWallet,
+    google_rate: float,
+) -> None:
+    await world.apple_template("loyalty")
+    for n in range(20):
+        await world.pass_(f"a{n}", "loyalty", tags=("all",))
+    count = 30
+    for n in range(count):
+        await google_pass(world, fake_google, f"g{n}", tags=("all",))
+
+    ticket = await send(notifications, npb.Target(tag=npb.TagRef(tag="all")), "Hello")
+
+    assert ticket.counts.delivered == 20 + count
+    times = sorted(r.received_at for r in fake_google.received())
+    assert len(times) == count
+    # Paced one request per 1/rate s: no second holds more than the rate, give or take one
+    # for the timers' jitter, and the whole takes about (count - 1) / rate.
+    busiest = max(sum(1 for t in times if start <= t < start + 1.0) for start in times)
+    assert busiest <= google_rate + 1
+    assert times[-1] - times[0] >= 0.8 * (count - 1) / google_rate
+    # Apple's pushes went out beside Google's paced requests, not behind them.
+    assert max(p.received_at for p in fake_apns.received) < times[-5]
+
+
+async def test_two_replicas_cannot_both_take_a_passs_last_notifying_place(
+    sessions: async_sessionmaker[AsyncSession],
+) -> None:
+    now = datetime.now(UTC)
+    async with sessions.begin() as session:
+        await session.execute(
+            insert(GoogleMessageRow),
+            [
+                {
+                    "delivery_id": n,
+                    "project_id": "acme",
+                    "pass_id": "g1",
+                    "notifying": True,
+                    "sent_at": now - timedelta(hours=hours),
+                }
+                for n, hours in ((1, 1), (2, 2), (3, 25))  # the third is out of the window
+            ],
+        )
+
+    async def take(delivery_id: int) -> bool:
+        async with sessions.begin() as session:
+            log = GoogleMessageLog(session)
+            taken = await log.take_place(delivery_id, "acme", "g1", now)
+            await asyncio.sleep(0.05)  # hold the transaction: the others must wait, not count
+            return taken
+
+    taken = await asyncio.gather(*(take(10 + n) for n in range(4)))
+
+    assert sorted(taken) == [False, False, False, True]
+    async with sessions.begin() as session:
+        assert await GoogleMessageLog(session).take_place(11, "acme", "g1", now) == taken[1]
+        assert await GoogleMessageLog(session).purge(now) == 1  # the 25-hour-old one
+
+
+def test_the_bundled_service_account_key_is_reused(tmp_path: Path) -> None:
+    first = make_service_account(tmp_path)
+    assert make_service_account(tmp_path).public_key_pem == first.public_key_pem
+    assert oct(first.key_file.stat().st_mode & 0o777) == "0o600"
