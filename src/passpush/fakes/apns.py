@@ -9,7 +9,6 @@ Run it standalone with `python -m passpush.fakes.apns --port 2197 --dir var/fake
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import contextlib
 import json
@@ -35,6 +34,7 @@ from h2.events import (
 from h2.exceptions import ProtocolError
 from h2.settings import SettingCodes, Settings
 
+from passpush.fakes import standalone
 from passpush.fakes.tls import TlsBundle, make_tls_bundle
 
 logger = logging.getLogger(__name__)
@@ -399,22 +399,15 @@ async def _serve(host: str, port: int, directory: Path) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(
+    standalone.run(
+        argv,
         prog="python -m passpush.fakes.apns",
         description="Run a fake APNs (HTTP/2 over TLS) that accepts every push and logs it.",
+        port=2197,
+        directory=Path("var/fake-apns"),
+        directory_help="directory for the generated CA and server certificate",
+        serve=_serve,
     )
-    parser.add_argument("--host", default="127.0.0.1", help="address to listen on")
-    parser.add_argument("--port", type=int, default=2197, help="port to listen on (0: any)")
-    parser.add_argument(
-        "--dir",
-        type=Path,
-        default=Path("var/fake-apns"),
-        help="directory for the generated CA and server certificate",
-    )
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
-    with contextlib.suppress(KeyboardInterrupt):
-        asyncio.run(_serve(args.host, args.port, args.dir))
 
 
 if __name__ == "__main__":

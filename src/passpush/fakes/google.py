@@ -14,7 +14,6 @@ it writes the service-account key to use as PASSPUSH_GOOGLE_CREDENTIALS there.
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import contextlib
 import json
@@ -39,6 +38,9 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+from passpush.domain.validation import GOOGLE_OBJECT_TYPES
+from passpush.fakes import standalone
+
 logger = logging.getLogger(__name__)
 
 ANY_OBJECT = "*"
@@ -46,17 +48,6 @@ ANY_OBJECT = "*"
 
 SCOPE = "https://www.googleapis.com/auth/wallet_object.issuer"
 GOOGLE_TOKEN_AUDIENCE = "https://oauth2.googleapis.com/token"
-OBJECT_TYPES = frozenset(
-    {
-        "genericObject",
-        "loyaltyObject",
-        "offerObject",
-        "eventTicketObject",
-        "flightObject",
-        "giftCardObject",
-        "transitObject",
-    }
-)
 NOTIFYING_PER_DAY = 3
 DAY_SECONDS = 24 * 3600
 _REASON_STATUS = {  # Google's `status` for the HTTP statuses a test may program
@@ -375,7 +366,7 @@ class FakeGoogleWallet:
         programmed = self._programmed_answer(object_id, action)
         if programmed is not None:
             return _error(programmed.status, programmed.reason, f"Programmed {programmed.reason}")
-        if object_type not in OBJECT_TYPES:
+        if object_type not in GOOGLE_OBJECT_TYPES:
             return _error(404, "notFound", f"Unknown resource type {object_type}.")
         wallet_object = self._objects.get(object_id)
         if wallet_object is None and self.create_objects:
@@ -471,22 +462,15 @@ async def _serve(host: str, port: int, directory: Path) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(
+    standalone.run(
+        argv,
         prog="python -m passpush.fakes.google",
         description="Run a fake Google Wallet API that takes every message and logs it.",
+        port=8095,
+        directory=Path("var/fake-google"),
+        directory_help="directory for the service-account key",
+        serve=_serve,
     )
-    parser.add_argument("--host", default="127.0.0.1", help="address to listen on")
-    parser.add_argument("--port", type=int, default=8095, help="port to listen on (0: any)")
-    parser.add_argument(
-        "--dir",
-        type=Path,
-        default=Path("var/fake-google"),
-        help="directory for the service-account key",
-    )
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
-    with contextlib.suppress(KeyboardInterrupt):
-        asyncio.run(_serve(args.host, args.port, args.dir))
 
 
 if __name__ == "__main__":
