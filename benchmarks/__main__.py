@@ -16,7 +16,7 @@ import time
 import traceback
 from collections.abc import Awaitable, Callable, Sequence
 
-from benchmarks import accept, fake, fanout, resolution, scaleout, watch
+from benchmarks import accept, accept_core, fake, fanout, resolution, scaleout, watch
 from benchmarks.database import BACKENDS, postgres_version
 from benchmarks.harness import Options, Result, log, machine, render_table, workspace
 
@@ -31,6 +31,7 @@ async def _fake_capacity(options: Options) -> list[Result]:
 # Run when named only: a diagnosis, not one of the benchmarks.
 EXTRA: dict[str, tuple[Benchmark, str]] = {
     "gateway": (fanout.run_gateway, "passpush's APNs gateway alone vs the raw aioapns loop"),
+    "accept-core": (accept_core.run, "the accept path in-process, without gRPC or pushes"),
 }
 BENCHMARKS: dict[str, tuple[Benchmark, str]] = {
     "fake-apns": (_fake_capacity, "the Node fake APNs takes well over 10,000 pushes/s"),

@@ -31,8 +31,11 @@ def is_sqlite(url: str) -> bool:
 def make_engine(url: str = DEFAULT_DATABASE_URL, **kwargs: Any) -> AsyncEngine:
     if not is_sqlite(url):
         # No JIT: it compiles big statements for hundreds of milliseconds, where an
-        # OLTP service wants its answer now.
-        connect_args = {"server_settings": {"jit": "off"}}
+        # OLTP service wants its answer now. Custom plans: asyncpg prepares every statement,
+        # and a generic plan made while the tables were small (sequential scans) would stay
+        # while they grow; planning with the parameters costs microseconds.
+        settings = {"jit": "off", "plan_cache_mode": "force_custom_plan"}
+        connect_args = {"server_settings": settings}
         return create_async_engine(
             url, pool_size=10, max_overflow=10, connect_args=connect_args, **kwargs
         )
