@@ -14,9 +14,14 @@ from typing import Any
 
 import httpx
 import pytest
+from sqlalchemy import update
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from passpush.fakes.apns import FakeApns
+from passpush.service.clock import utcnow
 from passpush.service.passkit import last_modified_of, modified_since
+from passpush.store.models import PassRow
+from passpush.store.passes import update_tag_at
 from passpush.v1 import notifications_pb2 as npb
 from passpush.v1 import notifications_pb2_grpc, passes_pb2_grpc
 from passpush.v1 import passes_pb2 as ppb
@@ -303,6 +308,37 @@ async def test_a_device_sees_only_its_own_changed_passes(
     assert everything["serialNumbers"] == ["p1", "p2"]
     assert theirs["serialNumbers"] == ["p3"]
     assert huge.status_code == 200 and huge.json()["serialNumbers"] == ["p1", "p2"]
+
+
+# On SQLite the one writer commits its tags in order; on PostgreSQL they may not be.
+@pytest.mark.parametrize("database_url", ["postgresql"], indirect=True)
+async def test_a_change_committed_after_a_later_one_still_reaches_the_device(
+    shim: str,
+    device: Device,
+    passes: passes_pb2_grpc.PassServiceStub,
+    notifications: notifications_pb2_grpc.NotificationServiceStub,
+    sessions: async_sessionmaker[AsyncSession],
+    apple_certs: AppleCerts,
+) -> None:
+    p1, p2 = await issue_pass(passes, apple_certs, "p1", "p2")
+    for held in (p1, p2):
+        assert (await device.register(held)).status_code == 201
+    tag = (await device.updated(p1)).json()["lastUpdated"]
+
+    # A long broadcast: it stamps p2's change now, and commits after a Send to p1.
+    async with sessions.begin() as broadcast:
+        await broadcast.execute(
+            update(PassRow)
+            .where(PassRow.project_id == "acme", PassRow.id == "p2")
+            .values(update_tag=update_tag_at(utcnow()), notification_body="Late")
+        )
+        await send(notifications, "p1", "Early")
+        before_it_commits = (await device.updated(p1, since=tag)).json()
+    after_it_commits = await device.updated(p1, since=before_it_commits["lastUpdated"])
+
+    assert before_it_commits["serialNumbers"] == ["p1"]
+    assert after_it_commits.status_code == 200
+    assert "p2" in after_it_commits.json()["serialNumbers"]
 
 
 async def test_device_logs_are_logged_without_tokens(

@@ -26,7 +26,7 @@ from passpush.domain.passkit import PASS_JSON, PassPackageSource, build_pkpass, 
 from passpush.domain.signing import AppleSigningPem, SigningMaterial, load_signing
 from passpush.domain.validation import check_id, check_push_token, raise_if_any
 from passpush.service.clock import Clock, utcnow
-from passpush.store.passes import PassStore
+from passpush.store.passes import PassStore, update_tag_at
 from passpush.store.passkit import NamedPass, PassKitStore
 
 log = logging.getLogger(__name__)
@@ -95,6 +95,9 @@ class PassPackager:
         else:
             self._loaded.move_to_end(template_signing)
         return material
+
+
+_TAG_MARGIN = timedelta(seconds=1)
 
 
 @dataclass(frozen=True)
@@ -192,12 +195,21 @@ class PassKitCore:
         ):
             return None
         async with self._sessions() as session:
-            rows = await PassKitStore(session).device_serials(
+            store = PassKitStore(session)
+            # Read first: a transaction that writes after this read stamps later tags.
+            unsettled = await store.oldest_open_write()
+            rows = await store.device_serials(
                 device_library_identifier, pass_type_identifier, _update_tag(since)
             )
         if not rows:
             return None
-        return UpdatedSerials(sorted({serial for serial, _ in rows}), str(max(t for _, t in rows)))
+        last_updated = max(t for _, t in rows)
+        if unsettled is not None:
+            # Not past a change still to commit: the device asks again from before it (and
+            # what it already has answers 304). The margin covers a tag stamped a moment
+            # before its transaction's first write, and clocks a little apart.
+            last_updated = min(last_updated, update_tag_at(unsettled - _TAG_MARGIN) - 1)
+        return UpdatedSerials(sorted({serial for serial, _ in rows}), str(last_updated))
 
     async def latest_pass(
         self,

@@ -5,11 +5,13 @@ service needs to authenticate the device and answer it)."""
 from __future__ import annotations
 
 from dataclasses import dataclass
+from datetime import datetime
 
-from sqlalchemy import and_, select
+from sqlalchemy import and_, select, text
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from passpush.domain.model import Platform
+from passpush.store.db import dialect_name
 from passpush.store.models import DeviceRegistrationRow, PassRow, TemplateRow
 
 # A device holds a handful of passes of one type; more is not a device.
@@ -75,3 +77,22 @@ class PassKitStore:
         if since is not None:
             query = query.where(PassRow.update_tag > since)
         return [(serial, tag) for serial, tag in await self.session.execute(query)]
+
+    async def oldest_open_write(self) -> datetime | None:
+        """When the oldest transaction now writing to the database (this one aside) began.
+
+        A change stamps its update tag near the start of its transaction, and on PostgreSQL
+        transactions commit in any order: one still open may commit a tag lower than tags
+        already read. None on SQLite, whose one writer commits its tags in order.
+        """
+        if dialect_name(self.session) != "postgresql":
+            return None
+        oldest: datetime | None = await self.session.scalar(_OLDEST_OPEN_WRITE)
+        return oldest
+
+
+# A transaction has an xid once it wrote: the outbox's idle polls do not count.
+_OLDEST_OPEN_WRITE = text(
+    "SELECT min(xact_start) FROM pg_stat_activity WHERE datname = current_database() "
+    "AND pid <> pg_backend_pid() AND backend_xid IS NOT NULL"
+)
