@@ -54,11 +54,14 @@ async def launch(database_url: str, fake_apns: FakeApns, tmp_path: Path) -> Asyn
         yield launcher
 
 
+# Replicas share work through PostgreSQL; on SQLite one `passpush serve` does all the work.
+replicas_on_postgresql = pytest.mark.parametrize("database_url", ["postgresql"], indirect=True)
+
+
 @pytest.fixture
 def replica_database_url(database_url: str) -> str:
-    """The database, when it is PostgreSQL: replicas share work through it."""
-    if is_sqlite(database_url):
-        pytest.skip("replicas need PostgreSQL: on SQLite one `passpush serve` does all the work")
+    """The database of a replicas test (marked replicas_on_postgresql)."""
+    assert not is_sqlite(database_url), "replicas tests run on PostgreSQL only"
     return database_url
 
 
@@ -204,6 +207,7 @@ async def test_kill_9_mid_broadcast_then_restart_pushes_every_device(
 REPLICA_AUDIENCE = 2000
 
 
+@replicas_on_postgresql
 async def test_two_replicas_share_a_broadcast_and_push_each_device_once(
     replicas: Launcher,
     replica_database_url: str,
@@ -232,6 +236,7 @@ async def test_two_replicas_share_a_broadcast_and_push_each_device_once(
     assert by_a >= BATCH_SIZE and by_b >= BATCH_SIZE, (by_a, by_b)
 
 
+@replicas_on_postgresql
 async def test_when_a_replica_is_killed_the_other_finishes_its_leased_work(
     replicas: Launcher,
     replica_database_url: str,
@@ -288,6 +293,7 @@ async def test_when_a_replica_is_killed_the_other_finishes_its_leased_work(
     )
 
 
+@replicas_on_postgresql
 async def test_a_subscriber_of_one_replica_follows_what_another_delivers(
     replicas: Launcher,
     replica_database_url: str,
@@ -379,6 +385,7 @@ async def test_a_schedule_due_while_no_server_ran_fires_at_start_up(
     assert sorted(fake_apns.tokens()) == sorted(tokens)
 
 
+@replicas_on_postgresql
 async def test_replicas_fire_each_schedule_once(
     replicas: Launcher,
     replica_database_url: str,
