@@ -6,7 +6,7 @@ from collections.abc import Collection
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import BigInteger, ColumnElement, any_, bindparam, event
+from sqlalchemy import BigInteger, ColumnElement, and_, any_, bindparam, event
 from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import (
@@ -120,6 +120,17 @@ def among(column: Any, values: Collection[Any], dialect: str) -> ColumnElement[b
     if dialect == "postgresql":
         return column == any_(bindparam(None, list(values), type_=ARRAY(column.type)))  # type: ignore[no-any-return]
     return column.in_(list(values))  # type: ignore[no-any-return]
+
+
+def among_pairs(
+    first: Any, second: Any, pairs: Collection[tuple[Any, Any]], dialect: str
+) -> ColumnElement[bool]:
+    """Each column is among its side of `pairs`: every pair matches, and maybe some
+    crossings of them, which the caller leaves out (one statement whatever the count)."""
+    return and_(
+        among(first, {a for a, _ in pairs}, dialect),
+        among(second, {b for _, b in pairs}, dialect),
+    )
 
 
 def dialect_name(session: AsyncSession) -> str:

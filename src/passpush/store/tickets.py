@@ -45,7 +45,7 @@ from passpush.domain.model import (
     terminal_state,
 )
 from passpush.store.audience import Audience
-from passpush.store.db import among, dialect_name
+from passpush.store.db import among_pairs, dialect_name
 from passpush.store.models import (
     DeliveryRow,
     DeviceRegistrationRow,
@@ -106,18 +106,20 @@ class _Draft:
     reason: str
 
     def values(self, ticket_id: int, now: datetime) -> dict[str, Any]:
-        return {
-            "ticket_id": ticket_id,
-            "project_id": self.project_id,
-            "pass_id": self.pass_id,
-            "registration_id": self.registration_id,
-            "platform": self.platform,
-            "state": self.state,
-            "reason": self.reason,
-            "attempts": 0,
-            "next_attempt_at": now,
-            "updated_at": now,
-        }
+        """The delivery's row, as _insert_deliveries would insert it."""
+        row = (
+            ticket_id,
+            self.project_id,
+            self.pass_id,
+            self.registration_id,
+            self.platform,
+            self.state,
+            self.reason,
+            0,  # attempts
+            now,  # next_attempt_at
+            now,  # updated_at
+        )
+        return dict(zip(_DELIVERY_COLUMNS, row, strict=True))
 
 
 class TicketStore:
@@ -135,8 +137,7 @@ class TicketStore:
         dialect, t = dialect_name(self.session), _tickets
         rows = await self.session.execute(
             select(t.c.id, t.c.project_id, t.c.request_id, t.c.request_fingerprint).where(
-                among(t.c.project_id, {project_id for project_id, _ in keys}, dialect),
-                among(t.c.request_id, {request_id for _, request_id in keys}, dialect),
+                among_pairs(t.c.project_id, t.c.request_id, keys, dialect)
             )
         )
         found = {
@@ -208,12 +209,7 @@ class TicketStore:
             return {}
         dialect = dialect_name(self.session)
         rows = await self.session.execute(
-            _deliveries_of(
-                and_(
-                    among(PassRow.project_id, {project_id for project_id, _ in keys}, dialect),
-                    among(PassRow.id, {pass_id for _, pass_id in keys}, dialect),
-                )
-            )
+            _deliveries_of(among_pairs(PassRow.project_id, PassRow.id, keys, dialect))
         )
         drafts: dict[tuple[str, str], list[_Draft]] = {key: [] for key in keys}
         for row in rows:
