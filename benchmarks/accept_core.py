@@ -39,7 +39,8 @@ async def measure(backend: str, workdir: Path, options: Options) -> list[Result]
     async with bench_database(backend, workdir) as database:
         await database.seed(ACCEPT_PASSES)
         engine = make_engine(database.url)
-        send = core_sender(NotificationCore(make_sessions(engine)))
+        core = NotificationCore(make_sessions(engine))
+        send = core_sender(core)
         try:
             await closed_loop(send, WARMUP_SECONDS, options.concurrency)
             cpu = _cpu_seconds()
@@ -47,6 +48,7 @@ async def measure(backend: str, workdir: Path, options: Options) -> list[Result]
             cpu_ms = (_cpu_seconds() - cpu) / max(1, throughput.calls) * 1000
             latency = await open_loop(send, options.rate, options.duration)
         finally:
+            core.close()
             await engine.dispose()
     log(f"accept-core on {backend}: {throughput.rate:,.0f} Sends/s, {cpu_ms:.2f} ms CPU a Send")
     return [

@@ -137,5 +137,6 @@ class PasspushServer:
         await self.retention.stop()
         if self.listener is not None:
             await self.listener.stop()
+        self.notifications.close()
         if self._read_engine is not None:
             await self._read_engine.dispose()

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 from sqlalchemy.exc import IntegrityError
@@ -14,7 +14,6 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from passpush.domain.errors import AlreadyExists, DomainError, NotFound
 from passpush.domain.model import (
     Content,
-    ExternalPassTarget,
     Operation,
     PassTarget,
     Target,
@@ -28,10 +27,17 @@ from passpush.domain.validation import (
     raise_if_any,
 )
 from passpush.service.clock import Clock, utcnow
-from passpush.store.audience import resolve_audience, resolve_pass_targets
-from passpush.store.events import EventStore
+from passpush.store.audience import Audience, pass_targets, resolve_audience
+from passpush.store.direct import Steps, direct_transactions, run_on_session
+from passpush.store.events import EventStore, skipped_events
 from passpush.store.schedules import reserve_campaign_place
-from passpush.store.tickets import NewTicket, PriorTicket, TicketStore
+from passpush.store.tickets import (
+    NewTicket,
+    PriorTicket,
+    TicketStore,
+    one_pass_tickets,
+    prior_tickets,
+)
 
 
 @dataclass(eq=False)
@@ -57,7 +63,9 @@ class NotificationCore:
     Sends to one pass each are committed in groups: while one transaction
     commits, the next ones queue and then share a transaction of a few
     statements, so that throughput grows with load instead of each call paying
-    a dozen round trips. A broadcast commits alone, beside them.
+    a dozen round trips. Those transactions run on the driver's connection
+    directly (store/direct.py): this is the path whose latency callers feel.
+    A broadcast commits alone, beside them, through SQLAlchemy.
     """
 
     def __init__(
@@ -69,6 +77,9 @@ class NotificationCore:
         max_group: int = 256,
     ) -> None:
         self._sessions = sessions
+        engine = sessions.kw["bind"]
+        self._dialect: str = engine.dialect.name
+        self._direct = direct_transactions(engine)
         self._clock = clock
         # Wakes the local delivery workers so that the first push does not wait for a poll.
         self._on_enqueued = on_enqueued
@@ -107,12 +118,12 @@ class NotificationCore:
         submission = _Submission(
             project_id, operation, target, content, request_id, fingerprint, answer
         )
-        if isinstance(target, PassTarget | ExternalPassTarget):
+        if isinstance(target, PassTarget):
             self._queued.append(submission)
             if self._committer is None or self._committer.done():
                 self._committer = asyncio.create_task(self._commit_queued())
         else:
-            await self._commit([submission])
+            await self._commit([submission], self._accept_alone)
         # The transaction goes on if the caller leaves: its retry will find the ticket.
         return await asyncio.shield(answer)
 
@@ -120,14 +131,15 @@ class NotificationCore:
         while self._queued:
             group = self._queued[: self._max_group]
             del self._queued[: self._max_group]
-            await self._commit(group)
+            await self._commit(group, self._accept_one_pass_each)
 
-    async def _commit(self, group: list[_Submission]) -> None:
+    async def _commit(
+        self, group: list[_Submission], accept: Callable[[list[_Submission]], Awaitable[_Answers]]
+    ) -> None:
         """Commits a group in one transaction and answers each submission."""
         for attempt in range(3):
             try:
-                async with self._sessions.begin() as session:
-                    answers = await self._accept(session, group)
+                answers = await accept(group)
                 break
             except IntegrityError as error:
                 # A request_id raced another server's first try: the next look finds its ticket.
@@ -139,6 +151,11 @@ class NotificationCore:
         if any(isinstance(a, Ticket) for a in answers.values()):
             self._on_enqueued()
         for submission, answer in answers.items():
+            if isinstance(answer, PriorTicket):  # a retry: its first ticket, as it is now
+                try:
+                    answer = await self.get_ticket(answer.project_id, answer.id)
+                except Exception as error:
+                    answer = error
             if submission.answer.done():
                 continue
             if isinstance(answer, Ticket):
@@ -146,53 +163,37 @@ class NotificationCore:
             else:
                 submission.answer.set_exception(answer)
 
-    async def _accept(
-        self, session: AsyncSession, group: list[_Submission]
-    ) -> dict[_Submission, Ticket | Exception]:
-        tickets = TicketStore(session)
-        answers: dict[_Submission, Ticket | Exception] = {}
+    async def _accept_one_pass_each(self, group: list[_Submission]) -> _Answers:
+        return await self._direct.run(lambda: self._one_pass_each(group))
+
+    def _one_pass_each(self, group: list[_Submission]) -> Steps[_Answers]:
+        """Sends and Deletes to one pass each: a few statements for the whole group."""
+        answers: _Answers = {}
         # First: a retry answers its first ticket even if the target changed since.
-        existing = await tickets.find_by_request_ids({s.key for s in group if s.request_id})
-        # One query resolves every pass target of the group.
-        passes = await resolve_pass_targets(
-            session,
-            {(s.project_id, s.target.pass_id) for s in group if isinstance(s.target, PassTarget)},
-        )
+        prior = yield from prior_tickets({s.key for s in group if s.request_id}, self._dialect)
+        targets = {(s.project_id, _pass_id(s)) for s in group}
+        passes = yield from pass_targets(targets, self._dialect)
         first_in_group: dict[tuple[str, str], _Submission] = {}
         retries_in_group: list[tuple[_Submission, _Submission]] = []
         new: list[tuple[_Submission, NewTicket]] = []
         for s in group:
-            if s.request_id and s.key in existing:
-                answers[s] = await _answer_retry(tickets, s, existing[s.key])
+            if s.request_id and s.key in prior:
+                answers[s] = _retry_answer(s, prior[s.key])
                 continue
             if s.request_id and s.key in first_in_group:
                 retries_in_group.append((s, first_in_group[s.key]))
                 continue
-            try:
-                if isinstance(s.target, PassTarget):
-                    audience = passes.get((s.project_id, s.target.pass_id))
-                    if audience is None:
-                        raise NotFound("pass", s.target.pass_id)
-                else:
-                    if s.operation is Operation.SEND:
-                        await reserve_campaign_place(session, s.project_id, s.target)
-                    audience = await resolve_audience(session, s.project_id, s.target)
-            except DomainError as error:
-                answers[s] = error
+            pass_id = _pass_id(s)
+            audience = passes.get((s.project_id, pass_id))
+            if audience is None:
+                answers[s] = NotFound("pass", pass_id)
                 continue
             if s.request_id:
                 first_in_group[s.key] = s
-            new.append(
-                (
-                    s,
-                    NewTicket(
-                        audience, s.operation, s.target, s.content, s.request_id, s.fingerprint
-                    ),
-                )
-            )
+            new.append((s, _new_ticket(s, audience)))
         now = self._clock()
-        created = await tickets.create_many([n for _, n in new], now)
-        await EventStore(session).append_skipped([t.id for t in created if t.counts.skipped], now)
+        created = yield from one_pass_tickets([n for _, n in new], self._dialect, now)
+        yield from skipped_events([t.id for t in created if t.counts.skipped], self._dialect, now)
         answers.update(zip([s for s, _ in new], created, strict=True))
         for retry, first in retries_in_group:
             answers[retry] = (
@@ -200,14 +201,46 @@ class NotificationCore:
             )
         return answers
 
+    async def _accept_alone(self, group: list[_Submission]) -> _Answers:
+        """A broadcast (or a pass named by its external ids), in a transaction of its own."""
+        (s,) = group
+        async with self._sessions.begin() as session:
+            keys = {s.key} if s.request_id else set()
+            prior = await run_on_session(session, prior_tickets(keys, self._dialect))
+            if s.key in prior:
+                return {s: _retry_answer(s, prior[s.key])}
+            try:
+                if s.operation is Operation.SEND:
+                    await reserve_campaign_place(session, s.project_id, s.target)
+                audience = await resolve_audience(session, s.project_id, s.target)
+            except DomainError as error:
+                return {s: error}
+            now = self._clock()
+            (ticket,) = await TicketStore(session).create_many([_new_ticket(s, audience)], now)
+            if ticket.counts.skipped:
+                await EventStore(session).append_skipped([ticket.id], now)
+            return {s: ticket}
 
-async def _answer_retry(
-    tickets: TicketStore, submission: _Submission, existing: PriorTicket
-) -> Ticket | Exception:
+    def close(self) -> None:
+        self._direct.close()
+
+
+# What a transaction answers each submission; a PriorTicket is a retry's first ticket.
+_Answers = dict[_Submission, Ticket | PriorTicket | Exception]
+
+
+def _pass_id(s: _Submission) -> str:
+    assert isinstance(s.target, PassTarget)  # the only target grouped
+    return s.target.pass_id
+
+
+def _new_ticket(s: _Submission, audience: Audience) -> NewTicket:
+    return NewTicket(audience, s.operation, s.target, s.content, s.request_id, s.fingerprint)
+
+
+def _retry_answer(submission: _Submission, prior: PriorTicket) -> PriorTicket | Exception:
     """A retry gets the first ticket; a reused key with another request is refused."""
-    if existing.fingerprint != submission.fingerprint:
-        return _reused_request_id()
-    return await tickets.get(existing.project_id, existing.id)
+    return prior if prior.fingerprint == submission.fingerprint else _reused_request_id()
 
 
 def _reused_request_id() -> AlreadyExists:

@@ -7,11 +7,12 @@ Resolving also checks that what the target names exists in the project.
 
 from __future__ import annotations
 
+import functools
 from collections import defaultdict
 from collections.abc import Collection
 from dataclasses import dataclass
 
-from sqlalchemy import ColumnElement, and_, exists, false, not_, or_, select
+from sqlalchemy import ColumnElement, Select, and_, exists, false, not_, or_, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from passpush.domain.errors import NotFound
@@ -26,7 +27,8 @@ from passpush.domain.model import (
     TemplateTarget,
 )
 from passpush.domain.segments import AllOf, AnyOf, Criterion, HasTag, NoneOf, parse_criteria
-from passpush.store.db import among, dialect_name
+from passpush.store.db import one_of
+from passpush.store.direct import Query, Steps
 from passpush.store.models import (
     CampaignMemberRow,
     CampaignRow,
@@ -129,22 +131,18 @@ async def resolve_audience(session: AsyncSession, project_id: str, target: Targe
     raise AssertionError(f"unknown target {target!r}")  # pragma: no cover
 
 
-async def resolve_pass_targets(
-    session: AsyncSession, targets: Collection[tuple[str, str]]
-) -> dict[tuple[str, str], Audience]:
+def pass_targets(
+    targets: Collection[tuple[str, str]], dialect: str
+) -> Steps[dict[tuple[str, str], Audience]]:
     """Resolves many (project_id, pass id) targets with one query, as resolve_audience would
     one by one: the pass with that id, else the only pass with that external id. A target
     missing from the answer names no pass."""
     if not targets:
         return {}
-    pairs = list(targets)
-    dialect = dialect_name(session)
-    named = {pass_id for _, pass_id in pairs}
-    rows = await session.execute(
-        select(PassRow.project_id, PassRow.id, PassRow.external_id).where(
-            among(PassRow.project_id, {project_id for project_id, _ in pairs}, dialect),
-            or_(among(PassRow.id, named, dialect), among(PassRow.external_id, named, dialect)),
-        )
+    named = list({pass_id for _, pass_id in targets})
+    rows = yield Query(
+        _pass_lookup(dialect),
+        {"projects": list({p for p, _ in targets}), "ids": named, "external_ids": named},
     )
     by_id: set[tuple[str, str]] = set()
     by_external_id: dict[tuple[str, str], list[str]] = defaultdict(list)
@@ -153,12 +151,23 @@ async def resolve_pass_targets(
         if external_id is not None:
             by_external_id[(project_id, external_id)].append(pass_id)
     found = {}
-    for project_id, given in pairs:
+    for project_id, given in targets:
         if (project_id, given) in by_id:
             found[(project_id, given)] = _one_pass_audience(project_id, given)
         elif len(matches := by_external_id.get((project_id, given), [])) == 1:
             found[(project_id, given)] = _one_pass_audience(project_id, matches[0])
     return found
+
+
+@functools.cache
+def _pass_lookup(dialect: str) -> Select[str, str, str | None]:
+    """Passes by id or external id (parameters projects, ids, external_ids), built once."""
+    return select(PassRow.project_id, PassRow.id, PassRow.external_id).where(
+        one_of(PassRow.project_id, dialect, "projects"),
+        or_(
+            one_of(PassRow.id, dialect, "ids"), one_of(PassRow.external_id, dialect, "external_ids")
+        ),
+    )
 
 
 async def _one_pass(

@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-from collections.abc import Collection
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import BigInteger, ColumnElement, and_, any_, bindparam, event
+from sqlalchemy import ColumnElement, any_, bindparam, event
 from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import (
@@ -64,16 +63,21 @@ def _make_sqlite_transactions_immediate(engine: AsyncEngine) -> None:
     @event.listens_for(engine.sync_engine, "connect")
     def _on_connect(dbapi_connection: Any, _record: Any) -> None:
         dbapi_connection.isolation_level = None
-        cursor = dbapi_connection.cursor()
-        cursor.execute("PRAGMA journal_mode=WAL")
-        cursor.execute("PRAGMA synchronous=NORMAL")
-        cursor.execute("PRAGMA foreign_keys=ON")
-        cursor.execute("PRAGMA busy_timeout=30000")
-        cursor.close()
+        configure_sqlite_connection(dbapi_connection)
 
     @event.listens_for(engine.sync_engine, "begin")
     def _on_begin(connection: Any) -> None:
         connection.exec_driver_sql("BEGIN IMMEDIATE")
+
+
+def configure_sqlite_connection(dbapi_connection: Any) -> None:
+    """A write connection's settings (store/direct.py opens one of its own too)."""
+    cursor = dbapi_connection.cursor()
+    cursor.execute("PRAGMA journal_mode=WAL")
+    cursor.execute("PRAGMA synchronous=NORMAL")
+    cursor.execute("PRAGMA foreign_keys=ON")
+    cursor.execute("PRAGMA busy_timeout=30000")
+    cursor.close()
 
 
 def make_read_sessions(
@@ -110,27 +114,9 @@ def one_of(column: Any, dialect: str, name: str = "ids") -> ColumnElement[bool]:
     statement; elsewhere an IN list expanded at execution.
     """
     if dialect == "postgresql":
-        values = bindparam(name, type_=ARRAY(BigInteger()))
+        values = bindparam(name, type_=ARRAY(column.type))
         return column == any_(values)  # type: ignore[no-any-return]
     return column.in_(bindparam(name, expanding=True))  # type: ignore[no-any-return]
-
-
-def among(column: Any, values: Collection[Any], dialect: str) -> ColumnElement[bool]:
-    """`column` is one of `values`: as one_of, with the values bound here."""
-    if dialect == "postgresql":
-        return column == any_(bindparam(None, list(values), type_=ARRAY(column.type)))  # type: ignore[no-any-return]
-    return column.in_(list(values))  # type: ignore[no-any-return]
-
-
-def among_pairs(
-    first: Any, second: Any, pairs: Collection[tuple[Any, Any]], dialect: str
-) -> ColumnElement[bool]:
-    """Each column is among its side of `pairs`: every pair matches, and maybe some
-    crossings of them, which the caller leaves out (one statement whatever the count)."""
-    return and_(
-        among(first, {a for a, _ in pairs}, dialect),
-        among(second, {b for _, b in pairs}, dialect),
-    )
 
 
 def dialect_name(session: AsyncSession) -> str:

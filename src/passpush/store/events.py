@@ -30,6 +30,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from passpush.domain.model import DeliveryEvent, DeliveryOutcome, DeliveryState, Platform
 from passpush.store.db import dialect_name, one_of
+from passpush.store.direct import Query, Steps, run_on_session
 from passpush.store.models import (
     DeliveryEventRow,
     DeliveryRow,
@@ -41,6 +42,7 @@ from passpush.store.models import (
 # The PostgreSQL channel on which a replica announces new events and ticket changes.
 CHANGES_CHANNEL = "passpush_changes"
 _APPEND_LOCK = 0x70707573  # any constant, the same in every replica
+_TAKE_APPEND_LOCK = text("SELECT pg_advisory_xact_lock(:key)")
 _events = table_of(DeliveryEventRow)
 
 
@@ -57,8 +59,9 @@ class EventStore:
 
     async def append_skipped(self, ticket_ids: Collection[int], now: datetime) -> None:
         """The events of the deliveries these new tickets skipped."""
-        if ticket_ids:
-            await self._append("skipped", {"ids": list(ticket_ids), "at": now})
+        await run_on_session(
+            self.session, skipped_events(ticket_ids, dialect_name(self.session), now)
+        )
 
     async def announce(self) -> None:
         """Tells every replica's streams, at commit, that events or tickets changed."""
@@ -96,12 +99,20 @@ class EventStore:
         return int(result.rowcount)  # type: ignore[attr-defined]
 
     async def _append(self, which: str, params: dict[str, Any]) -> None:
-        dialect = dialect_name(self.session)
-        if dialect == "postgresql":
-            await self.session.execute(
-                text("SELECT pg_advisory_xact_lock(:key)"), {"key": _APPEND_LOCK}
-            )
-        await self.session.execute(_append_statements(dialect)[which], params)
+        steps = _append_steps(which, params, dialect_name(self.session))
+        await run_on_session(self.session, steps)
+
+
+def skipped_events(ticket_ids: Collection[int], dialect: str, now: datetime) -> Steps[None]:
+    """The events of the deliveries these new tickets skipped (EventStore.append_skipped)."""
+    if ticket_ids:
+        yield from _append_steps("skipped", {"ids": list(ticket_ids), "at": now}, dialect)
+
+
+def _append_steps(which: str, params: dict[str, Any], dialect: str) -> Steps[None]:
+    if dialect == "postgresql":
+        yield Query(_TAKE_APPEND_LOCK, {"key": _APPEND_LOCK})
+    yield Query.write(_append_statements(dialect)[which], params)
 
 
 @functools.cache

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -45,7 +46,8 @@ from passpush.domain.model import (
     terminal_state,
 )
 from passpush.store.audience import Audience
-from passpush.store.db import among_pairs, dialect_name
+from passpush.store.db import dialect_name, one_of
+from passpush.store.direct import Query, Steps, run_on_session
 from passpush.store.models import (
     DeliveryRow,
     DeviceRegistrationRow,
@@ -128,118 +130,32 @@ class TicketStore:
     def __init__(self, session: AsyncSession) -> None:
         self.session = session
 
-    async def find_by_request_ids(
-        self, keys: Collection[tuple[str, str]]
-    ) -> dict[tuple[str, str], PriorTicket]:
-        """The tickets created under these (project_id, request_id) pairs, by pair."""
-        if not keys:
-            return {}
-        dialect, t = dialect_name(self.session), _tickets
-        rows = await self.session.execute(
-            select(t.c.id, t.c.project_id, t.c.request_id, t.c.request_fingerprint).where(
-                among_pairs(t.c.project_id, t.c.request_id, keys, dialect)
-            )
-        )
-        found = {
-            (project_id, request_id): PriorTicket(ticket_id, project_id, fingerprint)
-            for ticket_id, project_id, request_id, fingerprint in rows
-        }
-        return {key: found[key] for key in keys if key in found}
-
     async def create_many(self, new: Sequence[NewTicket], now: datetime) -> list[Ticket]:
         """Commits-to-be tickets with all their deliveries, in order; returns them.
 
         A broadcast is INSERT ... SELECT / UPDATE ... WHERE over its audience
-        condition: an audience is never loaded into Python. A ticket for one pass
-        (the common transactional Send) is written whole instead: the few deliveries
-        of all such tickets are read with one query first, so that each ticket goes
-        in with its final counts, and a batch costs a handful of statements
-        whatever its size.
+        condition: an audience is never loaded into Python. Tickets for one pass
+        each are written whole by `one_pass_tickets`.
         """
-        if not new:
-            return []
-        drafts = await self._one_pass_drafts([n.audience for n in new])
-        # Counts by delivery state; None for a broadcast's, known once its fan-out is in.
-        counts = [_counted(drafts[n.audience.key]) if n.audience.key else None for n in new]
-        values = [_ticket_values(n, c, now) for n, c in zip(new, counts, strict=True)]
-        ids = await self._insert_tickets(values)
-        broadcasts: dict[int, dict[str, int]] = {}
+        dialect = dialect_name(self.session)
+        tickets: list[Ticket] = []
         # Runs in ticket order, so that the last notification to a pass is the one it shows.
-        for one_pass, run in groupby(
-            zip(ids, new, strict=True), key=lambda item: item[1].audience.key is not None
-        ):
-            created = list(run)
+        for one_pass, run in groupby(new, key=lambda n: n.audience.key is not None):
             if one_pass:
-                await self._fan_out_one_pass_each(created, drafts, now)
+                steps = one_pass_tickets(list(run), dialect, now)
+                tickets += await run_on_session(self.session, steps)
             else:
-                for ticket_id, n in created:
-                    broadcasts[ticket_id] = await self._fan_out(ticket_id, n, now)
-        tickets = [
-            _new_ticket(ticket_id, n, broadcasts.get(ticket_id, c or {}), now)
-            for ticket_id, n, c in zip(ids, new, counts, strict=True)
-        ]
-        if broadcasts:
-            await self.session.execute(
-                _COUNT_BROADCAST,
-                [_counts_params(t) for t in tickets if t.id in broadcasts],
-            )
+                tickets += [await self._create_broadcast(n, now) for n in run]
         return tickets
 
-    async def _insert_tickets(self, values: list[dict[str, Any]]) -> list[int]:
-        """Inserts ticket rows; their ids, in order."""
-        if dialect_name(self.session) == "sqlite":
-            # Asked to keep the order, SQLAlchemy inserts row by row on SQLite. One INSERT of
-            # many rows numbers them up in VALUES order (integer primary key, one writer), so
-            # the ascending ids are that order.
-            inserted = await self.session.scalars(insert(_tickets).returning(_tickets.c.id), values)
-            return sorted(inserted)
-        return list(
-            await self.session.scalars(
-                insert(_tickets).returning(_tickets.c.id, sort_by_parameter_order=True), values
-            )
+    async def _create_broadcast(self, n: NewTicket, now: datetime) -> Ticket:
+        ticket_id = await self.session.scalar(
+            insert(_tickets).returning(_tickets.c.id), _ticket_values(n, None, now)
         )
-
-    async def _one_pass_drafts(
-        self, audiences: Sequence[Audience]
-    ) -> dict[tuple[str, str], list[_Draft]]:
-        """The deliveries that one-pass audiences get (the rows _insert_deliveries would
-        insert for each), read with one query, by (project_id, pass_id)."""
-        keys = {a.key for a in audiences if a.key is not None}
-        if not keys:
-            return {}
-        dialect = dialect_name(self.session)
-        rows = await self.session.execute(
-            _deliveries_of(among_pairs(PassRow.project_id, PassRow.id, keys, dialect))
-        )
-        drafts: dict[tuple[str, str], list[_Draft]] = {key: [] for key in keys}
-        for row in rows:
-            draft = _Draft(*row)
-            if (draft.project_id, draft.pass_id) in drafts:
-                drafts[(draft.project_id, draft.pass_id)].append(draft)
-        return drafts
-
-    async def _fan_out_one_pass_each(
-        self,
-        created: Sequence[tuple[int, NewTicket]],
-        drafts: dict[tuple[str, str], list[_Draft]],
-        now: datetime,
-    ) -> None:
-        """The deliveries and pass changes of tickets whose audience is one pass each."""
-        deliveries = [
-            d.values(ticket_id, now)
-            for ticket_id, n in created
-            for d in drafts[n.audience.key]  # type: ignore[index]
-        ]
-        if deliveries:
-            await self.session.execute(insert(_deliveries), deliveries)
-        await self.session.execute(
-            _UPDATE_ONE_PASS,
-            [
-                {"of_project": n.audience.project_id, "of_pass": n.audience.pass_id}
-                | _as_params(_pass_change(ticket_id, n.operation, n.content, now))
-                for ticket_id, n in created
-            ],
-        )
+        assert ticket_id is not None
+        ticket = _new_ticket(ticket_id, n, await self._fan_out(ticket_id, n, now), now)
+        await self.session.execute(_COUNT_BROADCAST, _counts_params(ticket))
+        return ticket
 
     async def _fan_out(self, ticket_id: int, n: NewTicket, now: datetime) -> dict[str, int]:
         """One broadcast's deliveries and pass changes; its counts by delivery state."""
@@ -303,6 +219,62 @@ class TicketStore:
             .limit(ERROR_SAMPLE_SIZE)
         )
         return [(reason, count) for reason, count in errors]
+
+
+def prior_tickets(
+    keys: Collection[tuple[str, str]], dialect: str
+) -> Steps[dict[tuple[str, str], PriorTicket]]:
+    """The tickets created under these (project_id, request_id) pairs, by pair."""
+    if not keys:
+        return {}
+    rows = yield Query(
+        _statements(dialect).by_request_id,
+        {"projects": list({p for p, _ in keys}), "request_ids": list({r for _, r in keys})},
+    )
+    # The two lists match some crossings of the pairs too: those are left out.
+    found = {
+        (p, r): PriorTicket(ticket_id, p, fingerprint) for ticket_id, p, r, fingerprint in rows
+    }
+    return {key: found[key] for key in keys if key in found}
+
+
+def one_pass_tickets(new: Sequence[NewTicket], dialect: str, now: datetime) -> Steps[list[Ticket]]:
+    """Tickets whose audience is one pass each, written whole, in order.
+
+    The few deliveries of all of them are read with one query first, so that each
+    ticket goes in with its final counts: a batch is four statements whatever its size.
+    """
+    if not new:
+        return []
+    keys = {n.audience.key for n in new if n.audience.key is not None}
+    rows = yield Query(
+        _statements(dialect).deliveries_of_passes,
+        {"projects": list({p for p, _ in keys}), "pass_ids": list({i for _, i in keys})},
+    )
+    drafts: dict[tuple[str, str], list[_Draft]] = {key: [] for key in keys}
+    for row in rows:
+        draft = _Draft(*row)
+        if (draft.project_id, draft.pass_id) in drafts:  # not a crossing of the two lists
+            drafts[(draft.project_id, draft.pass_id)].append(draft)
+    audiences = [drafts[n.audience.key] for n in new]  # type: ignore[index]
+    counts = [_counted(a) for a in audiences]
+    inserted = yield Query.each(
+        _INSERT_TICKET, [_ticket_values(n, c, now) for n, c in zip(new, counts, strict=True)]
+    )
+    ids = [row[0] for row in inserted]
+    yield Query.many(
+        _INSERT_DELIVERY,
+        [d.values(i, now) for i, a in zip(ids, audiences, strict=True) for d in a],
+    )
+    yield Query.many(
+        _UPDATE_ONE_PASS,
+        [
+            {"of_project": n.audience.project_id, "of_pass": n.audience.pass_id}
+            | _as_params(_pass_change(i, n.operation, n.content, now))
+            for i, n in zip(ids, new, strict=True)
+        ],
+    )
+    return [_new_ticket(i, n, c, now) for i, n, c in zip(ids, new, counts, strict=True)]
 
 
 def ticket_from_row(row: TicketRow, errors: list[tuple[str, int]]) -> Ticket:
@@ -371,7 +343,10 @@ def _ticket_values(n: NewTicket, counts: dict[str, int] | None, now: datetime) -
         "state": ticket.state.value if counted else TicketState.PENDING.value,
         "total": ticket.counts.total,
         "pending": ticket.counts.pending,
+        "delivered": 0,
+        "failed": 0,
         "skipped": ticket.counts.skipped,
+        "delivered_without_alert": 0,
         "completed_at": ticket.complete_time if counted else None,
         "request_id": n.request_id or None,
         "request_fingerprint": n.fingerprint,
@@ -514,6 +489,34 @@ def _insert_deliveries(ticket_id: Any, audience: Any) -> Insert:
 # and new_* for the pass change).
 _ONE_PASS = and_(PassRow.project_id == bindparam("of_project"), PassRow.id == bindparam("of_pass"))
 _UPDATE_ONE_PASS = _update_active_passes(_ONE_PASS, _PASS_CHANGE_PARAMS)
+_INSERT_TICKET = insert(_tickets).returning(_tickets.c.id, sort_by_parameter_order=True)
+_INSERT_DELIVERY = insert(_deliveries)
+
+
+@dataclass(frozen=True)
+class _DialectStatements:
+    by_request_id: Select[Any]  # parameters projects, request_ids
+    deliveries_of_passes: Select[Any]  # parameters projects, pass_ids
+
+
+@functools.cache
+def _statements(dialect: str) -> _DialectStatements:
+    """The statements whose lists bind as arrays on PostgreSQL, built once per database."""
+    t = _tickets
+    return _DialectStatements(
+        by_request_id=select(t.c.id, t.c.project_id, t.c.request_id, t.c.request_fingerprint).where(
+            one_of(t.c.project_id, dialect, "projects"),
+            one_of(t.c.request_id, dialect, "request_ids"),
+        ),
+        deliveries_of_passes=_deliveries_of(
+            and_(
+                one_of(PassRow.project_id, dialect, "projects"),
+                one_of(PassRow.id, dialect, "pass_ids"),
+            )
+        ),
+    )
+
+
 # A broadcast's counts, once its deliveries are in.
 _COUNT_BROADCAST = (
     update(_tickets)
