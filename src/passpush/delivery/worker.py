@@ -33,7 +33,8 @@ from passpush.delivery.google import GoogleWalletGateway
 from passpush.delivery.google_messenger import GoogleMessenger
 from passpush.domain.model import DeliveryState, Platform
 from passpush.domain.outcomes import MAX_ATTEMPTS, judge_apns
-from passpush.store.outbox import ClaimedDelivery, DeliveryResult, Outbox
+from passpush.store.direct import direct_transactions
+from passpush.store.outbox import ClaimedDelivery, DeliveryResult, Outbox, claim_due, record
 
 log = logging.getLogger(__name__)
 
@@ -92,6 +93,10 @@ class DeliveryWorker:
         on_recorded: Callable[[], None] = lambda: None,
     ) -> None:
         self._sessions = sessions
+        # Claims and records run many times a second: on the driver's connection directly.
+        engine = sessions.kw["bind"]
+        self._dialect: str = engine.dialect.name
+        self._direct = direct_transactions(engine)
         # Wakes the status streams: outcomes and ticket counts changed.
         self._on_recorded = on_recorded
         self._apns = apns
@@ -165,6 +170,7 @@ class DeliveryWorker:
             queue.outstanding = 0
         async with self._sessions.begin() as session:
             released = await Outbox(session).release(self.owner)
+        self._direct.close()
         if released:
             log.info("handed back %d leased deliveries", released)
 
@@ -203,10 +209,11 @@ class DeliveryWorker:
 
     async def _claim(self, queue: _PlatformQueue) -> list[ClaimedDelivery]:
         try:
-            async with self._sessions.begin() as session:
-                return await Outbox(session).claim_due(
-                    self.owner, self._clock(), self._settings.lease, queue.room, queue.platform
-                )
+            # Read here: the steps may run on another thread.
+            lease, room, now = self._settings.lease, queue.room, self._clock()
+            return await self._direct.run(
+                lambda: claim_due(self._dialect, self.owner, now, lease, room, queue.platform)
+            )
         except Exception:
             log.exception("claiming deliveries failed; trying again shortly")
             return []
@@ -249,8 +256,8 @@ class DeliveryWorker:
         if not results:
             return
         try:
-            async with self._sessions.begin() as session:
-                await Outbox(session).record(self.owner, results, self._clock())
+            now = self._clock()
+            await self._direct.run(lambda: record(self._dialect, self.owner, results, now))
         except BaseException:
             # Still claimed and unrecorded: they stay in the window until written.
             self._results[:0] = results

@@ -43,6 +43,7 @@ from passpush.store.models import (
 CHANGES_CHANNEL = "passpush_changes"
 _APPEND_LOCK = 0x70707573  # any constant, the same in every replica
 _TAKE_APPEND_LOCK = text("SELECT pg_advisory_xact_lock(:key)")
+_NOTIFY_CHANGES = select(func.pg_notify(CHANGES_CHANNEL, ""))
 _events = table_of(DeliveryEventRow)
 
 
@@ -53,9 +54,8 @@ class EventStore:
         self.session = session
 
     async def append_for_deliveries(self, delivery_ids: Collection[int], now: datetime) -> None:
-        """The events of deliveries just recorded: their new state, reason and attempt count."""
-        if delivery_ids:
-            await self._append("recorded", {"ids": list(delivery_ids), "at": now})
+        dialect = dialect_name(self.session)
+        await run_on_session(self.session, recorded_events(delivery_ids, dialect, now))
 
     async def append_skipped(self, ticket_ids: Collection[int], now: datetime) -> None:
         """The events of the deliveries these new tickets skipped."""
@@ -64,9 +64,7 @@ class EventStore:
         )
 
     async def announce(self) -> None:
-        """Tells every replica's streams, at commit, that events or tickets changed."""
-        if dialect_name(self.session) == "postgresql":
-            await self.session.execute(select(func.pg_notify(CHANGES_CHANNEL, "")))
+        await run_on_session(self.session, announce(dialect_name(self.session)))
 
     async def after(
         self,
@@ -98,9 +96,17 @@ class EventStore:
         result = await self.session.execute(delete(_events).where(_events.c.sequence.in_(expired)))
         return int(result.rowcount)  # type: ignore[attr-defined]
 
-    async def _append(self, which: str, params: dict[str, Any]) -> None:
-        steps = _append_steps(which, params, dialect_name(self.session))
-        await run_on_session(self.session, steps)
+
+def recorded_events(delivery_ids: Collection[int], dialect: str, now: datetime) -> Steps[None]:
+    """The events of deliveries just recorded: their new state, reason and attempt count."""
+    if delivery_ids:
+        yield from _append_steps("recorded", {"ids": list(delivery_ids), "at": now}, dialect)
+
+
+def announce(dialect: str) -> Steps[None]:
+    """Tells every replica's streams, at commit, that events or tickets changed."""
+    if dialect == "postgresql":
+        yield Query(_NOTIFY_CHANGES)
 
 
 def skipped_events(ticket_ids: Collection[int], dialect: str, now: datetime) -> Steps[None]:

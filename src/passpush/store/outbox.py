@@ -19,6 +19,7 @@ from typing import Any
 from sqlalchemy import (
     BindParameter,
     ColumnElement,
+    Delete,
     Select,
     Update,
     and_,
@@ -40,7 +41,8 @@ from passpush.domain.model import (
 )
 from passpush.domain.outcomes import RegistrationAction
 from passpush.store.db import dialect_name, one_of
-from passpush.store.events import EventStore
+from passpush.store.direct import Query, Steps, run_on_session
+from passpush.store.events import announce, recorded_events
 from passpush.store.models import (
     DeliveryRow,
     DeviceRegistrationRow,
@@ -91,11 +93,11 @@ class DeliveryResult:
 
 
 class Outbox:
-    """One per session (unit of work)."""
+    """One per session (unit of work): the steps below, run in its transaction."""
 
     def __init__(self, session: AsyncSession) -> None:
         self.session = session
-        self._statements = _statements_for(dialect_name(session))
+        self._dialect = dialect_name(session)
 
     async def claim_due(
         self,
@@ -105,190 +107,11 @@ class Outbox:
         limit: int,
         platform: Platform | None = None,
     ) -> list[ClaimedDelivery]:
-        """Leases up to `limit` due deliveries (of one platform, if given) to `owner`, oldest
-        due first.
-
-        On PostgreSQL, FOR UPDATE SKIP LOCKED lets replicas claim side by side;
-        a replica that dies leaves leases that expire and are claimed again.
-        """
-        connection = await self.session.connection()
-        params: dict[str, Any] = {
-            "owner": owner,
-            "now": now,
-            "lease_until": now + lease,
-            "limit": limit,
-        }
-        if platform is None:
-            claim = self._statements.claim
-        else:
-            claim, params["of_platform"] = self._statements.claim_platform, platform.value
-        ids = list(await connection.scalars(claim, params))
-        if not ids:
-            return []
-        rows = (await connection.execute(self._statements.push_details, {"ids": ids})).all()
-        google_tickets = {r.ticket_id for r in rows if r.platform == Platform.GOOGLE.value}
-        messages = await self._ticket_messages(google_tickets) if google_tickets else {}
-        claimed = [
-            ClaimedDelivery(
-                id=r.id,
-                ticket_id=r.ticket_id,
-                pass_id=r.pass_id,
-                platform=Platform(r.platform),
-                attempts=r.attempts,
-                registration_id=r.registration_id,
-                push_token=r.push_token,
-                topic=r.pass_type_identifier,
-                google_object_id=r.google_object_id,
-                project_id=r.project_id,
-                google_object_type=r.google_object_type,
-                message=messages.get(r.ticket_id),
-            )
-            for r in rows
-        ]
-        await connection.execute(
-            self._statements.start_tickets,
-            {"ids": list({c.ticket_id for c in claimed}), "now": now},
-        )
-        return claimed
-
-    async def _ticket_messages(self, ticket_ids: set[int]) -> dict[int, TicketMessage]:
-        """What the tickets of claimed Google deliveries ask (a few tickets per claim: Apple
-        deliveries, the many, do not read their ticket's content)."""
-        connection = await self.session.connection()
-        rows = await connection.execute(
-            self._statements.ticket_messages, {"ids": sorted(ticket_ids)}
-        )
-        messages = {}
-        for r in rows:
-            operation = Operation(r.operation)
-            content = None
-            if operation is Operation.SEND:
-                content = Content(r.content_header, r.content_body, r.display_start, r.display_end)
-            messages[r.id] = TicketMessage(operation, content)
-        return messages
+        steps = claim_due(self._dialect, owner, now, lease, limit, platform)
+        return await run_on_session(self.session, steps)
 
     async def record(self, owner: str, results: Sequence[DeliveryResult], now: datetime) -> None:
-        """Stores outcomes and updates ticket counts, finishing the tickets that are done.
-
-        Only deliveries still leased to `owner` are recorded: one whose lease
-        expired and was claimed again belongs to its new owner.
-        """
-        retries = [r for r in results if r.state is DeliveryState.PENDING]
-        answered = [r for r in results if r.state is not DeliveryState.PENDING]
-        recorded = [
-            *await self._retry_later(owner, retries, now),
-            *await self._finish(owner, answered, now),
-        ]
-        # Before registrations go: an event names the device that was pushed.
-        events = EventStore(self.session)
-        await events.append_for_deliveries([r.delivery.id for r in recorded], now)
-        await events.announce()
-        await self._act_on_registrations(recorded, now)
-        await self._count(recorded, now)
-
-    async def _finish(
-        self, owner: str, answered: Sequence[DeliveryResult], now: datetime
-    ) -> list[DeliveryResult]:
-        """Stores delivered and failed outcomes, one statement per outcome; returns those that
-        were still `owner`'s, and so were stored."""
-        connection = await self.session.connection()
-        stored: list[DeliveryResult] = []
-        for (state, reason), group in itertools.groupby(sorted(answered, key=_outcome), _outcome):
-            same_outcome = list(group)
-            held = set(
-                await connection.scalars(
-                    self._statements.finish,
-                    {
-                        "ids": [r.delivery.id for r in same_outcome],
-                        "owner": owner,
-                        "new_state": state.value,
-                        "new_reason": reason,
-                        "now": now,
-                    },
-                )
-            )
-            stored += (r for r in same_outcome if r.delivery.id in held)
-        return stored
-
-    async def _retry_later(
-        self, owner: str, retries: Sequence[DeliveryResult], now: datetime
-    ) -> list[DeliveryResult]:
-        """Puts deliveries back in the outbox until their next attempt (each its own time);
-        returns those that were still `owner`'s, and so were stored."""
-        if not retries:
-            return []
-        connection = await self.session.connection()
-        held = set(
-            await connection.scalars(
-                self._statements.held, {"ids": [r.delivery.id for r in retries], "owner": owner}
-            )
-        )
-        mine = [r for r in retries if r.delivery.id in held]
-        if mine:
-            await connection.execute(
-                self._statements.retry,
-                [
-                    {
-                        "delivery_id": r.delivery.id,
-                        "owner": owner,
-                        "new_reason": r.reason,
-                        "next_at": r.next_attempt_at or now,
-                        "now": now,
-                    }
-                    for r in mine
-                ],
-            )
-        return mine
-
-    async def _act_on_registrations(self, results: Sequence[DeliveryResult], now: datetime) -> None:
-        for action in (RegistrationAction.DEACTIVATE, RegistrationAction.REMOVE):
-            # Only the token that was pushed: the device may have re-registered since.
-            targets = [
-                {"registration_id": r.delivery.registration_id, "token": r.delivery.push_token}
-                for r in results
-                if r.registration is action and r.delivery.registration_id is not None
-            ]
-            if not targets:
-                continue
-            condition = and_(
-                _registrations.c.id == bindparam("registration_id"),
-                _registrations.c.push_token == bindparam("token"),
-            )
-            statement = (
-                update(_registrations).where(condition).values(active=False, updated_at=now)
-                if action is RegistrationAction.DEACTIVATE
-                else delete(_registrations).where(condition)
-            )
-            await self.session.execute(statement, targets)
-
-    async def _count(self, results: Sequence[DeliveryResult], now: datetime) -> None:
-        """Moves the recorded deliveries from pending to delivered or failed on their tickets,
-        finishing each ticket whose last delivery this was: one statement for all of them."""
-        delivered = Counter(r.delivery.ticket_id for r in results if r.state.is_delivered)
-        without_alert = Counter(
-            r.delivery.ticket_id
-            for r in results
-            if r.state is DeliveryState.DELIVERED_WITHOUT_ALERT
-        )
-        failed = Counter(r.delivery.ticket_id for r in results if r.state is DeliveryState.FAILED)
-        tickets = sorted(delivered.keys() | failed.keys())  # one lock order for every worker
-        if not tickets:
-            return
-        connection = await self.session.connection()
-        await connection.execute(
-            self._statements.count_tickets,
-            [
-                {
-                    "ticket_id": ticket_id,
-                    "n_answered": delivered[ticket_id] + failed[ticket_id],
-                    "n_delivered": delivered[ticket_id],
-                    "n_without_alert": without_alert[ticket_id],
-                    "n_failed": failed[ticket_id],
-                    "now": now,
-                }
-                for ticket_id in tickets
-            ],
-        )
+        await run_on_session(self.session, record(self._dialect, owner, results, now))
 
     async def release(self, owner: str | None = None) -> int:
         """Hands back leased, unfinished deliveries (all of them when owner is None)."""
@@ -301,6 +124,200 @@ class Outbox:
             .values(lease_owner=None, lease_until=None)
         )
         return int(result.rowcount)  # type: ignore[attr-defined]
+
+
+def claim_due(
+    dialect: str,
+    owner: str,
+    now: datetime,
+    lease: timedelta,
+    limit: int,
+    platform: Platform | None = None,
+) -> Steps[list[ClaimedDelivery]]:
+    """Leases up to `limit` due deliveries (of one platform, if given) to `owner`, oldest
+    due first.
+
+    On PostgreSQL, FOR UPDATE SKIP LOCKED lets replicas claim side by side;
+    a replica that dies leaves leases that expire and are claimed again.
+    """
+    statements = _statements_for(dialect)
+    params: dict[str, Any] = {
+        "owner": owner,
+        "now": now,
+        "lease_until": now + lease,
+        "limit": limit,
+    }
+    if platform is None:
+        claim = statements.claim
+    else:
+        claim, params["of_platform"] = statements.claim_platform, platform.value
+    ids = [row[0] for row in (yield Query(claim, params))]
+    if not ids:
+        return []
+    rows = yield Query(statements.push_details, {"ids": ids})
+    details = [_PushDetails(*row) for row in rows]
+    google_tickets = sorted({r.ticket_id for r in details if r.platform == Platform.GOOGLE.value})
+    messages = {}
+    if google_tickets:
+        # What their tickets ask (a few tickets per claim: Apple deliveries, the many, do not
+        # read their ticket's content).
+        for row in (yield Query(statements.ticket_messages, {"ids": google_tickets})):
+            ticket_id, operation, header, body, display_start, display_end = row
+            content = None
+            if operation == Operation.SEND.value:
+                content = Content(header, body, display_start, display_end)
+            messages[ticket_id] = TicketMessage(Operation(operation), content)
+    claimed = [
+        ClaimedDelivery(
+            id=r.id,
+            ticket_id=r.ticket_id,
+            pass_id=r.pass_id,
+            platform=Platform(r.platform),
+            attempts=r.attempts,
+            registration_id=r.registration_id,
+            push_token=r.push_token,
+            topic=r.pass_type_identifier,
+            google_object_id=r.google_object_id,
+            project_id=r.project_id,
+            google_object_type=r.google_object_type,
+            message=messages.get(r.ticket_id),
+        )
+        for r in details
+    ]
+    yield Query.write(
+        statements.start_tickets, {"ids": list({c.ticket_id for c in claimed}), "now": now}
+    )
+    return claimed
+
+
+def record(
+    dialect: str, owner: str, results: Sequence[DeliveryResult], now: datetime
+) -> Steps[None]:
+    """Stores outcomes and updates ticket counts, finishing the tickets that are done.
+
+    Only deliveries still leased to `owner` are recorded: one whose lease
+    expired and was claimed again belongs to its new owner.
+    """
+    statements = _statements_for(dialect)
+    retries = [r for r in results if r.state is DeliveryState.PENDING]
+    answered = [r for r in results if r.state is not DeliveryState.PENDING]
+    recorded = [
+        *(yield from _retry_later(statements, owner, retries, now)),
+        *(yield from _finish(statements, owner, answered, now)),
+    ]
+    # Before registrations go: an event names the device that was pushed.
+    yield from recorded_events([r.delivery.id for r in recorded], dialect, now)
+    yield from announce(dialect)
+    yield from _act_on_registrations(statements, recorded, now)
+    yield from _count(statements, recorded, now)
+
+
+def _finish(
+    statements: _Statements, owner: str, answered: Sequence[DeliveryResult], now: datetime
+) -> Steps[list[DeliveryResult]]:
+    """Stores delivered and failed outcomes, one statement per outcome; returns those that
+    were still `owner`'s, and so were stored."""
+    stored: list[DeliveryResult] = []
+    for (state, reason), group in itertools.groupby(sorted(answered, key=_outcome), _outcome):
+        same_outcome = list(group)
+        params = {
+            "ids": [r.delivery.id for r in same_outcome],
+            "owner": owner,
+            "new_state": state.value,
+            "new_reason": reason,
+            "now": now,
+        }
+        held = {row[0] for row in (yield Query(statements.finish, params))}
+        stored += (r for r in same_outcome if r.delivery.id in held)
+    return stored
+
+
+def _retry_later(
+    statements: _Statements, owner: str, retries: Sequence[DeliveryResult], now: datetime
+) -> Steps[list[DeliveryResult]]:
+    """Puts deliveries back in the outbox until their next attempt (each its own time);
+    returns those that were still `owner`'s, and so were stored."""
+    if not retries:
+        return []
+    params = {"ids": [r.delivery.id for r in retries], "owner": owner}
+    held = {row[0] for row in (yield Query(statements.held, params))}
+    mine = [r for r in retries if r.delivery.id in held]
+    yield Query.many(
+        statements.retry,
+        [
+            {
+                "delivery_id": r.delivery.id,
+                "owner": owner,
+                "new_reason": r.reason,
+                "next_at": r.next_attempt_at or now,
+                "now": now,
+            }
+            for r in mine
+        ],
+    )
+    return mine
+
+
+def _act_on_registrations(
+    statements: _Statements, results: Sequence[DeliveryResult], now: datetime
+) -> Steps[None]:
+    for action, statement in (
+        (RegistrationAction.DEACTIVATE, statements.deactivate_registration),
+        (RegistrationAction.REMOVE, statements.remove_registration),
+    ):
+        # Only the token that was pushed: the device may have re-registered since.
+        targets: list[dict[str, Any]] = [
+            {"registration_id": r.delivery.registration_id, "token": r.delivery.push_token}
+            for r in results
+            if r.registration is action and r.delivery.registration_id is not None
+        ]
+        if action is RegistrationAction.DEACTIVATE:
+            targets = [t | {"now": now} for t in targets]
+        yield Query.many(statement, targets)
+
+
+def _count(
+    statements: _Statements, results: Sequence[DeliveryResult], now: datetime
+) -> Steps[None]:
+    """Moves the recorded deliveries from pending to delivered or failed on their tickets,
+    finishing each ticket whose last delivery this was: one statement for all of them."""
+    delivered = Counter(r.delivery.ticket_id for r in results if r.state.is_delivered)
+    without_alert = Counter(
+        r.delivery.ticket_id for r in results if r.state is DeliveryState.DELIVERED_WITHOUT_ALERT
+    )
+    failed = Counter(r.delivery.ticket_id for r in results if r.state is DeliveryState.FAILED)
+    tickets = sorted(delivered.keys() | failed.keys())  # one lock order for every worker
+    yield Query.many(
+        statements.count_tickets,
+        [
+            {
+                "ticket_id": ticket_id,
+                "n_answered": delivered[ticket_id] + failed[ticket_id],
+                "n_delivered": delivered[ticket_id],
+                "n_without_alert": without_alert[ticket_id],
+                "n_failed": failed[ticket_id],
+                "now": now,
+            }
+            for ticket_id in tickets
+        ],
+    )
+
+
+@dataclass(frozen=True)
+class _PushDetails:
+    """A row of _push_details_statement."""
+
+    id: int
+    ticket_id: int
+    project_id: str
+    pass_id: str
+    platform: str
+    attempts: int
+    registration_id: int | None
+    push_token: str | None
+    pass_type_identifier: str
+    google_object_type: str
+    google_object_id: str
 
 
 def _outcome(result: DeliveryResult) -> tuple[DeliveryState, str]:
@@ -320,13 +337,18 @@ class _Statements:
     held: Select[Any]
     retry: Update
     count_tickets: Update
+    deactivate_registration: Update
+    remove_registration: Delete
 
 
 @functools.cache
 def _statements_for(dialect: str) -> _Statements:
-    d, t = _deliveries, _tickets
+    d, t, r = _deliveries, _tickets, _registrations
     now = bindparam("now", type_=d.c.updated_at.type)
     pending = DeliveryState.PENDING.value
+    pushed_token = and_(
+        r.c.id == bindparam("registration_id"), r.c.push_token == bindparam("token")
+    )
     return _Statements(
         claim=_claim_statement(skip_locked=dialect == "postgresql"),
         claim_platform=_claim_statement(skip_locked=dialect == "postgresql", of_platform=True),
@@ -367,6 +389,10 @@ def _statements_for(dialect: str) -> _Statements:
             updated_at=now,
         ),
         count_tickets=_count_tickets_statement(now),
+        deactivate_registration=update(r)
+        .where(pushed_token)
+        .values(active=False, updated_at=bindparam("now", type_=r.c.updated_at.type)),
+        remove_registration=delete(r).where(pushed_token),
     )
 
 
