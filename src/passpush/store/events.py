@@ -53,18 +53,11 @@ class EventStore:
     def __init__(self, session: AsyncSession) -> None:
         self.session = session
 
-    async def append_for_deliveries(self, delivery_ids: Collection[int], now: datetime) -> None:
-        dialect = dialect_name(self.session)
-        await run_on_session(self.session, recorded_events(delivery_ids, dialect, now))
-
     async def append_skipped(self, ticket_ids: Collection[int], now: datetime) -> None:
         """The events of the deliveries these new tickets skipped."""
         await run_on_session(
             self.session, skipped_events(ticket_ids, dialect_name(self.session), now)
         )
-
-    async def announce(self) -> None:
-        await run_on_session(self.session, announce(dialect_name(self.session)))
 
     async def after(
         self,
