@@ -46,10 +46,18 @@ class Audience:
     """The project a target lives in, and the condition selecting its passes."""
 
     project_id: str
-    condition: ColumnElement[bool]
+    # None for one pass (pass_id), whose condition is built only if asked for: a Send to one
+    # pass is written by parameters alone, and building SQL expressions costs microseconds.
+    selects: ColumnElement[bool] | None
     # Set when the audience is one known pass: the fan-out of many such tickets then runs
     # as one parametrized statement.
     pass_id: str | None = None
+
+    @property
+    def condition(self) -> ColumnElement[bool]:
+        if self.selects is not None:
+            return self.selects
+        return and_(PassRow.project_id == self.project_id, PassRow.id == self.pass_id)
 
     @property
     def key(self) -> tuple[str, str] | None:
@@ -181,8 +189,7 @@ async def _one_pass(
 
 
 def _one_pass_audience(project_id: str, pass_id: str) -> Audience:
-    condition = and_(PassRow.project_id == project_id, PassRow.id == pass_id)
-    return Audience(project_id, condition, pass_id)
+    return Audience(project_id, None, pass_id)
 
 
 async def _template(session: AsyncSession, project_id: str, template_id: str) -> TemplateRow:

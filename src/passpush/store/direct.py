@@ -132,6 +132,8 @@ class _Compiled:
         ]
         if not any(self._results):
             self._results = []
+        self._expanding = [name for name, bind in compiled.binds.items() if bind.expanding]
+        self._plans: dict[tuple[int, ...], _Plan] = {}
 
     def rows(self, rows: Sequence[Row]) -> list[Row]:
         """Rows read, their values as SQLAlchemy would give them."""
@@ -142,28 +144,52 @@ class _Compiled:
         ]
 
     def bind(self, params: Mapping[str, Any]) -> tuple[str, tuple[Any, ...]]:
-        """The SQL (expanding IN lists to their length) and its positional values."""
-        state = self._compiled.construct_expanded_state(dict(params))
-        values, processors = state.parameters, {**self._processors, **state.processors}
-        assert state.positiontup is not None
-        return state.statement, tuple(
-            processors[name](values[name]) if name in processors else values[name]
-            for name in state.positiontup
-        )
+        """The SQL (IN lists expanded to their lengths) and its positional values."""
+        return self._plan(params).bind(params)
 
     def bind_many(self, params: Sequence[Mapping[str, Any]]) -> tuple[str, list[tuple[Any, ...]]]:
-        """One SQL for every parameter set (no expanding lists here), and their values."""
-        state = self._compiled.construct_expanded_state(dict(params[0]))
-        base, processors = state.parameters, self._processors
-        names = state.positiontup
-        assert names is not None
-        rows = []
-        for row in params:
-            values = {**base, **row}
-            rows.append(
-                tuple(processors[n](values[n]) if n in processors else values[n] for n in names)
-            )
-        return state.statement, rows
+        """One SQL for every parameter set (no IN lists here), and their values."""
+        plan = self._plan(params[0])
+        return plan.sql, [plan.bind(row)[1] for row in params]
+
+    def _plan(self, params: Mapping[str, Any]) -> _Plan:
+        """How parameters of this shape (the lengths of the IN lists) bind, worked out by
+        SQLAlchemy once per shape: asking it on every call cost more than the query."""
+        shape = tuple(len(params[name]) for name in self._expanding)
+        plan = self._plans.get(shape)
+        if plan is None:
+            state = self._compiled.construct_expanded_state(dict(params))
+            assert state.positiontup is not None
+            source: dict[str, tuple[str, int | None]] = {n: (n, None) for n in state.positiontup}
+            for name, expanded in state.parameter_expansion.items():
+                source |= {element: (name, i) for i, element in enumerate(expanded)}
+            processors = {**self._processors, **state.processors}
+            slots: list[_Slot] = [(*source[n], processors.get(n)) for n in state.positiontup]
+            # Values that are part of the statement (literals bound as parameters).
+            fixed = {n: v for n, v in state.parameters.items() if n not in params}
+            plan = self._plans[shape] = _Plan(state.statement, slots, fixed)
+        return plan
+
+
+# A positional value: the parameter it comes from, its index in that parameter's list (an
+# expanded IN list) or None, and its bind processor.
+_Slot = tuple[str, int | None, Callable[[Any], Any] | None]
+
+
+@dataclass(frozen=True)
+class _Plan:
+    sql: str
+    slots: list[_Slot]
+    fixed: dict[str, Any]
+
+    def bind(self, params: Mapping[str, Any]) -> tuple[str, tuple[Any, ...]]:
+        values = []
+        for name, index, processor in self.slots:
+            value = params[name] if name in params else self.fixed[name]
+            if index is not None:
+                value = value[index]
+            values.append(processor(value) if processor is not None else value)
+        return self.sql, tuple(values)
 
 
 class _Statements:
