@@ -250,7 +250,8 @@ class _SqliteDirect:
                 result = self._drive(connection, make())
                 connection.execute("COMMIT")
             except BaseException:
-                connection.execute("ROLLBACK")
+                if connection.in_transaction:  # SQLite ends some failed ones itself
+                    connection.execute("ROLLBACK")
                 raise
             return result
 
