@@ -6,8 +6,13 @@ import asyncio
 
 import grpc
 import pytest
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncEngine
 
+from passpush.domain.model import Content, PassTarget, Ticket
 from passpush.fakes.apns import FakeApns
+from passpush.service.notifications import NotificationCore
+from passpush.store.db import make_engine, make_sessions
 from passpush.v1 import notifications_pb2 as npb
 from passpush.v1 import notifications_pb2_grpc, passes_pb2_grpc
 
@@ -90,3 +95,59 @@ async def test_a_burst_of_single_pass_sends_answers_each_call_as_if_alone(
 
     pushed = [f"p{i}" for i in range(PASSES)] + ["by-external"]
     assert sorted(fake_apns.tokens()) == world.tokens_of(*pushed)
+
+
+@pytest.mark.parametrize("database_url", ["postgresql"], indirect=True)
+async def test_a_request_id_racing_another_replica_answers_with_the_first_ticket(
+    world: World, database_url: str
+) -> None:
+    """Two replicas take the same request at once. The second's ticket insert waits on the
+    first's uncommitted ticket, fails on the unique request id, and its retry answers with
+    the first ticket: one ticket for both callers."""
+    engines = [make_engine(database_url) for _ in range(3)]
+    blocker = engines[2]
+    first, second = (NotificationCore(make_sessions(e)) for e in engines[:2])
+
+    def send(core: NotificationCore) -> asyncio.Task[Ticket]:
+        return asyncio.create_task(
+            core.send(world.project_id, PassTarget("p0"), Content("", "Hi"), "raced")
+        )
+
+    try:
+        async with blocker.begin() as connection:
+            # Holding p0's row stops the first replica at its pass update, uncommitted.
+            await connection.execute(
+                text("SELECT 1 FROM passes WHERE project_id = :p AND id = 'p0' FOR UPDATE"),
+                {"p": world.project_id},
+            )
+            one = send(first)
+            await _until_waiting_on_locks(blocker, 1)
+            two = send(second)  # does not see the first's ticket; waits on its request id
+            await _until_waiting_on_locks(blocker, 2)
+        tickets = await asyncio.wait_for(asyncio.gather(one, two), timeout=10)
+        async with blocker.connect() as connection:
+            count = await connection.scalar(
+                text("SELECT count(*) FROM tickets WHERE request_id = 'raced'")
+            )
+    finally:
+        for engine in engines:
+            await engine.dispose()
+
+    assert tickets[0].id == tickets[1].id
+    assert count == 1
+
+
+async def _until_waiting_on_locks(engine: AsyncEngine, backends: int) -> None:
+    """Until `backends` connections to the database wait on a lock (5 s at most)."""
+    for _ in range(500):
+        async with engine.connect() as connection:
+            waiting = await connection.scalar(
+                text(
+                    "SELECT count(*) FROM pg_stat_activity"
+                    " WHERE datname = current_database() AND wait_event_type = 'Lock'"
+                )
+            )
+        if waiting >= backends:
+            return
+        await asyncio.sleep(0.01)
+    raise AssertionError(f"{backends} transactions never waited on a lock")
