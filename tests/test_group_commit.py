@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Coroutine
 
 import grpc
 import pytest
@@ -151,3 +152,34 @@ async def _until_waiting_on_locks(engine: AsyncEngine, backends: int) -> None:
             return
         await asyncio.sleep(0.01)
     raise AssertionError(f"{backends} transactions never waited on a lock")
+
+
+@pytest.mark.parametrize("database_url", ["postgresql"], indirect=True)
+async def test_sends_go_on_after_the_database_drops_the_connections(
+    world: World, database_url: str
+) -> None:
+    """A PostgreSQL restart or failover ends every connection: the call that finds its
+    connection dead fails, and the ones after it get a new connection."""
+    engine, admin = make_engine(database_url), make_engine(database_url)
+    core = NotificationCore(make_sessions(engine))
+
+    def send(request_id: str) -> Coroutine[None, None, Ticket]:
+        return core.send(world.project_id, PassTarget("p0"), Content("", "Hi"), request_id)
+
+    try:
+        await send("before")
+        async with engine.connect() as connection:  # the pool's one connection so far
+            pid = await connection.scalar(text("SELECT pg_backend_pid()"))
+        async with admin.connect() as connection:
+            await connection.execute(text("SELECT pg_terminate_backend(:pid)"), {"pid": pid})
+        failed = 0
+        for attempt in range(3):
+            try:
+                await send(f"after-{attempt}")
+            except Exception:
+                failed += 1
+    finally:
+        await engine.dispose()
+        await admin.dispose()
+
+    assert failed <= 1

@@ -314,6 +314,12 @@ class _PostgresDirect:
                     return await self._drive(connection, make())
             except self._unique_violation as error:
                 raise exc.IntegrityError("", None, error) from error
+            except BaseException:
+                # SQLAlchemy did not run these statements, so it cannot know that the server
+                # went away: the pool would hand the dead connection out again and again.
+                if connection.is_closed():
+                    await pooled.invalidate()
+                raise
 
     async def _drive(self, connection: Any, steps: Steps[T]) -> T:
         try:
