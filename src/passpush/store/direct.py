@@ -21,9 +21,10 @@ from __future__ import annotations
 
 import asyncio
 import enum
+import functools
 import sqlite3
 import threading
-from collections.abc import Callable, Generator, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Generator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol, TypeVar
 
@@ -70,22 +71,31 @@ Steps = Generator[Query, list[Row], T]
 
 async def run_on_session(session: AsyncSession, steps: Steps[T]) -> T:
     """Runs the steps in the session's transaction."""
+
+    async def execute(query: Query) -> list[Row]:
+        rows: list[Row] = []
+        if query.mode is Mode.ROWS:
+            rows = list(await session.execute(query.statement, query.params))
+        elif query.mode is Mode.WRITE:
+            await session.execute(query.statement, query.params)
+        elif query.mode is Mode.MANY:
+            if query.params:
+                await session.execute(query.statement, query.params)
+        else:
+            for params in query.params:  # type: ignore[union-attr]
+                result = await session.execute(query.statement, params)  # type: ignore[arg-type]
+                rows.append(tuple(result.one()))
+        return rows
+
+    return await _drive(steps, execute)
+
+
+async def _drive(steps: Steps[T], execute: Callable[[Query], Awaitable[list[Row]]]) -> T:
+    """Feeds each step its rows until the steps return (SQLite's sync twin: _SqliteDirect)."""
     try:
         query = next(steps)
         while True:
-            rows: list[Row] = []
-            if query.mode is Mode.ROWS:
-                rows = list(await session.execute(query.statement, query.params))
-            elif query.mode is Mode.WRITE:
-                await session.execute(query.statement, query.params)
-            elif query.mode is Mode.MANY:
-                if query.params:
-                    await session.execute(query.statement, query.params)
-            else:
-                for params in query.params:  # type: ignore[union-attr]
-                    result = await session.execute(query.statement, params)  # type: ignore[arg-type]
-                    rows.append(tuple(result.one()))
-            query = steps.send(rows)
+            query = steps.send(await execute(query))
     except StopIteration as done:
         return done.value  # type: ignore[no-any-return]
 
@@ -311,7 +321,7 @@ class _PostgresDirect:
             assert connection is not None
             try:
                 async with connection.transaction():
-                    return await self._drive(connection, make())
+                    return await _drive(make(), functools.partial(self._execute, connection))
             except self._unique_violation as error:
                 raise exc.IntegrityError("", None, error) from error
             except BaseException:
@@ -320,14 +330,6 @@ class _PostgresDirect:
                 if connection.is_closed():
                     await pooled.invalidate()
                 raise
-
-    async def _drive(self, connection: Any, steps: Steps[T]) -> T:
-        try:
-            query = next(steps)
-            while True:
-                query = steps.send(await self._execute(connection, query))
-        except StopIteration as done:
-            return done.value  # type: ignore[no-any-return]
 
     async def _execute(self, connection: Any, query: Query) -> list[Row]:
         if not query.params and query.mode in (Mode.MANY, Mode.EACH):
