@@ -33,14 +33,19 @@ class Settings:
     database_url: str = DEFAULT_DATABASE_URL
     grpc_address: str = "127.0.0.1:50051"
     http_address: str = "127.0.0.1:8080"
-    # None: no APNs endpoint and no credentials, so `serve` starts the bundled fake APNs.
+    # None: no APNs endpoint and no credentials: Apple deliveries fail, naming the settings
+    # (or, with `fakes`, go to the bundled fake APNs).
     apns: ApnsConfig | None = None
     data_dir: str = "var"
     shutdown_grace: float = 10.0  # seconds SIGTERM gives in-flight work to finish
     worker: WorkerSettings = field(default_factory=WorkerSettings)
     apns_connections: int = 4
-    # None: neither Google credentials nor an API base, so `serve` starts the bundled fake.
+    # None: neither Google credentials nor an API base: Google deliveries fail, naming the
+    # settings (or, with `fakes`, go to the bundled fake Google Wallet API).
     google: GoogleWalletConfig | None = None
+    # Start the bundled fakes for the wallets without settings (`serve --fakes`, `make run`):
+    # a demo or a test, whose deliveries leave nothing on a device.
+    fakes: bool = False
     google_rate: float = 20.0  # Google Wallet API requests per second from this process
     # How long a live API key is trusted without reading it again: a revocation from the
     # CLI or another replica reaches this server within that time.
@@ -58,6 +63,12 @@ class Settings:
     def from_env(cls, env: Mapping[str, str] = os.environ) -> Settings:
         def get(name: str) -> str | None:
             return env.get(f"PASSPUSH_{name}") or None
+
+        def flag(name: str) -> bool:
+            value = (get(name) or "0").lower()
+            if value not in ("0", "1", "true", "false"):
+                raise ValueError(f"PASSPUSH_{name} must be 1 or 0, got {value!r}")
+            return value in ("1", "true")
 
         def number(name: str, default: float) -> float:
             value = get(name)
@@ -119,6 +130,7 @@ class Settings:
             apns_connections=apns_connections,
             google=google,
             google_rate=google_rate,
+            fakes=flag("FAKES"),
             key_cache_seconds=number("KEY_CACHE_SECONDS", cls.key_cache_seconds),
             event_retention=timedelta(
                 days=number("EVENT_RETENTION_DAYS", DEFAULT_EVENT_RETENTION.days)

@@ -56,7 +56,7 @@ class PasspushServer:
     def __init__(
         self,
         sessions: async_sessionmaker[AsyncSession],
-        apns: ApplePushGateway,
+        apns: ApplePushGateway | None,
         google: GoogleWalletGateway | None = None,
         *,
         address: str = "127.0.0.1:0",
