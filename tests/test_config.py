@@ -139,3 +139,11 @@ def test_google_credentials_go_to_google_unless_endpoints_are_named() -> None:
         "http://127.0.0.1:8095/token",
         10.0,
     )
+
+
+def test_the_grpc_message_limit_defaults_to_4_mib() -> None:
+    assert Settings.from_env({}).grpc_max_message_bytes == 4 * 1024 * 1024
+    named = Settings.from_env({"PASSPUSH_GRPC_MAX_MESSAGE_BYTES": "8388608"})
+    assert named.grpc_max_message_bytes == 8 * 1024 * 1024
+    with pytest.raises(ValueError, match="PASSPUSH_GRPC_MAX_MESSAGE_BYTES"):
+        Settings.from_env({"PASSPUSH_GRPC_MAX_MESSAGE_BYTES": "0"})

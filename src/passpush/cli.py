@@ -214,6 +214,7 @@ async def serve(settings: Settings) -> int:
         key_cache_seconds=settings.key_cache_seconds,
         event_retention=settings.event_retention,
         passkit=PassKitSettings(settings.passkit_url, default_signing),
+        max_message_bytes=settings.grpc_max_message_bytes,
     )
     if is_sqlite(settings.database_url):
         # SQLite serves one process: leases and claims left by a crashed run are ours now.

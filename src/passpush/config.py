@@ -7,6 +7,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import timedelta
 
+from passpush.api.server import DEFAULT_MAX_MESSAGE_BYTES
 from passpush.delivery.apns import ApnsConfig
 from passpush.delivery.google import GOOGLE_API_BASE, GOOGLE_TOKEN_URL, GoogleWalletConfig
 from passpush.delivery.worker import WorkerSettings
@@ -32,6 +33,8 @@ class SigningFiles:
 class Settings:
     database_url: str = DEFAULT_DATABASE_URL
     grpc_address: str = "127.0.0.1:50051"
+    # The largest gRPC request taken in, in bytes; larger ones are RESOURCE_EXHAUSTED.
+    grpc_max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES
     http_address: str = "127.0.0.1:8080"
     # None: no APNs endpoint and no credentials: Apple deliveries fail, naming the settings
     # (or, with `fakes`, go to the bundled fake APNs).
@@ -108,6 +111,9 @@ class Settings:
                     "(and PASSPUSH_APPLE_SIGNING_KEY, unless the key is in the CERT file)"
                 )
             signing = SigningFiles(certificate, get("APPLE_SIGNING_KEY") or certificate, wwdr)
+        max_message_bytes = int(number("GRPC_MAX_MESSAGE_BYTES", cls.grpc_max_message_bytes))
+        if max_message_bytes < 1:
+            raise ValueError("PASSPUSH_GRPC_MAX_MESSAGE_BYTES must be a positive number of bytes")
         google_rate = number("GOOGLE_RATE", cls.google_rate)
         google_credentials = get("GOOGLE_CREDENTIALS")
         google_api_base = get("GOOGLE_API_BASE")
@@ -122,6 +128,7 @@ class Settings:
         return cls(
             database_url=get("DATABASE_URL") or DEFAULT_DATABASE_URL,
             grpc_address=get("GRPC_ADDRESS") or cls.grpc_address,
+            grpc_max_message_bytes=max_message_bytes,
             http_address=http_address,
             apns=apns,
             data_dir=get("DATA_DIR") or cls.data_dir,
