@@ -109,7 +109,6 @@ async def test_a_declared_oversized_body_is_refused_before_it_is_sent(
 
     assert (answer.status, sent) == (413, 0), answer.body
     assert shape(answer.json()), answer.json()
-    assert answer.headers["connection"] == "close"  # the rest of the body is not read
     assert (await client.post("/passkit/v1/log", json={"logs": ["still here"]})).status_code == 200
 
 

@@ -4,7 +4,9 @@ before the server reads it whole.
 A pure ASGI middleware, so that it sees the request before any route reads its body:
 a Content-Length over the limit is answered at once, without reading a byte of the body;
 a body without one (chunked) is counted as it arrives and refused once it passes the
-limit. Either way the answer closes the connection, so the rest is never read.
+limit. uvicorn drops whatever of the body still comes after the answer. The connection is
+not closed at once: a close with unread data resets it, and the client, still sending,
+would lose the 413.
 """
 
 from __future__ import annotations
@@ -49,28 +51,20 @@ class BodyLimits:
         declared = _content_length(scope)
         if declared is not None and declared > limit:
             response = self._refuse(Request(scope), BodyTooLarge(limit))
-            response.headers["connection"] = "close"
             await response(scope, receive, send)
             return
         received = 0
-        refused = False
 
         async def counted_receive() -> Message:
-            nonlocal received, refused
+            nonlocal received
             message = await receive()
             if message["type"] == "http.request":
                 received += len(message.get("body", b""))
                 if received > limit:
-                    refused = True
                     raise BodyTooLarge(limit)  # the app's error handlers answer it
             return message
 
-        async def closing_send(message: Message) -> None:
-            if refused and message["type"] == "http.response.start":
-                message["headers"] = [*message.get("headers", []), (b"connection", b"close")]
-            await send(message)
-
-        await self.app(scope, counted_receive, closing_send)
+        await self.app(scope, counted_receive, send)
 
 
 def _content_length(scope: Scope) -> int | None:
