@@ -371,6 +371,25 @@ async def test_serve_with_fakes_sends_to_the_bundled_fakes(
     assert "addMessage loyaltyObject " in log
 
 
+async def test_serve_refuses_apples_apns_without_credentials(tmp_path: Path) -> None:
+    """Apple's APNs named without a certificate or key: serve exits at once, saying what is
+    missing, rather than failing each push later."""
+    env = passpush_env(
+        f"sqlite+aiosqlite:///{tmp_path / 'unused.db'}",
+        tmp_path,
+        GRPC_ADDRESS=f"127.0.0.1:{free_port()}",
+        HTTP_ADDRESS=f"127.0.0.1:{free_port()}",
+        APNS_ENDPOINT="api.push.apple.com:443",
+    )
+    assert (await run(PASSPUSH, "migrate", env=env)).returncode == 0
+
+    result = await run(PASSPUSH, "serve", env=env, seconds=30)
+
+    assert result.returncode == 2, result.output
+    assert "needs credentials" in result.stderr
+    assert "Traceback" not in result.output
+
+
 # -- API keys from the CLI ------------------------------------------------------------------
 
 

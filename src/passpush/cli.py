@@ -196,14 +196,19 @@ async def serve(settings: Settings) -> int:
             GOOGLE_NOT_CONFIGURED,
         )
     try:
+        gateway = ApnsGateway(apns_config) if apns_config is not None else None
+    except (OSError, ValueError) as error:
+        log.error("cannot use the APNs settings (PASSPUSH_APNS_*): %s", error)
+        await _close_gateways(None, None, fake, fake_wallet)
+        await engine.dispose()
+        return 2
+    try:
         google = GoogleWalletGateway(google_config) if google_config is not None else None
     except (OSError, ValueError) as error:
         log.error("cannot use PASSPUSH_GOOGLE_CREDENTIALS: %s", error)
-        if fake is not None:
-            await fake.stop()
+        await _close_gateways(gateway, None, fake, fake_wallet)
         await engine.dispose()
         return 2
-    gateway = ApnsGateway(apns_config) if apns_config is not None else None
     server = PasspushServer(
         sessions,
         gateway,
