@@ -27,11 +27,11 @@ $(BUF): package.json
 	npm install --no-package-lock --no-audit --no-fund --silent
 	touch $@
 
-run: setup ## Migrate, make a first API key if there is none, and start the server.
+run: setup ## Migrate, make a first API key if there is none, and start the server with local fakes.
 	mkdir -p var
 	$(BIN)/passpush migrate
 	$(BIN)/passpush keys create --project demo --scopes all --name demo --if-none
-	exec $(BIN)/passpush serve
+	exec $(BIN)/passpush serve --fakes
 
 generate: setup ## Regenerate generated/ from protos/.
 	$(call protoc,generated)

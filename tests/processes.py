@@ -25,7 +25,7 @@ import os
 import signal
 import socket
 import sys
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
@@ -165,8 +165,9 @@ def _kill_leftovers() -> None:
 class ServerProcess:
     """`passpush serve` in a subprocess, its stdout and stderr in a log file."""
 
-    def __init__(self, env: dict[str, str], log_path: Path) -> None:
+    def __init__(self, env: dict[str, str], log_path: Path, args: Sequence[str] = ()) -> None:
         self.env = env
+        self.args = tuple(args)  # after `passpush serve`
         self.address = env["PASSPUSH_GRPC_ADDRESS"]
         self.log_path = log_path
         self._process: asyncio.subprocess.Process | None = None
@@ -190,7 +191,7 @@ class ServerProcess:
     async def start(self) -> None:
         with self.log_path.open("ab") as log:
             self._process = await asyncio.create_subprocess_exec(
-                str(PASSPUSH), "serve", stdout=log, stderr=log, env=self.env
+                str(PASSPUSH), "serve", *self.args, stdout=log, stderr=log, env=self.env
             )
         _live.add(self._process)
         await self._wait_serving()
@@ -262,7 +263,8 @@ Launch = Callable[..., Awaitable[ServerProcess]]
 class Launcher:
     """Starts `passpush serve` processes against one database and the fake APNs.
 
-    Call it with PASSPUSH_* settings without the prefix (`await launch(SHUTDOWN_GRACE="2")`);
+    Call it with `serve`'s options and PASSPUSH_* settings without the prefix
+    (`await launch("--fakes", SHUTDOWN_GRACE="2")`); an empty setting is as if unset;
     each server gets a free gRPC port and its own log file. On exit from `async with`, each
     server still running must stop cleanly on SIGTERM; every one is killed in any case.
     """
@@ -273,7 +275,7 @@ class Launcher:
         self.data_dir = data_dir
         self.servers: list[ServerProcess] = []
 
-    async def __call__(self, **settings: str) -> ServerProcess:
+    async def __call__(self, *args: str, **settings: str) -> ServerProcess:
         options = {
             "GRPC_ADDRESS": f"127.0.0.1:{free_port()}",
             "HTTP_ADDRESS": f"127.0.0.1:{free_port()}",  # serve also starts the HTTP shim
@@ -282,7 +284,8 @@ class Launcher:
             **settings,
         }
         env = passpush_env(self.database_url, self.data_dir, **options)
-        server = ServerProcess(env, self.data_dir / f"passpush-serve-{len(self.servers)}.log")
+        log_path = self.data_dir / f"passpush-serve-{len(self.servers)}.log"
+        server = ServerProcess(env, log_path, args)
         self.servers.append(server)  # before starting: a server that fails to start is killed too
         await server.start()
         return server

@@ -297,23 +297,97 @@ async def test_sigterm_with_a_push_in_flight_exits_cleanly_and_loses_nothing(
     assert sorted(fake_apns.tokens()) == handed_back
 
 
-async def test_serve_without_google_credentials_sends_to_the_bundled_fake(
-    live_server: ServerProcess, demo_key: str
-) -> None:
-    async with live_server.channel(demo_key) as channel:
+async def _send_to_both_wallets(server: ServerProcess, key: str) -> tuple[npb.Ticket, npb.Ticket]:
+    """An Apple Send and a Google Send, each to one pass; both tickets once terminal."""
+    async with server.channel(key) as channel:
         world = World(passes_pb2_grpc.PassServiceStub(channel), project_id="demo")
+        await world.apple_template("loyalty")
+        await world.pass_("p1", "loyalty")
         await world.google_template("offers")
-        object_id = await world.google_pass("g1", "offers")
+        await world.google_pass("g1", "offers")
         notifications = notifications_pb2_grpc.NotificationServiceStub(channel)
-        accepted = await notifications.Send(
-            npb.SendRequest(target=npb.Target(pass_id="g1"), content=npb.Content(body="Hello"))
-        )
-        ticket = await wait_terminal(notifications, accepted.id, seconds=30)
+        tickets = []
+        for pass_id in ("p1", "g1"):
+            accepted = await notifications.Send(
+                npb.SendRequest(
+                    target=npb.Target(pass_id=pass_id), content=npb.Content(body="Hello")
+                )
+            )
+            tickets.append(await wait_terminal(notifications, accepted.id, seconds=30))
+    return tickets[0], tickets[1]
 
-    assert (ticket.state, ticket.counts.delivered) == (npb.TICKET_STATE_SUCCEEDED, 1), ticket
-    log = live_server.log()
+
+# No APNs endpoint, CA or credentials: the server knows of no APNs but Apple's.
+NO_APNS = {"APNS_ENDPOINT": "", "APNS_CA_FILE": ""}
+
+
+async def test_serve_without_credentials_fails_deliveries_naming_the_missing_settings(
+    launch: Launcher, demo_key: str
+) -> None:
+    """Without credentials for a wallet and without --fakes, its deliveries fail with a
+    reason that names the settings to set; nothing is reported delivered."""
+    server = await launch(**NO_APNS)
+    apple, google = await _send_to_both_wallets(server, demo_key)
+
+    assert (apple.state, apple.counts.delivered, apple.counts.failed) == (
+        npb.TICKET_STATE_FAILED,
+        0,
+        1,
+    ), apple
+    assert "PASSPUSH_APNS_CERT" in apple.errors[0].reason
+    assert "PASSPUSH_APNS_KEY_FILE" in apple.errors[0].reason
+    assert (google.state, google.counts.delivered, google.counts.failed) == (
+        npb.TICKET_STATE_FAILED,
+        0,
+        1,
+    ), google
+    assert "PASSPUSH_GOOGLE_CREDENTIALS" in google.errors[0].reason
+    assert launch.fake_apns.tokens() == []
+    log = server.log()
+    assert "pushing to the bundled fake" not in log
+    assert "sending to the bundled fake" not in log
+    assert "PASSPUSH_APNS_CERT" in log
+    assert "PASSPUSH_GOOGLE_CREDENTIALS" in log
+
+
+@pytest.mark.parametrize("how", ["--fakes", "PASSPUSH_FAKES=1"])
+async def test_serve_with_fakes_sends_to_the_bundled_fakes(
+    launch: Launcher, demo_key: str, how: str
+) -> None:
+    """`serve --fakes` (what `make run` runs) or PASSPUSH_FAKES=1: the wallets without
+    credentials get the bundled fakes, and the log warns that nothing leaves the machine."""
+    if how == "--fakes":
+        server = await launch("--fakes", **NO_APNS)
+    else:
+        server = await launch(**NO_APNS, FAKES="1")
+    apple, google = await _send_to_both_wallets(server, demo_key)
+
+    assert (apple.state, apple.counts.delivered) == (npb.TICKET_STATE_SUCCEEDED, 1), apple
+    assert (google.state, google.counts.delivered) == (npb.TICKET_STATE_SUCCEEDED, 1), google
+    assert launch.fake_apns.tokens() == []  # the bundled fake took it, not the test's
+    log = server.log()
+    assert "pushing to the bundled fake APNs" in log
     assert "sending to the bundled fake Google Wallet API" in log
-    assert f"addMessage loyaltyObject {object_id}: 200" in log
+    assert "addMessage loyaltyObject " in log
+
+
+async def test_serve_refuses_apples_apns_without_credentials(tmp_path: Path) -> None:
+    """Apple's APNs named without a certificate or key: serve exits at once, saying what is
+    missing, rather than failing each push later."""
+    env = passpush_env(
+        f"sqlite+aiosqlite:///{tmp_path / 'unused.db'}",
+        tmp_path,
+        GRPC_ADDRESS=f"127.0.0.1:{free_port()}",
+        HTTP_ADDRESS=f"127.0.0.1:{free_port()}",
+        APNS_ENDPOINT="api.push.apple.com:443",
+    )
+    assert (await run(PASSPUSH, "migrate", env=env)).returncode == 0
+
+    result = await run(PASSPUSH, "serve", env=env, seconds=30)
+
+    assert result.returncode == 2, result.output
+    assert "needs credentials" in result.stderr
+    assert "Traceback" not in result.output
 
 
 # -- API keys from the CLI ------------------------------------------------------------------

@@ -8,11 +8,20 @@ from passpush.config import APPLE_APNS_ENDPOINT, Settings, SigningFiles
 from passpush.store.db import DEFAULT_DATABASE_URL
 
 
-def test_defaults_use_sqlite_and_the_bundled_fake_apns() -> None:
+def test_defaults_use_sqlite_and_no_wallet_and_no_fakes() -> None:
     settings = Settings.from_env({})
     assert settings.database_url == DEFAULT_DATABASE_URL
     assert settings.grpc_address == "127.0.0.1:50051"
-    assert settings.apns is None  # serve starts the bundled fake
+    assert settings.apns is None and settings.google is None
+    assert not settings.fakes  # Apple and Google deliveries fail, naming the settings
+
+
+def test_the_bundled_fakes_are_asked_for_explicitly() -> None:
+    assert Settings.from_env({"PASSPUSH_FAKES": "1"}).fakes
+    assert Settings.from_env({"PASSPUSH_FAKES": "true"}).fakes
+    assert not Settings.from_env({"PASSPUSH_FAKES": "0"}).fakes
+    with pytest.raises(ValueError, match="PASSPUSH_FAKES"):
+        Settings.from_env({"PASSPUSH_FAKES": "maybe"})
 
 
 def test_certificate_auth_goes_to_apple_unless_an_endpoint_is_named() -> None:
@@ -102,7 +111,7 @@ def test_the_signing_key_may_share_the_certificates_file_but_the_wwdr_is_require
         Settings.from_env({"PASSPUSH_APPLE_SIGNING_CERT": "/s/pass.pem"})
 
 
-def test_without_google_credentials_serve_uses_the_bundled_fake() -> None:
+def test_without_google_credentials_there_is_no_google_config() -> None:
     settings = Settings.from_env({"PASSPUSH_GOOGLE_RATE": "5"})
     assert settings.google is None and settings.google_rate == 5
 
@@ -130,3 +139,11 @@ def test_google_credentials_go_to_google_unless_endpoints_are_named() -> None:
         "http://127.0.0.1:8095/token",
         10.0,
     )
+
+
+def test_the_grpc_message_limit_defaults_to_4_mib() -> None:
+    assert Settings.from_env({}).grpc_max_message_bytes == 4 * 1024 * 1024
+    named = Settings.from_env({"PASSPUSH_GRPC_MAX_MESSAGE_BYTES": "8388608"})
+    assert named.grpc_max_message_bytes == 8 * 1024 * 1024
+    with pytest.raises(ValueError, match="PASSPUSH_GRPC_MAX_MESSAGE_BYTES"):
+        Settings.from_env({"PASSPUSH_GRPC_MAX_MESSAGE_BYTES": "0"})

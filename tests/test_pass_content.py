@@ -14,6 +14,7 @@ import pytest
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from passpush.api.server import PasspushServer
+from passpush.delivery.apns import ApnsGateway
 from passpush.domain.model import Content, Pass, PassTarget, Platform, Template, TemplateTarget
 from passpush.domain.passkit import PASS_JSON, PassPackageSource
 from passpush.domain.signing import AppleSigningPem, load_signing
@@ -37,7 +38,7 @@ from apple_passes import (
     verify_signature,
     zip_of,
 )
-from support import TOPIC, rich_error, upsert
+from support import TOPIC, channel_with_key, rich_error, upsert
 
 
 @cache
@@ -456,3 +457,28 @@ async def test_update_tags_only_grow_even_when_the_clock_goes_back(
         tags.append((await core.get_pass("acme", "p1")).update_tag)
 
     assert tags == sorted(set(tags)), tags
+
+
+async def test_a_message_over_the_grpc_limit_is_resource_exhausted(
+    sessions: async_sessionmaker[AsyncSession], apns_gateway: ApnsGateway, apple_certs: AppleCerts
+) -> None:
+    """PASSPUSH_GRPC_MAX_MESSAGE_BYTES bounds every request: a larger one is refused before
+    the server takes it in, and one within it goes through."""
+    server = PasspushServer(sessions, apns_gateway, max_message_bytes=64 * 1024)
+    await server.start()
+    try:
+        _, key = await server.keys.create_key("acme", "tests", ["all"], create_project=True)
+        async with channel_with_key(server.port, key) as channel:
+            passes = passes_pb2_grpc.PassServiceStub(channel)
+            await apple_template(passes, "loyalty", apple_certs)
+            await passes.UpsertPass(upsert(id="p1", template_id="loyalty"))
+            with pytest.raises(grpc.aio.AioRpcError) as caught:
+                await passes.SetPassContent(
+                    ppb.SetPassContentRequest(pass_id="p1", pkpass=b"x" * 65 * 1024)
+                )
+            within = await passes.SetPassContent(content_request("p1"))
+    finally:
+        await server.stop(grace=1.0)
+
+    assert caught.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert within.id == "p1"

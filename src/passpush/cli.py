@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import dataclasses
 import gc
 import logging
 import signal
@@ -21,6 +22,7 @@ from passpush.delivery.apns import ApnsConfig, ApnsGateway
 from passpush.delivery.google import GoogleWalletConfig, GoogleWalletGateway
 from passpush.domain.auth import SCOPE_ALIASES, ApiKey, Scope
 from passpush.domain.errors import DomainError
+from passpush.domain.outcomes import APNS_NOT_CONFIGURED, GOOGLE_NOT_CONFIGURED
 from passpush.domain.signing import AppleSigningPem, SigningMaterial, load_signing
 from passpush.fakes import google as fake_google
 from passpush.fakes.apns import FakeApns, start_bundled_fake
@@ -41,8 +43,14 @@ def main(argv: list[str] | None = None) -> None:
         prog="passpush", description="Push notifications to Apple Wallet and Google Wallet passes."
     )
     commands = parser.add_subparsers(dest="command", required=True)
-    commands.add_parser(
+    serve_parser = commands.add_parser(
         "serve", help="start the gRPC server, the HTTP shim and the delivery worker"
+    )
+    serve_parser.add_argument(
+        "--fakes",
+        action="store_true",
+        help="for a wallet without credentials, push to a bundled local fake (a demo: "
+        "nothing reaches a device); without it, its deliveries fail (also PASSPUSH_FAKES=1)",
     )
     commands.add_parser("migrate", help="bring the database schema up to date")
     _add_keys_commands(commands)
@@ -62,6 +70,8 @@ def main(argv: list[str] | None = None) -> None:
         migrate.upgrade(settings.database_url)
         print(f"database is up to date ({_safe_url(settings.database_url)})")
     elif args.command == "serve":
+        if args.fakes:
+            settings = dataclasses.replace(settings, fakes=True)
         with contextlib.suppress(KeyboardInterrupt):
             sys.exit(asyncio.run(serve(settings)))
     elif args.command == "keys":
@@ -140,7 +150,7 @@ async def serve(settings: Settings) -> int:
     sessions = make_sessions(engine)
     fake: FakeApns | None = None
     apns_config = settings.apns
-    if apns_config is None:
+    if apns_config is None and settings.fakes:
         fake = await start_bundled_fake(Path(settings.data_dir) / "fake-apns")
         apns_config = ApnsConfig(
             endpoint=fake.endpoint,
@@ -148,13 +158,19 @@ async def serve(settings: Settings) -> int:
             max_connections=settings.apns_connections,
         )
         log.warning(
-            "no APNs credentials configured: pushing to the bundled fake APNs at %s "
-            "(set PASSPUSH_APNS_CERT or PASSPUSH_APNS_KEY_FILE for Apple's)",
+            "--fakes: pushing to the bundled fake APNs at %s; Apple deliveries reach no "
+            "device (set PASSPUSH_APNS_CERT or PASSPUSH_APNS_KEY_FILE for Apple's)",
             fake.endpoint,
+        )
+    elif apns_config is None:
+        log.warning(
+            "no APNs credentials: Apple deliveries will fail with %s "
+            "(or run `passpush serve --fakes` to push to a bundled fake)",
+            APNS_NOT_CONFIGURED,
         )
     fake_wallet: fake_google.FakeGoogleWallet | None = None
     google_config = settings.google
-    if google_config is None:
+    if google_config is None and settings.fakes:
         fake_wallet = await fake_google.start_bundled_fake(Path(settings.data_dir) / "fake-google")
         google_config = GoogleWalletConfig(
             credentials_file=str(fake_wallet.account.key_file),
@@ -163,24 +179,36 @@ async def serve(settings: Settings) -> int:
             rate=settings.google_rate,
         )
         log.warning(
-            "no Google Wallet credentials configured: sending to the bundled fake Google "
-            "Wallet API at %s (set PASSPUSH_GOOGLE_CREDENTIALS for Google's)",
+            "--fakes: sending to the bundled fake Google Wallet API at %s; Google "
+            "deliveries reach no pass (set PASSPUSH_GOOGLE_CREDENTIALS for Google's)",
             fake_wallet.api_base,
+        )
+    elif google_config is None:
+        log.warning(
+            "no Google Wallet credentials: Google deliveries will fail with %s "
+            "(or run `passpush serve --fakes` to send to a bundled fake)",
+            GOOGLE_NOT_CONFIGURED,
         )
     elif google_config.credentials_file is None:
         log.error(
             "PASSPUSH_GOOGLE_API_BASE is set but PASSPUSH_GOOGLE_CREDENTIALS is not: Google "
-            "Wallet deliveries will fail with GoogleWalletNotConfigured"
+            "Wallet deliveries will fail with %s",
+            GOOGLE_NOT_CONFIGURED,
         )
     try:
-        google = GoogleWalletGateway(google_config)
+        gateway = ApnsGateway(apns_config) if apns_config is not None else None
     except (OSError, ValueError) as error:
-        log.error("cannot use PASSPUSH_GOOGLE_CREDENTIALS: %s", error)
-        if fake is not None:
-            await fake.stop()
+        log.error("cannot use the APNs settings (PASSPUSH_APNS_*): %s", error)
+        await _close_gateways(None, None, fake, fake_wallet)
         await engine.dispose()
         return 2
-    gateway = ApnsGateway(apns_config)
+    try:
+        google = GoogleWalletGateway(google_config) if google_config is not None else None
+    except (OSError, ValueError) as error:
+        log.error("cannot use PASSPUSH_GOOGLE_CREDENTIALS: %s", error)
+        await _close_gateways(gateway, None, fake, fake_wallet)
+        await engine.dispose()
+        return 2
     server = PasspushServer(
         sessions,
         gateway,
@@ -191,6 +219,7 @@ async def serve(settings: Settings) -> int:
         key_cache_seconds=settings.key_cache_seconds,
         event_retention=settings.event_retention,
         passkit=PassKitSettings(settings.passkit_url, default_signing),
+        max_message_bytes=settings.grpc_max_message_bytes,
     )
     if is_sqlite(settings.database_url):
         # SQLite serves one process: leases and claims left by a crashed run are ours now.
@@ -201,8 +230,8 @@ async def serve(settings: Settings) -> int:
     log.info(
         "passpush gRPC listening on %s (APNs at %s, Google Wallet API at %s)",
         settings.grpc_address,
-        apns_config.endpoint,
-        google_config.api_base,
+        apns_config.endpoint if apns_config else "none",
+        google_config.api_base if google_config else "none",
     )
     # The shim calls the gRPC server like any client, over the port it just bound; the
     # PassKit routes (devices, no API key) call the service in-process.
@@ -268,13 +297,15 @@ def _default_signing(files: SigningFiles | None) -> SigningMaterial | None:
 
 
 async def _close_gateways(
-    apns: ApnsGateway,
-    google: GoogleWalletGateway,
+    apns: ApnsGateway | None,
+    google: GoogleWalletGateway | None,
     fake_apns: FakeApns | None,
     fake_wallet: fake_google.FakeGoogleWallet | None,
 ) -> None:
-    await apns.close()
-    await google.close()
+    if apns is not None:
+        await apns.close()
+    if google is not None:
+        await google.close()
     if fake_apns is not None:
         await fake_apns.stop()
     if fake_wallet is not None:

@@ -7,6 +7,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import timedelta
 
+from passpush.api.server import DEFAULT_MAX_MESSAGE_BYTES
 from passpush.delivery.apns import ApnsConfig
 from passpush.delivery.google import GOOGLE_API_BASE, GOOGLE_TOKEN_URL, GoogleWalletConfig
 from passpush.delivery.worker import WorkerSettings
@@ -32,15 +33,22 @@ class SigningFiles:
 class Settings:
     database_url: str = DEFAULT_DATABASE_URL
     grpc_address: str = "127.0.0.1:50051"
+    # The largest gRPC request taken in, in bytes; larger ones are RESOURCE_EXHAUSTED.
+    grpc_max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES
     http_address: str = "127.0.0.1:8080"
-    # None: no APNs endpoint and no credentials, so `serve` starts the bundled fake APNs.
+    # None: no APNs endpoint and no credentials: Apple deliveries fail, naming the settings
+    # (or, with `fakes`, go to the bundled fake APNs).
     apns: ApnsConfig | None = None
     data_dir: str = "var"
     shutdown_grace: float = 10.0  # seconds SIGTERM gives in-flight work to finish
     worker: WorkerSettings = field(default_factory=WorkerSettings)
     apns_connections: int = 4
-    # None: neither Google credentials nor an API base, so `serve` starts the bundled fake.
+    # None: neither Google credentials nor an API base: Google deliveries fail, naming the
+    # settings (or, with `fakes`, go to the bundled fake Google Wallet API).
     google: GoogleWalletConfig | None = None
+    # Start the bundled fakes for the wallets without settings (`serve --fakes`, `make run`):
+    # a demo or a test, whose deliveries leave nothing on a device.
+    fakes: bool = False
     google_rate: float = 20.0  # Google Wallet API requests per second from this process
     # How long a live API key is trusted without reading it again: a revocation from the
     # CLI or another replica reaches this server within that time.
@@ -58,6 +66,12 @@ class Settings:
     def from_env(cls, env: Mapping[str, str] = os.environ) -> Settings:
         def get(name: str) -> str | None:
             return env.get(f"PASSPUSH_{name}") or None
+
+        def flag(name: str) -> bool:
+            value = (get(name) or "0").lower()
+            if value not in ("0", "1", "true", "false"):
+                raise ValueError(f"PASSPUSH_{name} must be 1 or 0, got {value!r}")
+            return value in ("1", "true")
 
         def number(name: str, default: float) -> float:
             value = get(name)
@@ -97,6 +111,9 @@ class Settings:
                     "(and PASSPUSH_APPLE_SIGNING_KEY, unless the key is in the CERT file)"
                 )
             signing = SigningFiles(certificate, get("APPLE_SIGNING_KEY") or certificate, wwdr)
+        max_message_bytes = int(number("GRPC_MAX_MESSAGE_BYTES", cls.grpc_max_message_bytes))
+        if max_message_bytes < 1:
+            raise ValueError("PASSPUSH_GRPC_MAX_MESSAGE_BYTES must be a positive number of bytes")
         google_rate = number("GOOGLE_RATE", cls.google_rate)
         google_credentials = get("GOOGLE_CREDENTIALS")
         google_api_base = get("GOOGLE_API_BASE")
@@ -111,6 +128,7 @@ class Settings:
         return cls(
             database_url=get("DATABASE_URL") or DEFAULT_DATABASE_URL,
             grpc_address=get("GRPC_ADDRESS") or cls.grpc_address,
+            grpc_max_message_bytes=max_message_bytes,
             http_address=http_address,
             apns=apns,
             data_dir=get("DATA_DIR") or cls.data_dir,
@@ -119,6 +137,7 @@ class Settings:
             apns_connections=apns_connections,
             google=google,
             google_rate=google_rate,
+            fakes=flag("FAKES"),
             key_cache_seconds=number("KEY_CACHE_SECONDS", cls.key_cache_seconds),
             event_retention=timedelta(
                 days=number("EVENT_RETENTION_DAYS", DEFAULT_EVENT_RETENTION.days)

@@ -43,6 +43,10 @@ from passpush.v1 import (
 
 log = logging.getLogger(__name__)
 
+# The largest request the server takes in; larger ones are RESOURCE_EXHAUSTED before any
+# servicer sees them. gRPC's own default, and room for SetPassContent's 3 MiB of content.
+DEFAULT_MAX_MESSAGE_BYTES = 4 * 1024 * 1024
+
 SERVICE_NAMES = (
     notifications_pb2.DESCRIPTOR.services_by_name["NotificationService"].full_name,
     passes_pb2.DESCRIPTOR.services_by_name["PassService"].full_name,
@@ -56,7 +60,7 @@ class PasspushServer:
     def __init__(
         self,
         sessions: async_sessionmaker[AsyncSession],
-        apns: ApplePushGateway,
+        apns: ApplePushGateway | None,
         google: GoogleWalletGateway | None = None,
         *,
         address: str = "127.0.0.1:0",
@@ -65,6 +69,7 @@ class PasspushServer:
         key_cache_seconds: float = DEFAULT_CACHE_SECONDS,
         event_retention: timedelta = DEFAULT_EVENT_RETENTION,
         passkit: PassKitSettings | None = None,
+        max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
     ) -> None:
         self.changes = ChangeFeed()
         self.worker = DeliveryWorker(
@@ -98,7 +103,11 @@ class PasspushServer:
         self.health = health.aio.HealthServicer()
         # No SO_REUSEPORT: a second server on a taken port must fail, not share its calls.
         self.server = grpc.aio.server(
-            interceptors=[CallInterceptor(self.keys)], options=[("grpc.so_reuseport", 0)]
+            interceptors=[CallInterceptor(self.keys)],
+            options=[
+                ("grpc.so_reuseport", 0),
+                ("grpc.max_receive_message_length", max_message_bytes),
+            ],
         )
         notifications_pb2_grpc.add_NotificationServiceServicer_to_server(
             NotificationServicer(self.notifications, self.schedules, self.watch, self.events),

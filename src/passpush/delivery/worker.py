@@ -32,7 +32,7 @@ from passpush.delivery.apns import PushOutcome
 from passpush.delivery.google import GoogleWalletGateway
 from passpush.delivery.google_messenger import GoogleMessenger
 from passpush.domain.model import DeliveryState, Platform
-from passpush.domain.outcomes import MAX_ATTEMPTS, judge_apns
+from passpush.domain.outcomes import APNS_NOT_CONFIGURED, MAX_ATTEMPTS, judge_apns
 from passpush.store.direct import direct_transactions
 from passpush.store.outbox import ClaimedDelivery, DeliveryResult, Outbox, claim_due, record
 
@@ -85,7 +85,7 @@ class DeliveryWorker:
     def __init__(
         self,
         sessions: async_sessionmaker[AsyncSession],
-        apns: ApplePushGateway,
+        apns: ApplePushGateway | None,
         google: GoogleWalletGateway | None = None,
         *,
         clock: Callable[[], datetime],
@@ -269,6 +269,8 @@ class DeliveryWorker:
         self._on_recorded()
 
     async def _push_to_apple(self, delivery: ClaimedDelivery) -> DeliveryResult:
+        if self._apns is None:
+            return DeliveryResult(delivery, DeliveryState.FAILED, APNS_NOT_CONFIGURED)
         if delivery.push_token is None:
             return DeliveryResult(delivery, DeliveryState.FAILED, "DeviceUnregistered")
         try:

@@ -59,7 +59,11 @@ def backoff(attempt: int) -> float:
 
 
 GOOGLE_OBJECT_NOT_FOUND = "GoogleObjectNotFound"
-GOOGLE_NOT_CONFIGURED = "GoogleWalletNotConfigured"
+
+# No credentials for a wallet: each of its deliveries fails at once, never pretends to
+# succeed, and says what the operator must set.
+APNS_NOT_CONFIGURED = "ApnsNotConfigured: set PASSPUSH_APNS_CERT or PASSPUSH_APNS_KEY_FILE"
+GOOGLE_NOT_CONFIGURED = "GoogleWalletNotConfigured: set PASSPUSH_GOOGLE_CREDENTIALS"
 _GOOGLE_RETRYABLE_STATUSES = frozenset({0, 408, 429})
 
 

@@ -35,7 +35,8 @@ NOTIFICATION_FIELD_KEY = "passpush.notification"
 REQUIRED_FILE = "icon.png"
 
 # Uncompressed, all files together: a pass is fetched by every device on every update, and
-# the whole request must fit gRPC's default 4 MiB message.
+# the whole request must fit the server's largest gRPC message (PASSPUSH_GRPC_MAX_MESSAGE_BYTES,
+# 4 MiB by default).
 MAX_CONTENT_BYTES = 3 * 1024 * 1024
 MAX_FILES = 200
 MAX_SERIAL_NUMBER = 128

@@ -14,6 +14,12 @@ import uvicorn
 from fastapi import FastAPI
 
 from passpush.http import airship, passentry, passkit, walletwerk
+from passpush.http.body_limits import (
+    PASSKIT_LIMIT,
+    PASSKIT_LOG_LIMIT,
+    VENDOR_LIMIT,
+    BodyLimits,
+)
 from passpush.http.errors import VendorErrors
 from passpush.http.stubs import Stubs
 from passpush.service.passkit import PassKitCore
@@ -62,11 +68,19 @@ def create_app(
         app.state.passkit = passkit_core
         app.include_router(passkit.router, prefix=passkit_prefix)
         shapes.insert(0, (passkit_prefix + "/", passkit.error_body))
-    VendorErrors(
+    errors = VendorErrors(
         shapes,
         fallback=airship.error_body,
         auth_schemes=[(passkit_prefix + "/", "ApplePass")],
-    ).install(app)
+    )
+    errors.install(app)
+
+    def body_limit(path: str) -> int:
+        if path == passkit_prefix + "/v1/log":
+            return PASSKIT_LOG_LIMIT
+        return PASSKIT_LIMIT if path.startswith(passkit_prefix + "/") else VENDOR_LIMIT
+
+    app.add_middleware(BodyLimits, limit_for=body_limit, refuse=errors.respond_to_http_error)
     app.openapi = lambda: _without_422(app)  # type: ignore[method-assign]
     return app
 

@@ -46,6 +46,12 @@ class VendorErrors:
         headers = {"WWW-Authenticate": scheme} if failure.status == 401 else None
         return JSONResponse((body or self._fallback)(failure), failure.status, headers=headers)
 
+    def respond_to_http_error(self, request: Request, error: HTTPException) -> JSONResponse:
+        """Starlette's own refusals (404, 405, 401, 413) in the vendor's shape."""
+        status = HTTPStatus(error.status_code)
+        reason = "UNAUTHENTICATED" if status == 401 else status.name
+        return self.respond(request, CallFailed(status, reason, str(error.detail)))
+
     def install(self, app: FastAPI) -> None:
         async def call_failed(request: Request, error: Exception) -> JSONResponse:
             assert isinstance(error, CallFailed)
@@ -57,9 +63,7 @@ class VendorErrors:
 
         async def http_error(request: Request, error: Exception) -> JSONResponse:
             assert isinstance(error, HTTPException)
-            status = HTTPStatus(error.status_code)
-            reason = "UNAUTHENTICATED" if status == 401 else status.name
-            return self.respond(request, CallFailed(status, reason, str(error.detail)))
+            return self.respond_to_http_error(request, error)
 
         async def unexpected(request: Request, error: Exception) -> JSONResponse:
             log.error("unexpected error in the HTTP shim", exc_info=error)

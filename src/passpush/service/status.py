@@ -162,17 +162,20 @@ class TicketWatch:
         generation = self._feed.generation
         while self._watchers:
             self._joined.clear()
+            # Only the watchers this read is for: one that joins while it runs waits for the
+            # next read, since this one may not include its ticket and would call it absent.
+            asked = {ticket_id: list(watchers) for ticket_id, watchers in self._watchers.items()}
             try:
                 async with self._sessions() as session:
-                    tickets = await TicketStore(session).get_many(list(self._watchers))
+                    tickets = await TicketStore(session).get_many(list(asked))
             except Exception:
                 log.exception("reading watched tickets failed; trying again")
                 await asyncio.sleep(1.0)
                 continue
             found = {ticket.id: ticket for ticket in tickets}
-            for ticket_id, watchers in list(self._watchers.items()):
+            for ticket_id, watchers in asked.items():
+                ticket = found.get(ticket_id)
                 for mailbox in watchers:
-                    ticket = found.get(ticket_id)
                     if ticket is None:
                         mailbox.fail(NotFound("ticket", str(ticket_id)))
                     else:
