@@ -235,6 +235,9 @@ class _SessionDirect:
         pass
 
 
+_SQLITE_UNIQUE_VIOLATIONS = {"SQLITE_CONSTRAINT_UNIQUE", "SQLITE_CONSTRAINT_PRIMARYKEY"}
+
+
 class _SqliteDirect:
     def __init__(self, engine: AsyncEngine, database: str) -> None:
         from passpush.store.db import configure_sqlite_connection
@@ -287,7 +290,9 @@ class _SqliteDirect:
                 return []
             return compiled.rows([connection.execute(sql, values).fetchone() for values in rows])
         except sqlite3.IntegrityError as error:
-            raise exc.IntegrityError(str(query.statement), None, error) from error
+            if error.sqlite_errorname in _SQLITE_UNIQUE_VIOLATIONS:
+                raise exc.IntegrityError(str(query.statement), None, error) from error
+            raise
 
     def _connect(self) -> sqlite3.Connection:
         if self._connection is None:
