@@ -30,7 +30,7 @@ from passpush.service.clock import Clock, utcnow
 from passpush.store.audience import Audience, pass_targets, resolve_audience
 from passpush.store.direct import Steps, direct_transactions, run_on_session
 from passpush.store.events import EventStore, skipped_events
-from passpush.store.faults import unavailable_from
+from passpush.store.faults import unavailable_from, write_check
 from passpush.store.schedules import reserve_campaign_place
 from passpush.store.tickets import (
     NewTicket,
@@ -235,6 +235,11 @@ class NotificationCore:
             if ticket.counts.skipped:
                 await EventStore(session).append_skipped([ticket.id], now)
             return {s: ticket}
+
+    async def check_writable(self) -> None:
+        """Writes to the database the way single-pass Sends do, changing nothing: raises
+        what a Send would meet (for the readiness probe)."""
+        await self._direct.run(write_check)
 
     def close(self) -> None:
         self._direct.close()

@@ -11,9 +11,11 @@ from __future__ import annotations
 import sqlite3
 from collections.abc import Iterator
 
-from sqlalchemy import exc
+import asyncpg  # type: ignore[import-untyped]
+from sqlalchemy import exc, text
 
 from passpush.domain.errors import Unavailable
+from passpush.store.direct import Query, Steps
 
 # SQLite's primary result codes (the low byte of an extended code) for a database that is
 # busy past the busy timeout, read-only, failing I/O, full, or that cannot be opened.
@@ -23,6 +25,25 @@ _SQLITE_UNAVAILABLE = {5, 8, 10, 13, 14}  # BUSY, READONLY, IOERR, FULL, CANTOPE
 # out of memory, too many connections), 57P operator intervention (admin or crash shutdown,
 # cannot connect now), 25006 a read-only transaction (a standby, during a failover).
 _POSTGRES_UNAVAILABLE = ("08", "53", "57P", "25006")
+
+
+# What a call to the database may raise, of which unavailable_from tells passing trouble
+# (for handlers chosen by the class of the error).
+DATABASE_ERRORS: tuple[type[Exception], ...] = (
+    exc.SQLAlchemyError,
+    sqlite3.Error,
+    asyncpg.PostgresError,
+    asyncpg.InterfaceError,
+    ConnectionError,
+)
+
+# A row every migrated database has, rewritten to itself: a real write that changes nothing.
+_REWRITE_MIGRATION_STAMP = text("UPDATE alembic_version SET version_num = version_num")
+
+
+def write_check() -> Steps[None]:
+    """A transaction that must write to the database, and changes nothing."""
+    yield Query.write(_REWRITE_MIGRATION_STAMP, {})
 
 
 def unavailable_from(error: BaseException) -> Unavailable | None:
