@@ -311,3 +311,33 @@ async def test_sends_recover_once_a_read_only_database_file_is_writable_again(
 
     assert during == ["UNAVAILABLE DATABASE_UNAVAILABLE"] * 3
     assert after == ["OK"] * 5
+
+
+@pytest.fixture
+async def read_only_at_start(database_files: list[Path]) -> list[Path]:
+    """The database file made read-only before the server opens its connections."""
+    refused = await _chattr("+i", database_files[:1])  # no write-ahead log yet
+    if refused:
+        pytest.skip(f"chattr +i needs root (CAP_LINUX_IMMUTABLE): {refused}")
+    return database_files
+
+
+@pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
+async def test_a_server_started_on_a_read_only_database_serves_once_it_is_writable(
+    read_only_at_start: list[Path], server: PasspushServer
+) -> None:
+    """Every connection the server opened while the file was read-only is reopened once it
+    failed: the server serves once the file is writable, with no restart."""
+    async with channel_with_key(server.port, None) as anonymous:
+        await _health_becomes(anonymous, NOT_SERVING)
+        assert not await _chattr("-i", read_only_at_start)
+        await _health_becomes(anonymous, SERVING)
+
+    # Keys, projects, passes (SQLAlchemy's connection) and a Send (the direct one).
+    _, key = await server.keys.create_key("acme", "tests", ["all"], create_project=True)
+    async with channel_with_key(server.port, key) as channel:
+        world = World(passes_pb2_grpc.PassServiceStub(channel))
+        await world.apple_template("loyalty")
+        await world.pass_("p0", "loyalty")
+        notifications = notifications_pb2_grpc.NotificationServiceStub(channel)
+        assert await _outcome(notifications, "first") == "OK"

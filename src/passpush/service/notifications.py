@@ -237,9 +237,12 @@ class NotificationCore:
             return {s: ticket}
 
     async def check_writable(self) -> None:
-        """Writes to the database the way single-pass Sends do, changing nothing: raises
-        what a Send would meet (for the readiness probe)."""
+        """Writes to the database both ways this core does (the direct path of single-pass
+        Sends, and SQLAlchemy's sessions), changing nothing: raises what a call would meet
+        (for the readiness probe)."""
         await self._direct.run(write_check)
+        async with self._sessions.begin() as session:
+            await run_on_session(session, write_check())
 
     def close(self) -> None:
         self._direct.close()

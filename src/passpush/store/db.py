@@ -67,6 +67,9 @@ def _replace_connections_the_server_closed(engine: AsyncEngine) -> None:
             raise exc.DisconnectionError("the server closed the connection")
 
 
+_SQLITE_REOPEN = {8, 10, 14}  # SQLITE_READONLY, SQLITE_IOERR, SQLITE_CANTOPEN
+
+
 def _make_sqlite_transactions_immediate(engine: AsyncEngine) -> None:
     """Takes SQLite's write lock at BEGIN.
 
@@ -84,6 +87,14 @@ def _make_sqlite_transactions_immediate(engine: AsyncEngine) -> None:
     @event.listens_for(engine.sync_engine, "begin")
     def _on_begin(connection: Any) -> None:
         connection.exec_driver_sql("BEGIN IMMEDIATE")
+
+    @event.listens_for(engine.sync_engine, "handle_error")
+    def _on_error(context: Any) -> None:
+        # A connection opened while the file could not be written stays read-only for good:
+        # counted as lost, it is replaced by a new one on the next checkout.
+        code = getattr(context.original_exception, "sqlite_errorcode", 0) & 0xFF
+        if code in _SQLITE_REOPEN:
+            context.is_disconnect = True
 
 
 def configure_sqlite_connection(dbapi_connection: Any) -> None:
