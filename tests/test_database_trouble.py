@@ -169,11 +169,10 @@ def small_disk(tmp_path: Path) -> Iterator[Path]:
 def _fill(disk: Path) -> Path:
     """Fills `disk` up with one file; removing that file frees the space again."""
     filler = disk / "filler"
-    with filler.open("wb") as file:
+    with filler.open("wb", buffering=0) as file:  # unbuffered: nothing left to flush at close
         try:
             while True:
                 file.write(b"\0" * 65536)
-                file.flush()
         except OSError as error:
             assert error.errno == errno.ENOSPC, error
     return filler
