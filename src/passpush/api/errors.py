@@ -21,8 +21,17 @@ from passpush.domain.errors import (
     Unavailable,
     Unimplemented,
 )
+from passpush.store.faults import unavailable_from
 
 DOMAIN = "passpush"
+
+
+def as_domain_error(error: Exception) -> DomainError | None:
+    """The domain error an exception stands for: itself, Unavailable for passing trouble of
+    the database (store/faults.py tells which), or None for a fault of this server."""
+    if isinstance(error, DomainError):
+        return error
+    return unavailable_from(error)
 
 
 def status_for(error: DomainError) -> grpc.Status:

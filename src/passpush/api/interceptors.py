@@ -13,10 +13,10 @@ from typing import TYPE_CHECKING, Any
 
 import grpc
 
-from passpush.api.errors import internal_status, status_for
+from passpush.api.errors import as_domain_error, internal_status, status_for
 from passpush.api.scopes import PASSPUSH_PREFIX, campaign_scope, required_scope
 from passpush.domain.auth import Caller, Scope
-from passpush.domain.errors import DomainError, PermissionDenied, Unauthenticated
+from passpush.domain.errors import PermissionDenied, Unauthenticated
 from passpush.service.keys import KeyCore
 
 if TYPE_CHECKING:
@@ -133,7 +133,10 @@ def _guarded(handler: Handler, begin: Callable[[Any, Context], Awaitable[None]])
 
 
 async def _abort(context: Context, error: Exception) -> None:
-    if isinstance(error, DomainError):
-        await context.abort_with_status(status_for(error))
-    log.error("unexpected error", exc_info=error)
-    await context.abort_with_status(internal_status())
+    known = as_domain_error(error)
+    if known is None:
+        log.error("unexpected error", exc_info=error)
+        await context.abort_with_status(internal_status())
+    elif known is not error:  # the database's trouble: the log says which
+        log.warning("answered %s: %r", known.reason, error)
+    await context.abort_with_status(status_for(known))

@@ -22,6 +22,7 @@ from passpush.service.keys import DEFAULT_CACHE_SECONDS, KeyCore
 from passpush.service.notifications import NotificationCore
 from passpush.service.passes import PassCore
 from passpush.service.passkit import PassKitCore, PassKitSettings, PassPackager
+from passpush.service.readiness import DatabaseReadiness
 from passpush.service.schedules import ScheduleCore, Scheduler
 from passpush.service.status import (
     DEFAULT_EVENT_RETENTION,
@@ -70,6 +71,7 @@ class PasspushServer:
         event_retention: timedelta = DEFAULT_EVENT_RETENTION,
         passkit: PassKitSettings | None = None,
         max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
+        readiness_interval: float = 1.0,
     ) -> None:
         self.changes = ChangeFeed()
         self.worker = DeliveryWorker(
@@ -101,6 +103,10 @@ class PasspushServer:
             else None
         )
         self.health = health.aio.HealthServicer()
+        # NOT_SERVING while the database cannot be written (a full disk, a read-only file).
+        self.readiness = DatabaseReadiness(
+            self.notifications.check_writable, self._set_serving, every=readiness_interval
+        )
         # No SO_REUSEPORT: a second server on a taken port must fail, not share its calls.
         self.server = grpc.aio.server(
             interceptors=[CallInterceptor(self.keys)],
@@ -130,12 +136,21 @@ class PasspushServer:
         await self.server.start()
         self.worker.start()
         self.scheduler.start()
+        await self._set_serving(True)
+        self.readiness.start()
+
+    async def _set_serving(self, serving: bool) -> None:
+        """The whole server's health, and each passpush service's."""
+        status = health_pb2.HealthCheckResponse.SERVING
+        if not serving:
+            status = health_pb2.HealthCheckResponse.NOT_SERVING
         for name in ("", *SERVICE_NAMES):
-            await self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
+            await self.health.set(name, status)
 
     async def stop(self, grace: float) -> None:
         """Stops taking calls, lets in-flight calls and the batch in hand finish within `grace`."""
         await self.health.enter_graceful_shutdown()
+        await self.readiness.stop()
         # Subscriptions never end on their own: tell them to resume elsewhere.
         self.changes.close()
         await self.watch.stop()

@@ -19,6 +19,7 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException
 
 from passpush.http.rpc import CallFailed
+from passpush.store.faults import DATABASE_ERRORS, unavailable_from
 
 log = logging.getLogger(__name__)
 
@@ -70,9 +71,19 @@ class VendorErrors:
             failure = CallFailed(500, "INTERNAL", "internal error; the server log has the details")
             return self.respond(request, failure)
 
+        async def database_failed(request: Request, error: Exception) -> JSONResponse:
+            # Only the in-process routes (the PassKit web service) reach the database.
+            unavailable = unavailable_from(error)
+            if unavailable is None:
+                return await unexpected(request, error)
+            log.warning("answered %s: %r", unavailable.reason, error)
+            return self.respond(request, CallFailed(503, unavailable.reason, unavailable.message))
+
         app.add_exception_handler(CallFailed, call_failed)
         app.add_exception_handler(RequestValidationError, invalid_request)
         app.add_exception_handler(HTTPException, http_error)
+        for kind in DATABASE_ERRORS:
+            app.add_exception_handler(kind, database_failed)
         app.add_exception_handler(Exception, unexpected)
 
 

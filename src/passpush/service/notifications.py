@@ -30,6 +30,7 @@ from passpush.service.clock import Clock, utcnow
 from passpush.store.audience import Audience, pass_targets, resolve_audience
 from passpush.store.direct import Steps, direct_transactions, run_on_session
 from passpush.store.events import EventStore, skipped_events
+from passpush.store.faults import unavailable_from, write_check
 from passpush.store.schedules import reserve_campaign_place
 from passpush.store.tickets import (
     NewTicket,
@@ -137,17 +138,7 @@ class NotificationCore:
         self, group: list[_Submission], accept: Callable[[list[_Submission]], Awaitable[_Answers]]
     ) -> None:
         """Commits a group in one transaction and answers each submission."""
-        for attempt in range(3):
-            try:
-                answers = await accept(group)
-                break
-            except IntegrityError as error:
-                # A request_id raced another server's first try: the next look finds its ticket.
-                if attempt == 2:
-                    answers = {s: error for s in group}
-            except Exception as error:  # every waiting call gets the failure
-                answers = {s: error for s in group}
-                break
+        answers = await self._answers(group, accept)
         if any(isinstance(a, Ticket) for a in answers.values()):
             self._on_enqueued()
         for submission, answer in answers.items():
@@ -162,6 +153,30 @@ class NotificationCore:
                 submission.answer.set_result(answer)
             else:
                 submission.answer.set_exception(answer)
+
+    async def _answers(
+        self, group: list[_Submission], accept: Callable[[list[_Submission]], Awaitable[_Answers]]
+    ) -> _Answers:
+        """What each submission gets from its group's transaction.
+
+        A transaction that the database refuses (one request's value, a trigger, ...) is
+        split in halves, tried apart, until the request it fails for fails alone: one such
+        request costs about 2*log2(group) more transactions, and a group that commits costs
+        nothing more. The database being unavailable is no request's fault: all share it.
+        """
+        for _ in range(3):
+            try:
+                return await accept(group)
+            except IntegrityError as error:
+                # A request_id raced another server's first try: the next look finds its ticket.
+                failure: Exception = error
+            except Exception as error:
+                failure = error
+                break
+        if len(group) == 1 or unavailable_from(failure) is not None:
+            return {s: failure for s in group}
+        half = len(group) // 2
+        return await self._answers(group[:half], accept) | await self._answers(group[half:], accept)
 
     async def _accept_one_pass_each(self, group: list[_Submission]) -> _Answers:
         return await self._direct.run(lambda: self._one_pass_each(group))
@@ -220,6 +235,14 @@ class NotificationCore:
             if ticket.counts.skipped:
                 await EventStore(session).append_skipped([ticket.id], now)
             return {s: ticket}
+
+    async def check_writable(self) -> None:
+        """Writes to the database both ways this core does (the direct path of single-pass
+        Sends, and SQLAlchemy's sessions), changing nothing: raises what a call would meet
+        (for the readiness probe)."""
+        await self._direct.run(write_check)
+        async with self._sessions.begin() as session:
+            await run_on_session(session, write_check())
 
     def close(self) -> None:
         self._direct.close()

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import ColumnElement, any_, bindparam, event
+from sqlalchemy import ColumnElement, any_, bindparam, event, exc
 from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import (
@@ -35,9 +35,11 @@ def make_engine(url: str = DEFAULT_DATABASE_URL, **kwargs: Any) -> AsyncEngine:
         # while they grow; planning with the parameters costs microseconds.
         settings = {"jit": "off", "plan_cache_mode": "force_custom_plan"}
         connect_args = {"server_settings": settings}
-        return create_async_engine(
+        engine = create_async_engine(
             url, pool_size=10, max_overflow=10, connect_args=connect_args, **kwargs
         )
+        _replace_connections_the_server_closed(engine)
+        return engine
     database = make_url(url).database
     pool: dict[str, Any] = {}
     if database and database != ":memory:":
@@ -49,6 +51,23 @@ def make_engine(url: str = DEFAULT_DATABASE_URL, **kwargs: Any) -> AsyncEngine:
     engine = create_async_engine(url, connect_args={"timeout": 30}, **pool, **kwargs)
     _make_sqlite_transactions_immediate(engine)
     return engine
+
+
+def _replace_connections_the_server_closed(engine: AsyncEngine) -> None:
+    """A pooled connection that PostgreSQL ended (a restart, a failover, an administrator)
+    is replaced when checked out, instead of failing the call that gets it next.
+
+    asyncpg notices a closed socket by itself, so asking costs no round trip (unlike
+    SQLAlchemy's pool_pre_ping, which pings on every checkout).
+    """
+
+    @event.listens_for(engine.sync_engine, "checkout")
+    def _on_checkout(_dbapi_connection: Any, _record: Any, proxy: Any) -> None:
+        if proxy.driver_connection.is_closed():
+            raise exc.DisconnectionError("the server closed the connection")
+
+
+_SQLITE_REOPEN = {8, 10, 14}  # SQLITE_READONLY, SQLITE_IOERR, SQLITE_CANTOPEN
 
 
 def _make_sqlite_transactions_immediate(engine: AsyncEngine) -> None:
@@ -68,6 +87,14 @@ def _make_sqlite_transactions_immediate(engine: AsyncEngine) -> None:
     @event.listens_for(engine.sync_engine, "begin")
     def _on_begin(connection: Any) -> None:
         connection.exec_driver_sql("BEGIN IMMEDIATE")
+
+    @event.listens_for(engine.sync_engine, "handle_error")
+    def _on_error(context: Any) -> None:
+        # A connection opened while the file could not be written stays read-only for good:
+        # counted as lost, it is replaced by a new one on the next checkout.
+        code = getattr(context.original_exception, "sqlite_errorcode", 0) & 0xFF
+        if code in _SQLITE_REOPEN:
+            context.is_disconnect = True
 
 
 def configure_sqlite_connection(dbapi_connection: Any) -> None:

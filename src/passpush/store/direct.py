@@ -235,6 +235,9 @@ class _SessionDirect:
         pass
 
 
+_SQLITE_UNIQUE_VIOLATIONS = {"SQLITE_CONSTRAINT_UNIQUE", "SQLITE_CONSTRAINT_PRIMARYKEY"}
+
+
 class _SqliteDirect:
     def __init__(self, engine: AsyncEngine, database: str) -> None:
         from passpush.store.db import configure_sqlite_connection
@@ -254,14 +257,19 @@ class _SqliteDirect:
 
     def _transaction(self, make: Callable[[], Steps[T]]) -> T:
         with self._lock:
-            connection = self._connect()
-            connection.execute("BEGIN IMMEDIATE")
             try:
+                connection = self._connect()
+                connection.execute("BEGIN IMMEDIATE")
                 result = self._drive(connection, make())
                 connection.execute("COMMIT")
-            except BaseException:
+            except exc.IntegrityError:  # a request id raced another: the connection is fine
                 if connection.in_transaction:  # SQLite ends some failed ones itself
                     connection.execute("ROLLBACK")
+                raise
+            except BaseException:
+                # Whatever else failed, the next transaction gets a new connection: one
+                # opened while the file could not be written stays read-only for good.
+                self._close()
                 raise
             return result
 
@@ -287,22 +295,32 @@ class _SqliteDirect:
                 return []
             return compiled.rows([connection.execute(sql, values).fetchone() for values in rows])
         except sqlite3.IntegrityError as error:
-            raise exc.IntegrityError(str(query.statement), None, error) from error
+            if error.sqlite_errorname in _SQLITE_UNIQUE_VIOLATIONS:
+                raise exc.IntegrityError(str(query.statement), None, error) from error
+            raise
 
     def _connect(self) -> sqlite3.Connection:
         if self._connection is None:
             # Used by one thread at a time (the lock), whichever of the executor's it is.
-            self._connection = sqlite3.connect(
+            connection = sqlite3.connect(
                 self._database, isolation_level=None, check_same_thread=False, timeout=30
             )
-            self._configure(self._connection)
+            try:
+                self._configure(connection)
+            except BaseException:
+                connection.close()
+                raise
+            self._connection = connection
         return self._connection
 
     def close(self) -> None:
         with self._lock:
-            if self._connection is not None:
-                self._connection.close()
-                self._connection = None
+            self._close()
+
+    def _close(self) -> None:
+        if self._connection is not None:
+            self._connection.close()  # rolls back what is still open
+            self._connection = None
 
 
 class _PostgresDirect:
@@ -324,12 +342,16 @@ class _PostgresDirect:
                     return await _drive(make(), functools.partial(self._execute, connection))
             except self._unique_violation as error:
                 raise exc.IntegrityError("", None, error) from error
-            except BaseException:
+            except BaseException as error:
+                if not connection.is_closed():
+                    raise
                 # SQLAlchemy did not run these statements, so it cannot know that the server
                 # went away: the pool would hand the dead connection out again and again.
-                if connection.is_closed():
-                    await pooled.invalidate()
-                raise
+                await pooled.invalidate()
+                if not isinstance(error, Exception):
+                    raise
+                # Whatever asyncpg raised, the connection was lost: said as SQLAlchemy says it.
+                raise exc.OperationalError("", None, error, connection_invalidated=True) from error
 
     async def _execute(self, connection: Any, query: Query) -> list[Row]:
         if not query.params and query.mode in (Mode.MANY, Mode.EACH):

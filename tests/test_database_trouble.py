@@ -1,0 +1,342 @@
+"""Passing database trouble (lost connections, a full disk, a read-only file) answers
+UNAVAILABLE, turns health NOT_SERVING while it lasts, and leaves nothing broken after it.
+
+The faults are real: PostgreSQL's own pg_terminate_backend, a small tmpfs filled up, a
+database file made immutable with chattr (the tests run as root, so chmod would not do).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import shutil
+import subprocess
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import grpc
+import httpx
+import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from sqlalchemy import text
+
+from passpush.api.server import SERVICE_NAMES, PasspushServer
+from passpush.delivery.apns import ApnsGateway
+from passpush.delivery.worker import WorkerSettings
+from passpush.http.app import HttpServer, create_app
+from passpush.store.db import make_engine, make_sessions
+from passpush.v1 import notifications_pb2 as npb
+from passpush.v1 import notifications_pb2_grpc, passes_pb2_grpc
+
+from support import TOPIC, World, channel_with_key, rich_error, wait_terminal
+
+SERVING = health_pb2.HealthCheckResponse.SERVING
+NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
+# Words of the drivers and of the faults that must not reach a caller.
+DRIVER_WORDS = ("sqlite", "asyncpg", "postgres", "disk", "readonly", "connection", "Traceback")
+
+
+def _send(request_id: str, pass_id: str = "p0") -> npb.SendRequest:
+    return npb.SendRequest(
+        target=npb.Target(pass_id=pass_id), content=npb.Content(body="Hi"), request_id=request_id
+    )
+
+
+async def _outcome(
+    notifications: notifications_pb2_grpc.NotificationServiceStub, request_id: str
+) -> str:
+    """ "OK", or the status code's name and the ErrorInfo reason of a failed Send."""
+    try:
+        await notifications.Send(_send(request_id))
+    except grpc.aio.AioRpcError as error:
+        assert not any(w in (error.details() or "") for w in DRIVER_WORDS), error.details()
+        return f"{error.code().name} {rich_error(error).reason}"
+    return "OK"
+
+
+async def _health_becomes(channel: grpc.aio.Channel, status: int, seconds: float = 30.0) -> None:
+    """Waits until the whole server and each passpush service report `status`."""
+    health = health_pb2_grpc.HealthStub(channel)
+    names = ("", *SERVICE_NAMES)
+    seen: list[int] = []
+    try:
+        async with asyncio.timeout(seconds):
+            while True:
+                seen = [
+                    (await health.Check(health_pb2.HealthCheckRequest(service=n))).status
+                    for n in names
+                ]
+                if seen == [status] * len(names):
+                    return
+                await asyncio.sleep(0.05)
+    except TimeoutError:
+        raise AssertionError(f"health never became {status} for all of {names}: {seen}") from None
+
+
+# -- PostgreSQL drops every connection -------------------------------------------------------
+
+
+@pytest.fixture
+async def world(passes: passes_pb2_grpc.PassServiceStub) -> World:
+    world = World(passes)
+    await world.apple_template("loyalty")
+    await world.pass_("p0", "loyalty")
+    return world
+
+
+@pytest.mark.parametrize("database_url", ["postgresql"], indirect=True)
+async def test_sends_after_postgresql_drops_every_connection_never_answer_internal(
+    world: World,
+    notifications: notifications_pb2_grpc.NotificationServiceStub,
+    database_url: str,
+) -> None:
+    """After PostgreSQL ends all of the server's connections, the next Sends succeed; the
+    first may answer UNAVAILABLE (retryable), none answers INTERNAL."""
+    # Several pooled connections, all of which the server will find dead.
+    await asyncio.gather(*(notifications.Send(_send(f"warm-{i}")) for i in range(30)))
+    admin = make_engine(database_url)
+    try:
+        async with admin.connect() as connection:
+            ended = await connection.scalar(
+                text(
+                    "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity"
+                    " WHERE datname = current_database() AND pid <> pg_backend_pid()"
+                )
+            )
+    finally:
+        await admin.dispose()
+    assert ended >= 2
+
+    outcomes = [await _outcome(notifications, f"after-{i}") for i in range(20)]
+
+    assert outcomes[1:] == ["OK"] * 19, outcomes
+    assert outcomes[0] in ("OK", "UNAVAILABLE DATABASE_UNAVAILABLE"), outcomes
+
+
+@pytest.mark.parametrize("database_url", ["postgresql"], indirect=True)
+async def test_a_send_whose_connection_is_ended_mid_transaction_answers_unavailable(
+    world: World,
+    notifications: notifications_pb2_grpc.NotificationServiceStub,
+    database_url: str,
+) -> None:
+    """A Send whose connection PostgreSQL ends while its transaction runs answers
+    UNAVAILABLE, with no driver text; the next Send succeeds."""
+    blocker = make_engine(database_url)
+    try:
+        async with blocker.begin() as connection:
+            # Holding p0's row stops the Send at its pass update, its transaction open.
+            await connection.execute(
+                text("SELECT 1 FROM passes WHERE project_id = 'acme' AND id = 'p0' FOR UPDATE")
+            )
+            send = asyncio.create_task(_outcome(notifications, "cut-off"))
+            ended = 0
+            async with asyncio.timeout(10):
+                while not ended:
+                    await asyncio.sleep(0.01)
+                    ended = await connection.scalar(
+                        text(
+                            "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity"
+                            " WHERE datname = current_database() AND wait_event_type = 'Lock'"
+                        )
+                    )
+            outcome = await send
+    finally:
+        await blocker.dispose()
+
+    assert outcome == "UNAVAILABLE DATABASE_UNAVAILABLE"
+    assert await _outcome(notifications, "next") == "OK"
+
+
+# -- SQLite on a disk that fills up ----------------------------------------------------------
+
+
+@pytest.fixture
+def small_disk(tmp_path: Path) -> Iterator[Path]:
+    """A 16 MB tmpfs of its own, to fill up: a real full disk."""
+    mount_point = tmp_path / "small-disk"
+    mount_point.mkdir()
+    mount = ["mount", "-t", "tmpfs", "-o", "size=16m", "tmpfs", str(mount_point)]
+    mounted = subprocess.run(mount, capture_output=True, text=True, check=False)
+    if mounted.returncode != 0:
+        pytest.skip(f"mounting a tmpfs needs root (CAP_SYS_ADMIN): {mounted.stderr.strip()}")
+    try:
+        yield mount_point
+    finally:
+        # Lazy: detached now even if a file on it were still open, freed when closed.
+        subprocess.run(["umount", "--lazy", str(mount_point)], check=True)
+
+
+def _fill(disk: Path) -> Path:
+    """Fills `disk` up with one file; removing that file frees the space again."""
+    filler = disk / "filler"
+    with filler.open("wb", buffering=0) as file:  # unbuffered: nothing left to flush at close
+        try:
+            while True:
+                file.write(b"\0" * 65536)
+        except OSError as error:
+            assert error.errno == errno.ENOSPC, error
+    return filler
+
+
+@pytest.fixture
+async def server_on_small_disk(
+    small_disk: Path,
+    sqlite_template: Path,
+    apns_gateway: ApnsGateway,
+    worker_settings: WorkerSettings,
+) -> AsyncIterator[PasspushServer]:
+    path = small_disk / "passpush.db"
+    shutil.copy(sqlite_template, path)
+    engine = make_engine(f"sqlite+aiosqlite:///{path}")
+    server = PasspushServer(make_sessions(engine), apns_gateway, worker_settings=worker_settings)
+    await server.start()
+    try:
+        yield server
+    finally:
+        (small_disk / "filler").unlink(missing_ok=True)  # if the test ended with the disk full
+        await server.stop(grace=1.0)
+        await engine.dispose()
+
+
+async def test_a_full_disk_answers_unavailable_and_sends_resume_once_space_is_back(
+    server_on_small_disk: PasspushServer, small_disk: Path
+) -> None:
+    """While the disk is full, Sends answer UNAVAILABLE, the PassKit web service 503, and
+    health NOT_SERVING; once space is back, health is SERVING and Sends succeed, without a
+    restart."""
+    server = server_on_small_disk
+    _, key = await server.keys.create_key("acme", "tests", ["all"], create_project=True)
+    http = HttpServer(create_app(f"127.0.0.1:{server.port}", server.passkit), "127.0.0.1:0")
+    await http.start()
+    async with (
+        channel_with_key(server.port, key) as channel,
+        httpx.AsyncClient(base_url=f"http://127.0.0.1:{http.port}") as client,
+    ):
+        try:
+            notifications = notifications_pb2_grpc.NotificationServiceStub(channel)
+            world = World(passes_pb2_grpc.PassServiceStub(channel))
+            await world.apple_template("loyalty")
+            await world.pass_("p0", "loyalty")
+            token = await _authentication_token(small_disk / "passpush.db", "p0")
+            assert await _outcome(notifications, "before") == "OK"
+
+            filler = _fill(small_disk)
+            during = [await _outcome(notifications, f"during-{i}") for i in range(5)]
+            registration = await client.post(
+                f"/passkit/v1/devices/phone-2/registrations/{TOPIC}/p0",
+                json={"pushToken": "ab" * 32},
+                headers={"Authorization": f"ApplePass {token}"},
+            )
+            await _health_becomes(channel, NOT_SERVING)
+
+            filler.unlink()
+            await _health_becomes(channel, SERVING)
+            after = [await _outcome(notifications, f"after-{i}") for i in range(5)]
+            ticket = await notifications.Send(_send("last"))
+            done = await wait_terminal(notifications, ticket.id)
+        finally:
+            await http.stop(grace=1.0)
+
+    assert during == ["UNAVAILABLE DATABASE_UNAVAILABLE"] * 5
+    assert registration.status_code == 503, registration.text
+    assert registration.json()["reason"] == "DATABASE_UNAVAILABLE"
+    assert not any(w in registration.text for w in DRIVER_WORDS), registration.text
+    assert after == ["OK"] * 5
+    assert done.state == npb.TICKET_STATE_SUCCEEDED
+
+
+async def _authentication_token(database: Path, pass_id: str) -> str:
+    """The pass's ApplePass token, as a device reads it from the pass."""
+    engine = make_engine(f"sqlite+aiosqlite:///{database}")
+    try:
+        async with engine.connect() as connection:
+            token = await connection.scalar(
+                text("SELECT authentication_token FROM passes WHERE id = :id"), {"id": pass_id}
+            )
+    finally:
+        await engine.dispose()
+    assert isinstance(token, str)
+    return token
+
+
+# -- SQLite with a database file that cannot be written -------------------------------------
+
+
+@pytest.fixture
+def database_files(database_url: str) -> Iterator[list[Path]]:
+    """The SQLite database file and its write-ahead log, to make immutable with chattr (so
+    read-only even for root); mutable again at the end whatever happens."""
+    database = Path(database_url.removeprefix("sqlite+aiosqlite:///"))
+    files = [database, database.with_name(database.name + "-wal")]
+    try:
+        yield files
+    finally:
+        subprocess.run(["chattr", "-i", *map(str, files)], check=False)
+
+
+async def _chattr(flag: str, files: list[Path]) -> str:
+    """Sets or clears a file attribute; what chattr said if it could not."""
+    process = await asyncio.create_subprocess_exec(
+        "chattr",
+        flag,
+        *map(str, files),
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.STDOUT,
+    )
+    output, _ = await process.communicate()
+    return output.decode().strip() or f"exit {process.returncode}" if process.returncode else ""
+
+
+@pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
+async def test_sends_recover_once_a_read_only_database_file_is_writable_again(
+    world: World,
+    notifications: notifications_pb2_grpc.NotificationServiceStub,
+    channel: grpc.aio.Channel,
+    database_files: list[Path],
+) -> None:
+    """While the database cannot be written, Sends answer UNAVAILABLE and health says
+    NOT_SERVING; once it can, health says SERVING and Sends succeed, without a restart
+    (a connection opened meanwhile would stay read-only for good: the server reopens it)."""
+    # The write-ahead log too: the connections open already write there, not to the file.
+    refused = await _chattr("+i", database_files)
+    if refused:
+        pytest.skip(f"chattr +i needs root (CAP_LINUX_IMMUTABLE): {refused}")
+    during = [await _outcome(notifications, f"during-{i}") for i in range(3)]
+    await _health_becomes(channel, NOT_SERVING)
+
+    assert not await _chattr("-i", database_files)
+    await _health_becomes(channel, SERVING)
+    after = [await _outcome(notifications, f"after-{i}") for i in range(5)]
+
+    assert during == ["UNAVAILABLE DATABASE_UNAVAILABLE"] * 3
+    assert after == ["OK"] * 5
+
+
+@pytest.fixture
+async def read_only_at_start(database_files: list[Path]) -> list[Path]:
+    """The database file made read-only before the server opens its connections."""
+    refused = await _chattr("+i", database_files[:1])  # no write-ahead log yet
+    if refused:
+        pytest.skip(f"chattr +i needs root (CAP_LINUX_IMMUTABLE): {refused}")
+    return database_files
+
+
+@pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
+async def test_a_server_started_on_a_read_only_database_serves_once_it_is_writable(
+    read_only_at_start: list[Path], server: PasspushServer
+) -> None:
+    """Every connection the server opened while the file was read-only is reopened once it
+    failed: the server serves once the file is writable, with no restart."""
+    async with channel_with_key(server.port, None) as anonymous:
+        await _health_becomes(anonymous, NOT_SERVING)
+        assert not await _chattr("-i", read_only_at_start)
+        await _health_becomes(anonymous, SERVING)
+
+    # Keys, projects, passes (SQLAlchemy's connection) and a Send (the direct one).
+    _, key = await server.keys.create_key("acme", "tests", ["all"], create_project=True)
+    async with channel_with_key(server.port, key) as channel:
+        world = World(passes_pb2_grpc.PassServiceStub(channel))
+        await world.apple_template("loyalty")
+        await world.pass_("p0", "loyalty")
+        notifications = notifications_pb2_grpc.NotificationServiceStub(channel)
+        assert await _outcome(notifications, "first") == "OK"
