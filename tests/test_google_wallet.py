@@ -71,7 +71,7 @@ async def google_gateway(
 
 @pytest.fixture
 def worker_settings() -> WorkerSettings:
-    return WorkerSettings(poll_interval=0.05, max_attempts=3)
+    return WorkerSettings(poll_interval=0.05)
 
 
 @pytest.fixture

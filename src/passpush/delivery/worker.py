@@ -32,7 +32,7 @@ from passpush.delivery.apns import PushOutcome
 from passpush.delivery.google import GoogleWalletGateway
 from passpush.delivery.google_messenger import GoogleMessenger
 from passpush.domain.model import DeliveryState, Platform
-from passpush.domain.outcomes import MAX_ATTEMPTS, judge_apns
+from passpush.domain.outcomes import DEFAULT_RETRY, RetryPolicy, judge_apns
 from passpush.store.direct import direct_transactions
 from passpush.store.outbox import ClaimedDelivery, DeliveryResult, Outbox, claim_due, record
 
@@ -52,7 +52,10 @@ class WorkerSettings:
     max_in_flight: int = 200  # concurrent APNs pushes across connections
     lease: timedelta = timedelta(seconds=60)
     poll_interval: float = 0.5  # seconds between looks at the outbox when not woken
-    max_attempts: int = MAX_ATTEMPTS
+    # Transient failures (429, 5xx, no answer) are retried with capped backoff for a time
+    # budget from the delivery's first attempt, so an upstream outage shorter than it fails
+    # nothing.
+    retry: RetryPolicy = DEFAULT_RETRY
     record_interval: float = 0.05  # seconds between batched writes of outcomes
     # Seconds before claiming again after claims that emptied the outbox: under a stream of
     # Sends, a claim then gathers their deliveries instead of taking one or two each.
@@ -102,9 +105,7 @@ class DeliveryWorker:
         self._apns = apns
         self._clock = clock
         self._settings = settings = settings or WorkerSettings()
-        self._google = GoogleMessenger(
-            sessions, google, clock=clock, max_attempts=settings.max_attempts
-        )
+        self._google = GoogleMessenger(sessions, google, clock=clock, retry=settings.retry)
         self.owner = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
         self._wake = asyncio.Event()
         self._stopping = False  # no new claims or pushes
@@ -276,8 +277,13 @@ class DeliveryWorker:
         except Exception:
             log.exception("APNs push failed unexpectedly (delivery %d)", delivery.id)
             outcome = PushOutcome(0, "InternalError")
+        now = self._clock()
         verdict = judge_apns(
-            outcome.status, outcome.reason, delivery.attempts + 1, self._settings.max_attempts
+            outcome.status,
+            outcome.reason,
+            delivery.attempts + 1,
+            elapsed=delivery.seconds_since_first_attempt(now),
+            policy=self._settings.retry,
         )
         if verdict.operator_visible:
             log.error(
@@ -285,7 +291,7 @@ class DeliveryWorker:
             )
         next_attempt_at = None
         if verdict.state is DeliveryState.PENDING:
-            next_attempt_at = self._clock() + timedelta(seconds=verdict.retry_after)
+            next_attempt_at = now + timedelta(seconds=verdict.retry_after)
         return DeliveryResult(
             delivery, verdict.state, verdict.reason, next_attempt_at, verdict.registration
         )

@@ -26,6 +26,7 @@ from sqlalchemy import (
     bindparam,
     case,
     delete,
+    func,
     or_,
     select,
     update,
@@ -81,6 +82,14 @@ class ClaimedDelivery:
     project_id: str = ""
     google_object_type: str = ""  # "loyaltyObject", ...
     message: TicketMessage | None = None  # Google deliveries only
+    # When it was first claimed: its retry budget runs from there. None only for a
+    # delivery built outside a claim.
+    first_attempt_at: datetime | None = None
+
+    def seconds_since_first_attempt(self, now: datetime) -> float:
+        if self.first_attempt_at is None:
+            return 0.0
+        return max(0.0, (now - self.first_attempt_at).total_seconds())
 
 
 @dataclass(frozen=True)
@@ -181,6 +190,7 @@ def claim_due(
             project_id=r.project_id,
             google_object_type=r.google_object_type,
             message=messages.get(r.ticket_id),
+            first_attempt_at=r.first_attempt_at,
         )
         for r in details
     ]
@@ -318,6 +328,7 @@ class _PushDetails:
     pass_type_identifier: str
     google_object_type: str
     google_object_id: str
+    first_attempt_at: datetime | None
 
 
 def _outcome(result: DeliveryResult) -> tuple[DeliveryState, str]:
@@ -451,7 +462,11 @@ def _claim_statement(*, skip_locked: bool, of_platform: bool = False) -> Update:
     return (
         update(d)
         .where(d.c.id.in_(due))
-        .values(lease_owner=bindparam("owner"), lease_until=bindparam("lease_until"))
+        .values(
+            lease_owner=bindparam("owner"),
+            lease_until=bindparam("lease_until"),
+            first_attempt_at=func.coalesce(d.c.first_attempt_at, now),
+        )
         .returning(d.c.id)
     )
 
@@ -484,6 +499,7 @@ def _push_details_statement(dialect: str) -> Select[Any]:
             t.c.pass_type_identifier,
             t.c.google_object_type,
             p.c.google_object_id,
+            d.c.first_attempt_at,
         )
         .join(p, and_(p.c.project_id == d.c.project_id, p.c.id == d.c.pass_id))
         .join(t, and_(t.c.project_id == p.c.project_id, t.c.id == p.c.template_id))
