@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from datetime import timedelta
 
 import pytest
 
@@ -110,3 +111,30 @@ async def test_a_permanent_outage_fails_the_deliveries_once_the_budget_is_spent(
     assert ticket.counts.failed == len(tokens)
     assert [e.reason for e in ticket.errors] == ["ConnectionLost"]
     assert asyncio.get_running_loop().time() - started >= worker_settings.retry.budget
+
+
+@pytest.mark.parametrize(
+    "worker_settings",
+    [
+        WorkerSettings(
+            poll_interval=0.05, batch_size=60, max_in_flight=4, lease=timedelta(seconds=1)
+        )
+    ],
+)
+async def test_a_slow_apns_never_gets_a_delivery_pushed_twice(
+    passes: passes_pb2_grpc.PassServiceStub,
+    notifications: notifications_pb2_grpc.NotificationServiceStub,
+    database_url: str,
+    fake_apns: FakeApns,
+) -> None:
+    """When APNs answers slowly, deliveries wait in the worker longer than their lease; the
+    worker keeps them its own meanwhile, so none is pushed twice or counted wrong."""
+    fake_apns.answer_delay = 0.25  # 60 pushes, 4 at a time: ~4 s, four leases
+
+    tokens, ticket_id = await broadcast(passes, notifications, database_url, 60)
+    ticket = await wait_terminal(notifications, ticket_id, seconds=60)
+
+    assert ticket.state == npb.TICKET_STATE_SUCCEEDED, ticket
+    assert ticket.counts.delivered == len(tokens)
+    assert sorted(fake_apns.pushes) == sorted(tokens)
+    assert (fake_apns.duplicates, sum(fake_apns.pushes.values())) == (0, len(tokens))

@@ -98,6 +98,7 @@ class FakeApns:
         self.received: list[ReceivedPush] = []
         # False answers with a fresh apns-id, to prove a client matches answers by stream.
         self.echo_apns_id = True
+        self.answer_delay = 0.0  # seconds each answer is held back: a slow APNs
         self.pushes: Counter[str] = Counter()  # pushes received, per device token
         self.delivered: Counter[str] = Counter()  # 200 answers sent, per device token
         # Pushes to a token that had been answered 200 already. The fake never loses an
@@ -230,6 +231,7 @@ class FakeApns:
         self._hung_tokens.clear()
         self._error_share = self._drop_share = 0.0
         self.echo_apns_id = True
+        self.answer_delay = 0.0
 
     # -- inspecting what arrived -------------------------------------------------------------
 
@@ -270,8 +272,6 @@ class FakeApns:
         """Record a push and choose its answer (None: never answer)."""
         self._record(push)
         answer = self._choose_answer(push, method, path)
-        if answer is not None and answer.status == 200:
-            self.delivered[push.device_token] += 1
         logger.info(
             "push to %s… topic=%s: %s",
             push.device_token[:8],
@@ -333,6 +333,7 @@ class _FakeApnsConnection(asyncio.Protocol):
         # Error bodies waiting for the client to open its flow-control window.
         self._unsent_bodies: dict[int, bytes] = {}
         self._dropping = False  # answers nothing more; cut once the client read the rest
+        self._answers_due: set[int] = set()  # streams whose answer is held back
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self._transport = cast(asyncio.Transport, transport)
@@ -399,6 +400,7 @@ class _FakeApnsConnection(asyncio.Protocol):
             elif isinstance(event, StreamReset):
                 self._requests.pop(event.stream_id, None)
                 self._unsent_bodies.pop(event.stream_id, None)
+                self._answers_due.discard(event.stream_id)
             elif isinstance(event, WindowUpdated):
                 self._send_unsent_bodies()
             elif isinstance(event, PingAckReceived) and self._dropping:
@@ -433,10 +435,31 @@ class _FakeApnsConnection(asyncio.Protocol):
         if answer is None:
             return  # hung: the stream stays open until the client resets it
         answered_id = apns_id if self._fake.echo_apns_id else str(uuid.uuid4())
+        if self._fake.answer_delay > 0:
+            self._answers_due.add(stream_id)
+            asyncio.get_running_loop().call_later(
+                self._fake.answer_delay, self._answer_late, stream_id, push, answer, answered_id
+            )
+            return
+        self._answer(stream_id, push, answer, answered_id)
+
+    def _answer_late(
+        self, stream_id: int, push: ReceivedPush, answer: _Answer, answered_id: str
+    ) -> None:
+        if stream_id not in self._answers_due or self._dropping:
+            return  # the client gave the push up, or the connection is going
+        self._answers_due.discard(stream_id)
+        self._answer(stream_id, push, answer, answered_id)
+        self._flush()
+
+    def _answer(
+        self, stream_id: int, push: ReceivedPush, answer: _Answer, answered_id: str
+    ) -> None:
         response_headers = [(":status", str(answer.status)), ("apns-id", answered_id)]
         if answer.status == 200:
             # Apple answers success with headers alone; a DATA frame would confuse clients.
             self._conn.send_headers(stream_id, response_headers, end_stream=True)
+            self._fake.delivered[push.device_token] += 1
             return
         error: dict[str, Any] = {"reason": answer.reason}
         if answer.status == 410:

@@ -200,6 +200,22 @@ def claim_due(
     return claimed
 
 
+def renew_leases(
+    dialect: str, owner: str, delivery_ids: Sequence[int], lease_until: datetime
+) -> Steps[None]:
+    """Extends `owner`'s leases of the deliveries it still holds until `lease_until`: they
+    wait their turn in its hands, and must not be claimed again meanwhile."""
+    statement = _statements_for(dialect).renew
+    for start in range(0, len(delivery_ids), _RENEWAL_CHUNK):
+        chunk = list(delivery_ids[start : start + _RENEWAL_CHUNK])
+        params = {"ids": chunk, "owner": owner, "lease_until": lease_until}
+        yield Query.write(statement, params)
+
+
+# Ids per statement: SQLite's expanding IN takes one parameter per id (at most 32,766).
+_RENEWAL_CHUNK = 5000
+
+
 def record(
     dialect: str, owner: str, results: Sequence[DeliveryResult], now: datetime
 ) -> Steps[None]:
@@ -347,6 +363,7 @@ class _Statements:
     finish: Update
     held: Select[Any]
     retry: Update
+    renew: Update
     count_tickets: Update
     deactivate_registration: Update
     remove_registration: Delete
@@ -399,6 +416,9 @@ def _statements_for(dialect: str) -> _Statements:
             lease_until=None,
             updated_at=now,
         ),
+        renew=update(d)
+        .where(one_of(d.c.id, dialect), d.c.lease_owner == bindparam("owner"))
+        .values(lease_until=bindparam("lease_until", type_=d.c.lease_until.type)),
         count_tickets=_count_tickets_statement(now),
         deactivate_registration=update(r)
         .where(pushed_token)
