@@ -365,12 +365,16 @@ class _ConnectionPool(APNsBaseConnectionPool):
             self.discard_connection,  # type: ignore[arg-type]  # aioapns types it NoReturn
             self._auth_provider,
         )
-        _, protocol = await self.loop.create_connection(
-            protocol_factory,
-            host=self.protocol_class.APNS_SERVER,
-            port=self.protocol_class.APNS_PORT,
-            ssl=self.ssl_context,
-        )
+        # Bounded like a push: an APNs that is unreachable without refusing (packets dropped,
+        # a handshake never answered) would hold every push behind the pool's lock for the
+        # OS's connect timeout or asyncio's minute of TLS handshake.
+        async with asyncio.timeout(self.protocol_class.REQUEST_TIMEOUT):
+            _, protocol = await self.loop.create_connection(
+                protocol_factory,
+                host=self.protocol_class.APNS_SERVER,
+                port=self.protocol_class.APNS_PORT,
+                ssl=self.ssl_context,
+            )
         return protocol
 
 
