@@ -16,7 +16,7 @@ import time
 import traceback
 from collections.abc import Awaitable, Callable, Sequence
 
-from benchmarks import accept, accept_core, fake, fanout, resolution, scaleout, watch
+from benchmarks import accept, accept_core, fake, fanout, outage, resolution, scaleout, watch
 from benchmarks.database import BACKENDS, postgres_version
 from benchmarks.harness import Options, Result, log, machine, render_table, workspace
 
@@ -40,6 +40,7 @@ BENCHMARKS: dict[str, tuple[Benchmark, str]] = {
     "resolution": (resolution.run, "1M passes: Send time, first push, peak RSS"),
     "accept": (accept.run, "single-pass Send latency at 500/s; throughput vs a no-op server"),
     "watch": (watch.run, "1,000 WatchTicket streams follow a broadcast: update lag"),
+    "outage": (outage.run, "a broadcast through a 45-s APNs outage, then errors and drops"),
 }
 
 # Full size, and --quick (each benchmark in seconds; all of them in under a minute).
@@ -55,6 +56,8 @@ QUICK = Options(
     throughput_seconds=1.0,
     watch_streams=100,
     watch_passes=2_000,
+    outage_passes=1_000,
+    outage_seconds=5.0,
 )
 
 
@@ -93,6 +96,8 @@ def parse(argv: Sequence[str] | None) -> tuple[list[str], Options, bool]:
         "in_flight": "raw loop: pushes in flight (default: PASSPUSH_WORKER_IN_FLIGHT or 200)",
         "watch_streams": "watch: concurrent WatchTicket streams",
         "watch_passes": "watch: the watched broadcast's audience",
+        "outage_passes": "outage: the broadcast's audience",
+        "outage_seconds": "outage: seconds the fake APNs is down",
     }
     for dest, text in sizes.items():
         kind = type(getattr(FULL, dest))
@@ -201,6 +206,7 @@ def _sizes(options: Options) -> str:
         f"resolution_watch={options.resolution_watch:g}s rate={options.rate:g}/s "
         f"duration={options.duration:g}s concurrency={options.concurrency} "
         f"connections={options.connections} in_flight={options.in_flight} "
+        f"outage_passes={options.outage_passes:,} outage_seconds={options.outage_seconds:g}s "
         f"backends={','.join(options.backends)}"
     )
 

@@ -262,6 +262,8 @@ class Options:
     in_flight: int = 200  # raw loop: pushes in flight (passpush: PASSPUSH_WORKER_IN_FLIGHT)
     watch_streams: int = 1_000  # watch: concurrent WatchTicket streams
     watch_passes: int = 30_000  # watch: the watched broadcast's audience
+    outage_passes: int = 5_000  # outage: the broadcast's audience
+    outage_seconds: float = 45.0  # outage: how long the fake APNs is down
     keep: bool = False  # keep the temporary directory (logs, databases of SQLite)
 
 

@@ -18,6 +18,7 @@ from benchmarks.database import TEMPLATE, BenchDatabase
 from benchmarks.fake import NodeFake
 from benchmarks.harness import TOPIC, VENV_BIN, Child, free_port, peak_rss_mb
 from benchmarks.raw_aioapns import throwaway_p8_key
+from passpush.fakes.apns import FakeApns
 from passpush.fakes.tls import make_client_certificate
 from passpush.v1 import notifications_pb2 as pb
 from passpush.v1 import notifications_pb2_grpc as pb_grpc
@@ -47,7 +48,7 @@ class ApnsAuth:
     gateway_args: list[str] = field(default_factory=list)  # gateway_loop.py's
 
     @classmethod
-    def make(cls, mode: str, fake: NodeFake, workdir: Path) -> ApnsAuth:
+    def make(cls, mode: str, fake: NodeFake | FakeApns, workdir: Path) -> ApnsAuth:
         if mode == "token":
             key_file = workdir / "apns-key.p8"
             key_file.write_text(throwaway_p8_key())
@@ -116,7 +117,7 @@ _OWN_SETTINGS = {
 
 def server_env(
     database: BenchDatabase,
-    fake: NodeFake,
+    fake: NodeFake | FakeApns,
     auth: ApnsAuth,
     workdir: Path,
     extra: Mapping[str, str] | None = None,
@@ -149,7 +150,7 @@ class Deployment:
 @contextlib.asynccontextmanager
 async def serve(
     database: BenchDatabase,
-    fake: NodeFake,
+    fake: NodeFake | FakeApns,
     auth: ApnsAuth,
     workdir: Path,
     *,

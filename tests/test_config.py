@@ -71,6 +71,12 @@ def test_worker_tuning_comes_from_the_environment() -> None:
     assert settings.apns is not None and settings.apns.max_connections == 2
 
 
+def test_transient_failures_are_retried_for_an_hour_unless_configured() -> None:
+    assert Settings.from_env({}).worker.retry.budget == 3600.0
+    settings = Settings.from_env({"PASSPUSH_RETRY_BUDGET": "7200"})
+    assert settings.worker.retry.budget == 7200.0
+
+
 def test_the_passkit_web_service_is_under_a_prefix_of_the_http_address_by_default() -> None:
     default = Settings.from_env({"PASSPUSH_HTTP_ADDRESS": "127.0.0.1:9000"})
     moved = Settings.from_env(

@@ -11,6 +11,7 @@ from passpush.api.server import DEFAULT_MAX_MESSAGE_BYTES
 from passpush.delivery.apns import ApnsConfig
 from passpush.delivery.google import GOOGLE_API_BASE, GOOGLE_TOKEN_URL, GoogleWalletConfig
 from passpush.delivery.worker import WorkerSettings
+from passpush.domain.outcomes import RetryPolicy
 from passpush.service.keys import DEFAULT_CACHE_SECONDS
 from passpush.service.status import DEFAULT_EVENT_RETENTION
 from passpush.store.db import DEFAULT_DATABASE_URL
@@ -83,6 +84,7 @@ class Settings:
             max_in_flight=int(number("WORKER_IN_FLIGHT", defaults.max_in_flight)),
             lease=timedelta(seconds=number("WORKER_LEASE_SECONDS", defaults.lease.seconds)),
             poll_interval=number("WORKER_POLL_SECONDS", defaults.poll_interval),
+            retry=RetryPolicy(budget=number("RETRY_BUDGET", defaults.retry.budget)),
         )
         apns_connections = int(number("APNS_CONNECTIONS", cls.apns_connections))
         endpoint = get("APNS_ENDPOINT")

@@ -362,6 +362,26 @@ async def test_an_unreachable_endpoint_is_connection_lost(tmp_path: Path) -> Non
         await gateway.close()
 
 
+async def test_an_endpoint_that_never_answers_the_handshake_is_connection_lost_in_time(
+    tmp_path: Path,
+) -> None:
+    """An APNs that takes connections and then says nothing (a network black hole) costs a
+    push its request timeout, not the minute of asyncio's TLS handshake timeout."""
+    silent = await asyncio.start_server(lambda reader, writer: None, "127.0.0.1", 0)
+    port = silent.sockets[0].getsockname()[1]
+    bundle = make_tls_bundle(tmp_path)
+    gateway = ApnsGateway(
+        ApnsConfig(endpoint=f"127.0.0.1:{port}", ca_file=str(bundle.ca_file), request_timeout=0.5)
+    )
+    try:
+        async with asyncio.timeout(30):  # half the handshake timeout, 60 times the request's
+            outcome = await gateway.push(device_token(1), PASS_TYPE_ID)
+        assert outcome == PushOutcome(0, "ConnectionLost")
+    finally:
+        await gateway.close()
+        silent.close()
+
+
 async def test_the_bundled_fake_takes_pushes_without_credentials(tmp_path: Path) -> None:
     fake = await start_bundled_fake(tmp_path / "fake-apns")
     gateway = ApnsGateway(ApnsConfig(endpoint=fake.endpoint, ca_file=str(fake.tls.ca_file)))

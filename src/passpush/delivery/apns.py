@@ -315,6 +315,7 @@ class _ConnectionPool(APNsBaseConnectionPool):
     ) -> None:
         super().__init__(max_connections=max_connections)
         self.protocol_class = protocol_class
+        self._connect_timeout = protocol_class.REQUEST_TIMEOUT
         self.ssl_context = ssl_context
         self._auth_provider = auth_provider
         self._spread_again_at = 0.0  # loop time; later after opening a connection failed
@@ -365,12 +366,16 @@ class _ConnectionPool(APNsBaseConnectionPool):
             self.discard_connection,  # type: ignore[arg-type]  # aioapns types it NoReturn
             self._auth_provider,
         )
-        _, protocol = await self.loop.create_connection(
-            protocol_factory,
-            host=self.protocol_class.APNS_SERVER,
-            port=self.protocol_class.APNS_PORT,
-            ssl=self.ssl_context,
-        )
+        # Bounded like a push: an APNs that is unreachable without refusing (packets dropped,
+        # a handshake never answered) would hold every push behind the pool's lock for the
+        # OS's connect timeout or asyncio's minute of TLS handshake.
+        async with asyncio.timeout(self._connect_timeout):
+            _, protocol = await self.loop.create_connection(
+                protocol_factory,
+                host=self.protocol_class.APNS_SERVER,
+                port=self.protocol_class.APNS_PORT,
+                ssl=self.ssl_context,
+            )
         return protocol
 
 

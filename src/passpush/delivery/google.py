@@ -65,21 +65,25 @@ class RequestPacer:
     """Spaces requests `1 / rate` seconds apart, in the order they ask, whoever asks.
 
     A token bucket that holds one token: Google counts requests per second per issuer, and
-    a burst above the rate would be refused with 429 anyway.
+    a burst above the rate would be refused with 429 anyway. Each turn is spaced from the
+    moment the one before was granted, not from when it was due: after a stall of the event
+    loop, the turns that fell due meanwhile go one interval apart, not all at once.
     """
 
     def __init__(self, rate: float) -> None:
         if rate <= 0:
             raise ValueError("the Google request rate must be positive")
         self._interval = 1.0 / rate
-        self._next_slot = 0.0  # event loop time
+        self._last_turn = float("-inf")  # event loop time
+        self._queue = asyncio.Lock()  # first come, first served
 
     async def wait_turn(self) -> None:
-        now = asyncio.get_running_loop().time()
-        slot = max(now, self._next_slot)
-        self._next_slot = slot + self._interval
-        if slot > now:
-            await asyncio.sleep(slot - now)
+        loop = asyncio.get_running_loop()
+        async with self._queue:
+            wait = self._last_turn + self._interval - loop.time()
+            if wait > 0:
+                await asyncio.sleep(wait)
+            self._last_turn = loop.time()
 
 
 class ServiceAccountTokens:

@@ -25,7 +25,12 @@ from passpush.domain.model import (
     DeliveryState,
     Operation,
 )
-from passpush.domain.outcomes import GOOGLE_NOT_CONFIGURED, MAX_ATTEMPTS, judge_google
+from passpush.domain.outcomes import (
+    DEFAULT_RETRY,
+    GOOGLE_NOT_CONFIGURED,
+    RetryPolicy,
+    judge_google,
+)
 from passpush.store.google_messages import GoogleMessageLog
 from passpush.store.outbox import ClaimedDelivery, DeliveryResult
 
@@ -83,12 +88,12 @@ class GoogleMessenger:
         gateway: GoogleWalletGateway | None,
         *,
         clock: Callable[[], datetime],
-        max_attempts: int = MAX_ATTEMPTS,
+        retry: RetryPolicy = DEFAULT_RETRY,
     ) -> None:
         self._sessions = sessions
         self._gateway = gateway
         self._clock = clock
-        self._max_attempts = max_attempts
+        self._retry = retry
         self._last_alarm = float("-inf")
         self._alarms_unlogged = 0
 
@@ -178,12 +183,14 @@ class GoogleMessenger:
         notifying: bool = True,
         why_silent: str = NO_ALERT_PASS_QUOTA,
     ) -> DeliveryResult:
+        now = self._clock()
         verdict = judge_google(
             answer.status,
             answer.reason,
             delivery.attempts + 1,
-            self._max_attempts,
-            answer.retry_after,
+            elapsed=delivery.seconds_since_first_attempt(now),
+            retry_after=answer.retry_after,
+            policy=self._retry,
         )
         if verdict.operator_visible:
             self._alarm(delivery, answer)
@@ -191,7 +198,7 @@ class GoogleMessenger:
             return DeliveryResult(delivery, DeliveryState.DELIVERED_WITHOUT_ALERT, why_silent)
         next_attempt_at = None
         if verdict.state is DeliveryState.PENDING:
-            next_attempt_at = self._clock() + timedelta(seconds=verdict.retry_after)
+            next_attempt_at = now + timedelta(seconds=verdict.retry_after)
         return DeliveryResult(delivery, verdict.state, verdict.reason, next_attempt_at)
 
     def _alarm(self, delivery: ClaimedDelivery, answer: GoogleAnswer) -> None:

@@ -7,6 +7,10 @@ crash pushes at most one batch twice. Within that window the work flows:
 claims are topped up as outcomes are recorded, and outcomes are recorded in
 small batched transactions while the pushes go on.
 
+Deliveries may wait in the worker longer than a lease (a slow APNs, Google's pace): the
+worker renews the leases of those it holds, so none is claimed again, and pushed twice,
+while still in its hands.
+
 Each platform has its own window and lanes: `batch_size` and `max_in_flight` are Apple's.
 Google's requests are paced (~20 a second), so its window holds only what is sent well
 within a lease, and its lanes waiting for their turn never hold up Apple's pushes.
@@ -15,6 +19,8 @@ within a lease, and its lanes waiting for their turn never hold up Apple's pushe
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import functools
 import logging
 import math
 import os
@@ -32,9 +38,16 @@ from passpush.delivery.apns import PushOutcome
 from passpush.delivery.google import GoogleWalletGateway
 from passpush.delivery.google_messenger import GoogleMessenger
 from passpush.domain.model import DeliveryState, Platform
-from passpush.domain.outcomes import APNS_NOT_CONFIGURED, MAX_ATTEMPTS, judge_apns
+from passpush.domain.outcomes import APNS_NOT_CONFIGURED, DEFAULT_RETRY, RetryPolicy, judge_apns
 from passpush.store.direct import direct_transactions
-from passpush.store.outbox import ClaimedDelivery, DeliveryResult, Outbox, claim_due, record
+from passpush.store.outbox import (
+    ClaimedDelivery,
+    DeliveryResult,
+    Outbox,
+    claim_due,
+    record,
+    renew_leases,
+)
 
 log = logging.getLogger(__name__)
 
@@ -52,7 +65,10 @@ class WorkerSettings:
     max_in_flight: int = 200  # concurrent APNs pushes across connections
     lease: timedelta = timedelta(seconds=60)
     poll_interval: float = 0.5  # seconds between looks at the outbox when not woken
-    max_attempts: int = MAX_ATTEMPTS
+    # Transient failures (429, 5xx, no answer) are retried with capped backoff for a time
+    # budget from the delivery's first attempt, so an upstream outage shorter than it fails
+    # nothing.
+    retry: RetryPolicy = DEFAULT_RETRY
     record_interval: float = 0.05  # seconds between batched writes of outcomes
     # Seconds before claiming again after claims that emptied the outbox: under a stream of
     # Sends, a claim then gathers their deliveries instead of taking one or two each.
@@ -102,14 +118,14 @@ class DeliveryWorker:
         self._apns = apns
         self._clock = clock
         self._settings = settings = settings or WorkerSettings()
-        self._google = GoogleMessenger(
-            sessions, google, clock=clock, max_attempts=settings.max_attempts
-        )
+        self._google = GoogleMessenger(sessions, google, clock=clock, retry=settings.retry)
         self.owner = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
         self._wake = asyncio.Event()
         self._stopping = False  # no new claims or pushes
         self._closing = False  # and the record loop ends
-        self._tasks: list[asyncio.Task[None]] = []  # the claim loop, then the record loop
+        # The claim loop, then the record and lease loops.
+        self._tasks: list[asyncio.Task[None]] = []
+        self._closed = asyncio.Event()  # set with _closing
         self._lanes: list[asyncio.Task[None]] = []
         self._queues = {
             Platform.APPLE: _PlatformQueue(
@@ -118,6 +134,7 @@ class DeliveryWorker:
             Platform.GOOGLE: _google_queue(settings, self._google.rate),
         }
         self._results: list[DeliveryResult] = []  # answered, not yet recorded
+        self._held: set[int] = set()  # ids claimed and not yet recorded
         self._room = asyncio.Event()  # set when outstanding work dropped
         self._answered = asyncio.Event()  # set when results wait to be recorded
 
@@ -126,9 +143,11 @@ class DeliveryWorker:
 
     def start(self) -> None:
         self._stopping = self._closing = False
+        self._closed.clear()
         self._tasks = [
             asyncio.create_task(self._claim_loop(), name=f"claims {self.owner}"),
             asyncio.create_task(self._record_loop(), name=f"outcomes {self.owner}"),
+            asyncio.create_task(self._lease_loop(), name=f"leases {self.owner}"),
         ]
         # A fixed set of lanes, each pushing one delivery after another, bounds the pushes in
         # flight without a task and a semaphore per push.
@@ -157,6 +176,7 @@ class DeliveryWorker:
         # The record loop ends at its next turn rather than by cancellation: cancelled inside
         # a transaction, it would leave SQLite's write lock with a connection nobody finishes.
         self._closing = True
+        self._closed.set()
         self._answered.set()
         await asyncio.gather(*self._tasks[1:], return_exceptions=True)
         self._tasks = []
@@ -165,6 +185,7 @@ class DeliveryWorker:
         except Exception:
             log.exception("recording outcomes at shutdown failed; they will be pushed again")
         self._results = []
+        self._held.clear()
         for queue in self._queues.values():
             queue.waiting.clear()
             queue.outstanding = 0
@@ -211,12 +232,32 @@ class DeliveryWorker:
         try:
             # Read here: the steps may run on another thread.
             lease, room, now = self._settings.lease, queue.room, self._clock()
-            return await self._direct.run(
+            claimed = await self._direct.run(
                 lambda: claim_due(self._dialect, self.owner, now, lease, room, queue.platform)
             )
         except Exception:
             log.exception("claiming deliveries failed; trying again shortly")
             return []
+        # One whose lease ran out while we held it (renewing failed): it is in hand already.
+        claimed = [d for d in claimed if d.id not in self._held]
+        self._held.update(d.id for d in claimed)
+        return claimed
+
+    async def _lease_loop(self) -> None:
+        """Renews the leases of the deliveries in hand a few times per lease."""
+        lease = self._settings.lease
+        while not self._closing:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._closed.wait(), lease.total_seconds() / 4)
+            if self._closing or not self._held:
+                continue
+            steps = functools.partial(
+                renew_leases, self._dialect, self.owner, list(self._held), self._clock() + lease
+            )
+            try:
+                await self._direct.run(steps)
+            except Exception:
+                log.exception("renewing the leases of deliveries in hand failed")
 
     async def _push_lane(self, queue: _PlatformQueue) -> None:
         """Pushes claimed deliveries one after another; after a stop, takes no new one."""
@@ -263,6 +304,7 @@ class DeliveryWorker:
             self._results[:0] = results
             self._answered.set()
             raise
+        self._held.difference_update(r.delivery.id for r in results)
         for platform, count in Counter(r.delivery.platform for r in results).items():
             self._queues[platform].outstanding -= count
         self._room.set()
@@ -278,8 +320,13 @@ class DeliveryWorker:
         except Exception:
             log.exception("APNs push failed unexpectedly (delivery %d)", delivery.id)
             outcome = PushOutcome(0, "InternalError")
+        now = self._clock()
         verdict = judge_apns(
-            outcome.status, outcome.reason, delivery.attempts + 1, self._settings.max_attempts
+            outcome.status,
+            outcome.reason,
+            delivery.attempts + 1,
+            elapsed=delivery.seconds_since_first_attempt(now),
+            policy=self._settings.retry,
         )
         if verdict.operator_visible:
             log.error(
@@ -287,7 +334,7 @@ class DeliveryWorker:
             )
         next_attempt_at = None
         if verdict.state is DeliveryState.PENDING:
-            next_attempt_at = self._clock() + timedelta(seconds=verdict.retry_after)
+            next_attempt_at = now + timedelta(seconds=verdict.retry_after)
         return DeliveryResult(
             delivery, verdict.state, verdict.reason, next_attempt_at, verdict.registration
         )

@@ -2,7 +2,10 @@
 
 It speaks the provider API that passpush uses (`POST /3/device/{token}` with `apns-topic`),
 records every push it receives, and answers errors or never answers on demand, so tests can
-drive the real APNs client over a real socket.
+drive the real APNs client over a real socket. It also fails the way Apple's service does
+now and then: an outage (connections refused), a share of 429/500/503 answers and a share
+of dropped connections (`faults`, `outage`), counting pushes per token so that a test sees
+what reached each device and what reached it twice.
 
 Run it standalone with `python -m passpush.fakes.apns --port 2197 --dir var/fake-apns`.
 """
@@ -13,9 +16,11 @@ import asyncio
 import contextlib
 import json
 import logging
+import random
 import ssl
 import time
 import uuid
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
@@ -26,6 +31,7 @@ from h2.connection import H2Connection
 from h2.events import (
     ConnectionTerminated,
     DataReceived,
+    PingAckReceived,
     RequestReceived,
     StreamEnded,
     StreamReset,
@@ -44,6 +50,15 @@ ANY_TOKEN = "*"
 
 MAX_CONCURRENT_STREAMS = 1000  # what APNs advertises
 MAX_PAYLOAD_BYTES = 4096  # APNs' limit for a regular push
+# The transient errors Apple answers, as it words them; `faults` picks among them.
+TRANSIENT_ERRORS = (
+    (503, "ServiceUnavailable"),
+    (429, "TooManyRequests"),
+    (500, "InternalServerError"),
+)
+# A dropped connection is cut this long after its last answers at the latest, if the
+# client does not acknowledge the PING that follows them sooner.
+_DROP_AFTER_SECONDS = 1.0
 _DEVICE_PATH = "/3/device/"
 
 
@@ -83,9 +98,21 @@ class FakeApns:
         self.received: list[ReceivedPush] = []
         # False answers with a fresh apns-id, to prove a client matches answers by stream.
         self.echo_apns_id = True
+        self.answer_delay = 0.0  # seconds each answer is held back: a slow APNs
+        self.pushes: Counter[str] = Counter()  # pushes received, per device token
+        self.delivered: Counter[str] = Counter()  # 200 answers sent, per device token
+        # Pushes to a token that had been answered 200 already. The fake never loses an
+        # answer it sent (a dropped connection is cut only once the client has read them),
+        # so each of these is the client pushing again what was delivered.
+        self.duplicates = 0
         self._requested_port = port
+        self._port = port
         self._programmed: dict[str, _ProgrammedAnswer] = {}
         self._hung_tokens: set[str] = set()
+        self._error_share = 0.0
+        self._drop_share = 0.0
+        self._random = random.Random()
+        self._reopening: asyncio.Task[None] | None = None
         self._push_arrived = asyncio.Event()
         self._server: asyncio.Server | None = None
         self._connections: set[_FakeApnsConnection] = set()
@@ -96,11 +123,15 @@ class FakeApns:
         self._server = await asyncio.get_running_loop().create_server(
             lambda: _FakeApnsConnection(self),
             self.host,
-            self._requested_port,
+            self._port,
             ssl=self._ssl_context(),
         )
+        self._port = int(self._server.sockets[0].getsockname()[1])  # the same after an outage
 
     async def stop(self) -> None:
+        if self._reopening is not None:
+            self._reopening.cancel()
+            self._reopening = None
         if self._server is None:
             return
         self._server.close()
@@ -128,9 +159,9 @@ class FakeApns:
 
     @property
     def port(self) -> int:
-        if self._server is None:
+        if not self._port:
             raise RuntimeError("the fake APNs is not started")
-        return int(self._server.sockets[0].getsockname()[1])
+        return self._port
 
     @property
     def endpoint(self) -> str:
@@ -152,12 +183,55 @@ class FakeApns:
         """Never answer pushes to token (they are still recorded)."""
         self._hung_tokens.add(token)
 
+    def faults(self, *, errors: float = 0.0, drops: float = 0.0, seed: int | None = None) -> None:
+        """From now on answer a share `errors` of pushes with a transient error (429, 500 or
+        503, as Apple words them), and drop the connection at a share `drops` of pushes: that
+        push and any that follow on the connection are never answered, and the connection is
+        cut once the client has read the answers sent before it. Programmed answers
+        (`respond`, `hang`) come first."""
+        if not (0.0 <= errors <= 1.0 and 0.0 <= drops <= 1.0):
+            raise ValueError("shares are between 0 and 1")
+        self._error_share, self._drop_share = errors, drops
+        self._random = random.Random(seed)
+
+    async def outage(self, seconds: float | None) -> None:
+        """Go down as in an outage: every connection is cut and new ones are refused, for
+        `seconds` (None: until `end_outage`). Pushes in flight are never answered."""
+        if self._reopening is not None:
+            self._reopening.cancel()
+            self._reopening = None
+        if self._server is not None:
+            self._server.close()
+            self._server = None
+        for connection in list(self._connections):
+            connection.drop()
+        if seconds is not None:
+            self._reopening = asyncio.create_task(self._reopen_after(seconds))
+
+    async def end_outage(self) -> None:
+        """Listen again at once, on the same port."""
+        if self._reopening is not None:
+            self._reopening.cancel()
+            self._reopening = None
+        if self._server is None:
+            await self.start()
+
+    async def _reopen_after(self, seconds: float) -> None:
+        await asyncio.sleep(seconds)
+        self._reopening = None
+        await self.start()
+
     def reset(self) -> None:
-        """Forget received pushes and programmed answers."""
+        """Forget received pushes, counts, faults and programmed answers."""
         self.received.clear()
+        self.pushes.clear()
+        self.delivered.clear()
+        self.duplicates = 0
         self._programmed.clear()
         self._hung_tokens.clear()
+        self._error_share = self._drop_share = 0.0
         self.echo_apns_id = True
+        self.answer_delay = 0.0
 
     # -- inspecting what arrived -------------------------------------------------------------
 
@@ -184,10 +258,19 @@ class FakeApns:
         context.set_alpn_protocols(["h2"])
         return context
 
+    def _record(self, push: ReceivedPush) -> None:
+        self.received.append(push)
+        self.pushes[push.device_token] += 1
+        if self.delivered[push.device_token]:
+            self.duplicates += 1
+        self._push_arrived.set()
+
+    def _drops_connection(self) -> bool:
+        return self._drop_share > 0 and self._random.random() < self._drop_share
+
     def _receive(self, push: ReceivedPush, method: str | None, path: str) -> _Answer | None:
         """Record a push and choose its answer (None: never answer)."""
-        self.received.append(push)
-        self._push_arrived.set()
+        self._record(push)
         answer = self._choose_answer(push, method, path)
         logger.info(
             "push to %s… topic=%s: %s",
@@ -217,6 +300,8 @@ class FakeApns:
         rule = push.device_token if push.device_token in self._programmed else ANY_TOKEN
         programmed = self._programmed.get(rule)
         if programmed is None:
+            if self._error_share > 0 and self._random.random() < self._error_share:
+                return _Answer(*self._random.choice(TRANSIENT_ERRORS))
             return _Answer(200)
         if programmed.remaining is not None:
             programmed.remaining -= 1
@@ -247,6 +332,8 @@ class _FakeApnsConnection(asyncio.Protocol):
         self._requests: dict[int, _IncomingRequest] = {}
         # Error bodies waiting for the client to open its flow-control window.
         self._unsent_bodies: dict[int, bytes] = {}
+        self._dropping = False  # answers nothing more; cut once the client read the rest
+        self._answers_due: set[int] = set()  # streams whose answer is held back
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self._transport = cast(asyncio.Transport, transport)
@@ -277,6 +364,17 @@ class _FakeApnsConnection(asyncio.Protocol):
         if self._transport is not None:
             self._transport.abort()
 
+    def drop(self) -> None:
+        """Answer nothing more and cut the connection (no GOAWAY) as soon as the client has
+        read the answers sent so far: it acknowledges a PING sent after them."""
+        if self._dropping or self._transport is None or self._transport.is_closing():
+            return
+        self._dropping = True
+        with contextlib.suppress(ProtocolError):
+            self._conn.ping(b"dropping")
+        self._flush()
+        asyncio.get_running_loop().call_later(_DROP_AFTER_SECONDS, self.abort)
+
     def data_received(self, data: bytes) -> None:
         try:
             events = self._conn.receive_data(data)
@@ -302,8 +400,12 @@ class _FakeApnsConnection(asyncio.Protocol):
             elif isinstance(event, StreamReset):
                 self._requests.pop(event.stream_id, None)
                 self._unsent_bodies.pop(event.stream_id, None)
+                self._answers_due.discard(event.stream_id)
             elif isinstance(event, WindowUpdated):
                 self._send_unsent_bodies()
+            elif isinstance(event, PingAckReceived) and self._dropping:
+                self.abort()
+                return
             elif isinstance(event, ConnectionTerminated):
                 self.close()
         self._flush()
@@ -325,14 +427,39 @@ class _FakeApnsConnection(asyncio.Protocol):
             authorization=headers.get("authorization"),
             received_at=time.time(),
         )
+        if self._dropping or self._fake._drops_connection():
+            self._fake._record(push)  # arrived, and never answered
+            self.drop()
+            return
         answer = self._fake._receive(push, headers.get(":method"), path)
         if answer is None:
             return  # hung: the stream stays open until the client resets it
         answered_id = apns_id if self._fake.echo_apns_id else str(uuid.uuid4())
+        if self._fake.answer_delay > 0:
+            self._answers_due.add(stream_id)
+            asyncio.get_running_loop().call_later(
+                self._fake.answer_delay, self._answer_late, stream_id, push, answer, answered_id
+            )
+            return
+        self._answer(stream_id, push, answer, answered_id)
+
+    def _answer_late(
+        self, stream_id: int, push: ReceivedPush, answer: _Answer, answered_id: str
+    ) -> None:
+        if stream_id not in self._answers_due or self._dropping:
+            return  # the client gave the push up, or the connection is going
+        self._answers_due.discard(stream_id)
+        self._answer(stream_id, push, answer, answered_id)
+        self._flush()
+
+    def _answer(
+        self, stream_id: int, push: ReceivedPush, answer: _Answer, answered_id: str
+    ) -> None:
         response_headers = [(":status", str(answer.status)), ("apns-id", answered_id)]
         if answer.status == 200:
             # Apple answers success with headers alone; a DATA frame would confuse clients.
             self._conn.send_headers(stream_id, response_headers, end_stream=True)
+            self._fake.delivered[push.device_token] += 1
             return
         error: dict[str, Any] = {"reason": answer.reason}
         if answer.status == 410:

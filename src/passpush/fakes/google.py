@@ -6,7 +6,8 @@ an expiry comes back) and the object methods passpush calls: `addMessage`, `get`
 `patch`. Every API call must carry a live `Authorization: Bearer` token of its own making.
 It records every request, enforces Google's rule of 3 notifying (`TEXT_AND_NOTIFY`)
 messages per object per 24 hours with Google's refusal (403 `quotaExceeded`), and answers
-errors on demand.
+errors on demand; it also fails as Google's service does now and then: an outage (every API
+call answered 503) and a share of 429/503 answers (`outage`, `faults`).
 
 Run it standalone with `python -m passpush.fakes.google --port 8095 --dir var/fake-google`:
 it writes the service-account key to use as PASSPUSH_GOOGLE_CREDENTIALS there.
@@ -18,6 +19,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import random
 import secrets
 import socket
 import time
@@ -60,6 +62,8 @@ _REASON_STATUS = {  # Google's `status` for the HTTP statuses a test may program
     500: "INTERNAL",
     503: "UNAVAILABLE",
 }
+# The transient errors Google answers, as it words them; `faults` picks among them.
+TRANSIENT_ERRORS = ((503, "backendError"), (429, "rateLimitExceeded"))
 
 
 @dataclass(frozen=True)
@@ -163,6 +167,9 @@ class FakeGoogleWallet:
         self._tokens: dict[str, float] = {}  # access token -> expiry (time.time())
         self._programmed: dict[str, list[_ProgrammedAnswer]] = {}
         self._late_answers: list[float] = []
+        self._down_until = 0.0  # time.monotonic(): API calls are answered 503 until then
+        self._error_share = 0.0
+        self._random = random.Random()
         self._arrived = asyncio.Event()
         self._server: uvicorn.Server | None = None
         self._task: asyncio.Task[None] | None = None
@@ -262,6 +269,22 @@ class FakeGoogleWallet:
         client that gives up first has its message added without knowing it."""
         self._late_answers += [seconds] * times
 
+    def outage(self, seconds: float) -> None:
+        """Answer every API call 503 `backendError` for the next `seconds` (math.inf: until
+        `end_outage`); the token endpoint stays up."""
+        self._down_until = time.monotonic() + seconds
+
+    def end_outage(self) -> None:
+        self._down_until = 0.0
+
+    def faults(self, *, errors: float = 0.0, seed: int | None = None) -> None:
+        """From now on answer a share `errors` of API calls with a transient error (503
+        `backendError` or 429 `rateLimitExceeded`). Programmed answers come first."""
+        if not 0.0 <= errors <= 1.0:
+            raise ValueError("the share of errors is between 0 and 1")
+        self._error_share = errors
+        self._random = random.Random(seed)
+
     def expire_tokens(self) -> None:
         """Every access token issued so far is refused from now on (401)."""
         self._tokens.clear()
@@ -271,6 +294,7 @@ class FakeGoogleWallet:
         self._programmed.clear()
         self._late_answers.clear()
         self.token_grants = 0
+        self._down_until = self._error_share = 0.0
 
     def received(self, action: str | None = None) -> list[ReceivedRequest]:
         return [r for r in self.requests if action is None or r.action == action]
@@ -363,9 +387,14 @@ class FakeGoogleWallet:
                 "Request had invalid authentication credentials. Expected OAuth 2 access "
                 "token, login cookie or other valid authentication credential.",
             )
+        if time.monotonic() < self._down_until:
+            return _error(503, "backendError", "The service is currently unavailable.")
         programmed = self._programmed_answer(object_id, action)
         if programmed is not None:
             return _error(programmed.status, programmed.reason, f"Programmed {programmed.reason}")
+        if self._error_share > 0 and self._random.random() < self._error_share:
+            status, reason = self._random.choice(TRANSIENT_ERRORS)
+            return _error(status, reason, "A transient error: please retry.")
         if object_type not in GOOGLE_OBJECT_TYPES:
             return _error(404, "notFound", f"Unknown resource type {object_type}.")
         wallet_object = self._objects.get(object_id)

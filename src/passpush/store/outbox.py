@@ -26,6 +26,7 @@ from sqlalchemy import (
     bindparam,
     case,
     delete,
+    func,
     or_,
     select,
     update,
@@ -81,6 +82,14 @@ class ClaimedDelivery:
     project_id: str = ""
     google_object_type: str = ""  # "loyaltyObject", ...
     message: TicketMessage | None = None  # Google deliveries only
+    # When it was first claimed: its retry budget runs from there. None only for a
+    # delivery built outside a claim.
+    first_attempt_at: datetime | None = None
+
+    def seconds_since_first_attempt(self, now: datetime) -> float:
+        if self.first_attempt_at is None:
+            return 0.0
+        return max(0.0, (now - self.first_attempt_at).total_seconds())
 
 
 @dataclass(frozen=True)
@@ -181,6 +190,7 @@ def claim_due(
             project_id=r.project_id,
             google_object_type=r.google_object_type,
             message=messages.get(r.ticket_id),
+            first_attempt_at=r.first_attempt_at,
         )
         for r in details
     ]
@@ -188,6 +198,22 @@ def claim_due(
         statements.start_tickets, {"ids": list({c.ticket_id for c in claimed}), "now": now}
     )
     return claimed
+
+
+def renew_leases(
+    dialect: str, owner: str, delivery_ids: Sequence[int], lease_until: datetime
+) -> Steps[None]:
+    """Extends `owner`'s leases of the deliveries it still holds until `lease_until`: they
+    wait their turn in its hands, and must not be claimed again meanwhile."""
+    statement = _statements_for(dialect).renew
+    for start in range(0, len(delivery_ids), _RENEWAL_CHUNK):
+        chunk = list(delivery_ids[start : start + _RENEWAL_CHUNK])
+        params = {"ids": chunk, "owner": owner, "lease_until": lease_until}
+        yield Query.write(statement, params)
+
+
+# Ids per statement: SQLite's expanding IN takes one parameter per id (at most 32,766).
+_RENEWAL_CHUNK = 5000
 
 
 def record(
@@ -318,6 +344,7 @@ class _PushDetails:
     pass_type_identifier: str
     google_object_type: str
     google_object_id: str
+    first_attempt_at: datetime | None
 
 
 def _outcome(result: DeliveryResult) -> tuple[DeliveryState, str]:
@@ -336,6 +363,7 @@ class _Statements:
     finish: Update
     held: Select[Any]
     retry: Update
+    renew: Update
     count_tickets: Update
     deactivate_registration: Update
     remove_registration: Delete
@@ -388,6 +416,9 @@ def _statements_for(dialect: str) -> _Statements:
             lease_until=None,
             updated_at=now,
         ),
+        renew=update(d)
+        .where(one_of(d.c.id, dialect), d.c.lease_owner == bindparam("owner"))
+        .values(lease_until=bindparam("lease_until", type_=d.c.lease_until.type)),
         count_tickets=_count_tickets_statement(now),
         deactivate_registration=update(r)
         .where(pushed_token)
@@ -451,7 +482,11 @@ def _claim_statement(*, skip_locked: bool, of_platform: bool = False) -> Update:
     return (
         update(d)
         .where(d.c.id.in_(due))
-        .values(lease_owner=bindparam("owner"), lease_until=bindparam("lease_until"))
+        .values(
+            lease_owner=bindparam("owner"),
+            lease_until=bindparam("lease_until"),
+            first_attempt_at=func.coalesce(d.c.first_attempt_at, now),
+        )
         .returning(d.c.id)
     )
 
@@ -484,6 +519,7 @@ def _push_details_statement(dialect: str) -> Select[Any]:
             t.c.pass_type_identifier,
             t.c.google_object_type,
             p.c.google_object_id,
+            d.c.first_attempt_at,
         )
         .join(p, and_(p.c.project_id == d.c.project_id, p.c.id == d.c.pass_id))
         .join(t, and_(t.c.project_id == p.c.project_id, t.c.id == p.c.template_id))
