@@ -8,6 +8,7 @@ from typing import Any
 from sqlalchemy import ColumnElement, any_, bindparam, event
 from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.engine import make_url
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import (
     AsyncEngine,
     AsyncSession,
@@ -117,6 +118,50 @@ def one_of(column: Any, dialect: str, name: str = "ids") -> ColumnElement[bool]:
         values = bindparam(name, type_=ARRAY(column.type))
         return column == any_(values)  # type: ignore[no-any-return]
     return column.in_(bindparam(name, expanding=True))  # type: ignore[no-any-return]
+
+
+# SQLite's primary result codes for a database that may work again shortly: BUSY, LOCKED,
+# IOERR, FULL (disk full), CANTOPEN, PROTOCOL.
+_SQLITE_TRANSIENT = frozenset({5, 6, 10, 13, 14, 15})
+# PostgreSQL's SQLSTATE classes and codes of the same kind: connection exceptions,
+# serialization failures and deadlocks, insufficient resources (disk full, out of memory,
+# too many connections), operator intervention (shutdown), lock not available.
+_POSTGRES_TRANSIENT_CLASSES = ("08", "40", "53", "57")
+_POSTGRES_TRANSIENT_CODES = frozenset({"55P03"})
+
+
+def is_transient(error: BaseException) -> bool:
+    """Whether the database failed for a reason that may pass (trying again may succeed),
+    rather than refusing the statement itself."""
+    if isinstance(error, DBAPIError) and error.connection_invalidated:
+        return True
+    driver_error = _driver_error(error)
+    if isinstance(driver_error, OSError | TimeoutError):
+        return True
+    sqlite_code = getattr(driver_error, "sqlite_errorcode", None)
+    if isinstance(sqlite_code, int):
+        return sqlite_code & 0xFF in _SQLITE_TRANSIENT
+    sqlstate = getattr(driver_error, "sqlstate", None)
+    if isinstance(sqlstate, str):
+        return sqlstate[:2] in _POSTGRES_TRANSIENT_CLASSES or sqlstate in _POSTGRES_TRANSIENT_CODES
+    return False
+
+
+def error_code(error: BaseException) -> str:
+    """The database's own name for an error (SQLITE_FULL, SQLSTATE 53100), else its type's:
+    enough to say why without the statement or its parameters."""
+    driver_error = _driver_error(error)
+    if name := getattr(driver_error, "sqlite_errorname", None):
+        return str(name)
+    if sqlstate := getattr(driver_error, "sqlstate", None):
+        return f"SQLSTATE {sqlstate}"
+    return type(driver_error).__name__
+
+
+def _driver_error(error: BaseException) -> BaseException:
+    if isinstance(error, DBAPIError) and error.orig is not None:
+        return error.orig
+    return error
 
 
 def dialect_name(session: AsyncSession) -> str:
