@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import json
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import ColumnElement, any_, bindparam, event
+from sqlalchemy import ColumnElement, any_, bindparam, event, func, select
 from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import DBAPIError
@@ -162,6 +164,17 @@ def _driver_error(error: BaseException) -> BaseException:
     if isinstance(error, DBAPIError) and error.orig is not None:
         return error.orig
     return error
+
+
+def one_of_values(column: Any, dialect: str, values: Iterable[str]) -> ColumnElement[bool]:
+    """`column` is one of `values`, bound as one parameter whatever their number: the
+    statement's text (and SQLite's expression tree) does not grow with the list, and no
+    list meets the databases' caps on bound parameters. PostgreSQL: `= ANY(array)`;
+    SQLite: `IN (SELECT value FROM json_each(json))`."""
+    if dialect == "postgresql":
+        return column == any_(bindparam(None, list(values), type_=ARRAY(column.type)))  # type: ignore[no-any-return]
+    listed = func.json_each(bindparam(None, json.dumps(list(values)))).table_valued("value")
+    return column.in_(select(listed.c.value))  # type: ignore[no-any-return]
 
 
 def dialect_name(session: AsyncSession) -> str:
