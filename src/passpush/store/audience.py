@@ -114,7 +114,7 @@ async def resolve_audience(session: AsyncSession, project_id: str, target: Targe
             if segment is None:
                 raise NotFound("segment", segment_id)
             criterion = parse_criteria(segment.criteria)
-            condition = and_(in_project, _criterion(criterion, dialect_name(session)))
+            condition = and_(in_project, _criterion(project_id, criterion, dialect_name(session)))
             if template_id:
                 await _template(session, project_id, template_id)
                 condition = and_(condition, PassRow.template_id == template_id)
@@ -135,7 +135,8 @@ async def resolve_audience(session: AsyncSession, project_id: str, target: Targe
             )
             condition = and_(in_project, PassRow.template_id.in_(templates))
             if group_tags:
-                condition = and_(condition, _has_group_tag(group_tags, dialect_name(session)))
+                tagged = _has_group_tag(project_id, group_tags, dialect_name(session))
+                condition = and_(condition, tagged)
             return Audience(project_id, condition)
     raise AssertionError(f"unknown target {target!r}")  # pragma: no cover
 
@@ -222,33 +223,40 @@ def _has_tag(tag: str) -> ColumnElement[bool]:
     )
 
 
-def _has_any_tag(tags: list[str], dialect: str) -> ColumnElement[bool]:
-    return exists().where(
-        PassTagRow.project_id == PassRow.project_id,
-        PassTagRow.pass_id == PassRow.id,
-        one_of_values(PassTagRow.tag, dialect, tags),
+# A list of tags selects its passes in one uncorrelated subquery (by the tag index), not a
+# test per pass: on SQLite a list bound in a correlated EXISTS is read again for every pass
+# (2.6 s instead of 0.1 s for 1,000 group tags over 5,000 passes).
+def _has_any_tag(project_id: str, tags: list[str], dialect: str) -> ColumnElement[bool]:
+    return PassRow.id.in_(
+        select(PassTagRow.pass_id).where(
+            PassTagRow.project_id == project_id, one_of_values(PassTagRow.tag, dialect, tags)
+        )
     )
 
 
-def _has_every_tag(tags: list[str], dialect: str) -> ColumnElement[bool]:
+def _has_every_tag(project_id: str, tags: list[str], dialect: str) -> ColumnElement[bool]:
     distinct = sorted(set(tags))
-    carried = select(func.count()).where(
-        PassTagRow.project_id == PassRow.project_id,
-        PassTagRow.pass_id == PassRow.id,
-        one_of_values(PassTagRow.tag, dialect, distinct),
-    )
-    return carried.scalar_subquery() == len(distinct)
-
-
-def _has_group_tag(tags: tuple[str, ...], dialect: str) -> ColumnElement[bool]:
-    return exists().where(
-        PassGroupTagRow.project_id == PassRow.project_id,
-        PassGroupTagRow.pass_id == PassRow.id,
-        one_of_values(PassGroupTagRow.tag, dialect, tags),
+    return PassRow.id.in_(
+        select(PassTagRow.pass_id)
+        .where(
+            PassTagRow.project_id == project_id,
+            one_of_values(PassTagRow.tag, dialect, distinct),
+        )
+        .group_by(PassTagRow.pass_id)
+        .having(func.count() == len(distinct))
     )
 
 
-def _criterion(criterion: Criterion, dialect: str) -> ColumnElement[bool]:
+def _has_group_tag(project_id: str, tags: tuple[str, ...], dialect: str) -> ColumnElement[bool]:
+    return PassRow.id.in_(
+        select(PassGroupTagRow.pass_id).where(
+            PassGroupTagRow.project_id == project_id,
+            one_of_values(PassGroupTagRow.tag, dialect, tags),
+        )
+    )
+
+
+def _criterion(project_id: str, criterion: Criterion, dialect: str) -> ColumnElement[bool]:
     """A segment's condition. The tags directly under one and/or are tested together, bound
     as one list: the SQL grows with the operators, never with the tags."""
     match criterion:
@@ -256,10 +264,13 @@ def _criterion(criterion: Criterion, dialect: str) -> ColumnElement[bool]:
             return _has_tag(tag)
         case AllOf(parts) | AnyOf(parts):
             tags = [p.tag for p in parts if isinstance(p, HasTag)]
-            conditions = [_criterion(p, dialect) for p in parts if not isinstance(p, HasTag)]
+            conditions = [
+                _criterion(project_id, p, dialect) for p in parts if not isinstance(p, HasTag)
+            ]
             if isinstance(criterion, AllOf):
-                return and_(*([_has_every_tag(tags, dialect)] if tags else []), *conditions)
-            return or_(*([_has_any_tag(tags, dialect)] if tags else []), *conditions)
+                every = [_has_every_tag(project_id, tags, dialect)] if tags else []
+                return and_(*every, *conditions)
+            return or_(*([_has_any_tag(project_id, tags, dialect)] if tags else []), *conditions)
         case NoneOf(part):
-            return not_(_criterion(part, dialect))
+            return not_(_criterion(project_id, part, dialect))
     return false()  # pragma: no cover
