@@ -123,6 +123,11 @@ async def seed_audience(database: BenchDatabase, passes: int) -> None:
                 .where(TemplateRow.project_id == PROJECT, TemplateRow.id == TEMPLATE)
                 .values(entity_id="brand")
             )
+        if database.backend == "postgresql":
+            # Fresh statistics for the tags, as autovacuum would give them.
+            async with engine.connect() as connection:
+                autocommit = await connection.execution_options(isolation_level="AUTOCOMMIT")
+                await autocommit.exec_driver_sql("ANALYZE")
     finally:
         await engine.dispose()
 
