@@ -14,6 +14,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from passpush.api.server import PasspushServer
 from passpush.service import schedules
 from passpush.store.db import dialect_name
+from passpush.store.schedules import ScheduleStore
 from passpush.v1 import notifications_pb2 as npb
 from passpush.v1 import notifications_pb2_grpc, passes_pb2_grpc
 
@@ -152,3 +153,37 @@ async def test_a_schedule_the_database_keeps_failing_is_tried_a_few_times_then_f
         )
     finally:
         await _drop_postgres_trigger(sessions)
+
+
+async def test_a_schedule_whose_senders_keep_dying_is_given_up_after_its_attempts(
+    server: PasspushServer, sessions: async_sessionmaker[AsyncSession]
+) -> None:
+    """A schedule whose every claim runs out (its sender dies each time) is claimed at most
+    MAX_SEND_ATTEMPTS times, then FAILED: it is never claimed for ever."""
+    await server.scheduler.stop()  # these claims stand for schedulers that die
+    _, acme = await _project(server, "acme")
+    send_time = timestamp_pb2.Timestamp()
+    send_time.FromDatetime(datetime.now(UTC) + timedelta(seconds=1))
+    doomed = await acme.Schedule(
+        npb.ScheduleRequest(
+            target=npb.Target(pass_id="p1"), content=npb.Content(body="x"), send_time=send_time
+        )
+    )
+    now = datetime.now(UTC) + timedelta(seconds=2)
+    lease = schedules.CLAIM_LEASE
+    claims = []
+    for attempt in range(schedules.MAX_SEND_ATTEMPTS + 1):
+        async with sessions.begin() as session:
+            claimed = await ScheduleStore(session).claim_due(
+                f"dying-{attempt}", now, lease, 10, schedules.MAX_SEND_ATTEMPTS
+            )
+        claims.append([(s.id, n) for s, n in claimed])
+        now += lease + timedelta(seconds=1)  # the claim ran out: its sender died
+
+    attempts = [[(doomed.id, n)] for n in range(1, schedules.MAX_SEND_ATTEMPTS + 1)]
+    assert claims == [*attempts, []]
+    failed = await acme.GetScheduled(npb.GetScheduledRequest(id=doomed.id))
+    assert failed.state == FAILED
+    assert failed.failure_reason == (
+        f"given up after {schedules.MAX_SEND_ATTEMPTS} attempts to send it"
+    )
