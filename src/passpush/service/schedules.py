@@ -3,10 +3,12 @@
 A due schedule is claimed (PROCESSING, under a lease) in one transaction, then
 sent exactly as Send would and marked SENT in a second one: the ticket and the
 SENT mark commit together, so a crash in between leaves it PROCESSING until its
-lease ends, and it is then sent once. Each schedule is its own failure domain:
-one that cannot be sent ends FAILED with its reason (after a few tries when the
-database failed for a passing reason) and the others go on. On PostgreSQL replicas claim with SKIP
+lease ends, and it is then sent once. On PostgreSQL replicas claim with SKIP
 LOCKED, so a schedule fires once whatever their number.
+
+Each schedule is its own failure domain: one that cannot be sent ends FAILED
+with its reason (after a few tries when the database failed for a passing
+reason), and the schedules claimed with it go on.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ import uuid
 from collections.abc import Callable
 from datetime import datetime, timedelta
 
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy.exc import DBAPIError, IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from passpush.domain.errors import AlreadyExists, DomainError
@@ -224,7 +226,8 @@ class Scheduler:
             cause = error_code(error)
             if not is_transient(error):
                 log.exception("scheduled notification %s cannot be sent", scheduled.id)
-                await self._record(scheduled, failure=f"the database refused it ({cause})")
+                refused = "the database refused it" if isinstance(error, DBAPIError) else "failed"
+                await self._record(scheduled, failure=f"{refused} ({cause})")
             elif attempt >= MAX_SEND_ATTEMPTS:
                 log.exception("scheduled notification %s: giving up", scheduled.id)
                 reason = f"given up after {attempt} attempts: the database failed ({cause})"

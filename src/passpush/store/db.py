@@ -138,7 +138,7 @@ def is_transient(error: BaseException) -> bool:
     if isinstance(error, DBAPIError) and error.connection_invalidated:
         return True
     driver_error = _driver_error(error)
-    if isinstance(driver_error, OSError | TimeoutError):
+    if isinstance(driver_error, OSError):  # connection refused, reset, timed out
         return True
     sqlite_code = getattr(driver_error, "sqlite_errorcode", None)
     if isinstance(sqlite_code, int):
@@ -172,7 +172,8 @@ def one_of_values(column: Any, dialect: str, values: Iterable[str]) -> ColumnEle
     list meets the databases' caps on bound parameters. PostgreSQL: `= ANY(array)`;
     SQLite: `IN (SELECT value FROM json_each(json))`."""
     if dialect == "postgresql":
-        return column == any_(bindparam(None, list(values), type_=ARRAY(column.type)))  # type: ignore[no-any-return]
+        listed_array = bindparam(None, list(values), type_=ARRAY(column.type))
+        return column == any_(listed_array)  # type: ignore[no-any-return]
     listed = func.json_each(bindparam(None, json.dumps(list(values)))).table_valued("value")
     return column.in_(select(listed.c.value))  # type: ignore[no-any-return]
 
