@@ -16,7 +16,17 @@ import time
 import traceback
 from collections.abc import Awaitable, Callable, Sequence
 
-from benchmarks import accept, accept_core, fake, fanout, outage, resolution, scaleout, watch
+from benchmarks import (
+    accept,
+    accept_core,
+    containment,
+    fake,
+    fanout,
+    outage,
+    resolution,
+    scaleout,
+    watch,
+)
 from benchmarks.database import BACKENDS, postgres_version
 from benchmarks.harness import Options, Result, log, machine, render_table, workspace
 
@@ -41,6 +51,10 @@ BENCHMARKS: dict[str, tuple[Benchmark, str]] = {
     "accept": (accept.run, "single-pass Send latency at 500/s; throughput vs a no-op server"),
     "watch": (watch.run, "1,000 WatchTicket streams follow a broadcast: update lag"),
     "outage": (outage.run, "a broadcast through a 45-s APNs outage, then errors and drops"),
+    "containment": (
+        containment.run,
+        "the largest audiences sent by one project: another's one-pass Send latency",
+    ),
 }
 
 # Full size, and --quick (each benchmark in seconds; all of them in under a minute).
@@ -161,7 +175,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     names, options, strict = parse(argv)
     header = machine()
     uses_postgres = {"scale-out", "resolution"} & set(names) or (
-        "postgresql" in options.backends and {"fanout", "accept"} & set(names)
+        "postgresql" in options.backends and {"fanout", "accept", "containment"} & set(names)
     )
     if uses_postgres:
         header.append(("postgresql", asyncio.run(postgres_version())))

@@ -18,6 +18,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from passpush.api.scopes import METHOD_SCOPES
 from passpush.api.server import SERVICE_NAMES, PasspushServer
 from passpush.domain.auth import Scope
+from passpush.domain.validation import SCOPES_MAX
 from passpush.fakes.apns import FakeApns
 from passpush.store.models import ApiKeyRow, Base
 from passpush.v1 import admin_pb2 as apb
@@ -459,3 +460,16 @@ async def test_a_key_revoked_through_the_api_stops_at_once_though_it_was_just_us
             await notifications.GetTicket(npb.GetTicketRequest(id=987654))
     assert refused.value.code() == grpc.StatusCode.UNAUTHENTICATED
     assert _error_info(refused.value).reason == "API_KEY_REVOKED"
+
+
+async def test_a_key_with_more_scopes_than_its_limit_is_invalid_argument(
+    server: PasspushServer, api_key: str
+) -> None:
+    async with channel_with_key(server.port, api_key) as channel:
+        admin = admin_pb2_grpc.AdminServiceStub(channel)
+        with pytest.raises(grpc.aio.AioRpcError) as raised:
+            await admin.CreateApiKey(
+                apb.CreateApiKeyRequest(api_key=apb.ApiKey(scopes=["wnot"] * (SCOPES_MAX + 1)))
+            )
+    assert raised.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert f"scopes: must have at most {SCOPES_MAX}" in (raised.value.details() or "")

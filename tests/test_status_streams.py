@@ -12,6 +12,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from passpush.api.server import PasspushServer
 from passpush.domain.model import SKIP_NO_DEVICES
+from passpush.domain.validation import OUTCOMES_MAX
 from passpush.fakes.apns import FakeApns
 from passpush.service.status import EventRetention
 from passpush.v1 import notifications_pb2 as npb
@@ -268,3 +269,12 @@ async def test_streams_end_unavailable_when_the_server_stops(
             while True:
                 await stream.read()
         assert raised.value.code() == grpc.StatusCode.UNAVAILABLE
+
+
+async def test_an_outcome_filter_over_its_limit_is_invalid_argument(notifications: Stub) -> None:
+    outcomes = [npb.DELIVERY_OUTCOME_DELIVERED] * (OUTCOMES_MAX + 1)
+    with pytest.raises(grpc.aio.AioRpcError) as raised:
+        await _events(notifications, outcomes=outcomes)
+    error = rich_error(raised.value)
+    assert (error.code, error.field_violations) == (grpc.StatusCode.INVALID_ARGUMENT, ["outcomes"])
+    assert f"at most {OUTCOMES_MAX}" in (raised.value.details() or "")

@@ -4,12 +4,14 @@ passentry-entity-wallet-messaging.txt, sent as written with a real key and real 
 from __future__ import annotations
 
 import asyncio
+import json
 from datetime import UTC, datetime, timedelta
 
 import httpx
 import pytest
 
 from passpush.api.server import PasspushServer
+from passpush.domain.validation import ENTITY_GROUP_TAGS_MAX
 from passpush.v1 import passes_pb2 as ppb
 from passpush.v1 import passes_pb2_grpc
 
@@ -220,3 +222,19 @@ async def test_a_key_that_cannot_read_passes_is_refused_before_anything_is_sent(
     assert response.json()["errors"][0]["code"] == "MISSING_SCOPE"
     the_pass = await world.passes.GetPass(ppb.GetPassRequest(id="member-42"))
     assert not the_pass.HasField("notification")
+
+
+async def test_a_batch_over_the_group_tag_limit_answers_400_and_sends_nothing(
+    client: httpx.AsyncClient, world: World, api_key: str
+) -> None:
+    segments = [{"groupTag": f"g{i}"} for i in range(ENTITY_GROUP_TAGS_MAX + 1)]
+    body = json.dumps({"batch": {"message": "Now", "segments": segments}})
+
+    response = await client.post(
+        "/api/v1/entities/brand/messaging/wallet", content=body, headers=headers(api_key)
+    )
+
+    assert response.status_code == 400, response.text
+    [error] = response.json()["errors"]
+    assert error["source"]["pointer"] == "/batch/segments"
+    assert str(ENTITY_GROUP_TAGS_MAX) in error["detail"]

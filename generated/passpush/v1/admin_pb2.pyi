@@ -41,7 +41,8 @@ class ApiKey(_message.Message):
     def scopes(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """What the key may do: `notifications:write`, `notifications:read`,
         `passes:write`, `passes:read`, `campaigns:write`, `campaigns:read`,
-        `admin`. `wnot` (Airship) means notifications write and read.
+        `admin`. `wnot` (Airship) means notifications write and read. At most
+        20 entries.
         """
 
     @_builtins.property

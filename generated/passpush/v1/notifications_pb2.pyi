@@ -97,13 +97,17 @@ class _ScheduledNotificationStateEnumTypeWrapper(_enum_type_wrapper._EnumTypeWra
     SCHEDULED_NOTIFICATION_STATE_PENDING: _ScheduledNotificationState.ValueType  # 1
     """Waiting for its send time; can still be cancelled."""
     SCHEDULED_NOTIFICATION_STATE_PROCESSING: _ScheduledNotificationState.ValueType  # 2
-    """Its time has come and it is being sent."""
+    """Its time has come and it is being sent (or, after a passing database
+    failure, waits to be tried again: 4 tries in all, 2 s, 4 s and 8 s apart).
+    """
     SCHEDULED_NOTIFICATION_STATE_SENT: _ScheduledNotificationState.ValueType  # 3
     """Sent: `ticket_id` names the ticket."""
     SCHEDULED_NOTIFICATION_STATE_CANCELLED: _ScheduledNotificationState.ValueType  # 4
     """Cancelled before it was sent."""
     SCHEDULED_NOTIFICATION_STATE_FAILED: _ScheduledNotificationState.ValueType  # 5
-    """Could not be sent; `failure_reason` says why."""
+    """Terminal: could not be sent; `failure_reason` says why. It is never
+    tried again.
+    """
 
 class ScheduledNotificationState(_ScheduledNotificationState, metaclass=_ScheduledNotificationStateEnumTypeWrapper):
     """ScheduledNotificationState is where a scheduled notification stands."""
@@ -113,13 +117,17 @@ SCHEDULED_NOTIFICATION_STATE_UNSPECIFIED: ScheduledNotificationState.ValueType  
 SCHEDULED_NOTIFICATION_STATE_PENDING: ScheduledNotificationState.ValueType  # 1
 """Waiting for its send time; can still be cancelled."""
 SCHEDULED_NOTIFICATION_STATE_PROCESSING: ScheduledNotificationState.ValueType  # 2
-"""Its time has come and it is being sent."""
+"""Its time has come and it is being sent (or, after a passing database
+failure, waits to be tried again: 4 tries in all, 2 s, 4 s and 8 s apart).
+"""
 SCHEDULED_NOTIFICATION_STATE_SENT: ScheduledNotificationState.ValueType  # 3
 """Sent: `ticket_id` names the ticket."""
 SCHEDULED_NOTIFICATION_STATE_CANCELLED: ScheduledNotificationState.ValueType  # 4
 """Cancelled before it was sent."""
 SCHEDULED_NOTIFICATION_STATE_FAILED: ScheduledNotificationState.ValueType  # 5
-"""Could not be sent; `failure_reason` says why."""
+"""Terminal: could not be sent; `failure_reason` says why. It is never
+tried again.
+"""
 Global___ScheduledNotificationState: _TypeAlias = ScheduledNotificationState  # noqa: Y015
 
 class _DeliveryOutcome:
@@ -355,7 +363,8 @@ class EntityRef(_message.Message):
     @_builtins.property
     def group_tags(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """Keeps only passes carrying at least one of these group tags; empty keeps
-        every pass of the entity.
+        every pass of the entity. At most 1,000 group tags; more is refused with
+        INVALID_ARGUMENT.
         """
 
     def __init__(
@@ -696,7 +705,7 @@ class StreamDeliveryEventsRequest(_message.Message):
 
     @_builtins.property
     def outcomes(self) -> _containers.RepeatedScalarFieldContainer[Global___DeliveryOutcome.ValueType]:
-        """Keeps only these outcomes; empty keeps all."""
+        """Keeps only these outcomes; empty keeps all. At most 10 entries."""
 
     def __init__(
         self,
@@ -917,7 +926,10 @@ class ScheduledNotification(_message.Message):
     ticket_id: _builtins.int
     """The ticket of the send, once SENT."""
     failure_reason: _builtins.str
-    """Why it FAILED."""
+    """Why it FAILED, at most 500 characters: what the target named that is
+    gone ("pass 'p9' not found"), "the database refused it (<the database's
+    error code>)", or "given up after 4 attempts: ...". Empty otherwise.
+    """
     request_id: _builtins.str
     """The caller's idempotency key, if any."""
     @_builtins.property

@@ -286,11 +286,15 @@ class Pass(_message.Message):
     """
     @_builtins.property
     def tags(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
-        """Tags, for tag targets and segments. Replaced as a whole on upsert."""
+        """Tags, for tag targets and segments. Replaced as a whole on upsert. At
+        most 100.
+        """
 
     @_builtins.property
     def group_tags(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
-        """Group tags, for entity targets. Replaced as a whole on upsert."""
+        """Group tags, for entity targets. Replaced as a whole on upsert. At most
+        100.
+        """
 
     @_builtins.property
     def notification(self) -> Global___PassNotification:
@@ -380,7 +384,9 @@ class Segment(_message.Message):
     @_builtins.property
     def criteria(self) -> _struct_pb2.Struct:
         """The filter, in Airship's shape: `{"tag": "a"}`, `{"and": [...]}`,
-        `{"or": [...]}`, `{"not": {...}}`, nested at most 10 deep.
+        `{"or": [...]}`, `{"not": {...}}`, nested at most 10 deep, with at most
+        500 tags and 50 operators (`and`, `or`, `not`) in all; more is refused
+        with INVALID_ARGUMENT.
         """
 
     @_builtins.property
@@ -900,8 +906,8 @@ class AddCampaignMembersRequest(_message.Message):
     """The campaign."""
     @_builtins.property
     def pass_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
-        """The passes to add, at most 10,000 per call; each must be in the
-        campaign's project.
+        """The passes to add, at most 10,000 per call (more is refused with
+        INVALID_ARGUMENT); each must be in the campaign's project.
         """
 
     def __init__(

@@ -8,6 +8,11 @@ from passpush.domain.errors import InvalidArgument
 from passpush.domain.validation import check_tag
 
 MAX_DEPTH = 10
+# A segment's size: its tags (leaves), and its operators (and/or/not). The SQL of a segment
+# grows with its operators only (store/audience.py binds each operator's tags as one list),
+# so a few hundred tags cost what a few do; SQLite's expression depth (1,000) stays far off.
+SEGMENT_TAGS_MAX = 500
+SEGMENT_OPERATORS_MAX = 50
 
 
 @dataclass(frozen=True)
@@ -33,8 +38,30 @@ class NoneOf:
 Criterion = HasTag | AllOf | AnyOf | NoneOf
 
 
-def parse_criteria(raw: object, field: str = "segment.criteria", depth: int = 0) -> Criterion:
-    """Parses and validates a criteria document; InvalidArgument names the bad node."""
+def parse_criteria(raw: object, field: str = "segment.criteria") -> Criterion:
+    """Parses and validates a criteria document; InvalidArgument names the bad node, or the
+    whole document when it is over a size limit."""
+    size = _Size()
+    criterion = _parse(raw, field, 0, size)
+    if size.tags > SEGMENT_TAGS_MAX:
+        raise InvalidArgument.field(field, f"must have at most {SEGMENT_TAGS_MAX} tags")
+    if size.operators > SEGMENT_OPERATORS_MAX:
+        raise InvalidArgument.field(
+            field, f"must have at most {SEGMENT_OPERATORS_MAX} operators (and, or, not)"
+        )
+    return criterion
+
+
+@dataclass
+class _Size:
+    tags: int = 0
+    operators: int = 0
+
+    def over(self) -> bool:
+        return self.tags > SEGMENT_TAGS_MAX or self.operators > SEGMENT_OPERATORS_MAX
+
+
+def _parse(raw: object, field: str, depth: int, size: _Size) -> Criterion:
     if depth > MAX_DEPTH:
         raise InvalidArgument.field(field, f"is nested more than {MAX_DEPTH} deep")
     if not isinstance(raw, dict) or len(raw) != 1:
@@ -48,15 +75,18 @@ def parse_criteria(raw: object, field: str = "segment.criteria", depth: int = 0)
         violations = check_tag(f"{field}.tag", operand)
         if violations:
             raise InvalidArgument(violations)
+        size.tags += 1
         return HasTag(operand)
-    if operator in ("and", "or"):
-        if not isinstance(operand, list) or not operand:
-            raise InvalidArgument.field(f"{field}.{operator}", "must be a non-empty list")
-        parts = tuple(
-            parse_criteria(item, f"{field}.{operator}[{i}]", depth + 1)
-            for i, item in enumerate(operand)
-        )
-        return AllOf(parts) if operator == "and" else AnyOf(parts)
+    if operator not in ("and", "or", "not"):
+        raise InvalidArgument.field(field, f'has unknown operator "{operator}"')
+    size.operators += 1
     if operator == "not":
-        return NoneOf(parse_criteria(operand, f"{field}.not", depth + 1))
-    raise InvalidArgument.field(field, f'has unknown operator "{operator}"')
+        return NoneOf(_parse(operand, f"{field}.not", depth + 1, size))
+    if not isinstance(operand, list) or not operand:
+        raise InvalidArgument.field(f"{field}.{operator}", "must be a non-empty list")
+    parts = []
+    for i, item in enumerate(operand):
+        if size.over():  # the rest is not worth reading: the whole is refused
+            break
+        parts.append(_parse(item, f"{field}.{operator}[{i}]", depth + 1, size))
+    return AllOf(tuple(parts)) if operator == "and" else AnyOf(tuple(parts))

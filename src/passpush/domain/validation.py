@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable
+from collections.abc import Iterable, Sized
 from datetime import datetime, timedelta
 
 from passpush.domain.errors import FieldViolation, InvalidArgument
@@ -123,6 +123,8 @@ def check_target(target: Target | None, prefix: str = "target") -> list[FieldVio
             return check_id(f"{prefix}.campaign_id", campaign_id)
         case EntityTarget(entity_id, group_tags):
             found = check_id(f"{prefix}.entity.entity_id", entity_id)
+            if too_long := check_entity_group_tags(f"{prefix}.entity.group_tags", group_tags):
+                return found + too_long
             for i, tag in enumerate(group_tags):
                 found += check_tag(f"{prefix}.entity.group_tags[{i}]", tag)
             return found
@@ -184,6 +186,8 @@ def check_pass(p: Pass, prefix: str = "pass") -> list[FieldViolation]:
                 f"{prefix}.authentication_token", f"must be at least {AUTH_TOKEN_MIN} characters"
             )
         )
+    if too_long := check_pass_tag_lists(p, prefix):
+        return found + too_long
     for i, tag in enumerate(p.tags):
         found += check_tag(f"{prefix}.tags[{i}]", tag)
     for i, tag in enumerate(p.group_tags):
@@ -196,3 +200,38 @@ def check_push_token(field: str, token: str) -> list[FieldViolation]:
     if not re.fullmatch(r"[0-9A-Fa-f]{16,400}", token):
         return [FieldViolation(field, "must be the device's APNs token in hex")]
     return []
+
+
+# List limits --------------------------------------------------------------
+# Every list a caller sends has a documented bound, checked before its items (a list over
+# it is refused whole, with one violation). The audience lists are bound into SQL as one
+# parameter each (store/db.py `one_of_values`), so these bounds keep the work per request
+# in reason rather than the statement size.
+
+# An entity target's group tags: a brand with a tag per store or region.
+ENTITY_GROUP_TAGS_MAX = 1_000
+# A pass's tags, and its group tags.
+PASS_TAGS_MAX = 100
+PASS_GROUP_TAGS_MAX = 100
+# Pass ids per AddCampaignMembers call.
+MEMBERS_PER_CALL_MAX = 10_000
+# Outcomes in a StreamDeliveryEvents filter, and scopes of an API key (each a small set).
+OUTCOMES_MAX = 10
+SCOPES_MAX = 20
+
+
+def check_list_length(field: str, items: Sized, maximum: int, noun: str) -> list[FieldViolation]:
+    if len(items) > maximum:
+        return [FieldViolation(field, f"must have at most {maximum} {noun} (it has {len(items)})")]
+    return []
+
+
+def check_entity_group_tags(field: str, group_tags: Sized) -> list[FieldViolation]:
+    return check_list_length(field, group_tags, ENTITY_GROUP_TAGS_MAX, "group tags")
+
+
+def check_pass_tag_lists(p: Pass, prefix: str = "pass") -> list[FieldViolation]:
+    return [
+        *check_list_length(f"{prefix}.tags", p.tags, PASS_TAGS_MAX, "tags"),
+        *check_list_length(f"{prefix}.group_tags", p.group_tags, PASS_GROUP_TAGS_MAX, "group tags"),
+    ]

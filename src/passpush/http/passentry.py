@@ -17,6 +17,7 @@ from fastapi import APIRouter, Request
 from google.protobuf.timestamp_pb2 import Timestamp
 from pydantic import BaseModel, Field
 
+from passpush.domain.validation import ENTITY_GROUP_TAGS_MAX
 from passpush.http.credentials import BearerKey
 from passpush.http.rpc import CallFailed, Metadata, call, iso, timestamp
 from passpush.http.schemas import BODY_MAX, StrictBody, Text
@@ -186,7 +187,7 @@ class Segment(StrictBody):
 
 class Batch(StrictBody):
     message: Text = Field(min_length=1, max_length=BODY_MAX)
-    segments: list[Segment] = Field(default_factory=list)
+    segments: list[Segment] = Field(default_factory=list, max_length=ENTITY_GROUP_TAGS_MAX)
     scheduledAt: datetime | None = None
 
 

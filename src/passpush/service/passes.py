@@ -35,7 +35,9 @@ from passpush.domain.passkit import (
 from passpush.domain.segments import parse_criteria
 from passpush.domain.signing import AppleSigningPem, load_signing
 from passpush.domain.validation import (
+    MEMBERS_PER_CALL_MAX,
     check_id,
+    check_list_length,
     check_pass,
     check_push_token,
     check_template,
@@ -46,7 +48,6 @@ from passpush.service.passkit import PassKitSettings, PassPackager
 from passpush.store.passes import PassStore, new_id
 
 DEFAULT_CAMPAIGN_LIMIT = 3
-MAX_MEMBERS_PER_CALL = 10_000
 MAX_IMPORT_FAILURES_REPORTED = 100
 
 
@@ -255,8 +256,7 @@ class PassCore:
         self, project_id: str, campaign_id: str, pass_ids: Sequence[str]
     ) -> Campaign:
         violations = check_id("campaign_id", campaign_id)
-        if len(pass_ids) > MAX_MEMBERS_PER_CALL:
-            raise InvalidArgument.field("pass_ids", f"at most {MAX_MEMBERS_PER_CALL} per call")
+        raise_if_any(check_list_length("pass_ids", pass_ids, MEMBERS_PER_CALL_MAX, "pass ids"))
         for i, pass_id in enumerate(pass_ids):
             violations += check_id(f"pass_ids[{i}]", pass_id)
         raise_if_any(violations)

@@ -5,6 +5,10 @@ sent exactly as Send would and marked SENT in a second one: the ticket and the
 SENT mark commit together, so a crash in between leaves it PROCESSING until its
 lease ends, and it is then sent once. On PostgreSQL replicas claim with SKIP
 LOCKED, so a schedule fires once whatever their number.
+
+Each schedule is its own failure domain: one that cannot be sent ends FAILED
+with its reason (after a few tries when the database failed for a passing
+reason), and the schedules claimed with it go on.
 """
 
 from __future__ import annotations
@@ -18,7 +22,7 @@ import uuid
 from collections.abc import Callable
 from datetime import datetime, timedelta
 
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy.exc import DBAPIError, IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from passpush.domain.errors import AlreadyExists, DomainError
@@ -42,6 +46,7 @@ from passpush.service.clock import Clock, utcnow
 from passpush.service.notifications import fingerprint_of
 from passpush.store.audience import resolve_audience
 from passpush.store.events import EventStore
+from passpush.store.faults import error_code, is_passing_trouble
 from passpush.store.schedules import ScheduleStore, reserve_campaign_place
 from passpush.store.tickets import NewTicket, TicketStore
 
@@ -49,6 +54,10 @@ log = logging.getLogger(__name__)
 
 CLAIM_LEASE = timedelta(seconds=60)
 CLAIM_BATCH = 50
+# A schedule whose send fails for a passing reason (the database unreachable, locked, out
+# of disk) is tried this many times in all, waiting 2 s, 4 s, 8 s between; then FAILED.
+MAX_SEND_ATTEMPTS = 4
+RETRY_BACKOFF = timedelta(seconds=2)
 # At most this long between two looks at the schedules: a replica notices another's
 # schedules (or one left by a dead replica) within it.
 MAX_SLEEP_SECONDS = 1.0
@@ -181,10 +190,10 @@ class Scheduler:
             self._wake.clear()
             async with self._sessions.begin() as session:
                 claimed = await ScheduleStore(session).claim_due(
-                    self.owner, self._clock(), CLAIM_LEASE, CLAIM_BATCH
+                    self.owner, self._clock(), CLAIM_LEASE, CLAIM_BATCH, MAX_SEND_ATTEMPTS
                 )
-            for scheduled in claimed:
-                await self._send(scheduled)
+            for scheduled, attempt in claimed:
+                await self._send_contained(scheduled, attempt)
             fired += len(claimed)
             if len(claimed) < CLAIM_BATCH:
                 return fired
@@ -203,6 +212,61 @@ class Scheduler:
                 sleep = min(sleep, max(0.0, (due - self._clock()).total_seconds()))
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), sleep)
+
+    async def _send_contained(self, scheduled: ScheduledNotification, attempt: int) -> None:
+        """Sends one schedule in its own failure domain: whatever stops it ends it FAILED
+        with a reason, or (a passing database failure) has it tried again a little later,
+        and never stops the schedules claimed with it."""
+        try:
+            await self._send(scheduled)
+        except DomainError as error:
+            log.info("scheduled notification %s failed: %s", scheduled.id, error.message)
+            await self._record(scheduled, failure=error.message)
+        except Exception as error:
+            cause = error_code(error)
+            if not is_passing_trouble(error):
+                log.exception("scheduled notification %s cannot be sent", scheduled.id)
+                refused = "the database refused it" if isinstance(error, DBAPIError) else "failed"
+                await self._record(scheduled, failure=f"{refused} ({cause})")
+            elif attempt >= MAX_SEND_ATTEMPTS:
+                log.exception("scheduled notification %s: giving up", scheduled.id)
+                reason = f"given up after {attempt} attempts: the database failed ({cause})"
+                await self._record(scheduled, failure=reason)
+            else:
+                delay = RETRY_BACKOFF * 2 ** (attempt - 1)
+                log.warning(
+                    "scheduled notification %s: attempt %d failed (%s); trying again in %s",
+                    scheduled.id,
+                    attempt,
+                    cause,
+                    delay,
+                )
+                await self._record(scheduled, retry_in=delay)
+
+    async def _record(
+        self,
+        scheduled: ScheduledNotification,
+        *,
+        failure: str = "",
+        retry_in: timedelta | None = None,
+    ) -> None:
+        """Marks a schedule FAILED, or to be tried again; if even that fails, its claim runs
+        out and the next claim counts one more attempt."""
+        now = self._clock()
+        try:
+            async with self._sessions.begin() as session:
+                schedules = ScheduleStore(session)
+                if retry_in is not None:
+                    at = now + retry_in
+                    await schedules.retry_later(
+                        scheduled.project_id, scheduled.id, self.owner, now, at
+                    )
+                else:
+                    await schedules.finish(
+                        scheduled.project_id, scheduled.id, self.owner, now, failure=failure
+                    )
+        except Exception:
+            log.exception("could not record how scheduled notification %s ended", scheduled.id)
 
     async def _send(self, scheduled: ScheduledNotification) -> None:
         """Sends as Send would; the ticket and the SENT mark commit together."""
@@ -229,13 +293,6 @@ class Scheduler:
                     raise _ClaimLost  # another scheduler took it over: undo this send
         except _ClaimLost:
             log.warning("scheduled notification %s was taken over; not sent here", scheduled.id)
-            return
-        except DomainError as error:
-            async with self._sessions.begin() as session:
-                await ScheduleStore(session).finish(
-                    scheduled.project_id, scheduled.id, self.owner, now, failure=error.message
-                )
-            log.info("scheduled notification %s failed: %s", scheduled.id, error.message)
             return
         late = now - scheduled.send_time
         log.info(

@@ -23,7 +23,12 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from passpush.domain.errors import DomainError, FieldViolation, NotFound, Unavailable
 from passpush.domain.model import DeliveryEvent, DeliveryOutcome, Target, Ticket
-from passpush.domain.validation import check_target, raise_if_any
+from passpush.domain.validation import (
+    OUTCOMES_MAX,
+    check_list_length,
+    check_target,
+    raise_if_any,
+)
 from passpush.service.clock import Clock, utcnow
 from passpush.store.audience import resolve_audience
 from passpush.store.events import EventStore
@@ -240,6 +245,7 @@ class EventStreams:
             violations.append(FieldViolation("after_sequence", "must not be negative"))
         if target is not None:
             violations += check_target(target)
+        violations += check_list_length("outcomes", outcomes, OUTCOMES_MAX, "outcomes")
         raise_if_any(violations)
         async with self._sessions() as session:
             if ticket_id:

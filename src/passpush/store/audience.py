@@ -12,7 +12,7 @@ from collections import defaultdict
 from collections.abc import Collection
 from dataclasses import dataclass
 
-from sqlalchemy import ColumnElement, Select, and_, exists, false, not_, or_, select
+from sqlalchemy import ColumnElement, Select, and_, exists, false, func, not_, or_, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from passpush.domain.errors import NotFound
@@ -27,7 +27,7 @@ from passpush.domain.model import (
     TemplateTarget,
 )
 from passpush.domain.segments import AllOf, AnyOf, Criterion, HasTag, NoneOf, parse_criteria
-from passpush.store.db import one_of
+from passpush.store.db import dialect_name, one_of, one_of_values
 from passpush.store.direct import Query, Steps
 from passpush.store.models import (
     CampaignMemberRow,
@@ -113,7 +113,8 @@ async def resolve_audience(session: AsyncSession, project_id: str, target: Targe
             segment = await session.get(SegmentRow, (project_id, segment_id))
             if segment is None:
                 raise NotFound("segment", segment_id)
-            condition = and_(in_project, _criterion(parse_criteria(segment.criteria)))
+            criterion = parse_criteria(segment.criteria)
+            condition = and_(in_project, _criterion(project_id, criterion, dialect_name(session)))
             if template_id:
                 await _template(session, project_id, template_id)
                 condition = and_(condition, PassRow.template_id == template_id)
@@ -134,7 +135,8 @@ async def resolve_audience(session: AsyncSession, project_id: str, target: Targe
             )
             condition = and_(in_project, PassRow.template_id.in_(templates))
             if group_tags:
-                condition = and_(condition, _has_group_tag(group_tags))
+                tagged = _has_group_tag(project_id, group_tags, dialect_name(session))
+                condition = and_(condition, tagged)
             return Audience(project_id, condition)
     raise AssertionError(f"unknown target {target!r}")  # pragma: no cover
 
@@ -221,22 +223,54 @@ def _has_tag(tag: str) -> ColumnElement[bool]:
     )
 
 
-def _has_group_tag(tags: tuple[str, ...]) -> ColumnElement[bool]:
-    return exists().where(
-        PassGroupTagRow.project_id == PassRow.project_id,
-        PassGroupTagRow.pass_id == PassRow.id,
-        PassGroupTagRow.tag.in_(tags),
+# A list of tags selects its passes in one uncorrelated subquery (by the tag index), not a
+# test per pass: on SQLite a list bound in a correlated EXISTS is read again for every pass
+# (2.6 s instead of 0.1 s for 1,000 group tags over 5,000 passes).
+def _has_any_tag(project_id: str, tags: list[str], dialect: str) -> ColumnElement[bool]:
+    return PassRow.id.in_(
+        select(PassTagRow.pass_id).where(
+            PassTagRow.project_id == project_id, one_of_values(PassTagRow.tag, dialect, tags)
+        )
     )
 
 
-def _criterion(criterion: Criterion) -> ColumnElement[bool]:
+def _has_every_tag(project_id: str, tags: list[str], dialect: str) -> ColumnElement[bool]:
+    distinct = sorted(set(tags))
+    return PassRow.id.in_(
+        select(PassTagRow.pass_id)
+        .where(
+            PassTagRow.project_id == project_id,
+            one_of_values(PassTagRow.tag, dialect, distinct),
+        )
+        .group_by(PassTagRow.pass_id)
+        .having(func.count() == len(distinct))
+    )
+
+
+def _has_group_tag(project_id: str, tags: tuple[str, ...], dialect: str) -> ColumnElement[bool]:
+    return PassRow.id.in_(
+        select(PassGroupTagRow.pass_id).where(
+            PassGroupTagRow.project_id == project_id,
+            one_of_values(PassGroupTagRow.tag, dialect, tags),
+        )
+    )
+
+
+def _criterion(project_id: str, criterion: Criterion, dialect: str) -> ColumnElement[bool]:
+    """A segment's condition. The tags directly under one and/or are tested together, bound
+    as one list: the SQL grows with the operators, never with the tags."""
     match criterion:
         case HasTag(tag):
             return _has_tag(tag)
-        case AllOf(parts):
-            return and_(*(_criterion(p) for p in parts))
-        case AnyOf(parts):
-            return or_(*(_criterion(p) for p in parts))
+        case AllOf(parts) | AnyOf(parts):
+            tags = [p.tag for p in parts if isinstance(p, HasTag)]
+            conditions = [
+                _criterion(project_id, p, dialect) for p in parts if not isinstance(p, HasTag)
+            ]
+            if isinstance(criterion, AllOf):
+                every = [_has_every_tag(project_id, tags, dialect)] if tags else []
+                return and_(*every, *conditions)
+            return or_(*([_has_any_tag(project_id, tags, dialect)] if tags else []), *conditions)
         case NoneOf(part):
-            return not_(_criterion(part))
+            return not_(_criterion(project_id, part, dialect))
     return false()  # pragma: no cover

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import json
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import ColumnElement, any_, bindparam, event, exc
+from sqlalchemy import ColumnElement, any_, bindparam, event, exc, func, select
 from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import (
@@ -144,6 +146,18 @@ def one_of(column: Any, dialect: str, name: str = "ids") -> ColumnElement[bool]:
         values = bindparam(name, type_=ARRAY(column.type))
         return column == any_(values)  # type: ignore[no-any-return]
     return column.in_(bindparam(name, expanding=True))  # type: ignore[no-any-return]
+
+
+def one_of_values(column: Any, dialect: str, values: Iterable[str]) -> ColumnElement[bool]:
+    """`column` is one of `values`, bound as one parameter whatever their number: the
+    statement's text (and SQLite's expression tree) does not grow with the list, and no
+    list meets the databases' caps on bound parameters. PostgreSQL: `= ANY(array)`;
+    SQLite: `IN (SELECT value FROM json_each(json))`."""
+    if dialect == "postgresql":
+        listed_array = bindparam(None, list(values), type_=ARRAY(column.type))
+        return column == any_(listed_array)  # type: ignore[no-any-return]
+    listed = func.json_each(bindparam(None, json.dumps(list(values)))).table_valued("value")
+    return column.in_(select(listed.c.value))  # type: ignore[no-any-return]
 
 
 def dialect_name(session: AsyncSession) -> str:

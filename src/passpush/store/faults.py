@@ -18,13 +18,15 @@ from passpush.domain.errors import Unavailable
 from passpush.store.direct import Query, Steps
 
 # SQLite's primary result codes (the low byte of an extended code) for a database that is
-# busy past the busy timeout, read-only, failing I/O, full, or that cannot be opened.
-_SQLITE_UNAVAILABLE = {5, 8, 10, 13, 14}  # BUSY, READONLY, IOERR, FULL, CANTOPEN
+# busy or locked past the busy timeout, read-only, failing I/O, full, cannot be opened, or
+# lost a race on its WAL index (PROTOCOL).
+_SQLITE_UNAVAILABLE = {5, 6, 8, 10, 13, 14, 15}
 
-# PostgreSQL SQLSTATEs: 08 connection exceptions, 53 insufficient resources (disk full,
-# out of memory, too many connections), 57P operator intervention (admin or crash shutdown,
-# cannot connect now), 25006 a read-only transaction (a standby, during a failover).
-_POSTGRES_UNAVAILABLE = ("08", "53", "57P", "25006")
+# PostgreSQL SQLSTATEs: 08 connection exceptions, 40 serialization failures and deadlocks,
+# 53 insufficient resources (disk full, out of memory, too many connections), 55P03 a lock
+# not available, 57P operator intervention (admin or crash shutdown, cannot connect now),
+# 25006 a read-only transaction (a standby, during a failover).
+_POSTGRES_UNAVAILABLE = ("08", "40", "53", "55P03", "57P", "25006")
 
 
 # What a call to the database may raise, of which unavailable_from tells passing trouble
@@ -49,12 +51,29 @@ def write_check() -> Steps[None]:
 def unavailable_from(error: BaseException) -> Unavailable | None:
     """Unavailable if `error` is the database being out of reach or unable to write for
     now; None for anything else. The message names no driver: it goes on the wire."""
-    if any(_is_passing_trouble(cause) for cause in _causes(error)):
+    if is_passing_trouble(error):
         return Unavailable(
             "the database cannot take this call now; retry later",
             reason="DATABASE_UNAVAILABLE",
         )
     return None
+
+
+def is_passing_trouble(error: BaseException) -> bool:
+    """Whether the database failed for a reason that may pass (the same call may succeed
+    in a moment), rather than refusing the statement itself."""
+    return any(_is_passing_trouble(cause) for cause in _causes(error))
+
+
+def error_code(error: BaseException) -> str:
+    """The database's own name for an error (SQLITE_FULL, SQLSTATE 53100), else its type's:
+    enough to say why without the statement or its parameters."""
+    driver_error = error.orig if isinstance(error, exc.DBAPIError) and error.orig else error
+    if name := getattr(driver_error, "sqlite_errorname", None):
+        return str(name)
+    if sqlstate := getattr(driver_error, "sqlstate", None):
+        return f"SQLSTATE {sqlstate}"
+    return type(driver_error).__name__
 
 
 def _is_passing_trouble(error: BaseException) -> bool:

@@ -389,6 +389,9 @@ class ScheduledNotificationRow(Base):
     # Who is sending it, and until when: a scheduler that dies leaves it to another.
     claimed_by: Mapped[str | None] = mapped_column(String(64))
     claimed_until: Mapped[datetime | None]
+    # How many times a scheduler took it on: a schedule is given up (FAILED) after a few,
+    # whatever kept failing, so that it is never claimed for ever.
+    send_attempts: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
     created_at: Mapped[datetime]
     updated_at: Mapped[datetime]
 

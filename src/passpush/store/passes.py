@@ -27,7 +27,7 @@ from passpush.domain.model import (
 )
 from passpush.domain.passkit import PassContent, PassPackageSource
 from passpush.domain.signing import AppleSigningPem, certificate_expire_time
-from passpush.store.db import dialect_name
+from passpush.store.db import dialect_name, one_of_values
 from passpush.store.models import (
     CampaignMemberRow,
     CampaignRow,
@@ -414,7 +414,8 @@ class PassStore:
         found = set(
             await self.session.scalars(
                 select(PassRow.id).where(
-                    PassRow.project_id == self.project_id, PassRow.id.in_(wanted)
+                    PassRow.project_id == self.project_id,
+                    one_of_values(PassRow.id, dialect_name(self.session), wanted),
                 )
             )
         )

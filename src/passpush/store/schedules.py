@@ -161,26 +161,56 @@ class ScheduleStore:
         return [_scheduled(row) for row in rows]
 
     async def claim_due(
-        self, owner: str, now: datetime, lease: timedelta, limit: int
-    ) -> list[ScheduledNotification]:
-        """Marks up to `limit` due schedules PROCESSING for `owner`: those whose time came,
-        and those whose previous claimer died (claim expired)."""
+        self, owner: str, now: datetime, lease: timedelta, limit: int, max_attempts: int
+    ) -> list[tuple[ScheduledNotification, int]]:
+        """Marks up to `limit` due schedules PROCESSING for `owner`, each with its attempt
+        number: those whose time came, those waiting to be tried again whose wait is over,
+        and those whose previous claimer died (claim expired). One already tried
+        `max_attempts` times is given up (FAILED) instead: whatever stopped it, it would stop
+        again."""
         s = ScheduledNotificationRow
         due = or_(
             (s.state == ScheduleState.PENDING.value) & (s.send_time <= now),
             (s.state == ScheduleState.PROCESSING.value) & (s.claimed_until < now),
         )
-        query = select(s).where(due).order_by(s.send_time).limit(limit)
+        query = select(s).where(due).order_by(s.send_time, s.id).limit(limit)
         if dialect_name(self.session) == "postgresql":
             query = query.with_for_update(skip_locked=True)
-        rows = list(await self.session.scalars(query))
-        for row in rows:
+        claimed = []
+        for row in await self.session.scalars(query):
+            row.claimed_until = None
+            row.updated_at = now
+            if row.send_attempts >= max_attempts:
+                row.state = ScheduleState.FAILED.value
+                row.claimed_by = None
+                row.failure_reason = f"given up after {row.send_attempts} attempts to send it"
+                continue
             row.state = ScheduleState.PROCESSING.value
             row.claimed_by = owner
             row.claimed_until = now + lease
-            row.updated_at = now
+            row.send_attempts += 1
+            claimed.append((_scheduled(row), row.send_attempts))
         await self.session.flush()
-        return [_scheduled(row) for row in rows]
+        return claimed
+
+    async def retry_later(
+        self, project_id: str, schedule_id: str, owner: str, now: datetime, at: datetime
+    ) -> bool:
+        """Leaves a schedule whose send failed for a passing reason to be claimed again at
+        `at` (by any scheduler); False if `owner` lost the claim."""
+        s = ScheduledNotificationRow
+        result = await self.session.execute(
+            update(s)
+            .where(
+                s.project_id == project_id,
+                s.id == schedule_id,
+                s.state == ScheduleState.PROCESSING.value,
+                s.claimed_by == owner,
+            )
+            .values(claimed_by=None, claimed_until=at, updated_at=now)
+            .execution_options(synchronize_session=False)
+        )
+        return bool(result.rowcount)  # type: ignore[attr-defined]
 
     async def finish(
         self,
