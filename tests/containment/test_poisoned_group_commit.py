@@ -138,3 +138,28 @@ def _code(answer: object) -> str:
     if isinstance(answer, grpc.aio.AioRpcError):
         return answer.code().name
     return repr(answer)
+
+
+@pytest.mark.parametrize(
+    "target",
+    [
+        npb.Target(pass_id="acme-0"),
+        npb.Target(template=npb.TemplateRef(template_id="acme-loyalty")),
+    ],
+    ids=["one-pass", "broadcast"],
+)
+async def test_the_refused_send_is_logged_without_its_body(
+    target: npb.Target,
+    projects: dict[str, notifications_pb2_grpc.NotificationServiceStub],
+    poisoned_tickets: None,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """The server log says why a Send failed, never what it said: a notification's body
+    stays out of every log line, the database's error included."""
+    body = f"{POISON} secret body 7f3a"
+    with pytest.raises(grpc.aio.AioRpcError):
+        await projects["acme"].Send(npb.SendRequest(target=target, content=npb.Content(body=body)))
+
+    logged = "\n".join(caplog.handler.format(record) for record in caplog.records)
+    assert "poisoned ticket" in logged  # the failure is in the log...
+    assert "secret body 7f3a" not in logged  # ...its body is not

@@ -30,6 +30,9 @@ def is_sqlite(url: str) -> bool:
 
 
 def make_engine(url: str = DEFAULT_DATABASE_URL, **kwargs: Any) -> AsyncEngine:
+    # A database error's text would otherwise carry the statement's values (notification
+    # bodies, push tokens) into the log.
+    kwargs.setdefault("hide_parameters", True)
     if not is_sqlite(url):
         # No JIT: it compiles big statements for hundreds of milliseconds, where an
         # OLTP service wants its answer now. Custom plans: asyncpg prepares every statement,
@@ -123,7 +126,7 @@ def make_read_sessions(
     if engine.dialect.name != "sqlite" or engine.url.database in (None, "", ":memory:"):
         return sessions, None
     readers = create_async_engine(
-        engine.url, connect_args={"timeout": 30}, pool_size=2, max_overflow=2
+        engine.url, connect_args={"timeout": 30}, pool_size=2, max_overflow=2, hide_parameters=True
     )
 
     @event.listens_for(readers.sync_engine, "connect")
