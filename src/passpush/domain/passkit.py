@@ -21,7 +21,7 @@ from typing import Any
 
 from passpush.domain.errors import FieldViolation, InvalidArgument
 from passpush.domain.signing import AppleSigningPem, SigningMaterial
-from passpush.domain.validation import AUTH_TOKEN_MIN
+from passpush.domain.validation import AUTH_TOKEN_MIN, unstorable
 
 PASS_JSON = "pass.json"
 MANIFEST = "manifest.json"
@@ -178,6 +178,8 @@ def _pass_json(data: bytes) -> tuple[dict[str, Any] | None, list[tuple[str, str]
         document = json.loads(data.decode("utf-8-sig"))
     except (UnicodeDecodeError, ValueError):
         return None, [("", "is not valid UTF-8 JSON")]
+    except RecursionError:
+        return None, [("", "is nested too deep")]
     if not isinstance(document, dict):
         return None, [("", "must be a JSON object")]
     problems = []
@@ -201,6 +203,8 @@ def _pass_json(data: bytes) -> tuple[dict[str, Any] | None, list[tuple[str, str]
         value = document.get(key)
         if value is not None and not (isinstance(value, str) and shortest <= len(value) <= longest):
             problems.append((key, f"must be a string of {shortest}-{longest} characters"))
+        elif isinstance(value, str) and unstorable(value):  # both are stored as text
+            problems.append((key, unstorable(value)))
     if problems:
         return None, problems
     document.setdefault("formatVersion", 1)

@@ -18,7 +18,7 @@ from passpush.domain.auth import (
 )
 from passpush.domain.errors import Unauthenticated
 from passpush.domain.paging import Page, decode_token, page_of, page_size
-from passpush.domain.validation import check_id, raise_if_any
+from passpush.domain.validation import check_display_name, check_id, raise_if_any
 from passpush.service.clock import Clock, utcnow
 from passpush.store.keys import ApiKeyStore
 from passpush.store.passes import PassStore
@@ -66,7 +66,12 @@ class KeyCore:
 
         `create_project` is for the operator's CLI, which provisions projects.
         """
-        raise_if_any(check_id("project_id", project_id))
+        raise_if_any(
+            [
+                *check_id("project_id", project_id),
+                *check_display_name("api_key.display_name", name),
+            ]
+        )
         parsed = parse_scopes(scopes)
         material = new_key_material()
         async with self._sessions.begin() as session:

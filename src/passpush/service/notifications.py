@@ -22,6 +22,7 @@ from passpush.domain.model import (
 )
 from passpush.domain.validation import (
     check_content,
+    check_display_window,
     check_request_id,
     check_target,
     raise_if_any,
@@ -94,6 +95,7 @@ class NotificationCore:
             [*check_target(target), *check_content(content), *check_request_id(request_id)]
         )
         assert target is not None and content is not None
+        raise_if_any(check_display_window(content, self._clock(), when="now"))
         return await self._submit(project_id, Operation.SEND, target, content, request_id)
 
     async def delete(self, project_id: str, target: Target | None, request_id: str) -> Ticket:

@@ -35,9 +35,11 @@ from passpush.domain.passkit import (
 from passpush.domain.segments import parse_criteria
 from passpush.domain.signing import AppleSigningPem, load_signing
 from passpush.domain.validation import (
+    check_display_name,
     check_id,
     check_pass,
     check_push_token,
+    check_signing_pems,
     check_template,
     raise_if_any,
 )
@@ -85,12 +87,15 @@ class PassCore:
                 "key: passpush keys create --project ID",
                 reason="OTHER_PROJECT",
             )
+        raise_if_any(check_display_name("project.display_name", display_name))
         async with self._sessions.begin() as session:
             return await PassStore(session, project_id).create_project(display_name, self._clock())
 
     async def create_entity(self, project_id: str, entity: Entity) -> Entity:
         entity = replace(entity, id=entity.id or new_id())
-        raise_if_any(check_id("entity_id", entity.id))
+        raise_if_any(
+            [*check_id("entity_id", entity.id), *check_display_name("entity.name", entity.name)]
+        )
         _require_own_project(project_id, entity.project_id, "entity.project_id")
         async with self._sessions.begin() as session:
             return await PassStore(session, project_id).create_entity(entity, self._clock())
@@ -124,6 +129,14 @@ class PassCore:
     def _check_signing(
         self, signing: AppleSigningPem, pass_type_identifier: str, field: str
     ) -> None:
+        raise_if_any(
+            check_signing_pems(
+                field,
+                signing.certificate_pem,
+                signing.private_key_pem,
+                signing.wwdr_certificate_pem,
+            )
+        )
         material = load_signing(signing, field=field, pass_type_identifier=pass_type_identifier)
         if material.expire_time <= self._clock():
             raise InvalidArgument.field(
@@ -232,7 +245,12 @@ class PassCore:
 
     async def create_segment(self, project_id: str, segment: Segment) -> Segment:
         segment = replace(segment, id=segment.id or new_id())
-        raise_if_any(check_id("segment_id", segment.id))
+        raise_if_any(
+            [
+                *check_id("segment_id", segment.id),
+                *check_display_name("segment.display_name", segment.display_name),
+            ]
+        )
         _require_own_project(project_id, segment.project_id, "segment.project_id")
         parse_criteria(segment.criteria)
         async with self._sessions.begin() as session:
@@ -244,7 +262,12 @@ class PassCore:
             id=campaign.id or new_id(),
             notification_limit=campaign.notification_limit or DEFAULT_CAMPAIGN_LIMIT,
         )
-        raise_if_any(check_id("campaign_id", campaign.id))
+        raise_if_any(
+            [
+                *check_id("campaign_id", campaign.id),
+                *check_display_name("campaign.name", campaign.name),
+            ]
+        )
         if campaign.notification_limit < 0:
             raise InvalidArgument.field("campaign.notification_limit", "must not be negative")
         _require_own_project(project_id, campaign.project_id, "campaign.project_id")

@@ -32,6 +32,7 @@ from passpush.domain.model import (
 from passpush.domain.paging import Page, decode_token, page_of, page_size
 from passpush.domain.validation import (
     check_content,
+    check_display_window,
     check_id,
     check_request_id,
     check_send_time,
@@ -85,6 +86,7 @@ class ScheduleCore:
             ]
         )
         assert target is not None and content is not None and send_time is not None
+        raise_if_any(check_display_window(content, send_time, when="send_time"))
         fingerprint = fingerprint_of(
             Operation.SEND, target, content, send_time=send_time.isoformat()
         )
