@@ -21,7 +21,7 @@ from typing import Any
 
 from passpush.domain.errors import FieldViolation, InvalidArgument
 from passpush.domain.signing import AppleSigningPem, SigningMaterial
-from passpush.domain.validation import AUTH_TOKEN_MIN, unstorable
+from passpush.domain.validation import check_authentication_token, unstorable
 
 PASS_JSON = "pass.json"
 MANIFEST = "manifest.json"
@@ -198,13 +198,19 @@ def _pass_json(data: bytes) -> tuple[dict[str, Any] | None, list[tuple[str, str]
             fields = document[styles[0]].get(group, [])
             if not isinstance(fields, list) or not all(isinstance(f, dict) for f in fields):
                 problems.append((f"{styles[0]}.{group}", "must be a list of objects"))
-    limits = {"serialNumber": (1, MAX_SERIAL_NUMBER), "authenticationToken": (AUTH_TOKEN_MIN, 128)}
-    for key, (shortest, longest) in limits.items():
-        value = document.get(key)
-        if value is not None and not (isinstance(value, str) and shortest <= len(value) <= longest):
-            problems.append((key, f"must be a string of {shortest}-{longest} characters"))
-        elif isinstance(value, str) and unstorable(value):  # both are stored as text
-            problems.append((key, unstorable(value)))
+    serial_number, token = document.get("serialNumber"), document.get("authenticationToken")
+    if serial_number is not None and not (
+        isinstance(serial_number, str) and 1 <= len(serial_number) <= MAX_SERIAL_NUMBER
+    ):
+        problems.append(("serialNumber", f"must be a string of 1-{MAX_SERIAL_NUMBER} characters"))
+    elif isinstance(serial_number, str) and unstorable(serial_number):
+        problems.append(("serialNumber", unstorable(serial_number)))
+    if token is not None:  # as a pass's own: a device sends it in a header
+        if not isinstance(token, str) or not token:
+            problems.append(("authenticationToken", "must be a string"))
+        else:
+            bad_token = check_authentication_token("authenticationToken", token)
+            problems += [(v.field, v.description) for v in bad_token]
     if problems:
         return None, problems
     document.setdefault("formatVersion", 1)
