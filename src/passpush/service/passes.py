@@ -217,11 +217,7 @@ class PassCore:
             store = PassStore(session, project_id)
             current = await store.get_pass(pass_id)
             template = await store.get_template(current.template_id)
-            if template.platform is not Platform.APPLE:
-                raise FailedPrecondition(
-                    f"pass {pass_id!r} is not an Apple pass: content is for Apple passes",
-                    reason="NOT_AN_APPLE_PASS",
-                )
+            _require_apple(template, "content is for Apple passes")
             check_pass_type_identifier(content, template.pass_type_identifier, field)
             if not self._packager.can_sign(template.apple_signing):
                 raise FailedPrecondition(
@@ -298,7 +294,9 @@ class PassCore:
             ]
         )
         async with self._sessions.begin() as session:
-            registration, _ = await PassStore(session, project_id).register_device(
+            store = PassStore(session, project_id)
+            _require_apple(await store.get_template((await store.get_pass(pass_id)).template_id))
+            registration, _ = await store.register_device(
                 pass_id, device_library_identifier, push_token, self._clock()
             )
             return registration
@@ -329,6 +327,15 @@ async def _serial_number(
     ):
         raise AlreadyExists("pass", serial_number, reason="SERIAL_NUMBER_TAKEN")
     return serial_number
+
+
+def _require_apple(template: Template, why: str = "devices register on Apple passes") -> None:
+    """A request that only an Apple pass can take. FAILED_PRECONDITION, not INVALID_ARGUMENT
+    (AIP-193): the request is well formed; the pass it names is of the other platform."""
+    if template.platform is not Platform.APPLE:
+        raise FailedPrecondition(
+            f"the pass is of a {template.platform} template: {why}", reason="NOT_AN_APPLE_PASS"
+        )
 
 
 def _require_own_project(project_id: str, requested: str, field: str) -> None:
