@@ -199,7 +199,7 @@ class NotificationCore:
         answers.update(zip([s for s, _ in new], created, strict=True))
         for retry, first in retries_in_group:
             answers[retry] = (
-                answers[first] if retry.fingerprint == first.fingerprint else _reused_request_id()
+                answers[first] if retry.fingerprint == first.fingerprint else reused_request_id()
             )
         return answers
 
@@ -242,10 +242,10 @@ def _new_ticket(s: _Submission, audience: Audience) -> NewTicket:
 
 def _retry_answer(submission: _Submission, prior: PriorTicket) -> PriorTicket | Exception:
     """A retry gets the first ticket; a reused key with another request is refused."""
-    return prior if prior.fingerprint == submission.fingerprint else _reused_request_id()
+    return prior if prior.fingerprint == submission.fingerprint else reused_request_id()
 
 
-def _reused_request_id() -> AlreadyExists:
+def reused_request_id() -> AlreadyExists:
     return AlreadyExists("request", "request_id", reason="REQUEST_ID_REUSED")
 
 

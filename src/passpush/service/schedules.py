@@ -21,7 +21,7 @@ from datetime import datetime, timedelta
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from passpush.domain.errors import AlreadyExists, DomainError
+from passpush.domain.errors import DomainError
 from passpush.domain.model import (
     Content,
     Operation,
@@ -40,11 +40,13 @@ from passpush.domain.validation import (
     raise_if_any,
 )
 from passpush.service.clock import Clock, utcnow
-from passpush.service.notifications import fingerprint_of
+from passpush.service.notifications import fingerprint_of, reused_request_id
 from passpush.store.audience import resolve_audience
+from passpush.store.db import dialect_name
+from passpush.store.direct import run_on_session
 from passpush.store.events import EventStore
 from passpush.store.schedules import ScheduleStore, reserve_campaign_place
-from passpush.store.tickets import NewTicket, TicketStore
+from passpush.store.tickets import NewTicket, TicketStore, prior_tickets
 
 log = logging.getLogger(__name__)
 
@@ -97,6 +99,10 @@ class ScheduleCore:
                     existing = await schedules.find_by_request_id(project_id, request_id)
                     if existing is not None:
                         return _replay(*existing, fingerprint)
+                    # One namespace with Send and Delete: a ticket's id is not a schedule's.
+                    key = (project_id, request_id)
+                    if await run_on_session(session, prior_tickets({key}, dialect_name(session))):
+                        raise reused_request_id()
                 await reserve_campaign_place(session, project_id, target)
                 await resolve_audience(session, project_id, target)  # it must exist now
                 created = await schedules.create(
@@ -144,7 +150,7 @@ class ScheduleCore:
 
 def _replay(existing: ScheduledNotification, fingerprint: str, asked: str) -> ScheduledNotification:
     if fingerprint != asked:
-        raise AlreadyExists("request", "request_id", reason="REQUEST_ID_REUSED")
+        raise reused_request_id()
     return existing
 
 
