@@ -172,6 +172,8 @@ class PassKitCore:
             named = await _authenticate(
                 session, pass_type_identifier, serial_number, authentication_token
             )
+            if not _plausible(device_library_identifier, 255):
+                return  # no such device can be registered
             try:
                 await PassStore(session, named.project_id).unregister_device(
                     named.pass_id, device_library_identifier
