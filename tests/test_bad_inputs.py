@@ -272,6 +272,58 @@ BAD_INPUTS: dict[str, tuple[str, Message | bytes, str]] = {
         ppb.ListPassesRequest(template_id="loyalty", page_token=MEGABYTE),
         "page_token",
     ),
+    # Huge values where a refusal could echo them back (trailers have a size limit).
+    "api_key_scope_1mb": (
+        ADMIN + "CreateApiKey",
+        apb.CreateApiKeyRequest(api_key=apb.ApiKey(scopes=[MEGABYTE])),
+        "scopes",
+    ),
+    "segment_criteria_operator_1mb": (
+        PASSES + "CreateSegment",
+        ppb.CreateSegmentRequest(
+            segment=ppb.Segment(
+                criteria=struct_pb2.Struct(fields={MEGABYTE: struct_pb2.Value(string_value="a")})
+            )
+        ),
+        "segment.criteria",
+    ),
+    "pass_content_file_name_1mb": (
+        PASSES + "SetPassContent",
+        ppb.SetPassContentRequest(pass_id="p1", pass_json=pass_json(), files={MEGABYTE: b"x"}),
+        "files",
+    ),
+    "pass_json_pass_type_identifier_1mb": (
+        PASSES + "SetPassContent",
+        ppb.SetPassContentRequest(
+            pass_id="p1",
+            pass_json=pass_json(passTypeIdentifier=MEGABYTE),
+            files={"icon.png": b"\x89PNG\r\n\x1a\n"},
+        ),
+        "pass_json.passTypeIdentifier",
+    ),
+    "segment_criteria_key_nul_1mb": (
+        PASSES + "CreateSegment",
+        ppb.CreateSegmentRequest(
+            segment=ppb.Segment(
+                criteria=struct_pb2.Struct(
+                    fields={MEGABYTE + NUL: struct_pb2.Value(string_value="a")}
+                )
+            )
+        ),
+        "segment.criteria",
+    ),
+    "pass_content_file_name_nul_1mb": (
+        PASSES + "SetPassContent",
+        ppb.SetPassContentRequest(
+            pass_id="p1", pass_json=pass_json(), files={MEGABYTE + NUL: b"x"}
+        ),
+        "files",
+    ),
+    "campaign_members_10000_bad_ids": (
+        PASSES + "AddCampaignMembers",
+        ppb.AddCampaignMembersRequest(campaign_id="c", pass_ids=["not an id!"] * 10_000),
+        "pass_ids[0]",
+    ),
     # Timestamps out of the range of google.protobuf.Timestamp.
     "display_end_seconds_2_62": (
         NOTIFICATIONS + "Send",

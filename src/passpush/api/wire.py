@@ -24,6 +24,9 @@ _NOT_A_MESSAGE = (
 )
 
 
+_LONGEST_KEY = 255
+
+
 class RefusedRequest:
     """What a checked deserializer gives for a request the server must not take."""
 
@@ -69,9 +72,9 @@ def unstorable_strings(message: Message, prefix: str = "") -> list[FieldViolatio
         if entry is not None and entry.GetOptions().map_entry:
             value_field = entry.fields_by_name["value"]
             for key, item in value.items():
-                found += _value(value_field, item, f"{path}[{key!r}]")
+                found += _value(value_field, item, _entry(path, key))
                 if isinstance(key, str) and unstorable(key):
-                    found.append(FieldViolation(f"{path}[{key!r}]", "key " + unstorable(key)))
+                    found.append(FieldViolation(_entry(path, key), "key " + unstorable(key)))
         elif field.is_repeated:
             for i, item in enumerate(value):
                 found += _value(field, item, f"{path}[{i}]")
@@ -87,6 +90,11 @@ def _value(field: FieldDescriptor, value: Any, path: str) -> list[FieldViolation
     if field.type == FieldDescriptor.TYPE_MESSAGE:
         return unstorable_strings(value, path + ".")
     return []
+
+
+def _entry(path: str, key: object) -> str:
+    """The path of a map's entry; a key too long to be a sane one is not repeated back."""
+    return f"{path}[{key!r}]" if len(repr(key)) <= _LONGEST_KEY else path
 
 
 def _json_object(struct: struct_pb2.Struct, path: str) -> list[FieldViolation]:

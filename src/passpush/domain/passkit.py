@@ -44,6 +44,7 @@ _IGNORED = re.compile(r"(^|/)(\.DS_Store|__MACOSX(/.*)?)$")
 # `name.ext` at the root or in one `xx.lproj` folder: a pass bundle has no other folders.
 _NAME = r"[A-Za-z0-9_@~-][A-Za-z0-9._@~-]*"
 _FILE_NAME = re.compile(rf"({_NAME}\.lproj/)?{_NAME}")
+MAX_FILE_NAME = 255
 _PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
 
@@ -136,7 +137,9 @@ def content_from_files(pass_json: bytes, files: Mapping[str, bytes]) -> PassCont
         else:
             problem = _name_problem(name)
             if problem:
-                violations.append(FieldViolation(f"files[{name}]", problem))
+                # A name too long to be one is not repeated back in the field's path.
+                field = f"files[{name}]" if len(name) <= MAX_FILE_NAME else "files"
+                violations.append(FieldViolation(field, problem))
     if violations:
         raise InvalidArgument(violations)
     if len(pass_json) + sum(len(data) for data in files.values()) > MAX_CONTENT_BYTES:
@@ -274,8 +277,8 @@ def _remove_notification_field(style: dict[str, Any]) -> None:
 
 
 def _name_problem(name: str) -> str:
-    if not name or len(name) > 255:
-        return "must be a name of 1-255 characters"
+    if not name or len(name) > MAX_FILE_NAME:
+        return f"must be a name of 1-{MAX_FILE_NAME} characters"
     if name.startswith("/") or "\\" in name or ".." in name.split("/"):
         return "must be a relative path within the pass (no '/', '\\' or '..' to leave it)"
     if not _FILE_NAME.fullmatch(name):
