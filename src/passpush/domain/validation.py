@@ -52,15 +52,16 @@ AUTH_TOKEN_MAX = 128
 PEM_MAX = 65_536  # each of a template's certificate, key and WWDR certificate
 # PostgreSQL text cannot hold U+0000, and a lone surrogate is no UTF-8 at all (protobuf never
 # decodes one, but a JSON body's `\ud800` escape does).
-_UNSTORABLE = re.compile("[\x00\ud800-\udfff]")
+_SURROGATE = re.compile("[\ud800-\udfff]")
 
 
 def unstorable(value: str) -> str:
     """Why the databases cannot store `value`, or "" when they can."""
-    found = _UNSTORABLE.search(value)
-    if found is None:
-        return ""
-    return "must not contain NUL" if found.group() == "\x00" else "must be valid Unicode text"
+    if "\x00" in value:
+        return "must not contain NUL"
+    if not value.isascii() and _SURROGATE.search(value):  # ASCII first: the common case
+        return "must be valid Unicode text"
+    return ""
 
 
 def check_text(field: str, value: str, max_chars: int) -> list[FieldViolation]:
