@@ -98,10 +98,7 @@ def _guarded(handler: Handler, begin: Callable[[Any, Context], Awaitable[None]])
     def unary(behavior: Callable[..., Awaitable[Any]]) -> Callable[..., Awaitable[Any]]:
         async def run(request: Any, context: Context) -> Any:
             try:
-                if streams_requests:
-                    request = _refusing(request)
-                elif isinstance(request, RefusedRequest):
-                    raise request.error
+                request = _accepted(request, streams_requests)
                 await begin(request, context)
                 return await behavior(request, context)
             except grpc.aio.AbortError:
@@ -114,10 +111,7 @@ def _guarded(handler: Handler, begin: Callable[[Any, Context], Awaitable[None]])
     def streaming(behavior: Callable[..., AsyncIterator[Any]]) -> Callable[..., AsyncIterator[Any]]:
         async def run(request: Any, context: Context) -> AsyncIterator[Any]:
             try:
-                if streams_requests:
-                    request = _refusing(request)
-                elif isinstance(request, RefusedRequest):
-                    raise request.error
+                request = _accepted(request, streams_requests)
                 await begin(request, context)
                 async for response in behavior(request, context):
                     yield response
@@ -145,6 +139,15 @@ def _guarded(handler: Handler, begin: Callable[[Any, Context], Awaitable[None]])
         return grpc.unary_stream_rpc_method_handler(streaming(generator), **common)
     generator = handler.stream_stream
     return grpc.stream_stream_rpc_method_handler(streaming(generator), **common)
+
+
+def _accepted(request: Any, streamed: bool) -> Any:
+    """The request, unless its deserializer refused it; a stream fails at such a message."""
+    if streamed:
+        return _refusing(request)
+    if isinstance(request, RefusedRequest):
+        raise request.error
+    return request
 
 
 async def _refusing(requests: AsyncIterator[Any]) -> AsyncIterator[Any]:
