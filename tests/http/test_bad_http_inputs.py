@@ -65,6 +65,7 @@ BAD_HTTP_INPUTS: dict[str, tuple[str, str, bytes | None, int]] = {
         400,
     ),
     "airship_huge_ticket_id": ("GET", "/v1/ticket/99999999999999999999999999", None, 404),
+    "airship_ticket_id_of_5000_digits": ("GET", "/v1/ticket/" + "9" * 5000, None, 400),
     "airship_deep_json": ("POST", "/v1/pass/p1/notify", b"[" * 100_000 + b"]" * 100_000, 400),
     # PassEntry
     "passentry_nul_in_message": (
@@ -98,6 +99,8 @@ BAD_HTTP_INPUTS: dict[str, tuple[str, str, bytes | None, int]] = {
         400,
     ),
     "passentry_nul_in_batch_id": ("GET", "/api/v1/batches/a%00b", None, 400),
+    "passentry_batch_id_of_5000_digits": ("GET", "/api/v1/batches/" + "9" * 5000, None, 400),
+    "passentry_batch_id_superscript_digit": ("GET", "/api/v1/batches/%C2%B2", None, 400),
     # WalletWerk
     "walletwerk_nul_in_body": (
         "POST",

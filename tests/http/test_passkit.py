@@ -439,6 +439,12 @@ async def test_bad_input_on_the_device_routes_is_a_client_error(
             await http.get(f"{base}/v1/devices/d%00/registrations/{TOPIC}?passesUpdatedSince=%00"),
             204,
         ),
+        "a tag of 5,000 digits": (
+            await http.get(
+                f"{base}/v1/devices/d1/registrations/{TOPIC}?passesUpdatedSince={'9' * 5000}"
+            ),
+            204,
+        ),
         "NUL in an unregistration": (
             await http.delete(
                 f"{base}/v1/devices/d%00/registrations/{TOPIC}/{held.serial_number}", headers=auth

@@ -33,6 +33,7 @@ log = logging.getLogger(__name__)
 
 DEFAULT_WEB_SERVICE_URL = "http://127.0.0.1:8080/passkit"
 MAX_UPDATE_TAG = 2**63 - 1
+_TAG_DIGITS = len(str(MAX_UPDATE_TAG))
 MAX_LOG_LINES = 100
 MAX_LOG_LINE = 1000
 # What a device might put in a log line that must not reach ours: a token, push or pass, of
@@ -298,7 +299,8 @@ def device_log_line(line: str) -> str:
 
 def _update_tag(value: str | None) -> int | None:
     """A tag passpush made (a decimal), else None: the device then gets every serial."""
-    if value is None or not value.isascii() or not value.isdecimal():
+    # Longer than any tag would be is not one (and Python parses at most 4,300 digits).
+    if value is None or len(value) > _TAG_DIGITS or not value.isascii() or not value.isdecimal():
         return None
     tag = int(value)
     return tag if tag <= MAX_UPDATE_TAG else None
