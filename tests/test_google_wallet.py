@@ -318,15 +318,25 @@ async def test_a_missing_object_and_refused_credentials_fail_without_retry(
     assert alarm.levelno == logging.ERROR and "permissionDenied" in alarm.message
     assert "ya29." not in caplog.text  # no token in the logs
 
-    # A message whose display window is over before it is sent would never show.
-    an_hour_ago = int((datetime.now(UTC) - timedelta(hours=1)).timestamp())
-    late = await send(
-        notifications,
-        one_pass("gone"),
-        "Happy hour",
-        display_start=timestamp_pb2.Timestamp(seconds=an_hour_ago - 3600),
-        display_end=timestamp_pb2.Timestamp(seconds=an_hour_ago),
+    # A message whose display window is over before it is sent would never show. (A window
+    # already over when asked is refused at once: this one ends a microsecond after its
+    # scheduled send time, so it is over by the time the delivery goes.)
+    send_time = timestamp_pb2.Timestamp(
+        seconds=int((datetime.now(UTC) + timedelta(seconds=1)).timestamp())
     )
+    display_end = timestamp_pb2.Timestamp(seconds=send_time.seconds, nanos=1_000)
+    scheduled = await notifications.Schedule(
+        npb.ScheduleRequest(
+            target=one_pass("gone"),
+            content=npb.Content(body="Happy hour", display_end=display_end),
+            send_time=send_time,
+        )
+    )
+    async with asyncio.timeout(15):
+        while not scheduled.ticket_id:
+            await asyncio.sleep(0.05)
+            scheduled = await notifications.GetScheduled(npb.GetScheduledRequest(id=scheduled.id))
+    late = await wait_terminal(notifications, scheduled.ticket_id)
     assert [(e.reason, e.count) for e in late.errors] == [("DisplayWindowEnded", 1)]
     assert len(fake_google.received()) == 2
 

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import time
 
 import grpc
 import pytest
+from google.protobuf import timestamp_pb2
 
 from passpush.fakes.apns import FakeApns
 from passpush.v1 import notifications_pb2 as npb
@@ -125,3 +127,52 @@ async def test_a_retry_finds_its_ticket_after_the_target_changed(
     again = await notifications.Send(request)
 
     assert again.id == first.id
+
+
+def in_an_hour() -> timestamp_pb2.Timestamp:
+    return timestamp_pb2.Timestamp(seconds=int(time.time()) + 3600)
+
+
+async def test_a_request_id_is_one_namespace_across_send_delete_and_schedule(
+    world: World, notifications: notifications_pb2_grpc.NotificationServiceStub
+) -> None:
+    """Each kind's retry still answers its first result; another kind reusing the id (a
+    one-pass Send, a broadcast Delete, a Schedule) is ALREADY_EXISTS, REQUEST_ID_REUSED."""
+    one_pass = npb.Target(pass_id="p1")
+    sent = npb.SendRequest(target=one_pass, content=npb.Content(body="x"), request_id="sent")
+    scheduled = npb.ScheduleRequest(
+        target=one_pass, content=npb.Content(body="x"), send_time=in_an_hour(), request_id="later"
+    )
+    first_ticket = await notifications.Send(sent)
+    first_schedule = await notifications.Schedule(scheduled)
+
+    reuses = {
+        "a schedule reusing a send's id": notifications.Schedule(
+            npb.ScheduleRequest(
+                target=one_pass,
+                content=npb.Content(body="x"),
+                send_time=in_an_hour(),
+                request_id="sent",
+            )
+        ),
+        "a one-pass send reusing a schedule's id": notifications.Send(
+            npb.SendRequest(target=one_pass, content=npb.Content(body="x"), request_id="later")
+        ),
+        "a broadcast delete reusing a schedule's id": notifications.Delete(
+            npb.DeleteRequest(target=TEMPLATE, request_id="later")
+        ),
+        "a one-pass delete reusing a schedule's id": notifications.Delete(
+            npb.DeleteRequest(target=one_pass, request_id="later")
+        ),
+    }
+    for what, call in reuses.items():
+        with pytest.raises(grpc.aio.AioRpcError) as raised:
+            await call
+        error = rich_error(raised.value)
+        assert (error.code, error.reason) == (
+            grpc.StatusCode.ALREADY_EXISTS,
+            "REQUEST_ID_REUSED",
+        ), what
+
+    assert (await notifications.Send(sent)).id == first_ticket.id
+    assert (await notifications.Schedule(scheduled)).id == first_schedule.id

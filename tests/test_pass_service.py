@@ -94,6 +94,63 @@ async def test_import_streams_many_passes_and_reports_failures(
     assert (await passes.GetPass(ppb.GetPassRequest(id="n4"))).template_id == "loyalty"
 
 
+async def test_import_counts_a_pass_with_bad_text_or_status_as_failed_and_goes_on(
+    world: World, passes: passes_pb2_grpc.PassServiceStub
+) -> None:
+    async def requests() -> AsyncIterator[ppb.ImportPassesRequest]:
+        yield ppb.ImportPassesRequest(**{"pass": ppb.Pass(id="n0", template_id="loyalty")})
+        yield ppb.ImportPassesRequest(
+            **{"pass": ppb.Pass(id="nul", template_id="loyalty", tags=["a\x00b"])}
+        )
+        yield ppb.ImportPassesRequest(
+            **{"pass": ppb.Pass(id="s99", template_id="loyalty", status=99)}  # type: ignore[arg-type]
+        )
+        yield ppb.ImportPassesRequest(**{"pass": ppb.Pass(id="n1", template_id="loyalty")})
+
+    summary = await passes.ImportPasses(requests())
+
+    assert (summary.created, summary.failed) == (2, 2)
+    assert [f.index for f in summary.failures] == [1, 2]
+    assert "pass.tags[0]" in summary.failures[0].message
+    assert "pass.status" in summary.failures[1].message
+
+
+async def test_an_import_stream_with_bytes_that_are_no_message_is_invalid_argument(
+    world: World, channel: grpc.aio.Channel
+) -> None:
+    good = ppb.ImportPassesRequest(**{"pass": ppb.Pass(id="n0", template_id="loyalty")})
+    import_passes = channel.stream_unary("/passpush.v1.PassService/ImportPasses")
+
+    async def requests() -> AsyncIterator[bytes]:
+        yield good.SerializeToString()
+        yield b"\x0a\x05\x0a\x03\xff\xfe\xfd"  # pass { id: <not UTF-8> }
+
+    with pytest.raises(grpc.aio.AioRpcError) as raised:
+        await import_passes(requests())
+
+    error = rich_error(raised.value)
+    assert error.code == grpc.StatusCode.INVALID_ARGUMENT
+    assert error.field_violations == ["request"]
+
+
+async def test_a_device_registers_on_apple_passes_only(
+    world: World, passes: passes_pb2_grpc.PassServiceStub
+) -> None:
+    """Google Wallet has no devices to push to: registering one is FAILED_PRECONDITION."""
+    await world.google_template("offers")
+    await world.google_pass("g1", "offers")
+
+    with pytest.raises(grpc.aio.AioRpcError) as raised:
+        await passes.RegisterDevice(
+            ppb.RegisterDeviceRequest(
+                pass_id="g1", device_library_identifier="d1", push_token=token(7)
+            )
+        )
+
+    error = rich_error(raised.value)
+    assert (error.code, error.reason) == (grpc.StatusCode.FAILED_PRECONDITION, "NOT_AN_APPLE_PASS")
+
+
 async def test_devices_register_reregister_and_unregister(
     world: World, passes: passes_pb2_grpc.PassServiceStub
 ) -> None:

@@ -1,9 +1,12 @@
 """Airship Wallet: every example request of airship-wallet-push-notifications.md, sent as
-written (the `<Base64 key>` placeholder replaced by a real key), answers as documented."""
+written (the `<Base64 key>` placeholder replaced by a real key, and the display window moved
+to tomorrow: the document's day has passed, and a window already over is refused), answers
+as documented."""
 
 from __future__ import annotations
 
 import asyncio
+from datetime import UTC, datetime, timedelta
 
 import httpx
 import pytest
@@ -105,6 +108,7 @@ Authorization: Basic <Base64 key>
 """
 
 PROJECT = "12345"  # the segment example's projectId: the key belongs to it
+EXAMPLE_DAY = "2026-03-26"  # the day of the examples' display windows
 
 
 @pytest.fixture
@@ -138,7 +142,8 @@ async def world(server: PasspushServer) -> World:
 
 def request_of(example: str, authorization: str) -> tuple[str, str, dict[str, str], bytes]:
     """Method, target, headers and body of an HTTP/1.1 example, with real credentials."""
-    head, _, body = example.partition("\n\n")
+    tomorrow = (datetime.now(UTC) + timedelta(days=1)).date().isoformat()
+    head, _, body = example.replace(EXAMPLE_DAY, tomorrow).partition("\n\n")
     request_line, *header_lines = head.split("\n")
     method, target, _ = request_line.split(" ")
     headers = dict(line.split(": ", 1) for line in header_lines)
@@ -266,6 +271,50 @@ async def test_a_bad_body_answers_400_naming_the_field(
     assert response.json()["ok"] is False
     assert response.json()["error_code"] == 40000
     assert response.json()["details"]["field"] == field
+
+
+@pytest.mark.parametrize(
+    ("method", "path"),
+    [
+        ("POST", "/v1/tag/vip/notify?templateId="),
+        ("DELETE", "/v1/tag/vip/notify?templateId="),
+        (
+            "POST",
+            f"/v1/segments/{PROJECT}/3b13666df-e5b3-4e42-8919-f8d63bd7ce2a/notify?templateId=",
+        ),
+        (
+            "DELETE",
+            f"/v1/segments/{PROJECT}/3b13666df-e5b3-4e42-8919-f8d63bd7ce2a/notify?templateId=",
+        ),
+    ],
+)
+async def test_an_empty_template_id_is_refused_not_widened_to_every_template(
+    client: httpx.AsyncClient, world: World, key: str, method: str, path: str
+) -> None:
+    response = await client.request(
+        method,
+        path,
+        json={"value": "hi"} if method == "POST" else None,
+        headers={"Authorization": basic(key)},
+    )
+
+    assert response.status_code == 400, response.text
+    assert response.json()["ok"] is False
+    assert response.json()["error_code"] == 40000
+    assert response.json()["details"]["field"] == "templateId"
+
+
+async def test_a_display_window_already_over_is_refused(
+    client: httpx.AsyncClient, world: World, key: str
+) -> None:
+    response = await client.post(
+        "/v1/pass/123/notify",
+        json={"value": "hi", "endTime": "2020-01-01T00:00:00Z"},
+        headers={"Authorization": basic(key)},
+    )
+
+    assert response.status_code == 400, response.text
+    assert response.json()["details"]["field"] == "content.display_end"
 
 
 @pytest.mark.parametrize("authorization", [None, "Basic bm9wZTpub3Bl", "Bearer ppk_0000.bad"])

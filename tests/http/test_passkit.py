@@ -359,6 +359,112 @@ async def test_device_logs_are_logged_without_tokens(
     assert refused.status_code == 400
 
 
+async def test_a_pass_token_of_any_shape_is_never_logged_in_full(
+    shim: str, client: httpx.AsyncClient, caplog: pytest.LogCaptureFixture
+) -> None:
+    pass_token = "x~y!z.w~q!r.s~t!u.v~w;"  # no hex, and marks no "token-like" pattern expects
+
+    with caplog.at_level(logging.WARNING, logger="passpush.service.passkit"):
+        logged = await client.post(
+            "/passkit/v1/log", json={"logs": [f"Get pass failed: ApplePass {pass_token} (401)"]}
+        )
+
+    assert logged.status_code == 200
+    (message,) = [r.getMessage() for r in caplog.records if r.name == "passpush.service.passkit"]
+    assert pass_token not in message
+    assert "Get pass failed" in message
+
+
+OVERFLOWING_DATES = [
+    "Mon, 01 Jan 99999999999999999999 00:00:00 GMT",
+    "Mon, 01 Jan 2026 99999999999999999999:00:00 GMT",
+    "Mon, 01 Jan 2026 00:00:00 +99999999999999999999",
+]
+
+
+async def test_bad_input_on_the_device_routes_is_a_client_error(
+    shim: str,
+    device: Device,
+    passes: passes_pb2_grpc.PassServiceStub,
+    apple_certs: AppleCerts,
+) -> None:
+    """NUL, invalid UTF-8 and overflowing dates in paths, headers and bodies: a 4xx (or the
+    answer to no such value), never a 500."""
+    (held,) = await issue_pass(passes, apple_certs, "p1")
+    base, auth = held.web_service_url, {"Authorization": f"ApplePass {held.authentication_token}"}
+    registration = f"{base}/v1/devices/d1/registrations/{TOPIC}/{held.serial_number}"
+    http = device.http
+    answers = {
+        "NUL in the device id": (
+            await http.post(
+                f"{base}/v1/devices/d%001/registrations/{TOPIC}/{held.serial_number}",
+                json={"pushToken": device.push_token},
+                headers=auth,
+            ),
+            400,
+        ),
+        "NUL in the serial number": (
+            await http.post(
+                f"{base}/v1/devices/d1/registrations/{TOPIC}/p%001",
+                json={"pushToken": device.push_token},
+                headers=auth,
+            ),
+            401,
+        ),
+        "NUL in the pass type": (
+            await http.get(f"{base}/v1/passes/pass.%00/{held.serial_number}", headers=auth),
+            401,
+        ),
+        "bad UTF-8 in the device id": (
+            await http.post(
+                f"{base}/v1/devices/d%ED%A0%80/registrations/{TOPIC}/{held.serial_number}",
+                json={"pushToken": device.push_token},
+                headers=auth,
+            ),
+            400,
+        ),
+        "NUL in the push token": (
+            await http.post(registration, json={"pushToken": "ab\x00cd"}, headers=auth),
+            400,
+        ),
+        "a lone surrogate in the push token": (
+            await http.post(
+                registration,
+                content=b'{"pushToken": "\\ud800"}',
+                headers={**auth, "Content-Type": "application/json"},
+            ),
+            400,
+        ),
+        "NUL in the device's serials query": (
+            await http.get(f"{base}/v1/devices/d%00/registrations/{TOPIC}?passesUpdatedSince=%00"),
+            204,
+        ),
+        "a tag of 5,000 digits": (
+            await http.get(
+                f"{base}/v1/devices/d1/registrations/{TOPIC}?passesUpdatedSince={'9' * 5000}"
+            ),
+            204,
+        ),
+        "NUL in an unregistration": (
+            await http.delete(
+                f"{base}/v1/devices/d%00/registrations/{TOPIC}/{held.serial_number}", headers=auth
+            ),
+            200,
+        ),
+        "NUL in a device log": (await http.post(f"{base}/v1/log", json={"logs": ["a\x00b"]}), 400),
+    }
+    for date in OVERFLOWING_DATES:
+        fetched = await device.fetch(held, if_modified_since=date)
+        wrong_token = await device.fetch(
+            held, token="wrong-token-0123456789", if_modified_since=date
+        )
+        answers[f"If-Modified-Since {date}"] = (fetched, 200)
+        answers[f"If-Modified-Since {date}, wrong token"] = (wrong_token, 401)
+
+    statuses = {what: answer.status_code for what, (answer, _) in answers.items()}
+    assert statuses == {what: status for what, (_, status) in answers.items()}
+
+
 def test_last_modified_never_hides_a_change_made_within_the_same_second() -> None:
     changed = datetime(2026, 11, 24, 12, 0, 0, 300_000, tzinfo=UTC)
     later_same_second = changed.replace(microsecond=700_000)

@@ -36,13 +36,15 @@ class ApiKey(_message.Message):
     project_id: _builtins.str
     """The project the key acts in."""
     display_name: _builtins.str
-    """A human-readable name, to tell keys apart."""
+    """A human-readable name, to tell keys apart. At most 200 characters, no
+    NUL.
+    """
     @_builtins.property
     def scopes(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """What the key may do: `notifications:write`, `notifications:read`,
         `passes:write`, `passes:read`, `campaigns:write`, `campaigns:read`,
-        `admin`. `wnot` (Airship) means notifications write and read. At most
-        20 entries.
+        `admin`. `wnot` (Airship) means notifications write and read. Any other
+        name is refused. At most 20 entries.
         """
 
     @_builtins.property
@@ -136,7 +138,9 @@ class ListApiKeysRequest(_message.Message):
     page_size: _builtins.int
     """At most this many results; 0 means 50, more than 1000 is cut to 1000."""
     page_token: _builtins.str
-    """The `next_page_token` of a previous call; empty for the first page."""
+    """The `next_page_token` of a previous call; empty for the first page. At
+    most 1,024 characters.
+    """
     def __init__(
         self,
         *,
@@ -187,7 +191,7 @@ class RevokeApiKeyRequest(_message.Message):
 
     ID_FIELD_NUMBER: _builtins.int
     id: _builtins.str
-    """The key's id."""
+    """The key's id. An id: 1-128 letters, digits, `-`, `_`, `.` or `:`."""
     def __init__(
         self,
         *,

@@ -190,9 +190,10 @@ class Target(_message.Message):
     pass_id: _builtins.str
     """One pass, by its id. The id may also be the pass's external id when
     that is unique in the caller's project (PassEntry callers use either).
+    An id: 1-128 letters, digits, `-`, `_`, `.` or `:`.
     """
     campaign_id: _builtins.str
-    """Every member pass of a campaign."""
+    """Every member pass of a campaign, by the campaign's id. An id: 1-128 letters, digits, `-`, `_`, `.` or `:`."""
     @_builtins.property
     def external_pass(self) -> Global___ExternalPass:
         """One pass, by its template and the caller's external id for it."""
@@ -245,9 +246,9 @@ class ExternalPass(_message.Message):
     TEMPLATE_ID_FIELD_NUMBER: _builtins.int
     PASS_EXTERNAL_ID_FIELD_NUMBER: _builtins.int
     template_id: _builtins.str
-    """The template's id."""
+    """The template's id. An id: 1-128 letters, digits, `-`, `_`, `.` or `:`."""
     pass_external_id: _builtins.str
-    """The pass's external id, unique within the template."""
+    """The pass's external id, unique within the template. An id: 1-128 letters, digits, `-`, `_`, `.` or `:`."""
     def __init__(
         self,
         *,
@@ -271,9 +272,9 @@ class TemplateRef(_message.Message):
     TEMPLATE_ID_FIELD_NUMBER: _builtins.int
     TEMPLATE_EXTERNAL_ID_FIELD_NUMBER: _builtins.int
     template_id: _builtins.str
-    """The template's id."""
+    """The template's id. An id: 1-128 letters, digits, `-`, `_`, `.` or `:`."""
     template_external_id: _builtins.str
-    """The template's external id, unique within its project."""
+    """The template's external id, unique within its project. An id: 1-128 letters, digits, `-`, `_`, `.` or `:`."""
     def __init__(
         self,
         *,
@@ -299,10 +300,12 @@ class TagRef(_message.Message):
     TAG_FIELD_NUMBER: _builtins.int
     TEMPLATE_ID_FIELD_NUMBER: _builtins.int
     tag: _builtins.str
-    """The tag, exactly as stored on the passes (case-sensitive)."""
+    """The tag, exactly as stored on the passes (case-sensitive). Not blank, at
+    most 128 characters.
+    """
     template_id: _builtins.str
     """Restricts the target to one template's passes; empty means every
-    template of the project.
+    template of the project. An id: 1-128 letters, digits, `-`, `_`, `.` or `:`.
     """
     def __init__(
         self,
@@ -328,12 +331,12 @@ class SegmentRef(_message.Message):
     SEGMENT_ID_FIELD_NUMBER: _builtins.int
     TEMPLATE_ID_FIELD_NUMBER: _builtins.int
     project_id: _builtins.str
-    """The project that owns the segment."""
+    """The project that owns the segment. An id: 1-128 letters, digits, `-`, `_`, `.` or `:`."""
     segment_id: _builtins.str
-    """The segment's id."""
+    """The segment's id. An id: 1-128 letters, digits, `-`, `_`, `.` or `:`."""
     template_id: _builtins.str
     """Restricts the target to one template's passes; empty means every
-    template of the project.
+    template of the project. An id: 1-128 letters, digits, `-`, `_`, `.` or `:`.
     """
     def __init__(
         self,
@@ -359,12 +362,12 @@ class EntityRef(_message.Message):
     ENTITY_ID_FIELD_NUMBER: _builtins.int
     GROUP_TAGS_FIELD_NUMBER: _builtins.int
     entity_id: _builtins.str
-    """The entity's id."""
+    """The entity's id. An id: 1-128 letters, digits, `-`, `_`, `.` or `:`."""
     @_builtins.property
     def group_tags(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """Keeps only passes carrying at least one of these group tags; empty keeps
         every pass of the entity. At most 1,000 group tags; more is refused with
-        INVALID_ARGUMENT.
+        INVALID_ARGUMENT. Each tag: not blank, at most 128 characters.
         """
 
     def __init__(
@@ -402,13 +405,16 @@ class Content(_message.Message):
     @_builtins.property
     def display_start(self) -> _timestamp_pb2.Timestamp:
         """Google Wallet only: when the message starts to show. Defaults to the time
-        of sending.
+        of sending. Like every timestamp a caller sends, within
+        0001-01-01T00:00:00Z to 9999-12-31T23:59:59Z, nanos 0 to 999,999,999.
         """
 
     @_builtins.property
     def display_end(self) -> _timestamp_pb2.Timestamp:
         """Google Wallet only: when the message stops showing. Defaults to one hour
-        after `display_start`; must be after it.
+        after `display_start`; must be after it, and after the moment the message
+        goes (now for Send, `send_time` for Schedule): a window already over is
+        refused rather than accepted and never shown.
         """
 
     def __init__(
@@ -439,8 +445,10 @@ class SendRequest(_message.Message):
     request_id: _builtins.str
     """An idempotency key chosen by the caller (AIP-155), at most 128
     characters; a UUID is a good choice. A retry with the same key returns
-    the first ticket and sends nothing again. Reusing a key for a different
-    request is refused with ALREADY_EXISTS.
+    the first ticket and sends nothing again. Keys are one namespace per
+    project across Send, Delete and Schedule: reusing a key for a different
+    request, or for another kind of request, is refused with ALREADY_EXISTS
+    (reason REQUEST_ID_REUSED).
     """
     @_builtins.property
     def target(self) -> Global___Target:
@@ -541,7 +549,7 @@ class CancelRequest(_message.Message):
 
     ID_FIELD_NUMBER: _builtins.int
     id: _builtins.str
-    """The scheduled notification's id."""
+    """The scheduled notification's id. An id: 1-128 letters, digits, `-`, `_`, `.` or `:`."""
     def __init__(
         self,
         *,
@@ -563,7 +571,7 @@ class GetScheduledRequest(_message.Message):
 
     ID_FIELD_NUMBER: _builtins.int
     id: _builtins.str
-    """The scheduled notification's id."""
+    """The scheduled notification's id. An id: 1-128 letters, digits, `-`, `_`, `.` or `:`."""
     def __init__(
         self,
         *,
@@ -588,11 +596,15 @@ class ListScheduledRequest(_message.Message):
     PAGE_SIZE_FIELD_NUMBER: _builtins.int
     PAGE_TOKEN_FIELD_NUMBER: _builtins.int
     state: Global___ScheduledNotificationState.ValueType
-    """Keeps only this state; unspecified keeps every state."""
+    """Keeps only this state; unspecified keeps every state. A value this server
+    does not know is refused.
+    """
     page_size: _builtins.int
     """At most this many results; 0 means 50, and more than 1000 is cut to 1000."""
     page_token: _builtins.str
-    """The `next_page_token` of a previous call; empty for the first page."""
+    """The `next_page_token` of a previous call; empty for the first page. At
+    most 1,024 characters.
+    """
     @_builtins.property
     def target(self) -> Global___Target:
         """Keeps only schedules aimed at exactly this target; unset keeps all."""

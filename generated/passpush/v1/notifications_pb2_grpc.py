@@ -34,6 +34,11 @@ class NotificationServiceStub:
     a message to the pass object. Every send or delete is an operation tracked
     by a Ticket. Send and Delete commit the ticket and all of its deliveries
     before they answer, then the work goes on in the background.
+
+    Every string a caller sends is UTF-8 without NUL (U+0000), which PostgreSQL
+    cannot store, and has a maximum length, given with each field; a request
+    that breaks either, or that is no valid message at all, is refused with
+    INVALID_ARGUMENT and a BadRequest field violation naming the field.
     """
 
     def __init__(self, channel):
@@ -98,6 +103,11 @@ class NotificationServiceServicer:
     a message to the pass object. Every send or delete is an operation tracked
     by a Ticket. Send and Delete commit the ticket and all of its deliveries
     before they answer, then the work goes on in the background.
+
+    Every string a caller sends is UTF-8 without NUL (U+0000), which PostgreSQL
+    cannot store, and has a maximum length, given with each field; a request
+    that breaks either, or that is no valid message at all, is refused with
+    INVALID_ARGUMENT and a BadRequest field violation naming the field.
     """
 
     def Send(self, request, context):
@@ -245,6 +255,11 @@ class NotificationService:
     a message to the pass object. Every send or delete is an operation tracked
     by a Ticket. Send and Delete commit the ticket and all of its deliveries
     before they answer, then the work goes on in the background.
+
+    Every string a caller sends is UTF-8 without NUL (U+0000), which PostgreSQL
+    cannot store, and has a maximum length, given with each field; a request
+    that breaks either, or that is no valid message at all, is refused with
+    INVALID_ARGUMENT and a BadRequest field violation naming the field.
     """
 
     @staticmethod

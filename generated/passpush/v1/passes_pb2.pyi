@@ -95,7 +95,7 @@ class Project(_message.Message):
     id: _builtins.str
     """The project's id."""
     display_name: _builtins.str
-    """A human-readable name."""
+    """A human-readable name. At most 200 characters."""
     @_builtins.property
     def create_time(self) -> _timestamp_pb2.Timestamp:
         """When it was created."""
@@ -136,20 +136,20 @@ class Template(_message.Message):
     id: _builtins.str
     """The template's id."""
     project_id: _builtins.str
-    """The owning project."""
+    """The owning project; empty means the caller's. An id: 1-128 letters, digits, `-`, `_`, `.` or `:`."""
     external_id: _builtins.str
     """The caller's own id for the template, unique within the project
-    (Airship's `templateExternalId`). Optional.
+    (Airship's `templateExternalId`). Optional. An id: 1-128 letters, digits, `-`, `_`, `.` or `:`.
     """
     platform: Global___Platform.ValueType
-    """The wallet its passes live in."""
+    """The wallet its passes live in: PLATFORM_APPLE or PLATFORM_GOOGLE."""
     pass_type_identifier: _builtins.str
     """Apple: the pass type identifier (`pass.com.example.loyalty`), used as the
-    APNs topic. Required for Apple templates.
+    APNs topic. Required for Apple templates; at most 255 characters.
     """
     google_class_id: _builtins.str
     """Google: the class id (`issuerId.classSuffix`). Required for Google
-    templates.
+    templates; at most 255 characters.
     """
     google_object_type: _builtins.str
     """Google: the object type (`genericObject`, `loyaltyObject`,
@@ -157,9 +157,9 @@ class Template(_message.Message):
     `transitObject`). Required for Google templates.
     """
     entity_id: _builtins.str
-    """The entity the template's passes belong to, if any."""
+    """The entity the template's passes belong to, if any. An id: 1-128 letters, digits, `-`, `_`, `.` or `:`."""
     display_name: _builtins.str
-    """A human-readable name."""
+    """A human-readable name. At most 200 characters."""
     @_builtins.property
     def create_time(self) -> _timestamp_pb2.Timestamp:
         """When it was created."""
@@ -217,7 +217,9 @@ class AppleSigning(_message.Message):
     PRIVATE_KEY_PEM_FIELD_NUMBER: _builtins.int
     WWDR_CERTIFICATE_PEM_FIELD_NUMBER: _builtins.int
     certificate_pem: _builtins.str
-    """The Pass Type ID certificate (PEM)."""
+    """The Pass Type ID certificate (PEM). Each of the three is at most 65,536
+    characters.
+    """
     private_key_pem: _builtins.str
     """The certificate's private key (PEM, unencrypted: PKCS#8 or traditional)."""
     wwdr_certificate_pem: _builtins.str
@@ -259,24 +261,30 @@ class Pass(_message.Message):
     HAS_CONTENT_FIELD_NUMBER: _builtins.int
     id: _builtins.str
     """The pass's id (Airship `passId`, PassEntry UUID). On upsert, empty means
-    "find by template_id + external_id, or assign a new id".
+    "find by template_id + external_id, or assign a new id". An id: 1-128 letters, digits, `-`, `_`, `.` or `:`.
     """
     template_id: _builtins.str
-    """The pass's template."""
+    """The pass's template. An id: 1-128 letters, digits, `-`, `_`, `.` or `:`."""
     external_id: _builtins.str
-    """The caller's own id for the pass, unique within the template. Optional."""
+    """The caller's own id for the pass, unique within the template. Optional.
+    An id: 1-128 letters, digits, `-`, `_`, `.` or `:`.
+    """
     serial_number: _builtins.str
-    """Apple: the pass's serialNumber; defaults to the pass id."""
+    """Apple: the pass's serialNumber; defaults to the pass id. At most 128
+    characters.
+    """
     status: Global___PassStatus.ValueType
-    """The pass's status; a new pass without one is ACTIVE."""
+    """The pass's status; a new pass without one is ACTIVE. A value this server
+    does not know is refused.
+    """
     google_object_id: _builtins.str
     """Google: the object id (`issuerId.objectSuffix`). Required for passes of
-    Google templates.
+    Google templates; at most 255 characters.
     """
     authentication_token: _builtins.str
-    """Apple: the authenticationToken the devices hold (at least 16
-    characters). Input only: it is never returned. A pass without one gets a
-    random one.
+    """Apple: the authenticationToken the devices hold: 16 to 128 characters,
+    no spaces or control characters (a device sends it in an HTTP header).
+    Input only: it is never returned. A pass without one gets a random one.
     """
     update_tag: _builtins.int
     """Apple: the update tag, bumped each time the pass changes."""
@@ -287,13 +295,13 @@ class Pass(_message.Message):
     @_builtins.property
     def tags(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """Tags, for tag targets and segments. Replaced as a whole on upsert. At
-        most 100.
+        most 100; each tag not blank, at most 128 characters.
         """
 
     @_builtins.property
     def group_tags(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """Group tags, for entity targets. Replaced as a whole on upsert. At most
-        100.
+        100; each tag not blank, at most 128 characters.
         """
 
     @_builtins.property
@@ -378,15 +386,15 @@ class Segment(_message.Message):
     id: _builtins.str
     """The segment's id."""
     project_id: _builtins.str
-    """The owning project."""
+    """The owning project; empty means the caller's. An id: 1-128 letters, digits, `-`, `_`, `.` or `:`."""
     display_name: _builtins.str
-    """A human-readable name."""
+    """A human-readable name. At most 200 characters."""
     @_builtins.property
     def criteria(self) -> _struct_pb2.Struct:
         """The filter, in Airship's shape: `{"tag": "a"}`, `{"and": [...]}`,
         `{"or": [...]}`, `{"not": {...}}`, nested at most 10 deep, with at most
         500 tags and 50 operators (`and`, `or`, `not`) in all; more is refused
-        with INVALID_ARGUMENT.
+        with INVALID_ARGUMENT. Tags as in Pass.tags.
         """
 
     @_builtins.property
@@ -425,9 +433,9 @@ class Campaign(_message.Message):
     id: _builtins.str
     """The campaign's id."""
     project_id: _builtins.str
-    """The owning project."""
+    """The owning project; empty means the caller's. An id: 1-128 letters, digits, `-`, `_`, `.` or `:`."""
     name: _builtins.str
-    """A human-readable name."""
+    """A human-readable name. At most 200 characters."""
     notification_limit: _builtins.int
     """How many notifications the campaign may send in its lifetime,
     immediate and scheduled together; 0 means the default of 3.
@@ -469,9 +477,9 @@ class Entity(_message.Message):
     id: _builtins.str
     """The entity's id."""
     project_id: _builtins.str
-    """The owning project."""
+    """The owning project; empty means the caller's. An id: 1-128 letters, digits, `-`, `_`, `.` or `:`."""
     name: _builtins.str
-    """A human-readable name."""
+    """A human-readable name. At most 200 characters."""
     @_builtins.property
     def create_time(self) -> _timestamp_pb2.Timestamp:
         """When it was created."""
@@ -533,7 +541,7 @@ class CreateProjectRequest(_message.Message):
     PROJECT_ID_FIELD_NUMBER: _builtins.int
     PROJECT_FIELD_NUMBER: _builtins.int
     project_id: _builtins.str
-    """The id to give it; empty lets the server choose."""
+    """The id to give it; empty lets the server choose. An id: 1-128 letters, digits, `-`, `_`, `.` or `:`."""
     @_builtins.property
     def project(self) -> Global___Project:
         """The project."""
@@ -561,7 +569,7 @@ class CreateTemplateRequest(_message.Message):
     TEMPLATE_ID_FIELD_NUMBER: _builtins.int
     TEMPLATE_FIELD_NUMBER: _builtins.int
     template_id: _builtins.str
-    """The id to give it; empty lets the server choose."""
+    """The id to give it; empty lets the server choose. An id: 1-128 letters, digits, `-`, `_`, `.` or `:`."""
     @_builtins.property
     def template(self) -> Global___Template:
         """The template."""
@@ -588,7 +596,7 @@ class GetTemplateRequest(_message.Message):
 
     ID_FIELD_NUMBER: _builtins.int
     id: _builtins.str
-    """The template's id."""
+    """The template's id. An id: 1-128 letters, digits, `-`, `_`, `.` or `:`."""
     def __init__(
         self,
         *,
@@ -612,11 +620,13 @@ class ListTemplatesRequest(_message.Message):
     PAGE_SIZE_FIELD_NUMBER: _builtins.int
     PAGE_TOKEN_FIELD_NUMBER: _builtins.int
     project_id: _builtins.str
-    """The project."""
+    """The project. An id: 1-128 letters, digits, `-`, `_`, `.` or `:`."""
     page_size: _builtins.int
     """At most this many results; 0 means 50, more than 1000 is cut to 1000."""
     page_token: _builtins.str
-    """The `next_page_token` of a previous call; empty for the first page."""
+    """The `next_page_token` of a previous call; empty for the first page. At
+    most 1,024 characters.
+    """
     def __init__(
         self,
         *,
@@ -686,7 +696,7 @@ class GetPassRequest(_message.Message):
 
     ID_FIELD_NUMBER: _builtins.int
     id: _builtins.str
-    """The pass's id."""
+    """The pass's id. An id: 1-128 letters, digits, `-`, `_`, `.` or `:`."""
     def __init__(
         self,
         *,
@@ -710,11 +720,13 @@ class ListPassesRequest(_message.Message):
     PAGE_SIZE_FIELD_NUMBER: _builtins.int
     PAGE_TOKEN_FIELD_NUMBER: _builtins.int
     template_id: _builtins.str
-    """The template."""
+    """The template. An id: 1-128 letters, digits, `-`, `_`, `.` or `:`."""
     page_size: _builtins.int
     """At most this many results; 0 means 50, more than 1000 is cut to 1000."""
     page_token: _builtins.str
-    """The `next_page_token` of a previous call; empty for the first page."""
+    """The `next_page_token` of a previous call; empty for the first page. At
+    most 1,024 characters.
+    """
     def __init__(
         self,
         *,
@@ -847,7 +859,7 @@ class CreateSegmentRequest(_message.Message):
     SEGMENT_ID_FIELD_NUMBER: _builtins.int
     SEGMENT_FIELD_NUMBER: _builtins.int
     segment_id: _builtins.str
-    """The id to give it; empty lets the server choose."""
+    """The id to give it; empty lets the server choose. An id: 1-128 letters, digits, `-`, `_`, `.` or `:`."""
     @_builtins.property
     def segment(self) -> Global___Segment:
         """The segment."""
@@ -875,7 +887,7 @@ class CreateCampaignRequest(_message.Message):
     CAMPAIGN_ID_FIELD_NUMBER: _builtins.int
     CAMPAIGN_FIELD_NUMBER: _builtins.int
     campaign_id: _builtins.str
-    """The id to give it; empty lets the server choose."""
+    """The id to give it; empty lets the server choose. An id: 1-128 letters, digits, `-`, `_`, `.` or `:`."""
     @_builtins.property
     def campaign(self) -> Global___Campaign:
         """The campaign."""
@@ -903,11 +915,12 @@ class AddCampaignMembersRequest(_message.Message):
     CAMPAIGN_ID_FIELD_NUMBER: _builtins.int
     PASS_IDS_FIELD_NUMBER: _builtins.int
     campaign_id: _builtins.str
-    """The campaign."""
+    """The campaign. An id: 1-128 letters, digits, `-`, `_`, `.` or `:`."""
     @_builtins.property
     def pass_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """The passes to add, at most 10,000 per call (more is refused with
-        INVALID_ARGUMENT); each must be in the campaign's project.
+        INVALID_ARGUMENT); each must be in the campaign's project. Each an id:
+        1-128 letters, digits, `-`, `_`, `.` or `:`.
         """
 
     def __init__(
@@ -933,7 +946,7 @@ class CreateEntityRequest(_message.Message):
     ENTITY_ID_FIELD_NUMBER: _builtins.int
     ENTITY_FIELD_NUMBER: _builtins.int
     entity_id: _builtins.str
-    """The id to give it; empty lets the server choose."""
+    """The id to give it; empty lets the server choose. An id: 1-128 letters, digits, `-`, `_`, `.` or `:`."""
     @_builtins.property
     def entity(self) -> Global___Entity:
         """The entity."""
@@ -962,11 +975,13 @@ class RegisterDeviceRequest(_message.Message):
     DEVICE_LIBRARY_IDENTIFIER_FIELD_NUMBER: _builtins.int
     PUSH_TOKEN_FIELD_NUMBER: _builtins.int
     pass_id: _builtins.str
-    """The pass."""
+    """The pass. An id: 1-128 letters, digits, `-`, `_`, `.` or `:`."""
     device_library_identifier: _builtins.str
-    """The device's library identifier, as the device sends it."""
+    """The device's library identifier, as the device sends it. An id: 1-128 letters, digits, `-`, `_`, `.` or `:`."""
     push_token: _builtins.str
-    """The device's APNs push token (hex). Input only: never returned or logged."""
+    """The device's APNs push token: 16 to 400 hex digits. Input only: never
+    returned or logged.
+    """
     def __init__(
         self,
         *,
@@ -991,9 +1006,9 @@ class UnregisterDeviceRequest(_message.Message):
     PASS_ID_FIELD_NUMBER: _builtins.int
     DEVICE_LIBRARY_IDENTIFIER_FIELD_NUMBER: _builtins.int
     pass_id: _builtins.str
-    """The pass."""
+    """The pass. An id: 1-128 letters, digits, `-`, `_`, `.` or `:`."""
     device_library_identifier: _builtins.str
-    """The device's library identifier."""
+    """The device's library identifier. An id: 1-128 letters, digits, `-`, `_`, `.` or `:`."""
     def __init__(
         self,
         *,
@@ -1068,18 +1083,20 @@ class SetPassContentRequest(_message.Message):
     PASS_JSON_FIELD_NUMBER: _builtins.int
     FILES_FIELD_NUMBER: _builtins.int
     pass_id: _builtins.str
-    """The pass (an Apple pass)."""
+    """The pass (an Apple pass). An id: 1-128 letters, digits, `-`, `_`, `.` or `:`."""
     pkpass: _builtins.bytes
     """An existing .pkpass (a zip). Its manifest.json and signature are
     dropped: the service signs the pass again. Leave empty to give
     `pass_json` and `files` instead.
     """
     pass_json: _builtins.bytes
-    """The pass.json document."""
+    """The pass.json document. Its `serialNumber` (1-128 characters) and
+    `authenticationToken` (as Pass.authentication_token) must hold no NUL.
+    """
     @_builtins.property
     def files(self) -> _containers.ScalarMap[_builtins.str, _builtins.bytes]:
         """The other files of the pass (icon.png, logo.png, en.lproj/pass.strings...),
-        by name.
+        by name (1-255 characters).
         """
 
     def __init__(
@@ -1106,7 +1123,7 @@ class GetPassPackageRequest(_message.Message):
 
     PASS_ID_FIELD_NUMBER: _builtins.int
     pass_id: _builtins.str
-    """The pass (an Apple pass with content)."""
+    """The pass (an Apple pass with content). An id: 1-128 letters, digits, `-`, `_`, `.` or `:`."""
     def __init__(
         self,
         *,
@@ -1155,7 +1172,7 @@ class SetTemplateSigningRequest(_message.Message):
     TEMPLATE_ID_FIELD_NUMBER: _builtins.int
     APPLE_SIGNING_FIELD_NUMBER: _builtins.int
     template_id: _builtins.str
-    """The template (an Apple template)."""
+    """The template (an Apple template). An id: 1-128 letters, digits, `-`, `_`, `.` or `:`."""
     @_builtins.property
     def apple_signing(self) -> Global___AppleSigning:
         """The new material; leave it unset to sign with the server's again."""

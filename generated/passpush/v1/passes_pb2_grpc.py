@@ -33,6 +33,12 @@ class PassServiceStub:
     Create methods take an optional caller-chosen id (AIP-133 `*_id` field);
     without one the server assigns one. Ids are strings on the wire, at most
     128 characters of letters, digits, `-`, `_`, `.` and `:`.
+
+    Every string a caller sends is UTF-8 without NUL (U+0000), which PostgreSQL
+    cannot store, and has a maximum length, given with each field; a request
+    that breaks either, or that is no valid message at all, is refused with
+    INVALID_ARGUMENT and a BadRequest field violation naming the field. Enum
+    values this server does not know are refused the same way.
     """
 
     def __init__(self, channel):
@@ -136,6 +142,12 @@ class PassServiceServicer:
     Create methods take an optional caller-chosen id (AIP-133 `*_id` field);
     without one the server assigns one. Ids are strings on the wire, at most
     128 characters of letters, digits, `-`, `_`, `.` and `:`.
+
+    Every string a caller sends is UTF-8 without NUL (U+0000), which PostgreSQL
+    cannot store, and has a maximum length, given with each field; a request
+    that breaks either, or that is no valid message at all, is refused with
+    INVALID_ARGUMENT and a BadRequest field violation naming the field. Enum
+    values this server does not know are refused the same way.
     """
 
     def CreateProject(self, request, context):
@@ -380,6 +392,12 @@ class PassService:
     Create methods take an optional caller-chosen id (AIP-133 `*_id` field);
     without one the server assigns one. Ids are strings on the wire, at most
     128 characters of letters, digits, `-`, `_`, `.` and `:`.
+
+    Every string a caller sends is UTF-8 without NUL (U+0000), which PostgreSQL
+    cannot store, and has a maximum length, given with each field; a request
+    that breaks either, or that is no valid message at all, is refused with
+    INVALID_ARGUMENT and a BadRequest field violation naming the field. Enum
+    values this server does not know are refused the same way.
     """
 
     @staticmethod

@@ -7,6 +7,7 @@ from datetime import UTC, datetime, timedelta
 from google.protobuf import duration_pb2, json_format, struct_pb2, timestamp_pb2
 
 from passpush.domain import model
+from passpush.domain.errors import InvalidArgument
 from passpush.domain.signing import AppleSigningPem
 from passpush.v1 import notifications_pb2 as npb
 from passpush.v1 import passes_pb2 as ppb
@@ -63,10 +64,22 @@ def timestamp(value: datetime | None) -> timestamp_pb2.Timestamp | None:
     return ts
 
 
-def datetime_of(message: object, field: str) -> datetime | None:
+# What google.protobuf.Timestamp can hold: 0001-01-01T00:00:00Z to 9999-12-31T23:59:59Z.
+_TIMESTAMP_SECONDS = range(-62_135_596_800, 253_402_300_800)
+_NANOS = range(1_000_000_000)
+
+
+def datetime_of(message: object, field: str, path: str = "") -> datetime | None:
+    """The timestamp `field` of `message`; one out of Timestamp's range is the caller's
+    mistake, named by `path` (the field's path in the request)."""
     if not message.HasField(field):  # type: ignore[attr-defined]
         return None
     ts: timestamp_pb2.Timestamp = getattr(message, field)
+    if ts.seconds not in _TIMESTAMP_SECONDS or ts.nanos not in _NANOS:
+        raise InvalidArgument.field(
+            path or field,
+            "must be a timestamp from 0001-01-01 to 9999-12-31 (nanos 0 to 999,999,999)",
+        )
     return ts.ToDatetime(tzinfo=UTC)
 
 
@@ -133,8 +146,8 @@ def content_from_proto(message: npb.Content, present: bool = True) -> model.Cont
     return model.Content(
         header=message.header,
         body=message.body,
-        display_start=datetime_of(message, "display_start"),
-        display_end=datetime_of(message, "display_end"),
+        display_start=datetime_of(message, "display_start", "content.display_start"),
+        display_end=datetime_of(message, "display_end", "content.display_end"),
     )
 
 
@@ -281,7 +294,7 @@ def pass_from_proto(message: ppb.Pass) -> model.Pass:
         template_id=message.template_id,
         external_id=message.external_id,
         serial_number=message.serial_number,
-        status=_PASS_STATUSES.get(message.status, model.PassStatus.ACTIVE),
+        status=_PASS_STATUSES.get(message.status),
         tags=tuple(message.tags),
         group_tags=tuple(message.group_tags),
         google_object_id=message.google_object_id,

@@ -24,6 +24,17 @@ from passpush.domain.errors import (
 from passpush.store.faults import unavailable_from
 
 DOMAIN = "passpush"
+# A status travels in trailers, and grpc's clients refuse trailers over 16 KiB: an error that
+# names the caller's values (an unknown scope, a file name, ten thousand bad ids) keeps its
+# first violations and the start of each text, so that the caller still gets the status.
+_MAX_VIOLATIONS = 10
+_MAX_FIELD = 200
+_MAX_TEXT = 500
+_MAX_MESSAGE = 1_000
+
+
+def _cut(text: str, limit: int = _MAX_TEXT) -> str:
+    return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
 def as_domain_error(error: Exception) -> DomainError | None:
@@ -40,23 +51,24 @@ def status_for(error: DomainError) -> grpc.Status:
     match error:
         case InvalidArgument():
             code = code_pb2.INVALID_ARGUMENT
-            details.append(
-                error_details_pb2.BadRequest(
-                    field_violations=[
-                        error_details_pb2.BadRequest.FieldViolation(
-                            field=v.field, description=v.description
-                        )
-                        for v in error.violations
-                    ]
+            violations = [
+                error_details_pb2.BadRequest.FieldViolation(
+                    field=_cut(v.field, _MAX_FIELD), description=_cut(v.description)
                 )
-            )
+                for v in error.violations[:_MAX_VIOLATIONS]
+            ]
+            if len(error.violations) > _MAX_VIOLATIONS:
+                violations[
+                    -1
+                ].description += f" (and {len(error.violations) - _MAX_VIOLATIONS} more violations)"
+            details.append(error_details_pb2.BadRequest(field_violations=violations))
         case NotFound() | AlreadyExists():
             code = code_pb2.NOT_FOUND if isinstance(error, NotFound) else code_pb2.ALREADY_EXISTS
             details.append(
                 error_details_pb2.ResourceInfo(
                     resource_type=error.resource_type,
-                    resource_name=error.resource_name,
-                    description=error.message,
+                    resource_name=_cut(error.resource_name),
+                    description=_cut(error.message),
                 )
             )
         case ResourceExhausted():
@@ -65,7 +77,7 @@ def status_for(error: DomainError) -> grpc.Status:
                 error_details_pb2.QuotaFailure(
                     violations=[
                         error_details_pb2.QuotaFailure.Violation(
-                            subject=error.subject, description=error.message
+                            subject=_cut(error.subject), description=_cut(error.message)
                         )
                     ]
                 )
@@ -84,7 +96,7 @@ def status_for(error: DomainError) -> grpc.Status:
             code = code_pb2.UNAVAILABLE
         case _:
             code = code_pb2.INTERNAL
-    return _status(code, error.message, details)
+    return _status(code, _cut(error.message, _MAX_MESSAGE), details)
 
 
 def internal_status() -> grpc.Status:

@@ -15,6 +15,7 @@ import grpc
 
 from passpush.api.errors import as_domain_error, internal_status, status_for
 from passpush.api.scopes import PASSPUSH_PREFIX, campaign_scope, required_scope
+from passpush.api.wire import RefusedRequest, checked
 from passpush.domain.auth import Caller, Scope
 from passpush.domain.errors import PermissionDenied, Unauthenticated
 from passpush.service.keys import KeyCore
@@ -90,11 +91,14 @@ class CallInterceptor(grpc.aio.ServerInterceptor):
 
 
 def _guarded(handler: Handler, begin: Callable[[Any, Context], Awaitable[None]]) -> Handler:
-    """The same handler, with `begin` run first and every error turned into a status."""
+    """The same handler, with `begin` run first and every error turned into a status; a
+    request that is no message, or holds text no database can store, is refused first."""
+    streams_requests = bool(handler.stream_unary or handler.stream_stream)
 
     def unary(behavior: Callable[..., Awaitable[Any]]) -> Callable[..., Awaitable[Any]]:
         async def run(request: Any, context: Context) -> Any:
             try:
+                request = _accepted(request, streams_requests)
                 await begin(request, context)
                 return await behavior(request, context)
             except grpc.aio.AbortError:
@@ -107,6 +111,7 @@ def _guarded(handler: Handler, begin: Callable[[Any, Context], Awaitable[None]])
     def streaming(behavior: Callable[..., AsyncIterator[Any]]) -> Callable[..., AsyncIterator[Any]]:
         async def run(request: Any, context: Context) -> AsyncIterator[Any]:
             try:
+                request = _accepted(request, streams_requests)
                 await begin(request, context)
                 async for response in behavior(request, context):
                     yield response
@@ -118,7 +123,11 @@ def _guarded(handler: Handler, begin: Callable[[Any, Context], Awaitable[None]])
         return run
 
     common: dict[str, Any] = {
-        "request_deserializer": handler.request_deserializer,
+        # A streamed message is checked by the core, message by message (an import counts
+        # a bad pass as failed and goes on); only its bytes are checked here.
+        "request_deserializer": checked(
+            handler.request_deserializer, look_for_nul=not streams_requests
+        ),
         "response_serializer": handler.response_serializer,
     }
     if handler.unary_unary:
@@ -130,6 +139,23 @@ def _guarded(handler: Handler, begin: Callable[[Any, Context], Awaitable[None]])
         return grpc.unary_stream_rpc_method_handler(streaming(generator), **common)
     generator = handler.stream_stream
     return grpc.stream_stream_rpc_method_handler(streaming(generator), **common)
+
+
+def _accepted(request: Any, streamed: bool) -> Any:
+    """The request, unless its deserializer refused it; a stream fails at such a message."""
+    if streamed:
+        return _refusing(request)
+    if isinstance(request, RefusedRequest):
+        raise request.error
+    return request
+
+
+async def _refusing(requests: AsyncIterator[Any]) -> AsyncIterator[Any]:
+    """A request stream that fails at its first message that is no message."""
+    async for request in requests:
+        if isinstance(request, RefusedRequest):
+            raise request.error
+        yield request
 
 
 async def _abort(context: Context, error: Exception) -> None:

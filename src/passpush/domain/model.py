@@ -264,7 +264,8 @@ class Pass:
     template_id: str
     external_id: str = ""
     serial_number: str = ""
-    status: PassStatus = PassStatus.ACTIVE
+    # None only in a request: a status this server does not know, which validation refuses.
+    status: PassStatus | None = PassStatus.ACTIVE
     tags: tuple[str, ...] = ()
     group_tags: tuple[str, ...] = ()
     google_object_id: str = ""

@@ -10,8 +10,10 @@ from dataclasses import dataclass
 from typing import Generic, TypeVar
 
 from passpush.domain.errors import InvalidArgument
+from passpush.domain.validation import unstorable
 
 DEFAULT_PAGE_SIZE = 50
+PAGE_TOKEN_MAX = 1_024  # the server's tokens are far shorter
 MAX_PAGE_SIZE = 1000
 
 
@@ -29,12 +31,14 @@ def decode_token(token: str) -> str:
     """The key to list after; "" for the first page."""
     if not token:
         return ""
+    if len(token) > PAGE_TOKEN_MAX:
+        raise InvalidArgument.field("page_token", f"must be at most {PAGE_TOKEN_MAX} characters")
     try:
         data = json.loads(base64.urlsafe_b64decode(token.encode()))
         after = data["after"]
-    except (ValueError, KeyError, TypeError, binascii.Error):
+    except (ValueError, KeyError, TypeError, binascii.Error, RecursionError):
         raise InvalidArgument.field("page_token", "is not a token this server issued") from None
-    if not isinstance(after, str):
+    if not isinstance(after, str) or unstorable(after):
         raise InvalidArgument.field("page_token", "is not a token this server issued")
     return after
 

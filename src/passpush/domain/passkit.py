@@ -21,7 +21,7 @@ from typing import Any
 
 from passpush.domain.errors import FieldViolation, InvalidArgument
 from passpush.domain.signing import AppleSigningPem, SigningMaterial
-from passpush.domain.validation import AUTH_TOKEN_MIN
+from passpush.domain.validation import check_authentication_token, unstorable
 
 PASS_JSON = "pass.json"
 MANIFEST = "manifest.json"
@@ -45,6 +45,7 @@ _IGNORED = re.compile(r"(^|/)(\.DS_Store|__MACOSX(/.*)?)$")
 # `name.ext` at the root or in one `xx.lproj` folder: a pass bundle has no other folders.
 _NAME = r"[A-Za-z0-9_@~-][A-Za-z0-9._@~-]*"
 _FILE_NAME = re.compile(rf"({_NAME}\.lproj/)?{_NAME}")
+MAX_FILE_NAME = 255
 _PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
 
@@ -137,7 +138,9 @@ def content_from_files(pass_json: bytes, files: Mapping[str, bytes]) -> PassCont
         else:
             problem = _name_problem(name)
             if problem:
-                violations.append(FieldViolation(f"files[{name}]", problem))
+                # A name too long to be one is not repeated back in the field's path.
+                field = f"files[{name}]" if len(name) <= MAX_FILE_NAME else "files"
+                violations.append(FieldViolation(field, problem))
     if violations:
         raise InvalidArgument(violations)
     if len(pass_json) + sum(len(data) for data in files.values()) > MAX_CONTENT_BYTES:
@@ -179,6 +182,8 @@ def _pass_json(data: bytes) -> tuple[dict[str, Any] | None, list[tuple[str, str]
         document = json.loads(data.decode("utf-8-sig"))
     except (UnicodeDecodeError, ValueError):
         return None, [("", "is not valid UTF-8 JSON")]
+    except RecursionError:
+        return None, [("", "is nested too deep")]
     if not isinstance(document, dict):
         return None, [("", "must be a JSON object")]
     problems = []
@@ -197,11 +202,19 @@ def _pass_json(data: bytes) -> tuple[dict[str, Any] | None, list[tuple[str, str]
             fields = document[styles[0]].get(group, [])
             if not isinstance(fields, list) or not all(isinstance(f, dict) for f in fields):
                 problems.append((f"{styles[0]}.{group}", "must be a list of objects"))
-    limits = {"serialNumber": (1, MAX_SERIAL_NUMBER), "authenticationToken": (AUTH_TOKEN_MIN, 128)}
-    for key, (shortest, longest) in limits.items():
-        value = document.get(key)
-        if value is not None and not (isinstance(value, str) and shortest <= len(value) <= longest):
-            problems.append((key, f"must be a string of {shortest}-{longest} characters"))
+    serial_number, token = document.get("serialNumber"), document.get("authenticationToken")
+    if serial_number is not None and not (
+        isinstance(serial_number, str) and 1 <= len(serial_number) <= MAX_SERIAL_NUMBER
+    ):
+        problems.append(("serialNumber", f"must be a string of 1-{MAX_SERIAL_NUMBER} characters"))
+    elif isinstance(serial_number, str) and unstorable(serial_number):
+        problems.append(("serialNumber", unstorable(serial_number)))
+    if token is not None:  # as a pass's own: a device sends it in a header
+        if not isinstance(token, str) or not token:
+            problems.append(("authenticationToken", "must be a string"))
+        else:
+            bad_token = check_authentication_token("authenticationToken", token)
+            problems += [(v.field, v.description) for v in bad_token]
     if problems:
         return None, problems
     document.setdefault("formatVersion", 1)
@@ -265,8 +278,8 @@ def _remove_notification_field(style: dict[str, Any]) -> None:
 
 
 def _name_problem(name: str) -> str:
-    if not name or len(name) > 255:
-        return "must be a name of 1-255 characters"
+    if not name or len(name) > MAX_FILE_NAME:
+        return f"must be a name of 1-{MAX_FILE_NAME} characters"
     if name.startswith("/") or "\\" in name or ".." in name.split("/"):
         return "must be a relative path within the pass (no '/', '\\' or '..' to leave it)"
     if not _FILE_NAME.fullmatch(name):

@@ -41,6 +41,37 @@ GOOGLE_OBJECT_TYPES = frozenset(
 _ID = re.compile(r"[A-Za-z0-9._:\-]{1,128}")
 
 
+# Strings: what the databases can store, and how long each may be ------------------
+# Every string a caller sends has a maximum, stated in its proto comment and the README's
+# table of limits; most are the width of the column that stores it.
+DISPLAY_NAME_MAX = 200  # project, template, segment, campaign, entity and API key names
+PASS_TYPE_IDENTIFIER_MAX = 255
+GOOGLE_ID_MAX = 255  # google_class_id, google_object_id
+SERIAL_NUMBER_MAX = 128
+AUTH_TOKEN_MAX = 128
+PEM_MAX = 65_536  # each of a template's certificate, key and WWDR certificate
+# PostgreSQL text cannot hold U+0000, and a lone surrogate is no UTF-8 at all (protobuf never
+# decodes one, but a JSON body's `\ud800` escape does).
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def unstorable(value: str) -> str:
+    """Why the databases cannot store `value`, or "" when they can."""
+    if "\x00" in value:
+        return "must not contain NUL"
+    if not value.isascii() and _SURROGATE.search(value):  # ASCII first: the common case
+        return "must be valid Unicode text"
+    return ""
+
+
+def check_text(field: str, value: str, max_chars: int) -> list[FieldViolation]:
+    """Free text (a name, an opaque id of another system): storable and not too long."""
+    if len(value) > max_chars:
+        return [FieldViolation(field, f"must be at most {max_chars} characters")]
+    problem = unstorable(value)
+    return [FieldViolation(field, problem)] if problem else []
+
+
 def raise_if_any(violations: Iterable[FieldViolation]) -> None:
     found = list(violations)
     if found:
@@ -62,23 +93,29 @@ def check_id(field: str, value: str, *, required: bool = True) -> list[FieldViol
 def check_content(content: Content | None, prefix: str = "content") -> list[FieldViolation]:
     if content is None:
         return [FieldViolation(prefix, "is required")]
-    found = []
-    if len(content.header) > HEADER_MAX:
-        found.append(FieldViolation(f"{prefix}.header", f"must be at most {HEADER_MAX} characters"))
+    found = check_text(f"{prefix}.header", content.header, HEADER_MAX)
     if not content.body.strip():
         found.append(FieldViolation(f"{prefix}.body", "is required"))
-    elif len(content.body) > BODY_MAX:
-        found.append(FieldViolation(f"{prefix}.body", f"must be at most {BODY_MAX} characters"))
+    else:
+        found += check_text(f"{prefix}.body", content.body, BODY_MAX)
     start, end = content.display_start, content.display_end
     if start and end and end <= start:
         found.append(FieldViolation(f"{prefix}.display_end", "must be after display_start"))
     return found
 
 
-def check_request_id(value: str, field: str = "request_id") -> list[FieldViolation]:
-    if len(value) > REQUEST_ID_MAX:
-        return [FieldViolation(field, f"must be at most {REQUEST_ID_MAX} characters")]
+def check_display_window(
+    content: Content, shown_from: datetime, *, when: str, prefix: str = "content"
+) -> list[FieldViolation]:
+    """A display window must still be open when the message goes (`when` says when that is):
+    one already over would only end as a failed delivery."""
+    if content.display_end is not None and content.display_end <= shown_from:
+        return [FieldViolation(f"{prefix}.display_end", f"must be after {when}")]
     return []
+
+
+def check_request_id(value: str, field: str = "request_id") -> list[FieldViolation]:
+    return check_text(field, value, REQUEST_ID_MAX)
 
 
 MAX_SCHEDULE_AHEAD = timedelta(days=30)
@@ -134,23 +171,29 @@ def check_target(target: Target | None, prefix: str = "target") -> list[FieldVio
 def check_tag(field: str, tag: str) -> list[FieldViolation]:
     if not tag.strip():
         return [FieldViolation(field, "must not be empty")]
-    if len(tag) > TAG_MAX:
-        return [FieldViolation(field, f"must be at most {TAG_MAX} characters")]
-    return []
+    return check_text(field, tag, TAG_MAX)
 
 
 def check_template(template: Template, prefix: str = "template") -> list[FieldViolation]:
     found = check_id(f"{prefix}.project_id", template.project_id)
     found += check_id(f"{prefix}.external_id", template.external_id, required=False)
     found += check_id(f"{prefix}.entity_id", template.entity_id, required=False)
+    found += check_text(f"{prefix}.display_name", template.display_name, DISPLAY_NAME_MAX)
     if template.platform is None:
         found.append(
-            FieldViolation(f"{prefix}.platform", "is required: PLATFORM_APPLE or PLATFORM_GOOGLE")
+            FieldViolation(f"{prefix}.platform", "must be PLATFORM_APPLE or PLATFORM_GOOGLE")
         )
     elif template.platform is Platform.APPLE:
         if not template.pass_type_identifier:
             found.append(
                 FieldViolation(f"{prefix}.pass_type_identifier", "is required for Apple templates")
+            )
+        elif len(template.pass_type_identifier) > PASS_TYPE_IDENTIFIER_MAX:
+            found.append(
+                FieldViolation(
+                    f"{prefix}.pass_type_identifier",
+                    f"must be at most {PASS_TYPE_IDENTIFIER_MAX} characters",
+                )
             )
         elif not re.fullmatch(r"pass(\.[A-Za-z0-9\-]+)+", template.pass_type_identifier):
             found.append(
@@ -164,6 +207,7 @@ def check_template(template: Template, prefix: str = "template") -> list[FieldVi
             found.append(
                 FieldViolation(f"{prefix}.google_class_id", "is required for Google templates")
             )
+        found += check_text(f"{prefix}.google_class_id", template.google_class_id, GOOGLE_ID_MAX)
         if template.google_object_type not in GOOGLE_OBJECT_TYPES:
             found.append(
                 FieldViolation(
@@ -178,14 +222,13 @@ def check_pass(p: Pass, prefix: str = "pass") -> list[FieldViolation]:
     found = check_id(f"{prefix}.id", p.id, required=False)
     found += check_id(f"{prefix}.template_id", p.template_id)
     found += check_id(f"{prefix}.external_id", p.external_id, required=False)
-    if len(p.serial_number) > 128:
-        found.append(FieldViolation(f"{prefix}.serial_number", "must be at most 128 characters"))
-    if p.authentication_token and len(p.authentication_token) < AUTH_TOKEN_MIN:
+    found += check_text(f"{prefix}.serial_number", p.serial_number, SERIAL_NUMBER_MAX)
+    if p.status is None:
         found.append(
-            FieldViolation(
-                f"{prefix}.authentication_token", f"must be at least {AUTH_TOKEN_MIN} characters"
-            )
+            FieldViolation(f"{prefix}.status", "must be ACTIVE, DRAFT, REVOKED, EXPIRED or REMOVED")
         )
+    found += check_authentication_token(f"{prefix}.authentication_token", p.authentication_token)
+    found += check_text(f"{prefix}.google_object_id", p.google_object_id, GOOGLE_ID_MAX)
     if too_long := check_pass_tag_lists(p, prefix):
         return found + too_long
     for i, tag in enumerate(p.tags):
@@ -193,6 +236,32 @@ def check_pass(p: Pass, prefix: str = "pass") -> list[FieldViolation]:
     for i, tag in enumerate(p.group_tags):
         found += check_tag(f"{prefix}.group_tags[{i}]", tag)
     return found
+
+
+def check_authentication_token(field: str, token: str) -> list[FieldViolation]:
+    """A pass's PassKit token (optional: passpush makes one). A device sends it in an HTTP
+    header, so it has no whitespace or control characters."""
+    if not token:
+        return []
+    if not AUTH_TOKEN_MIN <= len(token) <= AUTH_TOKEN_MAX:
+        return [FieldViolation(field, f"must be {AUTH_TOKEN_MIN}-{AUTH_TOKEN_MAX} characters")]
+    if not token.isprintable() or any(c.isspace() for c in token):
+        return [FieldViolation(field, "must have no spaces or control characters")]
+    return []
+
+
+def check_display_name(field: str, value: str) -> list[FieldViolation]:
+    return check_text(field, value, DISPLAY_NAME_MAX)
+
+
+def check_signing_pems(
+    field: str, certificate_pem: str, private_key_pem: str, wwdr_certificate_pem: str
+) -> list[FieldViolation]:
+    return [
+        *check_text(f"{field}.certificate_pem", certificate_pem, PEM_MAX),
+        *check_text(f"{field}.private_key_pem", private_key_pem, PEM_MAX),
+        *check_text(f"{field}.wwdr_certificate_pem", wwdr_certificate_pem, PEM_MAX),
+    ]
 
 
 def check_push_token(field: str, token: str) -> list[FieldViolation]:

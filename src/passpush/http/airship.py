@@ -135,8 +135,13 @@ def _template_external(external_id: str) -> npb.Target:
 
 SENT = "Notification is being sent; `ticketId` looks up the operation."
 DELETED = "Notification is being deleted; `ticketId` looks up the operation."
-TemplateQuery = Annotated[Text, Query(description="The template of the passes.")]
-OptionalTemplateQuery = Annotated[Text | None, Query(description="The template of the passes.")]
+# An empty templateId is refused, not read as "every template": a legacy caller's empty
+# variable must not widen a send to all the passes carrying the tag or in the segment.
+TemplateQuery = Annotated[Text, Query(min_length=1, description="The template of the passes.")]
+OptionalTemplateQuery = Annotated[
+    Text | None,
+    Query(min_length=1, description="The template of the passes; leave it out for every one."),
+]
 
 
 @router.post(

@@ -265,7 +265,8 @@ async def message_entity(
 @router.get("/batches/{id}", response_model=BatchDocument)
 async def get_batch(id: Text, request: Request, service: Service, key: BearerKey) -> BatchDocument:
     """A wallet messaging batch and how far it has gone."""
-    if id.isdigit() and 0 < int(id) < 2**63:  # a batch sent at once is its ticket
+    # A batch sent at once is its ticket (an int64: at most 19 ASCII digits).
+    if id.isascii() and id.isdigit() and len(id) <= 19 and 0 < int(id) < 2**63:
         with contextlib.suppress(TicketNotFound):
             ticket = await _ticket(service, key, int(id))
             _check_is_batch(id, ticket.target)

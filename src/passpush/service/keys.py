@@ -18,7 +18,13 @@ from passpush.domain.auth import (
 )
 from passpush.domain.errors import Unauthenticated
 from passpush.domain.paging import Page, decode_token, page_of, page_size
-from passpush.domain.validation import SCOPES_MAX, check_id, check_list_length, raise_if_any
+from passpush.domain.validation import (
+    SCOPES_MAX,
+    check_display_name,
+    check_id,
+    check_list_length,
+    raise_if_any,
+)
 from passpush.service.clock import Clock, utcnow
 from passpush.store.keys import ApiKeyStore
 from passpush.store.passes import PassStore
@@ -70,6 +76,7 @@ class KeyCore:
         raise_if_any(
             [
                 *check_id("project_id", project_id),
+                *check_display_name("api_key.display_name", name),
                 *check_list_length("scopes", scopes, SCOPES_MAX, "scopes"),
             ]
         )

@@ -22,6 +22,7 @@ from passpush.domain.model import (
 )
 from passpush.domain.validation import (
     check_content,
+    check_display_window,
     check_request_id,
     check_target,
     raise_if_any,
@@ -95,6 +96,8 @@ class NotificationCore:
             [*check_target(target), *check_content(content), *check_request_id(request_id)]
         )
         assert target is not None and content is not None
+        if content.display_end is not None:  # no clock read for the usual Send
+            raise_if_any(check_display_window(content, self._clock(), when="now"))
         return await self._submit(project_id, Operation.SEND, target, content, request_id)
 
     async def delete(self, project_id: str, target: Target | None, request_id: str) -> Ticket:
@@ -212,7 +215,7 @@ class NotificationCore:
         answers.update(zip([s for s, _ in new], created, strict=True))
         for retry, first in retries_in_group:
             answers[retry] = (
-                answers[first] if retry.fingerprint == first.fingerprint else _reused_request_id()
+                answers[first] if retry.fingerprint == first.fingerprint else reused_request_id()
             )
         return answers
 
@@ -263,10 +266,10 @@ def _new_ticket(s: _Submission, audience: Audience) -> NewTicket:
 
 def _retry_answer(submission: _Submission, prior: PriorTicket) -> PriorTicket | Exception:
     """A retry gets the first ticket; a reused key with another request is refused."""
-    return prior if prior.fingerprint == submission.fingerprint else _reused_request_id()
+    return prior if prior.fingerprint == submission.fingerprint else reused_request_id()
 
 
-def _reused_request_id() -> AlreadyExists:
+def reused_request_id() -> AlreadyExists:
     return AlreadyExists("request", "request_id", reason="REQUEST_ID_REUSED")
 
 

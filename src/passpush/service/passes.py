@@ -36,10 +36,12 @@ from passpush.domain.segments import parse_criteria
 from passpush.domain.signing import AppleSigningPem, load_signing
 from passpush.domain.validation import (
     MEMBERS_PER_CALL_MAX,
+    check_display_name,
     check_id,
     check_list_length,
     check_pass,
     check_push_token,
+    check_signing_pems,
     check_template,
     raise_if_any,
 )
@@ -86,12 +88,15 @@ class PassCore:
                 "key: passpush keys create --project ID",
                 reason="OTHER_PROJECT",
             )
+        raise_if_any(check_display_name("project.display_name", display_name))
         async with self._sessions.begin() as session:
             return await PassStore(session, project_id).create_project(display_name, self._clock())
 
     async def create_entity(self, project_id: str, entity: Entity) -> Entity:
         entity = replace(entity, id=entity.id or new_id())
-        raise_if_any(check_id("entity_id", entity.id))
+        raise_if_any(
+            [*check_id("entity_id", entity.id), *check_display_name("entity.name", entity.name)]
+        )
         _require_own_project(project_id, entity.project_id, "entity.project_id")
         async with self._sessions.begin() as session:
             return await PassStore(session, project_id).create_entity(entity, self._clock())
@@ -125,6 +130,14 @@ class PassCore:
     def _check_signing(
         self, signing: AppleSigningPem, pass_type_identifier: str, field: str
     ) -> None:
+        raise_if_any(
+            check_signing_pems(
+                field,
+                signing.certificate_pem,
+                signing.private_key_pem,
+                signing.wwdr_certificate_pem,
+            )
+        )
         material = load_signing(signing, field=field, pass_type_identifier=pass_type_identifier)
         if material.expire_time <= self._clock():
             raise InvalidArgument.field(
@@ -205,11 +218,7 @@ class PassCore:
             store = PassStore(session, project_id)
             current = await store.get_pass(pass_id)
             template = await store.get_template(current.template_id)
-            if template.platform is not Platform.APPLE:
-                raise FailedPrecondition(
-                    f"pass {pass_id!r} is not an Apple pass: content is for Apple passes",
-                    reason="NOT_AN_APPLE_PASS",
-                )
+            _require_apple(template, "content is for Apple passes")
             check_pass_type_identifier(content, template.pass_type_identifier, field)
             if not self._packager.can_sign(template.apple_signing):
                 raise FailedPrecondition(
@@ -233,7 +242,12 @@ class PassCore:
 
     async def create_segment(self, project_id: str, segment: Segment) -> Segment:
         segment = replace(segment, id=segment.id or new_id())
-        raise_if_any(check_id("segment_id", segment.id))
+        raise_if_any(
+            [
+                *check_id("segment_id", segment.id),
+                *check_display_name("segment.display_name", segment.display_name),
+            ]
+        )
         _require_own_project(project_id, segment.project_id, "segment.project_id")
         parse_criteria(segment.criteria)
         async with self._sessions.begin() as session:
@@ -245,7 +259,12 @@ class PassCore:
             id=campaign.id or new_id(),
             notification_limit=campaign.notification_limit or DEFAULT_CAMPAIGN_LIMIT,
         )
-        raise_if_any(check_id("campaign_id", campaign.id))
+        raise_if_any(
+            [
+                *check_id("campaign_id", campaign.id),
+                *check_display_name("campaign.name", campaign.name),
+            ]
+        )
         if campaign.notification_limit < 0:
             raise InvalidArgument.field("campaign.notification_limit", "must not be negative")
         _require_own_project(project_id, campaign.project_id, "campaign.project_id")
@@ -275,7 +294,9 @@ class PassCore:
             ]
         )
         async with self._sessions.begin() as session:
-            registration, _ = await PassStore(session, project_id).register_device(
+            store = PassStore(session, project_id)
+            _require_apple(await store.get_template((await store.get_pass(pass_id)).template_id))
+            registration, _ = await store.register_device(
                 pass_id, device_library_identifier, push_token, self._clock()
             )
             return registration
@@ -306,6 +327,15 @@ async def _serial_number(
     ):
         raise AlreadyExists("pass", serial_number, reason="SERIAL_NUMBER_TAKEN")
     return serial_number
+
+
+def _require_apple(template: Template, why: str = "devices register on Apple passes") -> None:
+    """A request that only an Apple pass can take. FAILED_PRECONDITION, not INVALID_ARGUMENT
+    (AIP-193): the request is well formed; the pass it names is of the other platform."""
+    if template.platform is not Platform.APPLE:
+        raise FailedPrecondition(
+            f"the pass is of a {template.platform} template: {why}", reason="NOT_AN_APPLE_PASS"
+        )
 
 
 def _require_own_project(project_id: str, requested: str, field: str) -> None:

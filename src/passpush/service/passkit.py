@@ -24,7 +24,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from passpush.domain.errors import FailedPrecondition, NotFound, Unauthenticated
 from passpush.domain.passkit import PASS_JSON, PassPackageSource, build_pkpass, render_pass_json
 from passpush.domain.signing import AppleSigningPem, SigningMaterial, load_signing
-from passpush.domain.validation import check_id, check_push_token, raise_if_any
+from passpush.domain.validation import AUTH_TOKEN_MIN, check_id, check_push_token, raise_if_any
 from passpush.service.clock import Clock, utcnow
 from passpush.store.passes import PassStore, update_tag_at
 from passpush.store.passkit import NamedPass, PassKitStore
@@ -33,11 +33,13 @@ log = logging.getLogger(__name__)
 
 DEFAULT_WEB_SERVICE_URL = "http://127.0.0.1:8080/passkit"
 MAX_UPDATE_TAG = 2**63 - 1
+_TAG_DIGITS = len(str(MAX_UPDATE_TAG))
 MAX_LOG_LINES = 100
 MAX_LOG_LINE = 1000
-# What a device might put in a log line that must not reach ours: long token-like runs
-# (push tokens, authentication tokens) keep their first 8 characters, as elsewhere.
-_TOKEN_LIKE = re.compile(r"[A-Za-z0-9_+/=-]{24,}")
+# What a device might put in a log line that must not reach ours: a token, push or pass, of
+# any shape. Both are at least 16 characters without whitespace (validation sees to it), so
+# every such run keeps its first 8 characters only, as elsewhere.
+_TOKEN_LIKE = re.compile(rf"\S{{{AUTH_TOKEN_MIN},}}")
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 _UNAUTHENTICATED = "no pass with that pass type and serial number has that ApplePass token"
 
@@ -171,6 +173,8 @@ class PassKitCore:
             named = await _authenticate(
                 session, pass_type_identifier, serial_number, authentication_token
             )
+            if not _plausible(device_library_identifier, 255):
+                return  # no such device can be registered
             try:
                 await PassStore(session, named.project_id).unregister_device(
                     named.pass_id, device_library_identifier
@@ -295,7 +299,8 @@ def device_log_line(line: str) -> str:
 
 def _update_tag(value: str | None) -> int | None:
     """A tag passpush made (a decimal), else None: the device then gets every serial."""
-    if value is None or not value.isascii() or not value.isdecimal():
+    # Longer than any tag would be is not one (and Python parses at most 4,300 digits).
+    if value is None or len(value) > _TAG_DIGITS or not value.isascii() or not value.isdecimal():
         return None
     tag = int(value)
     return tag if tag <= MAX_UPDATE_TAG else None

@@ -25,7 +25,7 @@ from datetime import datetime, timedelta
 from sqlalchemy.exc import DBAPIError, IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from passpush.domain.errors import AlreadyExists, DomainError
+from passpush.domain.errors import DomainError
 from passpush.domain.model import (
     Content,
     Operation,
@@ -36,6 +36,7 @@ from passpush.domain.model import (
 from passpush.domain.paging import Page, decode_token, page_of, page_size
 from passpush.domain.validation import (
     check_content,
+    check_display_window,
     check_id,
     check_request_id,
     check_send_time,
@@ -43,12 +44,14 @@ from passpush.domain.validation import (
     raise_if_any,
 )
 from passpush.service.clock import Clock, utcnow
-from passpush.service.notifications import fingerprint_of
+from passpush.service.notifications import fingerprint_of, reused_request_id
 from passpush.store.audience import resolve_audience
+from passpush.store.db import dialect_name
+from passpush.store.direct import run_on_session
 from passpush.store.events import EventStore
 from passpush.store.faults import error_code, is_passing_trouble
 from passpush.store.schedules import ScheduleStore, reserve_campaign_place
-from passpush.store.tickets import NewTicket, TicketStore
+from passpush.store.tickets import NewTicket, TicketStore, prior_tickets
 
 log = logging.getLogger(__name__)
 
@@ -94,6 +97,7 @@ class ScheduleCore:
             ]
         )
         assert target is not None and content is not None and send_time is not None
+        raise_if_any(check_display_window(content, send_time, when="send_time"))
         fingerprint = fingerprint_of(
             Operation.SEND, target, content, send_time=send_time.isoformat()
         )
@@ -104,6 +108,10 @@ class ScheduleCore:
                     existing = await schedules.find_by_request_id(project_id, request_id)
                     if existing is not None:
                         return _replay(*existing, fingerprint)
+                    # One namespace with Send and Delete: a ticket's id is not a schedule's.
+                    key = (project_id, request_id)
+                    if await run_on_session(session, prior_tickets({key}, dialect_name(session))):
+                        raise reused_request_id()
                 await reserve_campaign_place(session, project_id, target)
                 await resolve_audience(session, project_id, target)  # it must exist now
                 created = await schedules.create(
@@ -151,7 +159,7 @@ class ScheduleCore:
 
 def _replay(existing: ScheduledNotification, fingerprint: str, asked: str) -> ScheduledNotification:
     if fingerprint != asked:
-        raise AlreadyExists("request", "request_id", reason="REQUEST_ID_REUSED")
+        raise reused_request_id()
     return existing
 
 

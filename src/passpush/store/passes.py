@@ -193,6 +193,7 @@ class PassStore:
             row.serial_number = p.serial_number
         if p.authentication_token:
             row.authentication_token = p.authentication_token
+        assert p.status is not None, "validated by the caller"
         row.status = p.status.value
         row.google_object_id = p.google_object_id
         row.update_tag = update_tag_at(now) if created else next_update_tag(row.update_tag, now)

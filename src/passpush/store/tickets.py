@@ -11,6 +11,7 @@ from typing import Any
 
 from sqlalchemy import (
     BigInteger,
+    CompoundSelect,
     Insert,
     Select,
     Update,
@@ -20,8 +21,10 @@ from sqlalchemy import (
     func,
     insert,
     literal,
+    literal_column,
     not_,
     select,
+    union_all,
     update,
 )
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -52,6 +55,7 @@ from passpush.store.models import (
     DeliveryRow,
     DeviceRegistrationRow,
     PassRow,
+    ScheduledNotificationRow,
     TemplateRow,
     TicketRow,
     table_of,
@@ -224,7 +228,13 @@ class TicketStore:
 def prior_tickets(
     keys: Collection[tuple[str, str]], dialect: str
 ) -> Steps[dict[tuple[str, str], PriorTicket]]:
-    """The tickets created under these (project_id, request_id) pairs, by pair."""
+    """The tickets created under these (project_id, request_id) pairs, by pair.
+
+    A request_id is one namespace per project across Send, Delete and Schedule: a pair a
+    schedule holds is found too, as a PriorTicket with id 0 and no fingerprint, which no
+    request matches (REQUEST_ID_REUSED). The same statement looks in both tables, so this
+    costs a Send no round trip.
+    """
     if not keys:
         return {}
     rows = yield Query(
@@ -232,9 +242,9 @@ def prior_tickets(
         {"projects": list({p for p, _ in keys}), "request_ids": list({r for _, r in keys})},
     )
     # The two lists match some crossings of the pairs too: those are left out.
-    found = {
-        (p, r): PriorTicket(ticket_id, p, fingerprint) for ticket_id, p, r, fingerprint in rows
-    }
+    found: dict[tuple[str, str], PriorTicket] = {}
+    for ticket_id, p, r, fingerprint in rows:  # tickets first: a ticket's pair is its own
+        found.setdefault((p, r), PriorTicket(ticket_id, p, fingerprint))
     return {key: found[key] for key in keys if key in found}
 
 
@@ -495,18 +505,24 @@ _INSERT_DELIVERY = insert(_deliveries)
 
 @dataclass(frozen=True)
 class _DialectStatements:
-    by_request_id: Select[Any]  # parameters projects, request_ids
+    by_request_id: CompoundSelect[Any]  # parameters projects, request_ids
     deliveries_of_passes: Select[Any]  # parameters projects, pass_ids
 
 
 @functools.cache
 def _statements(dialect: str) -> _DialectStatements:
     """The statements whose lists bind as arrays on PostgreSQL, built once per database."""
-    t = _tickets
+    t, s = _tickets, table_of(ScheduledNotificationRow)
     return _DialectStatements(
-        by_request_id=select(t.c.id, t.c.project_id, t.c.request_id, t.c.request_fingerprint).where(
-            one_of(t.c.project_id, dialect, "projects"),
-            one_of(t.c.request_id, dialect, "request_ids"),
+        by_request_id=union_all(
+            select(t.c.id, t.c.project_id, t.c.request_id, t.c.request_fingerprint).where(
+                one_of(t.c.project_id, dialect, "projects"),
+                one_of(t.c.request_id, dialect, "request_ids"),
+            ),
+            select(literal_column("0"), s.c.project_id, s.c.request_id, literal_column("''")).where(
+                one_of(s.c.project_id, dialect, "projects"),
+                one_of(s.c.request_id, dialect, "request_ids"),
+            ),
         ),
         deliveries_of_passes=_deliveries_of(
             and_(

@@ -1,0 +1,178 @@
+"""Bad inputs on every vendor route of the shim: each answers a 4xx in its vendor's error
+shape, never a 500, and no Python exception text reaches the body.
+
+BAD_HTTP_INPUTS is the HTTP half of the probe (tests/test_bad_inputs.py has the gRPC half).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import httpx
+import pytest
+
+from passpush.v1 import passes_pb2 as ppb
+from passpush.v1 import passes_pb2_grpc
+
+from support import World
+
+NUL = "a\u0000b"
+SURROGATE = b'"\\ud800"'  # JSON's escape of a lone surrogate: no UTF-8 can carry it
+TOO_LATE = "9999-12-31T23:59:59Z"
+OVERFLOW = "99999999999-01-01T00:00:00Z"
+
+
+def json_with(fields: dict[str, Any], raw: dict[str, bytes] | None = None) -> bytes:
+    """A JSON object; `raw` values are written as given (to carry escapes json.dumps would not
+    write)."""
+    import json
+
+    parts = [json.dumps(k) + ": " + json.dumps(v) for k, v in fields.items()]
+    parts += [json.dumps(k) + ": " + v.decode() for k, v in (raw or {}).items()]
+    return ("{" + ", ".join(parts) + "}").encode()
+
+
+# Each case: method, path, JSON body (or None), the status expected.
+BAD_HTTP_INPUTS: dict[str, tuple[str, str, bytes | None, int]] = {
+    # Airship Wallet
+    "airship_nul_in_value": ("POST", "/v1/pass/p1/notify", json_with({"value": NUL}), 400),
+    "airship_nul_in_label": (
+        "POST",
+        "/v1/pass/p1/notify",
+        json_with({"value": "hi", "label": NUL}),
+        400,
+    ),
+    "airship_surrogate_in_value": (
+        "POST",
+        "/v1/pass/p1/notify",
+        json_with({}, {"value": SURROGATE}),
+        400,
+    ),
+    "airship_nul_in_pass_id": ("POST", "/v1/pass/p%001/notify", json_with({"value": "hi"}), 400),
+    "airship_nul_in_tag": ("DELETE", "/v1/tag/a%00b/notify?templateId=loyalty", None, 400),
+    "airship_nul_in_template_query": ("DELETE", "/v1/tag/gold/notify?templateId=a%00b", None, 400),
+    "airship_empty_template_query": ("DELETE", "/v1/tag/gold/notify?templateId=", None, 400),
+    "airship_end_time_overflows": (
+        "POST",
+        "/v1/pass/p1/notify",
+        json_with({"value": "hi", "endTime": OVERFLOW}),
+        400,
+    ),
+    "airship_end_time_passed": (
+        "POST",
+        "/v1/pass/p1/notify",
+        json_with({"value": "hi", "endTime": "2001-01-01T00:00:00Z"}),
+        400,
+    ),
+    "airship_huge_ticket_id": ("GET", "/v1/ticket/99999999999999999999999999", None, 404),
+    "airship_ticket_id_of_5000_digits": ("GET", "/v1/ticket/" + "9" * 5000, None, 400),
+    "airship_deep_json": ("POST", "/v1/pass/p1/notify", b"[" * 100_000 + b"]" * 100_000, 400),
+    # PassEntry
+    "passentry_nul_in_message": (
+        "POST",
+        "/api/v1/passes/p1/notification",
+        json_with({"notification": {"message": NUL}}),
+        400,
+    ),
+    "passentry_nul_in_pass_id": (
+        "POST",
+        "/api/v1/passes/p%001/notification",
+        json_with({"notification": {"message": "hi"}}),
+        400,
+    ),
+    "passentry_nul_in_group_tag": (
+        "POST",
+        "/api/v1/entities/e1/messaging/wallet",
+        json_with({"batch": {"message": "hi", "segments": [{"groupTag": NUL}]}}),
+        400,
+    ),
+    "passentry_scheduled_at_overflows": (
+        "POST",
+        "/api/v1/entities/e1/messaging/wallet",
+        json_with({"batch": {"message": "hi", "scheduledAt": OVERFLOW}}),
+        400,
+    ),
+    "passentry_scheduled_at_too_far": (
+        "POST",
+        "/api/v1/entities/e1/messaging/wallet",
+        json_with({"batch": {"message": "hi", "scheduledAt": TOO_LATE}}),
+        400,
+    ),
+    "passentry_nul_in_batch_id": ("GET", "/api/v1/batches/a%00b", None, 400),
+    "passentry_batch_id_of_5000_digits": ("GET", "/api/v1/batches/" + "9" * 5000, None, 400),
+    "passentry_batch_id_superscript_digit": ("GET", "/api/v1/batches/%C2%B2", None, 400),
+    # WalletWerk
+    "walletwerk_nul_in_body": (
+        "POST",
+        "/campaigns/spring/notifications",
+        json_with({"header": "h", "body": NUL}),
+        400,
+    ),
+    "walletwerk_nul_in_campaign_id": (
+        "POST",
+        "/campaigns/spr%00ing/notifications",
+        json_with({"header": "h", "body": "hi"}),
+        400,
+    ),
+    "walletwerk_scheduled_for_overflows": (
+        "POST",
+        "/campaigns/spring/notifications/schedule",
+        json_with({"header": "h", "body": "hi", "scheduledFor": OVERFLOW}),
+        400,
+    ),
+    "walletwerk_scheduled_for_too_far": (
+        "POST",
+        "/campaigns/spring/notifications/schedule",
+        json_with({"header": "h", "body": "hi", "scheduledFor": TOO_LATE}),
+        400,
+    ),
+    "walletwerk_nul_in_notification_id": (
+        "GET",
+        "/campaigns/spring/notifications/a%00b",
+        None,
+        400,
+    ),
+    "walletwerk_unknown_status": (
+        "GET",
+        "/campaigns/spring/notifications/scheduled?status=%00",
+        None,
+        400,
+    ),
+}
+
+
+@pytest.fixture
+async def world(passes: passes_pb2_grpc.PassServiceStub) -> World:
+    world = World(passes)
+    await passes.CreateEntity(ppb.CreateEntityRequest(entity_id="e1"))
+    await world.apple_template("loyalty", entity_id="e1")
+    await world.pass_("p1", "loyalty", tags=("gold",))
+    await passes.CreateCampaign(ppb.CreateCampaignRequest(campaign_id="spring"))
+    return world
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "body", "status"), BAD_HTTP_INPUTS.values(), ids=BAD_HTTP_INPUTS.keys()
+)
+async def test_a_bad_input_on_the_shim_is_a_client_error_in_the_vendors_shape(
+    method: str,
+    path: str,
+    body: bytes | None,
+    status: int,
+    world: World,
+    client: httpx.AsyncClient,
+    api_key: str,
+) -> None:
+    headers = {"Authorization": f"Bearer {api_key}", "Content-Type": "application/json"}
+
+    response = await client.request(method, path, content=body, headers=headers)
+
+    assert response.status_code == status, response.text
+    assert "Error" not in response.text and "Traceback" not in response.text
+    answer = response.json()
+    if path.startswith("/v1/"):
+        assert answer["ok"] is False and answer["error_code"] == status * 100
+    elif path.startswith("/api/"):
+        assert answer["errors"][0]["status"] == str(status)
+    else:
+        assert answer["success"] is False and answer["error"]["code"]
