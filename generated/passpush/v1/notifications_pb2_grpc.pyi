@@ -33,8 +33,10 @@ class NotificationServiceStub:
     A wallet notification changes a pass: on Apple Wallet it sets a field on the
     back of the pass and pushes the devices that hold it; on Google Wallet it adds
     a message to the pass object. Every send or delete is an operation tracked
-    by a Ticket. Send and Delete commit the ticket and all of its deliveries
-    before they answer, then the work goes on in the background.
+    by a Ticket. Send and Delete commit the ticket before they answer, with all
+    of its deliveries (a target of many passes: its first 5,000 passes' and what
+    the rest needs; the server writes the others in chunks just after, and
+    resumes them after a restart), then the work goes on in the background.
     """
 
     @_typing.overload
@@ -90,8 +92,10 @@ class NotificationServiceAsyncStub(NotificationServiceStub):
     A wallet notification changes a pass: on Apple Wallet it sets a field on the
     back of the pass and pushes the devices that hold it; on Google Wallet it adds
     a message to the pass object. Every send or delete is an operation tracked
-    by a Ticket. Send and Delete commit the ticket and all of its deliveries
-    before they answer, then the work goes on in the background.
+    by a Ticket. Send and Delete commit the ticket before they answer, with all
+    of its deliveries (a target of many passes: its first 5,000 passes' and what
+    the rest needs; the server writes the others in chunks just after, and
+    resumes them after a restart), then the work goes on in the background.
     """
 
     def __init__(self, channel: _aio.Channel) -> None: ...
@@ -143,8 +147,10 @@ class NotificationServiceServicer(metaclass=_abc_1.ABCMeta):
     A wallet notification changes a pass: on Apple Wallet it sets a field on the
     back of the pass and pushes the devices that hold it; on Google Wallet it adds
     a message to the pass object. Every send or delete is an operation tracked
-    by a Ticket. Send and Delete commit the ticket and all of its deliveries
-    before they answer, then the work goes on in the background.
+    by a Ticket. Send and Delete commit the ticket before they answer, with all
+    of its deliveries (a target of many passes: its first 5,000 passes' and what
+    the rest needs; the server writes the others in chunks just after, and
+    resumes them after a restart), then the work goes on in the background.
     """
 
     @_abc_1.abstractmethod

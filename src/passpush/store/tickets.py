@@ -11,7 +11,6 @@ from typing import Any
 
 from sqlalchemy import (
     BigInteger,
-    ColumnElement,
     Insert,
     Select,
     Update,
@@ -169,9 +168,7 @@ class TicketStore:
             insert(_tickets).returning(_tickets.c.id), _ticket_values(n, None, now)
         )
         assert ticket_id is not None
-        await self._fan_out_chunk(
-            ticket_id, n.audience.condition, n.operation, n.content, "", now, chunk
-        )
+        await self._fan_out_chunk(ticket_id, n.audience, n.operation, n.content, "", now, chunk)
         return await self._fresh(ticket_id)
 
     async def continue_fan_out(self, ticket_id: int, now: datetime, chunk: int) -> bool:
@@ -192,33 +189,40 @@ class TicketStore:
             return True
         ticket = ticket_from_row(row, [])
         try:
-            condition = (
-                await resolve_audience(self.session, row.project_id, ticket.target)
-            ).condition
+            audience = await resolve_audience(self.session, row.project_id, ticket.target)
         except NotFound:  # what the target named is gone: no pass is left to reach
-            condition = false()
+            audience = Audience(row.project_id, false())
         return await self._fan_out_chunk(
-            ticket_id, condition, ticket.operation, ticket.content, row.fanout_after, now, chunk
+            ticket_id, audience, ticket.operation, ticket.content, row.fanout_after, now, chunk
         )
 
     async def _fan_out_chunk(
         self,
         ticket_id: int,
-        audience: ColumnElement[bool],
+        audience: Audience,
         operation: Operation,
         content: Content | None,
         after: str,
         now: datetime,
         chunk: int,
     ) -> bool:
-        """The deliveries and pass changes of the audience's next `chunk` passes by id
-        (after the pass id `after`), the events of what they skipped, and the ticket's
-        counts and cursor advanced by them; True when no pass is left."""
-        passes = select(PassRow.id).where(audience, PassRow.id > after).order_by(PassRow.id)
-        upto = await self.session.scalar(passes.offset(chunk - 1).limit(1))
-        in_chunk = and_(audience, PassRow.id > after)
-        if upto is not None:
-            in_chunk = and_(in_chunk, PassRow.id <= upto)
+        """The deliveries and pass changes of the audience's passes among the project's
+        next `chunk` passes by id (after the pass id `after`), the events of what they
+        skipped, and the ticket's counts and cursor advanced by them; True when no pass is
+        left.
+
+        A chunk is a range of the project's passes (found along its primary key), not of
+        the audience's: finding the audience's 5,000th next pass would read the whole rest
+        of the audience's lists each time.
+        """
+        upto = await self.session.scalar(
+            select(PassRow.id)
+            .where(PassRow.project_id == audience.project_id, PassRow.id > after)
+            .order_by(PassRow.id)
+            .offset(chunk - 1)
+            .limit(1)
+        )
+        in_chunk = audience.passes_in(after, upto)
         # This ticket's deliveries above this id are this chunk's: the ticket row is ours.
         before = await self.session.scalar(select(func.max(DeliveryRow.id))) or 0
         inserted = await self.session.execute(
