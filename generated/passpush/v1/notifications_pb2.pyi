@@ -774,11 +774,12 @@ class Ticket(_message.Message):
     def counts(self) -> Global___DeliveryCounts:
         """How many deliveries are in each state; pending + delivered + failed +
         skipped = total at every moment. A ticket to many passes (a template, tag,
-        segment, entity or campaign) gets its deliveries in chunks of 5,000
-        passes, the first before Send answers and the others just after: until
-        the last chunk is in, `total`, `pending` and `skipped` grow as chunks
-        land (and delivered/failed as they are pushed), and the ticket stays
-        PENDING or RUNNING; its final `total` is the whole audience's.
+        segment, entity or campaign) gets its deliveries in chunks (the
+        project's passes 5,000 at a time, by pass id), the first before Send
+        answers and the others just after: until the last chunk is in, `total`,
+        `pending` and `skipped` grow as chunks land (and `delivered` and `failed`
+        as they are pushed), and the ticket stays PENDING or RUNNING; its final
+        `total` is the whole audience's.
         """
 
     @_builtins.property

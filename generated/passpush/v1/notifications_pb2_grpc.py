@@ -33,9 +33,10 @@ class NotificationServiceStub:
     back of the pass and pushes the devices that hold it; on Google Wallet it adds
     a message to the pass object. Every send or delete is an operation tracked
     by a Ticket. Send and Delete commit the ticket before they answer, with all
-    of its deliveries (a target of many passes: its first 5,000 passes' and what
-    the rest needs; the server writes the others in chunks just after, and
-    resumes them after a restart), then the work goes on in the background.
+    of its deliveries (a target of many passes: those of the project's first
+    5,000 passes, and what the rest needs; the server writes the others in
+    chunks just after, and resumes them after a restart), then the work goes on
+    in the background.
     """
 
     def __init__(self, channel):
@@ -99,9 +100,10 @@ class NotificationServiceServicer:
     back of the pass and pushes the devices that hold it; on Google Wallet it adds
     a message to the pass object. Every send or delete is an operation tracked
     by a Ticket. Send and Delete commit the ticket before they answer, with all
-    of its deliveries (a target of many passes: its first 5,000 passes' and what
-    the rest needs; the server writes the others in chunks just after, and
-    resumes them after a restart), then the work goes on in the background.
+    of its deliveries (a target of many passes: those of the project's first
+    5,000 passes, and what the rest needs; the server writes the others in
+    chunks just after, and resumes them after a restart), then the work goes on
+    in the background.
     """
 
     def Send(self, request, context):
@@ -248,9 +250,10 @@ class NotificationService:
     back of the pass and pushes the devices that hold it; on Google Wallet it adds
     a message to the pass object. Every send or delete is an operation tracked
     by a Ticket. Send and Delete commit the ticket before they answer, with all
-    of its deliveries (a target of many passes: its first 5,000 passes' and what
-    the rest needs; the server writes the others in chunks just after, and
-    resumes them after a restart), then the work goes on in the background.
+    of its deliveries (a target of many passes: those of the project's first
+    5,000 passes, and what the rest needs; the server writes the others in
+    chunks just after, and resumes them after a restart), then the work goes on
+    in the background.
     """
 
     @staticmethod

@@ -34,9 +34,10 @@ class NotificationServiceStub:
     back of the pass and pushes the devices that hold it; on Google Wallet it adds
     a message to the pass object. Every send or delete is an operation tracked
     by a Ticket. Send and Delete commit the ticket before they answer, with all
-    of its deliveries (a target of many passes: its first 5,000 passes' and what
-    the rest needs; the server writes the others in chunks just after, and
-    resumes them after a restart), then the work goes on in the background.
+    of its deliveries (a target of many passes: those of the project's first
+    5,000 passes, and what the rest needs; the server writes the others in
+    chunks just after, and resumes them after a restart), then the work goes on
+    in the background.
     """
 
     @_typing.overload
@@ -93,9 +94,10 @@ class NotificationServiceAsyncStub(NotificationServiceStub):
     back of the pass and pushes the devices that hold it; on Google Wallet it adds
     a message to the pass object. Every send or delete is an operation tracked
     by a Ticket. Send and Delete commit the ticket before they answer, with all
-    of its deliveries (a target of many passes: its first 5,000 passes' and what
-    the rest needs; the server writes the others in chunks just after, and
-    resumes them after a restart), then the work goes on in the background.
+    of its deliveries (a target of many passes: those of the project's first
+    5,000 passes, and what the rest needs; the server writes the others in
+    chunks just after, and resumes them after a restart), then the work goes on
+    in the background.
     """
 
     def __init__(self, channel: _aio.Channel) -> None: ...
@@ -148,9 +150,10 @@ class NotificationServiceServicer(metaclass=_abc_1.ABCMeta):
     back of the pass and pushes the devices that hold it; on Google Wallet it adds
     a message to the pass object. Every send or delete is an operation tracked
     by a Ticket. Send and Delete commit the ticket before they answer, with all
-    of its deliveries (a target of many passes: its first 5,000 passes' and what
-    the rest needs; the server writes the others in chunks just after, and
-    resumes them after a restart), then the work goes on in the background.
+    of its deliveries (a target of many passes: those of the project's first
+    5,000 passes, and what the rest needs; the server writes the others in
+    chunks just after, and resumes them after a restart), then the work goes on
+    in the background.
     """
 
     @_abc_1.abstractmethod

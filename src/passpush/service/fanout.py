@@ -87,11 +87,19 @@ class FanOut:
             before = self._clock() - stalled_for if stalled_for is not None else None
             found = await TicketStore(session).fanning_out(changed_before=before)
         todo = set(found)
-        while todo := todo | self._started:
+        failed: set[int] = set()  # tried again at the next sweep, not in this round
+        while todo := (todo | self._started) - failed:
             for ticket_id in sorted(todo):
-                async with self._sessions.begin() as session:
-                    tickets = TicketStore(session)
-                    done = await tickets.continue_fan_out(ticket_id, self._clock(), self.chunk)
+                try:
+                    async with self._sessions.begin() as session:
+                        tickets = TicketStore(session)
+                        done = await tickets.continue_fan_out(ticket_id, self._clock(), self.chunk)
+                except Exception:
+                    # One fan-out that fails does not hold the others up.
+                    log.exception("fanning ticket %d out failed; trying again shortly", ticket_id)
+                    failed.add(ticket_id)
+                    todo.discard(ticket_id)
+                    continue
                 self._on_chunk()
                 if done:
                     todo.discard(ticket_id)
