@@ -14,6 +14,7 @@ from passpush.api.server import PasspushServer
 from passpush.delivery.apns import ApnsGateway
 from passpush.delivery.worker import WorkerSettings
 from passpush.fakes.apns import FakeApns
+from passpush.service.fanout import FanOut
 from passpush.store.models import DeliveryEventRow, DeliveryRow
 from passpush.v1 import notifications_pb2 as npb
 from passpush.v1 import notifications_pb2_grpc, passes_pb2_grpc
@@ -195,3 +196,49 @@ async def test_a_broadcast_that_skips_every_pass_ends_with_its_last_chunk(
             select(func.count()).where(DeliveryEventRow.ticket_id == accepted.id)
         )
     assert events == audience
+
+
+async def test_two_servers_carrying_one_fan_out_on_never_write_a_chunk_twice(
+    server: PasspushServer,
+    passes: passes_pb2_grpc.PassServiceStub,
+    notifications: notifications_pb2_grpc.NotificationServiceStub,
+    sessions: async_sessionmaker[AsyncSession],
+    database_url: str,
+) -> None:
+    """Two replicas that both carry an incomplete fan-out on take turns over its chunks:
+    every pass still gets exactly one delivery."""
+    audience = 8 * CHUNK + 5
+    await World(passes).apple_template("crowd")
+    await seed_apple_passes(database_url, "acme", "crowd", audience)
+    await server.fanout.stop()
+    accepted = await notifications.Send(_send("Everyone"))
+
+    replicas = [FanOut(sessions, chunk=CHUNK), FanOut(sessions, chunk=CHUNK)]
+    await asyncio.gather(*(replica.continue_all() for replica in replicas))
+
+    per_pass = await _deliveries_per_pass(sessions, accepted.id)
+    assert len(per_pass) == audience and set(per_pass.values()) == {1}
+    ticket = await _ticket(notifications, accepted.id)
+    assert ticket.counts.total == audience
+
+
+async def test_a_delete_to_many_passes_clears_each_of_them_chunk_by_chunk(
+    server: PasspushServer,
+    passes: passes_pb2_grpc.PassServiceStub,
+    notifications: notifications_pb2_grpc.NotificationServiceStub,
+) -> None:
+    """A Delete to a large target goes out in chunks as a Send does, and clears the
+    notification of every pass it reaches."""
+    world = World(passes)
+    await world.apple_template("crowd")
+    pass_ids = [await world.pass_(f"p{i:04}", "crowd", devices=0) for i in range(CHUNK + 3)]
+    sent = await notifications.Send(_send("Everyone"))
+    await wait_terminal(notifications, sent.id)
+
+    deleted = await notifications.Delete(npb.DeleteRequest(target=TEMPLATE))
+    ticket = await wait_terminal(notifications, deleted.id)
+
+    assert (ticket.counts.total, ticket.counts.skipped) == (len(pass_ids), len(pass_ids))
+    for pass_id in (pass_ids[0], pass_ids[-1]):
+        shown = await passes.GetPass(ppb.GetPassRequest(id=pass_id))
+        assert not shown.HasField("notification")
