@@ -242,3 +242,26 @@ async def test_a_delete_to_many_passes_clears_each_of_them_chunk_by_chunk(
     for pass_id in (pass_ids[0], pass_ids[-1]):
         shown = await passes.GetPass(ppb.GetPassRequest(id=pass_id))
         assert not shown.HasField("notification")
+
+
+async def test_a_fan_out_whose_target_is_gone_ends_with_the_passes_it_reached(
+    server: PasspushServer,
+    passes: passes_pb2_grpc.PassServiceStub,
+    notifications: notifications_pb2_grpc.NotificationServiceStub,
+) -> None:
+    """A fan-out whose target no longer names anything (its tag is on no pass now) ends at
+    its next chunk, terminal, with what its earlier chunks reached."""
+    world = World(passes)
+    await world.apple_template("crowd")
+    pass_ids = [
+        await world.pass_(f"p{i:04}", "crowd", devices=0, tags=("gold",)) for i in range(CHUNK + 3)
+    ]
+    await server.fanout.stop()
+    accepted = await notifications.Send(_send("Gold", npb.Target(tag=npb.TagRef(tag="gold"))))
+    for pass_id in pass_ids:
+        await world.pass_(pass_id, "crowd", devices=0)  # the tag is gone
+    server.fanout.start()
+    ticket = await wait_terminal(notifications, accepted.id)
+
+    assert ticket.state == npb.TICKET_STATE_SUCCEEDED
+    assert (ticket.counts.total, ticket.counts.skipped) == (CHUNK, CHUNK)
