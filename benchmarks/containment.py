@@ -9,8 +9,9 @@ made through the API. While `other` sends one-pass Sends at a steady rate (open 
 2. the largest entity target allowed: 1,000 group tags (every pass matches);
 3. the largest segment allowed: 500 tags under one `or` (every pass matches).
 
-For each, the report gives the large Send's own time and `other`'s Send latency (max and p99)
-over the calls started while the large Send was in the server. Bar: max < 1 s.
+For each, the report gives the large Send's own time (to its answer, and to the end of its
+fan-out) and `other`'s Send latency (max and p99) over the calls started from the large Send
+until its fan-out was complete. Bar: max < 1 s.
 
 The passes, devices and tags of `bench` are seeded straight into the tables (as the other
 benchmarks do: 100,000 passes through the API would take minutes), and so is its entity;
@@ -223,18 +224,25 @@ async def _measure(
         await asyncio.sleep(SETTLE_SECONDS)
         began = time.perf_counter()
         ticket = await bench.send(npb.SendRequest(target=target, content=CONTENT))
+        answered = time.perf_counter() - began
+        # The Send answers after its first chunk of passes; the window runs until the last
+        # chunk is in (the ticket's total then counts every pass).
+        ticket = await _fanned_out(bench, ticket, passes)
         ended = time.perf_counter()
         await asyncio.sleep(SETTLE_SECONDS)
         stop.set()
-        latencies = (await steady).during(began, ended)
-        if ticket.counts.total != passes:
-            raise RuntimeError(f"{name}: {ticket.counts.total} deliveries, not {passes}")
+        calls = await steady
+        latencies = calls.during(began, ended)
+        # For comparison: once the fan-out is done, while its pushes still go out.
+        pushing = calls.during(ended, ended + SETTLE_SECONDS)
         worst = latencies[-1] if latencies else 0.0
         p99 = percentile(latencies, 0.99) if latencies else 0.0
         log(
-            f"containment on {backend}: {name} to {passes:,} passes took "
-            f"{ended - began:.2f} s; meanwhile {len(latencies)} one-pass Sends of another "
-            f"project: p99 {p99 * 1000:.0f} ms, max {worst * 1000:.0f} ms"
+            f"containment on {backend}: {name} to {passes:,} passes answered in "
+            f"{answered:.2f} s, fanned out in {ended - began:.2f} s; meanwhile "
+            f"{len(latencies)} one-pass Sends of another project: "
+            f"p99 {p99 * 1000:.0f} ms, max {worst * 1000:.0f} ms; then, while its pushes "
+            f"went out: max {(pushing[-1] if pushing else 0.0) * 1000:.0f} ms"
         )
         await bench.wait_terminal(ticket.id, within=600)  # its pushes out before the next
         results.append(
@@ -247,6 +255,17 @@ async def _measure(
             )
         )
     return results
+
+
+async def _fanned_out(bench: Client, ticket: npb.Ticket, passes: int) -> npb.Ticket:
+    """The ticket once its fan-out is complete: every pass has its delivery."""
+    async with asyncio.timeout(600):
+        while ticket.counts.total < passes:
+            await asyncio.sleep(0.01)
+            ticket = await bench.get_ticket(ticket.id)
+    if ticket.counts.total != passes:
+        raise RuntimeError(f"{ticket.id}: {ticket.counts.total} deliveries, not {passes}")
+    return ticket
 
 
 async def run(options: Options) -> list[Result]:

@@ -1,7 +1,9 @@
 """Resolution: Send to a template of 1,000,000 passes on PostgreSQL.
 
-Measures the Send call (the whole audience goes into the outbox, INSERT ... SELECT, before it
-answers; bar < 10 s), the time from Send returning to the first push reaching the fake APNs
+Measures the Send call (it answers once its first chunk of passes is in the outbox; bar
+< 10 s), the time until the whole audience is in the outbox (its fan-out complete: the
+ticket's total counts every pass; it goes on beside the pushes, and need only stay ahead of
+them), the time from Send returning to the first push reaching the fake APNs
 (bar < 1 s), and the server's peak RSS through the broadcast (VmHWM; bar < 250 MB). With
 --resolution-watch 0 the whole broadcast is watched; otherwise its first N seconds (a million
 pushes take minutes on a small machine).
@@ -47,6 +49,15 @@ async def run(options: Options) -> list[Result]:
                     raise RuntimeError("no push reached the fake within 60 s of Send")
                 first_push = (first.first_ms - returned_ms) / 1000
                 log(f"resolution: first push {first_push * 1000:.0f} ms after Send returned")
+                while ticket.counts.total < passes:
+                    await asyncio.sleep(0.1)
+                    ticket = await c.get_ticket(ticket.id)
+                filled_seconds = time.perf_counter() - started
+                pushed_by_then = (await fake.stats()).count
+                log(
+                    f"resolution: the outbox holds all {passes:,} after {filled_seconds:.2f} s "
+                    f"({pushed_by_then:,} pushed by then)"
+                )
 
                 watch = options.resolution_watch or fanout_limit(passes)
                 deadline = time.perf_counter() + watch
@@ -66,11 +77,17 @@ async def run(options: Options) -> list[Result]:
     scope = "whole broadcast" if whole else f"first {broadcast:.0f} s, {pushed:,} pushed"
     return [
         Result(
-            f"resolution {passes:,}: Send (outbox filled)",
+            f"resolution {passes:,}: Send answered",
             BACKEND,
             f"{send_seconds:.2f} s",
             f"< {SEND_BAR_SECONDS:.0f} s",
             send_seconds < SEND_BAR_SECONDS,
+        ),
+        # The fan-out goes on beside the pushes; it must stay ahead of them, not be fast.
+        Result(
+            f"resolution {passes:,}: outbox filled (fan-out complete)",
+            BACKEND,
+            f"{filled_seconds:.2f} s ({pushed_by_then:,} pushed by then)",
         ),
         Result(
             f"resolution {passes:,}: first push after Send",

@@ -6,13 +6,17 @@ from dataclasses import dataclass
 
 import pytest
 from google.protobuf import struct_pb2
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from passpush.api.server import PasspushServer
+from passpush.delivery.apns import ApnsGateway
+from passpush.delivery.worker import WorkerSettings
 from passpush.fakes.apns import FakeApns
 from passpush.v1 import notifications_pb2 as npb
 from passpush.v1 import notifications_pb2_grpc, passes_pb2_grpc
 from passpush.v1 import passes_pb2 as ppb
 
-from support import TOPIC, World, wait_terminal
+from support import TOPIC, World, channel_with_key, wait_terminal
 
 TICKETS_TOPIC = "pass.com.example.tickets"
 
@@ -124,6 +128,38 @@ async def test_send_reaches_exactly_the_targets_devices(
     )
     ticket = await wait_terminal(notifications, accepted.id)
 
+    _assert_reached(case, world, ticket, fake_apns)
+
+
+@pytest.mark.parametrize("case", CASES.values(), ids=CASES.keys())
+async def test_send_fanned_out_two_passes_at_a_time_reaches_exactly_the_same_devices(
+    case: Case,
+    sessions: async_sessionmaker[AsyncSession],
+    apns_gateway: ApnsGateway,
+    worker_settings: WorkerSettings,
+    api_key: str,
+    passes: passes_pb2_grpc.PassServiceStub,
+    fake_apns: FakeApns,
+) -> None:
+    """A large audience is fanned out in chunks of the project's passes, its tag and
+    member lists read a chunk's range at a time: the chunks reach the same devices."""
+    world = await build_world(passes)
+    server = PasspushServer(sessions, apns_gateway, worker_settings=worker_settings, fanout_chunk=2)
+    await server.start()
+    try:
+        async with channel_with_key(server.port, api_key) as channel:
+            notifications = notifications_pb2_grpc.NotificationServiceStub(channel)
+            accepted = await notifications.Send(
+                npb.SendRequest(target=case.target, content=npb.Content(body="Hello"))
+            )
+            ticket = await wait_terminal(notifications, accepted.id)
+    finally:
+        await server.stop(grace=1.0)
+
+    _assert_reached(case, world, ticket, fake_apns)
+
+
+def _assert_reached(case: Case, world: World, ticket: npb.Ticket, fake_apns: FakeApns) -> None:
     expected_tokens = world.tokens_of(*case.pushed)
     assert sorted(fake_apns.tokens()) == expected_tokens
     for push in fake_apns.received:

@@ -765,7 +765,9 @@ class Ticket(_message.Message):
     operation: Global___Operation.ValueType
     """What the ticket does."""
     state: Global___TicketState.ValueType
-    """Where the operation stands."""
+    """Where the operation stands. A ticket to many passes is never terminal
+    before every pass of its audience has its deliveries (see `counts`).
+    """
     request_id: _builtins.str
     """The caller's idempotency key, if any."""
     project_id: _builtins.str
@@ -783,7 +785,13 @@ class Ticket(_message.Message):
     @_builtins.property
     def counts(self) -> Global___DeliveryCounts:
         """How many deliveries are in each state; pending + delivered + failed +
-        skipped = total at every moment.
+        skipped = total at every moment. A ticket to many passes (a template, tag,
+        segment, entity or campaign) gets its deliveries in chunks (the
+        project's passes 5,000 at a time, by pass id), the first before Send
+        answers and the others just after: until the last chunk is in, `total`,
+        `pending` and `skipped` grow as chunks land (and `delivered` and `failed`
+        as they are pushed), and the ticket stays PENDING or RUNNING; its final
+        `total` is the whole audience's.
         """
 
     @_builtins.property

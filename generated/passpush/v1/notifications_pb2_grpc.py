@@ -32,8 +32,11 @@ class NotificationServiceStub:
     A wallet notification changes a pass: on Apple Wallet it sets a field on the
     back of the pass and pushes the devices that hold it; on Google Wallet it adds
     a message to the pass object. Every send or delete is an operation tracked
-    by a Ticket. Send and Delete commit the ticket and all of its deliveries
-    before they answer, then the work goes on in the background.
+    by a Ticket. Send and Delete commit the ticket before they answer, with all
+    of its deliveries (a target of many passes: those of the project's first
+    5,000 passes, and what the rest needs; the server writes the others in
+    chunks just after, and resumes them after a restart), then the work goes on
+    in the background.
 
     Every string a caller sends is UTF-8 without NUL (U+0000), which PostgreSQL
     cannot store, and has a maximum length, given with each field; a request
@@ -101,8 +104,11 @@ class NotificationServiceServicer:
     A wallet notification changes a pass: on Apple Wallet it sets a field on the
     back of the pass and pushes the devices that hold it; on Google Wallet it adds
     a message to the pass object. Every send or delete is an operation tracked
-    by a Ticket. Send and Delete commit the ticket and all of its deliveries
-    before they answer, then the work goes on in the background.
+    by a Ticket. Send and Delete commit the ticket before they answer, with all
+    of its deliveries (a target of many passes: those of the project's first
+    5,000 passes, and what the rest needs; the server writes the others in
+    chunks just after, and resumes them after a restart), then the work goes on
+    in the background.
 
     Every string a caller sends is UTF-8 without NUL (U+0000), which PostgreSQL
     cannot store, and has a maximum length, given with each field; a request
@@ -253,8 +259,11 @@ class NotificationService:
     A wallet notification changes a pass: on Apple Wallet it sets a field on the
     back of the pass and pushes the devices that hold it; on Google Wallet it adds
     a message to the pass object. Every send or delete is an operation tracked
-    by a Ticket. Send and Delete commit the ticket and all of its deliveries
-    before they answer, then the work goes on in the background.
+    by a Ticket. Send and Delete commit the ticket before they answer, with all
+    of its deliveries (a target of many passes: those of the project's first
+    5,000 passes, and what the rest needs; the server writes the others in
+    chunks just after, and resumes them after a restart), then the work goes on
+    in the background.
 
     Every string a caller sends is UTF-8 without NUL (U+0000), which PostgreSQL
     cannot store, and has a maximum length, given with each field; a request

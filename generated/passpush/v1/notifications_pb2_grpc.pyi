@@ -33,8 +33,11 @@ class NotificationServiceStub:
     A wallet notification changes a pass: on Apple Wallet it sets a field on the
     back of the pass and pushes the devices that hold it; on Google Wallet it adds
     a message to the pass object. Every send or delete is an operation tracked
-    by a Ticket. Send and Delete commit the ticket and all of its deliveries
-    before they answer, then the work goes on in the background.
+    by a Ticket. Send and Delete commit the ticket before they answer, with all
+    of its deliveries (a target of many passes: those of the project's first
+    5,000 passes, and what the rest needs; the server writes the others in
+    chunks just after, and resumes them after a restart), then the work goes on
+    in the background.
 
     Every string a caller sends is UTF-8 without NUL (U+0000), which PostgreSQL
     cannot store, and has a maximum length, given with each field; a request
@@ -95,8 +98,11 @@ class NotificationServiceAsyncStub(NotificationServiceStub):
     A wallet notification changes a pass: on Apple Wallet it sets a field on the
     back of the pass and pushes the devices that hold it; on Google Wallet it adds
     a message to the pass object. Every send or delete is an operation tracked
-    by a Ticket. Send and Delete commit the ticket and all of its deliveries
-    before they answer, then the work goes on in the background.
+    by a Ticket. Send and Delete commit the ticket before they answer, with all
+    of its deliveries (a target of many passes: those of the project's first
+    5,000 passes, and what the rest needs; the server writes the others in
+    chunks just after, and resumes them after a restart), then the work goes on
+    in the background.
 
     Every string a caller sends is UTF-8 without NUL (U+0000), which PostgreSQL
     cannot store, and has a maximum length, given with each field; a request
@@ -153,8 +159,11 @@ class NotificationServiceServicer(metaclass=_abc_1.ABCMeta):
     A wallet notification changes a pass: on Apple Wallet it sets a field on the
     back of the pass and pushes the devices that hold it; on Google Wallet it adds
     a message to the pass object. Every send or delete is an operation tracked
-    by a Ticket. Send and Delete commit the ticket and all of its deliveries
-    before they answer, then the work goes on in the background.
+    by a Ticket. Send and Delete commit the ticket before they answer, with all
+    of its deliveries (a target of many passes: those of the project's first
+    5,000 passes, and what the rest needs; the server writes the others in
+    chunks just after, and resumes them after a restart), then the work goes on
+    in the background.
 
     Every string a caller sends is UTF-8 without NUL (U+0000), which PostgreSQL
     cannot store, and has a maximum length, given with each field; a request

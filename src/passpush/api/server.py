@@ -18,6 +18,7 @@ from passpush.api.passes import PassServicer
 from passpush.delivery.google import GoogleWalletGateway
 from passpush.delivery.worker import ApplePushGateway, DeliveryWorker, WorkerSettings
 from passpush.service.clock import Clock, utcnow
+from passpush.service.fanout import FANOUT_CHUNK, FanOut
 from passpush.service.keys import DEFAULT_CACHE_SECONDS, KeyCore
 from passpush.service.notifications import NotificationCore
 from passpush.service.passes import PassCore
@@ -72,6 +73,7 @@ class PasspushServer:
         passkit: PassKitSettings | None = None,
         max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
         readiness_interval: float = 1.0,
+        fanout_chunk: int = FANOUT_CHUNK,
     ) -> None:
         self.changes = ChangeFeed()
         self.worker = DeliveryWorker(
@@ -82,8 +84,23 @@ class PasspushServer:
             settings=worker_settings,
             on_recorded=self.changes.publish,
         )
-        self.notifications = NotificationCore(sessions, clock=clock, on_enqueued=self.worker.wake)
-        self.scheduler = Scheduler(sessions, clock=clock, on_sent=self.worker.wake)
+        self.fanout = FanOut(
+            sessions, clock=clock, chunk=fanout_chunk, on_chunk=self._fanned_out_a_chunk
+        )
+        self.notifications = NotificationCore(
+            sessions,
+            clock=clock,
+            on_enqueued=self.worker.wake,
+            fanout_chunk=fanout_chunk,
+            on_fanning_out=self.fanout.started,
+        )
+        self.scheduler = Scheduler(
+            sessions,
+            clock=clock,
+            on_sent=self.worker.wake,
+            fanout_chunk=fanout_chunk,
+            on_fanning_out=self.fanout.started,
+        )
         self.schedules = ScheduleCore(sessions, clock=clock, on_scheduled=self.scheduler.wake)
         packager = PassPackager(passkit or PassKitSettings())
         self.passes = PassCore(sessions, clock=clock, packager=packager)
@@ -135,9 +152,15 @@ class PasspushServer:
         self.retention.start()
         await self.server.start()
         self.worker.start()
+        # Beside the worker: a broadcast's chunks are its next deliveries.
+        self.fanout.start()
         self.scheduler.start()
         await self._set_serving(True)
         self.readiness.start()
+
+    def _fanned_out_a_chunk(self) -> None:
+        self.worker.wake()
+        self.changes.publish()
 
     async def _set_serving(self, serving: bool) -> None:
         """The whole server's health, and each passpush service's."""
@@ -157,6 +180,7 @@ class PasspushServer:
         # Side by side, so that shutdown takes `grace`, not twice it; Send commits its
         # deliveries before answering, so the worker need not outlive the calls.
         await self.scheduler.stop()
+        await self.fanout.stop()  # where it stops, its cursor says; it resumes at start
         await asyncio.gather(self.server.stop(grace), self.worker.stop(grace))
         await self.retention.stop()
         if self.listener is not None:

@@ -190,6 +190,8 @@ class Ticket:
     # Set when a scheduled notification made this ticket: which, and how late it went out.
     scheduled_notification_id: str = ""
     late_by: timedelta | None = None
+    # A broadcast whose deliveries are still being written, a chunk of passes at a time.
+    fanning_out: bool = False
 
 
 class ScheduleState(enum.StrEnum):

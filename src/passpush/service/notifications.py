@@ -30,10 +30,11 @@ from passpush.domain.validation import (
 from passpush.service.clock import Clock, utcnow
 from passpush.store.audience import Audience, pass_targets, resolve_audience
 from passpush.store.direct import Steps, direct_transactions, run_on_session
-from passpush.store.events import EventStore, skipped_events
+from passpush.store.events import skipped_events
 from passpush.store.faults import unavailable_from, write_check
 from passpush.store.schedules import reserve_campaign_place
 from passpush.store.tickets import (
+    FANOUT_CHUNK,
     NewTicket,
     PriorTicket,
     TicketStore,
@@ -77,6 +78,8 @@ class NotificationCore:
         clock: Clock = utcnow,
         on_enqueued: Callable[[], None] = lambda: None,
         max_group: int = 256,
+        fanout_chunk: int = FANOUT_CHUNK,
+        on_fanning_out: Callable[[int], None] = lambda ticket_id: None,
     ) -> None:
         self._sessions = sessions
         engine = sessions.kw["bind"]
@@ -86,6 +89,10 @@ class NotificationCore:
         # Wakes the local delivery workers so that the first push does not wait for a poll.
         self._on_enqueued = on_enqueued
         self._max_group = max_group
+        # A broadcast's Send writes its first chunk of passes; the FanOut loop, told of the
+        # ticket, writes the others (service/fanout.py).
+        self._fanout_chunk = fanout_chunk
+        self._on_fanning_out = on_fanning_out
         self._queued: list[_Submission] = []
         self._committer: asyncio.Task[None] | None = None
 
@@ -144,6 +151,9 @@ class NotificationCore:
         answers = await self._answers(group, accept)
         if any(isinstance(a, Ticket) for a in answers.values()):
             self._on_enqueued()
+        for answer in answers.values():
+            if isinstance(answer, Ticket) and answer.fanning_out:
+                self._on_fanning_out(answer.id)
         for submission, answer in answers.items():
             if isinstance(answer, PriorTicket):  # a retry: its first ticket, as it is now
                 try:
@@ -220,7 +230,8 @@ class NotificationCore:
         return answers
 
     async def _accept_alone(self, group: list[_Submission]) -> _Answers:
-        """A broadcast (or a pass named by its external ids), in a transaction of its own."""
+        """A broadcast (or a pass named by its external ids), in a transaction of its own:
+        the ticket and its first chunk of passes (the FanOut loop writes the others)."""
         (s,) = group
         async with self._sessions.begin() as session:
             keys = {s.key} if s.request_id else set()
@@ -234,9 +245,9 @@ class NotificationCore:
             except DomainError as error:
                 return {s: error}
             now = self._clock()
-            (ticket,) = await TicketStore(session).create_many([_new_ticket(s, audience)], now)
-            if ticket.counts.skipped:
-                await EventStore(session).append_skipped([ticket.id], now)
+            tickets = TicketStore(session)
+            new = _new_ticket(s, audience)
+            (ticket,) = await tickets.create_many([new], now, chunk=self._fanout_chunk)
             return {s: ticket}
 
     async def check_writable(self) -> None:

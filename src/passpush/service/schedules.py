@@ -48,10 +48,9 @@ from passpush.service.notifications import fingerprint_of, reused_request_id
 from passpush.store.audience import resolve_audience
 from passpush.store.db import dialect_name
 from passpush.store.direct import run_on_session
-from passpush.store.events import EventStore
 from passpush.store.faults import error_code, is_passing_trouble
 from passpush.store.schedules import ScheduleStore, reserve_campaign_place
-from passpush.store.tickets import NewTicket, TicketStore, prior_tickets
+from passpush.store.tickets import FANOUT_CHUNK, NewTicket, TicketStore, prior_tickets
 
 log = logging.getLogger(__name__)
 
@@ -172,10 +171,15 @@ class Scheduler:
         *,
         clock: Clock = utcnow,
         on_sent: Callable[[], None] = lambda: None,
+        fanout_chunk: int = FANOUT_CHUNK,
+        on_fanning_out: Callable[[int], None] = lambda ticket_id: None,
     ) -> None:
         self._sessions = sessions
         self._clock = clock
         self._on_sent = on_sent  # wakes the delivery worker
+        # A broadcast's first chunk goes with its ticket; the FanOut loop writes the others.
+        self._fanout_chunk = fanout_chunk
+        self._on_fanning_out = on_fanning_out
         self.owner = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
@@ -291,9 +295,8 @@ class Scheduler:
                     "",
                     scheduled=(scheduled.id, scheduled.send_time),
                 )
-                (ticket,) = await TicketStore(session).create_many([new], now)
-                if ticket.counts.skipped:
-                    await EventStore(session).append_skipped([ticket.id], now)
+                tickets = TicketStore(session)
+                (ticket,) = await tickets.create_many([new], now, chunk=self._fanout_chunk)
                 schedules = ScheduleStore(session)
                 if not await schedules.finish(
                     scheduled.project_id, scheduled.id, self.owner, now, ticket_id=ticket.id
@@ -310,6 +313,8 @@ class Scheduler:
             late.total_seconds(),
         )
         self._on_sent()
+        if ticket.fanning_out:
+            self._on_fanning_out(ticket.id)
 
 
 class _ClaimLost(Exception):

@@ -108,6 +108,15 @@ def skipped_events(ticket_ids: Collection[int], dialect: str, now: datetime) -> 
         yield from _append_steps("skipped", {"ids": list(ticket_ids), "at": now}, dialect)
 
 
+def skipped_events_after(
+    ticket_id: int, after_delivery_id: int, dialect: str, now: datetime
+) -> Steps[None]:
+    """The events of the deliveries a broadcast's chunk skipped: its deliveries after
+    `after_delivery_id`."""
+    params = {"ticket": ticket_id, "after": after_delivery_id, "at": now}
+    yield from _append_steps("skipped_in_chunk", params, dialect)
+
+
 def _append_steps(which: str, params: dict[str, Any], dialect: str) -> Steps[None]:
     if dialect == "postgresql":
         yield Query(_TAKE_APPEND_LOCK, {"key": _APPEND_LOCK})
@@ -122,6 +131,13 @@ def _append_statements(dialect: str) -> dict[str, Insert]:
     return {
         "recorded": _append_statement(one_of(DeliveryRow.id, dialect)),
         "skipped": _append_statement(and_(one_of(DeliveryRow.ticket_id, dialect), skipped)),
+        "skipped_in_chunk": _append_statement(
+            and_(
+                DeliveryRow.ticket_id == bindparam("ticket"),
+                DeliveryRow.id > bindparam("after"),
+                skipped,
+            )
+        ),
     }
 
 

@@ -23,6 +23,7 @@ from sqlalchemy import (
     TypeDecorator,
     UniqueConstraint,
     false,
+    text,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
@@ -158,6 +159,9 @@ class PassRow(Base):
     notification_header: Mapped[str | None] = mapped_column(String(100))
     notification_body: Mapped[str | None] = mapped_column(Text)
     notification_ticket_id: Mapped[int | None] = mapped_column(BigInteger)
+    # The last ticket (Send or Delete) applied to the pass: a broadcast fanned out in chunks
+    # reaches a pass after later tickets may have, and must not undo what they showed.
+    last_ticket_id: Mapped[int | None] = mapped_column(BigInteger)
     # Microseconds since the epoch of the last change, and above every earlier tag of the
     # pass: Apple's update tag.
     update_tag: Mapped[int] = mapped_column(BigInteger)
@@ -270,6 +274,13 @@ class TicketRow(Base):
         UniqueConstraint("project_id", "request_id"),
         # A campaign's notifications are counted against its cap.
         Index("ix_tickets_project_campaign", "project_id", "campaign_id"),
+        # The broadcasts whose fan-out is under way, found without reading every ticket.
+        Index(
+            "ix_tickets_fanning_out",
+            "id",
+            postgresql_where=text("fanout_after IS NOT NULL"),
+            sqlite_where=text("fanout_after IS NOT NULL"),
+        ),
     )
 
     id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
@@ -299,6 +310,9 @@ class TicketRow(Base):
     # Set when a scheduled notification made this ticket.
     scheduled_notification_id: Mapped[str | None] = mapped_column(String(64))
     scheduled_send_time: Mapped[datetime | None]
+    # A broadcast's fan-out in chunks (store/tickets.py): the last pass id fanned out ("" before
+    # the first chunk), NULL once every pass of the audience has its deliveries.
+    fanout_after: Mapped[str | None] = mapped_column(ID)
 
 
 class DeliveryRow(Base):

@@ -436,14 +436,6 @@ def _count_tickets_statement(now: BindParameter[Any]) -> Update:
         t.c.delivered + bindparam("n_delivered"),
         t.c.failed + bindparam("n_failed"),
     )
-    # Not in_(): an expanding IN list cannot go through executemany.
-    unfinished = or_(*(t.c.state == s.value for s in TicketState if not s.is_terminal))
-    finishing = and_(answered == 0, unfinished)
-    finished_state = case(
-        (failed == 0, TicketState.SUCCEEDED.value),
-        (delivered == 0, TicketState.FAILED.value),
-        else_=TicketState.PARTIALLY_FAILED.value,
-    )
     return (
         update(t)
         .where(t.c.id == bindparam("ticket_id"))
@@ -452,11 +444,36 @@ def _count_tickets_statement(now: BindParameter[Any]) -> Update:
             delivered=delivered,
             delivered_without_alert=t.c.delivered_without_alert + bindparam("n_without_alert"),
             failed=failed,
-            state=case((finishing, finished_state), else_=t.c.state),
-            completed_at=case((finishing, now), else_=t.c.completed_at),
             updated_at=now,
+            # A broadcast still fanning out is not finished by its first deliveries.
+            **finishing_values(answered, delivered, failed, now, t.c.fanout_after.is_(None)),
         )
     )
+
+
+def finishing_values(
+    pending: ColumnElement[Any],
+    delivered: ColumnElement[Any],
+    failed: ColumnElement[Any],
+    now: ColumnElement[Any],
+    fanned_out: ColumnElement[bool],
+) -> dict[str, ColumnElement[Any]]:
+    """The state and completed_at of a ticket whose counts become these: terminal, as
+    `terminal_state` decides it, when none is left pending and its fan-out is complete
+    (`fanned_out`). SET reads the row as it was."""
+    t = _tickets
+    # Not in_(): an expanding IN list cannot go through executemany.
+    unfinished = or_(*(t.c.state == s.value for s in TicketState if not s.is_terminal))
+    finishing = and_(pending == 0, unfinished, fanned_out)
+    finished_state = case(
+        (failed == 0, TicketState.SUCCEEDED.value),
+        (delivered == 0, TicketState.FAILED.value),
+        else_=TicketState.PARTIALLY_FAILED.value,
+    )
+    return {
+        "state": case((finishing, finished_state), else_=t.c.state),
+        "completed_at": case((finishing, now), else_=t.c.completed_at),
+    }
 
 
 def _claim_statement(*, skip_locked: bool, of_platform: bool = False) -> Update:
