@@ -57,7 +57,7 @@ lint: setup ## ruff, mypy, import layers, buf lint and buf format.
 	$(BUF) format --diff --exit-code
 
 test: lint check-generated ## Lint, check generated code, and run the whole suite on SQLite and PostgreSQL.
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest -n 2
 
 bench: setup ## Run the benchmarks and print their table.
 	$(BIN)/python -m benchmarks

@@ -149,6 +149,7 @@ async def test_the_fourth_notification_answers_429_notification_limit_exceeded(
 @pytest.mark.parametrize(
     ("scheduled_for", "field"),
     [(in_days(-1), "send_time"), (in_days(31), "send_time"), ("soon", "scheduledFor")],
+    ids=["past", "past-30-days", "not-a-time"],
 )
 async def test_a_schedule_out_of_its_window_answers_400(
     client: httpx.AsyncClient, world: World, writer: dict[str, str], scheduled_for: str, field: str
