@@ -7,7 +7,7 @@ import secrets
 from collections.abc import Sequence
 from datetime import datetime, timedelta
 
-from sqlalchemy import func, or_, select, update
+from sqlalchemy import ColumnElement, and_, func, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from passpush.domain.errors import FailedPrecondition, NotFound, ResourceExhausted
@@ -201,12 +201,7 @@ class ScheduleStore:
         s = ScheduledNotificationRow
         result = await self.session.execute(
             update(s)
-            .where(
-                s.project_id == project_id,
-                s.id == schedule_id,
-                s.state == ScheduleState.PROCESSING.value,
-                s.claimed_by == owner,
-            )
+            .where(_claimed_by(owner, project_id, schedule_id))
             .values(claimed_by=None, claimed_until=at, updated_at=now)
             .execution_options(synchronize_session=False)
         )
@@ -226,12 +221,7 @@ class ScheduleStore:
         s = ScheduledNotificationRow
         result = await self.session.execute(
             update(s)
-            .where(
-                s.project_id == project_id,
-                s.id == schedule_id,
-                s.state == ScheduleState.PROCESSING.value,
-                s.claimed_by == owner,
-            )
+            .where(_claimed_by(owner, project_id, schedule_id))
             .values(
                 state=(ScheduleState.SENT if ticket_id else ScheduleState.FAILED).value,
                 ticket_id=ticket_id,
@@ -291,4 +281,15 @@ def _scheduled(row: ScheduledNotificationRow) -> ScheduledNotification:
         request_id=row.request_id or "",
         create_time=row.created_at,
         update_time=row.updated_at,
+    )
+
+
+def _claimed_by(owner: str, project_id: str, schedule_id: str) -> ColumnElement[bool]:
+    """The schedule, while `owner`'s claim on it holds."""
+    s = ScheduledNotificationRow
+    return and_(
+        s.project_id == project_id,
+        s.id == schedule_id,
+        s.state == ScheduleState.PROCESSING.value,
+        s.claimed_by == owner,
     )
