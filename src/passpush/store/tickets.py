@@ -239,7 +239,8 @@ class TicketStore:
             .limit(1)
         )
         in_chunk = audience.passes_in(after, upto)
-        # This ticket's deliveries above this id are this chunk's: the ticket row is ours.
+        # This ticket's deliveries above this id are this chunk's: its fan-out is ours alone
+        # (SQLite's one writer; PostgreSQL's advisory lock, taken in continue_fan_out).
         before = await self.session.scalar(select(func.max(DeliveryRow.id))) or 0
         inserted = await self.session.execute(
             _insert_deliveries(literal(ticket_id), in_chunk), {"at": now}
