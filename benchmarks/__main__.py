@@ -20,6 +20,7 @@ from benchmarks import (
     accept,
     accept_core,
     containment,
+    device_pull,
     fake,
     fanout,
     outage,
@@ -55,6 +56,10 @@ BENCHMARKS: dict[str, tuple[Benchmark, str]] = {
         containment.run,
         "the largest audiences sent by one project: another's one-pass Send latency",
     ),
+    "device-pull": (
+        device_pull.run,
+        "devices fetch their passes after a Send (wrk): updates/s vs RSA signing, the storm",
+    ),
 }
 
 # Full size, and --quick (each benchmark in seconds; all of them in under a minute).
@@ -72,6 +77,8 @@ QUICK = Options(
     watch_passes=2_000,
     outage_passes=1_000,
     outage_seconds=5.0,
+    pull_passes=500,
+    pull_storm_passes=1_000,
 )
 
 
@@ -112,6 +119,8 @@ def parse(argv: Sequence[str] | None) -> tuple[list[str], Options, bool]:
         "watch_passes": "watch: the watched broadcast's audience",
         "outage_passes": "outage: the broadcast's audience",
         "outage_seconds": "outage: seconds the fake APNs is down",
+        "pull_passes": "device-pull: passes with content whose devices fetch them",
+        "pull_storm_passes": "device-pull: the broadcast measured beside the fetching devices",
     }
     for dest, text in sizes.items():
         kind = type(getattr(FULL, dest))
@@ -175,7 +184,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     names, options, strict = parse(argv)
     header = machine()
     uses_postgres = {"scale-out", "resolution"} & set(names) or (
-        "postgresql" in options.backends and {"fanout", "accept", "containment"} & set(names)
+        "postgresql" in options.backends
+        and {"fanout", "accept", "containment", "device-pull"} & set(names)
     )
     if uses_postgres:
         header.append(("postgresql", asyncio.run(postgres_version())))
@@ -221,6 +231,7 @@ def _sizes(options: Options) -> str:
         f"duration={options.duration:g}s concurrency={options.concurrency} "
         f"connections={options.connections} in_flight={options.in_flight} "
         f"outage_passes={options.outage_passes:,} outage_seconds={options.outage_seconds:g}s "
+        f"pull_passes={options.pull_passes:,} pull_storm_passes={options.pull_storm_passes:,} "
         f"backends={','.join(options.backends)}"
     )
 

@@ -264,6 +264,8 @@ class Options:
     watch_passes: int = 30_000  # watch: the watched broadcast's audience
     outage_passes: int = 5_000  # outage: the broadcast's audience
     outage_seconds: float = 45.0  # outage: how long the fake APNs is down
+    pull_passes: int = 5_000  # device-pull: passes with content, a device each, fetching
+    pull_storm_passes: int = 5_000  # device-pull: the second template's broadcast
     keep: bool = False  # keep the temporary directory (logs, databases of SQLite)
 
 
