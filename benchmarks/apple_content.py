@@ -30,6 +30,8 @@ IMAGES = {
     "logo@2x.png": (160, 50),
     "strip.png": (160, 62),
     "strip@2x.png": (200, 124),
+    "thumbnail.png": (45, 45),
+    "thumbnail@2x.png": (90, 90),
 }
 
 

@@ -66,7 +66,7 @@ NAME = "device-pull"
 PREFIX = "/passkit"  # the server's default PASSPUSH_PASSKIT_PREFIX
 TEMPLATE_A = "pull-a"
 TEMPLATE_B = "pull-b"
-SERIALS_REQUESTS = 10_000
+SERIALS_REQUESTS = 5_000
 CONTENT_CALLS = 8  # SetPassContent calls in flight
 STORM_SECONDS = 10.0
 STORM_WARMUP = 1.0  # seconds of pulling before the storm's measurements start
@@ -179,7 +179,8 @@ class Setup:
                 )
 
         await asyncio.gather(*(worker() for _ in range(CONTENT_CALLS)))
-        log(f"{NAME}: content set on {len(pass_ids):,} passes in {time.perf_counter() - started:.1f} s")
+        seconds = time.perf_counter() - started
+        log(f"{NAME}: content set on {len(pass_ids):,} passes in {seconds:.1f} s")
 
 
 async def signing_rate() -> float:
@@ -202,9 +203,7 @@ async def _wait_http(base_url: str) -> None:
                     await asyncio.sleep(0.1)
 
 
-async def _registered(
-    base_url: str, audience: Audience, workdir: Path, backend: str
-) -> WrkReport:
+async def _registered(base_url: str, audience: Audience, workdir: Path, backend: str) -> WrkReport:
     report = await run_devices(
         "register", base_url, audience.devices, workdir, prefix=PREFIX, pass_type=TOPIC
     )
@@ -216,9 +215,7 @@ async def _registered(
     return report
 
 
-async def _sends_and_broadcast(
-    bench: Client, other: Client, storm: Audience
-) -> SendsAndBroadcast:
+async def _sends_and_broadcast(bench: Client, other: Client, storm: Audience) -> SendsAndBroadcast:
     """Single-pass Sends at 50/s for STORM_SECONDS, with a broadcast to `storm` from their
     start: the Sends' latencies and the broadcast's pushes/s."""
     passes = storm.pass_ids
@@ -283,7 +280,8 @@ async def measure_backend(
             storm = await setup.audience(
                 TEMPLATE_B, options.pull_storm_passes, 2 * 10**12, content=False
             )
-            log(f"{NAME} on {backend}: set up through the API in {time.perf_counter() - started:.0f} s")
+            seconds = time.perf_counter() - started
+            log(f"{NAME} on {backend}: set up through the API in {seconds:.0f} s")
         async with (
             client(deployment.address, deployment.key) as bench,
             client(deployment.address, deployment.key, channels=2) as other,
@@ -468,4 +466,3 @@ async def run(options: Options) -> list[Result]:
             for backend in options.backends:
                 results += await measure_backend(backend, fake, auth, workdir, options)
             return results
-
