@@ -19,9 +19,9 @@ would use them (nothing is seeded behind the server's back):
    Devices start once every push is out, so end to end is push-only + pull at most.
 6. The storm: template B of `pull_storm_passes` passes (imported, devices registered through
    the web service, no content). Idle: single-pass Sends to B's passes at 50/s for
-   STORM_SECONDS while a broadcast to B goes out: the Sends' p50/p99 and the broadcast's
-   pushes/s (its passes / Send to terminal). Then the same while the devices of A pull at
-   full rate (a new broadcast to A, then every A device fetching again and again).
+   STORM_SECONDS (their p50/p99), then a broadcast to B (pushes/s: its passes / Send to
+   terminal). Then the same while the devices of A pull at full rate: a new broadcast to A,
+   every A device fetching again and again, the measuring from once A's pushes are out.
 
 Bars: registrations/s and serials/s ≥ 5,000; device updates/s ≥ 0.5x the signing rate;
 under the storm the Sends' p50 and p99 ≤ 2x and the push rate ≥ 0.5x their idle figures.
@@ -216,8 +216,8 @@ async def _registered(base_url: str, audience: Audience, workdir: Path, backend:
 
 
 async def _sends_and_broadcast(bench: Client, other: Client, storm: Audience) -> SendsAndBroadcast:
-    """Single-pass Sends at 50/s for STORM_SECONDS, with a broadcast to `storm` from their
-    start: the Sends' latencies and the broadcast's pushes/s."""
+    """Single-pass Sends to `storm`'s passes at 50/s for STORM_SECONDS, then a broadcast to
+    them alone: the Sends' latencies and the broadcast's pushes/s."""
     passes = storm.pass_ids
 
     async def one_pass(index: int) -> object:
@@ -228,16 +228,16 @@ async def _sends_and_broadcast(bench: Client, other: Client, storm: Audience) ->
     stop = asyncio.Event()
     steady = asyncio.create_task(steady_sends(one_pass, stop))
     try:
-        began = time.perf_counter()
-        ticket = await bench.send_template(storm.template)
-        ticket, seen = await bench.wait_terminal(ticket.id, within=600, poll=0.02)
-        _delivered(ticket, len(passes))
-        push_rate = len(passes) / (seen - began)
-        await asyncio.sleep(max(0.0, began + STORM_SECONDS - time.perf_counter()))
+        await asyncio.sleep(STORM_SECONDS)
     finally:
         stop.set()
         calls = await steady
-    return SendsAndBroadcast(sorted(latency for _, latency in calls.calls), push_rate)
+    began = time.perf_counter()
+    ticket = await bench.send_template(storm.template)
+    ticket, seen = await bench.wait_terminal(ticket.id, within=600, poll=0.02)
+    _delivered(ticket, len(passes))
+    latencies = sorted(latency for _, latency in calls.calls)
+    return SendsAndBroadcast(latencies, len(passes) / (seen - began))
 
 
 def _delivered(ticket: npb.Ticket, passes: int) -> None:
@@ -346,21 +346,23 @@ async def _under_pull(
     run: Run, pull: Audience, devices: list[Device], storm: Audience
 ) -> tuple[SendsAndBroadcast, float]:
     """The Sends and the broadcast to B while A's devices fetch at full rate, again and again
-    (each asks since the same tag, so each finds its pass changed every time)."""
+    (each asks since the same tag, so each finds its pass changed every time). A broadcast
+    to A changes their passes first; the measuring starts once its pushes are out."""
     ticket = await run.bench.send_template(pull.template)
     await _fanned_out(run.bench, ticket, len(devices))
     stop = asyncio.Event()
     pulling = asyncio.create_task(_devices(run, "pull", devices, rounds=0, stop=stop))
     try:
         await asyncio.sleep(STORM_WARMUP)
+        ticket, _ = await run.bench.wait_terminal(ticket.id, within=600)
+        _delivered(ticket, len(devices))
         if pulling.done():
-            pulling.result()  # wrk failed: say why
+            pulling.result()  # wrk stopped early: say why
         loaded = await _sends_and_broadcast(run.bench, run.other, storm)
     finally:
         stop.set()
         report = await pulling
     report.check("the pull under the storm")
-    await run.bench.wait_terminal(ticket.id, within=600)
     return loaded, report.rate() / 2  # two requests a device update
 
 
