@@ -13,10 +13,10 @@ import contextlib
 import shutil
 import signal
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-from benchmarks.harness import BENCH_DIR, Child, percentile
+from benchmarks.harness import BENCH_DIR, Child, cpu_seconds, percentile
 
 WRK = shutil.which("wrk") or "/usr/bin/wrk"
 SCRIPT = BENCH_DIR / "devices.lua"
@@ -49,6 +49,7 @@ class WrkReport:
     rounds: int  # each device's rounds; 0: until stopped
     tags: dict[str, str] = field(default_factory=dict)  # device -> lastUpdated
     failures: list[str] = field(default_factory=list)
+    cpu_seconds: float = 0.0  # wrk's own CPU time (the load client's cost)
 
     @property
     def seconds(self) -> float:
@@ -103,10 +104,11 @@ async def run_devices(
         else:
             assert stop is not None, "rounds=0 runs until stop is set"
             await stop.wait()
+        used = cpu_seconds(child.pid) or 0.0
         await _interrupt(child)
     finally:
         await child.stop(grace=5)
-    return _report(run, threads, rounds)
+    return replace(_report(run, threads, rounds), cpu_seconds=used)
 
 
 async def _threads_done(child: Child, threads: int, within: float) -> None:
