@@ -12,6 +12,7 @@ import signal
 import sys
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 from sqlalchemy.engine import make_url
 
@@ -142,6 +143,13 @@ async def serve(settings: Settings) -> int:
         message = error.message if isinstance(error, DomainError) else str(error)
         log.error("cannot load PASSPUSH_APPLE_SIGNING_CERT, _KEY, _WWDR: %s", message)
         return 2
+    if urlsplit(settings.passkit_url).scheme.lower() != "https":
+        log.warning(
+            "PASSPUSH_PASSKIT_URL is %s, not https://: it is every pass's webServiceURL, and "
+            "devices call only https:// ones (an iPhone calls plain HTTP only with Developer "
+            "settings' Allow HTTP Services), so passes will not register or update",
+            settings.passkit_url,
+        )
     engine = make_engine(settings.database_url)
     if not await migrate.is_up_to_date(engine):
         log.error("the database schema is not up to date: run `passpush migrate` first")

@@ -16,7 +16,15 @@ from passpush.v1 import passes_pb2 as ppb
 from passpush.v1 import passes_pb2_grpc
 
 from apple_passes import AppleCerts, pass_document, pass_files, verified_pass
-from processes import PASSPUSH, Launcher, create_key, free_port, passpush_env, run
+from processes import (
+    PASSPUSH,
+    Launcher,
+    ServerProcess,
+    create_key,
+    free_port,
+    passpush_env,
+    run,
+)
 from shim_auth import basic
 from support import TOPIC, World, upsert
 
@@ -153,3 +161,18 @@ async def test_serve_exits_when_its_signing_material_does_not_fit_together(
     assert result.returncode == 2, result.output
     assert "wwdr_certificate_pem: did not issue the certificate" in result.stderr
     assert "Traceback" not in result.output
+
+
+async def test_serve_warns_when_passes_name_a_web_service_that_is_not_https(
+    launch: Launcher,
+) -> None:
+    plain = await launch()  # PASSPUSH_PASSKIT_URL unset: http://{HTTP address}/passkit
+    secure = await launch(PASSKIT_URL="https://passes.example.com/passkit")
+
+    def warnings(server: ServerProcess) -> list[str]:
+        return [line for line in server.log().splitlines() if " WARNING " in line]
+
+    (warning,) = [line for line in warnings(plain) if "PASSPUSH_PASSKIT_URL" in line]
+    assert f"http://{plain.env['PASSPUSH_HTTP_ADDRESS']}/passkit" in warning
+    assert "https://" in warning
+    assert not [line for line in warnings(secure) if "PASSPUSH_PASSKIT_URL" in line]

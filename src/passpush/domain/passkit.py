@@ -32,6 +32,13 @@ FIELD_GROUPS = ("headerFields", "primaryFields", "secondaryFields", "auxiliaryFi
 # The back field that carries the notification: its changeMessage `%@` makes the device
 # show the new value on the lock screen.
 NOTIFICATION_FIELD_KEY = "passpush.notification"
+# Wallet alerts only when a field's value differs from the copy the device holds
+# (developer.apple.com/documentation/walletpasses/passfieldcontent: changeMessage is shown
+# "when the field changes"; support.passslot.com/hc/en-us/articles/360005105897: pushing
+# an unchanged value "will not re-display an already displayed message"). So a notification
+# whose text is the value the pass shows gets this invisible mark after it (or loses it):
+# the reader sees the same text, the device sees a new value and alerts.
+REPEAT_MARK = "\u200b"  # ZERO WIDTH SPACE
 REQUIRED_FILE = "icon.png"
 
 # Uncompressed, all files together: a pass is fetched by every device on every update, and
@@ -89,6 +96,7 @@ class PassPackageSource:
     update_time: datetime
     template_signing: AppleSigningPem | None
     files: dict[str, bytes]  # pass.json included; empty when the pass has no content
+    notification_marked: bool = False  # the body is shown with REPEAT_MARK after it
 
 
 def content_from_pkpass(data: bytes, field: str = "pkpass") -> PassContent:
@@ -248,7 +256,8 @@ def render_pass_json(source: PassPackageSource, web_service_url: str) -> bytes:
         field: dict[str, str] = {"key": NOTIFICATION_FIELD_KEY}
         if source.notification_header:
             field["label"] = source.notification_header
-        field |= {"value": source.notification_body, "changeMessage": "%@"}
+        value = source.notification_body + (REPEAT_MARK if source.notification_marked else "")
+        field |= {"value": value, "changeMessage": "%@"}
         style["backFields"] = [field, *style.get("backFields", [])]
     return json.dumps(document, ensure_ascii=False, indent=2).encode()
 

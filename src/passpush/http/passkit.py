@@ -165,9 +165,13 @@ async def updated_serial_numbers(
     )
 
 
+_PASS = "/v1/passes/{passTypeIdentifier}/{serialNumber}"
+
+
 @router.get(
-    "/v1/passes/{passTypeIdentifier}/{serialNumber}",
+    _PASS,
     summary="Get the latest version of a pass",
+    description="HEAD is answered too: the same status and headers, without the body.",
     response_class=Response,
     responses={
         200: {
@@ -197,6 +201,13 @@ async def latest_pass(
     if latest.pkpass is None:
         return Response(status_code=304, headers=headers)
     return Response(latest.pkpass, media_type=MEDIA_TYPE, headers=headers)
+
+
+# Devices ask with HEAD too (developer.apple.com/forums/thread/765873): the GET's answer,
+# whose body the server leaves out, keeping its Content-Length.
+router.add_api_route(
+    _PASS, latest_pass, methods=["HEAD"], response_class=Response, include_in_schema=False
+)
 
 
 @router.delete(
@@ -231,11 +242,14 @@ async def device_log(body: DeviceLogs, core: Core) -> Response:
 
 
 def _http_date(value: str | None) -> datetime | None:
-    """An HTTP date (`Wed, 21 Oct 2015 07:28:00 GMT`); anything else is as if absent."""
+    """An HTTP date in any of its three formats (`Wed, 21 Oct 2015 07:28:00 GMT`, RFC 850's,
+    asctime's); anything else is as if absent, and so is a date still to come: no copy was
+    served then (RFC 2616 14.25), and answering 304 to it would hide every change until it."""
     if not value:
         return None
     try:
         parsed = parsedate_to_datetime(value)
-    except (TypeError, ValueError, IndexError, OverflowError):
+        parsed = parsed.replace(tzinfo=UTC) if parsed.tzinfo is None else parsed.astimezone(UTC)
+    except (TypeError, ValueError, IndexError, OverflowError):  # 9999-12-31 at -2359 too
         return None
-    return parsed.replace(tzinfo=UTC) if parsed.tzinfo is None else parsed.astimezone(UTC)
+    return None if parsed > datetime.now(UTC) else parsed

@@ -213,6 +213,9 @@ class PassKitCore:
             # what it already has answers 304). The margin covers a tag stamped a moment
             # before its transaction's first write, and clocks a little apart.
             last_updated = min(last_updated, update_tag_at(unsettled - _TAG_MARGIN) - 1)
+            # But never before the device's own tag: a device is never told an older tag
+            # than it asked from. Its tag then stays: it asks from there again.
+            last_updated = max(last_updated, _update_tag(since) or 0)
         return UpdatedSerials(sorted({serial for serial, _ in rows}), str(last_updated))
 
     async def latest_pass(

@@ -159,6 +159,11 @@ class PassRow(Base):
     notification_header: Mapped[str | None] = mapped_column(String(100))
     notification_body: Mapped[str | None] = mapped_column(Text)
     notification_ticket_id: Mapped[int | None] = mapped_column(BigInteger)
+    # Whether devices get the body with domain/passkit.py's REPEAT_MARK after it: set by a
+    # Send whose body is the value the pass showed, so that the value changes and alerts.
+    notification_marked: Mapped[bool] = mapped_column(
+        Boolean, default=False, server_default=false()
+    )
     # The last ticket (Send or Delete) applied to the pass: a broadcast fanned out in chunks
     # reaches a pass after later tickets may have, and must not undo what they showed.
     last_ticket_id: Mapped[int | None] = mapped_column(BigInteger)

@@ -14,10 +14,12 @@ from sqlalchemy import (
     CompoundSelect,
     Insert,
     Select,
+    Text,
     Update,
     and_,
     bindparam,
     case,
+    false,
     func,
     insert,
     literal,
@@ -51,6 +53,7 @@ from passpush.domain.model import (
     target_to_dict,
     terminal_state,
 )
+from passpush.domain.passkit import REPEAT_MARK
 from passpush.store.audience import Audience, resolve_audience
 from passpush.store.db import dialect_name, one_of
 from passpush.store.direct import Query, Steps, run_on_session
@@ -528,6 +531,14 @@ def _update_active_passes(
     if not isinstance(new_tag, BindParameter):  # a broadcast's value: a 64-bit bind
         new_tag = literal(new_tag, BigInteger)
     tag = case((PassRow.update_tag >= new_tag, PassRow.update_tag + 1), else_=new_tag)
+    # A body equal to the value the pass shows now is marked (domain/passkit.py REPEAT_MARK):
+    # Wallet alerts only on a changed value. Comparing with the value shown, mark included,
+    # makes the next value differ whatever the body; a Delete (NULL) unmarks.
+    body = values["notification_body"]
+    if not isinstance(body, BindParameter):
+        body = literal(body, Text)
+    shown = PassRow.notification_body + case((PassRow.notification_marked, REPEAT_MARK), else_="")
+    values["notification_marked"] = case((shown == body, true()), else_=false())
     conditions = [audience, PassRow.status == PassStatus.ACTIVE.value]
     if older_than is not None:
         last = PassRow.last_ticket_id
