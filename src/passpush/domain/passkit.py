@@ -89,6 +89,8 @@ class PassPackageSource:
     update_time: datetime
     template_signing: AppleSigningPem | None
     files: dict[str, bytes]  # pass.json included; empty when the pass has no content
+    # The ticket whose notification this version of the pass carries, if any.
+    notification_ticket_id: int | None = None
 
 
 def content_from_pkpass(data: bytes, field: str = "pkpass") -> PassContent:

@@ -330,6 +330,7 @@ class PassStore:
             update_time=pass_row.updated_at,
             template_signing=_signing(template),
             files=files,
+            notification_ticket_id=pass_row.notification_ticket_id,
         )
 
     async def list_passes(self, template_id: str, after: str, limit: int) -> Sequence[Pass]:
