@@ -178,6 +178,8 @@ class FetchBatcher:
         self._full = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._dropped = 0
+        # One flush at a time: a flush returns once what waited when it was called is written.
+        self._flushing = asyncio.Lock()
 
     def add(self, confirmation: FetchConfirmation) -> None:
         self._waiting.append(confirmation)
@@ -205,14 +207,15 @@ class FetchBatcher:
 
     async def flush(self) -> None:
         """Records what waits now, in batches of `batch_size`."""
-        while self._waiting:
-            batch = self._waiting[: self._batch_size]
-            del self._waiting[: len(batch)]
-            try:
-                await self._record(batch)
-            except BaseException:
-                self._waiting[:0] = batch  # tried again with the next
-                raise
+        async with self._flushing:
+            while self._waiting:
+                batch = self._waiting[: self._batch_size]
+                del self._waiting[: len(batch)]
+                try:
+                    await self._record(batch)
+                except BaseException:
+                    self._waiting[:0] = batch  # tried again with the next
+                    raise
 
     async def _run(self) -> None:
         while True:
