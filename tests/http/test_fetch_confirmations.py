@@ -5,12 +5,15 @@ HTTP), after a Send through gRPC to the fake APNs."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from datetime import UTC, datetime, timedelta
 
 import pytest
+from test_passkit import Device, HeldPass, device, issue_pass, send
 
 from passpush.api.server import PasspushServer
 from passpush.domain.fetches import bucket_of, percentile
+from passpush.fakes.apns import FakeApns
 from passpush.service.fetches import FetchLedger, PassVersion
 from passpush.store.fetches import FetchConfirmation
 from passpush.v1 import notifications_pb2 as npb
@@ -18,8 +21,7 @@ from passpush.v1 import notifications_pb2_grpc, passes_pb2_grpc
 from passpush.v1 import passes_pb2 as ppb
 
 from apple_passes import AppleCerts
-from support import token
-from test_passkit import Device, HeldPass, device, issue_pass, send
+from support import token, wait_terminal
 
 __all__ = ["device"]  # the fixture, shared with test_passkit
 
@@ -182,6 +184,49 @@ async def test_a_delivery_is_counted_once_whatever_the_batches_say(
     assert [r.device_library_identifier for r in first] == [device.library_id]
     assert again == []
     assert ticket.counts.fetched == 1
+
+
+async def test_a_fetch_confirmed_before_its_push_is_recorded_delivered_counts_once_it_is(
+    server: PasspushServer,
+    device: Device,
+    passes: passes_pb2_grpc.PassServiceStub,
+    notifications: notifications_pb2_grpc.NotificationServiceStub,
+    fake_apns: FakeApns,
+    apple_certs: AppleCerts,
+) -> None:
+    """A device can fetch before the worker wrote that APNs took its push (here: APNs said
+    503 first, and the delivery waits for its retry): the confirmation is tried again."""
+    (held,) = await issue_pass(passes, apple_certs, "p1")
+    await registered(device, held)
+    fake_apns.respond(device.push_token, 503, "ServiceUnavailable", times=1)
+    accepted = await notifications.Send(
+        npb.SendRequest(target=npb.Target(pass_id="p1"), content=npb.Content(body="Early"))
+    )
+    at = datetime.now(UTC)
+
+    server.fetches.add(FetchConfirmation("acme", "p1", device.library_id, 1, accepted.id, at))
+    await server.fetches.flush()
+    too_early = await notifications.GetTicket(npb.GetTicketRequest(id=accepted.id))
+    delivered = await wait_terminal(notifications, accepted.id)
+    counted = await wait_fetched(notifications, accepted.id, 1)
+
+    assert (too_early.counts.delivered, too_early.counts.fetched) == (0, 0)
+    assert delivered.counts.delivered == 1
+    assert counted.counts.fetched == 1
+
+
+async def wait_fetched(
+    notifications: notifications_pb2_grpc.NotificationServiceStub, ticket_id: int, count: int
+) -> npb.Ticket:
+    """The ticket once it counts `count` fetches (AssertionError after 20 s)."""
+    ticket = npb.Ticket()
+    with contextlib.suppress(TimeoutError):
+        async with asyncio.timeout(20):
+            while ticket.counts.fetched < count:
+                ticket = await notifications.GetTicket(npb.GetTicketRequest(id=ticket_id))
+                await asyncio.sleep(0.05)
+    assert ticket.counts.fetched == count, ticket
+    return ticket
 
 
 def test_the_ledger_matches_the_device_told_last_and_forgets_old_and_excess_answers() -> None:

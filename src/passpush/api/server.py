@@ -107,7 +107,7 @@ class PasspushServer:
         self.passes = PassCore(sessions, clock=clock, packager=packager)
         # Which devices fetched the notifications, recorded in batches.
         self.fetch_recorder = FetchRecorder(sessions, on_recorded=self.changes.publish)
-        self.fetches = FetchBatcher(self.fetch_recorder.record, clock=clock)
+        self.fetches = FetchBatcher(self.fetch_recorder.record)
         # The PassKit web service: the HTTP server's device routes call it in-process.
         self.passkit = PassKitCore(sessions, packager, clock=clock, fetch_sink=self.fetches)
         self.keys = KeyCore(sessions, clock=clock, cache_seconds=key_cache_seconds)

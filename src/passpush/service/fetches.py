@@ -11,7 +11,9 @@ recently that has not fetched it since. A download with no such query before it 
 counted.
 
 Confirmations go to a `FetchBatcher`, which hands them to the `FetchRecorder` in batches
-(every 100 ms, or 500 at once): one transaction per batch, whatever its size.
+(every 100 ms, or 500 at once): one transaction per batch, whatever its size. The
+database keeps each delivery fetched once, so two processes (or a retry) that confirm
+the same fetch count it once.
 """
 
 from __future__ import annotations
@@ -20,14 +22,13 @@ import asyncio
 import contextlib
 import logging
 from collections import OrderedDict
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Protocol
 
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from passpush.service.clock import Clock, utcnow
 from passpush.store.direct import run_on_session
 from passpush.store.fetches import FetchConfirmation, RecordedFetch, record_fetches
 
@@ -154,27 +155,41 @@ class FetchRecorder:
         return recorded
 
 
+_Key = tuple[int, str, str, str]  # ticket, project, pass, device
+
+
+def _key_of(c: FetchConfirmation | RecordedFetch) -> _Key:
+    return (c.ticket_id, c.project_id, c.pass_id, c.device_library_identifier)
+
+
 class FetchBatcher:
     """Gathers confirmations from the PassKit core and records them in batches: every
     `interval` seconds, or at once when `batch_size` wait. At most `max_waiting` wait (a
     database that cannot be written loses the oldest, with a warning), and a batch that
-    fails is tried again with the next."""
+    fails is tried again with the next.
+
+    A confirmation that matched no delivered push is tried again `retries` times, 1, 2, 4…
+    seconds later: a device may fetch before the worker has written that APNs took the
+    push (its record waits for a batch; under a broadcast, for a busy database).
+    """
 
     def __init__(
         self,
-        record: Callable[[list[FetchConfirmation]], Awaitable[object]],
+        record: Callable[[list[FetchConfirmation]], Awaitable[Sequence[RecordedFetch]]],
         *,
-        clock: Clock = utcnow,
         interval: float = 0.1,
         batch_size: int = 500,
         max_waiting: int = 50_000,
+        retries: int = 5,
     ) -> None:
         self._record = record
-        self._clock = clock
         self._interval = interval
         self._batch_size = batch_size
         self._max_waiting = max_waiting
-        self._waiting: list[FetchConfirmation] = []
+        self._retries = retries
+        self._waiting: list[tuple[FetchConfirmation, int]] = []  # with the tries made
+        # Unmatched, to try again: (when, by the loop's clock; tries made; confirmation).
+        self._later: list[tuple[float, int, FetchConfirmation]] = []
         self._full = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._dropped = 0
@@ -182,7 +197,10 @@ class FetchBatcher:
         self._flushing = asyncio.Lock()
 
     def add(self, confirmation: FetchConfirmation) -> None:
-        self._waiting.append(confirmation)
+        self._add(confirmation, 0)
+
+    def _add(self, confirmation: FetchConfirmation, tries: int) -> None:
+        self._waiting.append((confirmation, tries))
         if len(self._waiting) > self._max_waiting:
             del self._waiting[: len(self._waiting) - self._max_waiting]
             self._dropped += 1
@@ -194,7 +212,7 @@ class FetchBatcher:
             self._task = asyncio.create_task(self._run(), name="fetch confirmations")
 
     async def stop(self) -> None:
-        """Stops, recording what waits first."""
+        """Stops, recording what waits first (not what waits to be tried again)."""
         if self._task is not None:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -204,6 +222,7 @@ class FetchBatcher:
             await self.flush()
         except Exception:
             log.exception("recording fetch confirmations at shutdown failed; they are lost")
+        self._later.clear()
 
     async def flush(self) -> None:
         """Records what waits now, in batches of `batch_size`."""
@@ -212,16 +231,36 @@ class FetchBatcher:
                 batch = self._waiting[: self._batch_size]
                 del self._waiting[: len(batch)]
                 try:
-                    await self._record(batch)
+                    recorded = await self._record([c for c, _ in batch])
                 except BaseException:
                     self._waiting[:0] = batch  # tried again with the next
                     raise
+                self._try_later(batch, {_key_of(r) for r in recorded})
+
+    def _try_later(self, batch: list[tuple[FetchConfirmation, int]], matched: set[_Key]) -> None:
+        now = asyncio.get_running_loop().time()
+        for confirmation, tries in batch:
+            if tries < self._retries and _key_of(confirmation) not in matched:
+                self._later.append((now + 2.0**tries, tries + 1, confirmation))
+        if len(self._later) > self._max_waiting:  # the oldest go: fetches long unmatched
+            self._dropped += len(self._later) - self._max_waiting
+            del self._later[: len(self._later) - self._max_waiting]
+
+    def _due(self) -> None:
+        """Puts the confirmations due to be tried again back with those waiting."""
+        now = asyncio.get_running_loop().time()
+        due = [(c, tries) for at, tries, c in self._later if at <= now]
+        if due:
+            self._later = [entry for entry in self._later if entry[0] > now]
+            for confirmation, tries in due:
+                self._add(confirmation, tries)
 
     async def _run(self) -> None:
         while True:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._full.wait(), self._interval)
             self._full.clear()
+            self._due()
             if self._dropped:
                 log.warning("dropped %d fetch confirmations: too many waited", self._dropped)
                 self._dropped = 0
