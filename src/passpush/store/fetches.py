@@ -217,6 +217,10 @@ def _statements_for(dialect: str) -> _Statements:
     d, r, t = _deliveries, _registrations, _tickets
     asked = _row_set(dialect, "p", "s", "d")
     fetched = _row_set(dialect, "t", "r", "at")
+    # SQLite, which keeps no statistics, would otherwise read every delivered delivery by
+    # the state's index and match each with the batch: `state || ''` keeps it to the
+    # (registration, ticket) index, a lookup per fetch.
+    state = d.c.state if dialect == "postgresql" else d.c.state.concat("")
     histograms = select(t.c.id, t.c.fetch_latency).where(one_of(t.c.id, dialect))
     if dialect == "postgresql":
         histograms = histograms.with_for_update()
@@ -235,7 +239,7 @@ def _statements_for(dialect: str) -> _Statements:
         .where(
             d.c.ticket_id == fetched.c.t,
             d.c.registration_id == fetched.c.r,
-            d.c.state.in_(_DELIVERED),
+            state.in_(_DELIVERED),
             d.c.fetched_at.is_(None),
         )
         .values(fetched_at=fetched.c.at)
