@@ -33,6 +33,7 @@ from sqlalchemy import (
     column,
     func,
     insert,
+    literal,
     select,
     update,
 )
@@ -142,24 +143,21 @@ def record_fetches(
     if not recorded:
         return []
     yield from taking_append_lock(dialect)
-    yield Query.many(
-        _INSERT_EVENT,
-        [
-            {
-                "project_id": r.project_id,
-                "ticket_id": r.ticket_id,
-                "pass_id": r.pass_id,
-                "device_library_identifier": r.device_library_identifier,
-                "google_object_id": "",
-                "platform": Platform.APPLE.value,
-                "outcome": DeliveryOutcome.FETCHED.value,
-                "reason": "",
-                "attempt": r.attempts,
-                "created_at": r.fetched_at,
-                "push_to_fetch_us": _microseconds(r.push_to_fetch),
-            }
-            for r in recorded
-        ],
+    yield Query.write(
+        statements.append_events,
+        {
+            "rows": _json(
+                [
+                    {
+                        "i": r.delivery_id,
+                        "dv": r.device_library_identifier,
+                        "at": _stored(r.fetched_at),
+                        "l": _microseconds(r.push_to_fetch),
+                    }
+                    for r in recorded
+                ]
+            )
+        },
     )
     yield from announce(dialect)
     by_ticket: dict[int, list[timedelta]] = defaultdict(list)
@@ -201,13 +199,11 @@ def _microseconds(latency: timedelta) -> int:
     return latency // timedelta(microseconds=1)
 
 
-_INSERT_EVENT: Insert = insert(_events)
-
-
 @dataclass(frozen=True)
 class _Statements:
     registrations: Select[Any]  # parameter rows: [{"p": project, "s": pass, "d": device}]
     mark_fetched: Update  # parameter rows: [{"t": ticket, "r": registration, "at": time}]
+    append_events: Insert  # parameter rows: [{"i": delivery, "dv": device, "at", "l": µs}]
     histograms: Select[Any]  # parameter ids: ticket ids
     count_fetched: Update  # executemany: ticket_id, n_fetched, new_histogram
 
@@ -252,6 +248,7 @@ def _statements_for(dialect: str) -> _Statements:
             d.c.attempts,
             d.c.updated_at,
         ),
+        append_events=_append_events(_row_set(dialect, "i", "dv", "at", "l")),
         histograms=histograms,
         count_fetched=update(t)
         .where(t.c.id == bindparam("ticket_id"))
@@ -262,6 +259,43 @@ def _statements_for(dialect: str) -> _Statements:
     )
 
 
+def _append_events(fetched: FromClause) -> Insert:
+    """The FETCHED events of the deliveries in the batch, in delivery order."""
+    d = _deliveries
+    rows = (
+        select(
+            d.c.project_id,
+            d.c.ticket_id,
+            d.c.pass_id,
+            fetched.c.dv,
+            literal(""),
+            literal(Platform.APPLE.value),
+            literal(DeliveryOutcome.FETCHED.value),
+            literal(""),
+            d.c.attempts,
+            fetched.c.at,
+            fetched.c.l,
+        )
+        .select_from(fetched)
+        .join(d, d.c.id == fetched.c.i)
+        .order_by(d.c.id)
+    )
+    columns = [
+        "project_id",
+        "ticket_id",
+        "pass_id",
+        "device_library_identifier",
+        "google_object_id",
+        "platform",
+        "outcome",
+        "reason",
+        "attempt",
+        "created_at",
+        "push_to_fetch_us",
+    ]
+    return insert(_events).from_select(columns, rows)
+
+
 _TYPES: dict[str, Any] = {
     "p": String(),
     "s": String(),
@@ -269,6 +303,9 @@ _TYPES: dict[str, Any] = {
     "t": BigInteger(),
     "r": BigInteger(),
     "at": DateTime(),
+    "i": BigInteger(),
+    "dv": String(),
+    "l": BigInteger(),
 }
 
 
