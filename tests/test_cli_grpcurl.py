@@ -461,8 +461,8 @@ async def test_send_watch_shows_progress_and_a_summary_and_watch_replays_it(
     assert lines[0] == f"ticket {ticket_id}: 3 deliveries"
     assert any(line.startswith("[") and "/3" in line for line in lines[1:-1]), lines
     assert lines[-1] == (
-        f"ticket {ticket_id} PARTIALLY_FAILED: 3 total, 2 delivered, 1 failed, 0 skipped; "
-        "errors: BadDeviceToken x1"
+        f"ticket {ticket_id} PARTIALLY_FAILED: 3 total, 2 delivered, 1 failed, 0 skipped, "
+        "0 fetched; errors: BadDeviceToken x1"
     )
     watched = await run(PASSPUSH, "watch", *connection, str(ticket_id), env=env)
     assert watched.returncode == 1 and watched.stdout.strip().splitlines()[-1] == lines[-1]

@@ -117,7 +117,7 @@ def progress_line(ticket: npb.Ticket) -> str:
     percent = 100 * done // c.total if c.total else 100
     return (
         f"[{bar}] {percent:3d}%  {done}/{c.total}  "
-        f"delivered {c.delivered}  failed {c.failed}  skipped {c.skipped}"
+        f"delivered {c.delivered}  failed {c.failed}  skipped {c.skipped}  fetched {c.fetched}"
     )
 
 
@@ -129,9 +129,19 @@ def summary(ticket: npb.Ticket) -> str:
     )
     if c.delivered_without_alert:
         text += f" ({c.delivered_without_alert} of the delivered without an alert: quota reached)"
+    text += f", {c.fetched} fetched"
+    if ticket.HasField("push_to_fetch_p50"):
+        text += (
+            f" (push to fetch p50 {_seconds(ticket.push_to_fetch_p50)}, "
+            f"p95 {_seconds(ticket.push_to_fetch_p95)})"
+        )
     if ticket.errors:
         text += "; errors: " + ", ".join(f"{e.reason} x{e.count}" for e in ticket.errors)
     return text
+
+
+def _seconds(duration: Any) -> str:
+    return f"{duration.ToTimedelta().total_seconds():.3f} s"
 
 
 def _send_request(args: argparse.Namespace) -> npb.SendRequest:

@@ -39,6 +39,7 @@ _OUTCOMES = {
     model.DeliveryOutcome.FAILED: npb.DELIVERY_OUTCOME_FAILED,
     model.DeliveryOutcome.SKIPPED: npb.DELIVERY_OUTCOME_SKIPPED,
     model.DeliveryOutcome.RETRYING: npb.DELIVERY_OUTCOME_RETRYING,
+    model.DeliveryOutcome.FETCHED: npb.DELIVERY_OUTCOME_FETCHED,
 }
 _OUTCOMES_FROM_PROTO: dict[int, model.DeliveryOutcome] = {
     value: outcome for outcome, value in _OUTCOMES.items()
@@ -175,6 +176,7 @@ def ticket_to_proto(ticket: model.Ticket) -> npb.Ticket:
             failed=c.failed,
             skipped=c.skipped,
             delivered_without_alert=c.delivered_without_alert,
+            fetched=c.fetched,
         ),
         create_time=timestamp(ticket.create_time),
         update_time=timestamp(ticket.update_time),
@@ -184,6 +186,8 @@ def ticket_to_proto(ticket: model.Ticket) -> npb.Ticket:
         project_id=ticket.project_id,
         scheduled_notification_id=ticket.scheduled_notification_id,
         late_by=duration(ticket.late_by),
+        push_to_fetch_p50=duration(ticket.push_to_fetch_p50),
+        push_to_fetch_p95=duration(ticket.push_to_fetch_p95),
     )
 
 
@@ -232,6 +236,7 @@ def event_to_proto(event: model.DeliveryEvent) -> npb.DeliveryEvent:
         reason=event.reason,
         attempt=event.attempt,
         event_time=timestamp(event.time),
+        push_to_fetch=duration(event.push_to_fetch),
     )
 
 

@@ -19,6 +19,7 @@ from passpush.delivery.google import GoogleWalletGateway
 from passpush.delivery.worker import ApplePushGateway, DeliveryWorker, WorkerSettings
 from passpush.service.clock import Clock, utcnow
 from passpush.service.fanout import FANOUT_CHUNK, FanOut
+from passpush.service.fetches import FetchBatcher, FetchRecorder
 from passpush.service.keys import DEFAULT_CACHE_SECONDS, KeyCore
 from passpush.service.notifications import NotificationCore
 from passpush.service.passes import PassCore
@@ -104,8 +105,11 @@ class PasspushServer:
         self.schedules = ScheduleCore(sessions, clock=clock, on_scheduled=self.scheduler.wake)
         packager = PassPackager(passkit or PassKitSettings())
         self.passes = PassCore(sessions, clock=clock, packager=packager)
+        # Which devices fetched the notifications, recorded in batches.
+        self.fetch_recorder = FetchRecorder(sessions, on_recorded=self.changes.publish)
+        self.fetches = FetchBatcher(self.fetch_recorder.record)
         # The PassKit web service: the HTTP server's device routes call it in-process.
-        self.passkit = PassKitCore(sessions, packager, clock=clock)
+        self.passkit = PassKitCore(sessions, packager, clock=clock, fetch_sink=self.fetches)
         self.keys = KeyCore(sessions, clock=clock, cache_seconds=key_cache_seconds)
         # The streams only read: on SQLite, beside the writer rather than behind it.
         reads, self._read_engine = make_read_sessions(sessions)
@@ -150,6 +154,7 @@ class PasspushServer:
         if self.listener is not None:
             self.listener.start()
         self.retention.start()
+        self.fetches.start()
         await self.server.start()
         self.worker.start()
         # Beside the worker: a broadcast's chunks are its next deliveries.
@@ -182,6 +187,7 @@ class PasspushServer:
         await self.scheduler.stop()
         await self.fanout.stop()  # where it stops, its cursor says; it resumes at start
         await asyncio.gather(self.server.stop(grace), self.worker.stop(grace))
+        await self.fetches.stop()
         await self.retention.stop()
         if self.listener is not None:
             await self.listener.stop()

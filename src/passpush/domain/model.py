@@ -62,6 +62,8 @@ class DeliveryOutcome(enum.StrEnum):
     FAILED = "failed"
     SKIPPED = "skipped"
     RETRYING = "retrying"
+    # Apple: the device fetched the pass version that the delivery pushed.
+    FETCHED = "fetched"
 
 
 def outcome_of(state: DeliveryState) -> DeliveryOutcome:
@@ -171,6 +173,8 @@ class DeliveryCounts:
     skipped: int = 0
     # Of `delivered`: Google messages shown without an alert (the pass's quota was used up).
     delivered_without_alert: int = 0
+    # Of `delivered`: Apple devices that then fetched the pass version with the notification.
+    fetched: int = 0
 
 
 @dataclass(frozen=True)
@@ -192,6 +196,9 @@ class Ticket:
     late_by: timedelta | None = None
     # A broadcast whose deliveries are still being written, a chunk of passes at a time.
     fanning_out: bool = False
+    # From the pushes' answers to the devices' fetches: None until a device fetched.
+    push_to_fetch_p50: timedelta | None = None
+    push_to_fetch_p95: timedelta | None = None
 
 
 class ScheduleState(enum.StrEnum):
@@ -231,6 +238,8 @@ class DeliveryEvent:
     reason: str
     attempt: int  # from 1; 0 for a skipped delivery, never attempted
     time: datetime
+    # FETCHED: from the push's answer to the device's fetch.
+    push_to_fetch: timedelta | None = None
 
 
 @dataclass(frozen=True)

@@ -97,6 +97,8 @@ class PassPackageSource:
     template_signing: AppleSigningPem | None
     files: dict[str, bytes]  # pass.json included; empty when the pass has no content
     notification_marked: bool = False  # the body is shown with REPEAT_MARK after it
+    # The ticket whose notification this version of the pass carries, if any.
+    notification_ticket_id: int | None = None
 
 
 def content_from_pkpass(data: bytes, field: str = "pkpass") -> PassContent:

@@ -26,6 +26,7 @@ from passpush.domain.passkit import PASS_JSON, PassPackageSource, build_pkpass, 
 from passpush.domain.signing import AppleSigningPem, SigningMaterial, load_signing
 from passpush.domain.validation import AUTH_TOKEN_MIN, check_id, check_push_token, raise_if_any
 from passpush.service.clock import Clock, utcnow
+from passpush.service.fetches import FetchLedger, FetchSink, PassVersion
 from passpush.store.passes import PassStore, update_tag_at
 from passpush.store.passkit import NamedPass, PassKitStore
 
@@ -123,10 +124,14 @@ class PassKitCore:
         packager: PassPackager,
         *,
         clock: Clock = utcnow,
+        fetch_sink: FetchSink | None = None,
     ) -> None:
         self._sessions = sessions
         self.packager = packager
         self._clock = clock
+        # Which device fetched which notification: where confirmations go (none: not kept).
+        self._fetch_sink = fetch_sink
+        self._fetch_ledger = FetchLedger()
 
     async def register(
         self,
@@ -207,7 +212,10 @@ class PassKitCore:
             )
         if not rows:
             return None
-        last_updated = max(t for _, t in rows)
+        if self._fetch_sink is not None:
+            versions = [PassVersion(r.project_id, r.pass_id, r.update_tag) for r in rows]
+            self._fetch_ledger.told(device_library_identifier, versions, self._clock())
+        last_updated = max(r.update_tag for r in rows)
         if unsettled is not None:
             # Not past a change still to commit: the device asks again from before it (and
             # what it already has answers 304). The margin covers a tag stamped a moment
@@ -216,7 +224,7 @@ class PassKitCore:
             # But never before the device's own tag: a device is never told an older tag
             # than it asked from. Its tag then stays: it asks from there again.
             last_updated = max(last_updated, _update_tag(since) or 0)
-        return UpdatedSerials(sorted({serial for serial, _ in rows}), str(last_updated))
+        return UpdatedSerials(sorted({r.serial_number for r in rows}), str(last_updated))
 
     async def latest_pass(
         self,
@@ -248,7 +256,23 @@ class PassKitCore:
                 error.message,
             )
             raise
+        self._fetched(source)
         return LatestPass(pkpass, last_modified)
+
+    def _fetched(self, source: PassPackageSource) -> None:
+        """A device downloads this version: if it carries a notification, a device told
+        about it confirms the fetch (service/fetches.py)."""
+        if self._fetch_sink is None or source.notification_ticket_id is None:
+            return
+        confirmation = self._fetch_ledger.fetched(
+            source.project_id,
+            source.pass_id,
+            source.update_tag,
+            source.notification_ticket_id,
+            self._clock(),
+        )
+        if confirmation is not None:
+            self._fetch_sink.add(confirmation)
 
     def record_device_logs(self, lines: Sequence[str]) -> None:
         """Writes what devices report (their errors with this service) to the log, without

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Collection
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy import (
@@ -117,9 +117,15 @@ def skipped_events_after(
     yield from _append_steps("skipped_in_chunk", params, dialect)
 
 
-def _append_steps(which: str, params: dict[str, Any], dialect: str) -> Steps[None]:
+def taking_append_lock(dialect: str) -> Steps[None]:
+    """Takes the events' append lock (PostgreSQL) to the transaction's commit: the step
+    before any INSERT of events."""
     if dialect == "postgresql":
         yield Query(_TAKE_APPEND_LOCK, {"key": _APPEND_LOCK})
+
+
+def _append_steps(which: str, params: dict[str, Any], dialect: str) -> Steps[None]:
+    yield from taking_append_lock(dialect)
     yield Query.write(_append_statements(dialect)[which], params)
 
 
@@ -194,4 +200,7 @@ def _event(row: DeliveryEventRow) -> DeliveryEvent:
         reason=row.reason,
         attempt=row.attempt,
         time=row.created_at,
+        push_to_fetch=(
+            None if row.push_to_fetch_us is None else timedelta(microseconds=row.push_to_fetch_us)
+        ),
     )

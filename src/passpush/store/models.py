@@ -304,6 +304,11 @@ class TicketRow(Base):
     skipped: Mapped[int] = mapped_column(BigInteger, default=0)
     # Of `delivered`: Google messages shown without an alert (the pass's quota was used up).
     delivered_without_alert: Mapped[int] = mapped_column(BigInteger, default=0, server_default="0")
+    # Apple devices that fetched the pass version carrying this ticket's notification (of
+    # `delivered`; service/fetches.py), and their push-to-fetch latencies as a histogram
+    # (domain/fetches.py): {bucket: count}, NULL before the first fetch.
+    fetched: Mapped[int] = mapped_column(BigInteger, default=0, server_default="0")
+    fetch_latency: Mapped[dict[str, int] | None] = mapped_column(JSON)
     request_id: Mapped[str | None] = mapped_column(String(128))
     # A digest of the request, so that a reused request_id with another body is refused.
     request_fingerprint: Mapped[str] = mapped_column(String(64), default="")
@@ -330,6 +335,8 @@ class DeliveryRow(Base):
         # and its ORDER BY (next_attempt_at, id) is an index range read, not a sort of every
         # pending delivery.
         Index("ix_deliveries_due", "state", "platform", "next_attempt_at", "id"),
+        # A fetch confirmation names the device's registration and the ticket.
+        Index("ix_deliveries_registration_ticket", "registration_id", "ticket_id"),
     )
 
     id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
@@ -347,6 +354,9 @@ class DeliveryRow(Base):
     next_attempt_at: Mapped[datetime]
     # Set by the first claim: transient failures are retried for a budget from there.
     first_attempt_at: Mapped[datetime | None]
+    # Apple: when the device fetched the pass version this delivery pushed (at most once).
+    # `updated_at` stays the time the push was answered: the latency is measured from it.
+    fetched_at: Mapped[datetime | None]
     lease_owner: Mapped[str | None] = mapped_column(String(64))
     lease_until: Mapped[datetime | None]
     updated_at: Mapped[datetime]
@@ -376,6 +386,8 @@ class DeliveryEventRow(Base):
     reason: Mapped[str] = mapped_column(String(128), default="")
     attempt: Mapped[int] = mapped_column(Integer, default=0)
     created_at: Mapped[datetime]
+    # A FETCHED event: microseconds from the push's answer to the device's fetch.
+    push_to_fetch_us: Mapped[int | None] = mapped_column(BigInteger)
 
 
 class ScheduledNotificationRow(Base):

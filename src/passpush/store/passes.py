@@ -331,6 +331,7 @@ class PassStore:
             template_signing=_signing(template),
             files=files,
             notification_marked=pass_row.notification_marked,
+            notification_ticket_id=pass_row.notification_ticket_id,
         )
 
     async def list_passes(self, template_id: str, after: str, limit: int) -> Sequence[Pass]:

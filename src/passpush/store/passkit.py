@@ -32,6 +32,16 @@ class NamedPass:
     authentication_token: str
 
 
+@dataclass(frozen=True)
+class DeviceSerial:
+    """A pass a device holds, as its serials query names it."""
+
+    serial_number: str
+    update_tag: int
+    project_id: str
+    pass_id: str
+
+
 class PassKitStore:
     def __init__(self, session: AsyncSession) -> None:
         self.session = session
@@ -53,11 +63,11 @@ class PassKitStore:
 
     async def device_serials(
         self, device_library_identifier: str, pass_type_identifier: str, since: int | None
-    ) -> list[tuple[str, int]]:
-        """(serial number, update tag) of the passes with content of that type the device
+    ) -> list[DeviceSerial]:
+        """The serial numbers and update tags of the passes with content of that type the device
         is registered for, changed after the tag `since` (all of them without one)."""
         query = (
-            select(PassRow.serial_number, PassRow.update_tag)
+            select(PassRow.serial_number, PassRow.update_tag, PassRow.project_id, PassRow.id)
             .select_from(DeviceRegistrationRow)
             .join(
                 PassRow,
@@ -76,7 +86,7 @@ class PassKitStore:
         )
         if since is not None:
             query = query.where(PassRow.update_tag > since)
-        return [(serial, tag) for serial, tag in await self.session.execute(query)]
+        return [DeviceSerial(*row) for row in await self.session.execute(query)]
 
     async def oldest_open_write(self) -> datetime | None:
         """When the oldest transaction now writing to the database (this one aside) began.

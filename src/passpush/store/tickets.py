@@ -36,6 +36,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.sql.elements import BindParameter
 
 from passpush.domain.errors import NotFound
+from passpush.domain.fetches import percentile
 from passpush.domain.model import (
     SKIP_NO_DEVICES,
     SKIP_PASS_NOT_ACTIVE,
@@ -405,6 +406,7 @@ def ticket_from_row(row: TicketRow, errors: list[tuple[str, int]]) -> Ticket:
             row.failed,
             row.skipped,
             row.delivered_without_alert,
+            row.fetched,
         ),
         request_id=row.request_id or "",
         create_time=row.created_at,
@@ -414,6 +416,8 @@ def ticket_from_row(row: TicketRow, errors: list[tuple[str, int]]) -> Ticket:
         scheduled_notification_id=row.scheduled_notification_id or "",
         late_by=row.created_at - row.scheduled_send_time if row.scheduled_send_time else None,
         fanning_out=row.fanout_after is not None,
+        push_to_fetch_p50=percentile(row.fetch_latency, 0.50),
+        push_to_fetch_p95=percentile(row.fetch_latency, 0.95),
     )
 
 
@@ -458,6 +462,7 @@ def _ticket_values(n: NewTicket, counts: dict[str, int] | None, now: datetime) -
         "failed": 0,
         "skipped": ticket.counts.skipped,
         "delivered_without_alert": 0,
+        "fetched": 0,
         "completed_at": ticket.complete_time if counted else None,
         "fanout_after": None if counted else "",
         "request_id": n.request_id or None,
