@@ -256,12 +256,17 @@ def render_pass_json(source: PassPackageSource, web_service_url: str) -> bytes:
 def build_pkpass(files: Mapping[str, bytes], signing: SigningMaterial) -> bytes:
     """A signed .pkpass: the files, manifest.json (each file's SHA-1) and its signature."""
     manifest = manifest_of(files)
+    return zip_pkpass(files, manifest, signing.sign(manifest))
+
+
+def zip_pkpass(files: Mapping[str, bytes], manifest: bytes, signature: bytes) -> bytes:
+    """The .pkpass of files whose manifest is signed already."""
     buffer = io.BytesIO()
     with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as archive:
         for name in sorted(files):
             archive.writestr(name, files[name])
         archive.writestr(MANIFEST, manifest)
-        archive.writestr(SIGNATURE, signing.sign(manifest))
+        archive.writestr(SIGNATURE, signature)
     return buffer.getvalue()
 
 

@@ -22,7 +22,13 @@ from datetime import datetime, timedelta
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from passpush.domain.errors import FailedPrecondition, NotFound, Unauthenticated
-from passpush.domain.passkit import PASS_JSON, PassPackageSource, build_pkpass, render_pass_json
+from passpush.domain.passkit import (
+    PASS_JSON,
+    PassPackageSource,
+    manifest_of,
+    render_pass_json,
+    zip_pkpass,
+)
 from passpush.domain.signing import AppleSigningPem, SigningMaterial, load_signing
 from passpush.domain.validation import AUTH_TOKEN_MIN, check_id, check_push_token, raise_if_any
 from passpush.service.clock import Clock, utcnow
@@ -44,17 +50,46 @@ _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 _UNAUTHENTICATED = "no pass with that pass type and serial number has that ApplePass token"
 
 
+DEFAULT_SIGNED_CACHE_BYTES = 32 * 1024 * 1024
+
+
 @dataclass(frozen=True)
 class PassKitSettings:
     # The public base URL of the PassKit web service, written into each pass.
     web_service_url: str = DEFAULT_WEB_SERVICE_URL
     # The server's signing material, for templates without their own.
     default_signing: SigningMaterial | None = None
+    # How many bytes of signed pass versions (pass.json, manifest, signature: a few KB
+    # each) a process keeps, so that a pass fetched again unchanged is not signed again.
+    signed_cache_bytes: int = DEFAULT_SIGNED_CACHE_BYTES
+
+
+@dataclass(frozen=True)
+class _Signed:
+    """What a pass version's signature covers: its pass.json and the manifest, signed."""
+
+    pass_json: bytes
+    manifest: bytes
+    signature: bytes
+
+    @property
+    def size(self) -> int:
+        return len(self.pass_json) + len(self.manifest) + len(self.signature)
+
+
+# A pass version as signed: project, pass, update tag, and whose certificate signed it.
+_VersionKey = tuple[str, str, int, str]
 
 
 class PassPackager:
     """Makes signed .pkpass files: pass.json with the pass's state now, signed with the
-    template's material or else the server's."""
+    template's material or else the server's.
+
+    A signature is most of a package's cost (an RSA signature, ~1 ms), so each pass
+    version's signed part is kept, up to `signed_cache_bytes`, least recently used out
+    first: a second device, a retry or a refresh gets the same bytes without signing.
+    Devices asking for one version at once wait for one signature.
+    """
 
     _CACHED_MATERIALS = 64
 
@@ -63,6 +98,11 @@ class PassPackager:
         self._default = settings.default_signing
         # Loading a key checks it (milliseconds for RSA): once per template's material.
         self._loaded: OrderedDict[AppleSigningPem, SigningMaterial] = OrderedDict()
+        self._signed: OrderedDict[_VersionKey, _Signed] = OrderedDict()
+        self._signed_bytes = 0
+        self._signed_limit = settings.signed_cache_bytes
+        self._signing: dict[_VersionKey, asyncio.Future[_Signed]] = {}
+        self.signatures = 0  # made by this packager: what the cache saved shows beside it
 
     def can_sign(self, template_signing: AppleSigningPem | None) -> bool:
         return template_signing is not None or self._default is not None
@@ -72,12 +112,57 @@ class PassPackager:
         if PASS_JSON not in source.files:
             raise NotFound("pass_content", source.pass_id)
         signing = self._signing_for(source.template_signing)
-        # Zipping images and signing take milliseconds: off the event loop.
-        return await asyncio.to_thread(self._build, source, signing)
+        key = (
+            source.project_id,
+            source.pass_id,
+            source.update_tag,
+            source.template_signing.certificate_pem if source.template_signing else "",
+        )
+        signed = self._signed.get(key)
+        if signed is not None:
+            self._signed.move_to_end(key)
+        else:
+            signed = await self._sign_once(key, source, signing)
+        files = {**source.files, PASS_JSON: signed.pass_json}
+        return zip_pkpass(files, signed.manifest, signed.signature)
 
-    def _build(self, source: PassPackageSource, signing: SigningMaterial) -> bytes:
-        files = {**source.files, PASS_JSON: render_pass_json(source, self.web_service_url)}
-        return build_pkpass(files, signing)
+    async def _sign_once(
+        self, key: _VersionKey, source: PassPackageSource, signing: SigningMaterial
+    ) -> _Signed:
+        pending = self._signing.get(key)
+        if pending is not None:
+            return await asyncio.shield(pending)
+        future: asyncio.Future[_Signed] = asyncio.get_running_loop().create_future()
+        self._signing[key] = future
+        try:
+            # Signing takes a millisecond: off the event loop.
+            signed = await asyncio.to_thread(self._sign, source, signing)
+        except asyncio.CancelledError:
+            future.cancel()
+            raise
+        except Exception as error:
+            future.set_exception(error)
+            future.exception()  # retrieved: no "never retrieved" warning without waiters
+            raise
+        else:
+            future.set_result(signed)
+            self._keep(key, signed)
+            return signed
+        finally:
+            del self._signing[key]
+
+    def _sign(self, source: PassPackageSource, signing: SigningMaterial) -> _Signed:
+        pass_json = render_pass_json(source, self.web_service_url)
+        manifest = manifest_of({**source.files, PASS_JSON: pass_json})
+        self.signatures += 1
+        return _Signed(pass_json, manifest, signing.sign(manifest))
+
+    def _keep(self, key: _VersionKey, signed: _Signed) -> None:
+        self._signed[key] = signed
+        self._signed_bytes += signed.size
+        while self._signed_bytes > self._signed_limit and self._signed:
+            _, dropped = self._signed.popitem(last=False)
+            self._signed_bytes -= dropped.size
 
     def _signing_for(self, template_signing: AppleSigningPem | None) -> SigningMaterial:
         if template_signing is None:
