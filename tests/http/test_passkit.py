@@ -4,6 +4,7 @@ fake APNs over HTTP/2."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 from dataclasses import dataclass
@@ -17,6 +18,7 @@ import pytest
 from sqlalchemy import update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from passpush.api.server import PasspushServer
 from passpush.fakes.apns import FakeApns
 from passpush.service.clock import utcnow
 from passpush.service.passkit import last_modified_of, modified_since
@@ -478,3 +480,33 @@ def test_last_modified_never_hides_a_change_made_within_the_same_second() -> Non
     assert after == changed.replace(microsecond=0)
     assert not modified_since(changed, after)  # fetched later: the copy is current
     assert modified_since(changed + timedelta(seconds=1), after)
+
+
+async def test_a_pass_version_is_signed_once_however_many_devices_fetch_it(
+    shim: str,
+    device: Device,
+    server: PasspushServer,
+    passes: passes_pb2_grpc.PassServiceStub,
+    notifications: notifications_pb2_grpc.NotificationServiceStub,
+    apple_certs: AppleCerts,
+    tmp_path: Path,
+) -> None:
+    packager = server.passkit.packager
+    signed_before = packager.signatures
+    (held,) = await issue_pass(passes, apple_certs, "p1")  # GetPassPackage signs it once
+    others = [Device(device.http, f"{n:032x}", token(0xE0 + n)) for n in range(5)]
+
+    first = await device.fetch(held)
+    at_once = await asyncio.gather(*(other.fetch(held) for other in others))
+    after_one_version = packager.signatures - signed_before
+    await send(notifications, "p1", "Double points")
+    changed = await device.fetch(held)
+    again = await device.fetch(held)
+
+    assert after_one_version == 1
+    assert packager.signatures - signed_before == 2
+    assert {r.status_code for r in [first, *at_once, changed, again]} == {200}
+    assert {r.content for r in [first, *at_once]} == {first.content}
+    assert again.content == changed.content != first.content
+    document = await verified_pass(again.content, apple_certs, tmp_path)
+    assert notification_field(document)["value"] == "Double points"  # type: ignore[index]
