@@ -41,6 +41,7 @@ from passpush.service.keys import KeyCore
 from passpush.service.passkit import PassKitCore, PassKitSettings, PassPackager
 from passpush.store import migrate
 from passpush.store.db import is_sqlite, make_engine, make_sessions
+from passpush.store.direct import direct_reads
 from passpush.store.outbox import Outbox
 from passpush.store.schedules import ScheduleStore
 
@@ -308,8 +309,10 @@ async def serve_http(settings: Settings, listen_fd: int, grpc_target: str) -> in
     engine = make_engine(settings.database_url)
     passkit = PassKitCore(
         make_sessions(engine),
+        direct_reads(engine),
         PassPackager(PassKitSettings(settings.passkit_url, default_signing)),
         clock=utcnow,
+        postgresql=not is_sqlite(settings.database_url),
     )
     app = create_app(grpc_target, passkit, settings.passkit_prefix)
     http = HttpServer(app, settings.http_address, inherited_listener(listen_fd))
@@ -332,6 +335,7 @@ async def serve_http(settings: Settings, listen_fd: int, grpc_target: str) -> in
     loop.add_reader(sys.stdin.fileno(), parent_gone)
     await stop.wait()
     await http.stop(settings.shutdown_grace)
+    passkit.close()
     await engine.dispose()
     return 0
 

@@ -32,8 +32,9 @@ from passpush.domain.passkit import (
 from passpush.domain.signing import AppleSigningPem, SigningMaterial, load_signing
 from passpush.domain.validation import AUTH_TOKEN_MIN, check_id, check_push_token, raise_if_any
 from passpush.service.clock import Clock, utcnow
+from passpush.store.direct import DirectReads
 from passpush.store.passes import PassStore, update_tag_at
-from passpush.store.passkit import NamedPass, PassKitStore
+from passpush.store.passkit import NamedPass, device_serials, oldest_open_write, passes_named
 
 log = logging.getLogger(__name__)
 
@@ -205,13 +206,17 @@ class PassKitCore:
     def __init__(
         self,
         sessions: async_sessionmaker[AsyncSession],
+        reads: DirectReads,
         packager: PassPackager,
         *,
         clock: Clock = utcnow,
+        postgresql: bool = False,
     ) -> None:
         self._sessions = sessions
+        self._reads = reads
         self.packager = packager
         self._clock = clock
+        self._postgresql = postgresql
 
     async def register(
         self,
@@ -223,17 +228,15 @@ class PassKitCore:
     ) -> bool:
         """Registers the device for pushes about the pass (or renews its push token);
         True when the registration is new."""
+        named = await self._authenticate(pass_type_identifier, serial_number, authentication_token)
+        raise_if_any(
+            [
+                # As RegisterDevice: the same registrations.
+                *check_id("deviceLibraryIdentifier", device_library_identifier),
+                *check_push_token("pushToken", push_token),
+            ]
+        )
         async with self._sessions.begin() as session:
-            named = await _authenticate(
-                session, pass_type_identifier, serial_number, authentication_token
-            )
-            raise_if_any(
-                [
-                    # As RegisterDevice: the same registrations.
-                    *check_id("deviceLibraryIdentifier", device_library_identifier),
-                    *check_push_token("pushToken", push_token),
-                ]
-            )
             _, created = await PassStore(session, named.project_id).register_device(
                 named.pass_id, device_library_identifier, push_token, self._clock()
             )
@@ -254,12 +257,10 @@ class PassKitCore:
         authentication_token: str | None,
     ) -> None:
         """Stops pushes about the pass to the device; unregistering twice is no error."""
+        named = await self._authenticate(pass_type_identifier, serial_number, authentication_token)
+        if not _plausible(device_library_identifier, 255):
+            return  # no such device can be registered
         async with self._sessions.begin() as session:
-            named = await _authenticate(
-                session, pass_type_identifier, serial_number, authentication_token
-            )
-            if not _plausible(device_library_identifier, 255):
-                return  # no such device can be registered
             try:
                 await PassStore(session, named.project_id).unregister_device(
                     named.pass_id, device_library_identifier
@@ -283,13 +284,13 @@ class PassKitCore:
             _plausible(device_library_identifier, 255) and _plausible(pass_type_identifier, 255)
         ):
             return None
-        async with self._sessions() as session:
-            store = PassKitStore(session)
-            # Read first: a transaction that writes after this read stamps later tags.
-            unsettled = await store.oldest_open_write()
-            rows = await store.device_serials(
+        # Read first: a transaction that writes after this read stamps later tags.
+        unsettled = await self._reads.run(oldest_open_write) if self._postgresql else None
+        rows = await self._reads.run(
+            lambda: device_serials(
                 device_library_identifier, pass_type_identifier, _update_tag(since)
             )
+        )
         if not rows:
             return None
         last_updated = max(t for _, t in rows)
@@ -308,18 +309,19 @@ class PassKitCore:
         if_modified_since: datetime | None,
     ) -> LatestPass:
         """The pass as it is now, signed; or no body when the device's copy is current."""
+        named = await self._authenticate(pass_type_identifier, serial_number, authentication_token)
+        if not named.has_content:
+            raise NotFound("pass_content", serial_number)
+        last_modified = last_modified_of(named.update_time, self._clock())
+        if if_modified_since is not None and not modified_since(
+            named.update_time, if_modified_since
+        ):
+            return LatestPass(None, last_modified)  # the device's copy is this version
         async with self._sessions() as session:
-            named = await _authenticate(
-                session, pass_type_identifier, serial_number, authentication_token
-            )
             source = await PassStore(session, named.project_id).package_source(named.pass_id)
         if PASS_JSON not in source.files:
             raise NotFound("pass_content", serial_number)
         last_modified = last_modified_of(source.update_time, self._clock())
-        if if_modified_since is not None and not modified_since(
-            source.update_time, if_modified_since
-        ):
-            return LatestPass(None, last_modified)
         try:
             pkpass = await self.packager.package(source)
         except FailedPrecondition as error:  # the device only sees a status: say it here
@@ -332,6 +334,31 @@ class PassKitCore:
             raise
         return LatestPass(pkpass, last_modified)
 
+    def close(self) -> None:
+        self._reads.close()
+
+    async def _authenticate(
+        self, pass_type_identifier: str, serial_number: str, authentication_token: str | None
+    ) -> NamedPass:
+        """The pass the device named, if the device holds its token; else Unauthenticated,
+        the same whether the pass does not exist or the token is wrong."""
+        if not (
+            authentication_token
+            and _plausible(pass_type_identifier, 255)
+            and _plausible(serial_number, 128)
+        ):
+            raise Unauthenticated(_UNAUTHENTICATED)
+        given = authentication_token.encode()
+        found = None
+        for named in await self._reads.run(
+            lambda: passes_named(pass_type_identifier, serial_number)
+        ):
+            if hmac.compare_digest(named.authentication_token.encode(), given) and found is None:
+                found = named
+        if found is None:
+            raise Unauthenticated(_UNAUTHENTICATED)
+        return found
+
     def record_device_logs(self, lines: Sequence[str]) -> None:
         """Writes what devices report (their errors with this service) to the log, without
         anything that looks like a token."""
@@ -339,30 +366,6 @@ class PassKitCore:
             log.warning("PassKit device log: %s", device_log_line(line))
         if len(lines) > MAX_LOG_LINES:
             log.warning("PassKit device log: %d more lines left out", len(lines) - MAX_LOG_LINES)
-
-
-async def _authenticate(
-    session: AsyncSession,
-    pass_type_identifier: str,
-    serial_number: str,
-    authentication_token: str | None,
-) -> NamedPass:
-    """The pass the device named, if the device holds its token; else Unauthenticated,
-    the same whether the pass does not exist or the token is wrong."""
-    if not (
-        authentication_token
-        and _plausible(pass_type_identifier, 255)
-        and _plausible(serial_number, 128)
-    ):
-        raise Unauthenticated(_UNAUTHENTICATED)
-    given = authentication_token.encode()
-    found = None
-    for named in await PassKitStore(session).passes_named(pass_type_identifier, serial_number):
-        if hmac.compare_digest(named.authentication_token.encode(), given) and found is None:
-            found = named
-    if found is None:
-        raise Unauthenticated(_UNAUTHENTICATED)
-    return found
 
 
 def last_modified_of(update_time: datetime, now: datetime) -> datetime:
