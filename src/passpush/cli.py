@@ -41,7 +41,7 @@ from passpush.service.keys import KeyCore
 from passpush.service.passkit import PassKitCore, PassKitSettings, PassPackager
 from passpush.store import migrate
 from passpush.store.db import is_sqlite, make_engine, make_sessions
-from passpush.store.direct import direct_reads
+from passpush.store.direct import direct_transactions
 from passpush.store.outbox import Outbox
 from passpush.store.schedules import ScheduleStore
 
@@ -309,10 +309,9 @@ async def serve_http(settings: Settings, listen_fd: int, grpc_target: str) -> in
     engine = make_engine(settings.database_url)
     passkit = PassKitCore(
         make_sessions(engine),
-        direct_reads(engine),
+        direct_transactions(engine),
         PassPackager(PassKitSettings(settings.passkit_url, default_signing)),
         clock=utcnow,
-        postgresql=not is_sqlite(settings.database_url),
     )
     app = create_app(grpc_target, passkit, settings.passkit_prefix)
     http = HttpServer(app, settings.http_address, inherited_listener(listen_fd))

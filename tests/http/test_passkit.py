@@ -510,3 +510,28 @@ async def test_a_pass_version_is_signed_once_however_many_devices_fetch_it(
     assert again.content == changed.content != first.content
     document = await verified_pass(again.content, apple_certs, tmp_path)
     assert notification_field(document)["value"] == "Double points"  # type: ignore[index]
+
+
+async def test_devices_registering_at_once_are_each_told_whether_they_are_new(
+    shim: str,
+    device: Device,
+    passes: passes_pb2_grpc.PassServiceStub,
+    apple_certs: AppleCerts,
+) -> None:
+    """Registrations that arrive together are written together (one transaction), and
+    each still gets its own answer: 201 for a new one, 200 for one registered already."""
+    held = await issue_pass(passes, apple_certs, "p1", "p2")
+    devices = [Device(device.http, f"{n:032x}", token(0x100 + n)) for n in range(40)]
+    await devices[0].register(held[0])
+
+    answers = await asyncio.gather(
+        *(d.register(h) for d in devices for h in held),
+        devices[1].register(held[1]),  # the same device and pass twice in one group
+    )
+
+    statuses = [a.status_code for a in answers]
+    assert statuses[0] == 200  # devices[0] had registered for p1 before
+    assert sorted(statuses[1:80]) == [201] * 79
+    assert sorted([statuses[3], statuses[80]]) == [200, 201]
+    listed = await devices[1].updated(held[1])
+    assert listed.json()["serialNumbers"] == ["p1", "p2"]

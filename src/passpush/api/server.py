@@ -33,7 +33,7 @@ from passpush.service.status import (
     TicketWatch,
 )
 from passpush.store.db import make_read_sessions
-from passpush.store.direct import direct_reads
+from passpush.store.direct import direct_transactions
 from passpush.store.listen import ChangeListener
 from passpush.v1 import (
     admin_pb2,
@@ -107,13 +107,7 @@ class PasspushServer:
         self.passes = PassCore(sessions, clock=clock, packager=packager)
         # The PassKit web service: the HTTP server's device routes call it in-process.
         engine = sessions.kw["bind"]
-        self.passkit = PassKitCore(
-            sessions,
-            direct_reads(engine),
-            packager,
-            clock=clock,
-            postgresql=engine.dialect.name == "postgresql",
-        )
+        self.passkit = PassKitCore(sessions, direct_transactions(engine), packager, clock=clock)
         self.keys = KeyCore(sessions, clock=clock, cache_seconds=key_cache_seconds)
         # The streams only read: on SQLite, beside the writer rather than behind it.
         reads, self._read_engine = make_read_sessions(sessions)

@@ -32,9 +32,16 @@ from passpush.domain.passkit import (
 from passpush.domain.signing import AppleSigningPem, SigningMaterial, load_signing
 from passpush.domain.validation import AUTH_TOKEN_MIN, check_id, check_push_token, raise_if_any
 from passpush.service.clock import Clock, utcnow
-from passpush.store.direct import DirectReads
+from passpush.service.registration_groups import RegistrationGroups
+from passpush.store.direct import DirectTransactions, direct_reads
 from passpush.store.passes import PassStore, update_tag_at
-from passpush.store.passkit import NamedPass, device_serials, oldest_open_write, passes_named
+from passpush.store.passkit import (
+    NamedPass,
+    NewRegistration,
+    device_serials,
+    oldest_open_write,
+    passes_named,
+)
 
 log = logging.getLogger(__name__)
 
@@ -206,17 +213,20 @@ class PassKitCore:
     def __init__(
         self,
         sessions: async_sessionmaker[AsyncSession],
-        reads: DirectReads,
+        transactions: DirectTransactions,
         packager: PassPackager,
         *,
         clock: Clock = utcnow,
-        postgresql: bool = False,
     ) -> None:
+        engine = sessions.kw["bind"]
+        dialect = engine.dialect.name
         self._sessions = sessions
-        self._reads = reads
+        self._reads = direct_reads(engine)
+        self._transactions = transactions
+        self._registrations = RegistrationGroups(transactions, dialect, clock=clock)
         self.packager = packager
         self._clock = clock
-        self._postgresql = postgresql
+        self._postgresql = dialect == "postgresql"
 
     async def register(
         self,
@@ -236,11 +246,10 @@ class PassKitCore:
                 *check_push_token("pushToken", push_token),
             ]
         )
-        async with self._sessions.begin() as session:
-            _, created = await PassStore(session, named.project_id).register_device(
-                named.pass_id, device_library_identifier, push_token, self._clock()
-            )
-        log.info(
+        created = await self._registrations.register(
+            NewRegistration(named.project_id, named.pass_id, device_library_identifier, push_token)
+        )
+        log.debug(
             "PassKit: device %s… %s for pass %s of project %s",
             device_library_identifier[:8],
             "registered" if created else "registered again",
@@ -336,6 +345,7 @@ class PassKitCore:
 
     def close(self) -> None:
         self._reads.close()
+        self._transactions.close()
 
     async def _authenticate(
         self, pass_type_identifier: str, serial_number: str, authentication_token: str | None

@@ -1,17 +1,21 @@
-"""Reads of the PassKit web service: a device names passes by pass type identifier and
-serial number, with no project, so these look across projects (and return only what the
-service needs to authenticate the device and answer it).
+"""The statements of the PassKit web service: a device names passes by pass type
+identifier and serial number, with no project, so the reads look across projects (and
+return only what the service needs to authenticate the device and answer it).
 
-They are steps (store/direct.py), run by `direct_reads`: each device request is one or two
-indexed reads, which through a session cost more than the HTTP request around them.
+They are steps (store/direct.py): each device request is one or two indexed reads, run by
+`direct_reads`, which through a session cost more than the HTTP request around them; and
+registrations are written many in one transaction (`register_devices`).
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
+from typing import Any
 
-from sqlalchemy import and_, bindparam, select, text
+from sqlalchemy import Insert, and_, bindparam, select, text
+from sqlalchemy.dialects import postgresql, sqlite
 
 from passpush.domain.model import Platform
 from passpush.store.direct import Query, Steps
@@ -122,3 +126,62 @@ def oldest_open_write() -> Steps[datetime | None]:
     rows = yield Query(_OLDEST_OPEN_WRITE)
     oldest: datetime | None = rows[0][0] if rows else None
     return oldest
+
+
+@dataclass(frozen=True)
+class NewRegistration:
+    """A device asking for pushes about a pass, with the token to push to."""
+
+    project_id: str
+    pass_id: str
+    device_library_identifier: str
+    push_token: str
+
+
+def _upsert_registration(insert: Any) -> Insert:
+    """INSERT … ON CONFLICT DO UPDATE … RETURNING created_at, in the dialect of `insert`."""
+    statement = insert(DeviceRegistrationRow).values(
+        project_id=bindparam("project_id"),
+        pass_id=bindparam("pass_id"),
+        device_library_identifier=bindparam("device"),
+        push_token=bindparam("push_token"),
+        active=True,
+        created_at=bindparam("now"),
+        updated_at=bindparam("now"),
+    )
+    return statement.on_conflict_do_update(  # type: ignore[no-any-return]
+        index_elements=["project_id", "pass_id", "device_library_identifier"],
+        set_={
+            "push_token": statement.excluded.push_token,
+            "active": True,
+            "updated_at": statement.excluded.updated_at,
+        },
+    ).returning(DeviceRegistrationRow.created_at)
+
+
+_UPSERT_REGISTRATION = {
+    "sqlite": _upsert_registration(sqlite.insert),
+    "postgresql": _upsert_registration(postgresql.insert),
+}
+
+
+def register_devices(
+    registrations: Sequence[NewRegistration], now: datetime, dialect: str
+) -> Steps[list[bool]]:
+    """Registers each device for its pass (or renews its push token; a registration APNs
+    had called gone is active again); for each, whether it is new. The passes must exist."""
+    created_at = yield Query.each(
+        _UPSERT_REGISTRATION[dialect],
+        [
+            {
+                "project_id": r.project_id,
+                "pass_id": r.pass_id,
+                "device": r.device_library_identifier,
+                "push_token": r.push_token,
+                "now": now,
+            }
+            for r in registrations
+        ],
+    )
+    # An upsert keeps the first registration's created_at: new ones have this one's.
+    return [row[0] == now for row in created_at]
