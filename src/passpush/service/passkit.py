@@ -10,7 +10,6 @@ re-signed pass, and unregisters when the holder deletes the pass.
 
 from __future__ import annotations
 
-import asyncio
 import hmac
 import logging
 import re
@@ -96,7 +95,6 @@ class PassPackager:
     A signature is most of a package's cost (an RSA signature, ~1 ms), so each pass
     version's signed part is kept, up to `signed_cache_bytes`, least recently used out
     first: a second device, a retry or a refresh gets the same bytes without signing.
-    Devices asking for one version at once wait for one signature.
     """
 
     _CACHED_MATERIALS = 64
@@ -109,7 +107,6 @@ class PassPackager:
         self._signed: OrderedDict[_VersionKey, _Signed] = OrderedDict()
         self._signed_bytes = 0
         self._signed_limit = settings.signed_cache_bytes
-        self._signing: dict[_VersionKey, asyncio.Future[_Signed]] = {}
         self.signatures = 0  # made by this packager: what the cache saved shows beside it
 
     def can_sign(self, template_signing: AppleSigningPem | None) -> bool:
@@ -130,34 +127,13 @@ class PassPackager:
         if signed is not None:
             self._signed.move_to_end(key)
         else:
-            signed = await self._sign_once(key, source, signing)
+            # On the event loop, though it takes a millisecond: the signature holds the
+            # GIL, so another thread would not let the loop run meanwhile either, and the
+            # hop there and back cost more than the signature under load.
+            signed = self._sign(source, signing)
+            self._keep(key, signed)
         files = {**source.files, PASS_JSON: signed.pass_json}
         return zip_pkpass(files, signed.manifest, signed.signature)
-
-    async def _sign_once(
-        self, key: _VersionKey, source: PassPackageSource, signing: SigningMaterial
-    ) -> _Signed:
-        pending = self._signing.get(key)
-        if pending is not None:
-            return await asyncio.shield(pending)
-        future: asyncio.Future[_Signed] = asyncio.get_running_loop().create_future()
-        self._signing[key] = future
-        try:
-            # Signing takes a millisecond: off the event loop.
-            signed = await asyncio.to_thread(self._sign, source, signing)
-        except asyncio.CancelledError:
-            future.cancel()
-            raise
-        except Exception as error:
-            future.set_exception(error)
-            future.exception()  # retrieved: no "never retrieved" warning without waiters
-            raise
-        else:
-            future.set_result(signed)
-            self._keep(key, signed)
-            return signed
-        finally:
-            del self._signing[key]
 
     def _sign(self, source: PassPackageSource, signing: SigningMaterial) -> _Signed:
         pass_json = render_pass_json(source, self.web_service_url)
