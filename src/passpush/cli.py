@@ -334,7 +334,7 @@ async def serve_http(settings: Settings, listen_fd: int, grpc_target: str) -> in
     loop.add_reader(sys.stdin.fileno(), parent_gone)
     await stop.wait()
     await http.stop(settings.shutdown_grace)
-    passkit.close()
+    await passkit.close()
     await engine.dispose()
     return 0
 

@@ -187,6 +187,6 @@ class PasspushServer:
         if self.listener is not None:
             await self.listener.stop()
         self.notifications.close()
-        self.passkit.close()
+        await self.passkit.close()
         if self._read_engine is not None:
             await self._read_engine.dispose()

@@ -32,6 +32,7 @@ from passpush.domain.signing import AppleSigningPem, SigningMaterial, load_signi
 from passpush.domain.validation import AUTH_TOKEN_MIN, check_id, check_push_token, raise_if_any
 from passpush.service.clock import Clock, utcnow
 from passpush.service.registration_groups import RegistrationGroups
+from passpush.store.db import make_read_sessions
 from passpush.store.direct import DirectTransactions, direct_reads
 from passpush.store.passes import PassStore, update_tag_at
 from passpush.store.passkit import (
@@ -198,6 +199,9 @@ class PassKitCore:
         dialect = engine.dialect.name
         self._sessions = sessions
         self._reads = direct_reads(engine)
+        # A session of the write engine would take SQLite's write lock for a read, and
+        # devices fetching would hold up the Sends.
+        self._read_sessions, self._read_engine = make_read_sessions(sessions)
         self._transactions = transactions
         self._registrations = RegistrationGroups(transactions, dialect, clock=clock)
         self.packager = packager
@@ -302,7 +306,7 @@ class PassKitCore:
             named.update_time, if_modified_since
         ):
             return LatestPass(None, last_modified)  # the device's copy is this version
-        async with self._sessions() as session:
+        async with self._read_sessions() as session:
             source = await PassStore(session, named.project_id).package_source(named.pass_id)
         if PASS_JSON not in source.files:
             raise NotFound("pass_content", serial_number)
@@ -319,9 +323,11 @@ class PassKitCore:
             raise
         return LatestPass(pkpass, last_modified)
 
-    def close(self) -> None:
+    async def close(self) -> None:
         self._reads.close()
         self._transactions.close()
+        if self._read_engine is not None:
+            await self._read_engine.dispose()
 
     async def _authenticate(
         self, pass_type_identifier: str, serial_number: str, authentication_token: str | None
