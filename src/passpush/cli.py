@@ -6,8 +6,10 @@ import argparse
 import asyncio
 import contextlib
 import dataclasses
+import functools
 import gc
 import logging
+import os
 import signal
 import sys
 from pathlib import Path
@@ -28,11 +30,21 @@ from passpush.domain.signing import AppleSigningPem, SigningMaterial, load_signi
 from passpush.fakes import google as fake_google
 from passpush.fakes.apns import FakeApns, start_bundled_fake
 from passpush.http.app import HttpServer, create_app
+from passpush.http.processes import (
+    CHANGED,
+    READY,
+    HttpProcesses,
+    inherited_listener,
+    lower_priority,
+    tell_parent,
+)
 from passpush.service.clock import utcnow
+from passpush.service.fetches import FetchBatcher, FetchRecorder
 from passpush.service.keys import KeyCore
-from passpush.service.passkit import PassKitSettings
+from passpush.service.passkit import PassKitCore, PassKitSettings, PassPackager
 from passpush.store import migrate
 from passpush.store.db import is_sqlite, make_engine, make_sessions
+from passpush.store.direct import direct_transactions
 from passpush.store.outbox import Outbox
 from passpush.store.schedules import ScheduleStore
 
@@ -53,6 +65,10 @@ def main(argv: list[str] | None = None) -> None:
         help="for a wallet without credentials, push to a bundled local fake (a demo: "
         "nothing reaches a device); without it, its deliveries fail (also PASSPUSH_FAKES=1)",
     )
+    # Internal: what `serve` runs in each HTTP process (http/processes.py).
+    child_parser = commands.add_parser("serve-http")
+    child_parser.add_argument("--listen-fd", type=int, required=True)
+    child_parser.add_argument("--grpc-target", required=True)
     commands.add_parser("migrate", help="bring the database schema up to date")
     _add_keys_commands(commands)
     console.add_commands(commands)
@@ -75,6 +91,9 @@ def main(argv: list[str] | None = None) -> None:
             settings = dataclasses.replace(settings, fakes=True)
         with contextlib.suppress(KeyboardInterrupt):
             sys.exit(asyncio.run(serve(settings)))
+    elif args.command == "serve-http":
+        with contextlib.suppress(KeyboardInterrupt):
+            sys.exit(asyncio.run(serve_http(settings, args.listen_fd, args.grpc_target)))
     elif args.command == "keys":
         try:
             asyncio.run(keys(settings, args))
@@ -242,11 +261,19 @@ async def serve(settings: Settings) -> int:
         google_config.api_base if google_config else "none",
     )
     # The shim calls the gRPC server like any client, over the port it just bound; the
-    # PassKit routes (devices, no API key) call the service in-process.
-    app = create_app(
-        _dial(settings.grpc_address, server.port), server.passkit, settings.passkit_prefix
-    )
-    http = HttpServer(app, settings.http_address)
+    # PassKit routes (devices, no API key) call the service directly.
+    grpc_target = _dial(settings.grpc_address, server.port)
+    http: HttpServer | HttpProcesses
+    if settings.http_processes:
+        http = HttpProcesses(
+            settings.http_address,
+            settings.http_processes,
+            functools.partial(_http_child_command, grpc_target),
+            on_changed=server.changes.publish,
+        )
+    else:
+        app = create_app(grpc_target, server.passkit, settings.passkit_prefix)
+        http = HttpServer(app, settings.http_address)
     try:
         await http.start()
     except OSError as error:
@@ -256,8 +283,9 @@ async def serve(settings: Settings) -> int:
         await engine.dispose()
         return 2
     log.info(
-        "passpush HTTP shim listening on %s; PassKit web service at %s (webServiceURL %s)",
+        "passpush HTTP shim listening on %s (%s); PassKit web service at %s (webServiceURL %s)",
         settings.http_address,
+        f"{settings.http_processes} processes" if settings.http_processes else "in-process",
         settings.passkit_prefix,
         settings.passkit_url,
     )
@@ -280,10 +308,60 @@ async def serve(settings: Settings) -> int:
     return 0
 
 
-def _default_signing(files: SigningFiles | None) -> SigningMaterial | None:
+async def serve_http(settings: Settings, listen_fd: int, grpc_target: str) -> int:
+    """One HTTP process of `serve`: the shim and the PassKit web service on the socket the
+    parent listens on, until SIGTERM or until the parent is gone."""
+    lower_priority(settings.http_nice)
+    try:
+        default_signing = _default_signing(settings.apple_signing, quiet=True)
+    except (OSError, DomainError):
+        default_signing = None  # the parent said why, and refused to start
+    engine = make_engine(settings.database_url)
+    sessions = make_sessions(engine)
+    # Fetch confirmations are recorded here, where the device asked; the parent's streams
+    # hear of them by a line (PostgreSQL's NOTIFY tells other replicas).
+    fetches = FetchBatcher(FetchRecorder(sessions, on_recorded=lambda: tell_parent(CHANGED)).record)
+    passkit = PassKitCore(
+        sessions,
+        direct_transactions(engine),
+        PassPackager(PassKitSettings(settings.passkit_url, default_signing)),
+        clock=utcnow,
+        fetch_sink=fetches,
+    )
+    fetches.start()
+    app = create_app(grpc_target, passkit, settings.passkit_prefix)
+    http = HttpServer(app, settings.http_address, inherited_listener(listen_fd))
+    await http.start()
+    tell_parent(READY)
+    gc.collect()
+    gc.freeze()
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stop.set)
+
+    # The parent holds our stdin open: at its end (even a SIGKILL) we stop too, instead of
+    # keeping its port.
+    def parent_gone() -> None:
+        if not os.read(sys.stdin.fileno(), 512):
+            loop.remove_reader(sys.stdin.fileno())
+            stop.set()
+
+    loop.add_reader(sys.stdin.fileno(), parent_gone)
+    await stop.wait()
+    await http.stop(settings.shutdown_grace)
+    await fetches.stop()
+    await passkit.close()
+    await engine.dispose()
+    return 0
+
+
+def _default_signing(files: SigningFiles | None, *, quiet: bool = False) -> SigningMaterial | None:
     """The server's signing material, checked at start: a mistake shows now, not on a
-    device."""
+    device. `quiet`: no warnings (an HTTP process, whose parent gave them)."""
     if files is None:
+        if quiet:
+            return None
         log.warning(
             "no PASSPUSH_APPLE_SIGNING_CERT: only templates with their own apple_signing "
             "can serve passes"
@@ -295,7 +373,7 @@ def _default_signing(files: SigningFiles | None) -> SigningMaterial | None:
         Path(files.wwdr_certificate).read_text(),
     )
     material = load_signing(pem, field="apple_signing")
-    if material.expire_time <= utcnow():
+    if material.expire_time <= utcnow() and not quiet:
         log.warning(
             "the Pass Type ID certificate of PASSPUSH_APPLE_SIGNING_CERT expired on %s: "
             "devices will refuse the passes it signs",
@@ -318,6 +396,12 @@ async def _close_gateways(
         await fake_apns.stop()
     if fake_wallet is not None:
         await fake_wallet.stop()
+
+
+def _http_child_command(grpc_target: str, listen_fd: int) -> list[str]:
+    """`passpush serve-http` by this Python; it reads the same PASSPUSH_* settings."""
+    command = [sys.executable, "-m", "passpush.cli", "serve-http"]
+    return [*command, f"--listen-fd={listen_fd}", f"--grpc-target={grpc_target}"]
 
 
 def _dial(listen_address: str, port: int) -> str:

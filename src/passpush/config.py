@@ -37,6 +37,12 @@ class Settings:
     # The largest gRPC request taken in, in bytes; larger ones are RESOURCE_EXHAUSTED.
     grpc_max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES
     http_address: str = "127.0.0.1:8080"
+    # How many processes serve HTTP (the shim and the PassKit web service), beside the gRPC
+    # server's; 0 serves it in the gRPC server's process. By default one per CPU: devices
+    # fetching passes after a broadcast is CPU work (a signature each) for every core.
+    http_processes: int = field(default_factory=lambda: os.cpu_count() or 1)
+    # The nice value the HTTP processes add to their own: the API and the pushes come first.
+    http_nice: int = 10
     # None: no APNs endpoint and no credentials: Apple deliveries fail, naming the settings
     # (or, with `fakes`, go to the bundled fake APNs).
     apns: ApnsConfig | None = None
@@ -113,6 +119,12 @@ class Settings:
                     "(and PASSPUSH_APPLE_SIGNING_KEY, unless the key is in the CERT file)"
                 )
             signing = SigningFiles(certificate, get("APPLE_SIGNING_KEY") or certificate, wwdr)
+        http_processes = int(number("HTTP_PROCESSES", os.cpu_count() or 1))
+        if not 0 <= http_processes <= 64:
+            raise ValueError("PASSPUSH_HTTP_PROCESSES must be 0 to 64 (0: in the gRPC process)")
+        http_nice = int(number("HTTP_NICE", cls.http_nice))
+        if not 0 <= http_nice <= 19:
+            raise ValueError("PASSPUSH_HTTP_NICE must be 0 to 19")
         max_message_bytes = int(number("GRPC_MAX_MESSAGE_BYTES", cls.grpc_max_message_bytes))
         if max_message_bytes < 1:
             raise ValueError("PASSPUSH_GRPC_MAX_MESSAGE_BYTES must be a positive number of bytes")
@@ -132,6 +144,8 @@ class Settings:
             grpc_address=get("GRPC_ADDRESS") or cls.grpc_address,
             grpc_max_message_bytes=max_message_bytes,
             http_address=http_address,
+            http_processes=http_processes,
+            http_nice=http_nice,
             apns=apns,
             data_dir=get("DATA_DIR") or cls.data_dir,
             shutdown_grace=number("SHUTDOWN_GRACE", cls.shutdown_grace),

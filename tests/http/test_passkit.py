@@ -4,6 +4,7 @@ fake APNs over HTTP/2."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 from dataclasses import dataclass
@@ -17,6 +18,7 @@ import pytest
 from sqlalchemy import update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from passpush.api.server import PasspushServer
 from passpush.fakes.apns import FakeApns
 from passpush.service.clock import utcnow
 from passpush.service.passkit import last_modified_of, modified_since
@@ -477,3 +479,58 @@ def test_last_modified_never_hides_a_change_made_within_the_same_second() -> Non
     assert after == changed.replace(microsecond=0)
     assert not modified_since(changed, after)  # fetched later: the copy is current
     assert modified_since(changed + timedelta(seconds=1), after)
+
+
+async def test_a_pass_version_is_signed_once_however_many_devices_fetch_it(
+    shim: str,
+    device: Device,
+    server: PasspushServer,
+    passes: passes_pb2_grpc.PassServiceStub,
+    notifications: notifications_pb2_grpc.NotificationServiceStub,
+    apple_certs: AppleCerts,
+    tmp_path: Path,
+) -> None:
+    packager = server.passkit.packager
+    signed_before = packager.signatures
+    (held,) = await issue_pass(passes, apple_certs, "p1")  # GetPassPackage signs it once
+    others = [Device(device.http, f"{n:032x}", token(0xE0 + n)) for n in range(5)]
+
+    first = await device.fetch(held)
+    at_once = await asyncio.gather(*(other.fetch(held) for other in others))
+    after_one_version = packager.signatures - signed_before
+    await send(notifications, "p1", "Double points")
+    changed = await device.fetch(held)
+    again = await device.fetch(held)
+
+    assert after_one_version == 1
+    assert packager.signatures - signed_before == 2
+    assert {r.status_code for r in [first, *at_once, changed, again]} == {200}
+    assert {r.content for r in [first, *at_once]} == {first.content}
+    assert again.content == changed.content != first.content
+    document = await verified_pass(again.content, apple_certs, tmp_path)
+    assert notification_field(document)["value"] == "Double points"  # type: ignore[index]
+
+
+async def test_devices_registering_at_once_are_each_told_whether_they_are_new(
+    shim: str,
+    device: Device,
+    passes: passes_pb2_grpc.PassServiceStub,
+    apple_certs: AppleCerts,
+) -> None:
+    """Registrations that arrive together are written together (one transaction), and
+    each still gets its own answer: 201 for a new one, 200 for one registered already."""
+    held = await issue_pass(passes, apple_certs, "p1", "p2")
+    devices = [Device(device.http, f"{n:032x}", token(0x100 + n)) for n in range(40)]
+    await devices[0].register(held[0])
+
+    answers = await asyncio.gather(
+        *(d.register(h) for d in devices for h in held),
+        devices[1].register(held[1]),  # the same device and pass twice in one group
+    )
+
+    statuses = [a.status_code for a in answers]
+    assert statuses[0] == 200  # devices[0] had registered for p1 before
+    assert sorted(statuses[1:80]) == [201] * 79
+    assert sorted([statuses[3], statuses[80]]) == [200, 201]
+    listed = await devices[1].updated(held[1])
+    assert listed.json()["serialNumbers"] == ["p1", "p2"]

@@ -34,6 +34,7 @@ from passpush.service.status import (
     TicketWatch,
 )
 from passpush.store.db import make_read_sessions
+from passpush.store.direct import direct_transactions
 from passpush.store.listen import ChangeListener
 from passpush.v1 import (
     admin_pb2,
@@ -109,7 +110,10 @@ class PasspushServer:
         self.fetch_recorder = FetchRecorder(sessions, on_recorded=self.changes.publish)
         self.fetches = FetchBatcher(self.fetch_recorder.record)
         # The PassKit web service: the HTTP server's device routes call it in-process.
-        self.passkit = PassKitCore(sessions, packager, clock=clock, fetch_sink=self.fetches)
+        engine = sessions.kw["bind"]
+        self.passkit = PassKitCore(
+            sessions, direct_transactions(engine), packager, clock=clock, fetch_sink=self.fetches
+        )
         self.keys = KeyCore(sessions, clock=clock, cache_seconds=key_cache_seconds)
         # The streams only read: on SQLite, beside the writer rather than behind it.
         reads, self._read_engine = make_read_sessions(sessions)
@@ -117,7 +121,6 @@ class PasspushServer:
         self.events = EventStreams(reads, self.changes)
         self.retention = EventRetention(sessions, event_retention, clock=clock)
         # Other replicas' outcomes reach this one's streams through PostgreSQL.
-        engine = sessions.kw["bind"]
         self.listener = (
             ChangeListener(engine.url.render_as_string(hide_password=False), self.changes.publish)
             if engine.dialect.name == "postgresql"
@@ -192,5 +195,6 @@ class PasspushServer:
         if self.listener is not None:
             await self.listener.stop()
         self.notifications.close()
+        await self.passkit.close()
         if self._read_engine is not None:
             await self._read_engine.dispose()

@@ -267,13 +267,24 @@ def render_pass_json(source: PassPackageSource, web_service_url: str) -> bytes:
 def build_pkpass(files: Mapping[str, bytes], signing: SigningMaterial) -> bytes:
     """A signed .pkpass: the files, manifest.json (each file's SHA-1) and its signature."""
     manifest = manifest_of(files)
+    return zip_pkpass(files, manifest, signing.sign(manifest))
+
+
+def zip_pkpass(files: Mapping[str, bytes], manifest: bytes, signature: bytes) -> bytes:
+    """The .pkpass of files whose manifest is signed already: the same bytes for the same
+    version (no clock in it), and PNG images stored as they are, since deflating what is
+    compressed already costs time and saves nothing."""
     buffer = io.BytesIO()
-    with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as archive:
-        for name in sorted(files):
-            archive.writestr(name, files[name])
-        archive.writestr(MANIFEST, manifest)
-        archive.writestr(SIGNATURE, signing.sign(manifest))
+    with zipfile.ZipFile(buffer, "w") as archive:
+        for name, data in [*sorted(files.items()), (MANIFEST, manifest), (SIGNATURE, signature)]:
+            entry = zipfile.ZipInfo(name, date_time=_ZIP_TIME)
+            entry.compress_type = _STORED if data.startswith(_PNG_MAGIC) else _DEFLATED
+            archive.writestr(entry, data)
     return buffer.getvalue()
+
+
+_ZIP_TIME = (1980, 1, 1, 0, 0, 0)  # the earliest a zip can hold
+_STORED, _DEFLATED = zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED
 
 
 def manifest_of(files: Mapping[str, bytes]) -> bytes:

@@ -102,18 +102,23 @@ def _without_422(app: FastAPI) -> dict[str, Any]:
 class HttpServer:
     """uvicorn serving the shim beside the gRPC server, started and stopped with it."""
 
-    def __init__(self, app: FastAPI, address: str) -> None:
+    def __init__(self, app: FastAPI, address: str, listener: socket.socket | None = None) -> None:
+        """Serves on `address`, or on `listener` (a socket listening already) if given."""
         host, _, port = address.rpartition(":")
         self._host, self._port = host.strip("[]") or "127.0.0.1", int(port)
-        config = uvicorn.Config(app, log_config=None, access_log=False)
+        self._listener = listener
+        # httptools parses HTTP in C: a device's request costs a fraction of h11's.
+        config = uvicorn.Config(app, log_config=None, access_log=False, http="httptools")
         self._server = _QuietSignalsServer(config)
         self._task: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
         """Serves in the background once listening; raises OSError if it cannot listen."""
         # Bind here rather than in uvicorn, which exits the process when the port is taken.
-        family = socket.AF_INET6 if ":" in self._host else socket.AF_INET
-        listener = socket.create_server((self._host, self._port), family=family)
+        listener = self._listener
+        if listener is None:
+            family = socket.AF_INET6 if ":" in self._host else socket.AF_INET
+            listener = socket.create_server((self._host, self._port), family=family)
         self._task = asyncio.create_task(self._server.serve(sockets=[listener]))
         while not self._server.started:
             if self._task.done():

@@ -10,7 +10,6 @@ re-signed pass, and unregisters when the holder deletes the pass.
 
 from __future__ import annotations
 
-import asyncio
 import hmac
 import logging
 import re
@@ -22,13 +21,28 @@ from datetime import datetime, timedelta
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from passpush.domain.errors import FailedPrecondition, NotFound, Unauthenticated
-from passpush.domain.passkit import PASS_JSON, PassPackageSource, build_pkpass, render_pass_json
+from passpush.domain.passkit import (
+    PASS_JSON,
+    PassPackageSource,
+    manifest_of,
+    render_pass_json,
+    zip_pkpass,
+)
 from passpush.domain.signing import AppleSigningPem, SigningMaterial, load_signing
 from passpush.domain.validation import AUTH_TOKEN_MIN, check_id, check_push_token, raise_if_any
 from passpush.service.clock import Clock, utcnow
 from passpush.service.fetches import FetchLedger, FetchSink, PassVersion
+from passpush.service.registration_groups import RegistrationGroups
+from passpush.store.db import make_read_sessions
+from passpush.store.direct import DirectTransactions, direct_reads
 from passpush.store.passes import PassStore, update_tag_at
-from passpush.store.passkit import NamedPass, PassKitStore
+from passpush.store.passkit import (
+    NamedPass,
+    NewRegistration,
+    device_serials,
+    oldest_open_write,
+    passes_named,
+)
 
 log = logging.getLogger(__name__)
 
@@ -45,17 +59,45 @@ _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 _UNAUTHENTICATED = "no pass with that pass type and serial number has that ApplePass token"
 
 
+DEFAULT_SIGNED_CACHE_BYTES = 32 * 1024 * 1024
+
+
 @dataclass(frozen=True)
 class PassKitSettings:
     # The public base URL of the PassKit web service, written into each pass.
     web_service_url: str = DEFAULT_WEB_SERVICE_URL
     # The server's signing material, for templates without their own.
     default_signing: SigningMaterial | None = None
+    # How many bytes of signed pass versions (pass.json, manifest, signature: a few KB
+    # each) a process keeps, so that a pass fetched again unchanged is not signed again.
+    signed_cache_bytes: int = DEFAULT_SIGNED_CACHE_BYTES
+
+
+@dataclass(frozen=True)
+class _Signed:
+    """What a pass version's signature covers: its pass.json and the manifest, signed."""
+
+    pass_json: bytes
+    manifest: bytes
+    signature: bytes
+
+    @property
+    def size(self) -> int:
+        return len(self.pass_json) + len(self.manifest) + len(self.signature)
+
+
+# A pass version as signed: project, pass, update tag, and whose certificate signed it.
+_VersionKey = tuple[str, str, int, str]
 
 
 class PassPackager:
     """Makes signed .pkpass files: pass.json with the pass's state now, signed with the
-    template's material or else the server's."""
+    template's material or else the server's.
+
+    A signature is most of a package's cost (an RSA signature, ~1 ms), so each pass
+    version's signed part is kept, up to `signed_cache_bytes`, least recently used out
+    first: a second device, a retry or a refresh gets the same bytes without signing.
+    """
 
     _CACHED_MATERIALS = 64
 
@@ -64,6 +106,10 @@ class PassPackager:
         self._default = settings.default_signing
         # Loading a key checks it (milliseconds for RSA): once per template's material.
         self._loaded: OrderedDict[AppleSigningPem, SigningMaterial] = OrderedDict()
+        self._signed: OrderedDict[_VersionKey, _Signed] = OrderedDict()
+        self._signed_bytes = 0
+        self._signed_limit = settings.signed_cache_bytes
+        self.signatures = 0  # made by this packager: what the cache saved shows beside it
 
     def can_sign(self, template_signing: AppleSigningPem | None) -> bool:
         return template_signing is not None or self._default is not None
@@ -73,12 +119,36 @@ class PassPackager:
         if PASS_JSON not in source.files:
             raise NotFound("pass_content", source.pass_id)
         signing = self._signing_for(source.template_signing)
-        # Zipping images and signing take milliseconds: off the event loop.
-        return await asyncio.to_thread(self._build, source, signing)
+        key = (
+            source.project_id,
+            source.pass_id,
+            source.update_tag,
+            source.template_signing.certificate_pem if source.template_signing else "",
+        )
+        signed = self._signed.get(key)
+        if signed is not None:
+            self._signed.move_to_end(key)
+        else:
+            # On the event loop, though it takes a millisecond: the signature holds the
+            # GIL, so another thread would not let the loop run meanwhile either, and the
+            # hop there and back cost more than the signature under load.
+            signed = self._sign(source, signing)
+            self._keep(key, signed)
+        files = {**source.files, PASS_JSON: signed.pass_json}
+        return zip_pkpass(files, signed.manifest, signed.signature)
 
-    def _build(self, source: PassPackageSource, signing: SigningMaterial) -> bytes:
-        files = {**source.files, PASS_JSON: render_pass_json(source, self.web_service_url)}
-        return build_pkpass(files, signing)
+    def _sign(self, source: PassPackageSource, signing: SigningMaterial) -> _Signed:
+        pass_json = render_pass_json(source, self.web_service_url)
+        manifest = manifest_of({**source.files, PASS_JSON: pass_json})
+        self.signatures += 1
+        return _Signed(pass_json, manifest, signing.sign(manifest))
+
+    def _keep(self, key: _VersionKey, signed: _Signed) -> None:
+        self._signed[key] = signed
+        self._signed_bytes += signed.size
+        while self._signed_bytes > self._signed_limit and self._signed:
+            _, dropped = self._signed.popitem(last=False)
+            self._signed_bytes -= dropped.size
 
     def _signing_for(self, template_signing: AppleSigningPem | None) -> SigningMaterial:
         if template_signing is None:
@@ -121,17 +191,27 @@ class PassKitCore:
     def __init__(
         self,
         sessions: async_sessionmaker[AsyncSession],
+        transactions: DirectTransactions,
         packager: PassPackager,
         *,
         clock: Clock = utcnow,
         fetch_sink: FetchSink | None = None,
     ) -> None:
+        engine = sessions.kw["bind"]
+        dialect = engine.dialect.name
         self._sessions = sessions
+        self._reads = direct_reads(engine)
+        # A session of the write engine would take SQLite's write lock for a read, and
+        # devices fetching would hold up the Sends.
+        self._read_sessions, self._read_engine = make_read_sessions(sessions)
+        self._transactions = transactions
+        self._registrations = RegistrationGroups(transactions, dialect, clock=clock)
         self.packager = packager
         self._clock = clock
         # Which device fetched which notification: where confirmations go (none: not kept).
         self._fetch_sink = fetch_sink
         self._fetch_ledger = FetchLedger()
+        self._postgresql = dialect == "postgresql"
 
     async def register(
         self,
@@ -143,21 +223,18 @@ class PassKitCore:
     ) -> bool:
         """Registers the device for pushes about the pass (or renews its push token);
         True when the registration is new."""
-        async with self._sessions.begin() as session:
-            named = await _authenticate(
-                session, pass_type_identifier, serial_number, authentication_token
-            )
-            raise_if_any(
-                [
-                    # As RegisterDevice: the same registrations.
-                    *check_id("deviceLibraryIdentifier", device_library_identifier),
-                    *check_push_token("pushToken", push_token),
-                ]
-            )
-            _, created = await PassStore(session, named.project_id).register_device(
-                named.pass_id, device_library_identifier, push_token, self._clock()
-            )
-        log.info(
+        named = await self._authenticate(pass_type_identifier, serial_number, authentication_token)
+        raise_if_any(
+            [
+                # As RegisterDevice: the same registrations.
+                *check_id("deviceLibraryIdentifier", device_library_identifier),
+                *check_push_token("pushToken", push_token),
+            ]
+        )
+        created = await self._registrations.register(
+            NewRegistration(named.project_id, named.pass_id, device_library_identifier, push_token)
+        )
+        log.debug(
             "PassKit: device %s… %s for pass %s of project %s",
             device_library_identifier[:8],
             "registered" if created else "registered again",
@@ -174,12 +251,10 @@ class PassKitCore:
         authentication_token: str | None,
     ) -> None:
         """Stops pushes about the pass to the device; unregistering twice is no error."""
+        named = await self._authenticate(pass_type_identifier, serial_number, authentication_token)
+        if not _plausible(device_library_identifier, 255):
+            return  # no such device can be registered
         async with self._sessions.begin() as session:
-            named = await _authenticate(
-                session, pass_type_identifier, serial_number, authentication_token
-            )
-            if not _plausible(device_library_identifier, 255):
-                return  # no such device can be registered
             try:
                 await PassStore(session, named.project_id).unregister_device(
                     named.pass_id, device_library_identifier
@@ -203,13 +278,13 @@ class PassKitCore:
             _plausible(device_library_identifier, 255) and _plausible(pass_type_identifier, 255)
         ):
             return None
-        async with self._sessions() as session:
-            store = PassKitStore(session)
-            # Read first: a transaction that writes after this read stamps later tags.
-            unsettled = await store.oldest_open_write()
-            rows = await store.device_serials(
+        # Read first: a transaction that writes after this read stamps later tags.
+        unsettled = await self._reads.run(oldest_open_write) if self._postgresql else None
+        rows = await self._reads.run(
+            lambda: device_serials(
                 device_library_identifier, pass_type_identifier, _update_tag(since)
             )
+        )
         if not rows:
             return None
         if self._fetch_sink is not None:
@@ -234,18 +309,19 @@ class PassKitCore:
         if_modified_since: datetime | None,
     ) -> LatestPass:
         """The pass as it is now, signed; or no body when the device's copy is current."""
-        async with self._sessions() as session:
-            named = await _authenticate(
-                session, pass_type_identifier, serial_number, authentication_token
-            )
+        named = await self._authenticate(pass_type_identifier, serial_number, authentication_token)
+        if not named.has_content:
+            raise NotFound("pass_content", serial_number)
+        last_modified = last_modified_of(named.update_time, self._clock())
+        if if_modified_since is not None and not modified_since(
+            named.update_time, if_modified_since
+        ):
+            return LatestPass(None, last_modified)  # the device's copy is this version
+        async with self._read_sessions() as session:
             source = await PassStore(session, named.project_id).package_source(named.pass_id)
         if PASS_JSON not in source.files:
             raise NotFound("pass_content", serial_number)
         last_modified = last_modified_of(source.update_time, self._clock())
-        if if_modified_since is not None and not modified_since(
-            source.update_time, if_modified_since
-        ):
-            return LatestPass(None, last_modified)
         try:
             pkpass = await self.packager.package(source)
         except FailedPrecondition as error:  # the device only sees a status: say it here
@@ -274,6 +350,34 @@ class PassKitCore:
         if confirmation is not None:
             self._fetch_sink.add(confirmation)
 
+    async def close(self) -> None:
+        self._reads.close()
+        self._transactions.close()
+        if self._read_engine is not None:
+            await self._read_engine.dispose()
+
+    async def _authenticate(
+        self, pass_type_identifier: str, serial_number: str, authentication_token: str | None
+    ) -> NamedPass:
+        """The pass the device named, if the device holds its token; else Unauthenticated,
+        the same whether the pass does not exist or the token is wrong."""
+        if not (
+            authentication_token
+            and _plausible(pass_type_identifier, 255)
+            and _plausible(serial_number, 128)
+        ):
+            raise Unauthenticated(_UNAUTHENTICATED)
+        given = authentication_token.encode()
+        found = None
+        for named in await self._reads.run(
+            lambda: passes_named(pass_type_identifier, serial_number)
+        ):
+            if hmac.compare_digest(named.authentication_token.encode(), given) and found is None:
+                found = named
+        if found is None:
+            raise Unauthenticated(_UNAUTHENTICATED)
+        return found
+
     def record_device_logs(self, lines: Sequence[str]) -> None:
         """Writes what devices report (their errors with this service) to the log, without
         anything that looks like a token."""
@@ -281,30 +385,6 @@ class PassKitCore:
             log.warning("PassKit device log: %s", device_log_line(line))
         if len(lines) > MAX_LOG_LINES:
             log.warning("PassKit device log: %d more lines left out", len(lines) - MAX_LOG_LINES)
-
-
-async def _authenticate(
-    session: AsyncSession,
-    pass_type_identifier: str,
-    serial_number: str,
-    authentication_token: str | None,
-) -> NamedPass:
-    """The pass the device named, if the device holds its token; else Unauthenticated,
-    the same whether the pass does not exist or the token is wrong."""
-    if not (
-        authentication_token
-        and _plausible(pass_type_identifier, 255)
-        and _plausible(serial_number, 128)
-    ):
-        raise Unauthenticated(_UNAUTHENTICATED)
-    given = authentication_token.encode()
-    found = None
-    for named in await PassKitStore(session).passes_named(pass_type_identifier, serial_number):
-        if hmac.compare_digest(named.authentication_token.encode(), given) and found is None:
-            found = named
-    if found is None:
-        raise Unauthenticated(_UNAUTHENTICATED)
-    return found
 
 
 def last_modified_of(update_time: datetime, now: datetime) -> datetime:

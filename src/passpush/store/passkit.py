@@ -1,17 +1,24 @@
-"""Queries of the PassKit web service: a device names passes by pass type identifier and
-serial number, with no project, so these look across projects (and return only what the
-service needs to authenticate the device and answer it)."""
+"""The statements of the PassKit web service: a device names passes by pass type
+identifier and serial number, with no project, so the reads look across projects (and
+return only what the service needs to authenticate the device and answer it).
+
+They are steps (store/direct.py): each device request is one or two indexed reads, run by
+`direct_reads`, which through a session cost more than the HTTP request around them; and
+registrations are written many in one transaction (`register_devices`).
+"""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
+from typing import Any
 
-from sqlalchemy import and_, select, text
-from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy import Insert, and_, bindparam, select, text
+from sqlalchemy.dialects import postgresql, sqlite
 
 from passpush.domain.model import Platform
-from passpush.store.db import dialect_name
+from passpush.store.direct import Query, Steps
 from passpush.store.models import DeviceRegistrationRow, PassRow, TemplateRow
 
 # A device holds a handful of passes of one type; more is not a device.
@@ -25,11 +32,44 @@ _TEMPLATE_OF_PASS = and_(
 
 @dataclass(frozen=True)
 class NamedPass:
-    """An Apple pass a device named, with the token that proves the device holds it."""
+    """An Apple pass a device named, with the token that proves the device holds it, and
+    the version it is at."""
 
     project_id: str
     pass_id: str
     authentication_token: str
+    update_tag: int
+    update_time: datetime
+    has_content: bool
+
+
+# The Apple passes with that pass type and serial number: one, unless projects share a
+# pass type (each pass's own token then tells them apart).
+_PASSES_NAMED = (
+    select(
+        PassRow.project_id,
+        PassRow.id,
+        PassRow.authentication_token,
+        PassRow.update_tag,
+        PassRow.updated_at,
+        PassRow.has_content,
+    )
+    .join(TemplateRow, _TEMPLATE_OF_PASS)
+    .where(
+        PassRow.serial_number == bindparam("serial_number"),
+        TemplateRow.pass_type_identifier == bindparam("pass_type_identifier"),
+    )
+    .order_by(PassRow.project_id, PassRow.id)
+    .limit(10)
+)
+
+
+def passes_named(pass_type_identifier: str, serial_number: str) -> Steps[list[NamedPass]]:
+    rows = yield Query(
+        _PASSES_NAMED,
+        {"pass_type_identifier": pass_type_identifier, "serial_number": serial_number},
+    )
+    return [NamedPass(*row) for row in rows]
 
 
 @dataclass(frozen=True)
@@ -42,67 +82,116 @@ class DeviceSerial:
     pass_id: str
 
 
-class PassKitStore:
-    def __init__(self, session: AsyncSession) -> None:
-        self.session = session
+# The passes with content of that type the device is registered for, changed after the
+# tag `since` (-1 for all of them).
+_DEVICE_SERIALS = (
+    select(PassRow.serial_number, PassRow.update_tag, PassRow.project_id, PassRow.id)
+    .select_from(DeviceRegistrationRow)
+    .join(
+        PassRow,
+        and_(
+            PassRow.project_id == DeviceRegistrationRow.project_id,
+            PassRow.id == DeviceRegistrationRow.pass_id,
+        ),
+    )
+    .join(TemplateRow, _TEMPLATE_OF_PASS)
+    .where(
+        DeviceRegistrationRow.device_library_identifier == bindparam("device"),
+        TemplateRow.pass_type_identifier == bindparam("pass_type_identifier"),
+        PassRow.has_content,
+        PassRow.update_tag > bindparam("since"),
+    )
+    .limit(MAX_DEVICE_PASSES)
+)
 
-    async def passes_named(self, pass_type_identifier: str, serial_number: str) -> list[NamedPass]:
-        """The Apple passes with that pass type and serial number: one, unless projects
-        share a pass type (each pass's own token then tells them apart)."""
-        rows = await self.session.execute(
-            select(PassRow.project_id, PassRow.id, PassRow.authentication_token)
-            .join(TemplateRow, _TEMPLATE_OF_PASS)
-            .where(
-                PassRow.serial_number == serial_number,
-                TemplateRow.pass_type_identifier == pass_type_identifier,
-            )
-            .order_by(PassRow.project_id, PassRow.id)
-            .limit(10)
-        )
-        return [NamedPass(project_id, pass_id, token) for project_id, pass_id, token in rows]
 
-    async def device_serials(
-        self, device_library_identifier: str, pass_type_identifier: str, since: int | None
-    ) -> list[DeviceSerial]:
-        """The serial numbers and update tags of the passes with content of that type the device
-        is registered for, changed after the tag `since` (all of them without one)."""
-        query = (
-            select(PassRow.serial_number, PassRow.update_tag, PassRow.project_id, PassRow.id)
-            .select_from(DeviceRegistrationRow)
-            .join(
-                PassRow,
-                and_(
-                    PassRow.project_id == DeviceRegistrationRow.project_id,
-                    PassRow.id == DeviceRegistrationRow.pass_id,
-                ),
-            )
-            .join(TemplateRow, _TEMPLATE_OF_PASS)
-            .where(
-                DeviceRegistrationRow.device_library_identifier == device_library_identifier,
-                TemplateRow.pass_type_identifier == pass_type_identifier,
-                PassRow.has_content,
-            )
-            .limit(MAX_DEVICE_PASSES)
-        )
-        if since is not None:
-            query = query.where(PassRow.update_tag > since)
-        return [DeviceSerial(*row) for row in await self.session.execute(query)]
-
-    async def oldest_open_write(self) -> datetime | None:
-        """When the oldest transaction now writing to the database (this one aside) began.
-
-        A change stamps its update tag near the start of its transaction, and on PostgreSQL
-        transactions commit in any order: one still open may commit a tag lower than tags
-        already read. None on SQLite, whose one writer commits its tags in order.
-        """
-        if dialect_name(self.session) != "postgresql":
-            return None
-        oldest: datetime | None = await self.session.scalar(_OLDEST_OPEN_WRITE)
-        return oldest
+def device_serials(
+    device_library_identifier: str, pass_type_identifier: str, since: int | None
+) -> Steps[list[DeviceSerial]]:
+    rows = yield Query(
+        _DEVICE_SERIALS,
+        {
+            "device": device_library_identifier,
+            "pass_type_identifier": pass_type_identifier,
+            "since": -1 if since is None else since,
+        },
+    )
+    return [DeviceSerial(*row) for row in rows]
 
 
 # A transaction has an xid once it wrote: the outbox's idle polls do not count.
 _OLDEST_OPEN_WRITE = text(
     "SELECT min(xact_start) FROM pg_stat_activity WHERE datname = current_database() "
     "AND pid <> pg_backend_pid() AND backend_xid IS NOT NULL"
-)
+).columns()
+
+
+def oldest_open_write() -> Steps[datetime | None]:
+    """When the oldest transaction now writing to the database (this one aside) began.
+
+    A change stamps its update tag near the start of its transaction, and on PostgreSQL
+    transactions commit in any order: one still open may commit a tag lower than tags
+    already read. (SQLite's one writer commits its tags in order: not asked there.)
+    """
+    rows = yield Query(_OLDEST_OPEN_WRITE)
+    oldest: datetime | None = rows[0][0] if rows else None
+    return oldest
+
+
+@dataclass(frozen=True)
+class NewRegistration:
+    """A device asking for pushes about a pass, with the token to push to."""
+
+    project_id: str
+    pass_id: str
+    device_library_identifier: str
+    push_token: str
+
+
+def _upsert_registration(insert: Any) -> Insert:
+    """INSERT … ON CONFLICT DO UPDATE … RETURNING created_at, in the dialect of `insert`."""
+    statement = insert(DeviceRegistrationRow).values(
+        project_id=bindparam("project_id"),
+        pass_id=bindparam("pass_id"),
+        device_library_identifier=bindparam("device"),
+        push_token=bindparam("push_token"),
+        active=True,
+        created_at=bindparam("now"),
+        updated_at=bindparam("now"),
+    )
+    return statement.on_conflict_do_update(  # type: ignore[no-any-return]
+        index_elements=["project_id", "pass_id", "device_library_identifier"],
+        set_={
+            "push_token": statement.excluded.push_token,
+            "active": True,
+            "updated_at": statement.excluded.updated_at,
+        },
+    ).returning(DeviceRegistrationRow.created_at)
+
+
+_UPSERT_REGISTRATION = {
+    "sqlite": _upsert_registration(sqlite.insert),
+    "postgresql": _upsert_registration(postgresql.insert),
+}
+
+
+def register_devices(
+    registrations: Sequence[NewRegistration], now: datetime, dialect: str
+) -> Steps[list[bool]]:
+    """Registers each device for its pass (or renews its push token; a registration APNs
+    had called gone is active again); for each, whether it is new. The passes must exist."""
+    created_at = yield Query.each(
+        _UPSERT_REGISTRATION[dialect],
+        [
+            {
+                "project_id": r.project_id,
+                "pass_id": r.pass_id,
+                "device": r.device_library_identifier,
+                "push_token": r.push_token,
+                "now": now,
+            }
+            for r in registrations
+        ],
+    )
+    # An upsert keeps the first registration's created_at: new ones have this one's.
+    return [row[0] == now for row in created_at]

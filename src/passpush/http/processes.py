@@ -1,0 +1,165 @@
+"""The HTTP server in processes of its own, beside the gRPC server's process.
+
+Devices fetching their passes after a broadcast is the heaviest load passpush takes: each
+fetch of a changed pass is an RSA signature, which holds the GIL. Served in the gRPC
+server's process, a fetch storm would take the CPU from the API and the pushes. So
+`passpush serve` runs the HTTP server (vendor shim and PassKit web service) in child
+processes that share one listening socket, bound here first so that a taken port fails at
+start. The children run at a lower CPU priority (a higher nice value): while both want the
+CPU, the API and the pushes get it first, and the devices get what is left, which after a
+broadcast is nearly all of it.
+
+A child writes one line to its stdout, which the parent reads: `ready` once it serves, and
+`changed` when it recorded something that ticket watchers wait for (a fetch confirmation):
+on SQLite that is how the parent's streams hear of it (PostgreSQL's NOTIFY reaches them
+anyway). A child that dies is started again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import signal
+import socket
+import sys
+from collections.abc import Callable, Sequence
+
+log = logging.getLogger(__name__)
+
+READY = b"ready"
+CHANGED = b"changed"
+_RESTART_DELAY = 1.0  # seconds before a child that died is started again
+_START_TIMEOUT = 60.0  # seconds a child may take to import, connect and listen
+
+
+class HttpProcesses:
+    """Children serving HTTP on one socket; started and stopped with the gRPC server."""
+
+    def __init__(
+        self,
+        address: str,
+        count: int,
+        child_command: Callable[[int], Sequence[str]],
+        *,
+        on_changed: Callable[[], None] = lambda: None,
+    ) -> None:
+        """`child_command(fd)` is the command line of a child serving the socket `fd`."""
+        host, _, port = address.rpartition(":")
+        self._host, self._port = host.strip("[]") or "127.0.0.1", int(port)
+        self._count = count
+        self._command = child_command
+        self._on_changed = on_changed
+        self._listener: socket.socket | None = None
+        self._children: list[asyncio.Task[None]] = []
+        self._stopping = False
+
+    @property
+    def port(self) -> int:
+        assert self._listener is not None
+        return int(self._listener.getsockname()[1])
+
+    async def start(self) -> None:
+        """Listens, then starts the children and returns once each serves; OSError if the
+        port is taken or a child could not start."""
+        family = socket.AF_INET6 if ":" in self._host else socket.AF_INET
+        self._listener = socket.create_server((self._host, self._port), family=family, backlog=1024)
+        self._listener.set_inheritable(True)
+        started = [asyncio.get_running_loop().create_future() for _ in range(self._count)]
+        self._children = [
+            asyncio.create_task(self._keep_running(number, ready))
+            for number, ready in enumerate(started)
+        ]
+        try:
+            async with asyncio.timeout(_START_TIMEOUT):
+                await asyncio.gather(*started)
+        except (OSError, TimeoutError) as error:
+            await self.stop(0)
+            raise OSError(f"an HTTP process did not start: {error}") from None
+
+    async def _keep_running(self, number: int, ready: asyncio.Future[None]) -> None:
+        while not self._stopping:
+            assert self._listener is not None
+            fd = self._listener.fileno()
+            process = await asyncio.create_subprocess_exec(
+                *self._command(fd),
+                pass_fds=(fd,),
+                stdin=asyncio.subprocess.PIPE,  # the child stops when it closes: see cli
+                stdout=asyncio.subprocess.PIPE,
+            )
+            try:
+                await self._follow(process, ready)
+            finally:
+                if process.returncode is None:
+                    await _terminate(process, grace=0)
+            if self._stopping:
+                return
+            if not ready.done():
+                ready.set_exception(OSError(f"it exited with status {process.returncode}"))
+                return
+            log.error(
+                "HTTP process %d exited with status %s: starting another",
+                number,
+                process.returncode,
+            )
+            await asyncio.sleep(_RESTART_DELAY)
+
+    async def _follow(
+        self, process: asyncio.subprocess.Process, ready: asyncio.Future[None]
+    ) -> None:
+        """Reads the child's lines until it exits (or is stopped)."""
+        assert process.stdout is not None
+        try:
+            async for line in process.stdout:
+                if line.strip() == READY and not ready.done():
+                    ready.set_result(None)
+                elif line.strip() == CHANGED:
+                    self._on_changed()
+            await process.wait()
+        except asyncio.CancelledError:
+            await _terminate(process, self._grace)
+            raise
+
+    _grace = 10.0
+
+    async def stop(self, grace: float) -> None:
+        """Stops the children: each finishes its open requests for up to `grace` seconds."""
+        self._stopping = True
+        self._grace = grace
+        for child in self._children:
+            child.cancel()
+        for child in self._children:
+            with contextlib.suppress(asyncio.CancelledError, OSError):
+                await child
+        self._children = []
+        if self._listener is not None:
+            self._listener.close()
+
+
+async def _terminate(process: asyncio.subprocess.Process, grace: float) -> None:
+    with contextlib.suppress(ProcessLookupError):
+        process.send_signal(signal.SIGTERM)
+    try:
+        await asyncio.wait_for(process.wait(), grace + 1.0)
+    except TimeoutError:
+        with contextlib.suppress(ProcessLookupError):
+            process.kill()
+        await process.wait()
+
+
+def inherited_listener(fd: int) -> socket.socket:
+    """The parent's listening socket, in a child."""
+    return socket.socket(fileno=fd)
+
+
+def tell_parent(line: bytes) -> None:
+    """One line to the parent (the child's stdout is its channel)."""
+    sys.stdout.buffer.write(line + b"\n")
+    sys.stdout.buffer.flush()
+
+
+def lower_priority(nice: int) -> None:
+    """Yields the CPU to the gRPC server's process while both want it."""
+    if nice > 0:
+        os.nice(nice)
