@@ -122,6 +122,11 @@ class PassServiceStub:
                 request_serializer=passpush_dot_v1_dot_passes__pb2.SetPassContentRequest.SerializeToString,
                 response_deserializer=passpush_dot_v1_dot_passes__pb2.Pass.FromString,
                 _registered_method=True)
+        self.SetTemplateContent = channel.unary_unary(
+                '/passpush.v1.PassService/SetTemplateContent',
+                request_serializer=passpush_dot_v1_dot_passes__pb2.SetTemplateContentRequest.SerializeToString,
+                response_deserializer=passpush_dot_v1_dot_passes__pb2.Template.FromString,
+                _registered_method=True)
         self.GetPassPackage = channel.unary_unary(
                 '/passpush.v1.PassService/GetPassPackage',
                 request_serializer=passpush_dot_v1_dot_passes__pb2.GetPassPackageRequest.SerializeToString,
@@ -268,6 +273,21 @@ class PassServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def SetTemplateContent(self, request, context):
+        """Sets the content an Apple template's passes share: the pass.json skeleton
+        and the images, stored once however many passes use them. Each pass
+        renders as the skeleton with its own values (Pass.apple_values) and
+        state (serialNumber, authenticationToken, the notification) written in;
+        a pass with content of its own (SetPassContent) uses its own pass.json
+        instead, and its own files over the template's of the same name. Every
+        pass of the template gets a new update tag, so devices fetch the new
+        content at their next update; nothing is pushed. A refused request
+        changes nothing.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def GetPassPackage(self, request, context):
         """Returns an Apple pass as a signed .pkpass, exactly as a device fetching
         it now would get it: the file to hand to the holder (e-mail, a download
@@ -365,6 +385,11 @@ def add_PassServiceServicer_to_server(servicer, server):
                     servicer.SetPassContent,
                     request_deserializer=passpush_dot_v1_dot_passes__pb2.SetPassContentRequest.FromString,
                     response_serializer=passpush_dot_v1_dot_passes__pb2.Pass.SerializeToString,
+            ),
+            'SetTemplateContent': grpc.unary_unary_rpc_method_handler(
+                    servicer.SetTemplateContent,
+                    request_deserializer=passpush_dot_v1_dot_passes__pb2.SetTemplateContentRequest.FromString,
+                    response_serializer=passpush_dot_v1_dot_passes__pb2.Template.SerializeToString,
             ),
             'GetPassPackage': grpc.unary_unary_rpc_method_handler(
                     servicer.GetPassPackage,
@@ -795,6 +820,33 @@ class PassService:
             '/passpush.v1.PassService/SetPassContent',
             passpush_dot_v1_dot_passes__pb2.SetPassContentRequest.SerializeToString,
             passpush_dot_v1_dot_passes__pb2.Pass.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SetTemplateContent(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/passpush.v1.PassService/SetTemplateContent',
+            passpush_dot_v1_dot_passes__pb2.SetTemplateContentRequest.SerializeToString,
+            passpush_dot_v1_dot_passes__pb2.Template.FromString,
             options,
             channel_credentials,
             insecure,

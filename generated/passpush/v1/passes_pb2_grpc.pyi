@@ -94,6 +94,17 @@ class PassServiceStub:
     at their next update (after the next Send or Delete, or a pull to
     refresh): setting content pushes nothing.
     """
+    SetTemplateContent: _grpc.UnaryUnaryMultiCallable[_passes_pb2.SetTemplateContentRequest, _passes_pb2.Template]
+    """Sets the content an Apple template's passes share: the pass.json skeleton
+    and the images, stored once however many passes use them. Each pass
+    renders as the skeleton with its own values (Pass.apple_values) and
+    state (serialNumber, authenticationToken, the notification) written in;
+    a pass with content of its own (SetPassContent) uses its own pass.json
+    instead, and its own files over the template's of the same name. Every
+    pass of the template gets a new update tag, so devices fetch the new
+    content at their next update; nothing is pushed. A refused request
+    changes nothing.
+    """
     GetPassPackage: _grpc.UnaryUnaryMultiCallable[_passes_pb2.GetPassPackageRequest, _passes_pb2.PassPackage]
     """Returns an Apple pass as a signed .pkpass, exactly as a device fetching
     it now would get it: the file to hand to the holder (e-mail, a download
@@ -172,6 +183,17 @@ class PassServiceAsyncStub(PassServiceStub):
     authenticationToken (the devices hold them). Devices see the new content
     at their next update (after the next Send or Delete, or a pull to
     refresh): setting content pushes nothing.
+    """
+    SetTemplateContent: _aio.UnaryUnaryMultiCallable[_passes_pb2.SetTemplateContentRequest, _passes_pb2.Template]  # type: ignore[assignment]
+    """Sets the content an Apple template's passes share: the pass.json skeleton
+    and the images, stored once however many passes use them. Each pass
+    renders as the skeleton with its own values (Pass.apple_values) and
+    state (serialNumber, authenticationToken, the notification) written in;
+    a pass with content of its own (SetPassContent) uses its own pass.json
+    instead, and its own files over the template's of the same name. Every
+    pass of the template gets a new update tag, so devices fetch the new
+    content at their next update; nothing is pushed. A refused request
+    changes nothing.
     """
     GetPassPackage: _aio.UnaryUnaryMultiCallable[_passes_pb2.GetPassPackageRequest, _passes_pb2.PassPackage]  # type: ignore[assignment]
     """Returns an Apple pass as a signed .pkpass, exactly as a device fetching
@@ -338,6 +360,23 @@ class PassServiceServicer(metaclass=_abc_1.ABCMeta):
         authenticationToken (the devices hold them). Devices see the new content
         at their next update (after the next Send or Delete, or a pull to
         refresh): setting content pushes nothing.
+        """
+
+    @_abc_1.abstractmethod
+    def SetTemplateContent(
+        self,
+        request: _passes_pb2.SetTemplateContentRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_passes_pb2.Template, _abc.Awaitable[_passes_pb2.Template]]:
+        """Sets the content an Apple template's passes share: the pass.json skeleton
+        and the images, stored once however many passes use them. Each pass
+        renders as the skeleton with its own values (Pass.apple_values) and
+        state (serialNumber, authenticationToken, the notification) written in;
+        a pass with content of its own (SetPassContent) uses its own pass.json
+        instead, and its own files over the template's of the same name. Every
+        pass of the template gets a new update tag, so devices fetch the new
+        content at their next update; nothing is pushed. A refused request
+        changes nothing.
         """
 
     @_abc_1.abstractmethod

@@ -77,7 +77,9 @@ class PassPackager:
 
     def _build(self, source: PassPackageSource, signing: SigningMaterial) -> bytes:
         files = {**source.files, PASS_JSON: render_pass_json(source, self.web_service_url)}
-        return build_pkpass(files, signing)
+        # The stored files' SHA-1s are known: only the rendered pass.json is hashed.
+        sha1s = {name: f.sha1 for name, f in source.stored.items() if name != PASS_JSON}
+        return build_pkpass(files, signing, sha1s)
 
     def _signing_for(self, template_signing: AppleSigningPem | None) -> SigningMaterial:
         if template_signing is None:
