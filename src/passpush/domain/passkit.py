@@ -311,9 +311,7 @@ def build_pkpass(
     with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as archive:
         for name in sorted(files):
             png = name.lower().endswith(".png")
-            archive.writestr(
-                name, files[name], zipfile.ZIP_STORED if png else zipfile.ZIP_DEFLATED
-            )
+            archive.writestr(name, files[name], zipfile.ZIP_STORED if png else zipfile.ZIP_DEFLATED)
         archive.writestr(MANIFEST, manifest)
         archive.writestr(SIGNATURE, signing.sign(manifest))
     return buffer.getvalue()
@@ -353,7 +351,9 @@ def check_values(values: PassValues, field: str) -> list[FieldViolation]:
     for i, barcode in enumerate(values.barcodes[:MAX_BARCODES]):
         at = f"{field}.barcodes[{i}]"
         if barcode.get("format") not in BARCODE_FORMATS:
-            found.append(FieldViolation(f"{at}.format", "is required: QR, PDF417, AZTEC or CODE128"))
+            found.append(
+                FieldViolation(f"{at}.format", "is required: QR, PDF417, AZTEC or CODE128")
+            )
         message = barcode.get("message", "")
         if not 1 <= len(message) <= MAX_BARCODE_MESSAGE:
             found.append(
@@ -378,7 +378,9 @@ def check_values(values: PassValues, field: str) -> list[FieldViolation]:
     for key, value in sorted(values.field_values.items())[:MAX_FIELD_VALUES]:
         if not 1 <= len(key) <= MAX_FIELD_KEY:
             found.append(
-                FieldViolation(f"{field}.field_values", f"keys must be 1-{MAX_FIELD_KEY} characters")
+                FieldViolation(
+                    f"{field}.field_values", f"keys must be 1-{MAX_FIELD_KEY} characters"
+                )
             )
         elif isinstance(value, bool) or not isinstance(value, str | int | float):
             found.append(
@@ -399,13 +401,13 @@ def check_values(values: PassValues, field: str) -> list[FieldViolation]:
     return found
 
 
-def check_merged(
-    stored_pass_json: bytes, values: PassValues, field: str
-) -> list[FieldViolation]:
+def check_merged(stored_pass_json: bytes, values: PassValues, field: str) -> list[FieldViolation]:
     """What a device would refuse in pass.json once the values are on it: checked as
     imported content is, and each field value must name a field of the document."""
     document = json.loads(stored_pass_json)
-    style = next((document[s] for s in STYLES if isinstance(document.get(s), dict)), {})
+    style: dict[str, Any] = next(
+        (document[s] for s in STYLES if isinstance(document.get(s), dict)), {}
+    )
     keys = {
         item.get("key")
         for group in FIELD_GROUPS

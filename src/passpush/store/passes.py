@@ -20,6 +20,7 @@ from passpush.domain.model import (
     Entity,
     Pass,
     PassStatus,
+    PassValues,
     Platform,
     Project,
     Segment,
@@ -29,7 +30,6 @@ from passpush.domain.passkit import (
     PASS_JSON,
     PassContent,
     PassPackageSource,
-    PassValues,
     StoredFile,
 )
 from passpush.domain.signing import AppleSigningPem, certificate_expire_time
@@ -41,8 +41,8 @@ from passpush.store.models import (
     ContentFileRow,
     DeviceRegistrationRow,
     EntityRow,
-    PassOwnFileRow,
     PassGroupTagRow,
+    PassOwnFileRow,
     PassRow,
     PassTagRow,
     ProjectRow,
@@ -348,9 +348,7 @@ class PassStore:
             update(PassRow)
             .where(PassRow.project_id == self.project_id, PassRow.template_id == template_id)
             .values(
-                update_tag=case(
-                    (PassRow.update_tag >= tag, PassRow.update_tag + 1), else_=tag
-                ),
+                update_tag=case((PassRow.update_tag >= tag, PassRow.update_tag + 1), else_=tag),
                 updated_at=now,
             )
             .execution_options(synchronize_session=False)
@@ -590,9 +588,7 @@ class PassStore:
 
 
 def _stored(table: type[TemplateFileRow] | type[PassOwnFileRow]) -> ColumnElement[bool]:
-    return (ContentFileRow.project_id == table.project_id) & (
-        ContentFileRow.digest == table.digest
-    )
+    return (ContentFileRow.project_id == table.project_id) & (ContentFileRow.digest == table.digest)
 
 
 def _template_of_pass() -> ColumnElement[bool]:

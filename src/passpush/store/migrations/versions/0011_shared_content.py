@@ -104,8 +104,9 @@ def downgrade() -> None:
         "SELECT o.project_id, o.pass_id, o.name, c.data FROM pass_own_files o "
         "JOIN content_files c ON c.project_id = o.project_id AND c.digest = o.digest"
     )
-    with op.batch_alter_table("passes", schema=None) as batch_op:
-        batch_op.drop_column("apple_values")
+    # Not in batch mode: on SQLite that copies `passes` to a new table and drops the old
+    # one, which (foreign keys on) deletes every row that refers to a pass, pass_files too.
+    op.execute("ALTER TABLE passes DROP COLUMN apple_values")
     op.drop_index("ix_pass_own_files_digest", table_name="pass_own_files")
     op.drop_table("pass_own_files")
     op.drop_index("ix_template_files_digest", table_name="template_files")
@@ -161,7 +162,9 @@ def _move_pass_files_to_content() -> None:
                 )
                 stored.add((project_id, digest))
             bind.execute(
-                own.insert().values(project_id=project_id, pass_id=pass_id, name=name, digest=digest)
+                own.insert().values(
+                    project_id=project_id, pass_id=pass_id, name=name, digest=digest
+                )
             )
         last = rows[-1]
         after = (last[0], last[1], last[2])
