@@ -25,6 +25,7 @@ from benchmarks import (
     outage,
     resolution,
     scaleout,
+    shared_content,
     watch,
 )
 from benchmarks.database import BACKENDS, postgres_version
@@ -55,6 +56,10 @@ BENCHMARKS: dict[str, tuple[Benchmark, str]] = {
         containment.run,
         "the largest audiences sent by one project: another's one-pass Send latency",
     ),
+    "shared-content": (
+        shared_content.run,
+        "N passes sharing a template's ~60 KB of images: database growth beyond their values",
+    ),
 }
 
 # Full size, and --quick (each benchmark in seconds; all of them in under a minute).
@@ -72,6 +77,7 @@ QUICK = Options(
     watch_passes=2_000,
     outage_passes=1_000,
     outage_seconds=5.0,
+    shared_passes=2_000,
 )
 
 
@@ -112,6 +118,7 @@ def parse(argv: Sequence[str] | None) -> tuple[list[str], Options, bool]:
         "watch_passes": "watch: the watched broadcast's audience",
         "outage_passes": "outage: the broadcast's audience",
         "outage_seconds": "outage: seconds the fake APNs is down",
+        "shared_passes": "shared-content: passes imported",
     }
     for dest, text in sizes.items():
         kind = type(getattr(FULL, dest))
@@ -175,7 +182,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     names, options, strict = parse(argv)
     header = machine()
     uses_postgres = {"scale-out", "resolution"} & set(names) or (
-        "postgresql" in options.backends and {"fanout", "accept", "containment"} & set(names)
+        "postgresql" in options.backends
+        and {"fanout", "accept", "containment", "shared-content"} & set(names)
     )
     if uses_postgres:
         header.append(("postgresql", asyncio.run(postgres_version())))
@@ -221,6 +229,7 @@ def _sizes(options: Options) -> str:
         f"duration={options.duration:g}s concurrency={options.concurrency} "
         f"connections={options.connections} in_flight={options.in_flight} "
         f"outage_passes={options.outage_passes:,} outage_seconds={options.outage_seconds:g}s "
+        f"shared_passes={options.shared_passes:,} "
         f"backends={','.join(options.backends)}"
     )
 

@@ -264,6 +264,7 @@ class Options:
     watch_passes: int = 30_000  # watch: the watched broadcast's audience
     outage_passes: int = 5_000  # outage: the broadcast's audience
     outage_seconds: float = 45.0  # outage: how long the fake APNs is down
+    shared_passes: int = 100_000  # shared-content: passes imported with and without content
     keep: bool = False  # keep the temporary directory (logs, databases of SQLite)
 
 
