@@ -5,8 +5,10 @@ many passes use them; bad values refused with the field at fault and nothing cha
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import io
 import json
+import secrets
 import zipfile
 from datetime import datetime
 from pathlib import Path
@@ -15,7 +17,7 @@ from typing import Any
 import grpc
 import pytest
 from google.protobuf import struct_pb2
-from sqlalchemy import func, select, text
+from sqlalchemy import event, func, select, text
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from passpush.domain.passkit import build_pkpass
@@ -23,6 +25,7 @@ from passpush.domain.signing import AppleSigningPem, load_signing
 from passpush.store import migrate
 from passpush.store.db import make_engine
 from passpush.store.models import ContentFileRow, PassOwnFileRow
+from passpush.store.passes import PassStore
 from passpush.v1 import passes_pb2 as ppb
 from passpush.v1 import passes_pb2_grpc
 
@@ -336,6 +339,38 @@ async def test_replaced_content_leaves_no_file_unused(
     assert after.update_tag > before.update_tag  # devices see the template's new content
     # New skeleton and logo in, the old ones out; the pass's own first pass.json out too.
     assert await stored_files(sessions) == first + 1
+
+
+async def test_shared_files_are_read_from_the_database_once(
+    passes: passes_pb2_grpc.PassServiceStub,
+    apple_certs: AppleCerts,
+    sessions: async_sessionmaker[AsyncSession],
+) -> None:
+    """Serving many passes of a template reads its images once: then from the cache."""
+    await apple_template(passes, apple_certs)
+    strip = png(secrets.randbelow(10_000) + 10, 3)  # bytes no earlier test has cached
+    await passes.SetTemplateContent(template_content(files={**pass_files(), "strip.png": strip}))
+    for i in range(3):
+        await passes.UpsertPass(member(f"p{i}", f"Member {i}", i))
+    reads: list[str] = []
+
+    def count_reads(_conn: Any, _cursor: Any, statement: str, *_: Any) -> None:
+        if "content_files.data" in statement:
+            reads.append(statement)
+
+    engine = sessions.kw["bind"].sync_engine
+    event.listen(engine, "before_cursor_execute", count_reads)
+    try:
+        sources = []
+        for i in range(3):
+            async with sessions() as session:
+                sources.append(await PassStore(session, "acme").package_source(f"p{i}"))
+    finally:
+        event.remove(engine, "before_cursor_execute", count_reads)
+
+    assert len(reads) == 1
+    assert all(source.files["strip.png"] == strip for source in sources)
+    assert sources[0].stored["strip.png"].sha1 == hashlib.sha1(strip).hexdigest()
 
 
 def test_png_files_are_stored_and_the_rest_deflated(apple_certs: AppleCerts) -> None:
