@@ -108,7 +108,7 @@ async def run(options: Options) -> list[Result]:
         async with FakeApns(make_tls_bundle(workdir / "tls")) as fake:
             auth = ApnsAuth.make(options.apns_auth, fake, workdir)
             for backend in options.backends:
-                sizes = {}
+                sizes, files = {}, {}
                 for with_content in (False, True):
                     what = "with" if with_content else "without"
                     log(f"shared-content: {count:,} passes {what} template content on {backend}")
@@ -118,6 +118,9 @@ async def run(options: Options) -> list[Result]:
                             await load(deployment.address, deployment.key, count, with_content)
                             seconds = time.perf_counter() - started
                         sizes[with_content] = await database_bytes(database)
+                        files[with_content] = await scalar(
+                            database, "SELECT count(*) FROM content_files"
+                        )
                     log(
                         f"shared-content: {what}: {sizes[with_content] / 1e6:,.1f} MB after "
                         f"{seconds:.0f} s ({count / seconds:,.0f} passes/s)"
@@ -127,7 +130,8 @@ async def run(options: Options) -> list[Result]:
                 figure = (
                     f"+{beyond:,.2f} MB beyond their values ({sizes[False] / 1e6:,.1f} MB "
                     f"without content, {sizes[True] / 1e6:,.1f} MB with; {content_kb:.0f} KB "
-                    f"of content a copy per pass would make {count * content_kb / 1e6:,.1f} GB)"
+                    f"of content, {files[True]} stored files, where a copy per pass would make "
+                    f"{count * content_kb / 1e6:,.1f} GB)"
                 )
                 log(f"shared-content: {backend}: {figure}")
                 results.append(
@@ -177,20 +181,34 @@ async def load(address: str, key: str, count: int, with_content: bool) -> None:
 async def database_bytes(database: BenchDatabase) -> int:
     """The database's size on disk, the server stopped."""
     if database.backend == "sqlite":
-        path = Path(database.url.split("///", 1)[1])
-        await asyncio.to_thread(_checkpoint, path)
-        wal = Path(f"{path}-wal")
-        return path.stat().st_size + (wal.stat().st_size if wal.exists() else 0)
+        return await asyncio.to_thread(_sqlite_bytes, _sqlite_path(database))
+    return await scalar(database, "SELECT pg_database_size(current_database())")
+
+
+async def scalar(database: BenchDatabase, sql: str) -> int:
+    if database.backend == "sqlite":
+        return await asyncio.to_thread(_sqlite_scalar, _sqlite_path(database), sql)
     connection = await asyncpg.connect(asyncpg_dsn(database.url))
     try:
-        return int(await connection.fetchval("SELECT pg_database_size(current_database())"))
+        return int(await connection.fetchval(sql))
     finally:
         await connection.close()
 
 
-def _checkpoint(path: Path) -> None:
+def _sqlite_path(database: BenchDatabase) -> Path:
+    return Path(database.url.split("///", 1)[1])
+
+
+def _sqlite_bytes(path: Path) -> int:
+    """The file and its WAL, after a checkpoint that empties the WAL."""
+    _sqlite_scalar(path, "PRAGMA wal_checkpoint(TRUNCATE)")
+    wal = Path(f"{path}-wal")
+    return path.stat().st_size + (wal.stat().st_size if wal.exists() else 0)
+
+
+def _sqlite_scalar(path: Path, sql: str) -> int:
     connection = sqlite3.connect(path)
     try:
-        connection.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        return int(connection.execute(sql).fetchone()[0])
     finally:
         connection.close()
