@@ -66,7 +66,9 @@ class PassServiceStub:
     """Upserts many passes in one call. It is client-streaming so that an
     import of millions of passes needs neither one huge message nor a round
     trip per pass. Each pass is upserted as UpsertPass would; a pass that
-    fails does not stop the others.
+    fails does not stop the others. Passes are committed 100 at a time: if
+    the call breaks off (cancelled, or the stream fails), the passes since
+    the last commit are not kept, and sending them again upserts them.
     """
     CreateSegment: _grpc.UnaryUnaryMultiCallable[_passes_pb2.CreateSegmentRequest, _passes_pb2.Segment]
     """Saves a segment: a tag filter with and/or/not over a project's passes."""
@@ -156,7 +158,9 @@ class PassServiceAsyncStub(PassServiceStub):
     """Upserts many passes in one call. It is client-streaming so that an
     import of millions of passes needs neither one huge message nor a round
     trip per pass. Each pass is upserted as UpsertPass would; a pass that
-    fails does not stop the others.
+    fails does not stop the others. Passes are committed 100 at a time: if
+    the call breaks off (cancelled, or the stream fails), the passes since
+    the last commit are not kept, and sending them again upserts them.
     """
     CreateSegment: _aio.UnaryUnaryMultiCallable[_passes_pb2.CreateSegmentRequest, _passes_pb2.Segment]  # type: ignore[assignment]
     """Saves a segment: a tag filter with and/or/not over a project's passes."""
@@ -291,7 +295,9 @@ class PassServiceServicer(metaclass=_abc_1.ABCMeta):
         """Upserts many passes in one call. It is client-streaming so that an
         import of millions of passes needs neither one huge message nor a round
         trip per pass. Each pass is upserted as UpsertPass would; a pass that
-        fails does not stop the others.
+        fails does not stop the others. Passes are committed 100 at a time: if
+        the call breaks off (cancelled, or the stream fails), the passes since
+        the last commit are not kept, and sending them again upserts them.
         """
 
     @_abc_1.abstractmethod
