@@ -26,6 +26,7 @@ from benchmarks import (
     outage,
     resolution,
     scaleout,
+    shared_content,
     watch,
 )
 from benchmarks.database import BACKENDS, postgres_version
@@ -60,6 +61,10 @@ BENCHMARKS: dict[str, tuple[Benchmark, str]] = {
         device_pull.run,
         "devices fetch their passes after a Send (wrk): updates/s vs RSA signing, the storm",
     ),
+    "shared-content": (
+        shared_content.run,
+        "N passes sharing a template's ~60 KB of images: database growth beyond their values",
+    ),
 }
 
 # Full size, and --quick (each benchmark in seconds; all of them in under a minute).
@@ -79,6 +84,7 @@ QUICK = Options(
     outage_seconds=5.0,
     pull_passes=500,
     pull_storm_passes=1_000,
+    shared_passes=2_000,
 )
 
 
@@ -121,6 +127,7 @@ def parse(argv: Sequence[str] | None) -> tuple[list[str], Options, bool]:
         "outage_seconds": "outage: seconds the fake APNs is down",
         "pull_passes": "device-pull: passes with content whose devices fetch them",
         "pull_storm_passes": "device-pull: the broadcast measured beside the fetching devices",
+        "shared_passes": "shared-content: passes imported",
     }
     for dest, text in sizes.items():
         kind = type(getattr(FULL, dest))
@@ -185,7 +192,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     header = machine()
     uses_postgres = {"scale-out", "resolution"} & set(names) or (
         "postgresql" in options.backends
-        and {"fanout", "accept", "containment", "device-pull"} & set(names)
+        and {"fanout", "accept", "containment", "device-pull", "shared-content"} & set(names)
     )
     if uses_postgres:
         header.append(("postgresql", asyncio.run(postgres_version())))
@@ -232,6 +239,7 @@ def _sizes(options: Options) -> str:
         f"connections={options.connections} in_flight={options.in_flight} "
         f"outage_passes={options.outage_passes:,} outage_seconds={options.outage_seconds:g}s "
         f"pull_passes={options.pull_passes:,} pull_storm_passes={options.pull_storm_passes:,} "
+        f"shared_passes={options.shared_passes:,} "
         f"backends={','.join(options.backends)}"
     )
 

@@ -157,6 +157,14 @@ RPCS: dict[str, tuple[Callable[[], Any], grpc.StatusCode]] = {
         lambda: ppb.GetPassPackageRequest(pass_id="p1"),
         grpc.StatusCode.NOT_FOUND,
     ),
+    "PassService/SetTemplateContent": (
+        lambda: ppb.SetTemplateContentRequest(
+            template_id="loyalty",
+            pass_json=json.dumps(pass_document()).encode(),
+            files=pass_files(),
+        ),
+        grpc.StatusCode.NOT_FOUND,
+    ),
     "PassService/SetTemplateSigning": (
         lambda: ppb.SetTemplateSigningRequest(template_id="loyalty"),
         grpc.StatusCode.NOT_FOUND,

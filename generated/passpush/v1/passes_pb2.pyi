@@ -83,6 +83,38 @@ PASS_STATUS_REMOVED: PassStatus.ValueType  # 5
 """Removed from the holder's wallet."""
 Global___PassStatus: _TypeAlias = PassStatus  # noqa: Y015
 
+class _AppleBarcodeFormat:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _AppleBarcodeFormatEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_AppleBarcodeFormat.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    APPLE_BARCODE_FORMAT_UNSPECIFIED: _AppleBarcodeFormat.ValueType  # 0
+    """Not given: refused."""
+    APPLE_BARCODE_FORMAT_QR: _AppleBarcodeFormat.ValueType  # 1
+    """QR code (PKBarcodeFormatQR)."""
+    APPLE_BARCODE_FORMAT_PDF417: _AppleBarcodeFormat.ValueType  # 2
+    """PDF417 (PKBarcodeFormatPDF417)."""
+    APPLE_BARCODE_FORMAT_AZTEC: _AppleBarcodeFormat.ValueType  # 3
+    """Aztec (PKBarcodeFormatAztec)."""
+    APPLE_BARCODE_FORMAT_CODE128: _AppleBarcodeFormat.ValueType  # 4
+    """Code 128 (PKBarcodeFormatCode128)."""
+
+class AppleBarcodeFormat(_AppleBarcodeFormat, metaclass=_AppleBarcodeFormatEnumTypeWrapper):
+    """AppleBarcodeFormat is a barcode symbology Apple Wallet shows."""
+
+APPLE_BARCODE_FORMAT_UNSPECIFIED: AppleBarcodeFormat.ValueType  # 0
+"""Not given: refused."""
+APPLE_BARCODE_FORMAT_QR: AppleBarcodeFormat.ValueType  # 1
+"""QR code (PKBarcodeFormatQR)."""
+APPLE_BARCODE_FORMAT_PDF417: AppleBarcodeFormat.ValueType  # 2
+"""PDF417 (PKBarcodeFormatPDF417)."""
+APPLE_BARCODE_FORMAT_AZTEC: AppleBarcodeFormat.ValueType  # 3
+"""Aztec (PKBarcodeFormatAztec)."""
+APPLE_BARCODE_FORMAT_CODE128: AppleBarcodeFormat.ValueType  # 4
+"""Code 128 (PKBarcodeFormatCode128)."""
+Global___AppleBarcodeFormat: _TypeAlias = AppleBarcodeFormat  # noqa: Y015
+
 @_typing.final
 class Project(_message.Message):
     """Project owns templates, passes, segments, campaigns and entities."""
@@ -259,6 +291,7 @@ class Pass(_message.Message):
     CREATE_TIME_FIELD_NUMBER: _builtins.int
     UPDATE_TIME_FIELD_NUMBER: _builtins.int
     HAS_CONTENT_FIELD_NUMBER: _builtins.int
+    APPLE_VALUES_FIELD_NUMBER: _builtins.int
     id: _builtins.str
     """The pass's id (Airship `passId`, PassEntry UUID). On upsert, empty means
     "find by template_id + external_id, or assign a new id". An id: 1-128 letters, digits, `-`, `_`, `.` or `:`.
@@ -289,8 +322,9 @@ class Pass(_message.Message):
     update_tag: _builtins.int
     """Apple: the update tag, bumped each time the pass changes."""
     has_content: _builtins.bool
-    """Apple: whether the pass has content (SetPassContent), so that devices
-    can fetch it and GetPassPackage can return it.
+    """Apple: whether the pass has content, its own (SetPassContent) or its
+    template's (SetTemplateContent), so that devices can fetch it and
+    GetPassPackage can return it.
     """
     @_builtins.property
     def tags(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
@@ -316,6 +350,19 @@ class Pass(_message.Message):
     def update_time(self) -> _timestamp_pb2.Timestamp:
         """When the pass last changed."""
 
+    @_builtins.property
+    def apple_values(self) -> Global___ApplePassValues:
+        """Apple: the pass's own values, written over its pass.json (its
+        template's skeleton, or its own content). On upsert, leaving it unset
+        keeps the pass's values; setting it replaces them as a whole (set it
+        empty to clear them). When the pass has a pass.json (its own or its
+        template's), the pass.json with the values on it is checked as
+        SetPassContent checks content, and each field value must name a field
+        of it: a value that would break it is refused with INVALID_ARGUMENT and
+        a field violation under `pass.apple_values`, and the pass is not
+        changed. Returned when the pass has values.
+        """
+
     def __init__(
         self,
         *,
@@ -333,14 +380,122 @@ class Pass(_message.Message):
         create_time: _timestamp_pb2.Timestamp | None = ...,
         update_time: _timestamp_pb2.Timestamp | None = ...,
         has_content: _builtins.bool = ...,
+        apple_values: Global___ApplePassValues | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "notification", b"notification", "update_time", b"update_time"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["apple_values", b"apple_values", "create_time", b"create_time", "notification", b"notification", "update_time", b"update_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["authentication_token", b"authentication_token", "create_time", b"create_time", "external_id", b"external_id", "google_object_id", b"google_object_id", "group_tags", b"group_tags", "has_content", b"has_content", "id", b"id", "notification", b"notification", "serial_number", b"serial_number", "status", b"status", "tags", b"tags", "template_id", b"template_id", "update_tag", b"update_tag", "update_time", b"update_time"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["apple_values", b"apple_values", "authentication_token", b"authentication_token", "create_time", b"create_time", "external_id", b"external_id", "google_object_id", b"google_object_id", "group_tags", b"group_tags", "has_content", b"has_content", "id", b"id", "notification", b"notification", "serial_number", b"serial_number", "status", b"status", "tags", b"tags", "template_id", b"template_id", "update_tag", b"update_tag", "update_time", b"update_time"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___Pass: _TypeAlias = Pass  # noqa: Y015
+
+@_typing.final
+class ApplePassValues(_message.Message):
+    """ApplePassValues are one pass's own values over its pass.json. In all, as
+    JSON, at most 16,384 bytes.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    @_typing.final
+    class FieldValuesEntry(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        KEY_FIELD_NUMBER: _builtins.int
+        VALUE_FIELD_NUMBER: _builtins.int
+        key: _builtins.str
+        @_builtins.property
+        def value(self) -> _struct_pb2.Value: ...
+        def __init__(
+            self,
+            *,
+            key: _builtins.str = ...,
+            value: _struct_pb2.Value | None = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _typing.Literal["value", b"value"]  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+    BARCODES_FIELD_NUMBER: _builtins.int
+    FIELD_VALUES_FIELD_NUMBER: _builtins.int
+    PASS_JSON_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def barcodes(self) -> _containers.RepeatedCompositeFieldContainer[Global___AppleBarcode]:
+        """The pass's barcodes: they replace pass.json's `barcodes`. At most 10."""
+
+    @_builtins.property
+    def field_values(self) -> _containers.MessageMap[_builtins.str, _struct_pb2.Value]:
+        """Field values by field key: each sets the `value` of the field with that
+        `key` in the pass style's headerFields, primaryFields, secondaryFields,
+        auxiliaryFields or backFields. At most 100; keys of 1-128 characters;
+        each value a string or a number. If the template's content later loses
+        the field, the value is left out.
+        """
+
+    @_builtins.property
+    def pass_json(self) -> _struct_pb2.Struct:
+        """Other top-level pass.json keys, set over the document's (e.g.
+        `relevantDate`, `expirationDate`, `voided`, `locations`,
+        `foregroundColor`). Not `passTypeIdentifier`, `serialNumber`,
+        `authenticationToken`, `webServiceURL` (passpush writes them; the serial
+        number is Pass.serial_number), `formatVersion`, the pass style keys
+        (`boardingPass`, `coupon`, `eventTicket`, `generic`, `storeCard`: set
+        their fields with field_values) or `barcode`/`barcodes` (use barcodes).
+        """
+
+    def __init__(
+        self,
+        *,
+        barcodes: _abc.Iterable[Global___AppleBarcode] | None = ...,
+        field_values: _abc.Mapping[_builtins.str, _struct_pb2.Value] | None = ...,
+        pass_json: _struct_pb2.Struct | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["pass_json", b"pass_json"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["barcodes", b"barcodes", "field_values", b"field_values", "pass_json", b"pass_json"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ApplePassValues: _TypeAlias = ApplePassValues  # noqa: Y015
+
+@_typing.final
+class AppleBarcode(_message.Message):
+    """AppleBarcode is one of a pass's barcodes (pass.json `barcodes`)."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    FORMAT_FIELD_NUMBER: _builtins.int
+    MESSAGE_FIELD_NUMBER: _builtins.int
+    MESSAGE_ENCODING_FIELD_NUMBER: _builtins.int
+    ALT_TEXT_FIELD_NUMBER: _builtins.int
+    format: Global___AppleBarcodeFormat.ValueType
+    """The symbology. Required."""
+    message: _builtins.str
+    """What the barcode encodes: 1-2,000 characters."""
+    message_encoding: _builtins.str
+    """The IANA character set the message is encoded in; empty means
+    `iso-8859-1`. At most 64 characters.
+    """
+    alt_text: _builtins.str
+    """Text shown near the barcode. Optional; at most 200 characters."""
+    def __init__(
+        self,
+        *,
+        format: Global___AppleBarcodeFormat.ValueType = ...,
+        message: _builtins.str = ...,
+        message_encoding: _builtins.str = ...,
+        alt_text: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["alt_text", b"alt_text", "format", b"format", "message", b"message", "message_encoding", b"message_encoding"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___AppleBarcode: _TypeAlias = AppleBarcode  # noqa: Y015
 
 @_typing.final
 class PassNotification(_message.Message):
@@ -1044,7 +1199,11 @@ Global___UnregisterDeviceResponse: _TypeAlias = UnregisterDeviceResponse  # noqa
 class SetPassContentRequest(_message.Message):
     """SetPassContentRequest sets an Apple pass's content: either an existing
     .pkpass, or its pass.json and files. The content replaces the pass's
-    previous content as a whole; a request that is refused changes nothing.
+    previous own content as a whole (its pass.json replaces the template's
+    skeleton; its files add to, or replace, the template's of the same name);
+    a request that is refused changes nothing. If the pass has values
+    (Pass.apple_values), the new pass.json must take them. Files are stored
+    once per distinct content in the project.
 
     pass.json must be a UTF-8 JSON object with `description`,
     `organizationName`, `teamIdentifier` and exactly one pass style
@@ -1114,6 +1273,76 @@ class SetPassContentRequest(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___SetPassContentRequest: _TypeAlias = SetPassContentRequest  # noqa: Y015
+
+@_typing.final
+class SetTemplateContentRequest(_message.Message):
+    """SetTemplateContentRequest sets the content an Apple template's passes
+    share: either a .pkpass, or its pass.json and files. It replaces the
+    template's previous content as a whole; a request that is refused changes
+    nothing. The checks and limits are SetPassContentRequest's (the files must
+    include `icon.png`; at most 200 files and 3 MiB uncompressed in all), and
+    pass.json must have no `serialNumber` or `authenticationToken` (each pass
+    has its own). Files are stored once per distinct content in the project:
+    passes and templates that share an image share its storage.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    @_typing.final
+    class FilesEntry(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        KEY_FIELD_NUMBER: _builtins.int
+        VALUE_FIELD_NUMBER: _builtins.int
+        key: _builtins.str
+        value: _builtins.bytes
+        def __init__(
+            self,
+            *,
+            key: _builtins.str = ...,
+            value: _builtins.bytes = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+    TEMPLATE_ID_FIELD_NUMBER: _builtins.int
+    PKPASS_FIELD_NUMBER: _builtins.int
+    PASS_JSON_FIELD_NUMBER: _builtins.int
+    FILES_FIELD_NUMBER: _builtins.int
+    template_id: _builtins.str
+    """The template (an Apple template). An id: 1-128 letters, digits, `-`, `_`, `.` or `:`."""
+    pkpass: _builtins.bytes
+    """A .pkpass (a zip) holding the skeleton and the files. Its manifest.json
+    and signature are dropped. Leave empty to give `pass_json` and `files`.
+    """
+    pass_json: _builtins.bytes
+    """The pass.json skeleton: as SetPassContentRequest.pass_json, without
+    `serialNumber` and `authenticationToken`.
+    """
+    @_builtins.property
+    def files(self) -> _containers.ScalarMap[_builtins.str, _builtins.bytes]:
+        """The other files (icon.png, logo.png, en.lproj/pass.strings...), by name
+        (1-255 characters).
+        """
+
+    def __init__(
+        self,
+        *,
+        template_id: _builtins.str = ...,
+        pkpass: _builtins.bytes = ...,
+        pass_json: _builtins.bytes = ...,
+        files: _abc.Mapping[_builtins.str, _builtins.bytes] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["files", b"files", "pass_json", b"pass_json", "pkpass", b"pkpass", "template_id", b"template_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SetTemplateContentRequest: _TypeAlias = SetTemplateContentRequest  # noqa: Y015
 
 @_typing.final
 class GetPassPackageRequest(_message.Message):

@@ -122,6 +122,11 @@ class PassServiceStub:
                 request_serializer=passpush_dot_v1_dot_passes__pb2.SetPassContentRequest.SerializeToString,
                 response_deserializer=passpush_dot_v1_dot_passes__pb2.Pass.FromString,
                 _registered_method=True)
+        self.SetTemplateContent = channel.unary_unary(
+                '/passpush.v1.PassService/SetTemplateContent',
+                request_serializer=passpush_dot_v1_dot_passes__pb2.SetTemplateContentRequest.SerializeToString,
+                response_deserializer=passpush_dot_v1_dot_passes__pb2.Template.FromString,
+                _registered_method=True)
         self.GetPassPackage = channel.unary_unary(
                 '/passpush.v1.PassService/GetPassPackage',
                 request_serializer=passpush_dot_v1_dot_passes__pb2.GetPassPackageRequest.SerializeToString,
@@ -204,7 +209,9 @@ class PassServiceServicer:
         """Upserts many passes in one call. It is client-streaming so that an
         import of millions of passes needs neither one huge message nor a round
         trip per pass. Each pass is upserted as UpsertPass would; a pass that
-        fails does not stop the others.
+        fails does not stop the others. Passes are committed 100 at a time: if
+        the call breaks off (cancelled, or the stream fails), the passes since
+        the last commit are not kept, and sending them again upserts them.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -263,6 +270,21 @@ class PassServiceServicer:
         authenticationToken (the devices hold them). Devices see the new content
         at their next update (after the next Send or Delete, or a pull to
         refresh): setting content pushes nothing.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def SetTemplateContent(self, request, context):
+        """Sets the content an Apple template's passes share: the pass.json skeleton
+        and the images, stored once however many passes use them. Each pass
+        renders as the skeleton with its own values (Pass.apple_values) and
+        state (serialNumber, authenticationToken, the notification) written in;
+        a pass with content of its own (SetPassContent) uses its own pass.json
+        instead, and its own files over the template's of the same name. Every
+        pass of the template gets a new update tag, so devices fetch the new
+        content at their next update; nothing is pushed. A refused request
+        changes nothing.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -365,6 +387,11 @@ def add_PassServiceServicer_to_server(servicer, server):
                     servicer.SetPassContent,
                     request_deserializer=passpush_dot_v1_dot_passes__pb2.SetPassContentRequest.FromString,
                     response_serializer=passpush_dot_v1_dot_passes__pb2.Pass.SerializeToString,
+            ),
+            'SetTemplateContent': grpc.unary_unary_rpc_method_handler(
+                    servicer.SetTemplateContent,
+                    request_deserializer=passpush_dot_v1_dot_passes__pb2.SetTemplateContentRequest.FromString,
+                    response_serializer=passpush_dot_v1_dot_passes__pb2.Template.SerializeToString,
             ),
             'GetPassPackage': grpc.unary_unary_rpc_method_handler(
                     servicer.GetPassPackage,
@@ -795,6 +822,33 @@ class PassService:
             '/passpush.v1.PassService/SetPassContent',
             passpush_dot_v1_dot_passes__pb2.SetPassContentRequest.SerializeToString,
             passpush_dot_v1_dot_passes__pb2.Pass.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SetTemplateContent(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/passpush.v1.PassService/SetTemplateContent',
+            passpush_dot_v1_dot_passes__pb2.SetTemplateContentRequest.SerializeToString,
+            passpush_dot_v1_dot_passes__pb2.Template.FromString,
             options,
             channel_credentials,
             insecure,

@@ -66,7 +66,9 @@ class PassServiceStub:
     """Upserts many passes in one call. It is client-streaming so that an
     import of millions of passes needs neither one huge message nor a round
     trip per pass. Each pass is upserted as UpsertPass would; a pass that
-    fails does not stop the others.
+    fails does not stop the others. Passes are committed 100 at a time: if
+    the call breaks off (cancelled, or the stream fails), the passes since
+    the last commit are not kept, and sending them again upserts them.
     """
     CreateSegment: _grpc.UnaryUnaryMultiCallable[_passes_pb2.CreateSegmentRequest, _passes_pb2.Segment]
     """Saves a segment: a tag filter with and/or/not over a project's passes."""
@@ -93,6 +95,17 @@ class PassServiceStub:
     authenticationToken (the devices hold them). Devices see the new content
     at their next update (after the next Send or Delete, or a pull to
     refresh): setting content pushes nothing.
+    """
+    SetTemplateContent: _grpc.UnaryUnaryMultiCallable[_passes_pb2.SetTemplateContentRequest, _passes_pb2.Template]
+    """Sets the content an Apple template's passes share: the pass.json skeleton
+    and the images, stored once however many passes use them. Each pass
+    renders as the skeleton with its own values (Pass.apple_values) and
+    state (serialNumber, authenticationToken, the notification) written in;
+    a pass with content of its own (SetPassContent) uses its own pass.json
+    instead, and its own files over the template's of the same name. Every
+    pass of the template gets a new update tag, so devices fetch the new
+    content at their next update; nothing is pushed. A refused request
+    changes nothing.
     """
     GetPassPackage: _grpc.UnaryUnaryMultiCallable[_passes_pb2.GetPassPackageRequest, _passes_pb2.PassPackage]
     """Returns an Apple pass as a signed .pkpass, exactly as a device fetching
@@ -145,7 +158,9 @@ class PassServiceAsyncStub(PassServiceStub):
     """Upserts many passes in one call. It is client-streaming so that an
     import of millions of passes needs neither one huge message nor a round
     trip per pass. Each pass is upserted as UpsertPass would; a pass that
-    fails does not stop the others.
+    fails does not stop the others. Passes are committed 100 at a time: if
+    the call breaks off (cancelled, or the stream fails), the passes since
+    the last commit are not kept, and sending them again upserts them.
     """
     CreateSegment: _aio.UnaryUnaryMultiCallable[_passes_pb2.CreateSegmentRequest, _passes_pb2.Segment]  # type: ignore[assignment]
     """Saves a segment: a tag filter with and/or/not over a project's passes."""
@@ -172,6 +187,17 @@ class PassServiceAsyncStub(PassServiceStub):
     authenticationToken (the devices hold them). Devices see the new content
     at their next update (after the next Send or Delete, or a pull to
     refresh): setting content pushes nothing.
+    """
+    SetTemplateContent: _aio.UnaryUnaryMultiCallable[_passes_pb2.SetTemplateContentRequest, _passes_pb2.Template]  # type: ignore[assignment]
+    """Sets the content an Apple template's passes share: the pass.json skeleton
+    and the images, stored once however many passes use them. Each pass
+    renders as the skeleton with its own values (Pass.apple_values) and
+    state (serialNumber, authenticationToken, the notification) written in;
+    a pass with content of its own (SetPassContent) uses its own pass.json
+    instead, and its own files over the template's of the same name. Every
+    pass of the template gets a new update tag, so devices fetch the new
+    content at their next update; nothing is pushed. A refused request
+    changes nothing.
     """
     GetPassPackage: _aio.UnaryUnaryMultiCallable[_passes_pb2.GetPassPackageRequest, _passes_pb2.PassPackage]  # type: ignore[assignment]
     """Returns an Apple pass as a signed .pkpass, exactly as a device fetching
@@ -269,7 +295,9 @@ class PassServiceServicer(metaclass=_abc_1.ABCMeta):
         """Upserts many passes in one call. It is client-streaming so that an
         import of millions of passes needs neither one huge message nor a round
         trip per pass. Each pass is upserted as UpsertPass would; a pass that
-        fails does not stop the others.
+        fails does not stop the others. Passes are committed 100 at a time: if
+        the call breaks off (cancelled, or the stream fails), the passes since
+        the last commit are not kept, and sending them again upserts them.
         """
 
     @_abc_1.abstractmethod
@@ -338,6 +366,23 @@ class PassServiceServicer(metaclass=_abc_1.ABCMeta):
         authenticationToken (the devices hold them). Devices see the new content
         at their next update (after the next Send or Delete, or a pull to
         refresh): setting content pushes nothing.
+        """
+
+    @_abc_1.abstractmethod
+    def SetTemplateContent(
+        self,
+        request: _passes_pb2.SetTemplateContentRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_passes_pb2.Template, _abc.Awaitable[_passes_pb2.Template]]:
+        """Sets the content an Apple template's passes share: the pass.json skeleton
+        and the images, stored once however many passes use them. Each pass
+        renders as the skeleton with its own values (Pass.apple_values) and
+        state (serialNumber, authenticationToken, the notification) written in;
+        a pass with content of its own (SetPassContent) uses its own pass.json
+        instead, and its own files over the template's of the same name. Every
+        pass of the template gets a new update tag, so devices fetch the new
+        content at their next update; nothing is pushed. A refused request
+        changes nothing.
         """
 
     @_abc_1.abstractmethod

@@ -304,7 +304,61 @@ def pass_from_proto(message: ppb.Pass) -> model.Pass:
         group_tags=tuple(message.group_tags),
         google_object_id=message.google_object_id,
         authentication_token=message.authentication_token,
+        apple_values=(
+            apple_values_from_proto(message.apple_values)
+            if message.HasField("apple_values")
+            else None
+        ),
     )
+
+
+_BARCODE_FORMATS = {
+    ppb.APPLE_BARCODE_FORMAT_QR: "PKBarcodeFormatQR",
+    ppb.APPLE_BARCODE_FORMAT_PDF417: "PKBarcodeFormatPDF417",
+    ppb.APPLE_BARCODE_FORMAT_AZTEC: "PKBarcodeFormatAztec",
+    ppb.APPLE_BARCODE_FORMAT_CODE128: "PKBarcodeFormatCode128",
+}
+
+
+def apple_values_from_proto(message: ppb.ApplePassValues) -> model.PassValues:
+    """In pass.json's own shape; a format this server does not know is left empty, which
+    validation refuses."""
+    barcodes = []
+    for barcode in message.barcodes:
+        entry = {
+            "format": _BARCODE_FORMATS.get(barcode.format, ""),
+            "message": barcode.message,
+            "messageEncoding": barcode.message_encoding or "iso-8859-1",
+        }
+        if barcode.alt_text:
+            entry["altText"] = barcode.alt_text
+        barcodes.append(entry)
+    return model.PassValues(
+        barcodes=tuple(barcodes),
+        field_values={
+            key: json_format.MessageToDict(value) for key, value in message.field_values.items()
+        },
+        keys=json_format.MessageToDict(message.pass_json),
+    )
+
+
+def apple_values_to_proto(values: model.PassValues) -> ppb.ApplePassValues:
+    formats = {v: k for k, v in _BARCODE_FORMATS.items()}
+    message = ppb.ApplePassValues(
+        barcodes=[
+            ppb.AppleBarcode(
+                format=formats.get(b.get("format", ""), ppb.APPLE_BARCODE_FORMAT_UNSPECIFIED),
+                message=b.get("message", ""),
+                message_encoding=b.get("messageEncoding", ""),
+                alt_text=b.get("altText", ""),
+            )
+            for b in values.barcodes
+        ],
+        pass_json=json_format.ParseDict(values.keys, struct_pb2.Struct()),
+    )
+    for key, value in values.field_values.items():
+        json_format.ParseDict(value, message.field_values[key])
+    return message
 
 
 def pass_to_proto(p: model.Pass) -> ppb.Pass:
@@ -330,6 +384,7 @@ def pass_to_proto(p: model.Pass) -> ppb.Pass:
         create_time=timestamp(p.create_time),
         update_time=timestamp(p.update_time),
         has_content=p.has_content,
+        apple_values=apple_values_to_proto(p.apple_values) if p.apple_values else None,
     )
 
 

@@ -139,6 +139,18 @@ class PassServicer(pb_grpc.PassServiceServicer):
         )
         return convert.pass_to_proto(p)
 
+    async def SetTemplateContent(
+        self, request: pb.SetTemplateContentRequest, context: Context
+    ) -> pb.Template:
+        template = await self._core.set_template_content(
+            current_project(),
+            request.template_id,
+            pkpass=request.pkpass,
+            pass_json=request.pass_json,
+            files=dict(request.files),
+        )
+        return convert.template_to_proto(template)
+
     async def GetPassPackage(
         self, request: pb.GetPassPackageRequest, context: Context
     ) -> pb.PassPackage:

@@ -36,6 +36,7 @@ METHOD_SCOPES: dict[str, Scope] = {
             "RegisterDevice",
             "UnregisterDevice",
             "SetPassContent",
+            "SetTemplateContent",
             "SetTemplateSigning",
         )
     },

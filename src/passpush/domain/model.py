@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import enum
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
+from typing import Any
 
 from passpush.domain.signing import AppleSigningPem
 
@@ -268,6 +270,35 @@ class Template:
 
 
 @dataclass(frozen=True)
+class PassValues:
+    """A pass's own values over its pass.json: barcodes (replacing the document's),
+    values of its fields by key, and other top-level keys."""
+
+    barcodes: tuple[dict[str, str], ...] = ()
+    field_values: dict[str, Any] = field(default_factory=dict)
+    keys: dict[str, Any] = field(default_factory=dict)
+
+    def as_json(self) -> dict[str, Any]:
+        return {
+            "barcodes": list(self.barcodes),
+            "fieldValues": self.field_values,
+            "keys": self.keys,
+        }
+
+    @classmethod
+    def from_json(cls, stored: Mapping[str, Any] | None) -> PassValues:
+        stored = stored or {}
+        return cls(
+            tuple(stored.get("barcodes", ())),
+            dict(stored.get("fieldValues", {})),
+            dict(stored.get("keys", {})),
+        )
+
+    def __bool__(self) -> bool:
+        return bool(self.barcodes or self.field_values or self.keys)
+
+
+@dataclass(frozen=True)
 class Pass:
     """A pass as the caller gives it (upsert) or reads it back."""
 
@@ -287,7 +318,10 @@ class Pass:
     update_tag: int = 0
     create_time: datetime | None = None
     update_time: datetime | None = None
-    has_content: bool = False  # Apple: SetPassContent gave it content
+    # Apple: it has content, its own (SetPassContent) or its template's (SetTemplateContent).
+    has_content: bool = False
+    # Apple: its own values over its pass.json; None in a request leaves them as they are.
+    apple_values: PassValues | None = None
 
 
 @dataclass(frozen=True)

@@ -15,11 +15,12 @@ import json
 import re
 import zipfile
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
 from passpush.domain.errors import FieldViolation, InvalidArgument
+from passpush.domain.model import PassValues
 from passpush.domain.signing import AppleSigningPem, SigningMaterial
 from passpush.domain.validation import check_authentication_token, unstorable
 
@@ -55,6 +56,34 @@ _FILE_NAME = re.compile(rf"({_NAME}\.lproj/)?{_NAME}")
 MAX_FILE_NAME = 255
 _PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
+# A pass's own values (ApplePassValues): limits, and the pass.json keys they cannot set.
+MAX_BARCODES = 10
+MAX_BARCODE_MESSAGE = 2000
+MAX_BARCODE_ALT_TEXT = 200
+MAX_BARCODE_ENCODING = 64
+MAX_FIELD_VALUES = 100
+MAX_FIELD_KEY = 128
+MAX_VALUES_BYTES = 16 * 1024
+BARCODE_FORMATS = (
+    "PKBarcodeFormatQR",
+    "PKBarcodeFormatPDF417",
+    "PKBarcodeFormatAztec",
+    "PKBarcodeFormatCode128",
+)
+DEFAULT_BARCODE_ENCODING = "iso-8859-1"
+# passpush writes the first four; the style is the template's (values set its fields by key);
+# barcodes have a field of their own.
+RESERVED_KEYS = (
+    "passTypeIdentifier",
+    "serialNumber",
+    "authenticationToken",
+    "webServiceURL",
+    "formatVersion",
+    "barcode",
+    "barcodes",
+    *STYLES,
+)
+
 
 @dataclass(frozen=True)
 class PassContent:
@@ -82,6 +111,19 @@ class PassContent:
 
 
 @dataclass(frozen=True)
+class StoredFile:
+    """How a stored file is known: `digest` (SHA-256, hex) names it in the store; `sha1`
+    (hex) is what manifest.json lists for it."""
+
+    digest: str
+    sha1: str
+
+
+def stored_file(data: bytes) -> StoredFile:
+    return StoredFile(hashlib.sha256(data).hexdigest(), hashlib.sha1(data).hexdigest())
+
+
+@dataclass(frozen=True)
 class PassPackageSource:
     """What a signed .pkpass is made of: the stored content and the pass's state now."""
 
@@ -95,7 +137,12 @@ class PassPackageSource:
     update_tag: int
     update_time: datetime
     template_signing: AppleSigningPem | None
-    files: dict[str, bytes]  # pass.json included; empty when the pass has no content
+    # The pass's files merged (its own over its template's), pass.json included; empty
+    # when it has no content. Shared files are the same bytes objects, from one cache.
+    files: Mapping[str, bytes]
+    # Each file's digest and SHA-1, when the store knows them (so nothing hashes them again).
+    stored: Mapping[str, StoredFile] = field(default_factory=dict)
+    values: PassValues = field(default_factory=PassValues)
     notification_marked: bool = False  # the body is shown with REPEAT_MARK after it
     # The ticket whose notification this version of the pass carries, if any.
     notification_ticket_id: int | None = None
@@ -245,7 +292,7 @@ def check_pass_type_identifier(content: PassContent, expected: str, field: str) 
 
 def render_pass_json(source: PassPackageSource, web_service_url: str) -> bytes:
     """pass.json as a device gets it now: the stored document with the pass's state."""
-    document = json.loads(source.files[PASS_JSON])
+    document = apply_values(json.loads(source.files[PASS_JSON]), source.values)
     document.update(
         passTypeIdentifier=source.pass_type_identifier,
         serialNumber=source.serial_number,
@@ -264,9 +311,12 @@ def render_pass_json(source: PassPackageSource, web_service_url: str) -> bytes:
     return json.dumps(document, ensure_ascii=False, indent=2).encode()
 
 
-def build_pkpass(files: Mapping[str, bytes], signing: SigningMaterial) -> bytes:
-    """A signed .pkpass: the files, manifest.json (each file's SHA-1) and its signature."""
-    manifest = manifest_of(files)
+def build_pkpass(
+    files: Mapping[str, bytes], signing: SigningMaterial, sha1s: Mapping[str, str] | None = None
+) -> bytes:
+    """A signed .pkpass: the files, manifest.json (each file's SHA-1, taken from `sha1s`
+    where given) and its signature."""
+    manifest = manifest_of(files, sha1s)
     return zip_pkpass(files, manifest, signing.sign(manifest))
 
 
@@ -287,10 +337,119 @@ _ZIP_TIME = (1980, 1, 1, 0, 0, 0)  # the earliest a zip can hold
 _STORED, _DEFLATED = zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED
 
 
-def manifest_of(files: Mapping[str, bytes]) -> bytes:
+def manifest_of(files: Mapping[str, bytes], sha1s: Mapping[str, str] | None = None) -> bytes:
+    known = sha1s or {}
     return json.dumps(
-        {name: hashlib.sha1(data).hexdigest() for name, data in sorted(files.items())}, indent=2
+        {
+            name: known.get(name) or hashlib.sha1(data).hexdigest()
+            for name, data in sorted(files.items())
+        },
+        indent=2,
     ).encode()
+
+
+def apply_values(document: dict[str, Any], values: PassValues) -> dict[str, Any]:
+    """The document with the pass's values on it. A field value whose key the document
+    lacks (its template's content changed since) is left out."""
+    document.update(values.keys)
+    if values.barcodes:
+        document["barcodes"] = [dict(b) for b in values.barcodes]
+    style = next((document[s] for s in STYLES if isinstance(document.get(s), dict)), None)
+    if style is not None and values.field_values:
+        for group in FIELD_GROUPS:
+            for item in style.get(group, []) if isinstance(style.get(group), list) else []:
+                if isinstance(item, dict) and item.get("key") in values.field_values:
+                    item["value"] = values.field_values[item["key"]]
+    return document
+
+
+def check_values(values: PassValues, field: str) -> list[FieldViolation]:
+    """What makes the values unusable whatever the pass's pass.json: limits and kinds."""
+    found = []
+    if len(values.barcodes) > MAX_BARCODES:
+        found.append(FieldViolation(f"{field}.barcodes", f"must be at most {MAX_BARCODES}"))
+    for i, barcode in enumerate(values.barcodes[:MAX_BARCODES]):
+        at = f"{field}.barcodes[{i}]"
+        if barcode.get("format") not in BARCODE_FORMATS:
+            found.append(
+                FieldViolation(f"{at}.format", "is required: QR, PDF417, AZTEC or CODE128")
+            )
+        message = barcode.get("message", "")
+        if not 1 <= len(message) <= MAX_BARCODE_MESSAGE:
+            found.append(
+                FieldViolation(f"{at}.message", f"must be 1-{MAX_BARCODE_MESSAGE} characters")
+            )
+        if len(barcode.get("messageEncoding", "")) > MAX_BARCODE_ENCODING:
+            found.append(
+                FieldViolation(
+                    f"{at}.message_encoding", f"must be at most {MAX_BARCODE_ENCODING} characters"
+                )
+            )
+        if len(barcode.get("altText", "")) > MAX_BARCODE_ALT_TEXT:
+            found.append(
+                FieldViolation(
+                    f"{at}.alt_text", f"must be at most {MAX_BARCODE_ALT_TEXT} characters"
+                )
+            )
+    if len(values.field_values) > MAX_FIELD_VALUES:
+        found.append(
+            FieldViolation(f"{field}.field_values", f"must be at most {MAX_FIELD_VALUES} entries")
+        )
+    for key, value in sorted(values.field_values.items())[:MAX_FIELD_VALUES]:
+        if not 1 <= len(key) <= MAX_FIELD_KEY:
+            found.append(
+                FieldViolation(
+                    f"{field}.field_values", f"keys must be 1-{MAX_FIELD_KEY} characters"
+                )
+            )
+        elif isinstance(value, bool) or not isinstance(value, str | int | float):
+            found.append(
+                FieldViolation(f"{field}.field_values[{key}]", "must be a string or a number")
+            )
+    for key in sorted(values.keys):
+        if key in RESERVED_KEYS:
+            found.append(
+                FieldViolation(
+                    f"{field}.pass_json.{key}"[: 2 * MAX_FIELD_KEY],
+                    "cannot be set per pass (passpush writes it, the template has it, "
+                    "or it has a field of its own)",
+                )
+            )
+    size = len(json.dumps(values.as_json(), ensure_ascii=False).encode())
+    if size > MAX_VALUES_BYTES:
+        found.append(FieldViolation(field, f"must be at most {MAX_VALUES_BYTES} bytes as JSON"))
+    return found
+
+
+def check_merged(stored_pass_json: bytes, values: PassValues, field: str) -> list[FieldViolation]:
+    """What a device would refuse in pass.json once the values are on it: checked as
+    imported content is, and each field value must name a field of the document."""
+    document = json.loads(stored_pass_json)
+    style: dict[str, Any] = next(
+        (document[s] for s in STYLES if isinstance(document.get(s), dict)), {}
+    )
+    keys = {
+        item.get("key")
+        for group in FIELD_GROUPS
+        for item in style.get(group, [])
+        if isinstance(item, dict)
+    }
+    found = [
+        FieldViolation(f"{field}.field_values[{key}]", "names no field of the pass's pass.json")
+        for key in sorted(values.field_values)
+        if key not in keys
+    ]
+    merged = apply_values(document, values)
+    _, problems = _pass_json(json.dumps(merged, ensure_ascii=False).encode())
+    for path, problem in problems:
+        top = path.split(".")[0]
+        if top in values.keys:
+            found.append(FieldViolation(f"{field}.pass_json.{path}", problem))
+        else:
+            found.append(
+                FieldViolation(field, f"would make pass.json{'.' + path if path else ''} {problem}")
+            )
+    return found
 
 
 def _remove_notification_field(style: dict[str, Any]) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field, replace
+from datetime import datetime
 
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
@@ -11,6 +12,7 @@ from passpush.domain.errors import (
     AlreadyExists,
     DomainError,
     FailedPrecondition,
+    FieldViolation,
     InvalidArgument,
     NotFound,
     PermissionDenied,
@@ -20,6 +22,7 @@ from passpush.domain.model import (
     DeviceRegistration,
     Entity,
     Pass,
+    PassValues,
     Platform,
     Project,
     Segment,
@@ -28,7 +31,9 @@ from passpush.domain.model import (
 from passpush.domain.paging import Page, decode_token, page_of, page_size
 from passpush.domain.passkit import (
     PassContent,
+    check_merged,
     check_pass_type_identifier,
+    check_values,
     content_from_files,
     content_from_pkpass,
 )
@@ -51,6 +56,9 @@ from passpush.store.passes import PassStore, new_id
 
 DEFAULT_CAMPAIGN_LIMIT = 3
 MAX_IMPORT_FAILURES_REPORTED = 100
+# ImportPasses commits this many passes at a time, each in a savepoint of its own so that a
+# bad one fails alone: a commit per pass made a large import crawl.
+IMPORT_PASSES_PER_COMMIT = 100
 
 
 @dataclass
@@ -159,30 +167,45 @@ class PassCore:
         return page_of(items, limit, lambda t: t.id)
 
     async def upsert_pass(self, project_id: str, p: Pass) -> Pass:
-        raise_if_any(check_pass(p))
+        raise_if_any(_check_pass(p))
         async with self._sessions.begin() as session:
-            result, _ = await PassStore(session, project_id).upsert_pass(p, self._clock())
+            result, _ = await _upsert_pass(PassStore(session, project_id), p, self._clock())
             return result
 
     async def import_passes(self, project_id: str, passes: AsyncIterator[Pass]) -> ImportSummary:
-        """Upserts each pass in its own transaction, so one bad pass fails alone."""
+        """Upserts each pass in a savepoint of its own, so one bad pass fails alone; commits
+        every IMPORT_PASSES_PER_COMMIT passes (and at the end)."""
         summary = ImportSummary()
         index = 0
+        batch: list[Pass] = []
         async for p in passes:
-            try:
-                raise_if_any(check_pass(p))
-                async with self._sessions.begin() as session:
-                    _, created = await PassStore(session, project_id).upsert_pass(p, self._clock())
-                if created:
-                    summary.created += 1
-                else:
-                    summary.updated += 1
-            except DomainError as error:
-                summary.failed += 1
-                if len(summary.failures) < MAX_IMPORT_FAILURES_REPORTED:
-                    summary.failures.append((index, error.message))
-            index += 1
+            batch.append(p)
+            if len(batch) == IMPORT_PASSES_PER_COMMIT:
+                await self._import_batch(project_id, batch, index, summary)
+                index += len(batch)
+                batch = []
+        if batch:
+            await self._import_batch(project_id, batch, index, summary)
         return summary
+
+    async def _import_batch(
+        self, project_id: str, batch: list[Pass], first_index: int, summary: ImportSummary
+    ) -> None:
+        async with self._sessions.begin() as session:
+            store = PassStore(session, project_id)
+            for index, p in enumerate(batch, first_index):
+                try:
+                    raise_if_any(_check_pass(p))
+                    async with session.begin_nested():
+                        _, created = await _upsert_pass(store, p, self._clock())
+                    if created:
+                        summary.created += 1
+                    else:
+                        summary.updated += 1
+                except DomainError as error:
+                    summary.failed += 1
+                    if len(summary.failures) < MAX_IMPORT_FAILURES_REPORTED:
+                        summary.failures.append((index, error.message))
 
     async def get_pass(self, project_id: str, pass_id: str) -> Pass:
         raise_if_any(check_id("id", pass_id))
@@ -228,9 +251,46 @@ class PassCore:
                     reason="SIGNING_NOT_CONFIGURED",
                 )
             serial_number = await _serial_number(store, current, template, content)
+            if current.apple_values:
+                _check_values_fit(content.stored_files()["pass.json"], current.apple_values, field)
             return await store.set_pass_content(
                 current.id, content, serial_number, content.authentication_token, self._clock()
             )
+
+    async def set_template_content(
+        self,
+        project_id: str,
+        template_id: str,
+        *,
+        pkpass: bytes,
+        pass_json: bytes,
+        files: dict[str, bytes],
+    ) -> Template:
+        """The content a template's passes share. Checked whole as a pass's is, and it
+        names no pass: no serialNumber or authenticationToken (each pass has its own)."""
+        raise_if_any(check_id("template_id", template_id))
+        if pkpass and (pass_json or files):
+            raise InvalidArgument.field("pkpass", "give either pkpass, or pass_json and files")
+        field = "pkpass" if pkpass else "pass_json"
+        content = content_from_pkpass(pkpass) if pkpass else content_from_files(pass_json, files)
+        raise_if_any(
+            [
+                FieldViolation(f"{field}.{key}", "is each pass's own: leave it out of a template")
+                for key in ("serialNumber", "authenticationToken")
+                if key in content.pass_json
+            ]
+        )
+        async with self._sessions.begin() as session:
+            store = PassStore(session, project_id)
+            template = await store.get_template(template_id)
+            if template.platform is not Platform.APPLE:
+                raise FailedPrecondition(
+                    f"template {template_id!r} is not an Apple template: content is for Apple "
+                    "passes",
+                    reason="NOT_AN_APPLE_TEMPLATE",
+                )
+            check_pass_type_identifier(content, template.pass_type_identifier, field)
+            return await store.set_template_content(template_id, content, self._clock())
 
     async def get_pass_package(self, project_id: str, pass_id: str) -> tuple[bytes, int]:
         """The pass's signed .pkpass as a device would get it now, and its update tag."""
@@ -314,6 +374,40 @@ class PassCore:
             await PassStore(session, project_id).unregister_device(
                 pass_id, device_library_identifier
             )
+
+
+def _check_pass(p: Pass) -> list[FieldViolation]:
+    found = check_pass(p)
+    if p.apple_values is not None:
+        found += check_values(p.apple_values, "pass.apple_values")
+    return found
+
+
+async def _upsert_pass(store: PassStore, p: Pass, now: datetime) -> tuple[Pass, bool]:
+    """Upserts the pass, then checks its values on its pass.json (its own or its
+    template's): a value that would break it raises, and the caller's transaction (or
+    savepoint) undoes the upsert."""
+    if p.apple_values:
+        template = await store.get_template(p.template_id)
+        if template.platform is not Platform.APPLE:
+            raise InvalidArgument.field("pass.apple_values", "is for passes of Apple templates")
+    result, created = await store.upsert_pass(p, now)
+    if p.apple_values:
+        stored = await store.stored_pass_json(result.id)
+        if stored is not None:
+            raise_if_any(check_merged(stored, p.apple_values, "pass.apple_values"))
+    return result, created
+
+
+def _check_values_fit(stored_pass_json: bytes, values: PassValues, field: str) -> None:
+    """New content must take the values the pass has: refused at `field` otherwise."""
+    misfits = check_merged(stored_pass_json, values, "apple_values")
+    raise_if_any(
+        [
+            FieldViolation(field, f"does not fit the pass's {v.field}: {v.description}")
+            for v in misfits
+        ]
+    )
 
 
 async def _serial_number(

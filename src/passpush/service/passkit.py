@@ -139,7 +139,9 @@ class PassPackager:
 
     def _sign(self, source: PassPackageSource, signing: SigningMaterial) -> _Signed:
         pass_json = render_pass_json(source, self.web_service_url)
-        manifest = manifest_of({**source.files, PASS_JSON: pass_json})
+        # The stored files' SHA-1s are known: only the rendered pass.json is hashed.
+        sha1s = {name: f.sha1 for name, f in source.stored.items() if name != PASS_JSON}
+        manifest = manifest_of({**source.files, PASS_JSON: pass_json}, sha1s)
         self.signatures += 1
         return _Signed(pass_json, manifest, signing.sign(manifest))
 

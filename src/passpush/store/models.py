@@ -172,8 +172,11 @@ class PassRow(Base):
     update_tag: Mapped[int] = mapped_column(BigInteger)
     created_at: Mapped[datetime]
     updated_at: Mapped[datetime]
-    # Apple: whether pass_files holds the pass's content, so devices can fetch it.
+    # Apple: whether the pass has content of its own (pass_own_files: SetPassContent).
     has_content: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
+    # Apple: the pass's own values over its pass.json (barcodes, field values, other keys),
+    # as JSON; NULL without.
+    apple_values: Mapped[dict[str, Any] | None] = mapped_column(JSON)
 
 
 def _pass_fk() -> ForeignKeyConstraint:
@@ -182,17 +185,62 @@ def _pass_fk() -> ForeignKeyConstraint:
     )
 
 
-class PassFileRow(Base):
-    """One file of an Apple pass's content (pass.json, an image, a localization), kept in
-    the database so that every replica serves the same pass."""
+class ContentFileRow(Base):
+    """One distinct file of Apple pass content (a pass.json, an image, a localization),
+    stored once per project however many templates and passes use it. Content-addressed:
+    `digest` is the SHA-256 of the bytes; `sha1` is what a pass's manifest.json lists."""
 
-    __tablename__ = "pass_files"
-    __table_args__ = (_pass_fk(),)
+    __tablename__ = "content_files"
+
+    project_id: Mapped[str] = _project_fk()
+    digest: Mapped[str] = mapped_column(String(64), primary_key=True)
+    sha1: Mapped[str] = mapped_column(String(40))
+    data: Mapped[bytes] = mapped_column(LargeBinary)
+
+
+def _content_fk() -> ForeignKeyConstraint:
+    return ForeignKeyConstraint(
+        ["project_id", "digest"], ["content_files.project_id", "content_files.digest"]
+    )
+
+
+class TemplateFileRow(Base):
+    """A file of an Apple template's content, shared by its passes: pass.json (the skeleton)
+    and the images, by name."""
+
+    __tablename__ = "template_files"
+    __table_args__ = (
+        ForeignKeyConstraint(
+            ["project_id", "template_id"],
+            ["templates.project_id", "templates.id"],
+            ondelete="CASCADE",
+        ),
+        _content_fk(),
+        Index("ix_template_files_digest", "project_id", "digest"),
+    )
+
+    project_id: Mapped[str] = mapped_column(ID, primary_key=True)
+    template_id: Mapped[str] = mapped_column(ID, primary_key=True)
+    name: Mapped[str] = mapped_column(String(255), primary_key=True)
+    digest: Mapped[str] = mapped_column(String(64))
+
+
+class PassOwnFileRow(Base):
+    """A file of an Apple pass's own content (SetPassContent), over its template's: its
+    pass.json replaces the template's skeleton; its other files add to or replace the
+    template's of the same name."""
+
+    __tablename__ = "pass_own_files"
+    __table_args__ = (
+        _pass_fk(),
+        _content_fk(),
+        Index("ix_pass_own_files_digest", "project_id", "digest"),
+    )
 
     project_id: Mapped[str] = mapped_column(ID, primary_key=True)
     pass_id: Mapped[str] = mapped_column(ID, primary_key=True)
     name: Mapped[str] = mapped_column(String(255), primary_key=True)
-    data: Mapped[bytes] = mapped_column(LargeBinary)
+    digest: Mapped[str] = mapped_column(String(64))
 
 
 class PassTagRow(Base):

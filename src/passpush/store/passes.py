@@ -7,7 +7,7 @@ import uuid
 from collections.abc import Sequence
 from datetime import datetime
 
-from sqlalchemy import ColumnElement, delete, func, insert, select
+from sqlalchemy import ColumnElement, case, delete, func, insert, select, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -20,25 +20,34 @@ from passpush.domain.model import (
     Entity,
     Pass,
     PassStatus,
+    PassValues,
     Platform,
     Project,
     Segment,
     Template,
 )
-from passpush.domain.passkit import PassContent, PassPackageSource
+from passpush.domain.passkit import (
+    PASS_JSON,
+    PassContent,
+    PassPackageSource,
+    StoredFile,
+)
 from passpush.domain.signing import AppleSigningPem, certificate_expire_time
+from passpush.store.content import ContentStore
 from passpush.store.db import dialect_name, one_of_values
 from passpush.store.models import (
     CampaignMemberRow,
     CampaignRow,
+    ContentFileRow,
     DeviceRegistrationRow,
     EntityRow,
-    PassFileRow,
     PassGroupTagRow,
+    PassOwnFileRow,
     PassRow,
     PassTagRow,
     ProjectRow,
     SegmentRow,
+    TemplateFileRow,
     TemplateRow,
 )
 
@@ -196,6 +205,8 @@ class PassStore:
         assert p.status is not None, "validated by the caller"
         row.status = p.status.value
         row.google_object_id = p.google_object_id
+        if p.apple_values is not None:  # unset: the pass keeps its values
+            row.apple_values = p.apple_values.as_json() if p.apple_values else None
         row.update_tag = update_tag_at(now) if created else next_update_tag(row.update_tag, now)
         row.updated_at = now
         await self.session.flush()
@@ -279,22 +290,23 @@ class PassStore:
         authentication_token: str,
         now: datetime,
     ) -> Pass:
-        """Replaces the pass's content; a new update tag tells devices it changed."""
+        """Replaces the pass's own content; a new update tag tells devices it changed."""
         row = await self.session.get(PassRow, self._key(pass_id))
         if row is None:
             raise NotFound("pass", pass_id)
+        own = PassOwnFileRow.project_id == self.project_id, PassOwnFileRow.pass_id == pass_id
+        before = set(await self.session.scalars(select(PassOwnFileRow.digest).where(*own)))
+        contents = ContentStore(self.session, self.project_id)
+        stored = await contents.put(content.stored_files())
+        await self.session.execute(delete(PassOwnFileRow).where(*own))
         await self.session.execute(
-            delete(PassFileRow).where(
-                PassFileRow.project_id == self.project_id, PassFileRow.pass_id == pass_id
-            )
-        )
-        await self.session.execute(
-            insert(PassFileRow),
+            insert(PassOwnFileRow),
             [
-                {"project_id": self.project_id, "pass_id": pass_id, "name": name, "data": data}
-                for name, data in content.stored_files().items()
+                {"project_id": self.project_id, "pass_id": pass_id, "name": n, "digest": f.digest}
+                for n, f in stored.items()
             ],
         )
+        await contents.drop_unreferenced(before - {f.digest for f in stored.values()})
         row.serial_number = serial_number
         if authentication_token:
             row.authentication_token = authentication_token
@@ -304,20 +316,95 @@ class PassStore:
         await self.session.flush()
         return await self.get_pass(pass_id)
 
+    async def set_template_content(
+        self, template_id: str, content: PassContent, now: datetime
+    ) -> Template:
+        """Replaces the content the template's passes share; each pass gets a new update
+        tag (one statement), so that devices fetch it at their next update."""
+        row = await self._template_row(template_id)
+        of_template = (
+            TemplateFileRow.project_id == self.project_id,
+            TemplateFileRow.template_id == template_id,
+        )
+        before = set(await self.session.scalars(select(TemplateFileRow.digest).where(*of_template)))
+        contents = ContentStore(self.session, self.project_id)
+        stored = await contents.put(content.stored_files())
+        await self.session.execute(delete(TemplateFileRow).where(*of_template))
+        await self.session.execute(
+            insert(TemplateFileRow),
+            [
+                {
+                    "project_id": self.project_id,
+                    "template_id": template_id,
+                    "name": name,
+                    "digest": known.digest,
+                }
+                for name, known in stored.items()
+            ],
+        )
+        await contents.drop_unreferenced(before - {f.digest for f in stored.values()})
+        tag = update_tag_at(now)
+        await self.session.execute(
+            update(PassRow)
+            .where(PassRow.project_id == self.project_id, PassRow.template_id == template_id)
+            .values(
+                update_tag=case((PassRow.update_tag >= tag, PassRow.update_tag + 1), else_=tag),
+                updated_at=now,
+            )
+            .execution_options(synchronize_session=False)
+        )
+        await self.session.flush()
+        return _template(row)
+
+    async def stored_pass_json(self, pass_id: str) -> bytes | None:
+        """The pass.json the pass's values go on: its own, else its template's; None when
+        it has neither."""
+        pass_row = await self.session.get(PassRow, self._key(pass_id))
+        if pass_row is None:
+            raise NotFound("pass", pass_id)
+        known = await self._content_files(pass_row)
+        if PASS_JSON not in known:
+            return None
+        digest = known[PASS_JSON].digest
+        return (await ContentStore(self.session, self.project_id).read([digest]))[digest]
+
+    async def _content_files(self, pass_row: PassRow) -> dict[str, StoredFile]:
+        """The pass's files by name, its own over its template's, without their bytes."""
+        template_files = await self.session.execute(
+            select(TemplateFileRow.name, TemplateFileRow.digest, ContentFileRow.sha1)
+            .join(ContentFileRow, _stored(TemplateFileRow))
+            .where(
+                TemplateFileRow.project_id == self.project_id,
+                TemplateFileRow.template_id == pass_row.template_id,
+            )
+        )
+        files = {name: StoredFile(digest, sha1) for name, digest, sha1 in template_files}
+        if pass_row.has_content:
+            own_files = await self.session.execute(
+                select(PassOwnFileRow.name, PassOwnFileRow.digest, ContentFileRow.sha1)
+                .join(ContentFileRow, _stored(PassOwnFileRow))
+                .where(
+                    PassOwnFileRow.project_id == self.project_id,
+                    PassOwnFileRow.pass_id == pass_row.id,
+                )
+            )
+            files |= {name: StoredFile(digest, sha1) for name, digest, sha1 in own_files}
+        return files
+
     async def package_source(self, pass_id: str) -> PassPackageSource:
-        """What the pass's .pkpass is made of now; its files are empty without content."""
+        """What the pass's .pkpass is made of now; its files are empty without content.
+        Shared files come from the content cache: read from the database once."""
         pass_row = await self.session.get(PassRow, self._key(pass_id), populate_existing=True)
         if pass_row is None:
             raise NotFound("pass", pass_id)
         template = await self._template_row(pass_row.template_id)
+        known = await self._content_files(pass_row)
         files: dict[str, bytes] = {}
-        if pass_row.has_content:
-            rows = await self.session.execute(
-                select(PassFileRow.name, PassFileRow.data).where(
-                    PassFileRow.project_id == self.project_id, PassFileRow.pass_id == pass_id
-                )
+        if PASS_JSON in known:
+            data = await ContentStore(self.session, self.project_id).read(
+                f.digest for f in known.values()
             )
-            files = {name: data for name, data in rows}
+            files = {name: data[f.digest] for name, f in known.items()}
         return PassPackageSource(
             project_id=self.project_id,
             pass_id=pass_row.id,
@@ -332,6 +419,8 @@ class PassStore:
             files=files,
             notification_marked=pass_row.notification_marked,
             notification_ticket_id=pass_row.notification_ticket_id,
+            stored=known if files else {},
+            values=PassValues.from_json(pass_row.apple_values),
         )
 
     async def list_passes(self, template_id: str, after: str, limit: int) -> Sequence[Pass]:
@@ -361,8 +450,22 @@ class PassStore:
             )
             for pass_id, tag in pairs:
                 found[pass_id].append(tag)
+        with_content = set(
+            await self.session.scalars(
+                select(TemplateFileRow.template_id).where(
+                    TemplateFileRow.project_id == self.project_id,
+                    TemplateFileRow.template_id.in_(sorted({row.template_id for row in rows})),
+                    TemplateFileRow.name == PASS_JSON,
+                )
+            )
+        )
         return [
-            _pass(row, tuple(sorted(tags[row.id])), tuple(sorted(group_tags[row.id])))
+            _pass(
+                row,
+                tuple(sorted(tags[row.id])),
+                tuple(sorted(group_tags[row.id])),
+                template_has_content=row.template_id in with_content,
+            )
             for row in rows
         ]
 
@@ -486,6 +589,10 @@ class PassStore:
         return (self.project_id, resource_id)
 
 
+def _stored(table: type[TemplateFileRow] | type[PassOwnFileRow]) -> ColumnElement[bool]:
+    return (ContentFileRow.project_id == table.project_id) & (ContentFileRow.digest == table.digest)
+
+
 def _template_of_pass() -> ColumnElement[bool]:
     return (TemplateRow.project_id == PassRow.project_id) & (TemplateRow.id == PassRow.template_id)
 
@@ -527,7 +634,13 @@ def _template(row: TemplateRow) -> Template:
     )
 
 
-def _pass(row: PassRow, tags: tuple[str, ...], group_tags: tuple[str, ...]) -> Pass:
+def _pass(
+    row: PassRow,
+    tags: tuple[str, ...],
+    group_tags: tuple[str, ...],
+    *,
+    template_has_content: bool = False,
+) -> Pass:
     return Pass(
         id=row.id,
         template_id=row.template_id,
@@ -543,5 +656,6 @@ def _pass(row: PassRow, tags: tuple[str, ...], group_tags: tuple[str, ...]) -> P
         update_tag=row.update_tag,
         create_time=row.created_at,
         update_time=row.updated_at,
-        has_content=row.has_content,
+        has_content=row.has_content or template_has_content,
+        apple_values=PassValues.from_json(row.apple_values) if row.apple_values else None,
     )
