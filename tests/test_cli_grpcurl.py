@@ -210,6 +210,7 @@ async def test_readme_walkthrough_with_grpcurl(
         "failed": 0,
         "skipped": 0,
         "delivered_without_alert": 0,
+        "fetched": 0,  # no device fetched the pass (none asked)
     }
     assert [(p.device_token, p.topic, p.payload) for p in fake_apns.received] == [
         (DEVICE_TOKEN, TOPIC, b"{}")

@@ -253,6 +253,11 @@ async def serve(settings: Settings) -> int:
         async with sessions.begin() as session:
             await Outbox(session).release()
             await ScheduleStore(session).release_claims()
+    # Taken from here on: a SIGTERM while the HTTP processes start stops everything cleanly.
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stop.set)
     await server.start()
     log.info(
         "passpush gRPC listening on %s (APNs at %s, Google Wallet API at %s)",
@@ -295,10 +300,6 @@ async def serve(settings: Settings) -> int:
     # include a walk over every object the process has.
     gc.collect()
     gc.freeze()
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(signum, stop.set)
     await stop.wait()
     log.info("shutting down: finishing in-flight work (up to %.0f s)", settings.shutdown_grace)
     await http.stop(settings.shutdown_grace)

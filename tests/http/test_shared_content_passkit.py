@@ -27,11 +27,20 @@ async def test_the_passkit_web_service_serves_the_merged_pass(
     held = json.loads(unzip(await package(passes, "p1"))["pass.json"])
 
     async with httpx.AsyncClient(timeout=30) as http:
+        registered = await http.post(
+            f"{held['webServiceURL']}/v1/devices/d1/registrations/{TOPIC}/SN-p1",
+            json={"pushToken": "a" * 64},
+            headers={"Authorization": f"ApplePass {held['authenticationToken']}"},
+        )
+        # The pass has no content of its own: its template's counts as its content.
+        listed = await http.get(f"{held['webServiceURL']}/v1/devices/d1/registrations/{TOPIC}")
         answer = await http.get(
             f"{held['webServiceURL']}/v1/passes/{TOPIC}/SN-p1",
             headers={"Authorization": f"ApplePass {held['authenticationToken']}"},
         )
 
+    assert registered.status_code == 201, registered.text
+    assert listed.status_code == 200 and listed.json()["serialNumbers"] == ["SN-p1"]
     assert answer.status_code == 200, answer.text
     document = await verified_pass(answer.content, apple_certs, tmp_path)
     assert document["storeCard"]["primaryFields"][0]["value"] == 120

@@ -133,6 +133,8 @@ class TemplateRow(Base):
     apple_certificate_pem: Mapped[str | None] = mapped_column(Text)
     apple_private_key_pem: Mapped[str | None] = mapped_column(Text)
     apple_wwdr_certificate_pem: Mapped[str | None] = mapped_column(Text)
+    # Apple: whether template_files holds content its passes share (SetTemplateContent).
+    has_content: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
 
 
 class PassRow(Base):

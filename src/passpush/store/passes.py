@@ -343,6 +343,7 @@ class PassStore:
             ],
         )
         await contents.drop_unreferenced(before - {f.digest for f in stored.values()})
+        row.has_content = True
         tag = update_tag_at(now)
         await self.session.execute(
             update(PassRow)

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Insert, and_, bindparam, select, text
+from sqlalchemy import Insert, and_, bindparam, or_, select, text
 from sqlalchemy.dialects import postgresql, sqlite
 
 from passpush.domain.model import Platform
@@ -28,6 +28,9 @@ _TEMPLATE_OF_PASS = and_(
     TemplateRow.id == PassRow.template_id,
     TemplateRow.platform == Platform.APPLE.value,
 )
+
+# Its own content (SetPassContent) or its template's (SetTemplateContent).
+_HAS_CONTENT = or_(PassRow.has_content, TemplateRow.has_content)
 
 
 @dataclass(frozen=True)
@@ -52,7 +55,7 @@ _PASSES_NAMED = (
         PassRow.authentication_token,
         PassRow.update_tag,
         PassRow.updated_at,
-        PassRow.has_content,
+        _HAS_CONTENT,
     )
     .join(TemplateRow, _TEMPLATE_OF_PASS)
     .where(
@@ -98,7 +101,7 @@ _DEVICE_SERIALS = (
     .where(
         DeviceRegistrationRow.device_library_identifier == bindparam("device"),
         TemplateRow.pass_type_identifier == bindparam("pass_type_identifier"),
-        PassRow.has_content,
+        _HAS_CONTENT,
         PassRow.update_tag > bindparam("since"),
     )
     .limit(MAX_DEVICE_PASSES)

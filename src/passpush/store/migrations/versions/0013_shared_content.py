@@ -78,6 +78,10 @@ def upgrade() -> None:
     op.create_index("ix_pass_own_files_digest", "pass_own_files", ["project_id", "digest"])
     with op.batch_alter_table("passes", schema=None) as batch_op:
         batch_op.add_column(sa.Column("apple_values", sa.JSON(), nullable=True))
+    op.add_column(
+        "templates",
+        sa.Column("has_content", sa.Boolean(), nullable=False, server_default=sa.false()),
+    )
     _move_pass_files_to_content()
     op.drop_table("pass_files")
 
@@ -107,6 +111,7 @@ def downgrade() -> None:
     # Not in batch mode: on SQLite that copies `passes` to a new table and drops the old
     # one, which (foreign keys on) deletes every row that refers to a pass, pass_files too.
     op.execute("ALTER TABLE passes DROP COLUMN apple_values")
+    op.execute("ALTER TABLE templates DROP COLUMN has_content")
     op.drop_index("ix_pass_own_files_digest", table_name="pass_own_files")
     op.drop_table("pass_own_files")
     op.drop_index("ix_template_files_digest", table_name="template_files")
