@@ -50,7 +50,7 @@ from benchmarks.harness import (
     TOPIC,
     Options,
     Result,
-    cpu_seconds,
+    tree_cpu_seconds,
     free_port,
     log,
     percentile,
@@ -311,11 +311,11 @@ async def _measure(run: Run, pull: Audience, storm: Audience) -> list[Result]:
     ticket, seen = await run.bench.wait_terminal(ticket.id, within=600, poll=0.02)
     _delivered(ticket, count)
     push_seconds = seen - began
-    server_cpu = cpu_seconds(run.server_pid) or 0.0
+    server_cpu = tree_cpu_seconds(run.server_pid) or 0.0
     fetch = await _devices(run, "pull", devices)
-    server_cpu = (cpu_seconds(run.server_pid) or 0.0) - server_cpu
+    server_cpu = (tree_cpu_seconds(run.server_pid) or 0.0) - server_cpu
     fetch.check("the pull")
-    # CPU a device update costs: passpush's process (PostgreSQL's apart) and the load client.
+    # CPU a device update costs: passpush's processes (PostgreSQL's apart) and the load client.
     server_ms, client_ms = server_cpu / count * 1000, fetch.cpu_seconds / count * 1000
     cost = f"CPU a device update: server {server_ms:.1f} ms, wrk {client_ms:.2f} ms"
     updates = fetch.rate(count)

@@ -33,7 +33,7 @@ from passpush.domain.validation import AUTH_TOKEN_MIN, check_id, check_push_toke
 from passpush.service.clock import Clock, utcnow
 from passpush.service.fetches import FetchLedger, FetchSink, PassVersion
 from passpush.service.registration_groups import RegistrationGroups
-from passpush.store.db import make_read_sessions
+from passpush.store.content import CONTENT_CACHE
 from passpush.store.direct import DirectTransactions, direct_reads
 from passpush.store.passes import PassStore, update_tag_at
 from passpush.store.passkit import (
@@ -41,6 +41,7 @@ from passpush.store.passkit import (
     NewRegistration,
     device_serials,
     oldest_open_write,
+    package_source,
     passes_named,
 )
 
@@ -203,9 +204,6 @@ class PassKitCore:
         dialect = engine.dialect.name
         self._sessions = sessions
         self._reads = direct_reads(engine)
-        # A session of the write engine would take SQLite's write lock for a read, and
-        # devices fetching would hold up the Sends.
-        self._read_sessions, self._read_engine = make_read_sessions(sessions)
         self._transactions = transactions
         self._registrations = RegistrationGroups(transactions, dialect, clock=clock)
         self.packager = packager
@@ -319,9 +317,10 @@ class PassKitCore:
             named.update_time, if_modified_since
         ):
             return LatestPass(None, last_modified)  # the device's copy is this version
-        async with self._read_sessions() as session:
-            source = await PassStore(session, named.project_id).package_source(named.pass_id)
-        if PASS_JSON not in source.files:
+        source = await self._reads.run(
+            lambda: package_source(named.project_id, named.pass_id, CONTENT_CACHE)
+        )
+        if source is None or PASS_JSON not in source.files:
             raise NotFound("pass_content", serial_number)
         last_modified = last_modified_of(source.update_time, self._clock())
         try:
@@ -355,8 +354,6 @@ class PassKitCore:
     async def close(self) -> None:
         self._reads.close()
         self._transactions.close()
-        if self._read_engine is not None:
-            await self._read_engine.dispose()
 
     async def _authenticate(
         self, pass_type_identifier: str, serial_number: str, authentication_token: str | None

@@ -14,12 +14,22 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Insert, and_, bindparam, or_, select, text
+from sqlalchemy import Insert, and_, bindparam, literal, or_, select, text, union_all
 from sqlalchemy.dialects import postgresql, sqlite
 
-from passpush.domain.model import Platform
+from passpush.domain.model import PassValues, Platform
+from passpush.domain.passkit import PASS_JSON, PassPackageSource, StoredFile
+from passpush.domain.signing import AppleSigningPem
+from passpush.store.content import ContentCache
 from passpush.store.direct import Query, Steps
-from passpush.store.models import DeviceRegistrationRow, PassRow, TemplateRow
+from passpush.store.models import (
+    ContentFileRow,
+    DeviceRegistrationRow,
+    PassOwnFileRow,
+    PassRow,
+    TemplateFileRow,
+    TemplateRow,
+)
 
 # A device holds a handful of passes of one type; more is not a device.
 MAX_DEVICE_PASSES = 1000
@@ -198,3 +208,100 @@ def register_devices(
     )
     # An upsert keeps the first registration's created_at: new ones have this one's.
     return [row[0] == now for row in created_at]
+
+
+# What a pass's .pkpass is made of, but its files: the pass and its template.
+_PASS_TO_PACKAGE = (
+    select(
+        PassRow.serial_number,
+        PassRow.authentication_token,
+        PassRow.notification_header,
+        PassRow.notification_body,
+        PassRow.update_tag,
+        PassRow.updated_at,
+        PassRow.notification_marked,
+        PassRow.notification_ticket_id,
+        PassRow.apple_values,
+        PassRow.template_id,
+        TemplateRow.pass_type_identifier,
+        TemplateRow.apple_certificate_pem,
+        TemplateRow.apple_private_key_pem,
+        TemplateRow.apple_wwdr_certificate_pem,
+    )
+    .join(TemplateRow, _TEMPLATE_OF_PASS)
+    .where(PassRow.project_id == bindparam("project_id"), PassRow.id == bindparam("pass_id"))
+)
+
+
+def _files_of(table: type[TemplateFileRow] | type[PassOwnFileRow], own: bool) -> Any:
+    owner = PassOwnFileRow.pass_id if own else TemplateFileRow.template_id
+    return (
+        select(table.name, table.digest, ContentFileRow.sha1, literal(own).label("own"))
+        .join(
+            ContentFileRow,
+            and_(
+                ContentFileRow.project_id == table.project_id,
+                ContentFileRow.digest == table.digest,
+            ),
+        )
+        .where(table.project_id == bindparam("project_id"), owner == bindparam(_OWNER[own]))
+    )
+
+
+_OWNER = {False: "template_id", True: "pass_id"}
+# A pass's files, without their bytes: its template's and its own (which win).
+_FILES_OF_PASS = union_all(_files_of(TemplateFileRow, False), _files_of(PassOwnFileRow, True))
+_CONTENT = select(ContentFileRow.data).where(
+    ContentFileRow.project_id == bindparam("project_id"),
+    ContentFileRow.digest == bindparam("digest"),
+)
+
+
+def package_source(
+    project_id: str, pass_id: str, cache: ContentCache
+) -> Steps[PassPackageSource | None]:
+    """What the pass's .pkpass is made of now (None: no such pass); its files are empty
+    without content. Shared files come from `cache`: read from the database once."""
+    found = yield Query(_PASS_TO_PACKAGE, {"project_id": project_id, "pass_id": pass_id})
+    if not found:
+        return None
+    (
+        serial_number, token, header, body, update_tag, update_time, marked, ticket_id,
+        values, template_id, pass_type_identifier, certificate, key, wwdr,
+    ) = found[0]  # fmt: skip
+    listed = yield Query(
+        _FILES_OF_PASS,
+        {"project_id": project_id, "template_id": template_id, "pass_id": pass_id},
+    )
+    known = {
+        name: StoredFile(digest, sha1)
+        for name, digest, sha1, _ in sorted(listed, key=lambda row: bool(row[3]))
+    }
+    files: dict[str, bytes] = {}
+    if PASS_JSON in known:
+        for name, stored in known.items():
+            data = cache.get(stored.digest)
+            if data is None:
+                rows = yield Query(_CONTENT, {"project_id": project_id, "digest": stored.digest})
+                data = bytes(rows[0][0])  # drivers may hand out memoryviews
+                cache.put(stored.digest, data)
+            files[name] = data
+    return PassPackageSource(
+        project_id=project_id,
+        pass_id=pass_id,
+        pass_type_identifier=pass_type_identifier,
+        serial_number=serial_number,
+        authentication_token=token,
+        notification_header=header,
+        notification_body=body,
+        update_tag=update_tag,
+        update_time=update_time,
+        template_signing=(
+            AppleSigningPem(certificate, key, wwdr or "") if certificate and key else None
+        ),
+        files=files,
+        notification_marked=bool(marked),
+        notification_ticket_id=ticket_id,
+        stored=known if files else {},
+        values=PassValues.from_json(values),
+    )
