@@ -31,15 +31,14 @@ from passpush.fakes import google as fake_google
 from passpush.fakes.apns import FakeApns, start_bundled_fake
 from passpush.http.app import HttpServer, create_app
 from passpush.http.processes import (
-    CHANGED,
     READY,
     HttpProcesses,
+    ParentFetchSink,
     inherited_listener,
     lower_priority,
     tell_parent,
 )
 from passpush.service.clock import utcnow
-from passpush.service.fetches import FetchBatcher, FetchRecorder
 from passpush.service.keys import KeyCore
 from passpush.service.passkit import PassKitCore, PassKitSettings, PassPackager
 from passpush.store import migrate
@@ -274,7 +273,7 @@ async def serve(settings: Settings) -> int:
             settings.http_address,
             settings.http_processes,
             functools.partial(_http_child_command, grpc_target),
-            on_changed=server.changes.publish,
+            on_fetched=server.fetches.add,
         )
     else:
         app = create_app(grpc_target, server.passkit, settings.passkit_prefix)
@@ -319,17 +318,13 @@ async def serve_http(settings: Settings, listen_fd: int, grpc_target: str) -> in
         default_signing = None  # the parent said why, and refused to start
     engine = make_engine(settings.database_url)
     sessions = make_sessions(engine)
-    # Fetch confirmations are recorded here, where the device asked; the parent's streams
-    # hear of them by a line (PostgreSQL's NOTIFY tells other replicas).
-    fetches = FetchBatcher(FetchRecorder(sessions, on_recorded=lambda: tell_parent(CHANGED)).record)
     passkit = PassKitCore(
         sessions,
         direct_transactions(engine),
         PassPackager(PassKitSettings(settings.passkit_url, default_signing)),
         clock=utcnow,
-        fetch_sink=fetches,
+        fetch_sink=ParentFetchSink(),  # the parent records them
     )
-    fetches.start()
     app = create_app(grpc_target, passkit, settings.passkit_prefix)
     http = HttpServer(app, settings.http_address, inherited_listener(listen_fd))
     await http.start()
@@ -351,7 +346,6 @@ async def serve_http(settings: Settings, listen_fd: int, grpc_target: str) -> in
     loop.add_reader(sys.stdin.fileno(), parent_gone)
     await stop.wait()
     await http.stop(settings.shutdown_grace)
-    await fetches.stop()
     await passkit.close()
     await engine.dispose()
     return 0

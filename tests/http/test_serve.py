@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import socket
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -12,10 +13,11 @@ import httpx
 import pytest
 
 from passpush.fakes.apns import FakeApns
+from passpush.v1 import notifications_pb2 as npb
+from passpush.v1 import notifications_pb2_grpc, passes_pb2_grpc
 from passpush.v1 import passes_pb2 as ppb
-from passpush.v1 import passes_pb2_grpc
 
-from apple_passes import AppleCerts, pass_document, pass_files, verified_pass
+from apple_passes import AppleCerts, pass_document, pass_files, unzip, verified_pass
 from processes import (
     PASSPUSH,
     Launcher,
@@ -26,7 +28,7 @@ from processes import (
     run,
 )
 from shim_auth import basic
-from support import TOPIC, World, upsert
+from support import TOPIC, World, upsert, wait_terminal
 
 
 @pytest.fixture
@@ -176,3 +178,82 @@ async def test_serve_warns_when_passes_name_a_web_service_that_is_not_https(
     assert f"http://{plain.env['PASSPUSH_HTTP_ADDRESS']}/passkit" in warning
     assert "https://" in warning
     assert not [line for line in warnings(secure) if "PASSPUSH_PASSKIT_URL" in line]
+
+
+async def test_http_processes_serve_devices_and_the_parent_records_their_fetches(
+    launch: Launcher, database_url: str, tmp_path: Path, apple_certs: AppleCerts
+) -> None:
+    """By default the HTTP side runs in processes of its own, at a lower priority; a
+    device's fetch there reaches the ticket (the parent records it); and killing the
+    parent takes them down too, so the port is free for the next start."""
+    http_address = f"127.0.0.1:{free_port()}"
+    server = await launch(HTTP_ADDRESS=http_address, HTTP_PROCESSES="2")
+    key = await create_key(database_url, tmp_path, "demo")
+    device = "6b2f0d6b1c0e4d6f9a1b2c3d4e5f6a7b"
+    async with server.channel(key) as channel:
+        passes = passes_pb2_grpc.PassServiceStub(channel)
+        notifications = notifications_pb2_grpc.NotificationServiceStub(channel)
+        await passes.CreateTemplate(
+            ppb.CreateTemplateRequest(
+                template_id="t1",
+                template=ppb.Template(
+                    project_id="demo",
+                    platform=ppb.PLATFORM_APPLE,
+                    pass_type_identifier=TOPIC,
+                    apple_signing=apple_certs.proto(),
+                ),
+            )
+        )
+        await passes.UpsertPass(upsert(id="p1", template_id="t1"))
+        await passes.SetPassContent(
+            ppb.SetPassContentRequest(
+                pass_id="p1", pass_json=json.dumps(pass_document()).encode(), files=pass_files()
+            )
+        )
+        issued = await passes.GetPassPackage(ppb.GetPassPackageRequest(pass_id="p1"))
+        held = json.loads(unzip(issued.pkpass)["pass.json"])
+        auth = {"Authorization": f"ApplePass {held['authenticationToken']}"}
+        registrations = f"/passkit/v1/devices/{device}/registrations/{TOPIC}"
+        async with httpx.AsyncClient(base_url=f"http://{http_address}", timeout=30) as client:
+            await wait_http(client)
+            registered = await client.post(
+                f"{registrations}/p1", json={"pushToken": "d0" * 32}, headers=auth
+            )
+            tag = (await client.get(registrations)).json()["lastUpdated"]
+            ticket = await notifications.Send(
+                npb.SendRequest(target=npb.Target(pass_id="p1"), content=npb.Content(body="Hi"))
+            )
+            await wait_terminal(notifications, ticket.id)
+            asked = await client.get(registrations, params={"passesUpdatedSince": tag})
+            fetched = await client.get(f"/passkit/v1/passes/{TOPIC}/p1", headers=auth)
+        counted = await wait_fetched(notifications, ticket.id)
+    children = child_pids(server.pid)
+    priorities = [os.getpriority(os.PRIO_PROCESS, pid) for pid in children]
+
+    server.kill_now()
+    await server.kill()
+    again = await launch(HTTP_ADDRESS=http_address, HTTP_PROCESSES="2")
+
+    assert registered.status_code == 201
+    assert asked.json()["serialNumbers"] == ["p1"]
+    assert fetched.status_code == 200
+    assert counted.counts.fetched == 1
+    assert len(children) == 2
+    assert all(priority >= 10 for priority in priorities)  # PASSPUSH_HTTP_NICE's default
+    assert again.running
+    assert not set(children) & set(child_pids(again.pid))
+
+
+async def wait_fetched(
+    notifications: notifications_pb2_grpc.NotificationServiceStub, ticket_id: int
+) -> npb.Ticket:
+    async with asyncio.timeout(15):
+        while True:
+            ticket = await notifications.GetTicket(npb.GetTicketRequest(id=ticket_id))
+            if ticket.counts.fetched:
+                return ticket
+            await asyncio.sleep(0.05)
+
+
+def child_pids(pid: int) -> list[int]:
+    return [int(p) for p in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]

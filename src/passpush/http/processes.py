@@ -9,27 +9,32 @@ start. The children run at a lower CPU priority (a higher nice value): while bot
 CPU, the API and the pushes get it first, and the devices get what is left, which after a
 broadcast is nearly all of it.
 
-A child writes one line to its stdout, which the parent reads: `ready` once it serves, and
-`changed` when it recorded something that ticket watchers wait for (a fetch confirmation):
-on SQLite that is how the parent's streams hear of it (PostgreSQL's NOTIFY reaches them
-anyway). A child that dies is started again.
+A child writes lines to its stdout, which the parent reads: `ready` once it serves, and
+`fetched {json}` for each fetch confirmation (a device fetched the pass version carrying a
+notification), which the parent records. So the children never write during a fetch storm:
+on SQLite a child holding the write lock at its lower priority would keep the Sends and the
+pushes waiting for it (a priority inversion). A child that dies is started again.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import os
 import signal
 import socket
 import sys
 from collections.abc import Callable, Sequence
+from datetime import datetime
+
+from passpush.store.fetches import FetchConfirmation
 
 log = logging.getLogger(__name__)
 
 READY = b"ready"
-CHANGED = b"changed"
+FETCHED = b"fetched "
 _RESTART_DELAY = 1.0  # seconds before a child that died is started again
 _START_TIMEOUT = 60.0  # seconds a child may take to import, connect and listen
 
@@ -43,14 +48,14 @@ class HttpProcesses:
         count: int,
         child_command: Callable[[int], Sequence[str]],
         *,
-        on_changed: Callable[[], None] = lambda: None,
+        on_fetched: Callable[[FetchConfirmation], None] = lambda _: None,
     ) -> None:
         """`child_command(fd)` is the command line of a child serving the socket `fd`."""
         host, _, port = address.rpartition(":")
         self._host, self._port = host.strip("[]") or "127.0.0.1", int(port)
         self._count = count
         self._command = child_command
-        self._on_changed = on_changed
+        self._on_fetched = on_fetched
         self._listener: socket.socket | None = None
         self._children: list[asyncio.Task[None]] = []
         self._stopping = False
@@ -112,10 +117,10 @@ class HttpProcesses:
         assert process.stdout is not None
         try:
             async for line in process.stdout:
-                if line.strip() == READY and not ready.done():
+                if line.startswith(FETCHED):
+                    self._on_fetched(_confirmation(line[len(FETCHED) :]))
+                elif line.strip() == READY and not ready.done():
                     ready.set_result(None)
-                elif line.strip() == CHANGED:
-                    self._on_changed()
             await process.wait()
         except asyncio.CancelledError:
             await _terminate(process, self._grace)
@@ -163,3 +168,18 @@ def lower_priority(nice: int) -> None:
     """Yields the CPU to the gRPC server's process while both want it."""
     if nice > 0:
         os.nice(nice)
+
+
+class ParentFetchSink:
+    """A child's fetch confirmations, handed to the parent to record."""
+
+    def add(self, confirmation: FetchConfirmation) -> None:
+        fields = {**vars(confirmation), "fetched_at": confirmation.fetched_at.isoformat()}
+        tell_parent(FETCHED + json.dumps(fields).encode())
+
+
+def _confirmation(line: bytes) -> FetchConfirmation:
+    fields = json.loads(line)
+    return FetchConfirmation(
+        **{**fields, "fetched_at": datetime.fromisoformat(fields["fetched_at"])}
+    )
