@@ -22,13 +22,13 @@ _basic = HTTPBasic(
 )
 
 
-def _bearer_key(
+async def _bearer_key(
     bearer: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
 ) -> Metadata:
     return metadata_for(bearer.credentials if bearer else None)
 
 
-def _bearer_or_basic_key(
+async def _bearer_or_basic_key(
     bearer: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
     basic: Annotated[HTTPBasicCredentials | None, Depends(_basic)],
 ) -> Metadata:

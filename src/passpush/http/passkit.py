@@ -92,14 +92,18 @@ _apple_pass = APIKeyHeader(
 )
 
 
-def _authentication_token(header: Annotated[str | None, Depends(_apple_pass)]) -> str | None:
+# Dependencies are `async def`: FastAPI runs a plain `def` one on a thread pool, a hop
+# there and back on every device request.
+async def _authentication_token(
+    header: Annotated[str | None, Depends(_apple_pass)],
+) -> str | None:
     scheme, _, token = (header or "").partition(" ")
     if scheme.lower() != "applepass":
         return None
     return token.strip() or None
 
 
-def _core(request: Request) -> PassKitCore:
+async def _core(request: Request) -> PassKitCore:
     core: PassKitCore = request.app.state.passkit
     return core
 
