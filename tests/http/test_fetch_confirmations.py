@@ -14,8 +14,8 @@ from test_passkit import Device, HeldPass, device, issue_pass, send
 from passpush.api.server import PasspushServer
 from passpush.domain.fetches import bucket_of, percentile
 from passpush.fakes.apns import FakeApns
-from passpush.service.fetches import FetchLedger, PassVersion
-from passpush.store.fetches import FetchConfirmation
+from passpush.service.fetches import FetchBatcher, FetchLedger, PassVersion
+from passpush.store.fetches import FetchConfirmation, RecordedFetch
 from passpush.v1 import notifications_pb2 as npb
 from passpush.v1 import notifications_pb2_grpc, passes_pb2_grpc
 from passpush.v1 import passes_pb2 as ppb
@@ -271,3 +271,32 @@ def test_percentiles_from_the_histogram_are_within_a_tenth(
     assert abs(p50 / timedelta(milliseconds=p50_ms) - 1) < 0.1
     assert abs(p95 / timedelta(milliseconds=p95_ms) - 1) < 0.1
     assert percentile({}, 0.5) is None
+
+
+async def test_downloading_a_fetched_version_again_writes_nothing_and_is_not_retried() -> None:
+    """A device refreshing a pass it fetched already confirms nothing new: the batcher
+    leaves it out, instead of writing it and trying it again five times as unmatched."""
+    batches: list[list[FetchConfirmation]] = []
+
+    async def record(confirmations: list[FetchConfirmation]) -> list[RecordedFetch]:
+        batches.append(confirmations)
+        if len(batches) > 1:
+            return []  # the delivery is marked fetched already
+        c = confirmations[0]
+        return [
+            RecordedFetch(
+                1, c.ticket_id, c.project_id, c.pass_id, c.device_library_identifier, 1,
+                c.fetched_at, timedelta(seconds=1),
+            )
+        ]  # fmt: skip
+
+    batcher = FetchBatcher(record, interval=3600)
+    confirmation = FetchConfirmation("acme", "p1", "d1", 1, 7, datetime.now(UTC))
+    batcher.add(confirmation)
+    await batcher.flush()
+    for _ in range(3):
+        batcher.add(confirmation)
+    await batcher.flush()
+    await batcher.stop()
+
+    assert batches == [[confirmation]]

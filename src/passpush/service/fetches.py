@@ -195,9 +195,15 @@ class FetchBatcher:
         self._dropped = 0
         # One flush at a time: a flush returns once what waited when it was called is written.
         self._flushing = asyncio.Lock()
+        # Deliveries recorded as fetched already (the newest): a device that downloads its
+        # pass again confirms nothing new, and must cost no write, nor its tries again.
+        self._recorded: OrderedDict[_Key, None] = OrderedDict()
+
+    RECORDED_KEPT = 200_000
 
     def add(self, confirmation: FetchConfirmation) -> None:
-        self._add(confirmation, 0)
+        if _key_of(confirmation) not in self._recorded:
+            self._add(confirmation, 0)
 
     def _add(self, confirmation: FetchConfirmation, tries: int) -> None:
         self._waiting.append((confirmation, tries))
@@ -235,12 +241,22 @@ class FetchBatcher:
                 except BaseException:
                     self._waiting[:0] = batch  # tried again with the next
                     raise
-                self._try_later(batch, {_key_of(r) for r in recorded})
+                matched = {_key_of(r) for r in recorded}
+                self._remember(matched)
+                self._try_later(batch, matched)
+
+    def _remember(self, recorded: set[_Key]) -> None:
+        for key in recorded:
+            self._recorded[key] = None
+            self._recorded.move_to_end(key)
+        while len(self._recorded) > self.RECORDED_KEPT:
+            self._recorded.popitem(last=False)
 
     def _try_later(self, batch: list[tuple[FetchConfirmation, int]], matched: set[_Key]) -> None:
         now = asyncio.get_running_loop().time()
         for confirmation, tries in batch:
-            if tries < self._retries and _key_of(confirmation) not in matched:
+            key = _key_of(confirmation)
+            if tries < self._retries and key not in matched and key not in self._recorded:
                 self._later.append((now + 2.0**tries, tries + 1, confirmation))
         if len(self._later) > self._max_waiting:  # the oldest go: fetches long unmatched
             self._dropped += len(self._later) - self._max_waiting
