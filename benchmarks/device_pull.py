@@ -50,11 +50,11 @@ from benchmarks.harness import (
     TOPIC,
     Options,
     Result,
-    tree_cpu_seconds,
     free_port,
     log,
     percentile,
     run_command,
+    tree_cpu_seconds,
     workspace,
 )
 from benchmarks.server import CONTENT, ApnsAuth, Client, client, serve

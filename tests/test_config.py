@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import pytest
 
 from passpush.config import APPLE_APNS_ENDPOINT, Settings, SigningFiles
@@ -153,3 +155,14 @@ def test_the_grpc_message_limit_defaults_to_4_mib() -> None:
     assert named.grpc_max_message_bytes == 8 * 1024 * 1024
     with pytest.raises(ValueError, match="PASSPUSH_GRPC_MAX_MESSAGE_BYTES"):
         Settings.from_env({"PASSPUSH_GRPC_MAX_MESSAGE_BYTES": "0"})
+
+
+def test_http_runs_in_one_lower_priority_process_per_cpu_unless_configured() -> None:
+    defaults = Settings.from_env({})
+    tuned = Settings.from_env({"PASSPUSH_HTTP_PROCESSES": "0", "PASSPUSH_HTTP_NICE": "5"})
+
+    assert (defaults.http_processes, defaults.http_nice) == (os.cpu_count() or 1, 10)
+    assert (tuned.http_processes, tuned.http_nice) == (0, 5)
+    for name, value in [("HTTP_PROCESSES", "-1"), ("HTTP_PROCESSES", "65"), ("HTTP_NICE", "20")]:
+        with pytest.raises(ValueError, match=f"PASSPUSH_{name}"):
+            Settings.from_env({f"PASSPUSH_{name}": value})
