@@ -92,6 +92,9 @@ def passpush_env(database_url: str, data_dir: Path, **settings: str) -> dict[str
     env = {name: value for name, value in os.environ.items() if not name.startswith("PASSPUSH_")}
     env["PASSPUSH_DATABASE_URL"] = database_url
     env["PASSPUSH_DATA_DIR"] = str(data_dir)
+    # HTTP in the server's own process unless a test asks for HTTP processes (each is a
+    # Python importing the whole server: two per `passpush serve` doubled the suite's time).
+    env["PASSPUSH_HTTP_PROCESSES"] = "0"
     env.update({f"PASSPUSH_{name}": value for name, value in settings.items()})
     return env
 

@@ -140,7 +140,14 @@ class HttpServer:
             await asyncio.wait_for(asyncio.shield(self._task), grace)
         except TimeoutError:
             self._server.force_exit = True
-            await self._task
+            # uvicorn then waits for the listener to close, which waits for every
+            # connection: one whose request never ends would hold the stop for ever.
+            for connection in list(self._server.server_state.connections):
+                connection.transport.abort()  # type: ignore[attr-defined]
+            try:
+                await asyncio.wait_for(self._task, 1.0)
+            except TimeoutError:
+                log.warning("the HTTP server did not stop within %.0f s: left behind", grace)
 
 
 class _QuietSignalsServer(uvicorn.Server):
