@@ -52,7 +52,10 @@ from passpush.domain.validation import (
 )
 from passpush.service.clock import Clock, utcnow
 from passpush.service.passkit import PassKitSettings, PassPackager
+from passpush.store.content import CONTENT_CACHE
+from passpush.store.direct import run_on_session
 from passpush.store.passes import PassStore, new_id
+from passpush.store.passkit import package_source
 
 DEFAULT_CAMPAIGN_LIMIT = 3
 MAX_IMPORT_FAILURES_REPORTED = 100
@@ -296,8 +299,13 @@ class PassCore:
         """The pass's signed .pkpass as a device would get it now, and its update tag."""
         raise_if_any(check_id("pass_id", pass_id))
         async with self._sessions() as session:
-            store = PassStore(session, project_id)
-            source = await store.package_source((await store.get_pass(pass_id)).id)
+            found = await PassStore(session, project_id).get_pass(pass_id)  # or NotFound
+            # The same read as a device's download (store/passkit.py), in this session.
+            source = await run_on_session(
+                session, package_source(project_id, found.id, CONTENT_CACHE)
+            )
+        if source is None:  # deleted in between
+            raise NotFound("pass", pass_id)
         return await self._packager.package(source), source.update_tag
 
     async def create_segment(self, project_id: str, segment: Segment) -> Segment:

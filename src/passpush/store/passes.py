@@ -29,7 +29,6 @@ from passpush.domain.model import (
 from passpush.domain.passkit import (
     PASS_JSON,
     PassContent,
-    PassPackageSource,
     StoredFile,
 )
 from passpush.domain.signing import AppleSigningPem, certificate_expire_time
@@ -391,38 +390,6 @@ class PassStore:
             )
             files |= {name: StoredFile(digest, sha1) for name, digest, sha1 in own_files}
         return files
-
-    async def package_source(self, pass_id: str) -> PassPackageSource:
-        """What the pass's .pkpass is made of now; its files are empty without content.
-        Shared files come from the content cache: read from the database once."""
-        pass_row = await self.session.get(PassRow, self._key(pass_id), populate_existing=True)
-        if pass_row is None:
-            raise NotFound("pass", pass_id)
-        template = await self._template_row(pass_row.template_id)
-        known = await self._content_files(pass_row)
-        files: dict[str, bytes] = {}
-        if PASS_JSON in known:
-            data = await ContentStore(self.session, self.project_id).read(
-                f.digest for f in known.values()
-            )
-            files = {name: data[f.digest] for name, f in known.items()}
-        return PassPackageSource(
-            project_id=self.project_id,
-            pass_id=pass_row.id,
-            pass_type_identifier=template.pass_type_identifier,
-            serial_number=pass_row.serial_number,
-            authentication_token=pass_row.authentication_token,
-            notification_header=pass_row.notification_header,
-            notification_body=pass_row.notification_body,
-            update_tag=pass_row.update_tag,
-            update_time=pass_row.updated_at,
-            template_signing=_signing(template),
-            files=files,
-            notification_marked=pass_row.notification_marked,
-            notification_ticket_id=pass_row.notification_ticket_id,
-            stored=known if files else {},
-            values=PassValues.from_json(pass_row.apple_values),
-        )
 
     async def list_passes(self, template_id: str, after: str, limit: int) -> Sequence[Pass]:
         await self._template_row(template_id)
