@@ -107,7 +107,7 @@ class HttpServer:
         host, _, port = address.rpartition(":")
         self._host, self._port = host.strip("[]") or "127.0.0.1", int(port)
         self._listener = listener
-        # httptools parses HTTP in C: a device's request costs a fraction of h11's.
+        # httptools parses HTTP in C, where h11 is pure Python: devices make many small requests.
         config = uvicorn.Config(app, log_config=None, access_log=False, http="httptools")
         self._server = _QuietSignalsServer(config)
         self._task: asyncio.Task[None] | None = None
