@@ -257,35 +257,43 @@ async def serve(settings: Settings) -> int:
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)
-    await server.start()
+    # The HTTP processes start first where the gRPC port is known: the server reports
+    # SERVING once they are up, so that their start (a Python importing the whole server,
+    # each) does not take the CPU from the first Sends and pushes.
+    grpc_port = int(settings.grpc_address.rpartition(":")[2] or 0)
+    http: HttpServer | HttpProcesses | None = None
+    if settings.http_processes and grpc_port:
+        http = _http_processes(settings, _dial(settings.grpc_address, grpc_port), server)
+        if not await _start_http(http, settings):
+            await _close_gateways(gateway, google, fake, fake_wallet)
+            await engine.dispose()
+            return 2
+    try:
+        await server.start()
+    except BaseException:
+        if http is not None:
+            await http.stop(0)
+        raise
     log.info(
         "passpush gRPC listening on %s (APNs at %s, Google Wallet API at %s)",
         settings.grpc_address,
         apns_config.endpoint if apns_config else "none",
         google_config.api_base if google_config else "none",
     )
-    # The shim calls the gRPC server like any client, over the port it just bound; the
-    # PassKit routes (devices, no API key) call the service directly.
-    grpc_target = _dial(settings.grpc_address, server.port)
-    http: HttpServer | HttpProcesses
-    if settings.http_processes:
-        http = HttpProcesses(
-            settings.http_address,
-            settings.http_processes,
-            functools.partial(_http_child_command, grpc_target),
-            on_fetched=server.fetches.add,
-        )
-    else:
-        app = create_app(grpc_target, server.passkit, settings.passkit_prefix)
-        http = HttpServer(app, settings.http_address)
-    try:
-        await http.start()
-    except OSError as error:
-        log.error("cannot serve HTTP on %s: %s", settings.http_address, error)
-        await server.stop(0)
-        await _close_gateways(gateway, google, fake, fake_wallet)
-        await engine.dispose()
-        return 2
+    if http is None:
+        # The shim calls the gRPC server like any client, over the port it just bound; the
+        # PassKit routes (devices, no API key) call the service directly.
+        grpc_target = _dial(settings.grpc_address, server.port)
+        if settings.http_processes:
+            http = _http_processes(settings, grpc_target, server)
+        else:
+            app = create_app(grpc_target, server.passkit, settings.passkit_prefix)
+            http = HttpServer(app, settings.http_address)
+        if not await _start_http(http, settings):
+            await server.stop(0)
+            await _close_gateways(gateway, google, fake, fake_wallet)
+            await engine.dispose()
+            return 2
     log.info(
         "passpush HTTP shim listening on %s (%s); PassKit web service at %s (webServiceURL %s)",
         settings.http_address,
@@ -391,6 +399,24 @@ async def _close_gateways(
         await fake_apns.stop()
     if fake_wallet is not None:
         await fake_wallet.stop()
+
+
+def _http_processes(settings: Settings, grpc_target: str, server: PasspushServer) -> HttpProcesses:
+    return HttpProcesses(
+        settings.http_address,
+        settings.http_processes,
+        functools.partial(_http_child_command, grpc_target),
+        on_fetched=server.fetches.add,
+    )
+
+
+async def _start_http(http: HttpServer | HttpProcesses, settings: Settings) -> bool:
+    try:
+        await http.start()
+    except OSError as error:
+        log.error("cannot serve HTTP on %s: %s", settings.http_address, error)
+        return False
+    return True
 
 
 def _http_child_command(grpc_target: str, listen_fd: int) -> list[str]:
