@@ -21,7 +21,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from passpush.api.server import PasspushServer
 from passpush.fakes.apns import FakeApns
 from passpush.service.clock import utcnow
-from passpush.service.passkit import last_modified_of, modified_since
+from passpush.service.passkit import SettledTime, last_modified_of, modified_since
 from passpush.store.models import PassRow
 from passpush.store.passes import update_tag_at
 from passpush.v1 import notifications_pb2 as npb
@@ -311,8 +311,13 @@ async def test_a_device_sees_only_its_own_changed_passes(
 
 
 # On SQLite the one writer commits its tags in order; on PostgreSQL they may not be.
+# What is known of open writes is kept a moment (SettledTime); kept all along, the answer
+# from before the broadcast began must still hold the device back.
 @pytest.mark.parametrize("database_url", ["postgresql"], indirect=True)
+@pytest.mark.parametrize("settled_for", [SettledTime.SETTLED_FOR, 3600.0], ids=["now", "kept"])
 async def test_a_change_committed_after_a_later_one_still_reaches_the_device(
+    settled_for: float,
+    monkeypatch: pytest.MonkeyPatch,
     shim: str,
     device: Device,
     passes: passes_pb2_grpc.PassServiceStub,
@@ -320,6 +325,7 @@ async def test_a_change_committed_after_a_later_one_still_reaches_the_device(
     sessions: async_sessionmaker[AsyncSession],
     apple_certs: AppleCerts,
 ) -> None:
+    monkeypatch.setattr(SettledTime, "SETTLED_FOR", settled_for)
     p1, p2 = await issue_pass(passes, apple_certs, "p1", "p2")
     for held in (p1, p2):
         assert (await device.register(held)).status_code == 201

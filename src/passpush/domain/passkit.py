@@ -21,6 +21,7 @@ from typing import Any
 
 from passpush.domain.errors import FieldViolation, InvalidArgument
 from passpush.domain.model import PassValues
+from passpush.domain.pkpass_zip import PNG_MAGIC, zip_archive, zip_entry
 from passpush.domain.signing import AppleSigningPem, SigningMaterial
 from passpush.domain.validation import check_authentication_token, unstorable
 
@@ -54,7 +55,6 @@ _IGNORED = re.compile(r"(^|/)(\.DS_Store|__MACOSX(/.*)?)$")
 _NAME = r"[A-Za-z0-9_@~-][A-Za-z0-9._@~-]*"
 _FILE_NAME = re.compile(rf"({_NAME}\.lproj/)?{_NAME}")
 MAX_FILE_NAME = 255
-_PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
 # A pass's own values (ApplePassValues): limits, and the pass.json keys they cannot set.
 MAX_BARCODES = 10
@@ -221,7 +221,7 @@ def _content(
     if REQUIRED_FILE not in files:
         violations.append(FieldViolation(files_field, f"must include {REQUIRED_FILE}"))
     for name in sorted(files):
-        if name.lower().endswith(".png") and not files[name].startswith(_PNG_MAGIC):
+        if name.lower().endswith(".png") and not files[name].startswith(PNG_MAGIC):
             if in_pkpass:
                 violations.append(FieldViolation(files_field, f"{name!r} is not a PNG image"))
             else:
@@ -321,20 +321,10 @@ def build_pkpass(
 
 
 def zip_pkpass(files: Mapping[str, bytes], manifest: bytes, signature: bytes) -> bytes:
-    """The .pkpass of files whose manifest is signed already: the same bytes for the same
-    version (no clock in it), and PNG images stored as they are, since deflating what is
-    compressed already costs time and saves nothing."""
-    buffer = io.BytesIO()
-    with zipfile.ZipFile(buffer, "w") as archive:
-        for name, data in [*sorted(files.items()), (MANIFEST, manifest), (SIGNATURE, signature)]:
-            entry = zipfile.ZipInfo(name, date_time=_ZIP_TIME)
-            entry.compress_type = _STORED if data.startswith(_PNG_MAGIC) else _DEFLATED
-            archive.writestr(entry, data)
-    return buffer.getvalue()
-
-
-_ZIP_TIME = (1980, 1, 1, 0, 0, 0)  # the earliest a zip can hold
-_STORED, _DEFLATED = zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED
+    """The .pkpass of files whose manifest is signed already (pkpass_zip.py: the same
+    bytes for the same version, PNG images stored as they are)."""
+    named = [*sorted(files.items()), (MANIFEST, manifest), (SIGNATURE, signature)]
+    return zip_archive([zip_entry(name, data) for name, data in named])
 
 
 def manifest_of(files: Mapping[str, bytes], sha1s: Mapping[str, str] | None = None) -> bytes:

@@ -171,11 +171,25 @@ def lower_priority(nice: int) -> None:
 
 
 class ParentFetchSink:
-    """A child's fetch confirmations, handed to the parent to record."""
+    """A child's fetch confirmations, handed to the parent to record: written to the pipe
+    together a few milliseconds after the first, since each write to it is a system call
+    that wakes the parent (one a fetch cost ~6% of a child's time in a fetch storm)."""
+
+    FLUSH_AFTER = 0.005  # seconds
+
+    def __init__(self) -> None:
+        self._flush_due = False
 
     def add(self, confirmation: FetchConfirmation) -> None:
         fields = {**vars(confirmation), "fetched_at": confirmation.fetched_at.isoformat()}
-        tell_parent(FETCHED + json.dumps(fields).encode())
+        sys.stdout.buffer.write(FETCHED + json.dumps(fields).encode() + b"\n")
+        if not self._flush_due:
+            self._flush_due = True
+            asyncio.get_running_loop().call_later(self.FLUSH_AFTER, self._flush)
+
+    def _flush(self) -> None:
+        self._flush_due = False
+        sys.stdout.buffer.flush()
 
 
 def _confirmation(line: bytes) -> FetchConfirmation:

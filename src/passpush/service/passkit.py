@@ -10,9 +10,12 @@ re-signed pass, and unregisters when the holder deletes the pass.
 
 from __future__ import annotations
 
+import asyncio
 import hmac
 import logging
+import math
 import re
+import time
 from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -21,20 +24,23 @@ from datetime import datetime, timedelta
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from passpush.domain.errors import FailedPrecondition, NotFound, Unauthenticated
+from passpush.domain.lru import BytesBoundedLru
 from passpush.domain.passkit import (
+    MANIFEST,
     PASS_JSON,
+    SIGNATURE,
     PassPackageSource,
     manifest_of,
     render_pass_json,
-    zip_pkpass,
 )
+from passpush.domain.pkpass_zip import ZipEntry, zip_archive, zip_entry
 from passpush.domain.signing import AppleSigningPem, SigningMaterial, load_signing
 from passpush.domain.validation import AUTH_TOKEN_MIN, check_id, check_push_token, raise_if_any
 from passpush.service.clock import Clock, utcnow
 from passpush.service.fetches import FetchLedger, FetchSink, PassVersion
 from passpush.service.registration_groups import RegistrationGroups
 from passpush.store.content import CONTENT_CACHE
-from passpush.store.direct import DirectTransactions, direct_reads
+from passpush.store.direct import DirectReads, DirectTransactions, direct_reads
 from passpush.store.passes import PassStore, update_tag_at
 from passpush.store.passkit import (
     NamedPass,
@@ -70,7 +76,8 @@ class PassKitSettings:
     # The server's signing material, for templates without their own.
     default_signing: SigningMaterial | None = None
     # How many bytes of signed pass versions (pass.json, manifest, signature: a few KB
-    # each) a process keeps, so that a pass fetched again unchanged is not signed again.
+    # each) a process keeps, so that a pass fetched again unchanged is not signed again;
+    # and as many bytes of stored files' zip entries (a PNG's are the cached file itself).
     signed_cache_bytes: int = DEFAULT_SIGNED_CACHE_BYTES
 
 
@@ -107,9 +114,14 @@ class PassPackager:
         self._default = settings.default_signing
         # Loading a key checks it (milliseconds for RSA): once per template's material.
         self._loaded: OrderedDict[AppleSigningPem, SigningMaterial] = OrderedDict()
-        self._signed: OrderedDict[_VersionKey, _Signed] = OrderedDict()
-        self._signed_bytes = 0
-        self._signed_limit = settings.signed_cache_bytes
+        self._signed = BytesBoundedLru[_VersionKey, _Signed](
+            settings.signed_cache_bytes, lambda signed: signed.size
+        )
+        # Each stored file's zip entry, by name and digest: shared images are checksummed
+        # (and the rest deflated) once, not for every device.
+        self._entries = BytesBoundedLru[tuple[str, str], ZipEntry](
+            settings.signed_cache_bytes, lambda entry: entry.weight
+        )
         self.signatures = 0  # made by this packager: what the cache saved shows beside it
 
     def can_sign(self, template_signing: AppleSigningPem | None) -> bool:
@@ -127,16 +139,30 @@ class PassPackager:
             source.template_signing.certificate_pem if source.template_signing else "",
         )
         signed = self._signed.get(key)
-        if signed is not None:
-            self._signed.move_to_end(key)
-        else:
+        if signed is None:
             # On the event loop, though it takes a millisecond: the signature holds the
             # GIL, so another thread would not let the loop run meanwhile either, and the
             # hop there and back cost more than the signature under load.
             signed = self._sign(source, signing)
-            self._keep(key, signed)
-        files = {**source.files, PASS_JSON: signed.pass_json}
-        return zip_pkpass(files, signed.manifest, signed.signature)
+            self._signed.put(key, signed)
+        entries = [
+            zip_entry(PASS_JSON, signed.pass_json)
+            if name == PASS_JSON
+            else self._entry(name, data, source)
+            for name, data in sorted(source.files.items())
+        ]
+        entries += (zip_entry(MANIFEST, signed.manifest), zip_entry(SIGNATURE, signed.signature))
+        return zip_archive(entries)
+
+    def _entry(self, name: str, data: bytes, source: PassPackageSource) -> ZipEntry:
+        stored = source.stored.get(name)
+        if stored is None or name == PASS_JSON:  # pass.json: the pass's own, rendered
+            return zip_entry(name, data)
+        entry = self._entries.get((name, stored.digest))
+        if entry is None:
+            entry = zip_entry(name, data)
+            self._entries.put((name, stored.digest), entry)
+        return entry
 
     def _sign(self, source: PassPackageSource, signing: SigningMaterial) -> _Signed:
         pass_json = render_pass_json(source, self.web_service_url)
@@ -145,13 +171,6 @@ class PassPackager:
         manifest = manifest_of({**source.files, PASS_JSON: pass_json}, sha1s)
         self.signatures += 1
         return _Signed(pass_json, manifest, signing.sign(manifest))
-
-    def _keep(self, key: _VersionKey, signed: _Signed) -> None:
-        self._signed[key] = signed
-        self._signed_bytes += signed.size
-        while self._signed_bytes > self._signed_limit and self._signed:
-            _, dropped = self._signed.popitem(last=False)
-            self._signed_bytes -= dropped.size
 
     def _signing_for(self, template_signing: AppleSigningPem | None) -> SigningMaterial:
         if template_signing is None:
@@ -173,9 +192,6 @@ class PassPackager:
         return material
 
 
-_TAG_MARGIN = timedelta(seconds=1)
-
-
 @dataclass(frozen=True)
 class UpdatedSerials:
     serial_numbers: list[str]
@@ -186,6 +202,40 @@ class UpdatedSerials:
 class LatestPass:
     pkpass: bytes | None  # None: not modified since the device's copy
     last_modified: datetime
+
+
+class SettledTime:
+    """A time before which every change has committed (PostgreSQL): the oldest open
+    write's start, less a margin for a tag stamped a moment before that transaction's
+    first write and for clocks a little apart; or, with none open, the time it was asked.
+
+    Asked of the database at most every SETTLED_FOR per process: a fetch storm asked with
+    every serials query, a scan of pg_stat_activity each time. An answer a moment old is
+    still right, only more cautious: a change not committed then began after it.
+    """
+
+    SETTLED_FOR = 0.05  # seconds
+    MARGIN = timedelta(seconds=1)
+
+    def __init__(self, reads: DirectReads) -> None:
+        self._reads = reads
+        self._asked: asyncio.Task[datetime] | None = None
+        self._asked_at = -math.inf
+
+    async def before(self) -> datetime:
+        if self._asked is None or time.monotonic() - self._asked_at > self.SETTLED_FOR:
+            # One query for every caller meanwhile.
+            self._asked_at = time.monotonic()
+            self._asked = asyncio.ensure_future(self._ask())
+        try:
+            return await asyncio.shield(self._asked)
+        except Exception:
+            self._asked = None  # a failed answer is not kept
+            raise
+
+    async def _ask(self) -> datetime:
+        oldest, now = await self._reads.run(oldest_open_write)
+        return now if oldest is None else oldest - self.MARGIN
 
 
 class PassKitCore:
@@ -211,7 +261,7 @@ class PassKitCore:
         # Which device fetched which notification: where confirmations go (none: not kept).
         self._fetch_sink = fetch_sink
         self._fetch_ledger = FetchLedger()
-        self._postgresql = dialect == "postgresql"
+        self._settled = SettledTime(self._reads) if dialect == "postgresql" else None
 
     async def register(
         self,
@@ -279,7 +329,7 @@ class PassKitCore:
         ):
             return None
         # Read first: a transaction that writes after this read stamps later tags.
-        unsettled = await self._reads.run(oldest_open_write) if self._postgresql else None
+        settled = await self._settled.before() if self._settled is not None else None
         rows = await self._reads.run(
             lambda: device_serials(
                 device_library_identifier, pass_type_identifier, _update_tag(since)
@@ -291,11 +341,10 @@ class PassKitCore:
             versions = [PassVersion(r.project_id, r.pass_id, r.update_tag) for r in rows]
             self._fetch_ledger.told(device_library_identifier, versions, self._clock())
         last_updated = max(r.update_tag for r in rows)
-        if unsettled is not None:
+        if settled is not None:
             # Not past a change still to commit: the device asks again from before it (and
-            # what it already has answers 304). The margin covers a tag stamped a moment
-            # before its transaction's first write, and clocks a little apart.
-            last_updated = min(last_updated, update_tag_at(unsettled - _TAG_MARGIN) - 1)
+            # what it already has answers 304).
+            last_updated = min(last_updated, update_tag_at(settled) - 1)
             # But never before the device's own tag: a device is never told an older tag
             # than it asked from. Its tag then stays: it asks from there again.
             last_updated = max(last_updated, _update_tag(since) or 0)

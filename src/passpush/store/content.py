@@ -8,7 +8,6 @@ A digest names the same bytes forever, so a cached file is never stale.
 
 from __future__ import annotations
 
-from collections import OrderedDict
 from collections.abc import Iterable, Mapping
 
 from sqlalchemy import delete, exists, select
@@ -17,6 +16,7 @@ from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from passpush.domain.lru import BytesBoundedLru
 from passpush.domain.passkit import StoredFile, stored_file
 from passpush.store.db import dialect_name
 from passpush.store.models import ContentFileRow, PassOwnFileRow, TemplateFileRow
@@ -24,29 +24,12 @@ from passpush.store.models import ContentFileRow, PassOwnFileRow, TemplateFileRo
 DEFAULT_CACHE_BYTES = 64 * 1024 * 1024
 
 
-class ContentCache:
+class ContentCache(BytesBoundedLru[str, bytes]):
     """Files by digest, least recently used dropped first once over `max_bytes`. Used from
     the event loop only (no lock); the bytes are immutable and may be shared freely."""
 
     def __init__(self, max_bytes: int = DEFAULT_CACHE_BYTES) -> None:
-        self.max_bytes = max_bytes
-        self._files: OrderedDict[str, bytes] = OrderedDict()
-        self._bytes = 0
-
-    def get(self, digest: str) -> bytes | None:
-        data = self._files.get(digest)
-        if data is not None:
-            self._files.move_to_end(digest)
-        return data
-
-    def put(self, digest: str, data: bytes) -> None:
-        if digest in self._files or len(data) > self.max_bytes:
-            return
-        self._files[digest] = data
-        self._bytes += len(data)
-        while self._bytes > self.max_bytes:
-            _, dropped = self._files.popitem(last=False)
-            self._bytes -= len(dropped)
+        super().__init__(max_bytes, len)
 
 
 CONTENT_CACHE = ContentCache()

@@ -134,21 +134,23 @@ def device_serials(
 
 # A transaction has an xid once it wrote: the outbox's idle polls do not count.
 _OLDEST_OPEN_WRITE = text(
-    "SELECT min(xact_start) FROM pg_stat_activity WHERE datname = current_database() "
-    "AND pid <> pg_backend_pid() AND backend_xid IS NOT NULL"
+    "SELECT min(xact_start), clock_timestamp() FROM pg_stat_activity "
+    "WHERE datname = current_database() AND pid <> pg_backend_pid() "
+    "AND backend_xid IS NOT NULL"
 ).columns()
 
 
-def oldest_open_write() -> Steps[datetime | None]:
-    """When the oldest transaction now writing to the database (this one aside) began.
+def oldest_open_write() -> Steps[tuple[datetime | None, datetime]]:
+    """When the oldest transaction now writing to the database (this one aside) began, if
+    one is; and the database's time now.
 
     A change stamps its update tag near the start of its transaction, and on PostgreSQL
     transactions commit in any order: one still open may commit a tag lower than tags
     already read. (SQLite's one writer commits its tags in order: not asked there.)
     """
     rows = yield Query(_OLDEST_OPEN_WRITE)
-    oldest: datetime | None = rows[0][0] if rows else None
-    return oldest
+    oldest, now = rows[0]
+    return oldest, now
 
 
 @dataclass(frozen=True)
