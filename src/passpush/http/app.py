@@ -12,14 +12,10 @@ from typing import Any
 import grpc
 import uvicorn
 from fastapi import FastAPI
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from passpush.http import airship, passentry, passkit, walletwerk
-from passpush.http.body_limits import (
-    PASSKIT_LIMIT,
-    PASSKIT_LOG_LIMIT,
-    VENDOR_LIMIT,
-    BodyLimits,
-)
+from passpush.http.body_limits import VENDOR_LIMIT, BodyLimits
 from passpush.http.errors import VendorErrors
 from passpush.http.stubs import Stubs
 from passpush.service.passkit import PassKitCore
@@ -41,7 +37,7 @@ def create_app(
     grpc_target: str,
     passkit_core: PassKitCore | None = None,
     passkit_prefix: str = passkit.DEFAULT_PREFIX,
-) -> FastAPI:
+) -> ASGIApp:
     """The shim, calling the gRPC server at `grpc_target` (`host:port`); and, given its
     core, the PassKit web service under `passkit_prefix`."""
 
@@ -57,44 +53,60 @@ def create_app(
         description=DESCRIPTION.format(prefix=passkit_prefix),
         lifespan=lifespan,
     )
-    shapes = [
-        (passentry.PREFIX + "/", passentry.error_body),  # /api/v1 before Airship's /v1
-        (airship.PREFIX + "/", airship.error_body),
-        (walletwerk.PREFIX + "/", walletwerk.error_body),
-    ]
     for router in (airship.router, passentry.router, walletwerk.router):
         app.include_router(router)
-    if passkit_core is not None:
-        app.state.passkit = passkit_core
-        app.include_router(passkit.router, prefix=passkit_prefix)
-        shapes.insert(0, (passkit_prefix + "/", passkit.error_body))
     errors = VendorErrors(
-        shapes,
+        [
+            (passentry.PREFIX + "/", passentry.error_body),  # /api/v1 before Airship's /v1
+            (airship.PREFIX + "/", airship.error_body),
+            (walletwerk.PREFIX + "/", walletwerk.error_body),
+        ],
         fallback=airship.error_body,
-        auth_schemes=[(passkit_prefix + "/", "ApplePass")],
     )
     errors.install(app)
+    app.add_middleware(
+        BodyLimits, limit_for=lambda _: VENDOR_LIMIT, refuse=errors.respond_to_http_error
+    )
+    if passkit_core is None:
+        app.openapi = lambda: _without_422(app)  # type: ignore[method-assign]
+        return app
+    service = passkit.PassKitService(passkit_core, passkit_prefix)
+    app.openapi = lambda: _without_422(app, service)  # type: ignore[method-assign]
+    return _PassKitFirst(service, app)
 
-    def body_limit(path: str) -> int:
-        if path == passkit_prefix + "/v1/log":
-            return PASSKIT_LOG_LIMIT
-        return PASSKIT_LIMIT if path.startswith(passkit_prefix + "/") else VENDOR_LIMIT
 
-    app.add_middleware(BodyLimits, limit_for=body_limit, refuse=errors.respond_to_http_error)
-    app.openapi = lambda: _without_422(app)  # type: ignore[method-assign]
-    return app
+class _PassKitFirst:
+    """The PassKit web service's requests straight to it, the rest (the vendor routes,
+    the document, lifespan) to FastAPI."""
+
+    def __init__(self, passkit: passkit.PassKitService, rest: FastAPI) -> None:
+        self._passkit = passkit
+        self._under = passkit.prefix + "/"
+        self._rest = rest
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and scope["path"].startswith(self._under):
+            await self._passkit(scope, receive, send)  # type: ignore[arg-type]
+        else:
+            await self._rest(scope, receive, send)
 
 
-def _without_422(app: FastAPI) -> dict[str, Any]:
-    """The OpenAPI document without FastAPI's default 422: the shim answers a request it
-    cannot validate with a 400 in the vendor's shape, which each route declares."""
+def _without_422(app: FastAPI, service: passkit.PassKitService | None = None) -> dict[str, Any]:
+    """The OpenAPI document without FastAPI's default 422 (the shim answers a request it
+    cannot validate with a 400 in the vendor's shape, which each route declares), and
+    with the PassKit web service's routes."""
     if app.openapi_schema is None:
         document = FastAPI.openapi(app)
         for operations in document["paths"].values():
             for operation in operations.values():
                 operation["responses"].pop("422", None)
+        components = document.setdefault("components", {})
         for unused in ("HTTPValidationError", "ValidationError"):
-            document.get("components", {}).get("schemas", {}).pop(unused, None)
+            components.get("schemas", {}).pop(unused, None)
+        if service is not None:
+            document["paths"].update(passkit.openapi_paths(service.prefix))
+            for kind, entries in passkit.openapi_components().items():
+                components.setdefault(kind, {}).update(entries)
         app.openapi_schema = document
     return app.openapi_schema
 
@@ -102,7 +114,7 @@ def _without_422(app: FastAPI) -> dict[str, Any]:
 class HttpServer:
     """uvicorn serving the shim beside the gRPC server, started and stopped with it."""
 
-    def __init__(self, app: FastAPI, address: str, listener: socket.socket | None = None) -> None:
+    def __init__(self, app: ASGIApp, address: str, listener: socket.socket | None = None) -> None:
         """Serves on `address`, or on `listener` (a socket listening already) if given."""
         host, _, port = address.rpartition(":")
         self._host, self._port = host.strip("[]") or "127.0.0.1", int(port)

@@ -19,7 +19,6 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException
 
 from passpush.http.rpc import CallFailed
-from passpush.store.faults import DATABASE_ERRORS, unavailable_from
 
 log = logging.getLogger(__name__)
 
@@ -33,18 +32,14 @@ class VendorErrors:
         self,
         shapes: Sequence[tuple[str, ErrorBody]],
         fallback: ErrorBody,
-        auth_schemes: Sequence[tuple[str, str]] = (),
     ) -> None:
         self._shapes = shapes
         self._fallback = fallback
-        # The scheme a 401 asks for, by path prefix; Bearer elsewhere.
-        self._auth_schemes = auth_schemes
 
     def respond(self, request: Request, failure: CallFailed) -> JSONResponse:
         path = request.url.path
         body = next((shape for prefix, shape in self._shapes if path.startswith(prefix)), None)
-        scheme = next((s for prefix, s in self._auth_schemes if path.startswith(prefix)), "Bearer")
-        headers = {"WWW-Authenticate": scheme} if failure.status == 401 else None
+        headers = {"WWW-Authenticate": "Bearer"} if failure.status == 401 else None
         return JSONResponse((body or self._fallback)(failure), failure.status, headers=headers)
 
     def respond_to_http_error(self, request: Request, error: HTTPException) -> JSONResponse:
@@ -60,7 +55,7 @@ class VendorErrors:
 
         async def invalid_request(request: Request, error: Exception) -> JSONResponse:
             assert isinstance(error, RequestValidationError)
-            return self.respond(request, _validation_failure(error))
+            return self.respond(request, validation_failure(error.errors()))
 
         async def http_error(request: Request, error: Exception) -> JSONResponse:
             assert isinstance(error, HTTPException)
@@ -71,24 +66,15 @@ class VendorErrors:
             failure = CallFailed(500, "INTERNAL", "internal error; the server log has the details")
             return self.respond(request, failure)
 
-        async def database_failed(request: Request, error: Exception) -> JSONResponse:
-            # Only the in-process routes (the PassKit web service) reach the database.
-            unavailable = unavailable_from(error)
-            if unavailable is None:
-                return await unexpected(request, error)
-            log.warning("answered %s: %r", unavailable.reason, error)
-            return self.respond(request, CallFailed(503, unavailable.reason, unavailable.message))
-
         app.add_exception_handler(CallFailed, call_failed)
         app.add_exception_handler(RequestValidationError, invalid_request)
         app.add_exception_handler(HTTPException, http_error)
-        for kind in DATABASE_ERRORS:
-            app.add_exception_handler(kind, database_failed)
         app.add_exception_handler(Exception, unexpected)
 
 
-def _validation_failure(error: RequestValidationError) -> CallFailed:
-    first = error.errors()[0] if error.errors() else {"loc": (), "msg": "invalid request"}
+def validation_failure(errors: Sequence[Any]) -> CallFailed:
+    """A request that did not validate (pydantic's errors), as a 400 naming the field."""
+    first = errors[0] if errors else {"loc": (), "msg": "invalid request"}
     location = [str(part) for part in first.get("loc", ())]
     if location[:1] in (["body"], ["query"], ["path"], ["header"]):
         location = location[1:]

@@ -40,9 +40,10 @@ from passpush.service.clock import Clock, utcnow
 from passpush.service.fetches import FetchLedger, FetchSink, PassVersion
 from passpush.service.registration_groups import RegistrationGroups
 from passpush.store.content import CONTENT_CACHE
-from passpush.store.direct import DirectReads, DirectTransactions, direct_reads
+from passpush.store.direct import DirectReads, DirectTransactions, Steps, direct_reads
 from passpush.store.passes import PassStore, update_tag_at
 from passpush.store.passkit import (
+    DeviceSerial,
     NamedPass,
     NewRegistration,
     device_serials,
@@ -222,7 +223,10 @@ class SettledTime:
         self._asked: asyncio.Task[datetime] | None = None
         self._asked_at = -math.inf
 
-    async def before(self) -> datetime:
+    async def before(self, *, fresh: bool = False) -> datetime:
+        """The time; `fresh` asks the database now rather than take a kept answer."""
+        if fresh:
+            return await self._ask()
         if self._asked is None or time.monotonic() - self._asked_at > self.SETTLED_FOR:
             # One query for every caller meanwhile.
             self._asked_at = time.monotonic()
@@ -328,12 +332,9 @@ class PassKitCore:
             _plausible(device_library_identifier, 255) and _plausible(pass_type_identifier, 255)
         ):
             return None
-        # Read first: a transaction that writes after this read stamps later tags.
-        settled = await self._settled.before() if self._settled is not None else None
-        rows = await self._reads.run(
-            lambda: device_serials(
-                device_library_identifier, pass_type_identifier, _update_tag(since)
-            )
+        since_tag = _update_tag(since)
+        settled, rows = await self._serials_after(
+            device_library_identifier, pass_type_identifier, since_tag
         )
         if not rows:
             return None
@@ -347,8 +348,29 @@ class PassKitCore:
             last_updated = min(last_updated, update_tag_at(settled) - 1)
             # But never before the device's own tag: a device is never told an older tag
             # than it asked from. Its tag then stays: it asks from there again.
-            last_updated = max(last_updated, _update_tag(since) or 0)
+            last_updated = max(last_updated, since_tag or 0)
         return UpdatedSerials(sorted({r.serial_number for r in rows}), str(last_updated))
+
+    async def _serials_after(
+        self, device: str, pass_type_identifier: str, since: int | None
+    ) -> tuple[datetime | None, list[DeviceSerial]]:
+        """The device's passes changed after `since`, and (PostgreSQL) a time before which
+        every change had committed when they were read: asked first, since a transaction
+        that writes after that stamps later tags."""
+
+        def read() -> Steps[list[DeviceSerial]]:
+            return device_serials(device, pass_type_identifier, since)
+
+        if self._settled is None:
+            return None, await self._reads.run(read)
+        settled = await self._settled.before()
+        rows = await self._reads.run(read)
+        if rows and max(r.update_tag for r in rows) >= update_tag_at(settled):
+            # A change since the kept answer was asked: asked again now, so that the device
+            # is not held back for nothing (and asks for the same pass again).
+            settled = await self._settled.before(fresh=True)
+            rows = await self._reads.run(read)
+        return settled, rows
 
     async def latest_pass(
         self,
