@@ -17,9 +17,10 @@ import math
 import re
 import time
 from collections import OrderedDict
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from typing import TypeVar
 
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
@@ -48,11 +49,13 @@ from passpush.store.passkit import (
     NewRegistration,
     device_serials,
     oldest_open_write,
-    package_source,
+    package_files,
+    packages_named,
     passes_named,
 )
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 DEFAULT_WEB_SERVICE_URL = "http://127.0.0.1:8080/passkit"
 MAX_UPDATE_TAG = 2**63 - 1
@@ -380,7 +383,13 @@ class PassKitCore:
         if_modified_since: datetime | None,
     ) -> LatestPass:
         """The pass as it is now, signed; or no body when the device's copy is current."""
-        named = await self._authenticate(pass_type_identifier, serial_number, authentication_token)
+        # The pass with what its package is made of, in the read that authenticates it.
+        token = _token_for(pass_type_identifier, serial_number, authentication_token)
+        named_states = await self._reads.run(
+            lambda: packages_named(pass_type_identifier, serial_number)
+        )
+        state = _held(named_states, token, lambda found: found.named)
+        named = state.named
         if not named.has_content:
             raise NotFound("pass_content", serial_number)
         last_modified = last_modified_of(named.update_time, self._clock())
@@ -388,12 +397,9 @@ class PassKitCore:
             named.update_time, if_modified_since
         ):
             return LatestPass(None, last_modified)  # the device's copy is this version
-        source = await self._reads.run(
-            lambda: package_source(named.project_id, named.pass_id, CONTENT_CACHE)
-        )
-        if source is None or PASS_JSON not in source.files:
+        source = await self._reads.run(lambda: package_files(state, CONTENT_CACHE))
+        if PASS_JSON not in source.files:
             raise NotFound("pass_content", serial_number)
-        last_modified = last_modified_of(source.update_time, self._clock())
         try:
             pkpass = await self.packager.package(source)
         except FailedPrecondition as error:  # the device only sees a status: say it here
@@ -431,22 +437,9 @@ class PassKitCore:
     ) -> NamedPass:
         """The pass the device named, if the device holds its token; else Unauthenticated,
         the same whether the pass does not exist or the token is wrong."""
-        if not (
-            authentication_token
-            and _plausible(pass_type_identifier, 255)
-            and _plausible(serial_number, 128)
-        ):
-            raise Unauthenticated(_UNAUTHENTICATED)
-        given = authentication_token.encode()
-        found = None
-        for named in await self._reads.run(
-            lambda: passes_named(pass_type_identifier, serial_number)
-        ):
-            if hmac.compare_digest(named.authentication_token.encode(), given) and found is None:
-                found = named
-        if found is None:
-            raise Unauthenticated(_UNAUTHENTICATED)
-        return found
+        token = _token_for(pass_type_identifier, serial_number, authentication_token)
+        named = await self._reads.run(lambda: passes_named(pass_type_identifier, serial_number))
+        return _held(named, token, lambda found: found)
 
     def record_device_logs(self, lines: Sequence[str]) -> None:
         """Writes what devices report (their errors with this service) to the log, without
@@ -455,6 +448,26 @@ class PassKitCore:
             log.warning("PassKit device log: %s", device_log_line(line))
         if len(lines) > MAX_LOG_LINES:
             log.warning("PassKit device log: %d more lines left out", len(lines) - MAX_LOG_LINES)
+
+
+def _token_for(pass_type_identifier: str, serial_number: str, token: str | None) -> bytes:
+    """The token a device gave for a pass it named; Unauthenticated if none can match."""
+    if not (token and _plausible(pass_type_identifier, 255) and _plausible(serial_number, 128)):
+        raise Unauthenticated(_UNAUTHENTICATED)
+    return token.encode()
+
+
+def _held(candidates: Sequence[T], token: bytes, named: Callable[[T], NamedPass]) -> T:
+    """The candidate (one per project sharing the pass type) whose token the device gave,
+    compared in constant time; else Unauthenticated, the same whether the pass does not
+    exist or the token is wrong."""
+    found = None
+    for candidate in candidates:
+        if hmac.compare_digest(named(candidate).authentication_token.encode(), token):
+            found = found or candidate
+    if found is None:
+        raise Unauthenticated(_UNAUTHENTICATED)
+    return found
 
 
 def last_modified_of(update_time: datetime, now: datetime) -> datetime:

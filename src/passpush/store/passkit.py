@@ -213,26 +213,85 @@ def register_devices(
 
 
 # What a pass's .pkpass is made of, but its files: the pass and its template.
-_PASS_TO_PACKAGE = (
-    select(
-        PassRow.serial_number,
-        PassRow.authentication_token,
-        PassRow.notification_header,
-        PassRow.notification_body,
-        PassRow.update_tag,
-        PassRow.updated_at,
-        PassRow.notification_marked,
-        PassRow.notification_ticket_id,
-        PassRow.apple_values,
-        PassRow.template_id,
-        TemplateRow.pass_type_identifier,
-        TemplateRow.apple_certificate_pem,
-        TemplateRow.apple_private_key_pem,
-        TemplateRow.apple_wwdr_certificate_pem,
-    )
-    .join(TemplateRow, _TEMPLATE_OF_PASS)
-    .where(PassRow.project_id == bindparam("project_id"), PassRow.id == bindparam("pass_id"))
+_PACKAGE_COLUMNS = select(
+    PassRow.project_id,
+    PassRow.id,
+    PassRow.serial_number,
+    PassRow.authentication_token,
+    PassRow.notification_header,
+    PassRow.notification_body,
+    PassRow.update_tag,
+    PassRow.updated_at,
+    PassRow.notification_marked,
+    PassRow.notification_ticket_id,
+    PassRow.apple_values,
+    PassRow.template_id,
+    TemplateRow.pass_type_identifier,
+    TemplateRow.apple_certificate_pem,
+    TemplateRow.apple_private_key_pem,
+    TemplateRow.apple_wwdr_certificate_pem,
+    _HAS_CONTENT,
+).join(TemplateRow, _TEMPLATE_OF_PASS)
+_PACKAGE_OF_PASS = _PACKAGE_COLUMNS.where(
+    PassRow.project_id == bindparam("project_id"), PassRow.id == bindparam("pass_id")
 )
+# As _PASSES_NAMED: a device's download reads the pass it names and its package at once.
+_PACKAGES_NAMED = (
+    _PACKAGE_COLUMNS.where(
+        PassRow.serial_number == bindparam("serial_number"),
+        TemplateRow.pass_type_identifier == bindparam("pass_type_identifier"),
+    )
+    .order_by(PassRow.project_id, PassRow.id)
+    .limit(10)
+)
+
+
+@dataclass(frozen=True)
+class PassPackageState:
+    """A pass as its package shows it, but its files; and the token a device proves with."""
+
+    named: NamedPass
+    template_id: str
+    pass_type_identifier: str
+    serial_number: str
+    notification_header: str | None
+    notification_body: str | None
+    notification_marked: bool
+    notification_ticket_id: int | None
+    values: PassValues
+    template_signing: AppleSigningPem | None
+
+
+def _package_state(row: Sequence[Any]) -> PassPackageState:
+    (
+        project_id, pass_id, serial_number, token, header, body, update_tag, update_time,
+        marked, ticket_id, values, template_id, pass_type_identifier, certificate, key, wwdr,
+        has_content,
+    ) = row  # fmt: skip
+    return PassPackageState(
+        named=NamedPass(project_id, pass_id, token, update_tag, update_time, bool(has_content)),
+        template_id=template_id,
+        pass_type_identifier=pass_type_identifier,
+        serial_number=serial_number,
+        notification_header=header,
+        notification_body=body,
+        notification_marked=bool(marked),
+        notification_ticket_id=ticket_id,
+        values=PassValues.from_json(values),
+        template_signing=(
+            AppleSigningPem(certificate, key, wwdr or "") if certificate and key else None
+        ),
+    )
+
+
+def packages_named(pass_type_identifier: str, serial_number: str) -> Steps[list[PassPackageState]]:
+    """The Apple passes with that pass type and serial number, as `passes_named`, with
+    what their packages are made of but their files."""
+    rows = yield Query(
+        _PACKAGES_NAMED,
+        {"pass_type_identifier": pass_type_identifier, "serial_number": serial_number},
+    )
+    return [_package_state(row) for row in rows]
 
 
 def _files_of(table: type[TemplateFileRow] | type[PassOwnFileRow], own: bool) -> Any:
@@ -263,17 +322,24 @@ def package_source(
     project_id: str, pass_id: str, cache: ContentCache
 ) -> Steps[PassPackageSource | None]:
     """What the pass's .pkpass is made of now (None: no such pass); its files are empty
-    without content. Shared files come from `cache`: read from the database once."""
-    found = yield Query(_PASS_TO_PACKAGE, {"project_id": project_id, "pass_id": pass_id})
+    without content."""
+    found = yield Query(_PACKAGE_OF_PASS, {"project_id": project_id, "pass_id": pass_id})
     if not found:
         return None
-    (
-        serial_number, token, header, body, update_tag, update_time, marked, ticket_id,
-        values, template_id, pass_type_identifier, certificate, key, wwdr,
-    ) = found[0]  # fmt: skip
+    return (yield from package_files(_package_state(found[0]), cache))
+
+
+def package_files(state: PassPackageState, cache: ContentCache) -> Steps[PassPackageSource]:
+    """The pass's package source with its files (none without content). Shared files come
+    from `cache`: read from the database once."""
+    named = state.named
     listed = yield Query(
         _FILES_OF_PASS,
-        {"project_id": project_id, "template_id": template_id, "pass_id": pass_id},
+        {
+            "project_id": named.project_id,
+            "template_id": state.template_id,
+            "pass_id": named.pass_id,
+        },
     )
     known = {
         name: StoredFile(digest, sha1)
@@ -284,26 +350,26 @@ def package_source(
         for name, stored in known.items():
             data = cache.get(stored.digest)
             if data is None:
-                rows = yield Query(_CONTENT, {"project_id": project_id, "digest": stored.digest})
+                rows = yield Query(
+                    _CONTENT, {"project_id": named.project_id, "digest": stored.digest}
+                )
                 data = bytes(rows[0][0])  # drivers may hand out memoryviews
                 cache.put(stored.digest, data)
             files[name] = data
     return PassPackageSource(
-        project_id=project_id,
-        pass_id=pass_id,
-        pass_type_identifier=pass_type_identifier,
-        serial_number=serial_number,
-        authentication_token=token,
-        notification_header=header,
-        notification_body=body,
-        update_tag=update_tag,
-        update_time=update_time,
-        template_signing=(
-            AppleSigningPem(certificate, key, wwdr or "") if certificate and key else None
-        ),
+        project_id=named.project_id,
+        pass_id=named.pass_id,
+        pass_type_identifier=state.pass_type_identifier,
+        serial_number=state.serial_number,
+        authentication_token=named.authentication_token,
+        notification_header=state.notification_header,
+        notification_body=state.notification_body,
+        update_tag=named.update_tag,
+        update_time=named.update_time,
+        template_signing=state.template_signing,
         files=files,
-        notification_marked=bool(marked),
-        notification_ticket_id=ticket_id,
+        notification_marked=state.notification_marked,
+        notification_ticket_id=state.notification_ticket_id,
         stored=known if files else {},
-        values=PassValues.from_json(values),
+        values=state.values,
     )
