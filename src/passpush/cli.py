@@ -34,9 +34,9 @@ from passpush.http.processes import (
     READY,
     HttpProcesses,
     ParentFetchSink,
+    ParentPipe,
     inherited_listener,
     lower_priority,
-    tell_parent,
 )
 from passpush.service.clock import utcnow
 from passpush.service.keys import KeyCore
@@ -326,17 +326,18 @@ async def serve_http(settings: Settings, listen_fd: int, grpc_target: str) -> in
         default_signing = None  # the parent said why, and refused to start
     engine = make_engine(settings.database_url)
     sessions = make_sessions(engine)
+    parent = await ParentPipe.open()
     passkit = PassKitCore(
         sessions,
         direct_transactions(engine),
         PassPackager(PassKitSettings(settings.passkit_url, default_signing)),
         clock=utcnow,
-        fetch_sink=ParentFetchSink(),  # the parent records them
+        fetch_sink=ParentFetchSink(parent),  # the parent records them
     )
     app = create_app(grpc_target, passkit, settings.passkit_prefix)
     http = HttpServer(app, settings.http_address, inherited_listener(listen_fd))
     await http.start()
-    tell_parent(READY)
+    parent.tell(READY)
     gc.collect()
     gc.freeze()
     stop = asyncio.Event()

@@ -41,14 +41,13 @@ class ZipEntry:
         return len(self.header) + len(self.data)
 
 
-def zip_entry(name: str, data: bytes) -> ZipEntry:
-    """The entry of a file: PNGs stored as they are (deflating them saves nothing), the
-    rest deflated."""
-    if data.startswith(PNG_MAGIC):
-        method, written = _STORED, data
+def zip_entry(name: str, data: bytes, *, deflate: bool = True) -> ZipEntry:
+    """The entry of a file: deflated, unless it is a PNG (compressed already: deflating
+    it costs time and saves nothing) or `deflate` is False."""
+    if deflate and not data.startswith(PNG_MAGIC):
+        method, written = _DEFLATED, zlib.compress(data, zlib.Z_DEFAULT_COMPRESSION, -15)
     else:
-        deflater = zlib.compressobj(zlib.Z_DEFAULT_COMPRESSION, zlib.DEFLATED, -15)
-        method, written = _DEFLATED, deflater.compress(data) + deflater.flush()
+        method, written = _STORED, data
     encoded = name.encode()
     crc = zlib.crc32(data)
     header = _LOCAL.pack(

@@ -158,10 +158,21 @@ def inherited_listener(fd: int) -> socket.socket:
     return socket.socket(fileno=fd)
 
 
-def tell_parent(line: bytes) -> None:
-    """One line to the parent (the child's stdout is its channel)."""
-    sys.stdout.buffer.write(line + b"\n")
-    sys.stdout.buffer.flush()
+class ParentPipe:
+    """The child's stdout, its channel to the parent, written without blocking the event
+    loop: a parent slow to read must not stall the child's requests."""
+
+    def __init__(self, transport: asyncio.WriteTransport) -> None:
+        self._transport = transport
+
+    @classmethod
+    async def open(cls) -> ParentPipe:
+        loop = asyncio.get_running_loop()
+        transport, _ = await loop.connect_write_pipe(asyncio.Protocol, sys.stdout.buffer)
+        return cls(transport)
+
+    def tell(self, *lines: bytes) -> None:
+        self._transport.write(b"".join(line + b"\n" for line in lines))
 
 
 def lower_priority(nice: int) -> None:
@@ -177,19 +188,19 @@ class ParentFetchSink:
 
     FLUSH_AFTER = 0.005  # seconds
 
-    def __init__(self) -> None:
-        self._flush_due = False
+    def __init__(self, parent: ParentPipe) -> None:
+        self._parent = parent
+        self._lines: list[bytes] = []
 
     def add(self, confirmation: FetchConfirmation) -> None:
         fields = {**vars(confirmation), "fetched_at": confirmation.fetched_at.isoformat()}
-        sys.stdout.buffer.write(FETCHED + json.dumps(fields).encode() + b"\n")
-        if not self._flush_due:
-            self._flush_due = True
+        self._lines.append(FETCHED + json.dumps(fields).encode())
+        if len(self._lines) == 1:
             asyncio.get_running_loop().call_later(self.FLUSH_AFTER, self._flush)
 
     def _flush(self) -> None:
-        self._flush_due = False
-        sys.stdout.buffer.flush()
+        self._parent.tell(*self._lines)
+        self._lines.clear()
 
 
 def _confirmation(line: bytes) -> FetchConfirmation:
