@@ -9,7 +9,6 @@ import dataclasses
 import functools
 import gc
 import logging
-import os
 import signal
 import sys
 from pathlib import Path
@@ -35,6 +34,8 @@ from passpush.http.processes import (
     HttpProcesses,
     ParentFetchSink,
     ParentPipe,
+    ParentRegistrar,
+    follow_parent,
     inherited_listener,
     lower_priority,
 )
@@ -327,12 +328,14 @@ async def serve_http(settings: Settings, listen_fd: int, grpc_target: str) -> in
     engine = make_engine(settings.database_url)
     sessions = make_sessions(engine)
     parent = await ParentPipe.open()
+    registrar = ParentRegistrar(parent)
     passkit = PassKitCore(
         sessions,
         direct_transactions(engine),
         PassPackager(PassKitSettings(settings.passkit_url, default_signing)),
         clock=utcnow,
         fetch_sink=ParentFetchSink(parent),  # the parent records them
+        registrar=registrar,  # and writes the registrations
     )
     app = create_app(grpc_target, passkit, settings.passkit_prefix)
     http = HttpServer(app, settings.http_address, inherited_listener(listen_fd))
@@ -347,14 +350,10 @@ async def serve_http(settings: Settings, listen_fd: int, grpc_target: str) -> in
 
     # The parent holds our stdin open: at its end (even a SIGKILL) we stop too, instead of
     # keeping its port.
-    def parent_gone() -> None:
-        if not os.read(sys.stdin.fileno(), 512):
-            loop.remove_reader(sys.stdin.fileno())
-            stop.set()
-
-    loop.add_reader(sys.stdin.fileno(), parent_gone)
+    following = asyncio.create_task(follow_parent(registrar, stop.set))
     await stop.wait()
     await http.stop(settings.shutdown_grace)
+    following.cancel()
     await passkit.close()
     await engine.dispose()
     return 0
@@ -408,6 +407,7 @@ def _http_processes(settings: Settings, grpc_target: str, server: PasspushServer
         settings.http_processes,
         functools.partial(_http_child_command, grpc_target),
         on_fetched=server.fetches.add,
+        on_register=server.passkit.write_registration,
     )
 
 

@@ -9,32 +9,43 @@ start. The children run at a lower CPU priority (a higher nice value): while bot
 CPU, the API and the pushes get it first, and the devices get what is left, which after a
 broadcast is nearly all of it.
 
-A child writes lines to its stdout, which the parent reads: `ready` once it serves, and
+A child writes lines to its stdout, which the parent reads: `ready` once it serves,
 `fetched {json}` for each fetch confirmation (a device fetched the pass version carrying a
-notification), which the parent records. So the children never write during a fetch storm:
-on SQLite a child holding the write lock at its lower priority would keep the Sends and the
-pushes waiting for it (a priority inversion). A child that dies is started again.
+notification), which the parent records, and `register {json}` for each device
+registration it authenticated, which the parent writes and answers on the child's stdin
+(`registered {json}`). So the children never write to the database: on SQLite a child
+holding the write lock at its lower priority would keep the Sends and the pushes waiting
+for it (a priority inversion), and children taking turns at the lock wait in SQLite's busy
+handler, which sleeps. A child that dies is started again; one whose stdin ends (its
+parent is gone, even by SIGKILL) stops.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import json
 import logging
 import os
 import signal
 import socket
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from datetime import datetime
 
+from passpush.domain.errors import Unauthenticated, Unavailable
+from passpush.store.faults import is_passing_trouble
 from passpush.store.fetches import FetchConfirmation
+from passpush.store.passkit import NewRegistration
 
 log = logging.getLogger(__name__)
 
 READY = b"ready"
 FETCHED = b"fetched "
+REGISTER = b"register "
+REGISTERED = b"registered "
+_ANSWER_TIMEOUT = 30.0  # seconds a child waits for the parent to write a registration
 _RESTART_DELAY = 1.0  # seconds before a child that died is started again
 _START_TIMEOUT = 60.0  # seconds a child may take to import, connect and listen
 
@@ -49,6 +60,7 @@ class HttpProcesses:
         child_command: Callable[[int], Sequence[str]],
         *,
         on_fetched: Callable[[FetchConfirmation], None] = lambda _: None,
+        on_register: Callable[[NewRegistration], Awaitable[bool]] | None = None,
     ) -> None:
         """`child_command(fd)` is the command line of a child serving the socket `fd`."""
         host, _, port = address.rpartition(":")
@@ -56,6 +68,8 @@ class HttpProcesses:
         self._count = count
         self._command = child_command
         self._on_fetched = on_fetched
+        self._on_register = on_register
+        self._answering: set[asyncio.Task[None]] = set()
         self._listener: socket.socket | None = None
         self._children: list[asyncio.Task[None]] = []
         self._stopping = False
@@ -119,12 +133,32 @@ class HttpProcesses:
             async for line in process.stdout:
                 if line.startswith(FETCHED):
                     self._on_fetched(_confirmation(line[len(FETCHED) :]))
+                elif line.startswith(REGISTER):
+                    task = asyncio.create_task(self._register(process, line[len(REGISTER) :]))
+                    self._answering.add(task)
+                    task.add_done_callback(self._answering.discard)
                 elif line.strip() == READY and not ready.done():
                     ready.set_result(None)
             await process.wait()
         except asyncio.CancelledError:
             await _terminate(process, self._grace)
             raise
+
+    async def _register(self, process: asyncio.subprocess.Process, line: bytes) -> None:
+        """Writes a child's registration and answers it: created, or why not."""
+        fields = json.loads(line)
+        number = fields.pop("n")
+        answer: dict[str, object] = {"n": number}
+        try:
+            if self._on_register is None:
+                raise RuntimeError("this server writes no registrations")
+            answer["created"] = await self._on_register(NewRegistration(**fields))
+        except Exception as error:
+            answer["error"] = "unavailable" if is_passing_trouble(error) else "refused"
+            if answer["error"] == "refused":
+                log.warning("a registration from an HTTP process was refused: %r", error)
+        if process.stdin is not None and not process.stdin.is_closing():
+            process.stdin.write(REGISTERED + json.dumps(answer).encode() + b"\n")
 
     _grace = 10.0
 
@@ -179,6 +213,58 @@ def lower_priority(nice: int) -> None:
     """Yields the CPU to the gRPC server's process while both want it."""
     if nice > 0:
         os.nice(nice)
+
+
+class ParentRegistrar:
+    """A child's registrations, written by the parent: each goes up the pipe and waits for
+    the parent's answer, which `answered` takes from the child's stdin."""
+
+    def __init__(self, parent: ParentPipe) -> None:
+        self._parent = parent
+        self._numbers = itertools.count()
+        self._waiting: dict[int, asyncio.Future[bool]] = {}
+
+    async def register(self, registration: NewRegistration) -> bool:
+        number = next(self._numbers)
+        answer: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
+        self._waiting[number] = answer
+        self._parent.tell(REGISTER + json.dumps({"n": number, **vars(registration)}).encode())
+        try:
+            async with asyncio.timeout(_ANSWER_TIMEOUT):
+                return await answer
+        except TimeoutError:
+            raise _unavailable() from None
+        finally:
+            self._waiting.pop(number, None)
+
+    def answered(self, line: bytes) -> None:
+        fields = json.loads(line)
+        answer = self._waiting.get(fields["n"])
+        if answer is None or answer.done():
+            return  # its request timed out meanwhile
+        if "created" in fields:
+            answer.set_result(bool(fields["created"]))
+        elif fields.get("error") == "unavailable":
+            answer.set_exception(_unavailable())
+        else:  # the pass is gone since it was authenticated
+            answer.set_exception(Unauthenticated("the pass is no longer there"))
+
+
+def _unavailable() -> Unavailable:
+    return Unavailable(
+        "the database cannot take this call now; retry later", reason="DATABASE_UNAVAILABLE"
+    )
+
+
+async def follow_parent(registrar: ParentRegistrar, gone: Callable[[], None]) -> None:
+    """Reads the parent's answers on stdin until it ends (the parent is gone), then `gone`."""
+    loop = asyncio.get_running_loop()
+    reader = asyncio.StreamReader()
+    await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), sys.stdin.buffer)
+    async for line in reader:
+        if line.startswith(REGISTERED):
+            registrar.answered(line[len(REGISTERED) :])
+    gone()
 
 
 class ParentFetchSink:

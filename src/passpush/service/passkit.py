@@ -20,7 +20,7 @@ from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import TypeVar
+from typing import Protocol, TypeVar
 
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
@@ -249,6 +249,11 @@ class SettledTime:
         return now if oldest is None else oldest - self.MARGIN
 
 
+class Registrar(Protocol):
+    async def register(self, registration: NewRegistration) -> bool:
+        """Writes the registration; True when it is new."""
+
+
 class PassKitCore:
     """The PassKit web service's use cases. No API key: each call is the device's."""
 
@@ -260,13 +265,17 @@ class PassKitCore:
         *,
         clock: Clock = utcnow,
         fetch_sink: FetchSink | None = None,
+        registrar: Registrar | None = None,
     ) -> None:
+        """`registrar` writes the registrations (by default in groups, here); `fetch_sink`
+        takes fetch confirmations (by default none are kept)."""
         engine = sessions.kw["bind"]
         dialect = engine.dialect.name
         self._sessions = sessions
         self._reads = direct_reads(engine)
         self._transactions = transactions
         self._registrations = RegistrationGroups(transactions, dialect, clock=clock)
+        self._registrar = registrar or self._registrations
         self.packager = packager
         self._clock = clock
         # Which device fetched which notification: where confirmations go (none: not kept).
@@ -292,7 +301,7 @@ class PassKitCore:
                 *check_push_token("pushToken", push_token),
             ]
         )
-        created = await self._registrations.register(
+        created = await self._registrar.register(
             NewRegistration(named.project_id, named.pass_id, device_library_identifier, push_token)
         )
         log.debug(
@@ -303,6 +312,11 @@ class PassKitCore:
             named.project_id,
         )
         return created
+
+    async def write_registration(self, registration: NewRegistration) -> bool:
+        """Writes a registration another process authenticated and checked (an HTTP
+        process hands its devices' registrations to this one: see http/processes.py)."""
+        return await self._registrations.register(registration)
 
     async def unregister(
         self,
