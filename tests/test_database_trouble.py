@@ -94,6 +94,16 @@ async def test_sends_after_postgresql_drops_every_connection_never_answer_intern
     first may answer UNAVAILABLE (retryable), none answers INTERNAL."""
     # Several pooled connections, all of which the server will find dead.
     await asyncio.gather(*(notifications.Send(_send(f"warm-{i}")) for i in range(30)))
+    assert await _end_every_connection(database_url) >= 2
+
+    outcomes = [await _outcome(notifications, f"after-{i}") for i in range(20)]
+
+    assert outcomes[1:] == ["OK"] * 19, outcomes
+    assert outcomes[0] in ("OK", "UNAVAILABLE DATABASE_UNAVAILABLE"), outcomes
+
+
+async def _end_every_connection(database_url: str) -> int:
+    """PostgreSQL ends every connection to the test database but the one asking."""
     admin = make_engine(database_url)
     try:
         async with admin.connect() as connection:
@@ -105,12 +115,32 @@ async def test_sends_after_postgresql_drops_every_connection_never_answer_intern
             )
     finally:
         await admin.dispose()
-    assert ended >= 2
+    return int(ended)
 
-    outcomes = [await _outcome(notifications, f"after-{i}") for i in range(20)]
 
-    assert outcomes[1:] == ["OK"] * 19, outcomes
-    assert outcomes[0] in ("OK", "UNAVAILABLE DATABASE_UNAVAILABLE"), outcomes
+@pytest.mark.parametrize("database_url", ["postgresql"], indirect=True)
+async def test_device_reads_after_postgresql_drops_every_connection_never_answer_500(
+    world: World, server: PasspushServer, database_url: str
+) -> None:
+    """The PassKit web service reads on connections of its own: after PostgreSQL ends them
+    all, a device's next questions are answered, the first perhaps with a 503, none with a
+    500 nor driver words."""
+    http = HttpServer(create_app(f"127.0.0.1:{server.port}", server.passkit), "127.0.0.1:0")
+    await http.start()
+    serials = f"/passkit/v1/devices/phone-1/registrations/{TOPIC}"
+    try:
+        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{http.port}") as client:
+            # Several connections of the read pool, all of which the server will end.
+            warm = await asyncio.gather(*(client.get(serials) for _ in range(20)))
+            assert await _end_every_connection(database_url) >= 2
+            after = [await client.get(serials) for _ in range(20)]
+    finally:
+        await http.stop(grace=1.0)
+
+    assert {answer.status_code for answer in warm} == {204}
+    assert [answer.status_code for answer in after[1:]] == [204] * 19, after
+    assert after[0].status_code in (204, 503), after[0].text
+    assert not any(w in after[0].text for w in DRIVER_WORDS), after[0].text
 
 
 @pytest.mark.parametrize("database_url", ["postgresql"], indirect=True)

@@ -29,17 +29,19 @@ def is_sqlite(url: str) -> bool:
     return make_url(url).get_backend_name() == "sqlite"
 
 
+# No JIT: it compiles big statements for hundreds of milliseconds, where an OLTP service
+# wants its answer now. Custom plans: asyncpg prepares every statement, and a generic plan
+# made while the tables were small (sequential scans) would stay while they grow; planning
+# with the parameters costs microseconds.
+POSTGRES_SETTINGS = {"jit": "off", "plan_cache_mode": "force_custom_plan"}
+
+
 def make_engine(url: str = DEFAULT_DATABASE_URL, **kwargs: Any) -> AsyncEngine:
     # A database error's text would otherwise carry the statement's values (notification
     # bodies, push tokens) into the log.
     kwargs.setdefault("hide_parameters", True)
     if not is_sqlite(url):
-        # No JIT: it compiles big statements for hundreds of milliseconds, where an
-        # OLTP service wants its answer now. Custom plans: asyncpg prepares every statement,
-        # and a generic plan made while the tables were small (sequential scans) would stay
-        # while they grow; planning with the parameters costs microseconds.
-        settings = {"jit": "off", "plan_cache_mode": "force_custom_plan"}
-        connect_args = {"server_settings": settings}
+        connect_args = {"server_settings": POSTGRES_SETTINGS}
         engine = create_async_engine(
             url, pool_size=10, max_overflow=10, connect_args=connect_args, **kwargs
         )
