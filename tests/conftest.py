@@ -12,7 +12,6 @@ from pathlib import Path
 import asyncpg
 import grpc
 import pytest
-from sqlalchemy import text
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
@@ -74,16 +73,31 @@ def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
         shutil.copy(request.getfixturevalue("sqlite_template"), path)
         return f"sqlite+aiosqlite:///{path}"
     url: str = request.getfixturevalue("postgres_url")
-    tables = ", ".join(f'"{t.name}"' for t in Base.metadata.sorted_tables)
 
-    async def truncate() -> None:
-        engine = make_engine(url)
-        async with engine.begin() as connection:
-            await connection.execute(text(f"TRUNCATE {tables} RESTART IDENTITY CASCADE"))
-        await engine.dispose()
+    async def empty() -> None:
+        connection = await asyncpg.connect(asyncpg_dsn(url))
+        try:
+            await connection.execute(EMPTY_POSTGRES)
+        finally:
+            await connection.close()
 
-    asyncio.run(truncate())
+    asyncio.run(empty())
     return url
+
+
+# DELETE, not TRUNCATE: a TRUNCATE of the 19 tables makes new files for each table and index
+# and took 0.24 s per test against 0.3 ms for DELETE of what one test leaves. Children first
+# (foreign keys); the sequences restart as TRUNCATE ... RESTART IDENTITY did.
+EMPTY_POSTGRES = "; ".join(
+    [
+        "BEGIN",
+        *(f'DELETE FROM "{table.name}"' for table in reversed(Base.metadata.sorted_tables)),
+        "SELECT setval(c.oid, 1, false) FROM pg_class c"
+        " JOIN pg_namespace n ON n.oid = c.relnamespace"
+        " WHERE c.relkind = 'S' AND n.nspname = current_schema()",
+        "COMMIT",
+    ]
+)
 
 
 @pytest.fixture

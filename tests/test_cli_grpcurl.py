@@ -114,6 +114,11 @@ async def test_serve_on_an_unmigrated_database_exits_and_says_to_migrate(tmp_pat
 # -- grpcurl against the running server ------------------------------------------------------
 
 
+# Reflection answers from the server's descriptors and never reads the database: SQLite alone.
+on_sqlite_alone = pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
+
+
+@on_sqlite_alone
 async def test_grpcurl_lists_the_services_by_reflection(live_server: ServerProcess) -> None:
     result = await grpcurl(live_server.address, "list")
 
@@ -127,6 +132,7 @@ async def test_grpcurl_lists_the_services_by_reflection(live_server: ServerProce
     }
 
 
+@on_sqlite_alone
 async def test_grpcurl_describes_every_notification_rpc(live_server: ServerProcess) -> None:
     result = await grpcurl(live_server.address, "describe", "passpush.v1.NotificationService")
 

@@ -21,7 +21,7 @@ from passpush.v1 import notifications_pb2 as npb
 from passpush.v1 import notifications_pb2_grpc, passes_pb2_grpc
 from passpush.v1 import passes_pb2 as ppb
 
-from support import World, rich_error
+from support import World, rich_error, wait_terminal
 
 Stub = notifications_pb2_grpc.NotificationServiceStub
 P1 = npb.Target(pass_id="p1")
@@ -139,12 +139,19 @@ async def test_only_a_pending_schedule_can_be_cancelled_and_it_never_fires(
     world: World, notifications: Stub, fake_apns: FakeApns
 ) -> None:
     doomed = await notifications.Schedule(schedule(P1, 1.0))
-    fired = await notifications.Schedule(schedule(npb.Target(pass_id="p2"), 0.5))
+    # Due after the cancelled one: schedules fire in the order of their times, so once this
+    # one is sent the cancelled one's time has passed, and it was passed over.
+    fired = await notifications.Schedule(schedule(npb.Target(pass_id="p2"), 1.2))
     cancelled = await notifications.Cancel(npb.CancelRequest(id=doomed.id))
     assert cancelled.state == npb.SCHEDULED_NOTIFICATION_STATE_CANCELLED
-    await wait_state(notifications, fired.id, SENT)
-    await asyncio.sleep(1.5)  # past the cancelled one's time
+    sent = await wait_state(notifications, fired.id, SENT)
+    await wait_terminal(notifications, sent.ticket_id)
+    passed_over = await notifications.GetScheduled(npb.GetScheduledRequest(id=doomed.id))
 
+    assert (passed_over.state, passed_over.ticket_id) == (
+        npb.SCHEDULED_NOTIFICATION_STATE_CANCELLED,
+        0,
+    )
     assert fake_apns.tokens() == world.tokens_of("p2")
     for schedule_id in (doomed.id, fired.id):
         with pytest.raises(grpc.aio.AioRpcError) as raised:

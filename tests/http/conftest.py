@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 
 import httpx
@@ -9,6 +10,8 @@ import pytest
 
 from passpush.api.server import PasspushServer
 from passpush.http.app import HttpServer, create_app
+
+STOP_SECONDS = 30
 
 
 @pytest.fixture
@@ -20,7 +23,13 @@ async def shim(server: PasspushServer) -> AsyncIterator[str]:
     # The port is known only now: passes name this server as their web service.
     server.passkit.packager.web_service_url = f"{base}/passkit"
     yield base
-    await http.stop(grace=1.0)
+    # stop() is bounded (its grace, then a second after aborting connections), yet on a loaded
+    # machine it twice never returned and held the whole suite: fail this test instead.
+    try:
+        async with asyncio.timeout(STOP_SECONDS):
+            await http.stop(grace=1.0)
+    except TimeoutError:
+        raise AssertionError(f"the HTTP shim did not stop within {STOP_SECONDS}s") from None
 
 
 @pytest.fixture

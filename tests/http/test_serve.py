@@ -72,10 +72,16 @@ async def test_serve_answers_airship_requests_on_its_http_address(
     await server.stop()  # SIGTERM stops both servers, exit code 0
 
 
+# The startup checks below run on SQLite alone: none of them depends on the database (the
+# signing material and the PassKit URL are checked before it is opened, and the HTTP address
+# is bound the same way on either), and each costs a `passpush serve` of several seconds.
+on_sqlite_alone = pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
+
+
+@on_sqlite_alone
 async def test_serve_exits_when_the_http_address_is_taken(
     launch: Launcher, database_url: str, tmp_path: Path
 ) -> None:
-    await launch()  # migrates nothing itself: the Launcher's database is migrated already
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))
         taken.listen()
@@ -143,6 +149,7 @@ async def test_serve_signs_with_its_own_material_for_its_public_passkit_url(
     await server.stop()
 
 
+@on_sqlite_alone
 async def test_serve_exits_when_its_signing_material_does_not_fit_together(
     launch: Launcher, database_url: str, tmp_path: Path, apple_certs: AppleCerts
 ) -> None:
@@ -165,6 +172,7 @@ async def test_serve_exits_when_its_signing_material_does_not_fit_together(
     assert "Traceback" not in result.output
 
 
+@on_sqlite_alone
 async def test_serve_warns_when_passes_name_a_web_service_that_is_not_https(
     launch: Launcher,
 ) -> None:
