@@ -148,18 +148,20 @@ class HttpServer:
         if self._task is None:
             return
         self._server.should_exit = True
-        try:
-            await asyncio.wait_for(asyncio.shield(self._task), grace)
-        except TimeoutError:
-            self._server.force_exit = True
-            # uvicorn then waits for the listener to close, which waits for every
-            # connection: one whose request never ends would hold the stop for ever.
-            for connection in list(self._server.server_state.connections):
-                connection.transport.abort()  # type: ignore[attr-defined]
-            try:
-                await asyncio.wait_for(self._task, 1.0)
-            except TimeoutError:
-                log.warning("the HTTP server did not stop within %.0f s: left behind", grace)
+        # asyncio.wait, not wait_for: on Python 3.11 wait_for's timeout cancels the task and
+        # then waits for it to end, which a server stuck in its shutdown never does.
+        done, _ = await asyncio.wait({self._task}, timeout=grace)
+        if done:
+            return
+        self._server.force_exit = True
+        # uvicorn then waits for the listener to close, which waits for every connection:
+        # one whose request never ends would hold the stop for ever.
+        for connection in list(self._server.server_state.connections):
+            connection.transport.abort()  # type: ignore[attr-defined]
+        done, _ = await asyncio.wait({self._task}, timeout=1.0)
+        if not done:
+            self._task.cancel()
+            log.warning("the HTTP server did not stop within %.0f s: left behind", grace)
 
 
 class _QuietSignalsServer(uvicorn.Server):
