@@ -34,8 +34,8 @@ import sys
 from collections.abc import Awaitable, Callable, Sequence
 from datetime import datetime
 
-from passpush.domain.errors import Unauthenticated, Unavailable
-from passpush.store.faults import is_passing_trouble
+from passpush.domain.errors import Unauthenticated
+from passpush.store.faults import database_unavailable, is_passing_trouble
 from passpush.store.fetches import FetchConfirmation
 from passpush.store.passkit import NewRegistration
 
@@ -207,18 +207,20 @@ def inherited_listener(fd: int) -> socket.socket:
 
 
 class Lines:
-    """Lines for a pipe, written together at the end of the event loop's turn: each write
-    is a system call that wakes the other process, which at a higher priority then takes
-    the CPU from the writer (one a request cost a child a quarter of its time)."""
+    """Lines for a pipe, written together at the end of the event loop's turn, or `after`
+    seconds after the first: each write is a system call that wakes the other process,
+    which at a higher priority then takes the CPU from the writer (one a request cost a
+    child a quarter of its time)."""
 
-    def __init__(self, write: Callable[[bytes], None]) -> None:
+    def __init__(self, write: Callable[[bytes], None], after: float = 0.0) -> None:
         self._write = write
+        self._after = after
         self._lines: list[bytes] = []
 
     def add(self, line: bytes) -> None:
         self._lines.append(line + b"\n")
         if len(self._lines) == 1:
-            asyncio.get_running_loop().call_soon(self._flush)
+            asyncio.get_running_loop().call_later(self._after, self._flush)
 
     def _flush(self) -> None:
         lines, self._lines = self._lines, []
@@ -229,8 +231,12 @@ class ParentPipe:
     """The child's stdout, its channel to the parent, written without blocking the event
     loop: a parent slow to read must not stall the child's requests."""
 
+    # What no one waits for (fetch confirmations) goes up a few milliseconds later, with more.
+    LATER = 0.005  # seconds
+
     def __init__(self, transport: asyncio.WriteTransport) -> None:
         self._lines = Lines(transport.write)
+        self._later = Lines(transport.write, self.LATER)
 
     @classmethod
     async def open(cls) -> ParentPipe:
@@ -238,9 +244,11 @@ class ParentPipe:
         transport, _ = await loop.connect_write_pipe(asyncio.Protocol, sys.stdout.buffer)
         return cls(transport)
 
-    def tell(self, *lines: bytes) -> None:
-        for line in lines:
-            self._lines.add(line)
+    def tell(self, line: bytes) -> None:
+        self._lines.add(line)
+
+    def tell_later(self, line: bytes) -> None:
+        self._later.add(line)
 
 
 def lower_priority(nice: int) -> None:
@@ -267,7 +275,7 @@ class ParentRegistrar:
             async with asyncio.timeout(_ANSWER_TIMEOUT):
                 return await answer
         except TimeoutError:
-            raise _unavailable() from None
+            raise database_unavailable() from None
         finally:
             self._waiting.pop(number, None)
 
@@ -279,15 +287,9 @@ class ParentRegistrar:
         if "created" in fields:
             answer.set_result(bool(fields["created"]))
         elif fields.get("error") == "unavailable":
-            answer.set_exception(_unavailable())
+            answer.set_exception(database_unavailable())
         else:  # the pass is gone since it was authenticated
             answer.set_exception(Unauthenticated("the pass is no longer there"))
-
-
-def _unavailable() -> Unavailable:
-    return Unavailable(
-        "the database cannot take this call now; retry later", reason="DATABASE_UNAVAILABLE"
-    )
 
 
 async def follow_parent(registrar: ParentRegistrar, gone: Callable[[], None]) -> None:
@@ -302,25 +304,14 @@ async def follow_parent(registrar: ParentRegistrar, gone: Callable[[], None]) ->
 
 
 class ParentFetchSink:
-    """A child's fetch confirmations, handed to the parent to record: written to the pipe
-    together a few milliseconds after the first, since each write to it is a system call
-    that wakes the parent (one a fetch cost ~6% of a child's time in a fetch storm)."""
-
-    FLUSH_AFTER = 0.005  # seconds
+    """A child's fetch confirmations, handed to the parent to record."""
 
     def __init__(self, parent: ParentPipe) -> None:
         self._parent = parent
-        self._lines: list[bytes] = []
 
     def add(self, confirmation: FetchConfirmation) -> None:
         fields = {**vars(confirmation), "fetched_at": confirmation.fetched_at.isoformat()}
-        self._lines.append(FETCHED + json.dumps(fields).encode())
-        if len(self._lines) == 1:
-            asyncio.get_running_loop().call_later(self.FLUSH_AFTER, self._flush)
-
-    def _flush(self) -> None:
-        self._parent.tell(*self._lines)
-        self._lines.clear()
+        self._parent.tell_later(FETCHED + json.dumps(fields).encode())
 
 
 def _confirmation(line: bytes) -> FetchConfirmation:

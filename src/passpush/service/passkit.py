@@ -149,12 +149,8 @@ class PassPackager:
             # hop there and back cost more than the signature under load.
             signed = self._sign(source, signing)
             self._signed.put(key, signed)
-        entries = [
-            zip_entry(PASS_JSON, signed.pass_json)
-            if name == PASS_JSON
-            else self._entry(name, data, source)
-            for name, data in sorted(source.files.items())
-        ]
+        files = {**source.files, PASS_JSON: signed.pass_json}
+        entries = [self._entry(name, data, source) for name, data in sorted(files.items())]
         entries += (
             zip_entry(MANIFEST, signed.manifest),
             # DER (keys and a signature): deflating saved a sixth, in as long as the rest.

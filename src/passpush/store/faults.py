@@ -51,12 +51,14 @@ def write_check() -> Steps[None]:
 def unavailable_from(error: BaseException) -> Unavailable | None:
     """Unavailable if `error` is the database being out of reach or unable to write for
     now; None for anything else. The message names no driver: it goes on the wire."""
-    if is_passing_trouble(error):
-        return Unavailable(
-            "the database cannot take this call now; retry later",
-            reason="DATABASE_UNAVAILABLE",
-        )
-    return None
+    return database_unavailable() if is_passing_trouble(error) else None
+
+
+def database_unavailable() -> Unavailable:
+    """What a caller is told when the database cannot take its call for now."""
+    return Unavailable(
+        "the database cannot take this call now; retry later", reason="DATABASE_UNAVAILABLE"
+    )
 
 
 def is_passing_trouble(error: BaseException) -> bool:
