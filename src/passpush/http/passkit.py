@@ -13,6 +13,7 @@ serves the requests and writes their part of the OpenAPI document.
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 from collections.abc import Awaitable, Callable
@@ -225,7 +226,7 @@ class Route:
     authenticated: bool = False  # by the pass's ApplePass token
     description: str = ""
 
-    @property
+    @functools.cached_property  # matched against every request's path
     def segments(self) -> list[str]:
         return self.path.split("/")
 
