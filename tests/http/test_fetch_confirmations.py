@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -300,3 +301,29 @@ async def test_downloading_a_fetched_version_again_writes_nothing_and_is_not_ret
     await batcher.stop()
 
     assert batches == [[confirmation]]
+
+
+async def test_downloads_again_before_the_first_is_recorded_are_written_once() -> None:
+    """A device fetching one version again and again while its first confirmation waits
+    (for the next batch, or to be tried again as unmatched: its push not yet recorded as
+    delivered) adds nothing: one confirmation a delivery is written, the first. In a fetch
+    storm each of them was written, and the batches held SQLite's writer from the Sends."""
+    batches: list[list[FetchConfirmation]] = []
+
+    async def record(confirmations: list[FetchConfirmation]) -> list[RecordedFetch]:
+        batches.append(confirmations)
+        return []  # unmatched: the worker has not recorded the push as delivered yet
+
+    batcher = FetchBatcher(record, interval=3600)
+    first = FetchConfirmation("acme", "p1", "d1", 1, 7, datetime.now(UTC))
+    again = [replace(first, fetched_at=first.fetched_at + timedelta(seconds=s)) for s in (1, 2)]
+    other = replace(first, device_library_identifier="d2")
+    for confirmation in (first, *again, other):
+        batcher.add(confirmation)
+    await batcher.flush()
+    for confirmation in again:  # while the first waits to be tried again
+        batcher.add(confirmation)
+    await batcher.flush()
+    await batcher.stop()
+
+    assert batches == [[first, other]]

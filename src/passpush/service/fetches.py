@@ -198,18 +198,25 @@ class FetchBatcher:
         # Deliveries recorded as fetched already (the newest): a device that downloads its
         # pass again confirms nothing new, and must cost no write, nor its tries again.
         self._recorded: OrderedDict[_Key, None] = OrderedDict()
+        # Deliveries whose first confirmation waits (to be written, or tried again): the
+        # same device fetching again meanwhile adds nothing (in a storm it fetches often).
+        self._pending: set[_Key] = set()
 
     RECORDED_KEPT = 200_000
 
     def add(self, confirmation: FetchConfirmation) -> None:
-        if _key_of(confirmation) not in self._recorded:
+        key = _key_of(confirmation)
+        if key not in self._recorded and key not in self._pending:
+            self._pending.add(key)
             self._add(confirmation, 0)
 
     def _add(self, confirmation: FetchConfirmation, tries: int) -> None:
         self._waiting.append((confirmation, tries))
         if len(self._waiting) > self._max_waiting:
-            del self._waiting[: len(self._waiting) - self._max_waiting]
-            self._dropped += 1
+            dropped = self._waiting[: len(self._waiting) - self._max_waiting]
+            del self._waiting[: len(dropped)]
+            self._pending.difference_update(_key_of(c) for c, _ in dropped)
+            self._dropped += len(dropped)
         if len(self._waiting) >= self._batch_size:
             self._full.set()
 
@@ -228,6 +235,7 @@ class FetchBatcher:
             await self.flush()
         except Exception:
             log.exception("recording fetch confirmations at shutdown failed; they are lost")
+        self._pending.difference_update(_key_of(c) for _, _, c in self._later)
         self._later.clear()
 
     async def flush(self) -> None:
@@ -246,6 +254,7 @@ class FetchBatcher:
                 self._try_later(batch, matched)
 
     def _remember(self, recorded: set[_Key]) -> None:
+        self._pending -= recorded
         for key in recorded:
             self._recorded[key] = None
             self._recorded.move_to_end(key)
@@ -258,9 +267,13 @@ class FetchBatcher:
             key = _key_of(confirmation)
             if tries < self._retries and key not in matched and key not in self._recorded:
                 self._later.append((now + 2.0**tries, tries + 1, confirmation))
+            else:
+                self._pending.discard(key)  # recorded, or given up
         if len(self._later) > self._max_waiting:  # the oldest go: fetches long unmatched
-            self._dropped += len(self._later) - self._max_waiting
-            del self._later[: len(self._later) - self._max_waiting]
+            dropped = self._later[: len(self._later) - self._max_waiting]
+            del self._later[: len(dropped)]
+            self._pending.difference_update(_key_of(c) for _, _, c in dropped)
+            self._dropped += len(dropped)
 
     def _due(self) -> None:
         """Puts the confirmations due to be tried again back with those waiting."""
