@@ -472,10 +472,9 @@ class _PostgresDirect:
     async def _execute(self, connection: Any, query: Query) -> list[Row]:
         if not query.params and query.mode in (Mode.MANY, Mode.EACH):
             return []
-        compiled = self._statements.get(query)
         if query.mode in (Mode.ROWS, Mode.WRITE):
-            sql, values = compiled.bind(query.params)  # type: ignore[arg-type]
-            return compiled.rows(await connection.fetch(sql, *values))
+            return await _fetch(self._statements, connection, query)
+        compiled = self._statements.get(query)
         sql, rows = compiled.bind_many(query.params)  # type: ignore[arg-type]
         if query.mode is Mode.MANY:
             await connection.executemany(sql, rows)

@@ -12,9 +12,9 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import Any, TypeVarTuple
 
-from sqlalchemy import Insert, and_, bindparam, literal, or_, select, text, union_all
+from sqlalchemy import Insert, Select, and_, bindparam, literal, or_, select, text, union_all
 from sqlalchemy.dialects import postgresql, sqlite
 
 from passpush.domain.model import PassValues, Platform
@@ -31,6 +31,7 @@ from passpush.store.models import (
     TemplateRow,
 )
 
+Ts = TypeVarTuple("Ts")
 # A device holds a handful of passes of one type; more is not a device.
 MAX_DEVICE_PASSES = 1000
 _TEMPLATE_OF_PASS = and_(
@@ -58,7 +59,20 @@ class NamedPass:
 
 # The Apple passes with that pass type and serial number: one, unless projects share a
 # pass type (each pass's own token then tells them apart).
-_PASSES_NAMED = (
+def _named(columns: Select[*Ts]) -> Select[*Ts]:
+    """`columns` of the passes with that pass type and serial number (and their template)."""
+    return (
+        columns.join(TemplateRow, _TEMPLATE_OF_PASS)
+        .where(
+            PassRow.serial_number == bindparam("serial_number"),
+            TemplateRow.pass_type_identifier == bindparam("pass_type_identifier"),
+        )
+        .order_by(PassRow.project_id, PassRow.id)
+        .limit(10)
+    )
+
+
+_PASSES_NAMED = _named(
     select(
         PassRow.project_id,
         PassRow.id,
@@ -67,13 +81,6 @@ _PASSES_NAMED = (
         PassRow.updated_at,
         _HAS_CONTENT,
     )
-    .join(TemplateRow, _TEMPLATE_OF_PASS)
-    .where(
-        PassRow.serial_number == bindparam("serial_number"),
-        TemplateRow.pass_type_identifier == bindparam("pass_type_identifier"),
-    )
-    .order_by(PassRow.project_id, PassRow.id)
-    .limit(10)
 )
 
 
@@ -231,19 +238,12 @@ _PACKAGE_COLUMNS = select(
     TemplateRow.apple_private_key_pem,
     TemplateRow.apple_wwdr_certificate_pem,
     _HAS_CONTENT,
-).join(TemplateRow, _TEMPLATE_OF_PASS)
-_PACKAGE_OF_PASS = _PACKAGE_COLUMNS.where(
+)
+_PACKAGE_OF_PASS = _PACKAGE_COLUMNS.join(TemplateRow, _TEMPLATE_OF_PASS).where(
     PassRow.project_id == bindparam("project_id"), PassRow.id == bindparam("pass_id")
 )
-# As _PASSES_NAMED: a device's download reads the pass it names and its package at once.
-_PACKAGES_NAMED = (
-    _PACKAGE_COLUMNS.where(
-        PassRow.serial_number == bindparam("serial_number"),
-        TemplateRow.pass_type_identifier == bindparam("pass_type_identifier"),
-    )
-    .order_by(PassRow.project_id, PassRow.id)
-    .limit(10)
-)
+# A device's download reads the pass it names and what its package is made of at once.
+_PACKAGES_NAMED = _named(_PACKAGE_COLUMNS)
 
 
 @dataclass(frozen=True)
