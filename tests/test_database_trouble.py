@@ -8,6 +8,7 @@ database file made immutable with chattr (the tests run as root, so chmod would 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import errno
 import shutil
 import subprocess
@@ -18,13 +19,16 @@ import grpc
 import httpx
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
-from sqlalchemy import text
+from sqlalchemy import make_url, text
 
 from passpush.api.server import SERVICE_NAMES, PasspushServer
 from passpush.delivery.apns import ApnsGateway
 from passpush.delivery.worker import WorkerSettings
 from passpush.http.app import HttpServer, create_app
 from passpush.store.db import make_engine, make_sessions
+from passpush.store.direct import direct_reads, direct_transactions
+from passpush.store.faults import DATABASE_ERRORS, is_passing_trouble, write_check
+from passpush.store.passkit import oldest_open_write
 from passpush.v1 import notifications_pb2 as npb
 from passpush.v1 import notifications_pb2_grpc, passes_pb2_grpc
 
@@ -141,6 +145,60 @@ async def test_device_reads_after_postgresql_drops_every_connection_never_answer
     assert [answer.status_code for answer in after[1:]] == [204] * 19, after
     assert after[0].status_code in (204, 503), after[0].text
     assert not any(w in after[0].text for w in DRIVER_WORDS), after[0].text
+
+
+@contextlib.asynccontextmanager
+async def _proxy_that_holds_closes(database_url: str) -> AsyncIterator[str]:
+    """The database's URL through a loopback proxy that passes bytes both ways but never
+    passes a close on from PostgreSQL's side: a connection the server ended then has the
+    server's last word (its FATAL error) but not yet its end, as between two reads."""
+
+    async def pipe(source: asyncio.StreamReader, sink: asyncio.StreamWriter) -> None:
+        while data := await source.read(65536):
+            sink.write(data)
+
+    async def serve(client: asyncio.StreamReader, to_client: asyncio.StreamWriter) -> None:
+        held.append(to_client)
+        server, to_server = await asyncio.open_connection(url.host, url.port)
+        with contextlib.suppress(ConnectionError):
+            await asyncio.gather(pipe(client, to_server), pipe(server, to_client))
+        to_server.close()
+
+    url = make_url(database_url)
+    held: list[asyncio.StreamWriter] = []
+    proxy = await asyncio.start_server(serve, "127.0.0.1", 0)
+    port = proxy.sockets[0].getsockname()[1]
+    try:
+        yield url.set(host="127.0.0.1", port=port).render_as_string(hide_password=False)
+    finally:
+        proxy.close()
+        for to_client in held:  # now the ends arrive: nothing waits for them forever
+            to_client.close()
+
+
+@pytest.mark.parametrize("database_url", ["postgresql"], indirect=True)
+async def test_a_connection_whose_end_has_not_arrived_yet_is_passing_trouble(
+    database_url: str,
+) -> None:
+    """PostgreSQL's error for a connection it ends can come before the end itself: a call
+    in between finds asyncpg waiting out that error. That is a lost connection (UNAVAILABLE,
+    503) like any other, and the next call gets a new one; it was a 500 in CI."""
+    async with _proxy_that_holds_closes(database_url) as through_proxy:
+        engine = make_engine(through_proxy)
+        reads, transactions = direct_reads(engine), direct_transactions(engine)
+        try:
+            await reads.run(oldest_open_write)
+            await transactions.run(write_check)
+            assert await _end_every_connection(database_url) >= 2
+            for run, steps in ((reads.run, oldest_open_write), (transactions.run, write_check)):
+                with pytest.raises(DATABASE_ERRORS) as raised:
+                    await run(steps)  # type: ignore[operator]
+                assert is_passing_trouble(raised.value), repr(raised.value)
+                await run(steps)  # type: ignore[operator]
+        finally:
+            reads.close()
+            transactions.close()
+    await engine.dispose()  # once the proxy has passed every end on
 
 
 @pytest.mark.parametrize("database_url", ["postgresql"], indirect=True)

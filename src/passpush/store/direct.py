@@ -399,7 +399,13 @@ class _PostgresReads:
     async def run(self, make: Callable[[], Steps[T]]) -> T:
         pool = self._pool or await self._open()
         async with pool.acquire() as connection:
-            return await _drive(make(), functools.partial(_fetch, self._statements, connection))
+            try:
+                return await _drive(make(), functools.partial(_fetch, self._statements, connection))
+            except Exception as error:
+                if not _lost(connection, error):
+                    raise
+                connection.terminate()  # not back into the pool
+                raise exc.OperationalError("", None, error, connection_invalidated=True) from error
 
     async def _open(self) -> Any:
         import asyncpg  # type: ignore[import-untyped]
@@ -433,6 +439,16 @@ async def _json_codecs(connection: Any) -> None:
         )
 
 
+def _lost(connection: Any, error: BaseException) -> bool:
+    """Whether an asyncpg connection that raised `error` is lost: closed, or still waiting
+    out an error the server sent unasked. PostgreSQL's FATAL for a connection it ends comes
+    before the end itself; a call in between is refused with InternalClientError
+    ("another operation is in progress"), and so would every call after it."""
+    import asyncpg  # type: ignore[import-untyped]
+
+    return connection.is_closed() or isinstance(error, asyncpg.InternalClientError)
+
+
 async def _fetch(statements: _Statements, connection: Any, query: Query) -> list[Row]:
     compiled = statements.get(query)
     sql, values = compiled.bind(query.params)  # type: ignore[arg-type]
@@ -459,7 +475,7 @@ class _PostgresDirect:
             except self._unique_violation as error:
                 raise exc.IntegrityError("", None, error) from error
             except BaseException as error:
-                if not connection.is_closed():
+                if not _lost(connection, error):
                     raise
                 # SQLAlchemy did not run these statements, so it cannot know that the server
                 # went away: the pool would hand the dead connection out again and again.
