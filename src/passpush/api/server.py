@@ -33,6 +33,7 @@ from passpush.service.status import (
     EventStreams,
     TicketWatch,
 )
+from passpush.store.checkpoints import wal_checkpoints
 from passpush.store.db import make_read_sessions
 from passpush.store.direct import direct_transactions
 from passpush.store.listen import ChangeListener
@@ -120,6 +121,8 @@ class PasspushServer:
         self.watch = TicketWatch(reads, self.changes)
         self.events = EventStreams(reads, self.changes)
         self.retention = EventRetention(sessions, event_retention, clock=clock)
+        # SQLite: the WAL checkpointed here, so that no commit waits for the disk's sync.
+        self.checkpoints = wal_checkpoints(engine)
         # Other replicas' outcomes reach this one's streams through PostgreSQL.
         self.listener = (
             ChangeListener(engine.url.render_as_string(hide_password=False), self.changes.publish)
@@ -129,7 +132,7 @@ class PasspushServer:
         self.health = health.aio.HealthServicer()
         # NOT_SERVING while the database cannot be written (a full disk, a read-only file).
         self.readiness = DatabaseReadiness(
-            self.notifications.check_writable, self._set_serving, every=readiness_interval
+            self._check_writable, self._set_serving, every=readiness_interval
         )
         # No SO_REUSEPORT: a second server on a taken port must fail, not share its calls.
         self.server = grpc.aio.server(
@@ -157,6 +160,8 @@ class PasspushServer:
         if self.listener is not None:
             self.listener.start()
         self.retention.start()
+        if self.checkpoints is not None:
+            self.checkpoints.start()
         self.fetches.start()
         await self.server.start()
         self.worker.start()
@@ -165,6 +170,11 @@ class PasspushServer:
         self.scheduler.start()
         await self._set_serving(True)
         self.readiness.start()
+
+    async def _check_writable(self) -> None:
+        await self.notifications.check_writable()
+        if self.checkpoints is not None:
+            self.checkpoints.check_room()
 
     def _fanned_out_a_chunk(self) -> None:
         self.worker.wake()
@@ -192,6 +202,8 @@ class PasspushServer:
         await asyncio.gather(self.server.stop(grace), self.worker.stop(grace))
         await self.fetches.stop()
         await self.retention.stop()
+        if self.checkpoints is not None:
+            await self.checkpoints.stop()
         if self.listener is not None:
             await self.listener.stop()
         self.notifications.close()

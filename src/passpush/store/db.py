@@ -109,6 +109,10 @@ def configure_sqlite_connection(dbapi_connection: Any) -> None:
     cursor = dbapi_connection.cursor()
     cursor.execute("PRAGMA journal_mode=WAL")
     cursor.execute("PRAGMA synchronous=NORMAL")
+    # No checkpoint inside a commit: it waits for the disk's sync while holding the write
+    # connection. The server checkpoints beside the writes (store/checkpoints.py); a
+    # process without one leaves it to the last connection's close.
+    cursor.execute("PRAGMA wal_autocheckpoint=0")
     cursor.execute("PRAGMA foreign_keys=ON")
     cursor.execute("PRAGMA busy_timeout=30000")
     cursor.close()
