@@ -37,6 +37,7 @@ from passpush.store.checkpoints import wal_checkpoints
 from passpush.store.db import make_read_sessions
 from passpush.store.direct import direct_transactions
 from passpush.store.listen import ChangeListener
+from passpush.store.statistics import fresh_statistics
 from passpush.v1 import (
     admin_pb2,
     admin_pb2_grpc,
@@ -123,6 +124,8 @@ class PasspushServer:
         self.retention = EventRetention(sessions, event_retention, clock=clock)
         # SQLite: the WAL checkpointed here, so that no commit waits for the disk's sync.
         self.checkpoints = wal_checkpoints(engine)
+        # PostgreSQL: statistics analyzed right after a bulk change, not a minute later.
+        self.statistics = fresh_statistics(engine)
         # Other replicas' outcomes reach this one's streams through PostgreSQL.
         self.listener = (
             ChangeListener(engine.url.render_as_string(hide_password=False), self.changes.publish)
@@ -162,6 +165,8 @@ class PasspushServer:
         self.retention.start()
         if self.checkpoints is not None:
             self.checkpoints.start()
+        if self.statistics is not None:
+            self.statistics.start()
         self.fetches.start()
         await self.server.start()
         self.worker.start()
@@ -204,6 +209,8 @@ class PasspushServer:
         await self.retention.stop()
         if self.checkpoints is not None:
             await self.checkpoints.stop()
+        if self.statistics is not None:
+            await self.statistics.stop()
         if self.listener is not None:
             await self.listener.stop()
         self.notifications.close()
