@@ -495,10 +495,16 @@ def _claim_statement(*, skip_locked: bool, of_platform: bool = False) -> Update:
         .limit(bindparam("limit"))
     )
     if skip_locked:
-        due = due.with_for_update(skip_locked=True)
+        # In a CTE, which PostgreSQL runs once (it never inlines one that locks): under
+        # `id IN (subquery)` a plan or a recheck of a concurrently changed row may run the
+        # LIMIT again, and a claim of 2 leased 3 in CI.
+        chosen = due.with_for_update(skip_locked=True).cte("due")
+        which = d.c.id == chosen.c.id
+    else:
+        which = d.c.id.in_(due)
     return (
         update(d)
-        .where(d.c.id.in_(due))
+        .where(which)
         .values(
             lease_owner=bindparam("owner"),
             lease_until=bindparam("lease_until"),
