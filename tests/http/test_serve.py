@@ -5,7 +5,9 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import re
 import socket
+from collections import Counter
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -268,3 +270,51 @@ async def wait_fetched(
 
 def child_pids(pid: int) -> list[int]:
     return [int(p) for p in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+
+
+async def _connections_by_process(port: int) -> Counter[int]:
+    """How many established connections to `port` each process holds (ss, from iproute2)."""
+    listing = await run("ss", "-Htnp", "state", "established", f"( sport = :{port} )")
+    return Counter(int(pid) for pid in re.findall(r"pid=(\d+)", listing.stdout))
+
+
+@pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
+async def test_http_processes_share_a_burst_of_connections_and_no_second_server_joins_them(
+    launch: Launcher, database_url: str, tmp_path: Path
+) -> None:
+    """32 keep-alive connections opened at once (a load client's, or devices after a push)
+    spread over both HTTP processes: on one shared socket the first process to wake took
+    them all (the device-pull benchmark: one process at 5.2 s of CPU, the other at 0.4 s).
+    And the port stays theirs: a second `passpush serve` on it fails."""
+    port = free_port()
+    server = await launch(HTTP_ADDRESS=f"127.0.0.1:{port}", HTTP_PROCESSES="2")
+    async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}") as client:
+        await wait_http(client)
+
+    async def ask() -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(f"GET /passkit/v1/devices/d/registrations/{TOPIC} HTTP/1.1\r\n".encode())
+        writer.write(b"Host: passpush\r\n\r\n")
+        assert (await reader.readuntil(b"\r\n\r\n")).startswith(b"HTTP/1.1 204")
+        return reader, writer
+
+    connections = await asyncio.gather(*(ask() for _ in range(32)))
+    held = await _connections_by_process(port)
+    for _, writer in connections:
+        writer.close()
+    env = passpush_env(
+        database_url,
+        tmp_path,
+        GRPC_ADDRESS=f"127.0.0.1:{free_port()}",
+        HTTP_ADDRESS=f"127.0.0.1:{port}",
+        HTTP_PROCESSES="2",
+        APNS_ENDPOINT=launch.fake_apns.endpoint,
+        APNS_CA_FILE=str(launch.fake_apns.tls.ca_file),
+    )
+    second = await run(PASSPUSH, "serve", env=env, seconds=60)
+
+    children = child_pids(server.pid)
+    assert sorted(held) == sorted(children), held
+    assert min(held.values()) >= 4, held  # 16 each on average; under 4 by chance: p < 3e-6
+    assert second.returncode != 0, second.output
+    assert "HTTP" in second.stderr
