@@ -127,6 +127,7 @@ def parse(argv: Sequence[str] | None) -> tuple[list[str], Options, bool]:
         "outage_seconds": "outage: seconds the fake APNs is down",
         "pull_passes": "device-pull: passes with content whose devices fetch them",
         "pull_storm_passes": "device-pull: the broadcast measured beside the fetching devices",
+        "pull_connections": "device-pull: wrk's keep-alive connections (devices at once)",
         "shared_passes": "shared-content: passes imported",
     }
     for dest, text in sizes.items():

@@ -12,8 +12,9 @@ would use them (nothing is seeded behind the server's back):
    the content was set, enough rounds for SERIALS_REQUESTS requests: serials/s.
 4. `openssl speed -seconds 3 rsa2048`: one core's RSA-2048 signatures/s, in this run.
 5. A Send to template A; the push-only time (the Send's start to GetTicket seeing it
-   terminal). Then the pull (wrk, 16 threads with one keep-alive connection each): every
-   device, once, GETs the serials changed since its tag and then its pass. Device updates/s
+   terminal). Then the pull (wrk: `pull_connections` threads, 16 by default, each with one
+   keep-alive connection, as are the registrations and serials): every device, once, GETs
+   the serials changed since its tag and then its pass. Device updates/s
    (devices / the pull's time), each request's latency (p50/p99), the ratio to the signing
    rate, and the end-to-end time from the Send's start to the last device holding its pass.
    Devices start once every push is out, so end to end is push-only + pull at most.
@@ -204,13 +205,11 @@ async def _wait_http(base_url: str) -> None:
                     await asyncio.sleep(0.1)
 
 
-async def _registered(base_url: str, audience: Audience, workdir: Path, backend: str) -> WrkReport:
-    report = await run_devices(
-        "register", base_url, audience.devices, workdir, prefix=PREFIX, pass_type=TOPIC
-    )
+async def _registered(run: Run, audience: Audience) -> WrkReport:
+    report = await _devices(run, "register", audience.devices)
     report.check(f"registering {audience.template}'s devices")
     log(
-        f"{NAME} on {backend}: {len(audience.devices):,} devices of {audience.template} "
+        f"{NAME} on {run.backend}: {len(audience.devices):,} devices of {audience.template} "
         f"registered at {report.rate():,.0f}/s"
     )
     return report
@@ -262,6 +261,7 @@ class Run:
     bench: Client
     other: Client
     server_pid: int
+    connections: int  # wrk's keep-alive connections, a thread each
 
 
 async def measure_backend(
@@ -288,14 +288,22 @@ async def measure_backend(
             client(deployment.address, deployment.key) as bench,
             client(deployment.address, deployment.key, channels=2) as other,
         ):
-            run = Run(backend, base_url, workdir, bench, other, deployment.servers[0].pid)
+            run = Run(
+                backend,
+                base_url,
+                workdir,
+                bench,
+                other,
+                deployment.servers[0].pid,
+                options.pull_connections,
+            )
             return await _measure(run, pull, storm)
 
 
 async def _measure(run: Run, pull: Audience, storm: Audience) -> list[Result]:
     backend, count = run.backend, len(pull.devices)
-    registrations = await _registered(run.base_url, pull, run.workdir, backend)
-    await _registered(run.base_url, storm, run.workdir, backend)
+    registrations = await _registered(run, pull)
+    await _registered(run, storm)
 
     rounds = max(1, math.ceil(SERIALS_REQUESTS / count))
     serials = await _devices(run, "serials", pull.devices, rounds=rounds)
@@ -390,6 +398,7 @@ async def _devices(
         pass_type=TOPIC,
         rounds=rounds,
         stop=stop,
+        threads=run.connections,
     )
 
 
@@ -421,7 +430,8 @@ def _results(
     ) <= STORM_FACTOR_BAR * idle.p(0.99)
     return [
         Result(
-            f"{NAME}: registrations ({count:,} devices, PassKit POST)",
+            f"{NAME}: registrations ({count:,} devices, PassKit POST, "
+            f"{registrations.threads} connections)",
             backend,
             f"{registrations.rate():,.0f}/s (p50 {registrations.p(0.5):.1f} ms, "
             f"p99 {registrations.p(0.99):.1f} ms)",

@@ -278,6 +278,7 @@ class Options:
     outage_seconds: float = 45.0  # outage: how long the fake APNs is down
     pull_passes: int = 5_000  # device-pull: passes with content, a device each, fetching
     pull_storm_passes: int = 5_000  # device-pull: the second template's broadcast
+    pull_connections: int = 16  # device-pull: wrk's keep-alive connections, a thread each
     shared_passes: int = 100_000  # shared-content: passes imported with and without content
     keep: bool = False  # keep the temporary directory (logs, databases of SQLite)
 
