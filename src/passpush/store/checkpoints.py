@@ -25,6 +25,8 @@ from concurrent.futures import ThreadPoolExecutor
 
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from passpush.store.db import sqlite_file
+
 log = logging.getLogger(__name__)
 
 
@@ -102,7 +104,5 @@ class WalCheckpoints:
 
 def wal_checkpoints(engine: AsyncEngine) -> WalCheckpoints | None:
     """The checkpoints for a SQLite database file; None for any other database."""
-    database = engine.url.database
-    if engine.dialect.name != "sqlite" or database in (None, "", ":memory:"):
-        return None
-    return WalCheckpoints(database)
+    database = sqlite_file(engine)
+    return WalCheckpoints(database) if database else None

@@ -29,6 +29,15 @@ def is_sqlite(url: str) -> bool:
     return make_url(url).get_backend_name() == "sqlite"
 
 
+def sqlite_file(engine: AsyncEngine) -> str | None:
+    """The engine's SQLite database file; None for an in-memory database (only its own
+    connection sees it) or any other database."""
+    database = engine.url.database
+    if engine.dialect.name != "sqlite" or database in (None, "", ":memory:"):
+        return None
+    return database
+
+
 # No JIT: it compiles big statements for hundreds of milliseconds, where an OLTP service
 # wants its answer now. Custom plans: asyncpg prepares every statement, and a generic plan
 # made while the tables were small (sequential scans) would stay while they grow; planning
@@ -129,7 +138,7 @@ def make_read_sessions(
     the same sessions.
     """
     engine = sessions.kw["bind"]
-    if engine.dialect.name != "sqlite" or engine.url.database in (None, "", ":memory:"):
+    if sqlite_file(engine) is None:
         return sessions, None
     readers = create_async_engine(
         engine.url, connect_args={"timeout": 30}, pool_size=2, max_overflow=2, hide_parameters=True

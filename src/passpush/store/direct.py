@@ -34,6 +34,8 @@ from sqlalchemy.engine import Dialect
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 from sqlalchemy.sql.compiler import SQLCompiler
 
+from passpush.store.db import sqlite_file
+
 T = TypeVar("T")
 Row = Sequence[Any]
 
@@ -116,8 +118,7 @@ class DirectTransactions(Protocol):
 def direct_transactions(engine: AsyncEngine) -> DirectTransactions:
     if engine.dialect.name == "postgresql":
         return _PostgresDirect(engine)
-    database = engine.url.database
-    if engine.dialect.name == "sqlite" and database not in (None, "", ":memory:"):
+    if database := sqlite_file(engine):
         return _SqliteDirect(engine, database)
     return _SessionDirect(engine)  # an in-memory database: only its own connection sees it
 
@@ -137,8 +138,7 @@ class DirectReads(Protocol):
 def direct_reads(engine: AsyncEngine) -> DirectReads:
     if engine.dialect.name == "postgresql":
         return _PostgresReads(engine)
-    database = engine.url.database
-    if engine.dialect.name == "sqlite" and database not in (None, "", ":memory:"):
+    if database := sqlite_file(engine):
         return _SqliteReads(engine, database)
     return _SessionDirect(engine)
 
