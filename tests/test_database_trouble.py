@@ -14,12 +14,13 @@ import shutil
 import subprocess
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
+from typing import Any
 
 import grpc
 import httpx
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
-from sqlalchemy import make_url, text
+from sqlalchemy import event, make_url, text
 
 from passpush.api.server import SERVICE_NAMES, PasspushServer
 from passpush.delivery.apns import ApnsGateway
@@ -428,3 +429,53 @@ async def test_a_server_started_on_a_read_only_database_serves_once_it_is_writab
         await world.pass_("p0", "loyalty")
         notifications = notifications_pb2_grpc.NotificationServiceStub(channel)
         assert await _outcome(notifications, "first") == "OK"
+
+
+async def test_a_task_cancelled_inside_a_sqlite_transaction_leaves_the_write_lock_free(
+    tmp_path: Path,
+) -> None:
+    """A caller's deadline, or a stop at shutdown, cancels whatever task runs a query. Cancelled
+    while aiosqlite's thread ran a statement, SQLAlchemy closes the connection, but the
+    statement that the cancelled task's traceback still holds kept the closed connection alive
+    in the middle of its transaction: SQLite's write lock stayed taken, and every other writer
+    waited out its busy timeout (the scheduler's task, kept after its stop, held it for good)."""
+    import sqlite3
+    import threading
+
+    engine = make_engine(f"sqlite+aiosqlite:///{tmp_path / 'locks.db'}")
+    entered, release = threading.Event(), threading.Event()
+
+    def pause() -> int:  # runs on aiosqlite's thread, inside the transaction
+        entered.set()
+        release.wait(10)
+        return 1
+
+    @event.listens_for(engine.sync_engine, "connect")
+    def _add_pause(dbapi_connection: Any, _record: Any) -> None:
+        dbapi_connection.create_function("pause", 0, pause)
+
+    sessions = make_sessions(engine)
+    async with sessions.begin() as session:
+        await session.execute(text("CREATE TABLE t (x INTEGER)"))
+
+    async def write_then_pause() -> None:
+        async with sessions.begin() as session:
+            await session.execute(text("INSERT INTO t VALUES (1)"))
+            await session.execute(text("SELECT pause()"))
+
+    task = asyncio.create_task(write_then_pause())
+    assert await asyncio.to_thread(entered.wait, 10)
+    task.cancel()
+    release.set()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
+    try:
+        other = sqlite3.connect(tmp_path / "locks.db", timeout=5, isolation_level=None)
+        other.execute("BEGIN IMMEDIATE")  # "database is locked" after 5 s when it leaked
+        assert other.execute("SELECT count(*) FROM t").fetchone() == (0,)  # rolled back
+        other.execute("ROLLBACK")
+        other.close()
+        async with sessions.begin() as session:  # and the pool gives a working connection
+            await session.execute(text("INSERT INTO t VALUES (2)"))
+    finally:
+        await engine.dispose()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 from collections.abc import Iterable
 from pathlib import Path
@@ -66,6 +67,7 @@ def make_engine(url: str = DEFAULT_DATABASE_URL, **kwargs: Any) -> AsyncEngine:
         pool = {"pool_size": 1, "max_overflow": 0, "pool_timeout": 60}
     engine = create_async_engine(url, connect_args={"timeout": 30}, **pool, **kwargs)
     _make_sqlite_transactions_immediate(engine)
+    _end_transactions_of_invalidated_connections(engine)
     return engine
 
 
@@ -81,6 +83,20 @@ def _replace_connections_the_server_closed(engine: AsyncEngine) -> None:
     def _on_checkout(_dbapi_connection: Any, _record: Any, proxy: Any) -> None:
         if proxy.driver_connection.is_closed():
             raise exc.DisconnectionError("the server closed the connection")
+
+
+def _end_transactions_of_invalidated_connections(engine: AsyncEngine) -> None:
+    """A task cancelled while its statement ran gets its SQLite connection invalidated
+    (closed). But a statement that the task's traceback still holds keeps a closed
+    connection alive, mid-transaction: a writer's lock (or a reader's snapshot, which
+    stops checkpoints) stays taken until that traceback is freed. The transaction is
+    rolled back before the close."""
+
+    @event.listens_for(engine.pool, "invalidate")
+    def _on_invalidate(dbapi_connection: Any, _record: Any, _error: Any) -> None:
+        if dbapi_connection is not None:
+            with contextlib.suppress(Exception):  # outside a greenlet (garbage collection)
+                dbapi_connection.rollback()
 
 
 _SQLITE_REOPEN = {8, 10, 14}  # SQLITE_READONLY, SQLITE_IOERR, SQLITE_CANTOPEN
@@ -151,6 +167,7 @@ def make_read_sessions(
         cursor.execute("PRAGMA busy_timeout=30000")
         cursor.close()
 
+    _end_transactions_of_invalidated_connections(readers)
     return make_sessions(readers), readers
 
 
