@@ -128,8 +128,8 @@ async def test_device_reads_after_postgresql_drops_every_connection_never_answer
     world: World, server: PasspushServer, database_url: str
 ) -> None:
     """The PassKit web service reads on connections of its own: after PostgreSQL ends them
-    all, a device's next questions are answered, the first perhaps with a 503, none with a
-    500 nor driver words."""
+    all, a device's next questions are all answered. A read that finds its connection lost
+    is read again on a new one (each stale connection used to answer one 503)."""
     http = HttpServer(create_app(f"127.0.0.1:{server.port}", server.passkit), "127.0.0.1:0")
     await http.start()
     serials = f"/passkit/v1/devices/phone-1/registrations/{TOPIC}"
@@ -143,9 +143,7 @@ async def test_device_reads_after_postgresql_drops_every_connection_never_answer
         await http.stop(grace=1.0)
 
     assert {answer.status_code for answer in warm} == {204}
-    assert [answer.status_code for answer in after[1:]] == [204] * 19, after
-    assert after[0].status_code in (204, 503), after[0].text
-    assert not any(w in after[0].text for w in DRIVER_WORDS), after[0].text
+    assert [answer.status_code for answer in after] == [204] * 20, [a.text for a in after]
 
 
 @contextlib.asynccontextmanager
@@ -182,8 +180,10 @@ async def test_a_connection_whose_end_has_not_arrived_yet_is_passing_trouble(
     database_url: str,
 ) -> None:
     """PostgreSQL's error for a connection it ends can come before the end itself: a call
-    in between finds asyncpg waiting out that error. That is a lost connection (UNAVAILABLE,
-    503) like any other, and the next call gets a new one; it was a 500 in CI."""
+    in between finds asyncpg waiting out that error. That is a lost connection like any
+    other (it was a 500 in CI): a read is read again on a new connection; a transaction,
+    which may have written, is passing trouble (UNAVAILABLE, 503) and the next call gets a
+    new connection."""
     async with _proxy_that_holds_closes(database_url) as through_proxy:
         engine = make_engine(through_proxy)
         reads, transactions = direct_reads(engine), direct_transactions(engine)
@@ -191,11 +191,11 @@ async def test_a_connection_whose_end_has_not_arrived_yet_is_passing_trouble(
             await reads.run(oldest_open_write)
             await transactions.run(write_check)
             assert await _end_every_connection(database_url) >= 2
-            for run, steps in ((reads.run, oldest_open_write), (transactions.run, write_check)):
-                with pytest.raises(DATABASE_ERRORS) as raised:
-                    await run(steps)  # type: ignore[operator]
-                assert is_passing_trouble(raised.value), repr(raised.value)
-                await run(steps)  # type: ignore[operator]
+            await reads.run(oldest_open_write)
+            with pytest.raises(DATABASE_ERRORS) as raised:
+                await transactions.run(write_check)
+            assert is_passing_trouble(raised.value), repr(raised.value)
+            await transactions.run(write_check)
         finally:
             reads.close()
             transactions.close()

@@ -398,6 +398,19 @@ class _PostgresReads:
 
     async def run(self, make: Callable[[], Steps[T]]) -> T:
         pool = self._pool or await self._open()
+        try:
+            return await self._read(pool, make)
+        except _LostConnection:
+            # The server ended this connection, most likely every other one too (a restart,
+            # a failover): they are all replaced, and a read is safe to do again.
+            await pool.expire_connections()
+        try:
+            return await self._read(pool, make)
+        except _LostConnection as lost:
+            error = lost.__cause__ or lost
+            raise exc.OperationalError("", None, error, connection_invalidated=True) from error
+
+    async def _read(self, pool: Any, make: Callable[[], Steps[T]]) -> T:
         async with pool.acquire() as connection:
             try:
                 return await _drive(make(), functools.partial(_fetch, self._statements, connection))
@@ -405,7 +418,7 @@ class _PostgresReads:
                 if not _lost(connection, error):
                     raise
                 connection.terminate()  # not back into the pool
-                raise exc.OperationalError("", None, error, connection_invalidated=True) from error
+                raise _LostConnection from error
 
     async def _open(self) -> Any:
         import asyncpg  # type: ignore[import-untyped]
@@ -437,6 +450,10 @@ async def _json_codecs(connection: Any) -> None:
         await connection.set_type_codec(
             kind, encoder=str, decoder=json.loads, schema="pg_catalog", format="text"
         )
+
+
+class _LostConnection(Exception):
+    pass
 
 
 def _lost(connection: Any, error: BaseException) -> bool:
