@@ -36,9 +36,9 @@ from passpush.http.processes import (
     ParentPipe,
     ParentRegistrar,
     follow_parent,
-    inherited_listener,
     lower_priority,
 )
+from passpush.http.sockets import inherited_listener
 from passpush.service.clock import utcnow
 from passpush.service.keys import KeyCore
 from passpush.service.passkit import PassKitCore, PassKitSettings, PassPackager

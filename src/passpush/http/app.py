@@ -17,6 +17,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from passpush.http import airship, passentry, passkit, walletwerk
 from passpush.http.body_limits import VENDOR_LIMIT, BodyLimits
 from passpush.http.errors import VendorErrors
+from passpush.http.sockets import tcp_listener
 from passpush.http.stubs import Stubs
 from passpush.service.passkit import PassKitCore
 
@@ -127,10 +128,7 @@ class HttpServer:
     async def start(self) -> None:
         """Serves in the background once listening; raises OSError if it cannot listen."""
         # Bind here rather than in uvicorn, which exits the process when the port is taken.
-        listener = self._listener
-        if listener is None:
-            family = socket.AF_INET6 if ":" in self._host else socket.AF_INET
-            listener = socket.create_server((self._host, self._port), family=family)
+        listener = self._listener or tcp_listener(self._host, self._port)
         self._task = asyncio.create_task(self._server.serve(sockets=[listener]))
         while not self._server.started:
             if self._task.done():

@@ -35,6 +35,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from datetime import datetime
 
 from passpush.domain.errors import Unauthenticated
+from passpush.http.sockets import tcp_listener
 from passpush.store.faults import database_unavailable, is_passing_trouble
 from passpush.store.fetches import FetchConfirmation
 from passpush.store.passkit import NewRegistration
@@ -207,15 +208,12 @@ def _listeners(host: str, port: int, count: int) -> list[socket.socket]:
     First a bind without SO_REUSEPORT, which fails while anything holds the port (another
     passpush's sockets too): a second server on the port must fail, not share its
     connections. Nothing then holds it, for the moment between the two binds."""
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    with socket.create_server((host, port), family=family) as probe:
+    with tcp_listener(host, port) as probe:
         port = probe.getsockname()[1]  # the port the system chose, for port 0
     listeners: list[socket.socket] = []
     try:
         for _ in range(count):
-            listener = socket.create_server(
-                (host, port), family=family, backlog=1024, reuse_port=True
-            )
+            listener = tcp_listener(host, port, reuse_port=True)
             listeners.append(listener)
             listener.set_inheritable(True)
     except OSError:
@@ -223,11 +221,6 @@ def _listeners(host: str, port: int, count: int) -> list[socket.socket]:
             listener.close()
         raise
     return listeners
-
-
-def inherited_listener(fd: int) -> socket.socket:
-    """The parent's listening socket, in a child."""
-    return socket.socket(fileno=fd)
 
 
 class Lines:
