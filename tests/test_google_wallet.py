@@ -4,6 +4,7 @@ with a token endpoint that checks the service account's signed assertion)."""
 from __future__ import annotations
 
 import asyncio
+import itertools
 import logging
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
@@ -22,8 +23,10 @@ from passpush.delivery.worker import WorkerSettings
 from passpush.domain.outcomes import RetryPolicy
 from passpush.fakes.apns import FakeApns
 from passpush.fakes.google import FakeGoogleWallet, ServiceAccount, make_service_account
+from passpush.store.db import make_engine
 from passpush.store.google_messages import GoogleMessageLog
 from passpush.store.models import GoogleMessageRow
+from passpush.store.request_turns import SharedRequestTurns
 from passpush.v1 import notifications_pb2 as npb
 from passpush.v1 import notifications_pb2_grpc, passes_pb2_grpc
 
@@ -53,19 +56,29 @@ def google_timeout() -> float:
     return 10.0  # seconds per request
 
 
+def _gateway_config(
+    fake_google: FakeGoogleWallet, rate: float, timeout: float = 10.0
+) -> GoogleWalletConfig:
+    return GoogleWalletConfig(
+        credentials_file=str(fake_google.account.key_file),
+        api_base=fake_google.api_base,
+        token_url=fake_google.token_url,
+        rate=rate,
+        request_timeout=timeout,
+    )
+
+
 @pytest.fixture
 async def google_gateway(
-    fake_google: FakeGoogleWallet, google_rate: float, google_timeout: float
+    fake_google: FakeGoogleWallet,
+    google_rate: float,
+    google_timeout: float,
+    sessions: async_sessionmaker[AsyncSession],
 ) -> AsyncIterator[GoogleWalletGateway]:
-    gateway = GoogleWalletGateway(
-        GoogleWalletConfig(
-            credentials_file=str(fake_google.account.key_file),
-            api_base=fake_google.api_base,
-            token_url=fake_google.token_url,
-            rate=google_rate,
-            request_timeout=google_timeout,
-        )
-    )
+    # As `passpush serve`: on PostgreSQL the replicas share each issuer's turns.
+    engine = sessions.kw["bind"]
+    shared = None if engine.dialect.name == "sqlite" else SharedRequestTurns(engine, google_rate)
+    gateway = GoogleWalletGateway(_gateway_config(fake_google, google_rate, google_timeout), shared)
     yield gateway
     await gateway.close()
 
@@ -448,3 +461,58 @@ def test_the_bundled_service_account_key_is_reused(tmp_path: Path) -> None:
     first = make_service_account(tmp_path)
     assert make_service_account(tmp_path).public_key_pem == first.public_key_pem
     assert oct(first.key_file.stat().st_mode & 0o777) == "0o600"
+
+
+ISSUER = "3388000000012345678"
+
+
+@pytest.mark.parametrize("database_url", ["postgresql"], indirect=True)
+async def test_replicas_on_one_postgresql_take_an_issuers_turns_one_interval_apart(
+    database_url: str, sessions: async_sessionmaker[AsyncSession]
+) -> None:
+    """Two replicas asking at once get turns 1/rate apart on the database's clock; another
+    issuer's turns are its own."""
+    engines = [make_engine(database_url) for _ in range(2)]
+    try:
+        replicas = [SharedRequestTurns(engine, 20.0) for engine in engines]
+        taken = await asyncio.gather(*(replicas[n % 2].take_turn(ISSUER) for n in range(40)))
+        other_turn, other_now = await replicas[0].take_turn("another-issuer")
+    finally:
+        for engine in engines:
+            await engine.dispose()
+
+    turns = sorted(turn for turn, _ in taken)
+    gaps = [later - earlier for earlier, later in itertools.pairwise(turns)]
+    assert min(gaps) == pytest.approx(1 / 20.0)
+    assert turns[-1] - turns[0] == pytest.approx(39 / 20.0)
+    assert other_turn <= other_now  # not behind the first issuer's queue
+
+
+@pytest.mark.parametrize("database_url", ["postgresql"], indirect=True)
+async def test_two_replicas_together_stay_within_the_google_rate(
+    fake_google: FakeGoogleWallet, sessions: async_sessionmaker[AsyncSession]
+) -> None:
+    """Each replica pacing itself alone sent twice the rate between them."""
+    rate, each = 10.0, 10
+    engine = sessions.kw["bind"]
+    replicas = [
+        GoogleWalletGateway(_gateway_config(fake_google, rate), SharedRequestTurns(engine, rate))
+        for _ in range(2)
+    ]
+    try:
+        await asyncio.gather(
+            *(
+                replica.get_object("genericObject", f"{ISSUER}.pass-{r}-{n}")
+                for r, replica in enumerate(replicas)
+                for n in range(each)
+            )
+        )
+    finally:
+        for replica in replicas:
+            await replica.close()
+
+    times = sorted(request.received_at for request in fake_google.received())
+    assert len(times) == 2 * each
+    # Paced together, 20 requests span 19 intervals (1.9 s); apart, each replica's 10 went
+    # beside the other's (0.9 s). A loaded machine only spaces them further.
+    assert times[-1] - times[0] >= 0.75 * (2 * each - 1) / rate

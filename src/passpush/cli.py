@@ -46,6 +46,7 @@ from passpush.store import migrate
 from passpush.store.db import is_sqlite, make_engine, make_sessions
 from passpush.store.direct import direct_transactions
 from passpush.store.outbox import Outbox
+from passpush.store.request_turns import SharedRequestTurns
 from passpush.store.schedules import ScheduleStore
 
 log = logging.getLogger("passpush")
@@ -230,7 +231,16 @@ async def serve(settings: Settings) -> int:
         await engine.dispose()
         return 2
     try:
-        google = GoogleWalletGateway(google_config) if google_config is not None else None
+        google = None
+        if google_config is not None:
+            # Replicas on one PostgreSQL database share each issuer's rate; SQLite is one
+            # server's, which paces its own requests.
+            shared = (
+                None
+                if is_sqlite(settings.database_url)
+                else SharedRequestTurns(engine, google_config.rate)
+            )
+            google = GoogleWalletGateway(google_config, shared)
     except (OSError, ValueError) as error:
         log.error("cannot use PASSPUSH_GOOGLE_CREDENTIALS: %s", error)
         await _close_gateways(gateway, None, fake, fake_wallet)

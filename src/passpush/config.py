@@ -56,7 +56,9 @@ class Settings:
     # Start the bundled fakes for the wallets without settings (`serve --fakes`, `make run`):
     # a demo or a test, whose deliveries leave nothing on a device.
     fakes: bool = False
-    google_rate: float = 20.0  # Google Wallet API requests per second from this process
+    # Google Wallet API requests per second per issuer: of this process on SQLite, of every
+    # replica together on PostgreSQL.
+    google_rate: float = 20.0
     # How long a live API key is trusted without reading it again: a revocation from the
     # CLI or another replica reaches this server within that time.
     key_cache_seconds: float = DEFAULT_CACHE_SECONDS

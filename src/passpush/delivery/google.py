@@ -2,8 +2,9 @@
 
 Thin over httpx: one AsyncClient (HTTP/1.1 keep-alive connections, timeouts); OAuth2 access
 tokens of a service account, which google-auth signs and fetches (synchronously, so in a
-thread, one refresh at a time) and which are cached until shortly before they expire; and one
-pacer for every request of the process, which keeps it under Google's requests per second.
+thread, one refresh at a time) and which are cached until shortly before they expire; and
+turns for each issuer's requests, which keep them under Google's requests per second (in
+this process, or shared by the replicas on one PostgreSQL database).
 Like the APNs gateway it returns Google's answers as they are: what an answer means for a
 delivery is domain/outcomes.py's to say, retrying it is the worker's.
 """
@@ -15,7 +16,7 @@ import logging
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Protocol
 from urllib.parse import quote
 
 import google.auth.exceptions
@@ -41,7 +42,7 @@ class GoogleWalletConfig:
     credentials_file: str | None = None  # a service account's JSON key
     api_base: str = GOOGLE_API_BASE
     token_url: str = GOOGLE_TOKEN_URL
-    rate: float = 20.0  # requests per second from this process (Google allows ~20 per issuer)
+    rate: float = 20.0  # requests per second per issuer (Google allows ~20), all replicas together
     request_timeout: float = 10.0  # seconds, per request
     max_connections: int = 20
 
@@ -84,6 +85,28 @@ class RequestPacer:
             if wait > 0:
                 await asyncio.sleep(wait)
             self._last_turn = loop.time()
+
+
+class RequestTurns(Protocol):
+    """Waits until an issuer's next request may go."""
+
+    async def wait_turn(self, issuer: str) -> None: ...
+
+
+class ProcessRequestTurns:
+    """Each issuer's requests paced within this process: its own RequestPacer each. Replicas
+    on one PostgreSQL database share their turns instead (store/request_turns.py)."""
+
+    def __init__(self, rate: float) -> None:
+        RequestPacer(rate)  # a rate it cannot pace is refused now, not at the first request
+        self._rate = rate
+        self._pacers: dict[str, RequestPacer] = {}
+
+    async def wait_turn(self, issuer: str) -> None:
+        pacer = self._pacers.get(issuer)
+        if pacer is None:
+            pacer = self._pacers[issuer] = RequestPacer(self._rate)
+        await pacer.wait_turn()
 
 
 class ServiceAccountTokens:
@@ -131,14 +154,15 @@ def _seconds_to_refresh(expiry: datetime | None) -> float:
 class GoogleWalletGateway:
     """The Google Wallet API calls passpush makes on pass objects."""
 
-    def __init__(self, config: GoogleWalletConfig) -> None:
+    def __init__(self, config: GoogleWalletConfig, turns: RequestTurns | None = None) -> None:
+        """`turns` paces the requests of each issuer (by default within this process)."""
         self.config = config
         self._tokens = (
             ServiceAccountTokens(config.credentials_file, config.token_url, config.request_timeout)
             if config.credentials_file
             else None
         )
-        self._pacer = RequestPacer(config.rate)
+        self._turns = turns or ProcessRequestTurns(config.rate)
         self._client = httpx.AsyncClient(
             base_url=config.api_base.rstrip("/"),
             timeout=config.request_timeout,
@@ -162,18 +186,17 @@ class GoogleWalletGateway:
     ) -> GoogleAnswer:
         """POST …/{objectType}/{objectId}/addMessage: adds `message` to the object."""
         path = f"{_object_path(object_type, object_id)}/addMessage"
-        return await self._call("POST", path, {"message": message})
+        return await self._call(_issuer_of(object_id), "POST", path, {"message": message})
 
     async def get_object(self, object_type: str, object_id: str) -> GoogleAnswer:
-        return await self._call("GET", _object_path(object_type, object_id))
+        return await self._call(_issuer_of(object_id), "GET", _object_path(object_type, object_id))
 
     async def set_messages(
         self, object_type: str, object_id: str, messages: list[Mapping[str, Any]]
     ) -> GoogleAnswer:
         """PATCH the object's `messages` to exactly `messages`; its other fields stay."""
-        return await self._call(
-            "PATCH", _object_path(object_type, object_id), {"messages": messages}
-        )
+        path = _object_path(object_type, object_id)
+        return await self._call(_issuer_of(object_id), "PATCH", path, {"messages": messages})
 
     async def close(self) -> None:
         await self._client.aclose()
@@ -181,7 +204,7 @@ class GoogleWalletGateway:
             self._tokens.close()
 
     async def _call(
-        self, method: str, path: str, body: Mapping[str, Any] | None = None
+        self, issuer: str, method: str, path: str, body: Mapping[str, Any] | None = None
     ) -> GoogleAnswer:
         if self._tokens is None:
             raise RuntimeError("no Google service account configured")
@@ -190,7 +213,7 @@ class GoogleWalletGateway:
                 token = await self._tokens.token()
             except google.auth.exceptions.GoogleAuthError as error:
                 return _token_failure(error)
-            await self._pacer.wait_turn()
+            await self._turns.wait_turn(issuer)
             try:
                 response = await self._client.request(
                     method, path, json=body, headers={"authorization": f"Bearer {token}"}
@@ -205,6 +228,11 @@ class GoogleWalletGateway:
                 continue
             return _answer(response)
         raise AssertionError("unreachable")  # pragma: no cover
+
+
+def _issuer_of(object_id: str) -> str:
+    """The issuer of an object id (`issuerId.objectSuffix`): Google's rate is per issuer."""
+    return object_id.partition(".")[0]
 
 
 def _object_path(object_type: str, object_id: str) -> str:

@@ -11,6 +11,7 @@ from sqlalchemy import (
     Boolean,
     DateTime,
     Dialect,
+    Float,
     ForeignKey,
     ForeignKeyConstraint,
     Index,
@@ -494,3 +495,15 @@ class GoogleMessageRow(Base):
     # TEXT_AND_NOTIFY (True) or TEXT (False).
     notifying: Mapped[bool] = mapped_column(Boolean)
     sent_at: Mapped[datetime]
+
+
+class GoogleRequestTurnRow(Base):
+    """The next free turn for a request to the Google Wallet API, per issuer, shared by the
+    replicas on one PostgreSQL database (store/request_turns.py): together they stay within
+    the rate Google allows an issuer."""
+
+    __tablename__ = "google_request_turns"
+
+    issuer: Mapped[str] = mapped_column(String(255), primary_key=True)
+    # Seconds since the epoch, on the database's clock: every replica reads the same one.
+    next_turn: Mapped[float] = mapped_column(Float)
