@@ -516,3 +516,22 @@ async def test_two_replicas_together_stay_within_the_google_rate(
     # Paced together, 20 requests span 19 intervals (1.9 s); apart, each replica's 10 went
     # beside the other's (0.9 s). A loaded machine only spaces them further.
     assert times[-1] - times[0] >= 0.75 * (2 * each - 1) / rate
+
+
+async def test_a_request_without_a_turn_is_not_made_and_is_tried_again(
+    fake_google: FakeGoogleWallet,
+) -> None:
+    """The database that hands out the turns unreachable: no request goes (it could break
+    the rate), and the answer is none, which the worker tries again later."""
+    unreachable = make_engine("postgresql+asyncpg://postgres@127.0.0.1:1/postgres")
+    gateway = GoogleWalletGateway(
+        _gateway_config(fake_google, 10.0), SharedRequestTurns(unreachable, 10.0)
+    )
+    try:
+        answer = await gateway.get_object("genericObject", f"{ISSUER}.pass")
+    finally:
+        await gateway.close()
+        await unreachable.dispose()
+
+    assert (answer.status, answer.reason) == (0, "RequestTurnUnavailable")
+    assert fake_google.received() == []

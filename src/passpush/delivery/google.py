@@ -24,6 +24,8 @@ import google.auth.transport
 import httpx
 from google.oauth2 import service_account
 
+from passpush.store.faults import DATABASE_ERRORS
+
 log = logging.getLogger(__name__)
 
 SCOPE = "https://www.googleapis.com/auth/wallet_object.issuer"
@@ -31,6 +33,8 @@ GOOGLE_API_BASE = "https://walletobjects.googleapis.com"
 GOOGLE_TOKEN_URL = "https://oauth2.googleapis.com/token"
 TIMEOUT = "Timeout"
 CONNECTION_ERROR = "ConnectionError"
+TURN_UNAVAILABLE = "RequestTurnUnavailable"  # the database handing out the turns unreachable
+_NO_TURN: tuple[type[Exception], ...] = (*DATABASE_ERRORS, OSError)
 # Refresh a token this long before Google says it expires (at most half its lifetime).
 REFRESH_MARGIN_SECONDS = 60.0
 
@@ -213,7 +217,12 @@ class GoogleWalletGateway:
                 token = await self._tokens.token()
             except google.auth.exceptions.GoogleAuthError as error:
                 return _token_failure(error)
-            await self._turns.wait_turn(issuer)
+            try:
+                await self._turns.wait_turn(issuer)
+            except _NO_TURN as error:
+                # No turn, no request (it could break the rate): no answer, tried again.
+                log.warning("no Google request turn: %s", type(error).__name__)
+                return GoogleAnswer(0, TURN_UNAVAILABLE, type(error).__name__)
             try:
                 response = await self._client.request(
                     method, path, json=body, headers={"authorization": f"Bearer {token}"}
