@@ -932,16 +932,53 @@ class ImportPassesRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     PASS_FIELD_NUMBER: _builtins.int
+    DEVICES_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def devices(self) -> _containers.RepeatedCompositeFieldContainer[Global___ImportedDevice]:
+        """Apple: devices to register for the pass, as RegisterDevice does (a
+        device registered already gets the push token given). At most 10.
+        """
+
     def __init__(
         self,
+        *,
+        devices: _abc.Iterable[Global___ImportedDevice] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["pass", b"pass"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["pass", b"pass"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["devices", b"devices", "pass", b"pass"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___ImportPassesRequest: _TypeAlias = ImportPassesRequest  # noqa: Y015
+
+@_typing.final
+class ImportedDevice(_message.Message):
+    """ImportedDevice is a device registered for a pass of a bulk import."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    DEVICE_LIBRARY_IDENTIFIER_FIELD_NUMBER: _builtins.int
+    PUSH_TOKEN_FIELD_NUMBER: _builtins.int
+    device_library_identifier: _builtins.str
+    """The device's library identifier. An id: 1-128 letters, digits, `-`, `_`, `.` or `:`."""
+    push_token: _builtins.str
+    """The device's APNs push token: 16 to 400 hex digits. Input only: never
+    returned or logged.
+    """
+    def __init__(
+        self,
+        *,
+        device_library_identifier: _builtins.str = ...,
+        push_token: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["device_library_identifier", b"device_library_identifier", "push_token", b"push_token"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ImportedDevice: _TypeAlias = ImportedDevice  # noqa: Y015
 
 @_typing.final
 class ImportPassesResponse(_message.Message):

@@ -206,12 +206,14 @@ class PassServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def ImportPasses(self, request_iterator, context):
-        """Upserts many passes in one call. It is client-streaming so that an
-        import of millions of passes needs neither one huge message nor a round
-        trip per pass. Each pass is upserted as UpsertPass would; a pass that
-        fails does not stop the others. Passes are committed 100 at a time: if
-        the call breaks off (cancelled, or the stream fails), the passes since
-        the last commit are not kept, and sending them again upserts them.
+        """Upserts many passes, with their devices, in one call. It is
+        client-streaming so that an import of millions of passes needs neither
+        one huge message nor a round trip per pass. Each pass is upserted as
+        UpsertPass would, and each of its devices registered as RegisterDevice
+        would; a pass that fails (with its devices) does not stop the others.
+        Passes are written and committed 1,000 at a time: if the call breaks off
+        (cancelled, or the stream fails), the passes since the last commit are
+        not kept, and sending them again upserts them.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

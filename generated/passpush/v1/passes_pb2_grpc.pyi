@@ -63,12 +63,14 @@ class PassServiceStub:
     ListPasses: _grpc.UnaryUnaryMultiCallable[_passes_pb2.ListPassesRequest, _passes_pb2.ListPassesResponse]
     """Lists a template's passes, oldest first."""
     ImportPasses: _grpc.StreamUnaryMultiCallable[_passes_pb2.ImportPassesRequest, _passes_pb2.ImportPassesResponse]
-    """Upserts many passes in one call. It is client-streaming so that an
-    import of millions of passes needs neither one huge message nor a round
-    trip per pass. Each pass is upserted as UpsertPass would; a pass that
-    fails does not stop the others. Passes are committed 100 at a time: if
-    the call breaks off (cancelled, or the stream fails), the passes since
-    the last commit are not kept, and sending them again upserts them.
+    """Upserts many passes, with their devices, in one call. It is
+    client-streaming so that an import of millions of passes needs neither
+    one huge message nor a round trip per pass. Each pass is upserted as
+    UpsertPass would, and each of its devices registered as RegisterDevice
+    would; a pass that fails (with its devices) does not stop the others.
+    Passes are written and committed 1,000 at a time: if the call breaks off
+    (cancelled, or the stream fails), the passes since the last commit are
+    not kept, and sending them again upserts them.
     """
     CreateSegment: _grpc.UnaryUnaryMultiCallable[_passes_pb2.CreateSegmentRequest, _passes_pb2.Segment]
     """Saves a segment: a tag filter with and/or/not over a project's passes."""
@@ -155,12 +157,14 @@ class PassServiceAsyncStub(PassServiceStub):
     ListPasses: _aio.UnaryUnaryMultiCallable[_passes_pb2.ListPassesRequest, _passes_pb2.ListPassesResponse]  # type: ignore[assignment]
     """Lists a template's passes, oldest first."""
     ImportPasses: _aio.StreamUnaryMultiCallable[_passes_pb2.ImportPassesRequest, _passes_pb2.ImportPassesResponse]  # type: ignore[assignment]
-    """Upserts many passes in one call. It is client-streaming so that an
-    import of millions of passes needs neither one huge message nor a round
-    trip per pass. Each pass is upserted as UpsertPass would; a pass that
-    fails does not stop the others. Passes are committed 100 at a time: if
-    the call breaks off (cancelled, or the stream fails), the passes since
-    the last commit are not kept, and sending them again upserts them.
+    """Upserts many passes, with their devices, in one call. It is
+    client-streaming so that an import of millions of passes needs neither
+    one huge message nor a round trip per pass. Each pass is upserted as
+    UpsertPass would, and each of its devices registered as RegisterDevice
+    would; a pass that fails (with its devices) does not stop the others.
+    Passes are written and committed 1,000 at a time: if the call breaks off
+    (cancelled, or the stream fails), the passes since the last commit are
+    not kept, and sending them again upserts them.
     """
     CreateSegment: _aio.UnaryUnaryMultiCallable[_passes_pb2.CreateSegmentRequest, _passes_pb2.Segment]  # type: ignore[assignment]
     """Saves a segment: a tag filter with and/or/not over a project's passes."""
@@ -292,12 +296,14 @@ class PassServiceServicer(metaclass=_abc_1.ABCMeta):
         request_iterator: _MaybeAsyncIterator[_passes_pb2.ImportPassesRequest],
         context: _ServicerContext,
     ) -> _typing.Union[_passes_pb2.ImportPassesResponse, _abc.Awaitable[_passes_pb2.ImportPassesResponse]]:
-        """Upserts many passes in one call. It is client-streaming so that an
-        import of millions of passes needs neither one huge message nor a round
-        trip per pass. Each pass is upserted as UpsertPass would; a pass that
-        fails does not stop the others. Passes are committed 100 at a time: if
-        the call breaks off (cancelled, or the stream fails), the passes since
-        the last commit are not kept, and sending them again upserts them.
+        """Upserts many passes, with their devices, in one call. It is
+        client-streaming so that an import of millions of passes needs neither
+        one huge message nor a round trip per pass. Each pass is upserted as
+        UpsertPass would, and each of its devices registered as RegisterDevice
+        would; a pass that fails (with its devices) does not stop the others.
+        Passes are written and committed 1,000 at a time: if the call breaks off
+        (cancelled, or the stream fails), the passes since the last commit are
+        not kept, and sending them again upserts them.
         """
 
     @_abc_1.abstractmethod

@@ -9,7 +9,7 @@ import grpc
 
 from passpush.api import convert
 from passpush.api.interceptors import current_project
-from passpush.domain.model import Entity, Pass
+from passpush.domain.model import Entity, ImportedPass
 from passpush.service.passes import PassCore
 from passpush.v1 import passes_pb2 as pb
 from passpush.v1 import passes_pb2_grpc as pb_grpc
@@ -74,9 +74,14 @@ class PassServicer(pb_grpc.PassServiceServicer):
     async def ImportPasses(  # type: ignore[override]
         self, request_iterator: AsyncIterator[pb.ImportPassesRequest], context: Context
     ) -> pb.ImportPassesResponse:
-        async def passes() -> AsyncIterator[Pass]:
+        async def passes() -> AsyncIterator[ImportedPass]:
+            index = 0
             async for request in request_iterator:
-                yield convert.pass_from_proto(_pass_field(request))
+                devices = tuple(
+                    (d.device_library_identifier, d.push_token) for d in request.devices
+                )
+                yield ImportedPass(index, convert.pass_from_proto(_pass_field(request)), devices)
+                index += 1
 
         summary = await self._core.import_passes(current_project(), passes())
         return pb.ImportPassesResponse(

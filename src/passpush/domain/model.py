@@ -382,3 +382,12 @@ def target_from_dict(data: dict[str, object]) -> Target:
     if cls is EntityTarget:
         fields["group_tags"] = tuple(fields.get("group_tags") or ())  # type: ignore[arg-type]
     return cls(**fields)  # type: ignore[arg-type]
+
+
+@dataclass(frozen=True)
+class ImportedPass:
+    """One pass of an import (ImportPasses), with the devices to register for it."""
+
+    index: int  # its place in the stream, for the failures report
+    pass_: Pass
+    devices: tuple[tuple[str, str], ...] = ()  # (device library identifier, push token)
