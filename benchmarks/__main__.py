@@ -24,6 +24,7 @@ from benchmarks import (
     fake,
     fanout,
     outage,
+    pass_import,
     resolution,
     scaleout,
     shared_content,
@@ -61,6 +62,10 @@ BENCHMARKS: dict[str, tuple[Benchmark, str]] = {
         device_pull.run,
         "devices fetch their passes after a Send (wrk): updates/s vs RSA signing, the storm",
     ),
+    "import": (
+        pass_import.run,
+        "1M passes with a device each through one ImportPasses call: passes/s, peak RSS",
+    ),
     "shared-content": (
         shared_content.run,
         "N passes sharing a template's ~60 KB of images: database growth beyond their values",
@@ -85,6 +90,7 @@ QUICK = Options(
     pull_passes=500,
     pull_storm_passes=1_000,
     shared_passes=2_000,
+    import_passes=20_000,
 )
 
 
@@ -129,6 +135,7 @@ def parse(argv: Sequence[str] | None) -> tuple[list[str], Options, bool]:
         "pull_storm_passes": "device-pull: the broadcast measured beside the fetching devices",
         "pull_connections": "device-pull: wrk's keep-alive connections (devices at once)",
         "shared_passes": "shared-content: passes imported",
+        "import_passes": "import: passes imported, a device each",
     }
     for dest, text in sizes.items():
         kind = type(getattr(FULL, dest))
@@ -193,7 +200,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     header = machine()
     uses_postgres = {"scale-out", "resolution"} & set(names) or (
         "postgresql" in options.backends
-        and {"fanout", "accept", "containment", "device-pull", "shared-content"} & set(names)
+        and {"fanout", "accept", "containment", "device-pull", "shared-content", "import"}
+        & set(names)
     )
     if uses_postgres:
         header.append(("postgresql", asyncio.run(postgres_version())))
@@ -240,7 +248,7 @@ def _sizes(options: Options) -> str:
         f"connections={options.connections} in_flight={options.in_flight} "
         f"outage_passes={options.outage_passes:,} outage_seconds={options.outage_seconds:g}s "
         f"pull_passes={options.pull_passes:,} pull_storm_passes={options.pull_storm_passes:,} "
-        f"shared_passes={options.shared_passes:,} "
+        f"shared_passes={options.shared_passes:,} import_passes={options.import_passes:,} "
         f"backends={','.join(options.backends)}"
     )
 

@@ -280,6 +280,7 @@ class Options:
     pull_storm_passes: int = 5_000  # device-pull: the second template's broadcast
     pull_connections: int = 16  # device-pull: wrk's keep-alive connections, a thread each
     shared_passes: int = 100_000  # shared-content: passes imported with and without content
+    import_passes: int = 1_000_000  # import: passes imported through the API, a device each
     keep: bool = False  # keep the temporary directory (logs, databases of SQLite)
 
 

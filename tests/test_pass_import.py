@@ -5,15 +5,16 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator, Sequence
 
+import grpc
 import pytest
 
 from passpush.fakes.apns import FakeApns
-from passpush.service.passes import IMPORT_BATCH
+from passpush.service.passes import IMPORT_BATCH, MAX_IMPORT_ENTRIES
 from passpush.v1 import notifications_pb2 as npb
 from passpush.v1 import notifications_pb2_grpc, passes_pb2_grpc
 from passpush.v1 import passes_pb2 as ppb
 
-from support import World, google_object_id, token, wait_terminal
+from support import World, google_object_id, rich_error, token, wait_terminal
 
 
 @pytest.fixture
@@ -174,3 +175,43 @@ async def test_the_same_pass_twice_in_one_import_ends_as_the_second_says(
     got = await passes.GetPass(ppb.GetPassRequest(id="twice"))
     assert list(got.tags) == ["b"]
     assert await _pushed_tokens(notifications, fake_apns) == [token(2)]  # the token renewed
+
+
+async def test_many_passes_to_a_message_are_numbered_in_the_order_they_come(
+    world: World, passes: passes_pb2_grpc.PassServiceStub
+) -> None:
+    def entry(**fields: object) -> ppb.ImportEntry:
+        return ppb.ImportEntry(**{"pass": ppb.Pass(**fields)})  # type: ignore[arg-type]
+
+    summary = await _import(
+        passes,
+        [
+            ppb.ImportPassesRequest(
+                **{"pass": ppb.Pass(id="first", template_id="loyalty")},  # type: ignore[arg-type]
+                entries=[entry(id="e1", template_id="loyalty"), entry(id="e2", template_id="x")],
+            ),
+            ppb.ImportPassesRequest(entries=[entry(id="e3", template_id="x")]),
+            ppb.ImportPassesRequest(),  # nothing in it
+            _request(id="last", template_id="loyalty"),
+        ],
+    )
+
+    assert (summary.created, summary.failed) == (3, 2)
+    assert [f.index for f in summary.failures] == [2, 3]
+
+
+async def test_a_message_with_more_passes_than_allowed_ends_the_import(
+    world: World, passes: passes_pb2_grpc.PassServiceStub
+) -> None:
+    too_many = ppb.ImportPassesRequest(
+        entries=[
+            ppb.ImportEntry(**{"pass": ppb.Pass(id=f"p{n}", template_id="loyalty")})  # type: ignore[arg-type]
+            for n in range(MAX_IMPORT_ENTRIES + 1)
+        ]
+    )
+
+    with pytest.raises(grpc.aio.AioRpcError) as raised:
+        await _import(passes, [too_many])
+
+    error = rich_error(raised.value)
+    assert (error.code, error.field_violations) == (grpc.StatusCode.INVALID_ARGUMENT, ["entries"])

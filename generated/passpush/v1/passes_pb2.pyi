@@ -927,7 +927,45 @@ Global___ListPassesResponse: _TypeAlias = ListPassesResponse  # noqa: Y015
 
 @_typing.final
 class ImportPassesRequest(_message.Message):
-    """ImportPassesRequest is one pass of a bulk import."""
+    """ImportPassesRequest is one message of a bulk import: one pass (`pass`
+    with its `devices`), or many (`entries`), or both. The passes are numbered
+    in the order they come, from 0: a message's `pass` before its `entries`.
+    Many passes to a message cost the server one message read for them all:
+    an import of millions sends them 1,000 at a time.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PASS_FIELD_NUMBER: _builtins.int
+    DEVICES_FIELD_NUMBER: _builtins.int
+    ENTRIES_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def devices(self) -> _containers.RepeatedCompositeFieldContainer[Global___ImportedDevice]:
+        """Apple: devices to register for `pass`, as RegisterDevice does (a
+        device registered already gets the push token given). At most 10.
+        """
+
+    @_builtins.property
+    def entries(self) -> _containers.RepeatedCompositeFieldContainer[Global___ImportEntry]:
+        """More passes, each with its devices. At most 1,000."""
+
+    def __init__(
+        self,
+        *,
+        devices: _abc.Iterable[Global___ImportedDevice] | None = ...,
+        entries: _abc.Iterable[Global___ImportEntry] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["pass", b"pass"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["devices", b"devices", "entries", b"entries", "pass", b"pass"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ImportPassesRequest: _TypeAlias = ImportPassesRequest  # noqa: Y015
+
+@_typing.final
+class ImportEntry(_message.Message):
+    """ImportEntry is one pass of a bulk import with its devices."""
 
     DESCRIPTOR: _descriptor.Descriptor
 
@@ -950,7 +988,7 @@ class ImportPassesRequest(_message.Message):
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
-Global___ImportPassesRequest: _TypeAlias = ImportPassesRequest  # noqa: Y015
+Global___ImportEntry: _TypeAlias = ImportEntry  # noqa: Y015
 
 @_typing.final
 class ImportedDevice(_message.Message):

@@ -9,8 +9,9 @@ import grpc
 
 from passpush.api import convert
 from passpush.api.interceptors import current_project
+from passpush.domain.errors import InvalidArgument
 from passpush.domain.model import Entity, ImportedPass
-from passpush.service.passes import PassCore
+from passpush.service.passes import MAX_IMPORT_ENTRIES, PassCore
 from passpush.v1 import passes_pb2 as pb
 from passpush.v1 import passes_pb2_grpc as pb_grpc
 
@@ -77,11 +78,19 @@ class PassServicer(pb_grpc.PassServiceServicer):
         async def passes() -> AsyncIterator[ImportedPass]:
             index = 0
             async for request in request_iterator:
-                devices = tuple(
-                    (d.device_library_identifier, d.push_token) for d in request.devices
-                )
-                yield ImportedPass(index, convert.pass_from_proto(_pass_field(request)), devices)
-                index += 1
+                if len(request.entries) > MAX_IMPORT_ENTRIES:
+                    raise InvalidArgument.field(
+                        "entries", f"at most {MAX_IMPORT_ENTRIES:,} passes a message"
+                    )
+                entries: list[pb.ImportPassesRequest | pb.ImportEntry] = list(request.entries)
+                if request.HasField("pass"):
+                    entries.insert(0, request)
+                for entry in entries:
+                    devices = tuple(
+                        (d.device_library_identifier, d.push_token) for d in entry.devices
+                    )
+                    yield ImportedPass(index, convert.pass_from_proto(_pass_field(entry)), devices)
+                    index += 1
 
         summary = await self._core.import_passes(current_project(), passes())
         return pb.ImportPassesResponse(
@@ -176,7 +185,9 @@ class PassServicer(pb_grpc.PassServiceServicer):
         return convert.template_to_proto(template)
 
 
-def _pass_field(request: pb.UpsertPassRequest | pb.ImportPassesRequest) -> pb.Pass:
+def _pass_field(
+    request: pb.UpsertPassRequest | pb.ImportPassesRequest | pb.ImportEntry,
+) -> pb.Pass:
     # The contract names the field `pass`, a Python keyword: protobuf offers it by getattr.
     message: pb.Pass = getattr(request, "pass")
     return message

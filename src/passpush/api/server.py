@@ -107,14 +107,15 @@ class PasspushServer:
         )
         self.schedules = ScheduleCore(sessions, clock=clock, on_scheduled=self.scheduler.wake)
         packager = PassPackager(passkit or PassKitSettings())
-        self.passes = PassCore(sessions, clock=clock, packager=packager)
+        engine = sessions.kw["bind"]
+        transactions = direct_transactions(engine)  # closed with the PassKit core
+        self.passes = PassCore(sessions, clock=clock, packager=packager, transactions=transactions)
         # Which devices fetched the notifications, recorded in batches.
         self.fetch_recorder = FetchRecorder(sessions, on_recorded=self.changes.publish)
         self.fetches = FetchBatcher(self.fetch_recorder.record)
         # The PassKit web service: the HTTP server's device routes call it in-process.
-        engine = sessions.kw["bind"]
         self.passkit = PassKitCore(
-            sessions, direct_transactions(engine), packager, clock=clock, fetch_sink=self.fetches
+            sessions, transactions, packager, clock=clock, fetch_sink=self.fetches
         )
         self.keys = KeyCore(sessions, clock=clock, cache_seconds=key_cache_seconds)
         # The streams only read: on SQLite, beside the writer rather than behind it.

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime
@@ -55,7 +56,7 @@ from passpush.domain.validation import (
 from passpush.service.clock import Clock, utcnow
 from passpush.service.passkit import PassKitSettings, PassPackager
 from passpush.store.content import CONTENT_CACHE
-from passpush.store.direct import run_on_session
+from passpush.store.direct import DirectTransactions, direct_transactions, run_on_session
 from passpush.store.pass_import import BatchResult, OneByOne, write_batch
 from passpush.store.passes import PassStore, new_id
 from passpush.store.passkit import package_source
@@ -67,6 +68,7 @@ MAX_IMPORT_FAILURES_REPORTED = 100
 # crawl (150 passes/s).
 IMPORT_BATCH = 1_000
 MAX_IMPORTED_DEVICES = 10  # devices an imported pass carries at most
+MAX_IMPORT_ENTRIES = 1_000  # passes an ImportPasses message carries at most
 
 
 @dataclass
@@ -91,8 +93,13 @@ class PassCore:
         *,
         clock: Clock = utcnow,
         packager: PassPackager | None = None,
+        transactions: DirectTransactions | None = None,
     ) -> None:
+        """`transactions` writes imports (by default its own, on the sessions' engine)."""
+        engine = sessions.kw["bind"]
         self._sessions = sessions
+        self._dialect = engine.dialect.name
+        self._transactions = transactions or direct_transactions(engine)
         self._clock = clock
         self._packager = packager or PassPackager(PassKitSettings())
 
@@ -189,21 +196,36 @@ class PassCore:
         self, project_id: str, passes: AsyncIterator[ImportedPass]
     ) -> ImportSummary:
         """Upserts the passes and registers their devices IMPORT_BATCH at a time, a
-        transaction each; a pass refused (with its devices) does not fail its batch."""
+        transaction each; a pass refused (with its devices) does not fail its batch.
+
+        The next batch is read from the stream while the one before is written: one batch
+        in writing at a time, so they commit in order."""
         summary = ImportSummary()
         batch: list[ImportedPass] = []
         refused: list[tuple[int, DomainError]] = []  # the batch's passes refused unwritten
-        async for item in passes:
-            violations = _check_imported(item)
-            if violations:
-                refused.append((item.index, InvalidArgument(violations)))
-            else:
-                batch.append(item)
-            if len(batch) + len(refused) == IMPORT_BATCH:
+        writing: asyncio.Task[None] | None = None
+        try:
+            async for item in passes:
+                violations = _check_imported(item)
+                if violations:
+                    refused.append((item.index, InvalidArgument(violations)))
+                else:
+                    batch.append(item)
+                if len(batch) + len(refused) == IMPORT_BATCH:
+                    if writing is not None:
+                        await writing
+                    writing = asyncio.create_task(
+                        self._import_batch(project_id, batch, refused, summary)
+                    )
+                    batch, refused = [], []
+            if writing is not None:
+                await writing
+            if batch or refused:
                 await self._import_batch(project_id, batch, refused, summary)
-                batch, refused = [], []
-        if batch or refused:
-            await self._import_batch(project_id, batch, refused, summary)
+        finally:
+            if writing is not None and not writing.done():
+                # The stream broke off: the batch in writing commits or not, as a whole.
+                await asyncio.gather(writing, return_exceptions=True)
         return summary
 
     async def _import_batch(
@@ -216,8 +238,10 @@ class PassCore:
         written = BatchResult()
         try:
             if batch:
-                async with self._sessions.begin() as session:
-                    written = await write_batch(session, project_id, batch, self._clock())
+                now = self._clock()
+                written = await self._transactions.run(
+                    lambda: write_batch(project_id, batch, now, self._dialect)
+                )
         except (OneByOne, IntegrityError):
             # The same pass twice, values to check, or a concurrent writer: a pass at a time.
             written = BatchResult()

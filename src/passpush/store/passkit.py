@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any, TypeVarTuple
 
 from sqlalchemy import Insert, Select, and_, bindparam, literal, or_, select, text, union_all
@@ -170,8 +170,8 @@ class NewRegistration:
     push_token: str
 
 
-def _upsert_registration(insert: Any) -> Insert:
-    """INSERT … ON CONFLICT DO UPDATE … RETURNING created_at, in the dialect of `insert`."""
+def _upsert_registration(insert: Any, *, returning: bool = True) -> Insert:
+    """INSERT … ON CONFLICT DO UPDATE (… RETURNING created_at), in the dialect of `insert`."""
     statement = insert(DeviceRegistrationRow).values(
         project_id=bindparam("project_id"),
         pass_id=bindparam("pass_id"),
@@ -181,14 +181,15 @@ def _upsert_registration(insert: Any) -> Insert:
         created_at=bindparam("now"),
         updated_at=bindparam("now"),
     )
-    return statement.on_conflict_do_update(  # type: ignore[no-any-return]
+    upsert = statement.on_conflict_do_update(
         index_elements=["project_id", "pass_id", "device_library_identifier"],
         set_={
             "push_token": statement.excluded.push_token,
             "active": True,
             "updated_at": statement.excluded.updated_at,
         },
-    ).returning(DeviceRegistrationRow.created_at)
+    )
+    return upsert.returning(DeviceRegistrationRow.created_at) if returning else upsert  # type: ignore[no-any-return]
 
 
 _UPSERT_REGISTRATION = {
@@ -197,23 +198,68 @@ _UPSERT_REGISTRATION = {
 }
 
 
+# Without RETURNING, so that a batch is one executemany.
+_RENEW_REGISTRATION = {
+    "sqlite": _upsert_registration(sqlite.insert, returning=False),
+    "postgresql": _upsert_registration(postgresql.insert, returning=False),
+}
+
+
+# PostgreSQL: from arrays, in one execution (an executemany executes once a row).
+_RENEW_REGISTRATIONS_FROM_ARRAYS = text(
+    "INSERT INTO device_registrations AS r (project_id, pass_id, device_library_identifier,"
+    " push_token, active, created_at, updated_at)"
+    " SELECT :project_id, v.*, true, CAST(:now AS timestamp), CAST(:now AS timestamp)"
+    " FROM unnest(CAST(:pass_ids AS text[]), CAST(:devices AS text[]),"
+    " CAST(:push_tokens AS text[])) AS v"
+    " ON CONFLICT (project_id, pass_id, device_library_identifier) DO UPDATE"
+    " SET push_token = excluded.push_token, active = true, updated_at = excluded.updated_at"
+)
+
+
+def renew_registrations(
+    project_id: str, registrations: Sequence[NewRegistration], now: datetime, dialect: str
+) -> Steps[None]:
+    """As register_devices, for one project's registrations, at once, without telling which
+    are new (the same device twice: the last push token stays)."""
+    if dialect != "postgresql":
+        yield Query.many(_RENEW_REGISTRATION[dialect], _registration_params(registrations, now))
+        return
+    last = {(r.pass_id, r.device_library_identifier): r for r in registrations}
+    yield Query.write(
+        _RENEW_REGISTRATIONS_FROM_ARRAYS,
+        {
+            "project_id": project_id,
+            "pass_ids": [r.pass_id for r in last.values()],
+            "devices": [r.device_library_identifier for r in last.values()],
+            "push_tokens": [r.push_token for r in last.values()],
+            "now": now.astimezone(UTC).replace(tzinfo=None),  # stored naive UTC
+        },
+    )
+
+
+def _registration_params(
+    registrations: Sequence[NewRegistration], now: datetime
+) -> list[dict[str, Any]]:
+    return [
+        {
+            "project_id": r.project_id,
+            "pass_id": r.pass_id,
+            "device": r.device_library_identifier,
+            "push_token": r.push_token,
+            "now": now,
+        }
+        for r in registrations
+    ]
+
+
 def register_devices(
     registrations: Sequence[NewRegistration], now: datetime, dialect: str
 ) -> Steps[list[bool]]:
     """Registers each device for its pass (or renews its push token; a registration APNs
     had called gone is active again); for each, whether it is new. The passes must exist."""
     created_at = yield Query.each(
-        _UPSERT_REGISTRATION[dialect],
-        [
-            {
-                "project_id": r.project_id,
-                "pass_id": r.pass_id,
-                "device": r.device_library_identifier,
-                "push_token": r.push_token,
-                "now": now,
-            }
-            for r in registrations
-        ],
+        _UPSERT_REGISTRATION[dialect], _registration_params(registrations, now)
     )
     # An upsert keeps the first registration's created_at: new ones have this one's.
     return [row[0] == now for row in created_at]
