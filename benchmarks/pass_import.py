@@ -2,9 +2,9 @@
 
 `import_passes` (1,000,000) Apple passes of one template, each with one device (its library
 identifier and push token in the request), streamed in one ImportPasses call to a fresh
-`passpush serve`, 1,000 passes to a message (`entries`). The requests are made and serialized before the clock starts, so the
-figure is the server's: passes/s = N / the call's time, and the server's peak RSS (VmHWM of
-`passpush serve`) over the whole import.
+`passpush serve`, 1,000 passes to a message (`entries`). The requests are made and
+serialized before the clock starts, so the figure is the server's: passes/s = N / the
+call's time, and the server's peak RSS (VmHWM of `passpush serve`) over the whole import.
 """
 
 from __future__ import annotations
@@ -69,12 +69,12 @@ async def run(options: Options) -> list[Result]:
         async with FakeApns(make_tls_bundle(workdir / "tls")) as fake:
             auth = ApnsAuth.make(options.apns_auth, fake, workdir)
             for backend in options.backends:
-                async with bench_database(backend, workdir) as database:
-                    async with serve(database, fake, auth, workdir) as deployment:
-                        seconds, summary = await load(
-                            deployment.address, deployment.key, serialized
-                        )
-                        rss = deployment.servers[0].peak_rss_mb() or 0.0
+                async with (
+                    bench_database(backend, workdir) as database,
+                    serve(database, fake, auth, workdir) as deployment,
+                ):
+                    seconds, summary = await load(deployment.address, deployment.key, serialized)
+                    rss = deployment.servers[0].peak_rss_mb() or 0.0
                 if summary.created != count:
                     raise RuntimeError(
                         f"import created {summary.created:,} of {count:,}: {summary.failures[:3]}"
