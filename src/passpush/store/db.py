@@ -140,6 +140,10 @@ def configure_sqlite_connection(dbapi_connection: Any) -> None:
     cursor.execute("PRAGMA wal_autocheckpoint=0")
     cursor.execute("PRAGMA foreign_keys=ON")
     cursor.execute("PRAGMA busy_timeout=30000")
+    # 32 MiB of pages (SQLite's default is 2 MiB): a large write (an import) otherwise reads
+    # its indexes' pages back from the OS for every batch (200,000 passes imported: 9,900
+    # passes/s with 2 MiB, 12,200 with 32 MiB, 2026-12-03).
+    cursor.execute("PRAGMA cache_size=-32768")
     cursor.close()
 
 
