@@ -17,7 +17,7 @@ from urllib.parse import urlsplit
 
 from sqlalchemy.engine import make_url
 
-from passpush import console
+from passpush import console, importer
 from passpush.api.server import PasspushServer
 from passpush.config import Settings, SigningFiles
 from passpush.delivery.apns import ApnsConfig, ApnsGateway
@@ -73,10 +73,15 @@ def main(argv: list[str] | None = None) -> None:
     commands.add_parser("migrate", help="bring the database schema up to date")
     _add_keys_commands(commands)
     console.add_commands(commands)
+    importer.add_command(commands)
     args = parser.parse_args(argv)
     if args.command in ("send", "watch"):
         # A client of a running server: no settings, no logging set-up of its own.
         sys.exit(asyncio.run(console.run(args)))
+    if args.command == "import":
+        with contextlib.suppress(KeyboardInterrupt):
+            sys.exit(asyncio.run(importer.run(args)))
+        sys.exit("passpush: import interrupted: the passes sent so far are imported")
     logging.basicConfig(
         level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )

@@ -27,7 +27,7 @@ _STATES = {
 
 def add_commands(commands: Any) -> None:
     send = commands.add_parser("send", help="send a notification through a running server")
-    _add_connection(send)
+    add_connection(send)
     targets = send.add_mutually_exclusive_group(required=True)
     targets.add_argument(
         "--pass", dest="pass_id", metavar="ID", help="one pass (or its external id)"
@@ -45,11 +45,11 @@ def add_commands(commands: Any) -> None:
     send.add_argument("--watch", action="store_true", help="show its progress until it is done")
 
     watch = commands.add_parser("watch", help="show a ticket's progress until it is done")
-    _add_connection(watch)
+    add_connection(watch)
     watch.add_argument("ticket", type=int, help="the ticket's id")
 
 
-def _add_connection(parser: argparse.ArgumentParser) -> None:
+def add_connection(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--address",
         default=os.environ.get("PASSPUSH_GRPC_ADDRESS") or DEFAULT_ADDRESS,
