@@ -480,3 +480,35 @@ async def test_send_watch_shows_progress_and_a_summary_and_watch_replays_it(
     assert no_key.returncode == 2 and "PASSPUSH_API_KEY" in no_key.stderr
     unknown = await run(PASSPUSH, "watch", *connection, "987654", env=env)
     assert unknown.returncode == 2 and "NOT_FOUND" in unknown.stderr
+
+
+async def test_failures_exports_a_tickets_failed_deliveries_as_csv(
+    live_server: ServerProcess, demo_key: str, fake_apns: FakeApns
+) -> None:
+    async with live_server.channel(demo_key) as channel:
+        world = World(passes_pb2_grpc.PassServiceStub(channel), project_id="demo")
+        await world.apple_template("loyalty")
+        for i in range(3):
+            await world.pass_(f"p{i}", "loyalty")
+        fake_apns.respond(world.devices["p1"][0], 400, "BadDeviceToken")
+        ticket = await notifications_pb2_grpc.NotificationServiceStub(channel).Send(
+            npb.SendRequest(
+                target=npb.Target(template=npb.TemplateRef(template_id="loyalty")),
+                content=npb.Content(body="Hi"),
+            )
+        )
+    env = {"PASSPUSH_API_KEY": demo_key, "PATH": os.environ["PATH"]}
+    connection = ("--address", live_server.address)
+
+    exported = await run(PASSPUSH, "failures", *connection, str(ticket.id), "--csv", env=env)
+
+    assert exported.returncode == 1, exported.output  # there were failures
+    header, *rows = exported.stdout.strip().splitlines()
+    assert header == (
+        "ticket_id,pass_id,platform,device_library_identifier,google_object_id,reason,"
+        "attempt,event_time"
+    )
+    assert len(rows) == 1 and rows[0].startswith(f"{ticket.id},p1,APPLE,")
+    assert ",BadDeviceToken,1," in rows[0]
+    readable = await run(PASSPUSH, "failures", *connection, str(ticket.id), env=env)
+    assert readable.stdout.strip().splitlines()[-1] == "1 failed deliveries"

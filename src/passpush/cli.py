@@ -75,7 +75,7 @@ def main(argv: list[str] | None = None) -> None:
     console.add_commands(commands)
     importer.add_command(commands)
     args = parser.parse_args(argv)
-    if args.command in ("send", "watch"):
+    if args.command in ("send", "watch", "failures"):
         # A client of a running server: no settings, no logging set-up of its own.
         sys.exit(asyncio.run(console.run(args)))
     if args.command == "import":

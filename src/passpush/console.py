@@ -1,17 +1,20 @@
-"""`passpush send` and `passpush watch`: a gRPC client of a running server, with a live
-progress bar of a ticket (WatchTicket) and a final summary."""
+"""`passpush send`, `watch` and `failures`: a gRPC client of a running server, with a live
+progress bar of a ticket (WatchTicket) and a final summary, or its failed deliveries."""
 
 from __future__ import annotations
 
 import argparse
+import csv
 import os
 import sys
+from datetime import UTC
 from typing import Any, TextIO
 
 import grpc
 
 from passpush.v1 import notifications_pb2 as npb
 from passpush.v1 import notifications_pb2_grpc
+from passpush.v1 import passes_pb2 as ppb
 
 DEFAULT_ADDRESS = "127.0.0.1:50051"
 BAR_WIDTH = 30
@@ -48,6 +51,13 @@ def add_commands(commands: Any) -> None:
     add_connection(watch)
     watch.add_argument("ticket", type=int, help="the ticket's id")
 
+    failures = commands.add_parser(
+        "failures", help="a ticket's failed deliveries (waits for it to end), e.g. as CSV"
+    )
+    add_connection(failures)
+    failures.add_argument("ticket", type=int, help="the ticket's id")
+    failures.add_argument("--csv", action="store_true", help="CSV with a header row")
+
 
 def add_connection(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
@@ -63,8 +73,9 @@ def add_connection(parser: argparse.ArgumentParser) -> None:
 
 
 async def run(args: argparse.Namespace) -> int:
-    """Runs `send` or `watch`; the exit status: 0 once the ticket succeeded (or was sent
-    without --watch), 1 when it ended otherwise, 2 when a call failed."""
+    """Runs `send`, `watch` or `failures`; the exit status: 0 once the ticket succeeded (or
+    was sent without --watch; failures: none failed), 1 when it ended otherwise, 2 when a
+    call failed."""
     if not args.key:
         print("passpush: give an API key with --key or PASSPUSH_API_KEY", file=sys.stderr)
         return 2
@@ -73,6 +84,8 @@ async def run(args: argparse.Namespace) -> int:
         stub: notifications_pb2_grpc.NotificationServiceAsyncStub
         stub = notifications_pb2_grpc.NotificationServiceStub(channel)  # type: ignore[assignment]
         try:
+            if args.command == "failures":
+                return await export_failures(stub, args.ticket, metadata, sys.stdout, args.csv)
             if args.command == "send":
                 ticket = await stub.Send(_send_request(args), metadata=metadata)
                 print(f"ticket {ticket.id}: {ticket.counts.total} deliveries")
@@ -107,6 +120,57 @@ async def watch(
     out.write(summary(ticket) + "\n")
     out.flush()
     return ticket
+
+
+FAILURE_COLUMNS = (
+    "ticket_id",
+    "pass_id",
+    "platform",
+    "device_library_identifier",
+    "google_object_id",
+    "reason",
+    "attempt",
+    "event_time",
+)
+
+
+async def export_failures(
+    stub: notifications_pb2_grpc.NotificationServiceAsyncStub,
+    ticket_id: int,
+    metadata: tuple[tuple[str, str], ...],
+    out: TextIO,
+    as_csv: bool,
+) -> int:
+    """Writes the ticket's failed deliveries (StreamDeliveryEvents, FAILED only) as they
+    come, until the ticket ends; 0 when there were none, 1 otherwise."""
+    request = npb.StreamDeliveryEventsRequest(
+        ticket_id=ticket_id, outcomes=[npb.DELIVERY_OUTCOME_FAILED]
+    )
+    rows = csv.writer(out) if as_csv else None
+    if rows is not None:
+        rows.writerow(FAILURE_COLUMNS)
+    count = 0
+    async for event in stub.StreamDeliveryEvents(request, metadata=metadata):
+        count += 1
+        platform = ppb.Platform.Name(event.platform).removeprefix("PLATFORM_")
+        when = event.event_time.ToDatetime(tzinfo=UTC).isoformat()
+        if rows is not None:
+            rows.writerow(
+                (
+                    event.ticket_id, event.pass_id, platform, event.device_library_identifier,
+                    event.google_object_id, event.reason, event.attempt, when,
+                )
+            )  # fmt: skip
+        else:
+            where = event.device_library_identifier or event.google_object_id
+            out.write(
+                f"pass {event.pass_id} ({platform} {where}): {event.reason}, "
+                f"attempt {event.attempt}, {when}\n"
+            )
+    if rows is None:
+        out.write(f"{count} failed deliveries\n")
+    out.flush()
+    return 1 if count else 0
 
 
 def progress_line(ticket: npb.Ticket) -> str:
