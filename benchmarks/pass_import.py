@@ -31,7 +31,7 @@ RSS_BAR_MB = 250.0
 PER_MESSAGE = 1_000  # passes a message carries, as an import of millions sends them
 
 
-def requests(count: int) -> list[bytes]:
+def requests(count: int, template: str = TEMPLATE) -> list[bytes]:
     """Each pass with its serial number, token, a tag and one device, PER_MESSAGE passes to
     a message, serialized."""
     entries = [
@@ -39,7 +39,7 @@ def requests(count: int) -> list[bytes]:
             **{  # type: ignore[arg-type]
                 "pass": ppb.Pass(
                     id=f"p{index:08d}",
-                    template_id=TEMPLATE,
+                    template_id=template,
                     serial_number=f"SN-{index:08d}",
                     authentication_token=f"token-{index:016d}",
                     tags=[f"tier-{index % 4}"],
@@ -104,7 +104,7 @@ async def run(options: Options) -> list[Result]:
 
 
 async def load(
-    address: str, key: str, serialized: list[bytes]
+    address: str, key: str, serialized: list[bytes], template: str = TEMPLATE
 ) -> tuple[float, ppb.ImportPassesResponse]:
     """Creates the template, then streams the requests; the seconds the import took."""
     metadata = (("authorization", f"Bearer {key}"),)
@@ -112,7 +112,7 @@ async def load(
         passes = passes_pb2_grpc.PassServiceStub(channel)
         await passes.CreateTemplate(
             ppb.CreateTemplateRequest(
-                template_id=TEMPLATE,
+                template_id=template,
                 template=ppb.Template(
                     project_id=PROJECT, platform=ppb.PLATFORM_APPLE, pass_type_identifier=TOPIC
                 ),
