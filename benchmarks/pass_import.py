@@ -14,9 +14,9 @@ from collections.abc import AsyncIterator
 
 import grpc
 
-from benchmarks.database import PROJECT, bench_database
-from benchmarks.harness import TOPIC, Options, Result, log, workspace
-from benchmarks.server import ApnsAuth, serve
+from benchmarks.database import bench_database
+from benchmarks.harness import Options, Result, log, workspace
+from benchmarks.server import ApnsAuth, apple_template, serve
 from passpush.fakes.apns import FakeApns
 from passpush.fakes.tls import make_tls_bundle
 from passpush.v1 import passes_pb2 as ppb
@@ -110,15 +110,7 @@ async def load(
     metadata = (("authorization", f"Bearer {key}"),)
     async with grpc.aio.insecure_channel(address) as channel:
         passes = passes_pb2_grpc.PassServiceStub(channel)
-        await passes.CreateTemplate(
-            ppb.CreateTemplateRequest(
-                template_id=template,
-                template=ppb.Template(
-                    project_id=PROJECT, platform=ppb.PLATFORM_APPLE, pass_type_identifier=TOPIC
-                ),
-            ),
-            metadata=metadata,
-        )
+        await passes.CreateTemplate(apple_template(template), metadata=metadata)
         # Bytes as they are: the client's serializing is not the server's time.
         import_passes = channel.stream_unary(
             "/passpush.v1.PassService/ImportPasses",

@@ -14,7 +14,7 @@ from pathlib import Path
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from benchmarks.database import TEMPLATE, BenchDatabase
+from benchmarks.database import PROJECT, TEMPLATE, BenchDatabase
 from benchmarks.fake import NodeFake
 from benchmarks.harness import TOPIC, VENV_BIN, Child, free_port, peak_rss_mb
 from benchmarks.raw_aioapns import throwaway_p8_key
@@ -22,6 +22,7 @@ from passpush.fakes.apns import FakeApns
 from passpush.fakes.tls import make_client_certificate
 from passpush.v1 import notifications_pb2 as pb
 from passpush.v1 import notifications_pb2_grpc as pb_grpc
+from passpush.v1 import passes_pb2 as ppb
 
 TERMINAL = {
     pb.TICKET_STATE_SUCCEEDED,
@@ -237,3 +238,13 @@ async def client(address: str, key: str, channels: int = 1) -> AsyncIterator[Cli
         yield c
     finally:
         await c.close()
+
+
+def apple_template(template_id: str) -> ppb.CreateTemplateRequest:
+    """CreateTemplate of an Apple template of project `bench` for the benchmarks' topic."""
+    return ppb.CreateTemplateRequest(
+        template_id=template_id,
+        template=ppb.Template(
+            project_id=PROJECT, platform=ppb.PLATFORM_APPLE, pass_type_identifier=TOPIC
+        ),
+    )

@@ -26,9 +26,9 @@ from pathlib import Path
 import asyncpg
 import grpc
 
-from benchmarks.database import PROJECT, BenchDatabase, bench_database
-from benchmarks.harness import TOPIC, Options, Result, log, workspace
-from benchmarks.server import ApnsAuth, serve
+from benchmarks.database import BenchDatabase, bench_database
+from benchmarks.harness import Options, Result, log, workspace
+from benchmarks.server import ApnsAuth, apple_template, serve
 from passpush.fakes.apns import FakeApns
 from passpush.fakes.tls import make_tls_bundle
 from passpush.store.db import asyncpg_dsn
@@ -150,15 +150,7 @@ async def load(address: str, key: str, count: int, with_content: bool) -> None:
     metadata = (("authorization", f"Bearer {key}"),)
     async with grpc.aio.insecure_channel(address) as channel:
         passes = passes_pb2_grpc.PassServiceStub(channel)
-        await passes.CreateTemplate(
-            ppb.CreateTemplateRequest(
-                template_id=TEMPLATE,
-                template=ppb.Template(
-                    project_id=PROJECT, platform=ppb.PLATFORM_APPLE, pass_type_identifier=TOPIC
-                ),
-            ),
-            metadata=metadata,
-        )
+        await passes.CreateTemplate(apple_template(TEMPLATE), metadata=metadata)
         if with_content:
             await passes.SetTemplateContent(
                 ppb.SetTemplateContentRequest(
