@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 from google.protobuf import timestamp_pb2
-from sqlalchemy import insert
+from sqlalchemy import insert, select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from passpush.api.server import PasspushServer
@@ -23,14 +23,16 @@ from passpush.delivery.worker import WorkerSettings
 from passpush.domain.outcomes import RetryPolicy
 from passpush.fakes.apns import FakeApns
 from passpush.fakes.google import FakeGoogleWallet, ServiceAccount, make_service_account
+from passpush.store import class_messages
 from passpush.store.db import make_engine
 from passpush.store.google_messages import GoogleMessageLog
 from passpush.store.models import GoogleMessageRow
 from passpush.store.request_turns import SharedRequestTurns
 from passpush.v1 import notifications_pb2 as npb
 from passpush.v1 import notifications_pb2_grpc, passes_pb2_grpc
+from passpush.v1 import passes_pb2 as ppb
 
-from support import World, wait_terminal
+from support import GOOGLE_ISSUER, World, wait_terminal
 
 Notifications = notifications_pb2_grpc.NotificationServiceStub
 
@@ -535,3 +537,145 @@ async def test_a_request_without_a_turn_is_not_made_and_is_tried_again(
 
     assert (answer.status, answer.reason) == (0, "RequestTurnUnavailable")
     assert fake_google.received() == []
+
+
+# -- class messages: a Send to a whole Google template ------------------------------------------
+
+OFFERS_CLASS = f"{GOOGLE_ISSUER}.offers"
+CLASS_ADD = f"/walletobjects/v1/offerClass/{OFFERS_CLASS}/addMessage"
+
+
+def whole_template() -> npb.Target:
+    return npb.Target(template=npb.TemplateRef(template_id="offers"))
+
+
+async def ledger_of(sessions: async_sessionmaker[AsyncSession]) -> dict[str, list[bool]]:
+    """Each pass's places in the notifying-messages ledger, in the order taken."""
+    async with sessions() as session:
+        rows = await session.execute(
+            select(GoogleMessageRow.pass_id, GoogleMessageRow.notifying).order_by(
+                GoogleMessageRow.delivery_id
+            )
+        )
+        ledger: dict[str, list[bool]] = {}
+        for pass_id, notifying in rows:
+            ledger.setdefault(pass_id, []).append(notifying)
+        return ledger
+
+
+async def test_a_send_to_a_whole_google_template_is_one_message_on_its_class(
+    world: World,
+    notifications: Notifications,
+    fake_google: FakeGoogleWallet,
+    sessions: async_sessionmaker[AsyncSession],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(class_messages, "RECORD_CHUNK", 2)  # recorded over several chunks
+    fake_google.add_class("offerClass", OFFERS_CLASS)
+    objects = [await google_pass(world, fake_google, p) for p in ("g1", "g2", "g3", "g4")]
+    await world.google_pass("g5", "offers", status=ppb.PASS_STATUS_REVOKED)
+    for n in range(3):  # g4 had its 3 notifying messages of the day from passpush
+        await send(notifications, one_pass("g4"), f"Earlier {n}")
+    fake_google.reset()
+
+    ticket = await send(notifications, whole_template(), "Double points today", header="Offer")
+
+    assert [r.path for r in fake_google.received()] == [CLASS_ADD]
+    [message] = fake_google.class_messages(OFFERS_CLASS)
+    assert message["id"] == f"passpush-{ticket.id}"
+    assert (message["header"], message["body"]) == ("Offer", "Double points today")
+    assert message["messageType"] == "TEXT_AND_NOTIFY"
+    assert all(len(fake_google.messages(o)) == (3 if o.endswith("g4") else 0) for o in objects)
+    # Every pass it reached is counted; the inactive one is skipped, as it is for objects.
+    assert ticket.state == npb.TICKET_STATE_SUCCEEDED
+    counts = ticket.counts
+    assert (counts.total, counts.delivered, counts.skipped) == (5, 4, 1)
+    assert counts.delivered_without_alert == 1
+    events = {e.pass_id: e for e in await events_of(notifications, ticket.id)}
+    assert {p: e.outcome for p, e in events.items()} == {
+        "g1": npb.DELIVERY_OUTCOME_DELIVERED,
+        "g2": npb.DELIVERY_OUTCOME_DELIVERED,
+        "g3": npb.DELIVERY_OUTCOME_DELIVERED,
+        "g4": npb.DELIVERY_OUTCOME_DELIVERED_WITHOUT_ALERT,
+        "g5": npb.DELIVERY_OUTCOME_SKIPPED,
+    }
+    assert events["g4"].reason == "NotificationQuotaReached"
+    assert events["g1"].google_object_id == objects[0]
+    # The ledger counts the class message on every pass it notified.
+    assert await ledger_of(sessions) == {
+        "g1": [True],
+        "g2": [True],
+        "g3": [True],
+        "g4": [True, True, True, False],
+    }
+
+
+async def test_googles_refusal_to_notify_for_a_class_sends_it_again_as_text(
+    world: World, notifications: Notifications, fake_google: FakeGoogleWallet
+) -> None:
+    fake_google.add_class("offerClass", OFFERS_CLASS)
+    for pass_id in ("g1", "g2"):
+        await google_pass(world, fake_google, pass_id)
+    fake_google.respond(403, "quotaExceeded", times=1, object_id=OFFERS_CLASS)
+
+    ticket = await send(notifications, whole_template(), "Doors open at six")
+
+    sent = [(r.body["message"]["messageType"], r.status) for r in fake_google.received()]
+    assert sent == [("TEXT_AND_NOTIFY", 403), ("TEXT", 200)]
+    assert (ticket.counts.delivered, ticket.counts.delivered_without_alert) == (2, 2)
+    events = await events_of(notifications, ticket.id)
+    assert {(e.outcome, e.reason) for e in events} == {
+        (npb.DELIVERY_OUTCOME_DELIVERED_WITHOUT_ALERT, "GoogleNotificationQuotaExceeded")
+    }
+
+
+async def test_a_class_message_is_retried_and_added_once_or_fails_every_pass(
+    world: World, notifications: Notifications, fake_google: FakeGoogleWallet
+) -> None:
+    fake_google.add_class("offerClass", OFFERS_CLASS)
+    for pass_id in ("g1", "g2"):
+        await google_pass(world, fake_google, pass_id)
+    fake_google.respond(503, "backendError", times=2, object_id=OFFERS_CLASS)
+
+    ticket = await send(notifications, whole_template(), "Back in stock")
+
+    assert ticket.state == npb.TICKET_STATE_SUCCEEDED
+    assert len(fake_google.class_messages(OFFERS_CLASS)) == 1
+    # A retry looks first whether an earlier attempt added it.
+    assert [r.action for r in fake_google.received()] == ["addMessage", "get", "get", "addMessage"]
+
+    # A class Google does not know fails each pass of the ticket, with the reason.
+    await world.google_template("gone")
+    await google_pass_of(world, fake_google, "g9", "gone")
+    failed = await send(
+        notifications, npb.Target(template=npb.TemplateRef(template_id="gone")), "Hello"
+    )
+    assert (failed.state, failed.counts.failed) == (npb.TICKET_STATE_FAILED, 1)
+    assert [(e.outcome, e.reason) for e in await events_of(notifications, failed.id)] == [
+        (npb.DELIVERY_OUTCOME_FAILED, "GoogleClassNotFound")
+    ]
+
+
+async def google_pass_of(world: World, fake: FakeGoogleWallet, pass_id: str, template: str) -> None:
+    object_id = await world.google_pass(pass_id, template)
+    fake.add_object("loyaltyObject", object_id)
+
+
+async def test_a_delete_to_a_whole_template_removes_class_and_object_messages(
+    world: World, notifications: Notifications, fake_google: FakeGoogleWallet
+) -> None:
+    theirs = {"id": "issuer-welcome", "header": "Welcome", "body": "Thanks for joining"}
+    fake_google.add_class("offerClass", OFFERS_CLASS, [theirs])
+    g1 = await google_pass(world, fake_google, "g1", messages=[theirs])
+    await google_pass(world, fake_google, "g2")
+    await send(notifications, whole_template(), "For everyone")
+    await send(notifications, one_pass("g1"), "For you")
+    assert len(fake_google.class_messages(OFFERS_CLASS)) == 2
+    assert len(fake_google.messages(g1)) == 2
+
+    deleted = await notifications.Delete(npb.DeleteRequest(target=whole_template()))
+    ticket = await wait_terminal(notifications, deleted.id)
+
+    assert (ticket.state, ticket.counts.delivered) == (npb.TICKET_STATE_SUCCEEDED, 2)
+    assert fake_google.class_messages(OFFERS_CLASS) == [theirs]
+    assert fake_google.messages(g1) == [theirs]

@@ -156,7 +156,9 @@ def _seconds_to_refresh(expiry: datetime | None) -> float:
 
 
 class GoogleWalletGateway:
-    """The Google Wallet API calls passpush makes on pass objects."""
+    """The Google Wallet API calls passpush makes on pass objects and classes: each takes a
+    resource's type and id, an object's ("offerObject", "issuer.pass") or a class's
+    ("offerClass", "issuer.offers"), which Google's paths treat alike."""
 
     def __init__(self, config: GoogleWalletConfig, turns: RequestTurns | None = None) -> None:
         """`turns` paces the requests of each issuer (by default within this process)."""

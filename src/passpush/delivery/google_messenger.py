@@ -132,7 +132,7 @@ class GoogleMessenger:
             found = await gateway.get_object(object_type, object_id)
             if not found.ok:
                 return self._judged(delivery, found)
-            added = _find_message(found.body, message_id(delivery.ticket_id))
+            added = find_message(found.body, message_id(delivery.ticket_id))
             if added is not None:
                 notified = added.get("messageType") == NOTIFYING
                 return self._judged(delivery, found, notifying=notified)
@@ -170,7 +170,7 @@ class GoogleMessenger:
         if not found.ok:
             return self._judged(delivery, found)
         messages = found.body.get("messages") or []
-        kept = [m for m in messages if not _is_ours(m)]
+        kept = [m for m in messages if not is_ours(m)]
         if len(kept) == len(messages):
             return self._judged(delivery, found)  # nothing of passpush's there: done
         return self._judged(delivery, await gateway.set_messages(object_type, object_id, kept))
@@ -226,14 +226,14 @@ class GoogleMessenger:
         self._last_alarm, self._alarms_unlogged = now, 0
 
 
-def _find_message(google_object: Mapping[str, Any], wanted: str) -> Mapping[str, Any] | None:
+def find_message(google_object: Mapping[str, Any], wanted: str) -> Mapping[str, Any] | None:
     for message in google_object.get("messages") or []:
         if isinstance(message, dict) and message.get("id") == wanted:
             return message
     return None
 
 
-def _is_ours(message: Any) -> bool:
+def is_ours(message: Any) -> bool:
     return isinstance(message, dict) and str(message.get("id", "")).startswith(MESSAGE_ID_PREFIX)
 
 

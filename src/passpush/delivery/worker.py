@@ -36,6 +36,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from passpush.delivery.apns import PushOutcome
 from passpush.delivery.google import GoogleWalletGateway
+from passpush.delivery.google_classes import ClassMessenger
 from passpush.delivery.google_messenger import GoogleMessenger
 from passpush.domain.model import DeliveryState, Platform
 from passpush.domain.outcomes import APNS_NOT_CONFIGURED, DEFAULT_RETRY, RetryPolicy, judge_apns
@@ -120,6 +121,15 @@ class DeliveryWorker:
         self._settings = settings = settings or WorkerSettings()
         self._google = GoogleMessenger(sessions, google, clock=clock, retry=settings.retry)
         self.owner = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+        # Sends to whole Google templates: one message on the class each.
+        self._classes = ClassMessenger(
+            sessions,
+            google,
+            clock=clock,
+            owner=self.owner,
+            retry=settings.retry,
+            on_recorded=self._class_message_recorded,
+        )
         self._wake = asyncio.Event()
         self._stopping = False  # no new claims or pushes
         self._closing = False  # and the record loop ends
@@ -140,6 +150,11 @@ class DeliveryWorker:
 
     def wake(self) -> None:
         self._wake.set()
+        self._classes.wake()
+
+    def _class_message_recorded(self) -> None:
+        self._on_recorded()
+        self._wake.set()  # a Delete's objects are due now
 
     def start(self) -> None:
         self._stopping = self._closing = False
@@ -156,6 +171,7 @@ class DeliveryWorker:
             for queue in self._queues.values()
             for _ in range(queue.lanes)
         ]
+        self._classes.start()
 
     async def stop(self, grace: float) -> None:
         """Finishes the pushes in hand within `grace` seconds, records them, hands back the rest."""
@@ -167,6 +183,7 @@ class DeliveryWorker:
         claims = self._tasks[0] if self._tasks else None
         if claims is not None:
             await asyncio.gather(claims, return_exceptions=True)
+        await self._classes.stop(grace)
         if self._lanes:
             _, late = await asyncio.wait(self._lanes, timeout=grace)
             for lane in late:

@@ -50,6 +50,9 @@ class DeliveryState(enum.StrEnum):
     DELIVERED_WITHOUT_ALERT = "delivered_silent"
     FAILED = "failed"
     SKIPPED = "skipped"
+    # Google: one of the passes a class message reaches (a Send to a whole Google template),
+    # waiting for that one message to be added to the class; never claimed on its own.
+    BY_CLASS = "by_class"
 
     @property
     def is_delivered(self) -> bool:
@@ -98,6 +101,8 @@ SKIP_NO_DEVICES = "NoRegisteredDevices"
 # messages of the last 24 h already, or Google refused a fourth.
 NO_ALERT_PASS_QUOTA = "NotificationQuotaReached"
 NO_ALERT_GOOGLE_QUOTA = "GoogleNotificationQuotaExceeded"
+# Why a pass a class message was to reach failed: Google has no such class.
+GOOGLE_CLASS_NOT_FOUND = "GoogleClassNotFound"
 # Google's limit: notifying (TEXT_AND_NOTIFY) messages per pass in a sliding window.
 GOOGLE_NOTIFYING_MESSAGES_PER_WINDOW = 3
 GOOGLE_NOTIFYING_WINDOW = timedelta(hours=24)
@@ -121,6 +126,14 @@ class TemplateTarget:
 
     template_id: str = ""
     template_external_id: str = ""
+
+
+@dataclass(frozen=True)
+class GoogleClass:
+    """A Google Wallet class: its passes' objects all show the messages added to it."""
+
+    class_type: str  # "offerClass", ...
+    class_id: str  # "issuerId.suffix"
 
 
 @dataclass(frozen=True)

@@ -41,6 +41,14 @@ GOOGLE_OBJECT_TYPES = frozenset(
 _ID = re.compile(r"[A-Za-z0-9._:\-]{1,128}")
 
 
+def google_class_type(object_type: str) -> str:
+    """The type of the class an object type's objects belong to: offerObject -> offerClass."""
+    return object_type.removesuffix("Object") + "Class"
+
+
+GOOGLE_CLASS_TYPES = frozenset(google_class_type(t) for t in GOOGLE_OBJECT_TYPES)
+
+
 # Strings: what the databases can store, and how long each may be ------------------
 # Every string a caller sends has a maximum, stated in its proto comment and the README's
 # table of limits; most are the width of the column that stores it.

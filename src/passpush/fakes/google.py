@@ -2,10 +2,10 @@
 
 It serves the OAuth 2.0 token endpoint a service account uses (the JWT bearer grant: the
 assertion's signature is checked against the account's public key, and an access token with
-an expiry comes back) and the object methods passpush calls: `addMessage`, `get` and
-`patch`. Every API call must carry a live `Authorization: Bearer` token of its own making.
+an expiry comes back) and the methods passpush calls on objects and on classes alike:
+`addMessage`, `get` and `patch`. Every API call must carry a live `Authorization: Bearer` token of its own making.
 It records every request, enforces Google's rule of 3 notifying (`TEXT_AND_NOTIFY`)
-messages per object per 24 hours with Google's refusal (403 `quotaExceeded`), and answers
+messages per object (and per class) per 24 hours with Google's refusal (403 `quotaExceeded`), and answers
 errors on demand; it also fails as Google's service does now and then: an outage (every API
 call answered 503) and a share of 429/503 answers (`outage`, `faults`).
 
@@ -40,7 +40,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from passpush.domain.validation import GOOGLE_OBJECT_TYPES
+from passpush.domain.validation import GOOGLE_CLASS_TYPES, GOOGLE_OBJECT_TYPES
 from passpush.fakes import standalone
 
 logger = logging.getLogger(__name__)
@@ -164,6 +164,7 @@ class FakeGoogleWallet:
         self.token_grants = 0
         self._requested_port = port
         self._objects: dict[str, _WalletObject] = {}
+        self._classes: dict[str, _WalletObject] = {}
         self._tokens: dict[str, float] = {}  # access token -> expiry (time.time())
         self._programmed: dict[str, list[_ProgrammedAnswer]] = {}
         self._late_answers: list[float] = []
@@ -245,6 +246,18 @@ class FakeGoogleWallet:
     def messages(self, object_id: str) -> list[dict[str, Any]]:
         """The object's messages now, oldest first."""
         return list(self._objects[object_id].fields.get("messages") or [])
+
+    def add_class(
+        self, class_type: str, class_id: str, messages: list[dict[str, Any]] | None = None
+    ) -> None:
+        """A class the issuer inserted, with the messages it holds already."""
+        self._classes[class_id] = _WalletObject(
+            class_type, {"id": class_id, "messages": list(messages or [])}
+        )
+
+    def class_messages(self, class_id: str) -> list[dict[str, Any]]:
+        """The class's messages now, oldest first: each is shown on every object of it."""
+        return list(self._classes[class_id].fields.get("messages") or [])
 
     def respond(
         self,
@@ -395,12 +408,14 @@ class FakeGoogleWallet:
         if self._error_share > 0 and self._random.random() < self._error_share:
             status, reason = self._random.choice(TRANSIENT_ERRORS)
             return _error(status, reason, "A transient error: please retry.")
-        if object_type not in GOOGLE_OBJECT_TYPES:
+        if object_type not in GOOGLE_CLASS_TYPES | GOOGLE_OBJECT_TYPES:
             return _error(404, "notFound", f"Unknown resource type {object_type}.")
-        wallet_object = self._objects.get(object_id)
+        is_class = object_type in GOOGLE_CLASS_TYPES
+        resources = self._classes if is_class else self._objects
+        wallet_object = resources.get(object_id)
         if wallet_object is None and self.create_objects:
-            self.add_object(object_type, object_id)
-            wallet_object = self._objects[object_id]
+            resources[object_id] = _WalletObject(object_type, {"id": object_id, "messages": []})
+            wallet_object = resources[object_id]
         if wallet_object is None or wallet_object.object_type != object_type:
             return _error(404, "resourceNotFound", f"Resource not found: {object_id}")
         if not isinstance(body, dict):

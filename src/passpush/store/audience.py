@@ -21,13 +21,16 @@ from passpush.domain.model import (
     CampaignTarget,
     EntityTarget,
     ExternalPassTarget,
+    GoogleClass,
     PassTarget,
+    Platform,
     SegmentTarget,
     TagTarget,
     Target,
     TemplateTarget,
 )
 from passpush.domain.segments import AllOf, AnyOf, Criterion, HasTag, NoneOf, parse_criteria
+from passpush.domain.validation import google_class_type
 from passpush.store.db import dialect_name, one_of, one_of_values
 from passpush.store.direct import Query, Steps
 from passpush.store.models import (
@@ -55,6 +58,9 @@ class Audience:
     pass_id: str | None = None
     # The condition with its subqueries confined to a range of pass ids (passes_in).
     within: Callable[[_PassRange | None], ColumnElement[bool]] | None = None
+    # Set when the audience is every pass of a Google template: one message on the class
+    # reaches them all.
+    google_class: GoogleClass | None = None
 
     @property
     def condition(self) -> ColumnElement[bool]:
@@ -133,7 +139,8 @@ async def resolve_audience(session: AsyncSession, project_id: str, target: Targe
             return _one_pass_audience(project_id, found)
         case TemplateTarget():
             template = await _template_ref(session, project_id, target)
-            return Audience(project_id, and_(in_project, PassRow.template_id == template.id))
+            condition = and_(in_project, PassRow.template_id == template.id)
+            return Audience(project_id, condition, google_class=_class_of(template))
         case TagTarget(tag, template_id):
             condition = and_(in_project, _has_tag(tag))
             if template_id:
@@ -239,6 +246,12 @@ async def _one_pass(
     if not ids or (unique and len(ids) > 1):
         return None
     return ids[0]
+
+
+def _class_of(template: TemplateRow) -> GoogleClass | None:
+    if template.platform != Platform.GOOGLE.value or not template.google_class_id:
+        return None
+    return GoogleClass(google_class_type(template.google_object_type), template.google_class_id)
 
 
 def _one_pass_audience(project_id: str, pass_id: str) -> Audience:

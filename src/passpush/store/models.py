@@ -507,3 +507,33 @@ class GoogleRequestTurnRow(Base):
     issuer: Mapped[str] = mapped_column(String(255), primary_key=True)
     # Seconds since the epoch, on the database's clock: every replica reads the same one.
     next_turn: Mapped[float] = mapped_column(Float)
+
+
+class GoogleClassMessageRow(Base):
+    """The one message a Send to a whole Google template adds to the template's class (or a
+    Delete removes from it), for every pass of the ticket at once.
+
+    The ticket's passes wait as deliveries in state `by_class`; once Google answered, they
+    are recorded with that answer a chunk at a time (`outcome`), and then it is `done`.
+    """
+
+    __tablename__ = "google_class_messages"
+    __table_args__ = (Index("ix_google_class_messages_due", "state", "next_attempt_at"),)
+
+    ticket_id: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=False)
+    project_id: Mapped[str] = mapped_column(ID)
+    class_type: Mapped[str] = mapped_column(String(64))  # "offerClass", ...
+    class_id: Mapped[str] = mapped_column(String(255))
+    # "pending" (Google to be asked), "answered" (its deliveries being recorded), "done".
+    state: Mapped[str] = mapped_column(String(16))
+    # Once answered: the state its deliveries get (pending again for a Delete's per-object
+    # removal), why, and whether the message notifies.
+    outcome: Mapped[str] = mapped_column(String(16), default="")
+    reason: Mapped[str] = mapped_column(String(128), default="")
+    notifying: Mapped[bool] = mapped_column(Boolean, default=True)
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    next_attempt_at: Mapped[datetime]
+    first_attempt_at: Mapped[datetime | None]
+    lease_owner: Mapped[str | None] = mapped_column(String(64))
+    lease_until: Mapped[datetime | None]
+    updated_at: Mapped[datetime]

@@ -329,6 +329,27 @@ def _count(
     )
 
 
+def count_on_ticket(
+    dialect: str,
+    ticket_id: int,
+    delivered: int,
+    without_alert: int,
+    failed: int,
+    now: datetime,
+) -> Steps[None]:
+    """Moves answered deliveries of one ticket from pending to delivered (`without_alert` of
+    them without an alert) or failed, finishing the ticket if none is left pending."""
+    params = {
+        "ticket_id": ticket_id,
+        "n_answered": delivered + failed,
+        "n_delivered": delivered,
+        "n_without_alert": without_alert,
+        "n_failed": failed,
+        "now": now,
+    }
+    yield Query.many(_statements_for(dialect).count_tickets, [params])
+
+
 @dataclass(frozen=True)
 class _PushDetails:
     """A row of _push_details_statement."""

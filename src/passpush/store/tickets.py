@@ -56,6 +56,7 @@ from passpush.domain.model import (
 )
 from passpush.domain.passkit import REPEAT_MARK
 from passpush.store.audience import Audience, resolve_audience
+from passpush.store.class_messages import ClassMessageStore
 from passpush.store.db import dialect_name, one_of
 from passpush.store.direct import Query, Steps, run_on_session
 from passpush.store.events import announce, skipped_events, skipped_events_after
@@ -182,7 +183,14 @@ class TicketStore:
             insert(_tickets).returning(_tickets.c.id), _ticket_values(n, None, now)
         )
         assert ticket_id is not None
-        await self._fan_out_chunk(ticket_id, n.audience, n.operation, n.content, "", now, chunk)
+        by_class = n.audience.google_class is not None
+        if n.audience.google_class is not None:
+            await ClassMessageStore(self.session).add(
+                ticket_id, n.audience.project_id, n.audience.google_class, now
+            )
+        await self._fan_out_chunk(
+            ticket_id, n.audience, n.operation, n.content, "", now, chunk, by_class=by_class
+        )
         return await self._fresh(ticket_id)
 
     async def continue_fan_out(self, ticket_id: int, now: datetime, chunk: int) -> bool:
@@ -212,8 +220,17 @@ class TicketStore:
             await self.session.execute(_advance(ticket_id, None, 0, 0, now))
             await run_on_session(self.session, announce(dialect_name(self.session)))
             return True
+        # By the ticket's own record, not the audience's: one sent before an upgrade has none.
+        by_class = await ClassMessageStore(self.session).exists(ticket_id)
         return await self._fan_out_chunk(
-            ticket_id, audience, ticket.operation, ticket.content, row.fanout_after, now, chunk
+            ticket_id,
+            audience,
+            ticket.operation,
+            ticket.content,
+            row.fanout_after,
+            now,
+            chunk,
+            by_class=by_class,
         )
 
     async def _fan_out_chunk(
@@ -225,11 +242,13 @@ class TicketStore:
         after: str,
         now: datetime,
         chunk: int,
+        *,
+        by_class: bool,
     ) -> bool:
         """The deliveries and pass changes of the audience's passes among the project's
         next `chunk` passes by id (after the pass id `after`), the events of what they
         skipped, and the ticket's counts and cursor advanced by them; True when no pass is
-        left.
+        left. `by_class`: the deliveries wait for the ticket's class message.
 
         A chunk is a range of the project's passes (found along its primary key), not of
         the audience's: finding the audience's 5,000th next pass would read the whole rest
@@ -247,7 +266,7 @@ class TicketStore:
         # (SQLite's one writer; PostgreSQL's advisory lock, taken in continue_fan_out).
         before = await self.session.scalar(select(func.max(DeliveryRow.id))) or 0
         inserted = await self.session.execute(
-            _insert_deliveries(literal(ticket_id), in_chunk), {"at": now}
+            _insert_deliveries(literal(ticket_id), in_chunk, by_class=by_class), {"at": now}
         )
         change = _pass_change(ticket_id, operation, content, now)
         await self.session.execute(_update_active_passes(in_chunk, change, older_than=ticket_id))
@@ -551,14 +570,17 @@ def _update_active_passes(
     return update(_passes).where(*conditions).values(update_tag=tag, **values)
 
 
-def _deliveries_of(audience: Any, *, ticket_id: Any = None, at: Any = None) -> Select[Any]:
+def _deliveries_of(
+    audience: Any, *, ticket_id: Any = None, at: Any = None, by_class: bool = False
+) -> Select[Any]:
     """The deliveries of an audience, in one pass over it: project_id, pass_id,
     registration_id, platform, state, reason (with `ticket_id` first and attempts,
     next_attempt_at and updated_at last when given, as _DELIVERY_COLUMNS).
 
     Apple: one pending delivery per active registered device of each active
-    pass. Google: one per active pass. A pass that gets nothing (not active,
-    or an Apple pass without devices) is one skipped delivery with a reason.
+    pass. Google: one per active pass (waiting for the class message if `by_class`). A
+    pass that gets nothing (not active, or an Apple pass without devices) is one skipped
+    delivery with a reason.
     """
     active = PassRow.status == PassStatus.ACTIVE.value
     apple = TemplateRow.platform == Platform.APPLE.value
@@ -572,12 +594,13 @@ def _deliveries_of(audience: Any, *, ticket_id: Any = None, at: Any = None) -> S
     )
     no_device = and_(apple, DeviceRegistrationRow.id.is_(None))
     skipped = DeliveryState.SKIPPED.value
+    waiting = DeliveryState.BY_CLASS if by_class else DeliveryState.PENDING
     columns: list[Any] = [
         PassRow.project_id,
         PassRow.id,
         DeviceRegistrationRow.id,
         TemplateRow.platform,
-        case((not_(active), skipped), (no_device, skipped), else_=DeliveryState.PENDING.value),
+        case((not_(active), skipped), (no_device, skipped), else_=waiting.value),
         case((not_(active), SKIP_PASS_NOT_ACTIVE), (no_device, SKIP_NO_DEVICES), else_=""),
     ]
     if ticket_id is not None:
@@ -597,10 +620,10 @@ def _deliveries_of(audience: Any, *, ticket_id: Any = None, at: Any = None) -> S
     )
 
 
-def _insert_deliveries(ticket_id: Any, audience: Any) -> Insert:
+def _insert_deliveries(ticket_id: Any, audience: Any, *, by_class: bool = False) -> Insert:
     """One INSERT ... SELECT of a ticket's deliveries; the parameter `at` is the Send's time."""
     at = bindparam("at", type_=DeliveryRow.next_attempt_at.type)
-    rows = _deliveries_of(audience, ticket_id=ticket_id, at=at)
+    rows = _deliveries_of(audience, ticket_id=ticket_id, at=at, by_class=by_class)
     return insert(_deliveries).from_select(_DELIVERY_COLUMNS, rows)
 
 
