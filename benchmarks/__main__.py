@@ -23,6 +23,7 @@ from benchmarks import (
     device_pull,
     fake,
     fanout,
+    google_broadcast,
     outage,
     pass_import,
     resolution,
@@ -66,6 +67,10 @@ BENCHMARKS: dict[str, tuple[Benchmark, str]] = {
         pass_import.run,
         "1M passes with a device each through one ImportPasses call: passes/s, peak RSS",
     ),
+    "google-broadcast": (
+        google_broadcast.run,
+        "a Send to 100,000 holders of one Google class: API calls, time to a terminal ticket",
+    ),
     "shared-content": (
         shared_content.run,
         "N passes sharing a template's ~60 KB of images: database growth beyond their values",
@@ -91,6 +96,8 @@ QUICK = Options(
     pull_storm_passes=1_000,
     shared_passes=2_000,
     import_passes=20_000,
+    google_passes=10_000,
+    google_sample=40,
 )
 
 
@@ -136,6 +143,8 @@ def parse(argv: Sequence[str] | None) -> tuple[list[str], Options, bool]:
         "pull_connections": "device-pull: wrk's keep-alive connections (devices at once)",
         "shared_passes": "shared-content: passes imported",
         "import_passes": "import: passes imported, a device each",
+        "google_passes": "google-broadcast: holders of one Google class",
+        "google_sample": "google-broadcast: the subset sent to object by object",
     }
     for dest, text in sizes.items():
         kind = type(getattr(FULL, dest))
@@ -249,6 +258,7 @@ def _sizes(options: Options) -> str:
         f"outage_passes={options.outage_passes:,} outage_seconds={options.outage_seconds:g}s "
         f"pull_passes={options.pull_passes:,} pull_storm_passes={options.pull_storm_passes:,} "
         f"shared_passes={options.shared_passes:,} import_passes={options.import_passes:,} "
+        f"google_passes={options.google_passes:,} google_sample={options.google_sample:,} "
         f"backends={','.join(options.backends)}"
     )
 

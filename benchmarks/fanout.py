@@ -13,7 +13,7 @@ from benchmarks import pass_import
 from benchmarks.database import TEMPLATE, bench_database
 from benchmarks.fake import NodeFake, node_fake
 from benchmarks.harness import Options, Result, log, run_command, workspace
-from benchmarks.server import ApnsAuth, client, serve
+from benchmarks.server import ApnsAuth, apple_template, client, serve
 from passpush.v1 import notifications_pb2 as pb
 
 RATIO_BAR = 0.9
@@ -130,7 +130,7 @@ async def measure_fanout(
             if through_api:
                 imported = pass_import.requests(passes, TEMPLATE)
                 seconds, _ = await pass_import.load(
-                    deployment.address, deployment.key, imported, TEMPLATE
+                    deployment.address, deployment.key, imported, apple_template(TEMPLATE)
                 )
                 log(f"fanout: {passes:,} passes imported through the API in {seconds:.1f} s")
             await fake.reset()

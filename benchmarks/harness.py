@@ -281,6 +281,8 @@ class Options:
     pull_connections: int = 16  # device-pull: wrk's keep-alive connections, a thread each
     shared_passes: int = 100_000  # shared-content: passes imported with and without content
     import_passes: int = 1_000_000  # import: passes imported through the API, a device each
+    google_passes: int = 100_000  # google-broadcast: holders of one Google class
+    google_sample: int = 200  # google-broadcast: the subset sent to object by object
     keep: bool = False  # keep the temporary directory (logs, databases of SQLite)
 
 

@@ -73,7 +73,9 @@ async def run(options: Options) -> list[Result]:
                     bench_database(backend, workdir) as database,
                     serve(database, fake, auth, workdir) as deployment,
                 ):
-                    seconds, summary = await load(deployment.address, deployment.key, serialized)
+                    seconds, summary = await load(
+                        deployment.address, deployment.key, serialized, apple_template(TEMPLATE)
+                    )
                     rss = deployment.servers[0].peak_rss_mb() or 0.0
                 if summary.created != count:
                     raise RuntimeError(
@@ -104,13 +106,13 @@ async def run(options: Options) -> list[Result]:
 
 
 async def load(
-    address: str, key: str, serialized: list[bytes], template: str = TEMPLATE
+    address: str, key: str, serialized: list[bytes], template: ppb.CreateTemplateRequest
 ) -> tuple[float, ppb.ImportPassesResponse]:
     """Creates the template, then streams the requests; the seconds the import took."""
     metadata = (("authorization", f"Bearer {key}"),)
     async with grpc.aio.insecure_channel(address) as channel:
         passes = passes_pb2_grpc.PassServiceStub(channel)
-        await passes.CreateTemplate(apple_template(template), metadata=metadata)
+        await passes.CreateTemplate(template, metadata=metadata)
         # Bytes as they are: the client's serializing is not the server's time.
         import_passes = channel.stream_unary(
             "/passpush.v1.PassService/ImportPasses",
