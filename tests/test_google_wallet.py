@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import logging
+import math
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -19,7 +20,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from passpush.api.server import PasspushServer
 from passpush.delivery.apns import ApnsGateway
 from passpush.delivery.google import GoogleWalletConfig, GoogleWalletGateway
-from passpush.delivery.worker import WorkerSettings
+from passpush.delivery.worker import DeliveryWorker, WorkerSettings
 from passpush.domain.outcomes import RetryPolicy
 from passpush.fakes.apns import FakeApns
 from passpush.fakes.google import FakeGoogleWallet, ServiceAccount, make_service_account
@@ -679,3 +680,40 @@ async def test_a_delete_to_a_whole_template_removes_class_and_object_messages(
     assert (ticket.state, ticket.counts.delivered) == (npb.TICKET_STATE_SUCCEEDED, 2)
     assert fake_google.class_messages(OFFERS_CLASS) == [theirs]
     assert fake_google.messages(g1) == [theirs]
+
+
+async def test_a_class_message_left_by_a_stopped_worker_is_carried_out_by_another(
+    world: World,
+    notifications: Notifications,
+    fake_google: FakeGoogleWallet,
+    server: PasspushServer,
+    sessions: async_sessionmaker[AsyncSession],
+    apns_gateway: ApnsGateway,
+    google_gateway: GoogleWalletGateway,
+) -> None:
+    fake_google.add_class("offerClass", OFFERS_CLASS)
+    for pass_id in ("g1", "g2"):
+        await google_pass(world, fake_google, pass_id)
+    fake_google.outage(math.inf)
+    accepted = await notifications.Send(
+        npb.SendRequest(target=whole_template(), content=npb.Content(body="Flash sale"))
+    )
+    await fake_google.wait_for(1)  # its first attempt met the outage: tried again later
+    await server.worker.stop(grace=1.0)  # as if its process stopped
+    fake_google.end_outage()
+
+    replica = DeliveryWorker(
+        sessions,
+        apns_gateway,
+        google_gateway,
+        clock=lambda: datetime.now(UTC),
+        settings=WorkerSettings(poll_interval=0.05),
+    )
+    replica.start()
+    try:
+        ticket = await wait_terminal(notifications, accepted.id)
+    finally:
+        await replica.stop(grace=1.0)
+
+    assert (ticket.state, ticket.counts.delivered) == (npb.TICKET_STATE_SUCCEEDED, 2)
+    assert [m["body"] for m in fake_google.class_messages(OFFERS_CLASS)] == ["Flash sale"]
