@@ -13,6 +13,10 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from passpush.api.server import PasspushServer
 from passpush.store.db import make_engine
 from passpush.store.statistics import FreshStatistics, fresh_statistics
+from passpush.v1 import passes_pb2 as ppb
+from passpush.v1 import passes_pb2_grpc
+
+from support import World, token
 
 pytestmark = pytest.mark.parametrize("database_url", ["postgresql"], indirect=True)
 
@@ -40,10 +44,10 @@ async def _insert(engine: AsyncEngine, rows: int) -> None:
     await engine.dispose()  # a backend's counters reach pg_stat when it ends, at the latest
 
 
-async def _rows_planned(engine: AsyncEngine) -> float:
+async def _rows_planned(engine: AsyncEngine, table: str = "scratch") -> float:
     async with engine.connect() as connection:
         rows = await connection.scalar(
-            text("SELECT reltuples FROM pg_class WHERE relname = 'scratch'")
+            text("SELECT reltuples FROM pg_class WHERE relname = :table"), {"table": table}
         )
     return float(rows)
 
@@ -71,3 +75,34 @@ async def test_the_server_keeps_statistics_fresh_on_postgresql_only(
 ) -> None:
     assert isinstance(server.statistics, FreshStatistics)
     assert fresh_statistics(make_engine("sqlite+aiosqlite:///:memory:")) is None
+
+
+async def test_an_import_has_its_tables_analyzed_before_it_answers(
+    server: PasspushServer, engine: AsyncEngine, passes: passes_pb2_grpc.PassServiceStub
+) -> None:
+    assert server.statistics is not None
+    await server.statistics.stop()  # its sweep would come a second later: only the import's
+    await World(passes).apple_template("loyalty")
+    count = 2_000
+
+    async def stream() -> AsyncIterator[ppb.ImportPassesRequest]:
+        for start in range(0, count, 1_000):
+            yield ppb.ImportPassesRequest(
+                entries=[
+                    ppb.ImportEntry(
+                        **{"pass": ppb.Pass(id=f"p{n}", template_id="loyalty")},  # type: ignore[arg-type]
+                        devices=[
+                            ppb.ImportedDevice(
+                                device_library_identifier=f"d{n}", push_token=token(n)
+                            )
+                        ],
+                    )
+                    for n in range(start, start + 1_000)
+                ]
+            )
+
+    summary = await passes.ImportPasses(stream())
+
+    assert summary.created == count
+    assert await _rows_planned(engine, "passes") == count
+    assert await _rows_planned(engine, "device_registrations") == count

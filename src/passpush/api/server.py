@@ -109,7 +109,15 @@ class PasspushServer:
         packager = PassPackager(passkit or PassKitSettings())
         engine = sessions.kw["bind"]
         transactions = direct_transactions(engine)  # closed with the PassKit core
-        self.passes = PassCore(sessions, clock=clock, packager=packager, transactions=transactions)
+        # PostgreSQL: statistics analyzed right after a bulk change, not a minute later.
+        self.statistics = fresh_statistics(engine)
+        self.passes = PassCore(
+            sessions,
+            clock=clock,
+            packager=packager,
+            transactions=transactions,
+            after_import=self.statistics.after_bulk_change if self.statistics else None,
+        )
         # Which devices fetched the notifications, recorded in batches.
         self.fetch_recorder = FetchRecorder(sessions, on_recorded=self.changes.publish)
         self.fetches = FetchBatcher(self.fetch_recorder.record)
@@ -125,8 +133,6 @@ class PasspushServer:
         self.retention = EventRetention(sessions, event_retention, clock=clock)
         # SQLite: the WAL checkpointed here, so that no commit waits for the disk's sync.
         self.checkpoints = wal_checkpoints(engine)
-        # PostgreSQL: statistics analyzed right after a bulk change, not a minute later.
-        self.statistics = fresh_statistics(engine)
         # Other replicas' outcomes reach this one's streams through PostgreSQL.
         self.listener = (
             ChangeListener(engine.url.render_as_string(hide_password=False), self.changes.publish)

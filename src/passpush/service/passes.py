@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime
 
@@ -69,6 +69,8 @@ MAX_IMPORT_FAILURES_REPORTED = 100
 IMPORT_BATCH = 1_000
 MAX_IMPORTED_DEVICES = 10  # devices an imported pass carries at most
 MAX_IMPORT_ENTRIES = 1_000  # passes an ImportPasses message carries at most
+# What an import writes: the tables whose planner statistics it may leave behind.
+IMPORTED_TABLES = ("passes", "pass_tags", "pass_group_tags", "device_registrations")
 
 
 @dataclass
@@ -94,14 +96,19 @@ class PassCore:
         clock: Clock = utcnow,
         packager: PassPackager | None = None,
         transactions: DirectTransactions | None = None,
+        after_import: Callable[[Sequence[str], int], Awaitable[object]] | None = None,
     ) -> None:
-        """`transactions` writes imports (by default its own, on the sessions' engine)."""
+        """`transactions` writes imports (by default its own, on the sessions' engine);
+        `after_import` is told which tables an import wrote and how many passes (PostgreSQL:
+        their statistics refreshed before the call answers, so that a Send right after is
+        planned on them)."""
         engine = sessions.kw["bind"]
         self._sessions = sessions
         self._dialect = engine.dialect.name
         self._transactions = transactions or direct_transactions(engine)
         self._clock = clock
         self._packager = packager or PassPackager(PassKitSettings())
+        self._after_import = after_import
 
     async def create_project(
         self, project_id: str, requested_id: str, display_name: str
@@ -226,6 +233,8 @@ class PassCore:
             if writing is not None and not writing.done():
                 # The stream broke off: the batch in writing commits or not, as a whole.
                 await asyncio.gather(writing, return_exceptions=True)
+        if self._after_import is not None:
+            await self._after_import(IMPORTED_TABLES, summary.created + summary.updated)
         return summary
 
     async def _import_batch(

@@ -7,7 +7,10 @@ better once analyzed (2026-12-02), because the plans chosen for empty tables sta
 
 Every EVERY seconds one query asks which tables changed by more than a tenth since they
 were last analyzed (at least MIN_CHANGED rows: small tables are not worth it), and those
-are analyzed. ANALYZE reads a sample (30,000 rows by default), so even a large table takes
+are analyzed. A bulk change that knows its size (an import) asks for its tables at once
+(`after_bulk_change`): the counters that query reads lag up to a second behind the writes,
+and a Send made right after a 2,000-pass import ran at 0.34x the raw loop on the plans of
+the empty tables. ANALYZE reads a sample (30,000 rows by default), so even a large table takes
 a fraction of a second, beside the calls: it blocks no read or write.
 """
 
@@ -15,14 +18,21 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Mapping, Sequence
 
-from sqlalchemy import text
+from sqlalchemy import TextClause, text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from passpush.store.faults import DATABASE_ERRORS, error_code
 
 log = logging.getLogger(__name__)
 
+_OUTGROWN_TABLES = text(
+    "SELECT c.relname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace"
+    " WHERE n.nspname = current_schema() AND c.relname = ANY(:tables)"
+    " AND :changed >= :fraction * GREATEST(c.reltuples, 0)"
+    " ORDER BY c.relname"
+)
 _STALE_TABLES = text(
     "SELECT s.relname FROM pg_stat_user_tables s JOIN pg_class c ON c.oid = s.relid"
     " WHERE s.schemaname = current_schema()"
@@ -54,12 +64,25 @@ class FreshStatistics:
 
     async def analyze_stale(self) -> list[str]:
         """Analyzes each table changed enough since its last ANALYZE; returns their names."""
+        params = {"min_changed": self.MIN_CHANGED, "fraction": self.FRACTION}
+        return await self._analyze(_STALE_TABLES, params)
+
+    async def after_bulk_change(self, tables: Sequence[str], changed: int) -> list[str]:
+        """Analyzes those of `tables` that `changed` rows (written, committed) changed by a
+        tenth or more of the rows they had when last analyzed; returns their names. A
+        failure is logged, not raised: the change is done, only its plans may be slow."""
+        if changed < self.MIN_CHANGED:
+            return []
+        params = {"tables": list(tables), "changed": changed, "fraction": self.FRACTION}
+        try:
+            return await self._analyze(_OUTGROWN_TABLES, params)
+        except DATABASE_ERRORS as error:
+            log.warning("refreshing planner statistics failed (%s)", error_code(error))
+            return []
+
+    async def _analyze(self, which: TextClause, params: Mapping[str, object]) -> list[str]:
         async with self._engine.connect() as connection:
-            tables = list(
-                await connection.scalars(
-                    _STALE_TABLES, {"min_changed": self.MIN_CHANGED, "fraction": self.FRACTION}
-                )
-            )
+            tables = list(await connection.scalars(which, params))
             for table in tables:
                 quoted = connection.dialect.identifier_preparer.quote(table)
                 await connection.execute(text(f"ANALYZE {quoted}"))
