@@ -3,11 +3,12 @@
 It serves the OAuth 2.0 token endpoint a service account uses (the JWT bearer grant: the
 assertion's signature is checked against the account's public key, and an access token with
 an expiry comes back) and the methods passpush calls on objects and on classes alike:
-`addMessage`, `get` and `patch`. Every API call must carry a live `Authorization: Bearer` token of its own making.
-It records every request, enforces Google's rule of 3 notifying (`TEXT_AND_NOTIFY`)
-messages per object (and per class) per 24 hours with Google's refusal (403 `quotaExceeded`), and answers
-errors on demand; it also fails as Google's service does now and then: an outage (every API
-call answered 503) and a share of 429/503 answers (`outage`, `faults`).
+`addMessage`, `get` and `patch`. Every API call must carry a live `Authorization: Bearer`
+token of its own making. It records every request, enforces Google's rule of 3 notifying
+(`TEXT_AND_NOTIFY`) messages per object (and per class) per 24 hours with Google's refusal
+(403 `quotaExceeded`), and answers errors on demand; it also fails as Google's service does
+now and then: an outage (every API call answered 503) and a share of 429/503 answers
+(`outage`, `faults`).
 
 Run it standalone with `python -m passpush.fakes.google --port 8095 --dir var/fake-google`:
 it writes the service-account key to use as PASSPUSH_GOOGLE_CREDENTIALS there.

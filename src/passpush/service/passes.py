@@ -206,8 +206,11 @@ class PassCore:
         transaction each; a pass refused (with its devices) does not fail its batch.
 
         The next batch is read from the stream while the one before is written: one batch
-        in writing at a time, so they commit in order."""
+        in writing at a time, so they commit in order. The tables' statistics are refreshed
+        (`after_import`) as the import doubles (1, 2, 4, ... batches written) and at its end:
+        a plan made for the tables as they were before would stay while they grow."""
         summary = ImportSummary()
+        refresh_at = IMPORT_BATCH  # passes written
         batch: list[ImportedPass] = []
         refused: list[tuple[int, DomainError]] = []  # the batch's passes refused unwritten
         writing: asyncio.Task[None] | None = None
@@ -221,6 +224,10 @@ class PassCore:
                 if len(batch) + len(refused) == IMPORT_BATCH:
                     if writing is not None:
                         await writing
+                    written = summary.created + summary.updated
+                    if self._after_import is not None and written >= refresh_at:
+                        await self._after_import(IMPORTED_TABLES, written)
+                        refresh_at = 2 * written
                     writing = asyncio.create_task(
                         self._import_batch(project_id, batch, refused, summary)
                     )
