@@ -14,7 +14,7 @@ from passpush.v1 import notifications_pb2 as npb
 from passpush.v1 import notifications_pb2_grpc, passes_pb2_grpc
 from passpush.v1 import passes_pb2 as ppb
 
-from support import World, google_object_id, rich_error, token, wait_terminal
+from support import World, google_object_id, rich_error, token, upsert, wait_terminal
 
 
 @pytest.fixture
@@ -215,3 +215,50 @@ async def test_a_message_with_more_passes_than_allowed_ends_the_import(
 
     error = rich_error(raised.value)
     assert (error.code, error.field_violations) == (grpc.StatusCode.INVALID_ARGUMENT, ["entries"])
+
+
+def _batch(requests: Sequence[ppb.ImportPassesRequest]) -> ppb.ImportPassesRequest:
+    """The passes in one message, as an import sends them: read at once."""
+    return ppb.ImportPassesRequest(
+        entries=[
+            ppb.ImportEntry(**{"pass": getattr(r, "pass")}, devices=r.devices)  # type: ignore[arg-type]
+            for r in requests
+        ]
+    )
+
+
+async def test_batches_written_side_by_side_keep_the_imports_order(
+    world: World, passes: passes_pb2_grpc.PassServiceStub
+) -> None:
+    """On PostgreSQL two batches are written at once. A pass the later one names otherwise
+    (by its external id, where the earlier named its id) still ends as the later says; a
+    pass both name alike is written by one after the other; failures come in order."""
+    await passes.UpsertPass(upsert(id="x", template_id="loyalty", external_id="ext-x"))
+    before = (await passes.GetPass(ppb.GetPassRequest(id="x"))).update_tag
+
+    first = [_request(id=f"a{n}", template_id="loyalty") for n in range(IMPORT_BATCH - 1)]
+    first.append(_request(id="x", template_id="loyalty", serial_number="first"))
+    refused = [_request(id=f"b{n}") for n in range(IMPORT_BATCH - 1)]  # no template: refused
+    second = [
+        _request(template_id="loyalty", external_id="ext-x", serial_number="second"),
+        *refused,
+    ]
+    third = [_request(id="c", template_id="loyalty")]
+
+    summary = await _import(passes, [_batch(first), _batch(second), *third])
+
+    assert (summary.created, summary.updated) == (IMPORT_BATCH, 2)
+    assert summary.failed == IMPORT_BATCH - 1
+    assert [f.index for f in summary.failures] == list(
+        range(IMPORT_BATCH + 1, IMPORT_BATCH + 1 + len(summary.failures))
+    )
+    x = await passes.GetPass(ppb.GetPassRequest(id="x"))
+    assert x.serial_number == "second"
+    assert x.update_tag > before
+
+    # A new pass named alike (by id) in both: the second batch waits for the first.
+    first = [_request(id=f"d{n}", template_id="loyalty") for n in range(IMPORT_BATCH - 1)]
+    first.append(_request(id="y", template_id="loyalty", serial_number="first"))
+    second = [_request(id="y", template_id="loyalty", serial_number="second"), *refused]
+    await _import(passes, [_batch(first), _batch(second), *third])
+    assert (await passes.GetPass(ppb.GetPassRequest(id="y"))).serial_number == "second"

@@ -64,11 +64,13 @@ _CURRENT_BY = {
 } | {
     # A join from the array, not `= ANY(array)`: planned on a table's statistics from when it
     # was small (an import's first seconds), ANY filtered every row of the project against
-    # every id, and each batch took longer than the one before.
+    # every id, and each batch took longer than the one before. Locked: a batch written
+    # beside this one waits for these rows until this one commits (see write_batch).
     ("postgresql", column): text(
         "SELECT p.id, p.template_id, p.external_id, p.serial_number, p.authentication_token,"
         " p.update_tag FROM unnest(CAST(:ids AS text[])) AS v(value)"
         f" JOIN passes p ON p.project_id = :project_id AND p.{column} = v.value"
+        " FOR UPDATE OF p"
     )
     for column in ("id", "external_id")
 }
@@ -145,10 +147,18 @@ class _Current:
 
 
 def write_batch(
-    project_id: str, batch: Sequence[ImportedPass], now: datetime, dialect: str
+    project_id: str,
+    batch: Sequence[ImportedPass],
+    now: datetime,
+    dialect: str,
+    locked: Callable[[], None] = lambda: None,
 ) -> Steps[BatchResult]:
     """Upserts the batch's passes (checked by the caller) and registers their devices;
-    raises OneByOne, before writing anything, when the batch needs the slow path."""
+    raises OneByOne, before writing anything, when the batch needs the slow path.
+
+    `locked` is called once the passes it updates are read: on PostgreSQL they are then
+    locked to its commit, so that a batch started after that point and naming one of them
+    (by id or external id) reads and writes it after this one, as the import's order says."""
     if any(item.pass_.apple_values is not None for item in batch):
         raise OneByOne  # values are checked against each pass's pass.json
     if dialect == "postgresql":
@@ -164,6 +174,7 @@ def write_batch(
                 _CURRENT_BY[dialect, column], {"project_id": project_id, "ids": values}
             )
             found += [_Current(*row) for row in found_rows]
+    locked()
     by_id = {row.id: row for row in found}
     by_external = {(r.template_id, r.external_id): r for r in found if r.external_id}
 
