@@ -477,3 +477,33 @@ def test_migration_moves_pass_files_to_shared_storage_and_back(database_url: str
         ("p2", "icon.png", image),
         ("p2", "pass.json", own + b"p2"),
     ]
+
+
+async def test_imported_passes_take_their_values_as_upserted_ones_do(
+    passes: passes_pb2_grpc.PassServiceStub, apple_certs: AppleCerts, tmp_path: Path
+) -> None:
+    await apple_template(passes, apple_certs)
+    await passes.SetTemplateContent(template_content())
+
+    async def imported(*requests: ppb.UpsertPassRequest) -> ppb.ImportPassesResponse:
+        async def stream() -> Any:
+            entries = [ppb.ImportEntry(**{"pass": getattr(r, "pass")}) for r in requests]  # type: ignore[arg-type]
+            yield ppb.ImportPassesRequest(entries=entries)
+
+        return await passes.ImportPasses(stream())
+
+    first = await imported(*(member(f"p{n}", "Ada", n) for n in range(3)))
+    # Again: p1 with other values, p2 with none given (it keeps its own).
+    again = await imported(member("p1", "Grace", 500), upsert(id="p2", template_id="loyalty"))
+
+    assert (first.created, first.failed, again.updated, again.failed) == (3, 0, 2, 0)
+    for pass_id, name, points in (("p0", "Ada", 0), ("p1", "Grace", 500), ("p2", "Ada", 2)):
+        document = await verified_pass(
+            await package(passes, pass_id), apple_certs, tmp_path / pass_id
+        )
+        store_card = document["storeCard"]
+        assert store_card["primaryFields"][0]["value"] == points, pass_id
+        assert store_card["secondaryFields"][0]["value"] == name, pass_id
+        assert document["barcodes"][0]["message"] == f"card:{pass_id}"
+    got = await passes.GetPass(ppb.GetPassRequest(id="p1"))
+    assert got.apple_values == getattr(member("p1", "Grace", 500), "pass").apple_values

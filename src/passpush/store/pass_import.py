@@ -12,6 +12,7 @@ to check against a pass.json, the same pass twice in a batch), makes the whole b
 
 from __future__ import annotations
 
+import json
 import secrets
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -24,16 +25,20 @@ from passpush.domain.errors import (
     AlreadyExists,
     DomainError,
     FailedPrecondition,
+    FieldViolation,
     InvalidArgument,
     NotFound,
 )
 from passpush.domain.model import ImportedPass, Pass, Platform
+from passpush.domain.passkit import PASS_JSON, check_merged
 from passpush.store.db import one_of
 from passpush.store.direct import Query, Steps
 from passpush.store.models import (
+    ContentFileRow,
     PassGroupTagRow,
     PassRow,
     PassTagRow,
+    TemplateFileRow,
     TemplateRow,
     table_of,
 )
@@ -49,10 +54,26 @@ _CURRENT = select(
     PassRow.serial_number,
     PassRow.authentication_token,
     PassRow.update_tag,
+    PassRow.has_content,
 )
 _PLATFORMS = {
     d: select(TemplateRow.id, TemplateRow.platform).where(
         TemplateRow.project_id == bindparam("project_id"), one_of(TemplateRow.id, d)
+    )
+    for d in _DIALECTS
+}
+# The pass.json skeletons the batch's values go on (templates' content).
+_SKELETONS = {
+    d: select(TemplateFileRow.template_id, ContentFileRow.data)
+    .join(
+        ContentFileRow,
+        (ContentFileRow.project_id == TemplateFileRow.project_id)
+        & (ContentFileRow.digest == TemplateFileRow.digest),
+    )
+    .where(
+        TemplateFileRow.project_id == bindparam("project_id"),
+        TemplateFileRow.name == PASS_JSON,
+        one_of(TemplateFileRow.template_id, d),
     )
     for d in _DIALECTS
 }
@@ -68,7 +89,7 @@ _CURRENT_BY = {
     # beside this one waits for these rows until this one commits (see write_batch).
     ("postgresql", column): text(
         "SELECT p.id, p.template_id, p.external_id, p.serial_number, p.authentication_token,"
-        " p.update_tag FROM unnest(CAST(:ids AS text[])) AS v(value)"
+        " p.update_tag, p.has_content FROM unnest(CAST(:ids AS text[])) AS v(value)"
         f" JOIN passes p ON p.project_id = :project_id AND p.{column} = v.value"
         " FOR UPDATE OF p"
     )
@@ -87,15 +108,22 @@ _UPDATE_PASS = (
         updated_at=bindparam("updated_at"),
     )
 )
+# The same, for passes given values (apple_values): set, or cleared when given empty.
+_UPDATE_PASS_VALUES = _UPDATE_PASS.values(apple_values=bindparam("apple_values"))
 _INSERT_PASS = insert(_PASSES)
 _INSERT_PASSES_FROM_ARRAYS = text(
     "INSERT INTO passes (project_id, id, template_id, external_id, serial_number, status,"
-    " authentication_token, google_object_id, update_tag, created_at, updated_at)"
-    " SELECT :project_id, r.*, CAST(:update_tag AS bigint), CAST(:now AS timestamp),"
-    " CAST(:now AS timestamp) FROM unnest(CAST(:ids AS text[]), CAST(:template_ids AS text[]),"
+    " authentication_token, google_object_id, apple_values, update_tag, created_at,"
+    " updated_at)"
+    " SELECT :project_id, r.id, r.template_id, r.external_id, r.serial_number, r.status,"
+    " r.token, r.google_object_id, CAST(r.apple_values AS json), CAST(:update_tag AS bigint),"
+    " CAST(:now AS timestamp), CAST(:now AS timestamp)"
+    " FROM unnest(CAST(:ids AS text[]), CAST(:template_ids AS text[]),"
     " CAST(:external_ids AS text[]), CAST(:serial_numbers AS text[]),"
-    " CAST(:statuses AS text[]), CAST(:tokens AS text[]), CAST(:google_object_ids AS text[]))"
-    " AS r"
+    " CAST(:statuses AS text[]), CAST(:tokens AS text[]), CAST(:google_object_ids AS text[]),"
+    " CAST(:apple_values AS text[]))"
+    " AS r(id, template_id, external_id, serial_number, status, token, google_object_id,"
+    " apple_values)"
 )
 # The server's connections plan every execution anew (db.py: a generic plan once chose a
 # scan of every pending delivery), and that includes the foreign-key checks PostgreSQL runs
@@ -144,6 +172,7 @@ class _Current:
     serial_number: str
     authentication_token: str
     update_tag: int
+    has_content: bool  # its own files (SetPassContent), its own pass.json among them
 
 
 def write_batch(
@@ -159,8 +188,6 @@ def write_batch(
     `locked` is called once the passes it updates are read: on PostgreSQL they are then
     locked to its commit, so that a batch started after that point and naming one of them
     (by id or external id) reads and writes it after this one, as the import's order says."""
-    if any(item.pass_.apple_values is not None for item in batch):
-        raise OneByOne  # values are checked against each pass's pass.json
     if dialect == "postgresql":
         yield Query.write(_REUSE_PLANS, {})
     template_ids = sorted({item.pass_.template_id for item in batch})
@@ -175,6 +202,11 @@ def write_batch(
             )
             found += [_Current(*row) for row in found_rows]
     locked()
+    with_values = {i.pass_.template_id for i in batch if i.pass_.apple_values}
+    skeletons: dict[str, bytes] = {}
+    if with_values:
+        params = {"project_id": project_id, "ids": sorted(with_values)}
+        skeletons = {t: bytes(data) for t, data in (yield Query(_SKELETONS[dialect], params))}
     by_id = {row.id: row for row in found}
     by_external = {(r.template_id, r.external_id): r for r in found if r.external_id}
 
@@ -191,6 +223,13 @@ def write_batch(
         except DomainError as error:
             result.failures.append((item.index, error))
             continue
+        if p.apple_values:
+            if current is not None and current.has_content:
+                raise OneByOne  # its values go on its own pass.json, read a pass at a time
+            misfits = _values_misfit(p, templates, skeletons)
+            if misfits:
+                result.failures.append((item.index, InvalidArgument(misfits)))
+                continue
         pass_id = current.id if current is not None else (p.id or new_id())
         external = (p.template_id, p.external_id)
         if pass_id in seen or (current is None and p.external_id and external in seen_external):
@@ -203,7 +242,8 @@ def write_batch(
             new.append((item, pass_id))
         else:
             changed.append(
-                {
+                _given_values(p)
+                | {
                     "b_project": project_id,
                     "b_id": pass_id,
                     "external_id": p.external_id or current.external_id,
@@ -219,8 +259,10 @@ def write_batch(
 
     if new:
         yield _insert_passes(project_id, new, now, dialect)
-    if changed:
-        yield Query.many(_UPDATE_PASS, changed)
+    if with_plain := [c for c in changed if "apple_values" not in c]:
+        yield Query.many(_UPDATE_PASS, with_plain)
+    if with_given := [c for c in changed if "apple_values" in c]:
+        yield Query.many(_UPDATE_PASS_VALUES, with_given)
     updated = sorted(pass_id for _, pass_id, created in written if not created)
     for table in _TAG_TABLES:
         if updated:
@@ -265,6 +307,10 @@ def _insert_passes(
                 "statuses": [i.pass_.status.value if i.pass_.status else "" for i, _ in new],
                 "tokens": [token(i.pass_) for i, _ in new],
                 "google_object_ids": [i.pass_.google_object_id for i, _ in new],
+                "apple_values": [
+                    json.dumps(i.pass_.apple_values.as_json()) if i.pass_.apple_values else None
+                    for i, _ in new
+                ],
                 "update_tag": update_tag_at(now),
                 "now": now.astimezone(UTC).replace(tzinfo=None),  # stored naive UTC
             },
@@ -281,6 +327,7 @@ def _insert_passes(
                 "status": i.pass_.status.value if i.pass_.status else "",
                 "authentication_token": token(i.pass_),
                 "google_object_id": i.pass_.google_object_id,
+                "apple_values": i.pass_.apple_values.as_json() if i.pass_.apple_values else None,
                 "update_tag": update_tag_at(now),
                 "created_at": now,
                 "updated_at": now,
@@ -312,6 +359,25 @@ def _insert_tags(
         _INSERT_TAG[table],
         [{"project_id": project_id, "pass_id": pass_id, "tag": tag} for pass_id, tag in tags],
     )
+
+
+def _given_values(p: Pass) -> dict[str, Any]:
+    """The pass's values to store, if it gives any (unset: it keeps those it has)."""
+    if p.apple_values is None:
+        return {}
+    return {"apple_values": p.apple_values.as_json() if p.apple_values else None}
+
+
+def _values_misfit(
+    p: Pass, templates: dict[str, str], skeletons: dict[str, bytes]
+) -> list[FieldViolation]:
+    """Why the pass's values are refused, as UpsertPass would refuse them: they are for
+    Apple passes, and must fit the template's pass.json (when it has one)."""
+    assert p.apple_values is not None
+    if templates.get(p.template_id) != Platform.APPLE.value:
+        return [FieldViolation("pass.apple_values", "is for passes of Apple templates")]
+    skeleton = skeletons.get(p.template_id)
+    return [] if skeleton is None else check_merged(skeleton, p.apple_values, "pass.apple_values")
 
 
 def _resolve(
