@@ -128,7 +128,7 @@ async def run(options: Options) -> list[Result]:
                 beyond = (sizes[True] - sizes[False]) / 1e6
                 content_kb = sum(len(d) for d in content_files().values()) / 1e3
                 figure = (
-                    f"+{beyond:,.2f} MB beyond their values ({sizes[False] / 1e6:,.1f} MB "
+                    f"{beyond:+,.2f} MB beyond their values ({sizes[False] / 1e6:,.1f} MB "
                     f"without content, {sizes[True] / 1e6:,.1f} MB with; {content_kb:.0f} KB "
                     f"of content, {files[True]} stored files, where a copy per pass would make "
                     f"{count * content_kb / 1e6:,.1f} GB)"
