@@ -17,6 +17,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from passpush.http import airship, passentry, passkit, walletwerk
 from passpush.http.body_limits import VENDOR_LIMIT, BodyLimits
 from passpush.http.errors import VendorErrors
+from passpush.http.responses import CoalescingHttpToolsProtocol
 from passpush.http.sockets import tcp_listener
 from passpush.http.stubs import Stubs
 from passpush.service.passkit import PassKitCore
@@ -120,8 +121,11 @@ class HttpServer:
         host, _, port = address.rpartition(":")
         self._host, self._port = host.strip("[]") or "127.0.0.1", int(port)
         self._listener = listener
-        # httptools parses HTTP in C, where h11 is pure Python: devices make many small requests.
-        config = uvicorn.Config(app, log_config=None, access_log=False, http="httptools")
+        # httptools parses HTTP in C, where h11 is pure Python: devices make many small
+        # requests; each response leaves in one system call (responses.py).
+        config = uvicorn.Config(
+            app, log_config=None, access_log=False, http=CoalescingHttpToolsProtocol
+        )
         self._server = _QuietSignalsServer(config)
         self._task: asyncio.Task[None] | None = None
 
