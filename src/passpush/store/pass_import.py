@@ -32,7 +32,7 @@ from passpush.domain.errors import (
 from passpush.domain.model import ImportedPass, Pass, Platform
 from passpush.domain.passkit import PASS_JSON, check_merged
 from passpush.store.db import one_of
-from passpush.store.direct import Query, Steps
+from passpush.store.direct import Query, Steps, reusing_plans
 from passpush.store.models import (
     ContentFileRow,
     PassGroupTagRow,
@@ -125,12 +125,6 @@ _INSERT_PASSES_FROM_ARRAYS = text(
     " AS r(id, template_id, external_id, serial_number, status, token, google_object_id,"
     " apple_values)"
 )
-# The server's connections plan every execution anew (db.py: a generic plan once chose a
-# scan of every pending delivery), and that includes the foreign-key checks PostgreSQL runs
-# for each row inserted: three to a pass here, which cost an import 40% of its rate (12,900
-# against 21,300 passes/s, the same statements from asyncpg alone). Within an import's
-# transaction the checks keep their plan.
-_REUSE_PLANS = text("SET LOCAL plan_cache_mode = auto")
 _TAG_TABLES = (PassTagRow, PassGroupTagRow)
 _DELETE_TAGS = {
     (d, table): delete(table).where(
@@ -188,8 +182,7 @@ def write_batch(
     `locked` is called once the passes it updates are read: on PostgreSQL they are then
     locked to its commit, so that a batch started after that point and naming one of them
     (by id or external id) reads and writes it after this one, as the import's order says."""
-    if dialect == "postgresql":
-        yield Query.write(_REUSE_PLANS, {})
+    yield from reusing_plans(dialect)
     template_ids = sorted({item.pass_.template_id for item in batch})
     rows = yield Query(_PLATFORMS[dialect], {"project_id": project_id, "ids": template_ids})
     templates: dict[str, str] = {template_id: platform for template_id, platform in rows}
