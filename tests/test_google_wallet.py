@@ -717,3 +717,23 @@ async def test_a_class_message_left_by_a_stopped_worker_is_carried_out_by_anothe
 
     assert (ticket.state, ticket.counts.delivered) == (npb.TICKET_STATE_SUCCEEDED, 2)
     assert [m["body"] for m in fake_google.class_messages(OFFERS_CLASS)] == ["Flash sale"]
+
+
+async def test_a_send_to_a_template_with_no_active_pass_asks_nothing_of_the_class(
+    world: World,
+    notifications: Notifications,
+    fake_google: FakeGoogleWallet,
+) -> None:
+    """The class message would show only on passes the Send did not mean (inactive ones,
+    or objects passpush does not know)."""
+    fake_google.add_class("offerClass", OFFERS_CLASS)
+    await world.google_pass("g1", "offers", status=ppb.PASS_STATUS_REVOKED)
+
+    ticket = await send(notifications, whole_template(), "Anyone there?")
+    # Once the class message is done, a second Send's goes (the messages go in order).
+    await google_pass(world, fake_google, "g2")
+    after = await send(notifications, whole_template(), "Now there is")
+
+    assert (ticket.counts.total, ticket.counts.skipped) == (1, 1)
+    assert after.counts.delivered == 1
+    assert [m["body"] for m in fake_google.class_messages(OFFERS_CLASS)] == ["Now there is"]

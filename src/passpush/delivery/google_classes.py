@@ -103,10 +103,14 @@ class ClassMessenger:
         """Carries out the class message due first, if any: asks Google (unless it answered
         already) and records the answer on the ticket's deliveries. False when none was due."""
         async with self._sessions.begin() as session:
-            claimed = await ClassMessageStore(session).claim_due(self._owner, self._clock(), LEASE)
+            store = ClassMessageStore(session)
+            claimed = await store.claim_due(self._owner, self._clock(), LEASE)
+            # No active pass to reach (all skipped): Google is not asked, since the class
+            # message would show only on passes the Send did not mean.
+            nobody = claimed is not None and not await store.has_waiting(claimed.ticket_id)
         if claimed is None:
             return False
-        if claimed.state == PENDING:
+        if claimed.state == PENDING and not nobody:
             answered = await self._ask_google(claimed)
             if answered is None:
                 return True  # to be asked again later

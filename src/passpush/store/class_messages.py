@@ -163,6 +163,16 @@ class ClassMessageStore:
             notifying=row.notifying,
         )
 
+    async def has_waiting(self, ticket_id: int) -> bool:
+        """Whether any of the ticket's deliveries waits for its class message."""
+        d = _deliveries
+        found = await self.session.scalar(
+            select(d.c.id)
+            .where(d.c.ticket_id == ticket_id, d.c.state == DeliveryState.BY_CLASS.value)
+            .limit(1)
+        )
+        return found is not None
+
     async def retry_later(
         self, ticket_id: int, owner: str, next_attempt_at: datetime, reason: str, now: datetime
     ) -> None:
