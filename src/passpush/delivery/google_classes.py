@@ -34,16 +34,19 @@ from passpush.delivery.google_messenger import (
     google_message,
     is_notification_quota_refusal,
     is_ours,
+    judge_answer,
     message_id,
 )
 from passpush.domain.model import GOOGLE_CLASS_NOT_FOUND, DeliveryState, Operation
-from passpush.domain.outcomes import DEFAULT_RETRY, GOOGLE_NOT_CONFIGURED, RetryPolicy, judge_google
+from passpush.domain.outcomes import DEFAULT_RETRY, GOOGLE_NOT_CONFIGURED, RetryPolicy
 from passpush.store.class_messages import PENDING, ClaimedClassMessage, ClassMessageStore
 
 log = logging.getLogger(__name__)
 
 LEASE = timedelta(seconds=60)  # renewed with every chunk recorded
-POLL_SECONDS = 1.0  # a look for class messages due, when nothing wakes the loop
+# A look for class messages due, each a transaction (SQLite: the write lock). Not woken by
+# every Send, as the worker is: a broadcast to a class waits this long at most.
+POLL_SECONDS = 1.0
 
 
 class ClassMessenger:
@@ -69,9 +72,6 @@ class ClassMessenger:
         self._wake = asyncio.Event()
         self._stopping = False
         self._task: asyncio.Task[None] | None = None
-
-    def wake(self) -> None:
-        self._wake.set()
 
     def start(self) -> None:
         self._stopping = False
@@ -181,14 +181,8 @@ class ClassMessenger:
         self, claimed: ClaimedClassMessage, answer: GoogleAnswer, *, notifying: bool = True
     ) -> ClaimedClassMessage | None:
         now = self._clock()
-        verdict = judge_google(
-            answer.status,
-            answer.reason,
-            claimed.attempts + 1,
-            elapsed=claimed.seconds_since_first_attempt(now),
-            retry_after=answer.retry_after,
-            policy=self._retry,
-        )
+        elapsed = claimed.seconds_since_first_attempt(now)
+        verdict = judge_answer(answer, claimed.attempts + 1, elapsed, self._retry)
         if verdict.operator_visible:
             log.error(
                 "Google Wallet refused a message to class %s: %d %s %s; check "

@@ -29,6 +29,7 @@ from passpush.domain.outcomes import (
     DEFAULT_RETRY,
     GOOGLE_NOT_CONFIGURED,
     RetryPolicy,
+    Verdict,
     judge_google,
 )
 from passpush.store.google_messages import GoogleMessageLog
@@ -72,6 +73,21 @@ def google_message(
     if content.header:
         message["header"] = content.header
     return message
+
+
+def judge_answer(
+    answer: GoogleAnswer, attempt: int, elapsed: float, policy: RetryPolicy
+) -> Verdict:
+    """What Google's answer to attempt number `attempt` (from 1), made `elapsed` seconds
+    after the first, means (domain/outcomes.py judge_google)."""
+    return judge_google(
+        answer.status,
+        answer.reason,
+        attempt,
+        elapsed=elapsed,
+        retry_after=answer.retry_after,
+        policy=policy,
+    )
 
 
 def is_notification_quota_refusal(answer: GoogleAnswer) -> bool:
@@ -184,14 +200,8 @@ class GoogleMessenger:
         why_silent: str = NO_ALERT_PASS_QUOTA,
     ) -> DeliveryResult:
         now = self._clock()
-        verdict = judge_google(
-            answer.status,
-            answer.reason,
-            delivery.attempts + 1,
-            elapsed=delivery.seconds_since_first_attempt(now),
-            retry_after=answer.retry_after,
-            policy=self._retry,
-        )
+        elapsed = delivery.seconds_since_first_attempt(now)
+        verdict = judge_answer(answer, delivery.attempts + 1, elapsed, self._retry)
         if verdict.operator_visible:
             self._alarm(delivery, answer)
         if verdict.state is DeliveryState.DELIVERED and not notifying:

@@ -150,7 +150,6 @@ class DeliveryWorker:
 
     def wake(self) -> None:
         self._wake.set()
-        self._classes.wake()
 
     def _class_message_recorded(self) -> None:
         self._on_recorded()
