@@ -131,16 +131,17 @@ class ClassMessenger:
         gateway = self._gateway
         if gateway is None or not gateway.has_credentials:
             return await self._answered(claimed, DeliveryState.FAILED, GOOGLE_NOT_CONFIGURED)
-        if claimed.operation is Operation.DELETE:
+        if claimed.message.operation is Operation.DELETE:
             return await self._remove(gateway, claimed)
         return await self._add(gateway, claimed)
 
     async def _add(
         self, gateway: GoogleWalletGateway, claimed: ClaimedClassMessage
     ) -> ClaimedClassMessage | None:
-        assert claimed.content is not None
+        content = claimed.message.content
+        assert content is not None
         now = self._clock()
-        window = display_window(claimed.content, now)
+        window = display_window(content, now)
         if window[1] <= now:  # it would never show
             return await self._answered(claimed, DeliveryState.FAILED, DISPLAY_WINDOW_ENDED)
         class_type, class_id = claimed.google_class.class_type, claimed.google_class.class_id
@@ -153,12 +154,12 @@ class ClassMessenger:
             if added is not None:
                 notified = added.get("messageType") == NOTIFYING
                 return await self._judged(claimed, found, notifying=notified)
-        message = google_message(claimed.ticket_id, claimed.content, window, notifying=True)
+        message = google_message(claimed.ticket_id, content, window, notifying=True)
         answer = await gateway.add_message(class_type, class_id, message)
         if not is_notification_quota_refusal(answer):
             return await self._judged(claimed, answer)
         # Google would not notify for the class now: shown on every pass, without an alert.
-        message = google_message(claimed.ticket_id, claimed.content, window, notifying=False)
+        message = google_message(claimed.ticket_id, content, window, notifying=False)
         answer = await gateway.add_message(class_type, class_id, message)
         return await self._judged(claimed, answer, notifying=False)
 

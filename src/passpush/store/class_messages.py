@@ -23,10 +23,8 @@ from passpush.domain.model import (
     GOOGLE_NOTIFYING_WINDOW,
     NO_ALERT_GOOGLE_QUOTA,
     NO_ALERT_PASS_QUOTA,
-    Content,
     DeliveryState,
     GoogleClass,
-    Operation,
 )
 from passpush.store.db import dialect_name, one_of
 from passpush.store.direct import run_on_session
@@ -38,7 +36,7 @@ from passpush.store.models import (
     TicketRow,
     table_of,
 )
-from passpush.store.outbox import count_on_ticket
+from passpush.store.outbox import TicketMessage, count_on_ticket, ticket_messages
 
 PENDING = "pending"  # Google to be asked
 ANSWERED = "answered"  # its waiting deliveries being recorded
@@ -58,8 +56,7 @@ class ClaimedClassMessage:
     ticket_id: int
     project_id: str
     google_class: GoogleClass
-    operation: Operation
-    content: Content | None  # None for a Delete
+    message: TicketMessage  # what its ticket asks: a message to add, or passpush's removed
     state: str  # PENDING or ANSWERED
     attempts: int  # made so far (once ANSWERED: with the one answered)
     first_attempt_at: datetime
@@ -135,26 +132,14 @@ class ClassMessageStore:
                 first_attempt_at=func.coalesce(c.c.first_attempt_at, now),
             )
         )
-        row = (
-            await self.session.execute(
-                select(c, t.c.operation, t.c.content_header, t.c.content_body)
-                .add_columns(t.c.display_start, t.c.display_end)
-                .join(t, t.c.id == c.c.ticket_id)
-                .where(c.c.ticket_id == ticket_id)
-            )
-        ).one()
-        operation = Operation(row.operation)
-        content = None
-        if operation is Operation.SEND:
-            content = Content(
-                row.content_header, row.content_body, row.display_start, row.display_end
-            )
+        row = (await self.session.execute(select(c).where(c.c.ticket_id == ticket_id))).one()
+        dialect = dialect_name(self.session)
+        messages = await run_on_session(self.session, ticket_messages(dialect, [ticket_id]))
         return ClaimedClassMessage(
             ticket_id=ticket_id,
             project_id=row.project_id,
             google_class=GoogleClass(row.class_type, row.class_id),
-            operation=operation,
-            content=content,
+            message=messages[ticket_id],
             state=row.state,
             attempts=row.attempts,
             first_attempt_at=row.first_attempt_at or now,

@@ -165,17 +165,10 @@ def claim_due(
         return []
     rows = yield Query(statements.push_details, {"ids": ids})
     details = [_PushDetails(*row) for row in rows]
+    # What their tickets ask (a few tickets per claim: Apple deliveries, the many, do not read
+    # their ticket's content).
     google_tickets = sorted({r.ticket_id for r in details if r.platform == Platform.GOOGLE.value})
-    messages = {}
-    if google_tickets:
-        # What their tickets ask (a few tickets per claim: Apple deliveries, the many, do not
-        # read their ticket's content).
-        for row in (yield Query(statements.ticket_messages, {"ids": google_tickets})):
-            ticket_id, operation, header, body, display_start, display_end = row
-            content = None
-            if operation == Operation.SEND.value:
-                content = Content(header, body, display_start, display_end)
-            messages[ticket_id] = TicketMessage(Operation(operation), content)
+    messages = (yield from ticket_messages(dialect, google_tickets)) if google_tickets else {}
     claimed = [
         ClaimedDelivery(
             id=r.id,
@@ -198,6 +191,18 @@ def claim_due(
         statements.start_tickets, {"ids": list({c.ticket_id for c in claimed}), "now": now}
     )
     return claimed
+
+
+def ticket_messages(dialect: str, ticket_ids: Sequence[int]) -> Steps[dict[int, TicketMessage]]:
+    """What the tickets ask of Google, by ticket id: a message to add, or passpush's removed."""
+    messages: dict[int, TicketMessage] = {}
+    query = Query(_statements_for(dialect).ticket_messages, {"ids": list(ticket_ids)})
+    for ticket_id, operation, header, body, display_start, display_end in (yield query):
+        content = None
+        if operation == Operation.SEND.value:
+            content = Content(header, body, display_start, display_end)
+        messages[ticket_id] = TicketMessage(Operation(operation), content)
+    return messages
 
 
 def renew_leases(
