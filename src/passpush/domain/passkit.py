@@ -20,7 +20,7 @@ from datetime import datetime
 from typing import Any
 
 from passpush.domain.errors import FieldViolation, InvalidArgument
-from passpush.domain.model import PassValues
+from passpush.domain.model import PassValues, Platform
 from passpush.domain.pkpass_zip import PNG_MAGIC, zip_archive, zip_entry
 from passpush.domain.signing import AppleSigningPem, SigningMaterial
 from passpush.domain.validation import check_authentication_token, unstorable
@@ -409,6 +409,14 @@ def check_values(values: PassValues, field: str) -> list[FieldViolation]:
     if size > MAX_VALUES_BYTES:
         found.append(FieldViolation(field, f"must be at most {MAX_VALUES_BYTES} bytes as JSON"))
     return found
+
+
+def check_values_platform(platform: str | None) -> list[FieldViolation]:
+    """A pass's values (`apple_values`) are for passes of Apple templates (`platform`, a
+    Platform or its value)."""
+    if platform == Platform.APPLE:
+        return []
+    return [FieldViolation("pass.apple_values", "is for passes of Apple templates")]
 
 
 def check_merged(stored_pass_json: bytes, values: PassValues, field: str) -> list[FieldViolation]:

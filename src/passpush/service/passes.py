@@ -38,6 +38,7 @@ from passpush.domain.passkit import (
     check_merged,
     check_pass_type_identifier,
     check_values,
+    check_values_platform,
     content_from_files,
     content_from_pkpass,
 )
@@ -532,8 +533,7 @@ async def _upsert_pass(store: PassStore, p: Pass, now: datetime) -> tuple[Pass, 
     savepoint) undoes the upsert."""
     if p.apple_values:
         template = await store.get_template(p.template_id)
-        if template.platform is not Platform.APPLE:
-            raise InvalidArgument.field("pass.apple_values", "is for passes of Apple templates")
+        raise_if_any(check_values_platform(template.platform))
     result, created = await store.upsert_pass(p, now)
     if p.apple_values:
         stored = await store.stored_pass_json(result.id)

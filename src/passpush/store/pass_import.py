@@ -30,7 +30,7 @@ from passpush.domain.errors import (
     NotFound,
 )
 from passpush.domain.model import ImportedPass, Pass, Platform
-from passpush.domain.passkit import PASS_JSON, check_merged
+from passpush.domain.passkit import PASS_JSON, check_merged, check_values_platform
 from passpush.store.db import one_of
 from passpush.store.direct import Query, Steps, reusing_plans
 from passpush.store.models import (
@@ -367,8 +367,8 @@ def _values_misfit(
     """Why the pass's values are refused, as UpsertPass would refuse them: they are for
     Apple passes, and must fit the template's pass.json (when it has one)."""
     assert p.apple_values is not None
-    if templates.get(p.template_id) != Platform.APPLE.value:
-        return [FieldViolation("pass.apple_values", "is for passes of Apple templates")]
+    if wrong_platform := check_values_platform(templates[p.template_id]):
+        return wrong_platform
     skeleton = skeletons.get(p.template_id)
     return [] if skeleton is None else check_merged(skeleton, p.apple_values, "pass.apple_values")
 
