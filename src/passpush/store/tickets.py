@@ -183,11 +183,12 @@ class TicketStore:
             insert(_tickets).returning(_tickets.c.id), _ticket_values(n, None, now)
         )
         assert ticket_id is not None
-        by_class = n.audience.google_class is not None
-        if n.audience.google_class is not None:
+        google_class = n.audience.google_class
+        if google_class is not None:
             await ClassMessageStore(self.session).add(
-                ticket_id, n.audience.project_id, n.audience.google_class, now
+                ticket_id, n.audience.project_id, google_class, now
             )
+        by_class = google_class is not None
         await self._fan_out_chunk(
             ticket_id, n.audience, n.operation, n.content, "", now, chunk, by_class=by_class
         )
