@@ -119,7 +119,9 @@ class PasspushServer:
             after_import=self.statistics.after_bulk_change if self.statistics else None,
         )
         # Which devices fetched the notifications, recorded in batches.
-        self.fetch_recorder = FetchRecorder(sessions, on_recorded=self.changes.publish)
+        self.fetch_recorder = FetchRecorder(
+            transactions, engine.dialect.name, on_recorded=self.changes.publish
+        )
         self.fetches = FetchBatcher(self.fetch_recorder.record)
         # The PassKit web service: the HTTP server's device routes call it in-process.
         self.passkit = PassKitCore(

@@ -58,18 +58,22 @@ class SigningMaterial:
 
 
 def load_signing(
-    pem: AppleSigningPem, *, field: str, pass_type_identifier: str = ""
+    pem: AppleSigningPem, *, field: str, pass_type_identifier: str = "", stored: bool = False
 ) -> SigningMaterial:
     """The material, or InvalidArgument naming each part at fault (`{field}.certificate_pem`).
 
     Checks what would otherwise only show on a device, as a pass that will not install:
     the key is the certificate's, the WWDR certificate issued it, and the certificate's
     UID (when it has one) is the template's pass type identifier.
+
+    `stored`: material read back from the database, whose RSA key passed OpenSSL's key
+    check when it was given; that check (48 ms for RSA-2048) is not made again, as it was
+    in every HTTP process's first download of a template's pass after a broadcast.
     """
     violations: list[FieldViolation] = []
     certificate = _certificate(pem.certificate_pem, f"{field}.certificate_pem", violations)
     wwdr = _certificate(pem.wwdr_certificate_pem, f"{field}.wwdr_certificate_pem", violations)
-    key = _private_key(pem.private_key_pem, f"{field}.private_key_pem", violations)
+    key = _private_key(pem.private_key_pem, f"{field}.private_key_pem", violations, stored)
     if certificate is not None and key is not None and not _same_public_key(certificate, key):
         violations.append(
             FieldViolation(f"{field}.private_key_pem", "is not the certificate's private key")
@@ -125,12 +129,16 @@ def _certificate(
         return None
 
 
-def _private_key(text: str, field: str, violations: list[FieldViolation]) -> SigningKey | None:
+def _private_key(
+    text: str, field: str, violations: list[FieldViolation], checked_before: bool
+) -> SigningKey | None:
     if not text.strip():
         violations.append(FieldViolation(field, "is required"))
         return None
     try:
-        key = serialization.load_pem_private_key(text.encode(), password=None)
+        key = serialization.load_pem_private_key(
+            text.encode(), password=None, unsafe_skip_rsa_key_validation=checked_before
+        )
     except TypeError:
         violations.append(FieldViolation(field, "is encrypted: give it unencrypted"))
         return None

@@ -248,8 +248,10 @@ class ParentPipe:
     """The child's stdout, its channel to the parent, written without blocking the event
     loop: a parent slow to read must not stall the child's requests."""
 
-    # What no one waits for (fetch confirmations) goes up a few milliseconds later, with more.
-    LATER = 0.005  # seconds
+    # What no one waits for (fetch confirmations) goes up later, with more: the parent
+    # records them every 100 ms anyway, and each write wakes it (at 5 ms, the writes were
+    # a twentieth of a child's time in a storm of downloads).
+    LATER = 0.05  # seconds
 
     def __init__(self, transport: asyncio.WriteTransport) -> None:
         self._lines = Lines(transport.write)

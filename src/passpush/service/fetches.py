@@ -27,9 +27,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Protocol
 
-from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
-
-from passpush.store.direct import run_on_session
+from passpush.store.direct import DirectTransactions
 from passpush.store.fetches import FetchConfirmation, RecordedFetch, record_fetches
 
 log = logging.getLogger(__name__)
@@ -133,12 +131,15 @@ class FetchRecorder:
 
     def __init__(
         self,
-        sessions: async_sessionmaker[AsyncSession],
+        transactions: DirectTransactions,
+        dialect: str,
         *,
         on_recorded: Callable[[], None] = lambda: None,
     ) -> None:
-        self._sessions = sessions
-        self._dialect: str = sessions.kw["bind"].dialect.name
+        # On the driver's connection, not a session: in a storm of downloads the batches
+        # through SQLAlchemy's session were most of the gRPC process's CPU.
+        self._transactions = transactions
+        self._dialect = dialect
         # Wakes the status streams: tickets' counts and events changed.
         self._on_recorded = on_recorded
 
@@ -148,8 +149,9 @@ class FetchRecorder:
         matches no delivered push)."""
         if not confirmations:
             return []
-        async with self._sessions.begin() as session:
-            recorded = await run_on_session(session, record_fetches(self._dialect, confirmations))
+        recorded = await self._transactions.run(
+            lambda: record_fetches(self._dialect, confirmations)
+        )
         if recorded:
             self._on_recorded()
         return recorded

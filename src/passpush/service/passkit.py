@@ -187,7 +187,7 @@ class PassPackager:
             return self._default
         material = self._loaded.get(template_signing)
         if material is None:
-            material = load_signing(template_signing, field="template.apple_signing")
+            material = load_signing(template_signing, field="template.apple_signing", stored=True)
             self._loaded[template_signing] = material
             if len(self._loaded) > self._CACHED_MATERIALS:
                 self._loaded.popitem(last=False)

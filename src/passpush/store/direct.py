@@ -178,7 +178,10 @@ class _Compiled:
         ]
         if not any(self._results):
             self._results = []
-        self._expanding = [name for name, bind in compiled.binds.items() if bind.expanding]
+        # IN lists given with each call; one written in the statement (`in_([...])`) is fixed.
+        self._expanding = [
+            name for name, bind in compiled.binds.items() if bind.expanding and bind.required
+        ]
         self._plans: dict[tuple[int, ...], _Plan] = {}
 
     def rows(self, rows: Sequence[Row]) -> list[Row]:
@@ -208,7 +211,8 @@ class _Compiled:
             assert state.positiontup is not None
             source: dict[str, tuple[str, int | None]] = {n: (n, None) for n in state.positiontup}
             for name, expanded in state.parameter_expansion.items():
-                source |= {element: (name, i) for i, element in enumerate(expanded)}
+                if name in params:
+                    source |= {element: (name, i) for i, element in enumerate(expanded)}
             processors = {**self._processors, **state.processors}
             slots: list[_Slot] = [(*source[n], processors.get(n)) for n in state.positiontup]
             # Values that are part of the statement (literals bound as parameters).
