@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import zipfile
+import zlib
 
 from passpush.domain.pkpass_zip import PNG_MAGIC, zip_archive, zip_entry
 
@@ -36,3 +37,18 @@ def test_the_same_files_give_the_same_bytes_and_entries_can_be_reused() -> None:
     with zipfile.ZipFile(io.BytesIO(second)) as read:
         assert read.testzip() is None
         assert read.read("icon.png") == FILES["icon.png"]
+
+
+def test_text_of_any_size_deflates_as_small_as_with_the_full_window_and_reads_back() -> None:
+    # The window is sized to the text (zlib's full one took longer to set up than a
+    # pass.json to deflate): across each bound of its sizes, the same bytes come back.
+    sizes = [0, 1, 255, 256, 257, 511, 512, 513, 1024, 1025, 40_000, 70_000]
+    text = b"".join(b'"field%d": "value %d",\n' % (i, i * 7) for i in range(4_000))
+    files = {f"f{size}.json": text[:size] for size in sizes}
+    archive = zip_archive([zip_entry(name, data) for name, data in files.items()])
+    with zipfile.ZipFile(io.BytesIO(archive)) as read:
+        assert read.testzip() is None
+        assert {name: read.read(name) for name in files} == files
+        for name, data in files.items():
+            full_window = len(zlib.compress(data, zlib.Z_DEFAULT_COMPRESSION, -15))
+            assert read.getinfo(name).compress_size <= full_window

@@ -308,7 +308,9 @@ def render_pass_json(source: PassPackageSource, web_service_url: str) -> bytes:
         value = source.notification_body + (REPEAT_MARK if source.notification_marked else "")
         field |= {"value": value, "changeMessage": "%@"}
         style["backFields"] = [field, *style.get("backFields", [])]
-    return json.dumps(document, ensure_ascii=False, indent=2).encode()
+    # Compact: json's C encoder then writes it (with an indent the pure-Python one does, a
+    # twentieth of a download's CPU); no device reads it by eye.
+    return json.dumps(document, ensure_ascii=False, separators=(",", ":")).encode()
 
 
 def build_pkpass(
@@ -334,7 +336,7 @@ def manifest_of(files: Mapping[str, bytes], sha1s: Mapping[str, str] | None = No
             name: known.get(name) or hashlib.sha1(data).hexdigest()
             for name, data in sorted(files.items())
         },
-        indent=2,
+        separators=(",", ":"),
     ).encode()
 
 
