@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Callable
 from datetime import timedelta
 
 import grpc
@@ -12,6 +13,7 @@ from grpc_reflection.v1alpha import reflection
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from passpush.api.admin import AdminServicer
+from passpush.api.health import HealthServicer
 from passpush.api.interceptors import CallInterceptor
 from passpush.api.notifications import NotificationServicer
 from passpush.api.passes import PassServicer
@@ -141,7 +143,11 @@ class PasspushServer:
             if engine.dialect.name == "postgresql"
             else None
         )
-        self.health = health.aio.HealthServicer()
+        self.health = HealthServicer()
+        # Whether the health service says SERVING, and who else wants to know (the HTTP
+        # processes' /readyz).
+        self.serving = False
+        self.on_serving: list[Callable[[bool], None]] = []
         # NOT_SERVING while the database cannot be written (a full disk, a read-only file).
         self.readiness = DatabaseReadiness(
             self._check_writable, self._set_serving, every=readiness_interval
@@ -201,10 +207,17 @@ class PasspushServer:
             status = health_pb2.HealthCheckResponse.NOT_SERVING
         for name in ("", *SERVICE_NAMES):
             await self.health.set(name, status)
+        self._tell_serving(serving)
+
+    def _tell_serving(self, serving: bool) -> None:
+        self.serving = serving
+        for listener in self.on_serving:
+            listener(serving)
 
     async def stop(self, grace: float) -> None:
         """Stops taking calls, lets in-flight calls and the batch in hand finish within `grace`."""
         await self.health.enter_graceful_shutdown()
+        self._tell_serving(False)
         await self.readiness.stop()
         # Subscriptions never end on their own: tell them to resume elsewhere.
         self.changes.close()
