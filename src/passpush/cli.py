@@ -34,6 +34,7 @@ from passpush.http.processes import (
     HttpProcesses,
     ParentFetchSink,
     ParentPipe,
+    ParentReadiness,
     ParentRegistrar,
     follow_parent,
     lower_priority,
@@ -303,7 +304,9 @@ async def serve(settings: Settings) -> int:
         if settings.http_processes:
             http = _http_processes(settings, grpc_target, server)
         else:
-            app = create_app(grpc_target, server.passkit, settings.passkit_prefix)
+            app = create_app(
+                grpc_target, server.passkit, settings.passkit_prefix, lambda: server.serving
+            )
             http = HttpServer(app, settings.http_address)
         if not await _start_http(http, settings):
             await server.stop(0)
@@ -352,7 +355,8 @@ async def serve_http(settings: Settings, listen_fd: int, grpc_target: str) -> in
         fetch_sink=ParentFetchSink(parent),  # the parent records them
         registrar=registrar,  # and writes the registrations
     )
-    app = create_app(grpc_target, passkit, settings.passkit_prefix)
+    readiness = ParentReadiness()  # the parent tells it
+    app = create_app(grpc_target, passkit, settings.passkit_prefix, readiness)
     http = HttpServer(app, settings.http_address, inherited_listener(listen_fd))
     await http.start()
     parent.tell(READY)
@@ -365,7 +369,7 @@ async def serve_http(settings: Settings, listen_fd: int, grpc_target: str) -> in
 
     # The parent holds our stdin open: at its end (even a SIGKILL) we stop too, instead of
     # keeping its port.
-    following = asyncio.create_task(follow_parent(registrar, stop.set))
+    following = asyncio.create_task(follow_parent(registrar, readiness, stop.set))
     await stop.wait()
     await http.stop(settings.shutdown_grace)
     following.cancel()
@@ -417,13 +421,16 @@ async def _close_gateways(
 
 
 def _http_processes(settings: Settings, grpc_target: str, server: PasspushServer) -> HttpProcesses:
-    return HttpProcesses(
+    processes = HttpProcesses(
         settings.http_address,
         settings.http_processes,
         functools.partial(_http_child_command, grpc_target),
         on_fetched=server.fetches.add,
         on_register=server.passkit.write_registration,
     )
+    processes.tell_serving(server.serving)
+    server.on_serving.append(processes.tell_serving)  # their /readyz
+    return processes
 
 
 async def _start_http(http: HttpServer | HttpProcesses, settings: Settings) -> bool:

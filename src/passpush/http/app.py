@@ -6,7 +6,7 @@ import asyncio
 import contextlib
 import logging
 import socket
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Any
 
 import grpc
@@ -17,6 +17,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from passpush.http import airship, passentry, passkit, walletwerk
 from passpush.http.body_limits import VENDOR_LIMIT, BodyLimits
 from passpush.http.errors import VendorErrors
+from passpush.http.probes import Probes
 from passpush.http.responses import CoalescingHttpToolsProtocol
 from passpush.http.sockets import tcp_listener
 from passpush.http.stubs import Stubs
@@ -39,9 +40,11 @@ def create_app(
     grpc_target: str,
     passkit_core: PassKitCore | None = None,
     passkit_prefix: str = passkit.DEFAULT_PREFIX,
+    ready: Callable[[], bool] = lambda: True,
 ) -> ASGIApp:
     """The shim, calling the gRPC server at `grpc_target` (`host:port`); and, given its
-    core, the PassKit web service under `passkit_prefix`."""
+    core, the PassKit web service under `passkit_prefix`; `/healthz`, and `/readyz` saying
+    `ready()` (whether the gRPC server serves; by default, as long as this app does)."""
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -71,10 +74,10 @@ def create_app(
     )
     if passkit_core is None:
         app.openapi = lambda: _without_422(app)  # type: ignore[method-assign]
-        return app
+        return Probes(ready, app)
     service = passkit.PassKitService(passkit_core, passkit_prefix)
     app.openapi = lambda: _without_422(app, service)  # type: ignore[method-assign]
-    return _PassKitFirst(service, app)
+    return Probes(ready, _PassKitFirst(service, app))
 
 
 class _PassKitFirst:

@@ -16,8 +16,11 @@ registration it authenticated, which the parent writes and answers on the child'
 (`registered {json}`). So the children never write to the database: on SQLite a child
 holding the write lock at its lower priority would keep the Sends and the pushes waiting
 for it (a priority inversion), and children taking turns at the lock wait in SQLite's busy
-handler, which sleeps. A child that dies is started again; one whose stdin ends (its
-parent is gone, even by SIGKILL) stops.
+handler, which sleeps. The parent also tells each child, on its stdin, whether the gRPC
+server serves (`serving 1` or `serving 0`: at the child's start and at each change), which
+the child's /readyz answers: the one health, the one database probe, for every process. A
+child that dies is started again; one whose stdin ends (its parent is gone, even by
+SIGKILL) stops.
 """
 
 from __future__ import annotations
@@ -46,6 +49,7 @@ READY = b"ready"
 FETCHED = b"fetched "
 REGISTER = b"register "
 REGISTERED = b"registered "
+SERVING = b"serving "
 _ANSWER_TIMEOUT = 30.0  # seconds a child waits for the parent to write a registration
 _RESTART_DELAY = 1.0  # seconds before a child that died is started again
 _START_TIMEOUT = 60.0  # seconds a child may take to import, connect and listen
@@ -72,6 +76,8 @@ class HttpProcesses:
         self._on_register = on_register
         self._answering: set[asyncio.Task[None]] = set()
         self._answers: dict[int, Lines] = {}  # to each child, by pid
+        self._running: dict[int, asyncio.subprocess.Process] = {}  # by pid
+        self._serving = False  # whether the gRPC server serves, as told to the children
         self._listeners: list[socket.socket] = []  # one for each child
         self._children: list[asyncio.Task[None]] = []
         self._stopping = False
@@ -105,9 +111,12 @@ class HttpProcesses:
                 stdin=asyncio.subprocess.PIPE,  # the child stops when it closes: see cli
                 stdout=asyncio.subprocess.PIPE,
             )
+            self._running[process.pid] = process
+            self._tell_serving(process)
             try:
                 await self._follow(process, ready)
             finally:
+                self._running.pop(process.pid, None)
                 self._answers.pop(process.pid, None)
                 if process.returncode is None:
                     await _terminate(process, grace=0)
@@ -157,6 +166,16 @@ class HttpProcesses:
             if answer["error"] == "refused":
                 log.warning("a registration from an HTTP process was refused: %r", error)
         self._to_child(process).add(REGISTERED + json.dumps(answer).encode())
+
+    def tell_serving(self, serving: bool) -> None:
+        """Tells every child whether the gRPC server serves now (and each child started
+        later): their /readyz."""
+        self._serving = serving
+        for process in self._running.values():
+            self._tell_serving(process)
+
+    def _tell_serving(self, process: asyncio.subprocess.Process) -> None:
+        self._to_child(process).add(SERVING + (b"1" if self._serving else b"0"))
 
     def _to_child(self, process: asyncio.subprocess.Process) -> Lines:
         lines = self._answers.get(process.pid)
@@ -311,14 +330,30 @@ class ParentRegistrar:
             answer.set_exception(Unauthenticated("the pass is no longer there"))
 
 
-async def follow_parent(registrar: ParentRegistrar, gone: Callable[[], None]) -> None:
-    """Reads the parent's answers on stdin until it ends (the parent is gone), then `gone`."""
+class ParentReadiness:
+    """Whether the parent's gRPC server serves, as it last said: a child's /readyz. Not
+    until the parent says so."""
+
+    def __init__(self) -> None:
+        self.serving = False
+
+    def __call__(self) -> bool:
+        return self.serving
+
+
+async def follow_parent(
+    registrar: ParentRegistrar, readiness: ParentReadiness, gone: Callable[[], None]
+) -> None:
+    """Reads the parent's answers and news on stdin until it ends (the parent is gone),
+    then `gone`."""
     loop = asyncio.get_running_loop()
     reader = asyncio.StreamReader()
     await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), sys.stdin.buffer)
     async for line in reader:
         if line.startswith(REGISTERED):
             registrar.answered(line[len(REGISTERED) :])
+        elif line.startswith(SERVING):
+            readiness.serving = line[len(SERVING) :].strip() == b"1"
     gone()
 
 
