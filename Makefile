@@ -36,11 +36,15 @@ run: setup ## Migrate, make a first API key if there is none, and start the serv
 generate: setup ## Regenerate generated/ from protos/.
 	$(call protoc,generated)
 
-# $(call protoc,OUTDIR): one shell line, so that recipes can chain it.
-protoc = rm -rf $(1)/passpush && mkdir -p $(1) && \
+# $(call protoc,OUTDIR): one shell line, so that recipes can chain it. Beside the code, the
+# protos and their imports as a FileDescriptorSet with their comments (source info), which
+# server reflection serves: the generated modules carry none.
+protoc = rm -rf $(1)/passpush && mkdir -p $(1)/passpush/v1 && \
 	$(BIN)/python -m grpc_tools.protoc -I protos -I third_party/googleapis -I $(WKT) \
 	  --plugin=protoc-gen-mypy=$(BIN)/protoc-gen-mypy --plugin=protoc-gen-mypy_grpc=$(BIN)/protoc-gen-mypy_grpc \
-	  --python_out=$(1) --grpc_python_out=$(1) --mypy_out=$(1) --mypy_grpc_out=$(1) $(PROTOS) >/dev/null && \
+	  --python_out=$(1) --grpc_python_out=$(1) --mypy_out=$(1) --mypy_grpc_out=$(1) \
+	  --include_source_info --include_imports --descriptor_set_out=$(1)/passpush/v1/descriptors.binpb \
+	  $(PROTOS) >/dev/null && \
 	touch $(1)/passpush/v1/__init__.py
 
 check-generated: setup ## Fail when generated/ differs from what the protos generate.

@@ -128,6 +128,7 @@ async def test_grpcurl_lists_the_services_by_reflection(live_server: ServerProce
         "passpush.v1.NotificationService",
         "passpush.v1.PassService",
         "grpc.health.v1.Health",
+        "grpc.reflection.v1.ServerReflection",
         "grpc.reflection.v1alpha.ServerReflection",
     }
 

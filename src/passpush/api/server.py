@@ -9,7 +9,6 @@ from datetime import timedelta
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
-from grpc_reflection.v1alpha import reflection
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from passpush.api.admin import AdminServicer
@@ -17,6 +16,7 @@ from passpush.api.health import HealthServicer
 from passpush.api.interceptors import CallInterceptor
 from passpush.api.notifications import NotificationServicer
 from passpush.api.passes import PassServicer
+from passpush.api.reflection import enable_reflection
 from passpush.delivery.google import GoogleWalletGateway
 from passpush.delivery.worker import ApplePushGateway, DeliveryWorker, WorkerSettings
 from passpush.service.clock import Clock, utcnow
@@ -167,9 +167,7 @@ class PasspushServer:
         passes_pb2_grpc.add_PassServiceServicer_to_server(PassServicer(self.passes), self.server)
         admin_pb2_grpc.add_AdminServiceServicer_to_server(AdminServicer(self.keys), self.server)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
-        reflection.enable_server_reflection(
-            (*SERVICE_NAMES, health.SERVICE_NAME, reflection.SERVICE_NAME), self.server
-        )
+        enable_reflection(self.server, (*SERVICE_NAMES, health.SERVICE_NAME))
         self.port = self.server.add_insecure_port(address)
         if self.port == 0:
             raise OSError(f"cannot listen on {address}")
