@@ -23,6 +23,8 @@ async def test_grpcurl_describe_shows_the_protos_comments(server: PasspushServer
 
     ticket = await grpcurl(address, "describe", "passpush.v1.Ticket")
     send = await grpcurl(address, "describe", "passpush.v1.NotificationService.Send")
+    # What an error's details need to be printed: from the server's own descriptors.
+    error_info = await grpcurl(address, "describe", "google.rpc.ErrorInfo")
 
     assert ticket.returncode == 0, ticket.output
     assert "// Ticket tracks one send or delete operation" in ticket.stdout
@@ -30,6 +32,7 @@ async def test_grpcurl_describe_shows_the_protos_comments(server: PasspushServer
     assert send.returncode == 0, send.output
     assert "rpc Send ( .passpush.v1.SendRequest ) returns ( .passpush.v1.Ticket )" in send.stdout
     assert "//" in send.stdout  # the method's own comment
+    assert error_info.returncode == 0, error_info.output
 
 
 async def test_buf_curl_lists_and_calls_through_reflection_v1(server: PasspushServer) -> None:
