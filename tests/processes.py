@@ -168,8 +168,16 @@ def _kill_leftovers() -> None:
 class ServerProcess:
     """`passpush serve` in a subprocess, its stdout and stderr in a log file."""
 
-    def __init__(self, env: dict[str, str], log_path: Path, args: Sequence[str] = ()) -> None:
+    def __init__(
+        self,
+        env: dict[str, str],
+        log_path: Path,
+        args: Sequence[str] = (),
+        credentials: grpc.ChannelCredentials | None = None,
+    ) -> None:
+        """`credentials`: TLS to reach a server with PASSPUSH_TLS_CERT."""
         self.env = env
+        self.credentials = credentials
         self.args = tuple(args)  # after `passpush serve`
         self.address = env["PASSPUSH_GRPC_ADDRESS"]
         self.log_path = log_path
@@ -203,7 +211,11 @@ class ServerProcess:
         """Until the port accepts calls and the health service answers SERVING."""
         assert self._process is not None
         deadline = asyncio.get_running_loop().time() + STARTUP_SECONDS
-        async with grpc.aio.insecure_channel(self.address) as channel:
+        if self.credentials is None:
+            channel = grpc.aio.insecure_channel(self.address)
+        else:
+            channel = grpc.aio.secure_channel(self.address, self.credentials)
+        async with channel:
             health = health_pb2_grpc.HealthStub(channel)
             while True:
                 if self._process.returncode is not None:
@@ -267,7 +279,8 @@ class Launcher:
     """Starts `passpush serve` processes against one database and the fake APNs.
 
     Call it with `serve`'s options and PASSPUSH_* settings without the prefix
-    (`await launch("--fakes", SHUTDOWN_GRACE="2")`); an empty setting is as if unset;
+    (`await launch("--fakes", SHUTDOWN_GRACE="2")`), and `credentials` for a server with
+    TLS; an empty setting is as if unset;
     each server gets a free gRPC port and its own log file. On exit from `async with`, each
     server still running must stop cleanly on SIGTERM; every one is killed in any case.
     """
@@ -278,7 +291,9 @@ class Launcher:
         self.data_dir = data_dir
         self.servers: list[ServerProcess] = []
 
-    async def __call__(self, *args: str, **settings: str) -> ServerProcess:
+    async def __call__(
+        self, *args: str, credentials: grpc.ChannelCredentials | None = None, **settings: str
+    ) -> ServerProcess:
         options = {
             "GRPC_ADDRESS": f"127.0.0.1:{free_port()}",
             "HTTP_ADDRESS": f"127.0.0.1:{free_port()}",  # serve also starts the HTTP shim
@@ -288,7 +303,7 @@ class Launcher:
         }
         env = passpush_env(self.database_url, self.data_dir, **options)
         log_path = self.data_dir / f"passpush-serve-{len(self.servers)}.log"
-        server = ServerProcess(env, log_path, args)
+        server = ServerProcess(env, log_path, args, credentials)
         self.servers.append(server)  # before starting: a server that fails to start is killed too
         await server.start()
         return server

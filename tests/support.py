@@ -74,10 +74,16 @@ class _StreamStream(_BearerKey, grpc.aio.StreamStreamClientInterceptor):
         return await continuation(self._with_key(details), requests)
 
 
-def channel_with_key(port: int, key: str | None) -> grpc.aio.Channel:
-    """A channel to the server on `port` that presents `key` (or nothing) on every call."""
+def channel_with_key(
+    port: int, key: str | None, credentials: grpc.ChannelCredentials | None = None
+) -> grpc.aio.Channel:
+    """A channel to the server on `port` that presents `key` (or nothing) on every call;
+    over TLS with `credentials`."""
     kinds = (_UnaryUnary, _UnaryStream, _StreamUnary, _StreamStream)
     interceptors = [kind(key) for kind in kinds] if key is not None else []
+    if credentials is not None:
+        target = f"localhost:{port}"  # a name the test certificates hold
+        return grpc.aio.secure_channel(target, credentials, interceptors=interceptors)
     return grpc.aio.insecure_channel(f"127.0.0.1:{port}", interceptors=interceptors)
 
 

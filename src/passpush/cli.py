@@ -49,6 +49,7 @@ from passpush.store.direct import direct_transactions
 from passpush.store.outbox import Outbox
 from passpush.store.request_turns import SharedRequestTurns
 from passpush.store.schedules import ScheduleStore
+from passpush.tls import ServerTls, TlsFiles, is_loopback, load_server_tls
 
 log = logging.getLogger("passpush")
 
@@ -169,6 +170,13 @@ async def serve(settings: Settings) -> int:
         message = error.message if isinstance(error, DomainError) else str(error)
         log.error("cannot load PASSPUSH_APPLE_SIGNING_CERT, _KEY, _WWDR: %s", message)
         return 2
+    tls: ServerTls | None = None
+    try:
+        tls = load_server_tls(settings.tls) if settings.tls is not None else None
+    except ValueError as error:
+        log.error("cannot use the TLS settings: %s", error)
+        return 2
+    warn_if_plaintext(settings)
     if urlsplit(settings.passkit_url).scheme.lower() != "https":
         log.warning(
             "PASSPUSH_PASSKIT_URL is %s, not https://: it is every pass's webServiceURL, and "
@@ -263,6 +271,7 @@ async def serve(settings: Settings) -> int:
         event_retention=settings.event_retention,
         passkit=PassKitSettings(settings.passkit_url, default_signing),
         max_message_bytes=settings.grpc_max_message_bytes,
+        credentials=tls.grpc_credentials() if tls is not None else None,
     )
     if is_sqlite(settings.database_url):
         # SQLite serves one process: leases and claims left by a crashed run are ours now.
@@ -280,7 +289,8 @@ async def serve(settings: Settings) -> int:
     grpc_port = int(settings.grpc_address.rpartition(":")[2] or 0)
     http: HttpServer | HttpProcesses | None = None
     if settings.http_processes and grpc_port:
-        http = _http_processes(settings, _dial(settings.grpc_address, grpc_port), server)
+        grpc_target = server.local_target or _dial(settings.grpc_address, grpc_port)
+        http = _http_processes(settings, grpc_target, server)
         if not await _start_http(http, settings):
             await _close_gateways(gateway, google, fake, fake_wallet)
             await engine.dispose()
@@ -300,14 +310,14 @@ async def serve(settings: Settings) -> int:
     if http is None:
         # The shim calls the gRPC server like any client, over the port it just bound; the
         # PassKit routes (devices, no API key) call the service directly.
-        grpc_target = _dial(settings.grpc_address, server.port)
+        grpc_target = server.local_target or _dial(settings.grpc_address, server.port)
         if settings.http_processes:
             http = _http_processes(settings, grpc_target, server)
         else:
             app = create_app(
                 grpc_target, server.passkit, settings.passkit_prefix, lambda: server.serving
             )
-            http = HttpServer(app, settings.http_address)
+            http = HttpServer(app, settings.http_address, tls_files=_tls_files(settings.tls))
         if not await _start_http(http, settings):
             await server.stop(0)
             await _close_gateways(gateway, google, fake, fake_wallet)
@@ -357,7 +367,9 @@ async def serve_http(settings: Settings, listen_fd: int, grpc_target: str) -> in
     )
     readiness = ParentReadiness()  # the parent tells it
     app = create_app(grpc_target, passkit, settings.passkit_prefix, readiness)
-    http = HttpServer(app, settings.http_address, inherited_listener(listen_fd))
+    http = HttpServer(
+        app, settings.http_address, inherited_listener(listen_fd), _tls_files(settings.tls)
+    )
     await http.start()
     parent.tell(READY)
     gc.collect()
@@ -376,6 +388,29 @@ async def serve_http(settings: Settings, listen_fd: int, grpc_target: str) -> in
     await passkit.close()
     await engine.dispose()
     return 0
+
+
+def warn_if_plaintext(settings: Settings) -> None:
+    """Warns of each listen address other machines can reach while TLS is off."""
+    if settings.tls is not None:
+        return
+    for setting, address in (
+        ("PASSPUSH_GRPC_ADDRESS", settings.grpc_address),
+        ("PASSPUSH_HTTP_ADDRESS", settings.http_address),
+    ):
+        if not is_loopback(address):
+            log.warning(
+                "%s is %s, not a loopback address, and TLS is off: API keys and pass "
+                "tokens cross the network in plaintext (set PASSPUSH_TLS_CERT and "
+                "PASSPUSH_TLS_KEY, or serve behind a proxy that terminates TLS)",
+                setting,
+                address,
+            )
+
+
+def _tls_files(tls: TlsFiles | None) -> tuple[str, str] | None:
+    """The HTTP server's certificate and key files: the gRPC server's."""
+    return (tls.certificate, tls.private_key) if tls is not None else None
 
 
 def _default_signing(files: SigningFiles | None, *, quiet: bool = False) -> SigningMaterial | None:

@@ -15,6 +15,7 @@ from passpush.domain.outcomes import RetryPolicy
 from passpush.service.keys import DEFAULT_CACHE_SECONDS
 from passpush.service.status import DEFAULT_EVENT_RETENTION
 from passpush.store.db import DEFAULT_DATABASE_URL
+from passpush.tls import TlsFiles
 
 APPLE_APNS_ENDPOINT = "api.push.apple.com:443"
 DEFAULT_PASSKIT_PREFIX = "/passkit"
@@ -70,6 +71,8 @@ class Settings:
     passkit_url: str = f"http://127.0.0.1:8080{DEFAULT_PASSKIT_PREFIX}"
     # None: no default; only templates with their own material can be signed.
     apple_signing: SigningFiles | None = None
+    # None: the gRPC and HTTP ports speak plaintext (`serve` warns unless on loopback).
+    tls: TlsFiles | None = None
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] = os.environ) -> Settings:
@@ -121,6 +124,15 @@ class Settings:
                     "(and PASSPUSH_APPLE_SIGNING_KEY, unless the key is in the CERT file)"
                 )
             signing = SigningFiles(certificate, get("APPLE_SIGNING_KEY") or certificate, wwdr)
+        tls = None
+        tls_cert, tls_key, client_ca = get("TLS_CERT"), get("TLS_KEY"), get("TLS_CLIENT_CA")
+        if tls_cert or tls_key or client_ca:
+            if not (tls_cert and tls_key):
+                raise ValueError(
+                    "PASSPUSH_TLS_CERT and PASSPUSH_TLS_KEY go together "
+                    "(and PASSPUSH_TLS_CLIENT_CA needs them)"
+                )
+            tls = TlsFiles(tls_cert, tls_key, client_ca)
         http_processes = int(number("HTTP_PROCESSES", os.cpu_count() or 1))
         if not 0 <= http_processes <= 64:
             raise ValueError("PASSPUSH_HTTP_PROCESSES must be 0 to 64 (0: in the gRPC process)")
@@ -161,6 +173,9 @@ class Settings:
                 days=number("EVENT_RETENTION_DAYS", DEFAULT_EVENT_RETENTION.days)
             ),
             passkit_prefix=prefix,
-            passkit_url=(get("PASSKIT_URL") or f"http://{http_address}{prefix}").rstrip("/"),
+            passkit_url=(
+                get("PASSKIT_URL") or f"{'https' if tls else 'http'}://{http_address}{prefix}"
+            ).rstrip("/"),
             apple_signing=signing,
+            tls=tls,
         )

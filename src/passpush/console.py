@@ -8,6 +8,7 @@ import csv
 import os
 import sys
 from datetime import UTC
+from pathlib import Path
 from typing import Any, TextIO
 
 import grpc
@@ -70,6 +71,64 @@ def add_connection(parser: argparse.ArgumentParser) -> None:
         default=os.environ.get("PASSPUSH_API_KEY", ""),
         help="an API key (default: PASSPUSH_API_KEY)",
     )
+    tls = parser.add_argument_group("TLS (a server with PASSPUSH_TLS_CERT)")
+    tls.add_argument(
+        "--tls",
+        action="store_true",
+        default=os.environ.get("PASSPUSH_TLS", "").lower() in ("1", "true"),
+        help="call over TLS, trusting the system's CAs (implied by the options below; "
+        "default: PASSPUSH_TLS)",
+    )
+    tls.add_argument(
+        "--tls-ca",
+        metavar="FILE",
+        default=os.environ.get("PASSPUSH_TLS_CA"),
+        help="call over TLS, trusting the CA certificates in this PEM file instead "
+        "(default: PASSPUSH_TLS_CA)",
+    )
+    tls.add_argument(
+        "--tls-cert",
+        metavar="FILE",
+        default=os.environ.get("PASSPUSH_TLS_CLIENT_CERT"),
+        help="a client certificate (PEM), for a server with PASSPUSH_TLS_CLIENT_CA "
+        "(default: PASSPUSH_TLS_CLIENT_CERT)",
+    )
+    tls.add_argument(
+        "--tls-key",
+        metavar="FILE",
+        default=os.environ.get("PASSPUSH_TLS_CLIENT_KEY"),
+        help="the client certificate's key (PEM; default: PASSPUSH_TLS_CLIENT_KEY, or the "
+        "--tls-cert file)",
+    )
+
+
+class ConnectionSettingError(Exception):
+    """A connection option that cannot be used; its message says which and why."""
+
+
+def open_channel(args: argparse.Namespace) -> grpc.aio.Channel:
+    """The channel `add_connection`'s options ask for; ConnectionSettingError when a TLS
+    file cannot be read."""
+    if not (args.tls or args.tls_ca or args.tls_cert or args.tls_key):
+        return grpc.aio.insecure_channel(args.address)
+    if args.tls_key and not args.tls_cert:
+        raise ConnectionSettingError("--tls-key needs --tls-cert")
+    cert = _read_pem("--tls-cert", args.tls_cert)
+    credentials = grpc.ssl_channel_credentials(
+        root_certificates=_read_pem("--tls-ca", args.tls_ca),
+        private_key=_read_pem("--tls-key", args.tls_key) or cert,
+        certificate_chain=cert,
+    )
+    return grpc.aio.secure_channel(args.address, credentials)
+
+
+def _read_pem(option: str, path: str | None) -> bytes | None:
+    if path is None:
+        return None
+    try:
+        return Path(path).read_bytes()
+    except OSError as error:
+        raise ConnectionSettingError(f"cannot read {option} {path}: {error.strerror}") from None
 
 
 async def run(args: argparse.Namespace) -> int:
@@ -80,7 +139,12 @@ async def run(args: argparse.Namespace) -> int:
         print("passpush: give an API key with --key or PASSPUSH_API_KEY", file=sys.stderr)
         return 2
     metadata = (("authorization", f"Bearer {args.key}"),)
-    async with grpc.aio.insecure_channel(args.address) as channel:
+    try:
+        channel = open_channel(args)
+    except ConnectionSettingError as error:
+        print(f"passpush: {error}", file=sys.stderr)
+        return 2
+    async with channel:
         stub: notifications_pb2_grpc.NotificationServiceAsyncStub
         stub = notifications_pb2_grpc.NotificationServiceStub(channel)  # type: ignore[assignment]
         try:

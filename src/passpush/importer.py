@@ -31,7 +31,7 @@ from rich.progress import (
     TimeRemainingColumn,
 )
 
-from passpush.console import add_connection
+from passpush.console import ConnectionSettingError, add_connection, open_channel
 from passpush.v1 import passes_pb2 as ppb
 from passpush.v1 import passes_pb2_grpc
 
@@ -158,6 +158,11 @@ async def run(args: argparse.Namespace) -> int:
     if unknown:
         print(f"passpush: unknown CSV columns: {', '.join(unknown)}", file=sys.stderr)
         return 2
+    try:
+        channel = open_channel(args)
+    except ConnectionSettingError as error:
+        print(f"passpush: {error}", file=sys.stderr)
+        return 2
     read = _Read()
     columns = (
         TextColumn("importing"),
@@ -182,7 +187,7 @@ async def run(args: argparse.Namespace) -> int:
                 yield ppb.ImportPassesRequest(entries=chunk)
                 _advance(progress, task, len(chunk))
 
-        async with grpc.aio.insecure_channel(args.address) as channel:
+        async with channel:
             passes = passes_pb2_grpc.PassServiceStub(channel)
             try:
                 summary = await passes.ImportPasses(messages(), metadata=metadata)

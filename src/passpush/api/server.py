@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import shutil
+import tempfile
 from collections.abc import Callable
 from datetime import timedelta
 
@@ -80,7 +82,9 @@ class PasspushServer:
         max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
         readiness_interval: float = 1.0,
         fanout_chunk: int = FANOUT_CHUNK,
+        credentials: grpc.ServerCredentials | None = None,
     ) -> None:
+        """`credentials`: TLS on `address` (passpush.tls); None: plaintext."""
         self.changes = ChangeFeed()
         self.worker = DeliveryWorker(
             sessions,
@@ -168,8 +172,22 @@ class PasspushServer:
         admin_pb2_grpc.add_AdminServiceServicer_to_server(AdminServicer(self.keys), self.server)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
         enable_reflection(self.server, (*SERVICE_NAMES, health.SERVICE_NAME))
-        self.port = self.server.add_insecure_port(address)
+        # Where the HTTP shim, a client in this machine, calls the server: None for the
+        # listen address itself. With TLS, a Unix socket in a directory of this user's
+        # alone: the shim then needs neither a name the certificate holds, nor a client
+        # certificate, nor the CA; and no other user of the machine gets around TLS.
+        self.local_target: str | None = None
+        self._socket_dir: str | None = None
+        if credentials is None:
+            self.port = self.server.add_insecure_port(address)
+        else:
+            self.port = self.server.add_secure_port(address, credentials)
+            self._socket_dir = tempfile.mkdtemp(prefix="passpush-")  # mode 0700
+            self.local_target = f"unix:{self._socket_dir}/grpc.sock"
+            self.server.add_insecure_port(self.local_target)
         if self.port == 0:
+            if self._socket_dir is not None:
+                shutil.rmtree(self._socket_dir, ignore_errors=True)
             raise OSError(f"cannot listen on {address}")
 
     async def start(self) -> None:
@@ -237,3 +255,5 @@ class PasspushServer:
         await self.passkit.close()
         if self._read_engine is not None:
             await self._read_engine.dispose()
+        if self._socket_dir is not None:
+            shutil.rmtree(self._socket_dir, ignore_errors=True)

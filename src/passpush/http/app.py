@@ -119,15 +119,28 @@ def _without_422(app: FastAPI, service: passkit.PassKitService | None = None) ->
 class HttpServer:
     """uvicorn serving the shim beside the gRPC server, started and stopped with it."""
 
-    def __init__(self, app: ASGIApp, address: str, listener: socket.socket | None = None) -> None:
-        """Serves on `address`, or on `listener` (a socket listening already) if given."""
+    def __init__(
+        self,
+        app: ASGIApp,
+        address: str,
+        listener: socket.socket | None = None,
+        tls_files: tuple[str, str] | None = None,
+    ) -> None:
+        """Serves on `address`, or on `listener` (a socket listening already) if given;
+        HTTPS with `tls_files`, the PEM files of the certificate (chain) and its key."""
         host, _, port = address.rpartition(":")
         self._host, self._port = host.strip("[]") or "127.0.0.1", int(port)
         self._listener = listener
+        certificate, key = tls_files or (None, None)
         # httptools parses HTTP in C, where h11 is pure Python: devices make many small
         # requests; each response leaves in one system call (responses.py).
         config = uvicorn.Config(
-            app, log_config=None, access_log=False, http=CoalescingHttpToolsProtocol
+            app,
+            log_config=None,
+            access_log=False,
+            http=CoalescingHttpToolsProtocol,
+            ssl_certfile=certificate,
+            ssl_keyfile=key,
         )
         self._server = _QuietSignalsServer(config)
         self._task: asyncio.Task[None] | None = None
