@@ -164,7 +164,10 @@ class PasspushServer:
         reflection.enable_server_reflection(
             (*SERVICE_NAMES, health.SERVICE_NAME, reflection.SERVICE_NAME), self.server
         )
-        self.port = self.server.add_insecure_port(address)
+        try:
+            self.port = self.server.add_insecure_port(address)
+        except RuntimeError:  # grpc's "Failed to bind to address" (older versions return 0)
+            self.port = 0
         if self.port == 0:
             raise OSError(f"cannot listen on {address}")
 
