@@ -84,6 +84,19 @@ def test_the_image_is_slim_python_3_11_and_runs_as_a_user() -> None:
     assert [i.cmd for i in image()].index("USER") < [i.cmd for i in image()].index("ENTRYPOINT")
 
 
+def test_the_image_copies_what_the_repository_has_and_installs_it() -> None:
+    copied = [i.value[0] for i in instructions("COPY")]
+    [install] = [i for i in instructions("RUN") if "pip install" in i.value[0]]
+
+    for source in copied:
+        assert (ROOT / source).exists(), f"COPY {source}: not in the repository"
+    # The server and the stubs it pins, each a project of the repository.
+    installed = install.value[0].split("&&")[0].split()[2:]
+    assert sorted(installed) == [".", "./clients/python"], install.original
+    for project in installed:
+        assert (ROOT / project / "pyproject.toml").exists()
+
+
 async def test_every_passpush_command_they_run_is_one_the_cli_has() -> None:
     shown = await run(PASSPUSH, "--help")
     assert shown.returncode == 0, shown.output
