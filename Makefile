@@ -8,6 +8,9 @@ VENV := .venv
 BIN := $(VENV)/bin
 BUF := node_modules/.bin/buf
 PROTOS := $(wildcard protos/passpush/v1/*.proto)
+# The generated code is the passpush-client distribution's package (passpush.v1).
+CLIENT := clients/python
+STUBS := $(CLIENT)/src
 # grpc_tools ships the well-known types (google/protobuf/*.proto).
 WKT = $$($(BIN)/python -c 'import grpc_tools, os; print(os.path.join(grpc_tools.__path__[0], "_proto"))')
 
@@ -18,9 +21,11 @@ help: ## List the targets.
 
 setup: $(VENV)/.installed $(BUF) ## Create .venv and install passpush with its dev tools.
 
-$(VENV)/.installed: pyproject.toml
+# Both in one pip command: the server's passpush-client==<version> is then met by the
+# local client, not looked up on an index.
+$(VENV)/.installed: pyproject.toml $(CLIENT)/pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install --quiet --disable-pip-version-check -e '.[dev]'
+	$(BIN)/pip install --quiet --disable-pip-version-check -e $(CLIENT) -e '.[dev]'
 	touch $@
 
 $(BUF): package.json
@@ -33,8 +38,8 @@ run: setup ## Migrate, make a first API key if there is none, and start the serv
 	$(BIN)/passpush keys create --project demo --scopes all --name demo --if-none
 	exec $(BIN)/passpush serve --fakes
 
-generate: setup ## Regenerate generated/ from protos/.
-	$(call protoc,generated)
+generate: setup ## Regenerate the client package's stubs (clients/python/src/passpush/v1) from protos/.
+	$(call protoc,$(STUBS))
 
 # $(call protoc,OUTDIR): one shell line, so that recipes can chain it. Beside the code, the
 # protos and their imports as a FileDescriptorSet with their comments (source info), which
@@ -45,12 +50,12 @@ protoc = rm -rf $(1)/passpush && mkdir -p $(1)/passpush/v1 && \
 	  --python_out=$(1) --grpc_python_out=$(1) --mypy_out=$(1) --mypy_grpc_out=$(1) \
 	  --include_source_info --include_imports --descriptor_set_out=$(1)/passpush/v1/descriptors.binpb \
 	  $(PROTOS) >/dev/null && \
-	touch $(1)/passpush/v1/__init__.py
+	touch $(1)/passpush/v1/__init__.py $(1)/passpush/v1/py.typed
 
-check-generated: setup ## Fail when generated/ differs from what the protos generate.
+check-generated: setup ## Fail when the client package's stubs differ from what the protos generate.
 	tmp=$$(mktemp -d); trap 'rm -rf "$$tmp"' EXIT; \
 	$(call protoc,$$tmp); \
-	diff -r -x __pycache__ "$$tmp/passpush" generated/passpush || { echo "generated/ is stale: run 'make generate'"; exit 1; }
+	diff -r -x __pycache__ "$$tmp/passpush" $(STUBS)/passpush || { echo "$(STUBS)/passpush is stale: run 'make generate'"; exit 1; }
 
 lint: setup ## ruff, mypy, import layers, buf lint and buf format.
 	$(BIN)/ruff check src tests $(wildcard benchmarks)

@@ -61,7 +61,10 @@ class Completed:
 
 
 async def run(
-    *argv: str | Path, env: dict[str, str] | None = None, seconds: float = 60
+    *argv: str | Path,
+    env: dict[str, str] | None = None,
+    seconds: float = 60,
+    cwd: Path | None = None,
 ) -> Completed:
     """Runs a command to completion without blocking the event loop."""
     process = await asyncio.create_subprocess_exec(
@@ -69,6 +72,7 @@ async def run(
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.PIPE,
         env=env,
+        cwd=cwd,
     )
     try:
         async with asyncio.timeout(seconds):

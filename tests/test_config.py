@@ -166,3 +166,56 @@ def test_http_runs_in_one_lower_priority_process_per_cpu_unless_configured() -> 
     for name, value in [("HTTP_PROCESSES", "-1"), ("HTTP_PROCESSES", "65"), ("HTTP_NICE", "20")]:
         with pytest.raises(ValueError, match=f"PASSPUSH_{name}"):
             Settings.from_env({f"PASSPUSH_{name}": value})
+
+
+# Every setting that takes a number, with a value it refuses and what its message says it takes.
+NUMBERS = [
+    ("GRPC_MAX_MESSAGE_BYTES", "4MiB", "a whole number of 1 or more"),
+    ("HTTP_PROCESSES", "two", "a whole number from 0 to 64"),
+    ("HTTP_NICE", "5.5", "a whole number from 0 to 19"),
+    ("SHUTDOWN_GRACE", "-1", "a number of seconds of 0 or more"),
+    ("WORKER_BATCH_SIZE", "abc", "a whole number of 1 or more"),
+    ("WORKER_IN_FLIGHT", "0", "a whole number of 1 or more"),
+    ("WORKER_LEASE_SECONDS", "0", "a number of seconds above 0"),
+    ("WORKER_POLL_SECONDS", "nan", "a number of seconds above 0"),
+    ("RETRY_BUDGET", "1h", "a number of seconds of 0 or more"),
+    ("APNS_CONNECTIONS", "", None),  # empty is unset
+    ("APNS_CONNECTIONS", "-2", "a whole number of 1 or more"),
+    ("GOOGLE_RATE", "inf", "a number above 0"),
+    ("EVENT_RETENTION_DAYS", "a week", "a number of days above 0"),
+    ("KEY_CACHE_SECONDS", "-5", "a number of seconds of 0 or more"),
+]
+
+
+@pytest.mark.parametrize(("name", "value", "takes"), NUMBERS)
+def test_a_bad_number_names_its_setting_and_what_it_takes(
+    name: str, value: str, takes: str | None
+) -> None:
+    if takes is None:
+        Settings.from_env({f"PASSPUSH_{name}": value})
+        return
+    with pytest.raises(ValueError) as refused:
+        Settings.from_env({f"PASSPUSH_{name}": value})
+    assert str(refused.value) == f"PASSPUSH_{name} must be {takes}, got {value!r}"
+
+
+@pytest.mark.parametrize("name", ["GRPC_ADDRESS", "HTTP_ADDRESS"])
+@pytest.mark.parametrize("value", ["localhost", "localhost:http", "127.0.0.1:65536"])
+def test_a_listen_address_is_host_and_port(name: str, value: str) -> None:
+    with pytest.raises(ValueError, match=f"^PASSPUSH_{name} must be HOST:PORT"):
+        Settings.from_env({f"PASSPUSH_{name}": value})
+    assert Settings.from_env({f"PASSPUSH_{name}": "[::]:0"})
+
+
+def test_the_database_url_names_a_driver_passpush_has_and_hides_its_password() -> None:
+    for url in ("postgresql://app:s3cret@db/passpush", "mysql+aiomysql://db/x", "not a url"):
+        with pytest.raises(ValueError, match=r"^PASSPUSH_DATABASE_URL must be") as refused:
+            Settings.from_env({"PASSPUSH_DATABASE_URL": url})
+        assert "s3cret" not in str(refused.value)
+    named = "postgresql+asyncpg://app:s3cret@db:5432/passpush"
+    assert Settings.from_env({"PASSPUSH_DATABASE_URL": named}).database_url == named
+
+
+def test_the_passkit_url_is_an_http_url() -> None:
+    with pytest.raises(ValueError, match=r"^PASSPUSH_PASSKIT_URL must be an http"):
+        Settings.from_env({"PASSPUSH_PASSKIT_URL": "passes.example.com/passkit"})

@@ -1,7 +1,11 @@
 """passpush: push notifications to Apple Wallet and Google Wallet passes."""
 
-# generated/passpush (protobuf code) and src/passpush share the package name:
-# extend_path makes both one package when both roots are on sys.path.
+# The protobuf code, passpush.v1, ships apart as the passpush-client distribution
+# (clients/python), where `passpush` has no __init__.py (a namespace portion). Installed
+# side by side in one site-packages the two share a directory and need nothing; installed
+# editable (make setup) each is its own sys.path entry, and extend_path adds the client's
+# `passpush` directory to this package's __path__ so that `import passpush.v1` finds it.
+# (This package cannot be a namespace itself: it has code and data of its own.)
 from pkgutil import extend_path
 
 __path__ = extend_path(__path__, __name__)

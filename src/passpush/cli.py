@@ -8,48 +8,32 @@ import contextlib
 import dataclasses
 import functools
 import gc
+import importlib.metadata
 import logging
+import os
 import signal
+import socket
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, NoReturn
 from urllib.parse import urlsplit
 
-from sqlalchemy.engine import make_url
-
 from passpush import console, importer
-from passpush.api.server import PasspushServer
-from passpush.config import Settings, SigningFiles
-from passpush.delivery.apns import ApnsConfig, ApnsGateway
-from passpush.delivery.google import GoogleWalletConfig, GoogleWalletGateway
 from passpush.domain.auth import SCOPE_ALIASES, ApiKey, Scope
-from passpush.domain.errors import DomainError
-from passpush.domain.outcomes import APNS_NOT_CONFIGURED, GOOGLE_NOT_CONFIGURED
-from passpush.domain.signing import AppleSigningPem, SigningMaterial, load_signing
-from passpush.fakes import google as fake_google
-from passpush.fakes.apns import FakeApns, start_bundled_fake
-from passpush.http.app import HttpServer, create_app
-from passpush.http.processes import (
-    READY,
-    HttpProcesses,
-    ParentFetchSink,
-    ParentPipe,
-    ParentReadiness,
-    ParentRegistrar,
-    follow_parent,
-    lower_priority,
-)
-from passpush.http.sockets import inherited_listener
-from passpush.service.clock import utcnow
-from passpush.service.keys import KeyCore
-from passpush.service.passkit import PassKitCore, PassKitSettings, PassPackager
-from passpush.store import migrate
-from passpush.store.db import is_sqlite, make_engine, make_sessions
-from passpush.store.direct import direct_transactions
-from passpush.store.outbox import Outbox
-from passpush.store.request_turns import SharedRequestTurns
-from passpush.store.schedules import ScheduleStore
-from passpush.tls import ServerTls, TlsFiles, is_loopback, load_server_tls
+
+# The server's modules (2 s of imports) are imported by the commands that need them, so that
+# `passpush --help` and the client commands start at once.
+if TYPE_CHECKING:
+    from passpush.api.server import PasspushServer
+    from passpush.config import Settings, SigningFiles
+    from passpush.delivery.apns import ApnsGateway
+    from passpush.delivery.google import GoogleWalletGateway
+    from passpush.domain.signing import SigningMaterial
+    from passpush.fakes import google as fake_google
+    from passpush.fakes.apns import FakeApns
+    from passpush.http.app import HttpServer
+    from passpush.http.processes import HttpProcesses
+    from passpush.tls import ServerTls, TlsFiles
 
 log = logging.getLogger("passpush")
 
@@ -58,7 +42,10 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(
         prog="passpush", description="Push notifications to Apple Wallet and Google Wallet passes."
     )
-    commands = parser.add_subparsers(dest="command", required=True)
+    parser.add_argument(
+        "--version", action="version", version=f"passpush {importlib.metadata.version('passpush')}"
+    )
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     serve_parser = commands.add_parser(
         "serve", help="start the gRPC server, the HTTP shim and the delivery worker"
     )
@@ -72,28 +59,45 @@ def main(argv: list[str] | None = None) -> None:
     child_parser = commands.add_parser("serve-http")
     child_parser.add_argument("--listen-fd", type=int, required=True)
     child_parser.add_argument("--grpc-target", required=True)
-    commands.add_parser("migrate", help="bring the database schema up to date")
+    migrate_parser = commands.add_parser(
+        "migrate", help="bring the database schema up to date (or to a given revision)"
+    )
+    migrate_parser.add_argument(
+        "--to",
+        default="head",
+        metavar="REVISION",
+        help="upgrade or downgrade to this revision (0001, 0002, ...; base: no schema; "
+        "default: head, the newest)",
+    )
     _add_keys_commands(commands)
     console.add_commands(commands)
     importer.add_command(commands)
     args = parser.parse_args(argv)
     if args.command in ("send", "watch", "failures"):
         # A client of a running server: no settings, no logging set-up of its own.
-        sys.exit(asyncio.run(console.run(args)))
+        try:
+            sys.exit(asyncio.run(console.run(args)))
+        except KeyboardInterrupt:
+            sys.exit(130)  # what goes on without us is said already
     if args.command == "import":
         with contextlib.suppress(KeyboardInterrupt):
             sys.exit(asyncio.run(importer.run(args)))
         sys.exit("passpush: import interrupted: the passes sent so far are imported")
+    from passpush.config import Settings
+    from passpush.database_checks import DATABASE_ERRORS, DatabaseUnusable, trouble
+    from passpush.domain.errors import DomainError
+
     logging.basicConfig(
         level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
+    if args.command != "migrate":  # alembic's lines on reading the schema's revision
+        logging.getLogger("alembic").setLevel(logging.WARNING)
     try:
         settings = Settings.from_env()
     except ValueError as error:
-        sys.exit(f"passpush: {error}")
+        _refuse(str(error))
     if args.command == "migrate":
-        migrate.upgrade(settings.database_url)
-        print(f"database is up to date ({_safe_url(settings.database_url)})")
+        _migrate(settings.database_url, args.to)
     elif args.command == "serve":
         if args.fakes:
             settings = dataclasses.replace(settings, fakes=True)
@@ -107,6 +111,32 @@ def main(argv: list[str] | None = None) -> None:
             asyncio.run(keys(settings, args))
         except DomainError as error:
             sys.exit(f"passpush keys: {error.message}")
+        except DatabaseUnusable as error:
+            _refuse(str(error))
+        except DATABASE_ERRORS as error:  # the database went away on the way
+            _refuse(trouble(error, settings.database_url))
+
+
+def _refuse(message: str) -> NoReturn:
+    """Exits with status 2: the command could not run, for the reason given."""
+    print(f"passpush: {message}", file=sys.stderr)
+    sys.exit(2)
+
+
+def _migrate(database_url: str, target: str) -> None:
+    from passpush.database_checks import DATABASE_ERRORS, shown, trouble
+    from passpush.store import migrate
+
+    try:
+        now = migrate.migrate_to(database_url, target)
+    except migrate.UnknownRevision as error:
+        _refuse(str(error))
+    except DATABASE_ERRORS as error:
+        _refuse(trouble(error, database_url))
+    if now == migrate.head():
+        print(f"database is up to date ({shown(database_url)})")
+    else:
+        print(f"database is at revision {now}, head is {migrate.head()} ({shown(database_url)})")
 
 
 def _add_keys_commands(commands: Any) -> None:
@@ -134,7 +164,12 @@ def _add_keys_commands(commands: Any) -> None:
 
 
 async def keys(settings: Settings, args: argparse.Namespace) -> None:
-    engine = make_engine(settings.database_url)
+    from passpush.database_checks import open_migrated
+    from passpush.service.clock import utcnow
+    from passpush.service.keys import KeyCore
+    from passpush.store.db import make_sessions
+
+    engine = await open_migrated(settings.database_url)
     core = KeyCore(make_sessions(engine), clock=utcnow)
     try:
         if args.action == "create":
@@ -164,6 +199,23 @@ def _scopes(key: ApiKey) -> str:
 
 
 async def serve(settings: Settings) -> int:
+    from passpush.api.server import PasspushServer
+    from passpush.database_checks import DatabaseUnusable, open_migrated
+    from passpush.delivery.apns import ApnsConfig, ApnsGateway
+    from passpush.delivery.google import GoogleWalletConfig, GoogleWalletGateway
+    from passpush.domain.errors import DomainError
+    from passpush.domain.outcomes import APNS_NOT_CONFIGURED, GOOGLE_NOT_CONFIGURED
+    from passpush.fakes import google as fake_google
+    from passpush.fakes.apns import start_bundled_fake
+    from passpush.http.app import HttpServer, create_app
+    from passpush.service.clock import utcnow
+    from passpush.service.passkit import PassKitSettings
+    from passpush.store.db import is_sqlite, make_sessions
+    from passpush.store.outbox import Outbox
+    from passpush.store.request_turns import SharedRequestTurns
+    from passpush.store.schedules import ScheduleStore
+    from passpush.tls import load_server_tls
+
     try:
         default_signing = _default_signing(settings.apple_signing)
     except (OSError, DomainError) as error:
@@ -184,10 +236,10 @@ async def serve(settings: Settings) -> int:
             "settings' Allow HTTP Services), so passes will not register or update",
             settings.passkit_url,
         )
-    engine = make_engine(settings.database_url)
-    if not await migrate.is_up_to_date(engine):
-        log.error("the database schema is not up to date: run `passpush migrate` first")
-        await engine.dispose()
+    try:
+        engine = await open_migrated(settings.database_url)
+    except DatabaseUnusable as error:
+        log.error("%s", error)
         return 2
     sessions = make_sessions(engine)
     fake: FakeApns | None = None
@@ -260,19 +312,29 @@ async def serve(settings: Settings) -> int:
         await _close_gateways(gateway, None, fake, fake_wallet)
         await engine.dispose()
         return 2
-    server = PasspushServer(
-        sessions,
-        gateway,
-        google,
-        address=settings.grpc_address,
-        clock=utcnow,
-        worker_settings=settings.worker,
-        key_cache_seconds=settings.key_cache_seconds,
-        event_retention=settings.event_retention,
-        passkit=PassKitSettings(settings.passkit_url, default_signing),
-        max_message_bytes=settings.grpc_max_message_bytes,
-        credentials=tls.grpc_credentials() if tls is not None else None,
-    )
+    try:
+        server = PasspushServer(
+            sessions,
+            gateway,
+            google,
+            address=settings.grpc_address,
+            clock=utcnow,
+            worker_settings=settings.worker,
+            key_cache_seconds=settings.key_cache_seconds,
+            event_retention=settings.event_retention,
+            passkit=PassKitSettings(settings.passkit_url, default_signing),
+            max_message_bytes=settings.grpc_max_message_bytes,
+            credentials=tls.grpc_credentials() if tls is not None else None,
+        )
+    except OSError:  # the gRPC address cannot be listened on
+        log.error(
+            "cannot serve gRPC on %s (PASSPUSH_GRPC_ADDRESS): %s",
+            settings.grpc_address,
+            _why_not_listening(settings.grpc_address),
+        )
+        await _close_gateways(gateway, google, fake, fake_wallet)
+        await engine.dispose()
+        return 2
     if is_sqlite(settings.database_url):
         # SQLite serves one process: leases and claims left by a crashed run are ours now.
         async with sessions.begin() as session:
@@ -348,6 +410,23 @@ async def serve(settings: Settings) -> int:
 async def serve_http(settings: Settings, listen_fd: int, grpc_target: str) -> int:
     """One HTTP process of `serve`: the shim and the PassKit web service on the socket the
     parent listens on, until SIGTERM or until the parent is gone."""
+    from passpush.domain.errors import DomainError
+    from passpush.http.app import HttpServer, create_app
+    from passpush.http.processes import (
+        READY,
+        ParentFetchSink,
+        ParentPipe,
+        ParentReadiness,
+        ParentRegistrar,
+        follow_parent,
+        lower_priority,
+    )
+    from passpush.http.sockets import inherited_listener
+    from passpush.service.clock import utcnow
+    from passpush.service.passkit import PassKitCore, PassKitSettings, PassPackager
+    from passpush.store.db import make_engine, make_sessions
+    from passpush.store.direct import direct_transactions
+
     lower_priority(settings.http_nice)
     try:
         default_signing = _default_signing(settings.apple_signing, quiet=True)
@@ -392,6 +471,8 @@ async def serve_http(settings: Settings, listen_fd: int, grpc_target: str) -> in
 
 def warn_if_plaintext(settings: Settings) -> None:
     """Warns of each listen address other machines can reach while TLS is off."""
+    from passpush.tls import is_loopback
+
     if settings.tls is not None:
         return
     for setting, address in (
@@ -416,6 +497,9 @@ def _tls_files(tls: TlsFiles | None) -> tuple[str, str] | None:
 def _default_signing(files: SigningFiles | None, *, quiet: bool = False) -> SigningMaterial | None:
     """The server's signing material, checked at start: a mistake shows now, not on a
     device. `quiet`: no warnings (an HTTP process, whose parent gave them)."""
+    from passpush.domain.signing import AppleSigningPem, load_signing
+    from passpush.service.clock import utcnow
+
     if files is None:
         if quiet:
             return None
@@ -456,6 +540,8 @@ async def _close_gateways(
 
 
 def _http_processes(settings: Settings, grpc_target: str, server: PasspushServer) -> HttpProcesses:
+    from passpush.http.processes import HttpProcesses
+
     processes = HttpProcesses(
         settings.http_address,
         settings.http_processes,
@@ -491,9 +577,16 @@ def _dial(listen_address: str, port: int) -> str:
     return f"{host}:{port}"
 
 
-def _safe_url(url: str) -> str:
-    """The URL without its password, for logs."""
-    return make_url(url).render_as_string(hide_password=True)
+def _why_not_listening(address: str) -> str:
+    """The system's reason that `address` cannot be listened on (grpc does not say)."""
+    host, _, port = address.rpartition(":")
+    host = host.strip("[]")
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    try:
+        with socket.create_server((host, int(port)), family=family):
+            return "gRPC could not listen there"
+    except OSError as error:  # its text names the address again: the errno's alone
+        return os.strerror(error.errno) if error.errno else str(error)
 
 
 if __name__ == "__main__":

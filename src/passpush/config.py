@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import timedelta
+from urllib.parse import urlsplit
+
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import ArgumentError
 
 from passpush.api.server import DEFAULT_MAX_MESSAGE_BYTES
 from passpush.delivery.apns import ApnsConfig
@@ -85,19 +90,64 @@ class Settings:
                 raise ValueError(f"PASSPUSH_{name} must be 1 or 0, got {value!r}")
             return value in ("1", "true")
 
-        def number(name: str, default: float) -> float:
+        def number(name: str, default: float, *, unit: str = "", above_zero: bool = False) -> float:
+            """A finite number, above 0 or at least 0; `unit` names it in the message."""
             value = get(name)
-            return default if value is None else float(value)
+            if value is None:
+                return default
+            try:
+                parsed = float(value)
+            except ValueError:
+                parsed = math.nan
+            if not math.isfinite(parsed) or parsed < 0 or (above_zero and parsed == 0):
+                of_unit = f" of {unit}" if unit else ""
+                bound = "above 0" if above_zero else "of 0 or more"
+                raise ValueError(
+                    f"PASSPUSH_{name} must be a number{of_unit} {bound}, got {value!r}"
+                )
+            return parsed
+
+        def whole(name: str, default: int, minimum: int = 1, maximum: int | None = None) -> int:
+            value = get(name)
+            if value is None:
+                return default
+            try:
+                parsed = int(value)
+            except ValueError:
+                parsed = minimum - 1
+            if parsed < minimum or (maximum is not None and parsed > maximum):
+                takes = (
+                    f"of {minimum} or more" if maximum is None else f"from {minimum} to {maximum}"
+                )
+                raise ValueError(f"PASSPUSH_{name} must be a whole number {takes}, got {value!r}")
+            return parsed
+
+        def address(name: str, default: str) -> str:
+            value = get(name) or default
+            _host, colon, port = value.rpartition(":")
+            if not (colon and port.isdigit() and int(port) <= 65535):
+                example = f"0.0.0.0:{default.rpartition(':')[2]}"
+                raise ValueError(
+                    f"PASSPUSH_{name} must be HOST:PORT (such as {example}; port 0: any free "
+                    f"one), got {value!r}"
+                )
+            return value
 
         defaults = WorkerSettings()
         worker = WorkerSettings(
-            batch_size=int(number("WORKER_BATCH_SIZE", defaults.batch_size)),
-            max_in_flight=int(number("WORKER_IN_FLIGHT", defaults.max_in_flight)),
-            lease=timedelta(seconds=number("WORKER_LEASE_SECONDS", defaults.lease.seconds)),
-            poll_interval=number("WORKER_POLL_SECONDS", defaults.poll_interval),
-            retry=RetryPolicy(budget=number("RETRY_BUDGET", defaults.retry.budget)),
+            batch_size=whole("WORKER_BATCH_SIZE", defaults.batch_size),
+            max_in_flight=whole("WORKER_IN_FLIGHT", defaults.max_in_flight),
+            lease=timedelta(
+                seconds=number(
+                    "WORKER_LEASE_SECONDS", defaults.lease.seconds, unit="seconds", above_zero=True
+                )
+            ),
+            poll_interval=number(
+                "WORKER_POLL_SECONDS", defaults.poll_interval, unit="seconds", above_zero=True
+            ),
+            retry=RetryPolicy(budget=number("RETRY_BUDGET", defaults.retry.budget, unit="seconds")),
         )
-        apns_connections = int(number("APNS_CONNECTIONS", cls.apns_connections))
+        apns_connections = whole("APNS_CONNECTIONS", cls.apns_connections)
         endpoint = get("APNS_ENDPOINT")
         credentials = get("APNS_CERT") or get("APNS_KEY_FILE")
         apns = None
@@ -111,7 +161,7 @@ class Settings:
                 team_id=get("APNS_TEAM_ID"),
                 max_connections=apns_connections,
             )
-        http_address = get("HTTP_ADDRESS") or cls.http_address
+        http_address = address("HTTP_ADDRESS", cls.http_address)
         prefix = "/" + (get("PASSKIT_PREFIX") or DEFAULT_PASSKIT_PREFIX).strip("/")
         if prefix == "/":
             raise ValueError("PASSPUSH_PASSKIT_PREFIX must name a path, such as /passkit")
@@ -133,16 +183,10 @@ class Settings:
                     "(and PASSPUSH_TLS_CLIENT_CA needs them)"
                 )
             tls = TlsFiles(tls_cert, tls_key, client_ca)
-        http_processes = int(number("HTTP_PROCESSES", os.cpu_count() or 1))
-        if not 0 <= http_processes <= 64:
-            raise ValueError("PASSPUSH_HTTP_PROCESSES must be 0 to 64 (0: in the gRPC process)")
-        http_nice = int(number("HTTP_NICE", cls.http_nice))
-        if not 0 <= http_nice <= 19:
-            raise ValueError("PASSPUSH_HTTP_NICE must be 0 to 19")
-        max_message_bytes = int(number("GRPC_MAX_MESSAGE_BYTES", cls.grpc_max_message_bytes))
-        if max_message_bytes < 1:
-            raise ValueError("PASSPUSH_GRPC_MAX_MESSAGE_BYTES must be a positive number of bytes")
-        google_rate = number("GOOGLE_RATE", cls.google_rate)
+        http_processes = whole("HTTP_PROCESSES", os.cpu_count() or 1, minimum=0, maximum=64)
+        http_nice = whole("HTTP_NICE", cls.http_nice, minimum=0, maximum=19)
+        max_message_bytes = whole("GRPC_MAX_MESSAGE_BYTES", cls.grpc_max_message_bytes)
+        google_rate = number("GOOGLE_RATE", cls.google_rate, above_zero=True)
         google_credentials = get("GOOGLE_CREDENTIALS")
         google_api_base = get("GOOGLE_API_BASE")
         google = None
@@ -153,29 +197,56 @@ class Settings:
                 token_url=get("GOOGLE_TOKEN_URL") or GOOGLE_TOKEN_URL,
                 rate=google_rate,
             )
+        scheme = "https" if tls else "http"
+        passkit_url = (get("PASSKIT_URL") or f"{scheme}://{http_address}{prefix}").rstrip("/")
+        if urlsplit(passkit_url).scheme.lower() not in ("http", "https"):
+            raise ValueError(
+                "PASSPUSH_PASSKIT_URL must be an http:// or https:// URL (devices need "
+                f"https://), got {passkit_url!r}"
+            )
         return cls(
-            database_url=get("DATABASE_URL") or DEFAULT_DATABASE_URL,
-            grpc_address=get("GRPC_ADDRESS") or cls.grpc_address,
+            database_url=_database_url(get("DATABASE_URL") or DEFAULT_DATABASE_URL),
+            grpc_address=address("GRPC_ADDRESS", cls.grpc_address),
             grpc_max_message_bytes=max_message_bytes,
             http_address=http_address,
             http_processes=http_processes,
             http_nice=http_nice,
             apns=apns,
             data_dir=get("DATA_DIR") or cls.data_dir,
-            shutdown_grace=number("SHUTDOWN_GRACE", cls.shutdown_grace),
+            shutdown_grace=number("SHUTDOWN_GRACE", cls.shutdown_grace, unit="seconds"),
             worker=worker,
             apns_connections=apns_connections,
             google=google,
             google_rate=google_rate,
             fakes=flag("FAKES"),
-            key_cache_seconds=number("KEY_CACHE_SECONDS", cls.key_cache_seconds),
+            key_cache_seconds=number("KEY_CACHE_SECONDS", cls.key_cache_seconds, unit="seconds"),
             event_retention=timedelta(
-                days=number("EVENT_RETENTION_DAYS", DEFAULT_EVENT_RETENTION.days)
+                days=number(
+                    "EVENT_RETENTION_DAYS",
+                    DEFAULT_EVENT_RETENTION.days,
+                    unit="days",
+                    above_zero=True,
+                )
             ),
             passkit_prefix=prefix,
-            passkit_url=(
-                get("PASSKIT_URL") or f"{'https' if tls else 'http'}://{http_address}{prefix}"
-            ).rstrip("/"),
+            passkit_url=passkit_url,
             apple_signing=signing,
             tls=tls,
         )
+
+
+# The drivers passpush installs; another (psycopg2's `postgresql://`) fails only when used.
+DATABASE_DRIVERS = ("sqlite+aiosqlite", "postgresql+asyncpg")
+
+
+def _database_url(value: str) -> str:
+    takes = "sqlite+aiosqlite:///FILE or postgresql+asyncpg://USER:PASSWORD@HOST:PORT/DATABASE"
+    try:
+        url = make_url(value)
+    except ArgumentError:
+        # Not echoed: it may hold a password.
+        raise ValueError(f"PASSPUSH_DATABASE_URL must be {takes}; it is not a URL") from None
+    if url.drivername not in DATABASE_DRIVERS:
+        shown = url.render_as_string(hide_password=True)
+        raise ValueError(f"PASSPUSH_DATABASE_URL must be {takes}, got {shown!r}")
+    return value

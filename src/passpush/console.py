@@ -4,18 +4,21 @@ progress bar of a ticket (WatchTicket) and a final summary, or its failed delive
 from __future__ import annotations
 
 import argparse
+import asyncio
 import csv
 import os
 import sys
 from datetime import UTC
 from pathlib import Path
-from typing import Any, TextIO
-
-import grpc
+from typing import TYPE_CHECKING, Any, TextIO
 
 from passpush.v1 import notifications_pb2 as npb
-from passpush.v1 import notifications_pb2_grpc
 from passpush.v1 import passes_pb2 as ppb
+
+if TYPE_CHECKING:  # grpc is imported when a command runs: `passpush --help` starts faster
+    import grpc
+
+    from passpush.v1 import notifications_pb2_grpc
 
 DEFAULT_ADDRESS = "127.0.0.1:50051"
 BAR_WIDTH = 30
@@ -109,6 +112,8 @@ class ConnectionSettingError(Exception):
 def open_channel(args: argparse.Namespace) -> grpc.aio.Channel:
     """The channel `add_connection`'s options ask for; ConnectionSettingError when a TLS
     file cannot be read."""
+    import grpc
+
     if not (args.tls or args.tls_ca or args.tls_cert or args.tls_key):
         return grpc.aio.insecure_channel(args.address)
     if args.tls_key and not args.tls_cert:
@@ -135,10 +140,15 @@ async def run(args: argparse.Namespace) -> int:
     """Runs `send`, `watch` or `failures`; the exit status: 0 once the ticket succeeded (or
     was sent without --watch; failures: none failed), 1 when it ended otherwise, 2 when a
     call failed."""
+    import grpc
+
+    from passpush.v1 import notifications_pb2_grpc
+
     if not args.key:
         print("passpush: give an API key with --key or PASSPUSH_API_KEY", file=sys.stderr)
         return 2
     metadata = (("authorization", f"Bearer {args.key}"),)
+    ticket_id: int | None = None  # the ticket being followed
     try:
         channel = open_channel(args)
     except ConnectionSettingError as error:
@@ -162,7 +172,23 @@ async def run(args: argparse.Namespace) -> int:
         except grpc.aio.AioRpcError as error:
             print(f"passpush: {error.code().name}: {error.details()}", file=sys.stderr)
             return 2
+        except asyncio.CancelledError:  # Ctrl-C (asyncio.run then raises KeyboardInterrupt)
+            if ticket_id is not None:
+                stopped_watching(ticket_id)
+            raise
     return 0 if final.state == npb.TICKET_STATE_SUCCEEDED else 1
+
+
+def stopped_watching(ticket_id: int) -> None:
+    """Says, after Ctrl-C, that the server goes on with the ticket without us."""
+    if sys.stdout.isatty():
+        sys.stdout.write("\n")  # after the progress bar's line
+        sys.stdout.flush()
+    print(
+        f"stopped watching; ticket {ticket_id} goes on "
+        f"(passpush watch {ticket_id} to follow it again)",
+        file=sys.stderr,
+    )
 
 
 async def watch(

@@ -19,21 +19,15 @@ import sys
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import grpc
 from google.protobuf import json_format
-from rich.progress import (
-    BarColumn,
-    MofNCompleteColumn,
-    Progress,
-    TaskProgressColumn,
-    TextColumn,
-    TimeRemainingColumn,
-)
 
 from passpush.console import ConnectionSettingError, add_connection, open_channel
 from passpush.v1 import passes_pb2 as ppb
-from passpush.v1 import passes_pb2_grpc
+
+if TYPE_CHECKING:  # grpc and rich are imported when the command runs
+    from rich.progress import Progress
 
 PER_MESSAGE = 1_000  # the server's limit on ImportPassesRequest.entries
 CSV_COLUMNS = (
@@ -143,6 +137,18 @@ def _count_lines(path: Path) -> int:
 async def run(args: argparse.Namespace) -> int:
     """Imports the file; 0 when every pass was imported, 1 when some were not, 2 when the
     file or the call failed."""
+    import grpc
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TaskProgressColumn,
+        TextColumn,
+        TimeRemainingColumn,
+    )
+
+    from passpush.v1 import passes_pb2_grpc
+
     if not args.key:
         print("passpush: give an API key with --key or PASSPUSH_API_KEY", file=sys.stderr)
         return 2

@@ -178,13 +178,16 @@ class PasspushServer:
         # certificate, nor the CA; and no other user of the machine gets around TLS.
         self.local_target: str | None = None
         self._socket_dir: str | None = None
-        if credentials is None:
-            self.port = self.server.add_insecure_port(address)
-        else:
-            self.port = self.server.add_secure_port(address, credentials)
-            self._socket_dir = tempfile.mkdtemp(prefix="passpush-")  # mode 0700
-            self.local_target = f"unix:{self._socket_dir}/grpc.sock"
-            self.server.add_insecure_port(self.local_target)
+        try:
+            if credentials is None:
+                self.port = self.server.add_insecure_port(address)
+            else:
+                self.port = self.server.add_secure_port(address, credentials)
+                self._socket_dir = tempfile.mkdtemp(prefix="passpush-")  # mode 0700
+                self.local_target = f"unix:{self._socket_dir}/grpc.sock"
+                self.server.add_insecure_port(self.local_target)
+        except RuntimeError:  # grpc's "Failed to bind to address" (older versions return 0)
+            self.port = 0
         if self.port == 0:
             if self._socket_dir is not None:
                 shutil.rmtree(self._socket_dir, ignore_errors=True)

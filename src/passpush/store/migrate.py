@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
 
 from alembic import command
@@ -9,6 +10,8 @@ from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from sqlalchemy.ext.asyncio import AsyncEngine
+
+from passpush.store.db import make_engine
 
 MIGRATIONS = Path(__file__).parent / "migrations"
 
@@ -30,9 +33,63 @@ def downgrade(database_url: str, revision: str) -> None:
 
 async def is_up_to_date(engine: AsyncEngine) -> bool:
     """Whether the database is at the newest migration."""
-    head = ScriptDirectory.from_config(alembic_config(str(engine.url))).get_current_head()
+    return await current_revision(engine) == head()
+
+
+async def current_revision(engine: AsyncEngine) -> str | None:
+    """The database's revision; None before the first migration."""
     async with engine.connect() as connection:
         current = await connection.run_sync(
             lambda sync: MigrationContext.configure(sync).get_current_revision()
         )
-    return bool(current == head)
+    return None if current is None else str(current)
+
+
+def head() -> str:
+    return str(_scripts().get_current_head())
+
+
+def revisions() -> list[str]:
+    """Every revision, oldest first."""
+    return [script.revision for script in reversed(list(_scripts().walk_revisions()))]
+
+
+class UnknownRevision(ValueError):
+    """A revision this version of passpush has no migration for."""
+
+
+def migrate_to(database_url: str, target: str = "head") -> str:
+    """Upgrades or downgrades the database to `target` (a revision, `head` or `base`);
+    returns the revision it is at now (`base`: none)."""
+    known = revisions()
+    wanted = {"head": known[-1], "base": None}.get(target, target)
+    if wanted is not None and wanted not in known:
+        raise UnknownRevision(
+            f"no revision {target!r}; there are {known[0]} to {known[-1]} (and head, base)"
+        )
+    current = asyncio.run(_current_revision_of(database_url))
+    if current is not None and current not in known:
+        raise UnknownRevision(
+            f"the database is at revision {current!r}, which this version of passpush does not "
+            "have: a newer version migrated it"
+        )
+    position = {revision: index for index, revision in enumerate(known)}
+    here = -1 if current is None else position[current]
+    there = -1 if wanted is None else position[wanted]
+    if there > here:
+        upgrade(database_url, wanted or "head")
+    elif there < here:
+        downgrade(database_url, wanted or "base")
+    return wanted or "base"
+
+
+async def _current_revision_of(database_url: str) -> str | None:
+    engine = make_engine(database_url)
+    try:
+        return await current_revision(engine)
+    finally:
+        await engine.dispose()
+
+
+def _scripts() -> ScriptDirectory:
+    return ScriptDirectory.from_config(alembic_config(""))
