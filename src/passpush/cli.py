@@ -9,6 +9,7 @@ import dataclasses
 import functools
 import gc
 import logging
+import os
 import signal
 import sys
 from pathlib import Path
@@ -39,6 +40,8 @@ from passpush.http.processes import (
     lower_priority,
 )
 from passpush.http.sockets import inherited_listener
+from passpush.logs import configure_logging
+from passpush.metrics import MetricsEndpoint, serve_metrics
 from passpush.service.clock import utcnow
 from passpush.service.keys import KeyCore
 from passpush.service.passkit import PassKitCore, PassKitSettings, PassPackager
@@ -82,10 +85,8 @@ def main(argv: list[str] | None = None) -> None:
         with contextlib.suppress(KeyboardInterrupt):
             sys.exit(asyncio.run(importer.run(args)))
         sys.exit("passpush: import interrupted: the passes sent so far are imported")
-    logging.basicConfig(
-        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
     try:
+        configure_logging(os.environ)
         settings = Settings.from_env()
     except ValueError as error:
         sys.exit(f"passpush: {error}")
@@ -162,6 +163,28 @@ def _scopes(key: ApiKey) -> str:
 
 
 async def serve(settings: Settings) -> int:
+    """`passpush serve`, with its metrics on their own address (metrics.py says why)."""
+    metrics: MetricsEndpoint | None = None
+    if settings.metrics_address:
+        try:
+            metrics = serve_metrics(settings.metrics_address)
+        except OSError as error:
+            log.error(
+                "cannot serve metrics on PASSPUSH_METRICS_ADDRESS %s: %s",
+                settings.metrics_address,
+                error.strerror or error,
+            )
+            return 2
+        host = settings.metrics_address.rpartition(":")[0]
+        log.info("passpush metrics at http://%s:%d/metrics", host, metrics.port)
+    try:
+        return await _serve(settings, measure_outbox=metrics is not None)
+    finally:
+        if metrics is not None:
+            await asyncio.to_thread(metrics.close)
+
+
+async def _serve(settings: Settings, *, measure_outbox: bool) -> int:
     try:
         default_signing = _default_signing(settings.apple_signing)
     except (OSError, DomainError) as error:
@@ -262,6 +285,7 @@ async def serve(settings: Settings) -> int:
         event_retention=settings.event_retention,
         passkit=PassKitSettings(settings.passkit_url, default_signing),
         max_message_bytes=settings.grpc_max_message_bytes,
+        measure_outbox=measure_outbox,
     )
     if is_sqlite(settings.database_url):
         # SQLite serves one process: leases and claims left by a crashed run are ours now.

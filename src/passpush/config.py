@@ -12,6 +12,7 @@ from passpush.delivery.apns import ApnsConfig
 from passpush.delivery.google import GOOGLE_API_BASE, GOOGLE_TOKEN_URL, GoogleWalletConfig
 from passpush.delivery.worker import WorkerSettings
 from passpush.domain.outcomes import RetryPolicy
+from passpush.metrics import DEFAULT_METRICS_ADDRESS
 from passpush.service.keys import DEFAULT_CACHE_SECONDS
 from passpush.service.status import DEFAULT_EVENT_RETENTION
 from passpush.store.db import DEFAULT_DATABASE_URL
@@ -70,6 +71,8 @@ class Settings:
     passkit_url: str = f"http://127.0.0.1:8080{DEFAULT_PASSKIT_PREFIX}"
     # None: no default; only templates with their own material can be signed.
     apple_signing: SigningFiles | None = None
+    # Where /metrics is served (host:port); empty: nowhere.
+    metrics_address: str = DEFAULT_METRICS_ADDRESS
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] = os.environ) -> Settings:
@@ -141,6 +144,13 @@ class Settings:
                 token_url=get("GOOGLE_TOKEN_URL") or GOOGLE_TOKEN_URL,
                 rate=google_rate,
             )
+        # Unlike the others, set and empty means something: no metrics.
+        metrics_address = env.get("PASSPUSH_METRICS_ADDRESS", DEFAULT_METRICS_ADDRESS).strip()
+        if metrics_address and not _is_host_port(metrics_address):
+            raise ValueError(
+                "PASSPUSH_METRICS_ADDRESS must be host:port, such as 127.0.0.1:9464 "
+                f"(empty: no metrics), got {metrics_address!r}"
+            )
         return cls(
             database_url=get("DATABASE_URL") or DEFAULT_DATABASE_URL,
             grpc_address=get("GRPC_ADDRESS") or cls.grpc_address,
@@ -163,4 +173,10 @@ class Settings:
             passkit_prefix=prefix,
             passkit_url=(get("PASSKIT_URL") or f"http://{http_address}{prefix}").rstrip("/"),
             apple_signing=signing,
+            metrics_address=metrics_address,
         )
+
+
+def _is_host_port(address: str) -> bool:
+    host, _, port = address.rpartition(":")
+    return bool(host) and port.isdigit() and int(port) <= 65535
