@@ -166,3 +166,13 @@ def test_http_runs_in_one_lower_priority_process_per_cpu_unless_configured() -> 
     for name, value in [("HTTP_PROCESSES", "-1"), ("HTTP_PROCESSES", "65"), ("HTTP_NICE", "20")]:
         with pytest.raises(ValueError, match=f"PASSPUSH_{name}"):
             Settings.from_env({f"PASSPUSH_{name}": value})
+
+
+def test_metrics_are_served_on_their_own_address_unless_it_is_set_empty() -> None:
+    assert Settings.from_env({}).metrics_address == "127.0.0.1:9464"
+    moved = Settings.from_env({"PASSPUSH_METRICS_ADDRESS": "0.0.0.0:9100"})
+    assert moved.metrics_address == "0.0.0.0:9100"
+    assert Settings.from_env({"PASSPUSH_METRICS_ADDRESS": ""}).metrics_address == ""
+    for bad in ("9464", "localhost", "127.0.0.1:http", "127.0.0.1:70000"):
+        with pytest.raises(ValueError, match="PASSPUSH_METRICS_ADDRESS must be host:port"):
+            Settings.from_env({"PASSPUSH_METRICS_ADDRESS": bad})
