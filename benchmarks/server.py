@@ -128,6 +128,8 @@ def server_env(
         "PASSPUSH_DATABASE_URL": database.url,
         "PASSPUSH_GRPC_ADDRESS": f"127.0.0.1:{free_port()}",
         "PASSPUSH_HTTP_ADDRESS": f"127.0.0.1:{free_port()}",
+        # Measured with the metrics served, as in production.
+        "PASSPUSH_METRICS_ADDRESS": f"127.0.0.1:{free_port()}",
         "PASSPUSH_APNS_ENDPOINT": fake.endpoint,
         "PASSPUSH_APNS_CA_FILE": str(fake.tls.ca_file),
         "PASSPUSH_DATA_DIR": str(workdir / "data"),

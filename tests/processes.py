@@ -99,6 +99,8 @@ def passpush_env(database_url: str, data_dir: Path, **settings: str) -> dict[str
     # HTTP in the server's own process unless a test asks for HTTP processes (each is a
     # Python importing the whole server: two per `passpush serve` doubled the suite's time).
     env["PASSPUSH_HTTP_PROCESSES"] = "0"
+    # No metrics endpoint unless a test asks for one: its default port is one for all.
+    env["PASSPUSH_METRICS_ADDRESS"] = ""
     env.update({f"PASSPUSH_{name}": value for name, value in settings.items()})
     return env
 

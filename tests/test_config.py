@@ -219,3 +219,13 @@ def test_the_database_url_names_a_driver_passpush_has_and_hides_its_password() -
 def test_the_passkit_url_is_an_http_url() -> None:
     with pytest.raises(ValueError, match=r"^PASSPUSH_PASSKIT_URL must be an http"):
         Settings.from_env({"PASSPUSH_PASSKIT_URL": "passes.example.com/passkit"})
+
+
+def test_metrics_are_served_on_their_own_address_unless_it_is_set_empty() -> None:
+    assert Settings.from_env({}).metrics_address == "127.0.0.1:9464"
+    moved = Settings.from_env({"PASSPUSH_METRICS_ADDRESS": "0.0.0.0:9100"})
+    assert moved.metrics_address == "0.0.0.0:9100"
+    assert Settings.from_env({"PASSPUSH_METRICS_ADDRESS": ""}).metrics_address == ""
+    for bad in ("9464", "localhost", "127.0.0.1:http", "127.0.0.1:70000"):
+        with pytest.raises(ValueError, match=r"^PASSPUSH_METRICS_ADDRESS must be HOST:PORT"):
+            Settings.from_env({"PASSPUSH_METRICS_ADDRESS": bad})

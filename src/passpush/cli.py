@@ -86,16 +86,15 @@ def main(argv: list[str] | None = None) -> None:
     from passpush.config import Settings
     from passpush.database_checks import DATABASE_ERRORS, DatabaseUnusable, trouble
     from passpush.domain.errors import DomainError
+    from passpush.logs import configure_logging
 
-    logging.basicConfig(
-        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
-    if args.command != "migrate":  # alembic's lines on reading the schema's revision
-        logging.getLogger("alembic").setLevel(logging.WARNING)
     try:
+        configure_logging(os.environ)
         settings = Settings.from_env()
     except ValueError as error:
         _refuse(str(error))
+    if args.command != "migrate":  # alembic's lines on reading the schema's revision
+        logging.getLogger("alembic").setLevel(logging.WARNING)
     if args.command == "migrate":
         _migrate(settings.database_url, args.to)
     elif args.command == "serve":
@@ -199,6 +198,30 @@ def _scopes(key: ApiKey) -> str:
 
 
 async def serve(settings: Settings) -> int:
+    """`passpush serve`, with its metrics on their own address (metrics.py says why)."""
+    from passpush.metrics import serve_metrics
+
+    metrics = None
+    if settings.metrics_address:
+        try:
+            metrics = serve_metrics(settings.metrics_address)
+        except OSError as error:
+            log.error(
+                "cannot serve metrics on PASSPUSH_METRICS_ADDRESS %s: %s",
+                settings.metrics_address,
+                error.strerror or error,
+            )
+            return 2
+        host = settings.metrics_address.rpartition(":")[0]
+        log.info("passpush metrics at http://%s:%d/metrics", host, metrics.port)
+    try:
+        return await _serve(settings, measure_outbox=metrics is not None)
+    finally:
+        if metrics is not None:
+            await asyncio.to_thread(metrics.close)
+
+
+async def _serve(settings: Settings, *, measure_outbox: bool) -> int:
     from passpush.api.server import PasspushServer
     from passpush.database_checks import DatabaseUnusable, open_migrated
     from passpush.delivery.apns import ApnsConfig, ApnsGateway
@@ -324,6 +347,7 @@ async def serve(settings: Settings) -> int:
             event_retention=settings.event_retention,
             passkit=PassKitSettings(settings.passkit_url, default_signing),
             max_message_bytes=settings.grpc_max_message_bytes,
+            measure_outbox=measure_outbox,
             credentials=tls.grpc_credentials() if tls is not None else None,
         )
     except OSError:  # the gRPC address cannot be listened on

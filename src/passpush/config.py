@@ -17,6 +17,7 @@ from passpush.delivery.apns import ApnsConfig
 from passpush.delivery.google import GOOGLE_API_BASE, GOOGLE_TOKEN_URL, GoogleWalletConfig
 from passpush.delivery.worker import WorkerSettings
 from passpush.domain.outcomes import RetryPolicy
+from passpush.metrics import DEFAULT_METRICS_ADDRESS
 from passpush.service.keys import DEFAULT_CACHE_SECONDS
 from passpush.service.status import DEFAULT_EVENT_RETENTION
 from passpush.store.db import DEFAULT_DATABASE_URL
@@ -76,6 +77,8 @@ class Settings:
     passkit_url: str = f"http://127.0.0.1:8080{DEFAULT_PASSKIT_PREFIX}"
     # None: no default; only templates with their own material can be signed.
     apple_signing: SigningFiles | None = None
+    # Where /metrics is served (host:port); empty: nowhere.
+    metrics_address: str = DEFAULT_METRICS_ADDRESS
     # None: the gRPC and HTTP ports speak plaintext (`serve` warns unless on loopback).
     tls: TlsFiles | None = None
 
@@ -204,6 +207,10 @@ class Settings:
                 "PASSPUSH_PASSKIT_URL must be an http:// or https:// URL (devices need "
                 f"https://), got {passkit_url!r}"
             )
+        # Unlike the others, set and empty means something: no metrics.
+        metrics_address = env.get("PASSPUSH_METRICS_ADDRESS", DEFAULT_METRICS_ADDRESS).strip()
+        if metrics_address:
+            metrics_address = address("METRICS_ADDRESS", DEFAULT_METRICS_ADDRESS)
         return cls(
             database_url=_database_url(get("DATABASE_URL") or DEFAULT_DATABASE_URL),
             grpc_address=address("GRPC_ADDRESS", cls.grpc_address),
@@ -231,6 +238,7 @@ class Settings:
             passkit_prefix=prefix,
             passkit_url=passkit_url,
             apple_signing=signing,
+            metrics_address=metrics_address,
             tls=tls,
         )
 

@@ -18,6 +18,7 @@ from passpush.api.scopes import PASSPUSH_PREFIX, campaign_scope, required_scope
 from passpush.api.wire import RefusedRequest, checked
 from passpush.domain.auth import Caller, Scope
 from passpush.domain.errors import PermissionDenied, Unauthenticated
+from passpush.logs import log_context
 from passpush.service.keys import KeyCore
 
 if TYPE_CHECKING:
@@ -62,7 +63,9 @@ class CallInterceptor(grpc.aio.ServerInterceptor):
         scope = required_scope(method)
 
         async def begin(request: Any, context: Context) -> None:
-            _caller.set(await self._authenticate(context, scope, campaign_scope(method, request)))
+            caller = await self._authenticate(context, scope, campaign_scope(method, request))
+            _caller.set(caller)
+            log_context(project=caller.project_id, rpc=method)
 
         guarded = self._guarded[method] = _guarded(handler, begin)
         return guarded

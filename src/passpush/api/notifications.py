@@ -21,6 +21,7 @@ from passpush.api.interceptors import current_project, current_scopes
 from passpush.domain.auth import Scope
 from passpush.domain.errors import InvalidArgument, PermissionDenied
 from passpush.domain.model import CampaignTarget
+from passpush.metrics import SUBSCRIBERS
 from passpush.service.notifications import NotificationCore
 from passpush.service.schedules import ScheduleCore
 from passpush.service.status import EventStreams, TicketWatch
@@ -120,8 +121,9 @@ class NotificationServicer(pb_grpc.NotificationServiceServicer):
     async def WatchTicket(  # type: ignore[override]
         self, request: pb.WatchTicketRequest, context: Context
     ) -> AsyncIterator[pb.Ticket]:
-        async for ticket in self._watch.watch(current_project(), request.id):
-            yield ticket_to_proto(ticket)
+        with SUBSCRIBERS.labels("watch_ticket").track_inprogress():
+            async for ticket in self._watch.watch(current_project(), request.id):
+                yield ticket_to_proto(ticket)
 
     async def StreamDeliveryEvents(  # type: ignore[override]
         self, request: pb.StreamDeliveryEventsRequest, context: Context
@@ -138,5 +140,6 @@ class NotificationServicer(pb_grpc.NotificationServiceServicer):
             target=target_from_proto(request.target, request.HasField("target")),
             outcomes=[o for o in outcomes if o is not None],
         )
-        async for event in events:
-            yield event_to_proto(event)
+        with SUBSCRIBERS.labels("delivery_events").track_inprogress():
+            async for event in events:
+                yield event_to_proto(event)

@@ -16,6 +16,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from passpush.api.admin import AdminServicer
 from passpush.api.health import HealthServicer
 from passpush.api.interceptors import CallInterceptor
+from passpush.api.metrics import RpcMetricsInterceptor
 from passpush.api.notifications import NotificationServicer
 from passpush.api.passes import PassServicer
 from passpush.api.reflection import enable_reflection
@@ -26,6 +27,7 @@ from passpush.service.fanout import FANOUT_CHUNK, FanOut
 from passpush.service.fetches import FetchBatcher, FetchRecorder
 from passpush.service.keys import DEFAULT_CACHE_SECONDS, KeyCore
 from passpush.service.notifications import NotificationCore
+from passpush.service.outbox_depth import OutboxDepth
 from passpush.service.passes import PassCore
 from passpush.service.passkit import PassKitCore, PassKitSettings, PassPackager
 from passpush.service.readiness import DatabaseReadiness
@@ -82,6 +84,7 @@ class PasspushServer:
         max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
         readiness_interval: float = 1.0,
         fanout_chunk: int = FANOUT_CHUNK,
+        measure_outbox: bool = False,
         credentials: grpc.ServerCredentials | None = None,
     ) -> None:
         """`credentials`: TLS on `address` (passpush.tls); None: plaintext."""
@@ -139,6 +142,8 @@ class PasspushServer:
         self.watch = TicketWatch(reads, self.changes)
         self.events = EventStreams(reads, self.changes)
         self.retention = EventRetention(sessions, event_retention, clock=clock)
+        # The outbox's depth, for the metrics: read only where they are served.
+        self.outbox_depth = OutboxDepth(reads, clock=clock) if measure_outbox else None
         # SQLite: the WAL checkpointed here, so that no commit waits for the disk's sync.
         self.checkpoints = wal_checkpoints(engine)
         # Other replicas' outcomes reach this one's streams through PostgreSQL.
@@ -158,7 +163,8 @@ class PasspushServer:
         )
         # No SO_REUSEPORT: a second server on a taken port must fail, not share its calls.
         self.server = grpc.aio.server(
-            interceptors=[CallInterceptor(self.keys)],
+            # Outermost, the metrics: they see every call's status, refusals included.
+            interceptors=[RpcMetricsInterceptor(), CallInterceptor(self.keys)],
             options=[
                 ("grpc.so_reuseport", 0),
                 ("grpc.max_receive_message_length", max_message_bytes),
@@ -197,6 +203,8 @@ class PasspushServer:
         if self.listener is not None:
             self.listener.start()
         self.retention.start()
+        if self.outbox_depth is not None:
+            self.outbox_depth.start()
         if self.checkpoints is not None:
             self.checkpoints.start()
         if self.statistics is not None:
@@ -248,6 +256,8 @@ class PasspushServer:
         await asyncio.gather(self.server.stop(grace), self.worker.stop(grace))
         await self.fetches.stop()
         await self.retention.stop()
+        if self.outbox_depth is not None:
+            await self.outbox_depth.stop()
         if self.checkpoints is not None:
             await self.checkpoints.stop()
         if self.statistics is not None:

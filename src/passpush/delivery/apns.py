@@ -12,6 +12,7 @@ import contextlib
 import json
 import logging
 import ssl
+import time
 from dataclasses import dataclass, field
 from functools import partial
 from typing import Any
@@ -40,6 +41,8 @@ from h2.events import (
 from h2.exceptions import ProtocolError
 from hpack import Encoder, NeverIndexedHeaderTuple
 from hpack.struct import HeaderWeaklyTyped
+
+from passpush.metrics import APNS_SECONDS
 
 logger = logging.getLogger(__name__)
 
@@ -407,6 +410,7 @@ class ApnsGateway:
         # service what changed. No apns-push-type or priority: Apple's defaults suit Wallet.
         request = NotificationRequest(device_token, {}, apns_topic=topic)
         short_token = device_token[:8]
+        started = time.perf_counter()
         try:
             # Not pool.send_notification: it re-sends on a lost connection (up to 5 times,
             # sleeping 1 s); retrying is the delivery worker's call, made on the outcome.
@@ -422,6 +426,8 @@ class ApnsGateway:
         except (ConnectionClosed, ApnsConnectError, ProtocolError) as error:
             logger.warning("APNs push to %s… got no answer: %r", short_token, error)
             return PushOutcome(0, CONNECTION_LOST)
+        finally:
+            APNS_SECONDS.observe(time.perf_counter() - started)
         return PushOutcome(int(result.status or 0), result.description or "")
 
     async def close(self) -> None:

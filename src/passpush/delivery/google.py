@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -24,6 +25,7 @@ import google.auth.transport
 import httpx
 from google.oauth2 import service_account
 
+from passpush.metrics import GOOGLE_SECONDS
 from passpush.store.faults import DATABASE_ERRORS
 
 log = logging.getLogger(__name__)
@@ -225,6 +227,7 @@ class GoogleWalletGateway:
                 # No turn, no request (it could break the rate): no answer, tried again.
                 log.warning("no Google request turn: %s", type(error).__name__)
                 return GoogleAnswer(0, TURN_UNAVAILABLE, type(error).__name__)
+            started = time.perf_counter()
             try:
                 response = await self._client.request(
                     method, path, json=body, headers={"authorization": f"Bearer {token}"}
@@ -233,6 +236,8 @@ class GoogleWalletGateway:
                 return GoogleAnswer(0, TIMEOUT)
             except httpx.TransportError as error:
                 return GoogleAnswer(0, CONNECTION_ERROR, type(error).__name__)
+            finally:
+                GOOGLE_SECONDS.labels(method).observe(time.perf_counter() - started)
             if response.status_code == 401 and first_try:
                 # A cached token Google no longer takes: once more with a fresh one.
                 self._tokens.forget(token)

@@ -20,7 +20,8 @@ import asyncio
 import contextlib
 import dataclasses
 import logging
-from collections.abc import Callable
+from collections import Counter
+from collections.abc import Callable, Iterator
 from datetime import datetime, timedelta
 
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
@@ -37,8 +38,17 @@ from passpush.delivery.google_messenger import (
     judge_answer,
     message_id,
 )
-from passpush.domain.model import GOOGLE_CLASS_NOT_FOUND, DeliveryState, Operation
+from passpush.domain.model import (
+    GOOGLE_CLASS_NOT_FOUND,
+    NO_ALERT_GOOGLE_QUOTA,
+    NO_ALERT_PASS_QUOTA,
+    DeliveryState,
+    Operation,
+    Platform,
+)
 from passpush.domain.outcomes import DEFAULT_RETRY, GOOGLE_NOT_CONFIGURED, RetryPolicy
+from passpush.logs import log_context
+from passpush.metrics import count_outcomes
 from passpush.store.class_messages import PENDING, ClaimedClassMessage, ClassMessageStore
 
 log = logging.getLogger(__name__)
@@ -110,6 +120,7 @@ class ClassMessenger:
             nobody = claimed is not None and not await store.has_waiting(claimed.ticket_id)
         if claimed is None:
             return False
+        log_context(project=claimed.project_id, ticket=claimed.ticket_id)
         if claimed.state == PENDING and not nobody:
             answered = await self._ask_google(claimed)
             if answered is None:
@@ -118,8 +129,11 @@ class ClassMessenger:
         while not self._stopping:
             async with self._sessions.begin() as session:
                 store = ClassMessageStore(session)
-                recorded = await store.record_chunk(claimed, self._owner, self._clock(), LEASE)
+                recorded, states = await store.record_chunk(
+                    claimed, self._owner, self._clock(), LEASE
+                )
             self._on_recorded()
+            count_outcomes(_outcomes(states, claimed))
             if not recorded:
                 break
             await asyncio.sleep(0)  # the writes queued meanwhile go first
@@ -225,3 +239,14 @@ class ClassMessenger:
             reason=reason,
             notifying=notifying,
         )
+
+
+def _outcomes(
+    states: Counter[DeliveryState], claimed: ClaimedClassMessage
+) -> Iterator[tuple[tuple[str, DeliveryState, str], int]]:
+    """A recorded chunk's outcomes as metrics.count_outcomes takes them: a pass shown
+    without an alert had no place left, unless Google refused the class an alert."""
+    silent = NO_ALERT_PASS_QUOTA if claimed.notifying else NO_ALERT_GOOGLE_QUOTA
+    for state, count in states.items():
+        reason = silent if state is DeliveryState.DELIVERED_WITHOUT_ALERT else ""
+        yield (Platform.GOOGLE, state, reason), count

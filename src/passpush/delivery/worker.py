@@ -40,6 +40,8 @@ from passpush.delivery.google_classes import ClassMessenger
 from passpush.delivery.google_messenger import GoogleMessenger
 from passpush.domain.model import DeliveryState, Platform
 from passpush.domain.outcomes import APNS_NOT_CONFIGURED, DEFAULT_RETRY, RetryPolicy, judge_apns
+from passpush.logs import log_context
+from passpush.metrics import count_outcomes
 from passpush.store.direct import direct_transactions
 from passpush.store.outbox import (
     ClaimedDelivery,
@@ -283,6 +285,7 @@ class DeliveryWorker:
                 await queue.work.wait()
                 continue
             delivery = queue.waiting.popleft()
+            log_context(project=delivery.project_id, ticket=delivery.ticket_id)
             if queue.platform is Platform.GOOGLE:
                 result = await self._google.deliver(delivery)
             else:
@@ -325,6 +328,7 @@ class DeliveryWorker:
             self._queues[platform].outstanding -= count
         self._room.set()
         self._on_recorded()
+        count_outcomes(Counter((r.delivery.platform, r.state, r.reason) for r in results).items())
 
     async def _push_to_apple(self, delivery: ClaimedDelivery) -> DeliveryResult:
         if self._apns is None:

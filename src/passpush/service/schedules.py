@@ -43,6 +43,8 @@ from passpush.domain.validation import (
     check_target,
     raise_if_any,
 )
+from passpush.logs import log_context
+from passpush.metrics import SCHEDULER_LAG
 from passpush.service.clock import Clock, utcnow
 from passpush.service.notifications import fingerprint_of, reused_request_id
 from passpush.store.audience import resolve_audience
@@ -229,6 +231,7 @@ class Scheduler:
         """Sends one schedule in its own failure domain: whatever stops it ends it FAILED
         with a reason, or (a passing database failure) has it tried again a little later,
         and never stops the schedules claimed with it."""
+        log_context(project=scheduled.project_id, schedule=scheduled.id)
         try:
             await self._send(scheduled)
         except DomainError as error:
@@ -306,6 +309,7 @@ class Scheduler:
             log.warning("scheduled notification %s was taken over; not sent here", scheduled.id)
             return
         late = now - scheduled.send_time
+        SCHEDULER_LAG.observe(max(0.0, late.total_seconds()))
         log.info(
             "scheduled notification %s sent as ticket %d (%.3f s late)",
             scheduled.id,

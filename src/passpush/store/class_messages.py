@@ -197,10 +197,10 @@ class ClassMessageStore:
 
     async def record_chunk(
         self, claimed: ClaimedClassMessage, owner: str, now: datetime, lease: timedelta
-    ) -> int:
+    ) -> tuple[int, Counter[DeliveryState]]:
         """Writes the answer on the next RECORD_CHUNK waiting deliveries (events and ticket
         counts included) and renews the lease; the number written, 0 when none was left (it
-        is then DONE)."""
+        is then DONE), and how many it wrote in each state."""
         d = _deliveries
         dialect = dialect_name(self.session)
         await self._update_held(claimed.ticket_id, owner, lease_until=now + lease)
@@ -221,7 +221,7 @@ class ClassMessageStore:
                 .where(_rows.c.ticket_id == claimed.ticket_id)
                 .values(state=DONE, lease_owner=None, lease_until=None, updated_at=now)
             )
-            return 0
+            return 0, Counter()
         outcome = claimed.outcome
         assert outcome is not None
         chunk = {"ids": ids}
@@ -233,7 +233,7 @@ class ClassMessageStore:
                 .values(state=outcome.value, next_attempt_at=now, updated_at=now),
                 chunk,
             )
-            return len(ids)
+            return len(ids), Counter()  # no outcome yet: each is pushed on its own
         if outcome is DeliveryState.DELIVERED:
             await self._take_places(dialect, claimed, chunk, now)
             state, reason = self._alert_or_not(claimed)
@@ -257,15 +257,15 @@ class ClassMessageStore:
         ).all()
         await run_on_session(self.session, recorded_events([r.id for r in recorded], dialect, now))
         await run_on_session(self.session, announce(dialect))
-        counted = Counter(r.state for r in recorded)
-        without_alert = counted.get(DeliveryState.DELIVERED_WITHOUT_ALERT.value, 0)
-        delivered = counted.get(DeliveryState.DELIVERED.value, 0) + without_alert
-        failed = counted.get(DeliveryState.FAILED.value, 0)
+        counted = Counter(DeliveryState(r.state) for r in recorded)
+        without_alert = counted[DeliveryState.DELIVERED_WITHOUT_ALERT]
+        delivered = counted[DeliveryState.DELIVERED] + without_alert
+        failed = counted[DeliveryState.FAILED]
         await run_on_session(
             self.session,
             count_on_ticket(dialect, claimed.ticket_id, delivered, without_alert, failed, now),
         )
-        return len(ids)
+        return len(ids), counted
 
     async def _take_places(
         self, dialect: str, claimed: ClaimedClassMessage, chunk: dict[str, list[int]], now: datetime

@@ -134,6 +134,30 @@ class Outbox:
         )
         return int(result.rowcount)  # type: ignore[attr-defined]
 
+    async def depth(self, now: datetime) -> dict[tuple[Platform, str], int]:
+        """The pending deliveries by platform and state: "due" (to push now), "leased" (in a
+        worker's hands), "retrying" (waiting for their next attempt). One read of the
+        pending ones (the claim's index), for a gauge read every few seconds."""
+        d = _deliveries
+        leased = and_(d.c.lease_until.is_not(None), d.c.lease_until > now)
+        due = and_(d.c.next_attempt_at <= now, ~leased)
+        waiting = and_(d.c.next_attempt_at > now, ~leased)
+        rows = await self.session.execute(
+            select(
+                d.c.platform,
+                func.sum(case((due, 1), else_=0)),
+                func.sum(case((leased, 1), else_=0)),
+                func.sum(case((waiting, 1), else_=0)),
+            )
+            .where(d.c.state == DeliveryState.PENDING.value)
+            .group_by(d.c.platform)
+        )
+        counts = {(p, s): 0 for p in Platform for s in ("due", "leased", "retrying")}
+        for platform, *numbers in rows:
+            for state, number in zip(("due", "leased", "retrying"), numbers, strict=True):
+                counts[Platform(platform), state] = int(number or 0)
+        return counts
+
 
 def claim_due(
     dialect: str,
