@@ -146,21 +146,31 @@ async def test_device_reads_after_postgresql_drops_every_connection_never_answer
     assert [answer.status_code for answer in after] == [204] * 20, [a.text for a in after]
 
 
+HOLD_CLOSE = 5.0  # seconds: far longer than the test's steps take on a quiet machine
+
+
 @contextlib.asynccontextmanager
 async def _proxy_that_holds_closes(database_url: str) -> AsyncIterator[str]:
-    """The database's URL through a loopback proxy that passes bytes both ways but never
-    passes a close on from PostgreSQL's side: a connection the server ended then has the
-    server's last word (its FATAL error) but not yet its end, as between two reads."""
+    """The database's URL through a loopback proxy that passes bytes both ways but holds
+    back a close from PostgreSQL's side for HOLD_CLOSE seconds: a connection the server
+    ended then has the server's last word (its FATAL error) but not yet its end, as
+    between two reads. Held for good, a query sent just before that last word arrived
+    waited forever for an answer (the suite hung once, on a loaded machine)."""
 
     async def pipe(source: asyncio.StreamReader, sink: asyncio.StreamWriter) -> None:
         while data := await source.read(65536):
             sink.write(data)
 
+    async def end_later(server: asyncio.StreamReader, to_client: asyncio.StreamWriter) -> None:
+        await pipe(server, to_client)
+        await asyncio.sleep(HOLD_CLOSE)
+        to_client.close()
+
     async def serve(client: asyncio.StreamReader, to_client: asyncio.StreamWriter) -> None:
         held.append(to_client)
         server, to_server = await asyncio.open_connection(url.host, url.port)
         with contextlib.suppress(ConnectionError):
-            await asyncio.gather(pipe(client, to_server), pipe(server, to_client))
+            await asyncio.gather(pipe(client, to_server), end_later(server, to_client))
         to_server.close()
 
     url = make_url(database_url)
