@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 import grpc
 
 from passpush.api.errors import as_domain_error, internal_status, status_for
+from passpush.api.handlers import Context, WrappingInterceptor, rebuilt
 from passpush.api.scopes import PASSPUSH_PREFIX, campaign_scope, required_scope
 from passpush.api.wire import RefusedRequest, checked
 from passpush.domain.auth import Caller, Scope
@@ -22,11 +23,9 @@ from passpush.logs import log_context
 from passpush.service.keys import KeyCore
 
 if TYPE_CHECKING:
-    Handler = grpc.RpcMethodHandler[Any, Any]  # generic only in the type stubs
+    from passpush.api.handlers import Handler
 
 log = logging.getLogger(__name__)
-
-Context = grpc.aio.ServicerContext[Any, Any]
 
 # Each RPC runs in a task of its own, so a context variable is per call.
 _caller: contextvars.ContextVar[Caller] = contextvars.ContextVar("passpush_caller")
@@ -42,23 +41,13 @@ def current_scopes() -> frozenset[Scope]:
     return _caller.get().scopes
 
 
-class CallInterceptor(grpc.aio.ServerInterceptor):
+class CallInterceptor(WrappingInterceptor):
     def __init__(self, keys: KeyCore) -> None:
+        super().__init__()
         self._keys = keys
-        # The guarded handler of each method, made once: the server's handlers never change.
-        self._guarded: dict[str, Handler] = {}
 
-    async def intercept_service(
-        self,
-        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[Handler | None]],
-        handler_call_details: grpc.HandlerCallDetails,
-    ) -> Handler | None:
-        method = handler_call_details.method
-        guarded = self._guarded.get(method)
-        if guarded is not None:
-            return guarded
-        handler = await continuation(handler_call_details)
-        if handler is None or not method.startswith(PASSPUSH_PREFIX):
+    def wrap(self, handler: Handler, method: str) -> Handler:
+        if not method.startswith(PASSPUSH_PREFIX):
             return handler  # reflection and health: open to all
         scope = required_scope(method)
 
@@ -67,8 +56,7 @@ class CallInterceptor(grpc.aio.ServerInterceptor):
             _caller.set(caller)
             log_context(project=caller.project_id, rpc=method)
 
-        guarded = self._guarded[method] = _guarded(handler, begin)
-        return guarded
+        return _guarded(handler, begin)
 
     async def _authenticate(
         self, context: Context, scope: Scope | None, alternative: Scope | None = None
@@ -125,23 +113,10 @@ def _guarded(handler: Handler, begin: Callable[[Any, Context], Awaitable[None]])
 
         return run
 
-    common: dict[str, Any] = {
-        # A streamed message is checked by the core, message by message (an import counts
-        # a bad pass as failed and goes on); only its bytes are checked here.
-        "request_deserializer": checked(
-            handler.request_deserializer, look_for_nul=not streams_requests
-        ),
-        "response_serializer": handler.response_serializer,
-    }
-    if handler.unary_unary:
-        return grpc.unary_unary_rpc_method_handler(unary(handler.unary_unary), **common)
-    if handler.stream_unary:
-        return grpc.stream_unary_rpc_method_handler(unary(handler.stream_unary), **common)
-    if handler.unary_stream:
-        generator: Any = handler.unary_stream  # an async generator, whatever the stubs say
-        return grpc.unary_stream_rpc_method_handler(streaming(generator), **common)
-    generator = handler.stream_stream
-    return grpc.stream_stream_rpc_method_handler(streaming(generator), **common)
+    # A streamed message is checked by the core, message by message (an import counts a
+    # bad pass as failed and goes on); only its bytes are checked here.
+    deserializer = checked(handler.request_deserializer, look_for_nul=not streams_requests)
+    return rebuilt(handler, unary, streaming, deserializer)
 
 
 def _accepted(request: Any, streamed: bool) -> Any:

@@ -10,33 +10,16 @@ from typing import TYPE_CHECKING, Any
 
 import grpc
 
+from passpush.api.handlers import Context, WrappingInterceptor, rebuilt
 from passpush.metrics import RPC_SECONDS, RPCS
 
 if TYPE_CHECKING:
-    Handler = grpc.RpcMethodHandler[Any, Any]  # generic only in the type stubs
-
-Context = grpc.aio.ServicerContext[Any, Any]
+    from passpush.api.handlers import Handler
 
 
-class RpcMetricsInterceptor(grpc.aio.ServerInterceptor):
-    def __init__(self) -> None:
-        # The measured handler of each method, made once: the server's handlers never change.
-        self._measured: dict[str, Handler] = {}
-
-    async def intercept_service(
-        self,
-        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[Handler | None]],
-        handler_call_details: grpc.HandlerCallDetails,
-    ) -> Handler | None:
-        method = handler_call_details.method
-        measured = self._measured.get(method)
-        if measured is not None:
-            return measured
-        handler = await continuation(handler_call_details)
-        if handler is None:
-            return None  # an unknown method: gRPC answers UNIMPLEMENTED, uncounted
-        measured = self._measured[method] = _measured(handler, method)
-        return measured
+class RpcMetricsInterceptor(WrappingInterceptor):
+    def wrap(self, handler: Handler, method: str) -> Handler:
+        return _measured(handler, method)
 
 
 def _measured(handler: Handler, method: str) -> Handler:
@@ -87,16 +70,4 @@ def _measured(handler: Handler, method: str) -> Handler:
 
         return run
 
-    common: dict[str, Any] = {
-        "request_deserializer": handler.request_deserializer,
-        "response_serializer": handler.response_serializer,
-    }
-    if handler.unary_unary:
-        return grpc.unary_unary_rpc_method_handler(unary(handler.unary_unary), **common)
-    if handler.stream_unary:
-        return grpc.stream_unary_rpc_method_handler(unary(handler.stream_unary), **common)
-    if handler.unary_stream:
-        generator: Any = handler.unary_stream  # an async generator, whatever the stubs say
-        return grpc.unary_stream_rpc_method_handler(streaming(generator), **common)
-    generator = handler.stream_stream
-    return grpc.stream_stream_rpc_method_handler(streaming(generator), **common)
+    return rebuilt(handler, unary, streaming)
