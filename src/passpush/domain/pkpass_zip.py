@@ -58,10 +58,10 @@ def zip_entry(name: str, data: bytes, *, deflate: bool = True) -> ZipEntry:
 
 
 def _deflated(data: bytes) -> bytes:
-    """Raw deflate with a window no larger than the data (the same bytes out as with the
-    full 32 KB window, which could match nothing farther back): zlib sets up and clears
-    its full-size state in ~70 µs, longer than deflating a pass.json, and every download
-    deflates its own pass.json and manifest."""
+    """Raw deflate with a window no larger than the data (as small as with the full 32 KB
+    window, which could match nothing farther back): zlib sets up and clears its full-size
+    state in ~70 µs, longer than deflating a file of a few KB, as most of a pass's text
+    files are."""
     bits = min(15, max(9, (len(data) - 1).bit_length()))
     deflater = zlib.compressobj(
         zlib.Z_DEFAULT_COMPRESSION, zlib.DEFLATED, -bits, max(1, min(8, bits - 7))
