@@ -23,9 +23,11 @@ from passpush.api.server import SERVICE_NAMES, PasspushServer
 from passpush.fakes.apns import FakeApns
 from passpush.http.app import HttpServer, create_app
 from passpush.store.db import make_engine, make_sessions
+from passpush.v1 import passes_pb2 as ppb
+from passpush.v1 import passes_pb2_grpc
 
-from processes import Launcher, free_port
-from support import channel_with_key
+from processes import Launcher, create_key, free_port
+from support import TOPIC, channel_with_key, upsert
 
 SERVING = health_pb2.HealthCheckResponse.SERVING
 NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
@@ -190,3 +192,44 @@ async def test_the_http_processes_readyz_follows_the_servers_health(
             await _becomes(channel, client, NOT_SERVING)
             await give_back()
             await _becomes(channel, client, SERVING)
+
+
+@pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
+async def test_a_registration_the_parent_cannot_write_is_unavailable_then_written(
+    outage: Outage, fake_apns: FakeApns, tmp_path: Path
+) -> None:
+    """An HTTP process hands its devices' registrations to the parent, which writes them:
+    while the database cannot be written the device is answered 503 (it registers again
+    later, as Apple's devices do), and once it can, 201, then 200 for the same one."""
+    url, take_away, give_back = outage
+    http_address = f"127.0.0.1:{free_port()}"
+    registration = f"/passkit/v1/devices/{'d' * 32}/registrations/{TOPIC}/p1"
+    auth = {"Authorization": "ApplePass " + "a" * 32}
+    async with Launcher(url, fake_apns, tmp_path) as launch:
+        server = await launch(HTTP_ADDRESS=http_address, HTTP_PROCESSES="1")
+        key = await create_key(url, tmp_path, "demo")
+        async with server.channel(key) as channel:
+            passes = passes_pb2_grpc.PassServiceStub(channel)
+            await passes.CreateTemplate(
+                ppb.CreateTemplateRequest(
+                    template_id="t1",
+                    template=ppb.Template(
+                        project_id="demo",
+                        platform=ppb.PLATFORM_APPLE,
+                        pass_type_identifier=TOPIC,
+                    ),
+                )
+            )
+            await passes.UpsertPass(
+                upsert(id="p1", template_id="t1", authentication_token="a" * 32)
+            )
+        async with httpx.AsyncClient(base_url=f"http://{http_address}", timeout=30) as client:
+            await take_away()
+            refused = await client.post(registration, json={"pushToken": "d0" * 32}, headers=auth)
+            await give_back()
+            written = await client.post(registration, json={"pushToken": "d0" * 32}, headers=auth)
+            again = await client.post(registration, json={"pushToken": "d1" * 32}, headers=auth)
+
+    assert refused.status_code == 503
+    assert "Traceback" not in refused.text
+    assert (written.status_code, again.status_code) == (201, 200)

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import itertools
 import json
 import logging
@@ -34,7 +35,8 @@ import os
 import signal
 import socket
 import sys
-from collections.abc import Awaitable, Callable, Sequence
+from asyncio import CancelledError
+from collections.abc import Callable, Sequence
 from datetime import datetime
 
 from passpush.domain.errors import Unauthenticated
@@ -65,7 +67,7 @@ class HttpProcesses:
         child_command: Callable[[int], Sequence[str]],
         *,
         on_fetched: Callable[[FetchConfirmation], None] = lambda _: None,
-        on_register: Callable[[NewRegistration], Awaitable[bool]] | None = None,
+        on_register: Callable[[NewRegistration], asyncio.Future[bool]] | None = None,
     ) -> None:
         """`child_command(fd)` is the command line of a child serving the socket `fd`."""
         host, _, port = address.rpartition(":")
@@ -74,7 +76,6 @@ class HttpProcesses:
         self._command = child_command
         self._on_fetched = on_fetched
         self._on_register = on_register
-        self._answering: set[asyncio.Task[None]] = set()
         self._answers: dict[int, Lines] = {}  # to each child, by pid
         self._running: dict[int, asyncio.subprocess.Process] = {}  # by pid
         self._serving = False  # whether the gRPC server serves, as told to the children
@@ -142,9 +143,7 @@ class HttpProcesses:
                 if line.startswith(FETCHED):
                     self._on_fetched(_confirmation(line[len(FETCHED) :]))
                 elif line.startswith(REGISTER):
-                    task = asyncio.create_task(self._register(process, line[len(REGISTER) :]))
-                    self._answering.add(task)
-                    task.add_done_callback(self._answering.discard)
+                    self._register(process, line[len(REGISTER) :])
                 elif line.strip() == READY and not ready.done():
                     ready.set_result(None)
             await process.wait()
@@ -152,20 +151,33 @@ class HttpProcesses:
             await _terminate(process, self._grace)
             raise
 
-    async def _register(self, process: asyncio.subprocess.Process, line: bytes) -> None:
-        """Writes a child's registration and answers it: created, or why not."""
+    def _register(self, process: asyncio.subprocess.Process, line: bytes) -> None:
+        """Writes a child's registration, then answers it: created, or why not. No task
+        each: a child's registrations arrive by the thousand a second."""
         fields = json.loads(line)
         number = fields.pop("n")
-        answer: dict[str, object] = {"n": number}
-        try:
-            if self._on_register is None:
-                raise RuntimeError("this server writes no registrations")
-            answer["created"] = await self._on_register(NewRegistration(**fields))
-        except Exception as error:
-            answer["error"] = "unavailable" if is_passing_trouble(error) else "refused"
-            if answer["error"] == "refused":
-                log.warning("a registration from an HTTP process was refused: %r", error)
-        self._to_child(process).add(REGISTERED + json.dumps(answer).encode())
+        if self._on_register is None:
+            self._answer(process, number, {"error": "refused"})
+            return
+        written = self._on_register(NewRegistration(**fields))
+        written.add_done_callback(functools.partial(self._written, process, number))
+
+    def _written(
+        self, process: asyncio.subprocess.Process, number: int, written: asyncio.Future[bool]
+    ) -> None:
+        error = CancelledError() if written.cancelled() else written.exception()
+        if error is None:
+            self._answer(process, number, {"created": written.result()})
+        elif is_passing_trouble(error) or isinstance(error, CancelledError):
+            self._answer(process, number, {"error": "unavailable"})
+        else:
+            log.warning("a registration from an HTTP process was refused: %r", error)
+            self._answer(process, number, {"error": "refused"})
+
+    def _answer(
+        self, process: asyncio.subprocess.Process, number: int, answer: dict[str, object]
+    ) -> None:
+        self._to_child(process).add(REGISTERED + json.dumps({"n": number, **answer}).encode())
 
     def tell_serving(self, serving: bool) -> None:
         """Tells every child whether the gRPC server serves now (and each child started

@@ -311,10 +311,10 @@ class PassKitCore:
         )
         return created
 
-    async def write_registration(self, registration: NewRegistration) -> bool:
+    def write_registration(self, registration: NewRegistration) -> asyncio.Future[bool]:
         """Writes a registration another process authenticated and checked (an HTTP
         process hands its devices' registrations to this one: see http/processes.py)."""
-        return await self._registrations.register(registration)
+        return self._registrations.submit(registration)
 
     async def unregister(
         self,

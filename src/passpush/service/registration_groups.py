@@ -33,11 +33,16 @@ class RegistrationGroups:
 
     async def register(self, registration: NewRegistration) -> bool:
         """Writes the registration with whatever else is waiting; True when it is new."""
+        return await self.submit(registration)
+
+    def submit(self, registration: NewRegistration) -> asyncio.Future[bool]:
+        """The registration's answer to come (True when it is new), with no task of its own:
+        an HTTP process's registrations arrive by the thousand a second."""
         answer: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
         self._waiting.append((registration, answer))
         if self._writer is None or self._writer.done():
             self._writer = asyncio.create_task(self._write_waiting())
-        return await answer
+        return answer
 
     async def _write_waiting(self) -> None:
         while self._waiting:
