@@ -66,7 +66,7 @@ async def live_server(launch: Launch) -> ServerProcess:
 
 @pytest.fixture
 async def demo_key(database_url: str, tmp_path: Path) -> str:
-    """A key for project "demo", made the way the README says: with the CLI."""
+    """A key for project "demo", made the way the walk-through says: with the CLI."""
     return await create_key(database_url, tmp_path, "demo")
 
 
@@ -154,9 +154,11 @@ async def test_grpcurl_describes_every_notification_rpc(live_server: ServerProce
     }
 
 
-async def test_readme_walkthrough_with_grpcurl(
+async def test_the_walkthrough_with_grpcurl(
     live_server: ServerProcess, fake_apns: FakeApns, demo_key: str
 ) -> None:
+    """The grpcurl steps of README.md and docs/walkthrough.md: a template, a pass, a device,
+    a Send to the template, and the ticket SUCCEEDED with the push at the fake APNs."""
     address = live_server.address
     passes = "passpush.v1.PassService"
     notifications = "passpush.v1.NotificationService"

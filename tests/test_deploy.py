@@ -1,8 +1,8 @@
-"""deploy/: the Dockerfile and compose.yaml run what the README documents.
+"""deploy/: the Dockerfile and compose.yaml run what the docs document.
 
 No image can be built or pulled here, so the files are read (the Dockerfile by Docker's own
 parser, compose.yaml as YAML, nginx.conf's few lines by pattern) and held against the real
-CLI, the settings passpush takes, and the README. The image's entrypoint is run as it is.
+CLI, the settings passpush takes, and docs/configuration.md. The image's entrypoint is run as it is.
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ from processes import BIN_DIR, PASSPUSH, run
 
 ROOT = Path(__file__).parents[1]
 DEPLOY = ROOT / "deploy"
-README = (ROOT / "README.md").read_text()
+SETTINGS_DOC = (ROOT / "docs" / "configuration.md").read_text()
 DEFAULTS = Settings.from_env({})
 GRPC_PORT = DEFAULTS.grpc_address.rpartition(":")[2]
 HTTP_PORT = DEFAULTS.http_address.rpartition(":")[2]
@@ -144,7 +144,7 @@ def test_every_setting_they_set_is_taken_by_passpush_and_documented() -> None:
     assert {name for _, name, _ in found} >= {"PASSPUSH_DATABASE_URL", "PASSPUSH_GRPC_ADDRESS"}
 
     for where, name, value in found:
-        assert f"| `{name}`" in README, f"{where}: {name} is not in the README's Configuration"
+        assert f"| `{name}`" in SETTINGS_DOC, f"{where}: {name} is not in docs/configuration.md"
         # Taken: it parses, and it changes what the server runs with.
         assert Settings.from_env({name: value}) != DEFAULTS, f"{where}: {name} changes nothing"
 
