@@ -1,4 +1,4 @@
-"""Settings from PASSPUSH_* environment variables (DESIGN.md, "Configuration")."""
+"""Settings from PASSPUSH_* environment variables (docs/configuration.md)."""
 
 from __future__ import annotations
 

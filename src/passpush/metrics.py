@@ -1,4 +1,4 @@
-"""The server's Prometheus metrics (README, "Metrics"), and the endpoint that serves them.
+"""The server's Prometheus metrics (docs/operations.md), and the endpoint that serves them.
 
 The gRPC server, the delivery worker and the scheduler run in `passpush serve`'s own
 process, and so does everything measured here: that process serves /metrics on an address

@@ -1,4 +1,4 @@
-"""The APNs answer table of DESIGN.md, rule by rule."""
+"""The APNs answer table of docs/architecture.md, rule by rule."""
 
 from __future__ import annotations
 

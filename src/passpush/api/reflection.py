@@ -54,7 +54,7 @@ def _files() -> Iterator[descriptor_pb2.FileDescriptorProto]:
 
 def _leave_out_json_names(messages: Iterable[descriptor_pb2.DescriptorProto]) -> None:
     """As the process's own descriptors leave them out: grpcurl then prints the fields'
-    proto names (`delivered_without_alert`), as it did before and as the README shows."""
+    proto names (`delivered_without_alert`), as it did before and as docs/api.md shows."""
     for message in messages:
         for field in message.field:
             field.ClearField("json_name")

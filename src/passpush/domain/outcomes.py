@@ -1,4 +1,4 @@
-"""What an APNs or Google Wallet answer means for a delivery (DESIGN.md, "APNs answers")."""
+"""What an APNs or Google Wallet answer means for a delivery (docs/architecture.md)."""
 
 from __future__ import annotations
 

@@ -50,7 +50,7 @@ GOOGLE_CLASS_TYPES = frozenset(google_class_type(t) for t in GOOGLE_OBJECT_TYPES
 
 
 # Strings: what the databases can store, and how long each may be ------------------
-# Every string a caller sends has a maximum, stated in its proto comment and the README's
+# Every string a caller sends has a maximum, stated in its proto comment and docs/api.md's
 # table of limits; most are the width of the column that stores it.
 DISPLAY_NAME_MAX = 200  # project, template, segment, campaign, entity and API key names
 PASS_TYPE_IDENTIFIER_MAX = 255
