@@ -16,6 +16,7 @@ from passpush.domain.auth import (
     secret_matches,
     split_key,
 )
+from passpush.domain.clock import Clock, utcnow
 from passpush.domain.errors import Unauthenticated
 from passpush.domain.paging import Page, decode_token, page_of, page_size
 from passpush.domain.validation import (
@@ -25,7 +26,6 @@ from passpush.domain.validation import (
     check_list_length,
     raise_if_any,
 )
-from passpush.service.clock import Clock, utcnow
 from passpush.store.keys import ApiKeyStore
 from passpush.store.passes import PassStore
 

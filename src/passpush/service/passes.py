@@ -11,6 +11,7 @@ from datetime import datetime
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from passpush.domain.clock import Clock, utcnow
 from passpush.domain.errors import (
     AlreadyExists,
     DomainError,
@@ -55,7 +56,6 @@ from passpush.domain.validation import (
     check_template,
     raise_if_any,
 )
-from passpush.service.clock import Clock, utcnow
 from passpush.service.passkit import PassKitSettings, PassPackager
 from passpush.store.content import CONTENT_CACHE
 from passpush.store.direct import DirectTransactions, direct_transactions, run_on_session

@@ -31,6 +31,7 @@ from passpush.domain.errors import (
 )
 from passpush.domain.model import ImportedPass, Pass, Platform
 from passpush.domain.passkit import PASS_JSON, check_merged, check_values_platform
+from passpush.domain.update_tags import next_update_tag, update_tag_at
 from passpush.store.db import one_of
 from passpush.store.direct import Query, Steps, reusing_plans
 from passpush.store.models import (
@@ -42,7 +43,7 @@ from passpush.store.models import (
     TemplateRow,
     table_of,
 )
-from passpush.store.passes import new_id, next_update_tag, update_tag_at
+from passpush.store.passes import new_id
 from passpush.store.passkit import NewRegistration, renew_registrations
 
 _DIALECTS = ("sqlite", "postgresql")

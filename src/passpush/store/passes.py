@@ -32,6 +32,7 @@ from passpush.domain.passkit import (
     StoredFile,
 )
 from passpush.domain.signing import AppleSigningPem, certificate_expire_time
+from passpush.domain.update_tags import next_update_tag, update_tag_at
 from passpush.store.content import ContentStore
 from passpush.store.db import dialect_name, one_of_values
 from passpush.store.models import (
@@ -53,17 +54,6 @@ from passpush.store.models import (
 
 def new_id() -> str:
     return str(uuid.uuid4())
-
-
-def update_tag_at(now: datetime) -> int:
-    """Apple's update tag: microseconds since the epoch, increasing with time."""
-    return int(now.timestamp() * 1_000_000)
-
-
-def next_update_tag(previous: int, now: datetime) -> int:
-    """A pass's next update tag: the time's, but above the previous one whatever the clock
-    did (a device that saw a tag must see every later change as newer)."""
-    return max(previous + 1, update_tag_at(now))
 
 
 class PassStore:
