@@ -42,8 +42,8 @@ from passpush.domain.validation import AUTH_TOKEN_MIN, check_id, check_push_toke
 from passpush.service.fetches import FetchLedger, FetchSink, PassVersion
 from passpush.service.registration_groups import RegistrationGroups
 from passpush.store.content import CONTENT_CACHE
+from passpush.store.device_registrations import DeviceRegistrationStore
 from passpush.store.direct import DirectReads, DirectTransactions, Steps, direct_reads
-from passpush.store.passes import PassStore
 from passpush.store.passkit import (
     DeviceSerial,
     NamedPass,
@@ -328,7 +328,7 @@ class PassKitCore:
             return  # no such device can be registered
         async with self._sessions.begin() as session:
             try:
-                await PassStore(session, named.project_id).unregister_device(
+                await DeviceRegistrationStore(session, named.project_id).unregister_device(
                     named.pass_id, device_library_identifier
                 )
             except NotFound:
