@@ -3,16 +3,24 @@
 from __future__ import annotations
 
 import asyncio
+from collections import Counter
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
 import grpc
 from google.rpc import error_details_pb2
 from grpc_status import rpc_status
-from sqlalchemy import insert
+from sqlalchemy import func, insert, select
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from passpush.store.db import make_engine
-from passpush.store.models import DeviceRegistrationRow, PassRow, TemplateRow, table_of
+from passpush.store.models import (
+    DeliveryRow,
+    DeviceRegistrationRow,
+    PassRow,
+    TemplateRow,
+    table_of,
+)
 from passpush.v1 import notifications_pb2 as npb
 from passpush.v1 import notifications_pb2_grpc, passes_pb2_grpc
 from passpush.v1 import passes_pb2 as ppb
@@ -211,6 +219,20 @@ async def wait_terminal(
         raise AssertionError(
             f"ticket {ticket_id} not terminal after {seconds}s: {ticket}"
         ) from None
+
+
+async def deliveries_by_state(sessions: async_sessionmaker[AsyncSession]) -> Counter[str]:
+    """How many deliveries the database holds in each state.
+
+    What proves that a request pushed nothing more, without waiting to see: a call has
+    committed what it wrote before it answers (durable before acknowledged), so once it has
+    answered, every push it could cause is a row here, and none still pending means no push
+    is still to come."""
+    async with sessions() as session:
+        rows = await session.execute(
+            select(DeliveryRow.state, func.count()).group_by(DeliveryRow.state)
+        )
+        return Counter({state: count for state, count in rows})
 
 
 @dataclass(frozen=True)

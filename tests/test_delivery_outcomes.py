@@ -10,10 +10,10 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from passpush.api.server import PasspushServer
 from passpush.delivery.worker import WorkerSettings
+from passpush.domain.clock import utcnow
 from passpush.domain.model import DeliveryState
 from passpush.domain.outcomes import RetryPolicy
 from passpush.fakes.apns import FakeApns
-from passpush.service.clock import utcnow
 from passpush.store.events import EventStore
 from passpush.store.models import DeliveryRow, DeviceRegistrationRow
 from passpush.store.outbox import DeliveryResult, Outbox

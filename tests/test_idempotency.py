@@ -8,12 +8,13 @@ import time
 import grpc
 import pytest
 from google.protobuf import timestamp_pb2
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from passpush.fakes.apns import FakeApns
 from passpush.v1 import notifications_pb2 as npb
 from passpush.v1 import notifications_pb2_grpc, passes_pb2_grpc
 
-from support import World, rich_error, upsert, wait_terminal
+from support import World, deliveries_by_state, rich_error, upsert, wait_terminal
 
 TEMPLATE = npb.Target(template=npb.TemplateRef(template_id="loyalty"))
 
@@ -31,6 +32,7 @@ async def test_same_request_id_returns_the_same_ticket_and_pushes_once(
     world: World,
     notifications: notifications_pb2_grpc.NotificationServiceStub,
     fake_apns: FakeApns,
+    sessions: async_sessionmaker[AsyncSession],
 ) -> None:
     request = npb.SendRequest(
         target=TEMPLATE, content=npb.Content(body="Hello"), request_id="retry-me"
@@ -38,10 +40,11 @@ async def test_same_request_id_returns_the_same_ticket_and_pushes_once(
     first = await notifications.Send(request)
     await wait_terminal(notifications, first.id)
     second = await notifications.Send(request)
-    await asyncio.sleep(0.3)  # time enough for a second fan-out to be pushed, were there one
 
     assert second.id == first.id
     assert second.request_id == "retry-me"
+    # A second fan-out would be rows by now (committed before the retry's answer).
+    assert await deliveries_by_state(sessions) == {"delivered": 3}
     assert sorted(fake_apns.tokens()) == world.tokens_of("p1", "p2")
 
 
@@ -49,14 +52,15 @@ async def test_concurrent_retries_create_one_ticket(
     world: World,
     notifications: notifications_pb2_grpc.NotificationServiceStub,
     fake_apns: FakeApns,
+    sessions: async_sessionmaker[AsyncSession],
 ) -> None:
     request = npb.SendRequest(target=TEMPLATE, content=npb.Content(body="Hi"), request_id="burst")
 
     tickets = await asyncio.gather(*(notifications.Send(request) for _ in range(10)))
     await wait_terminal(notifications, tickets[0].id)
-    await asyncio.sleep(0.3)
 
     assert {t.id for t in tickets} == {tickets[0].id}
+    assert await deliveries_by_state(sessions) == {"delivered": 3}  # every retry had answered
     assert sorted(fake_apns.tokens()) == world.tokens_of("p1", "p2")
 
 
@@ -83,15 +87,16 @@ async def test_delete_is_idempotent_too(
     world: World,
     notifications: notifications_pb2_grpc.NotificationServiceStub,
     fake_apns: FakeApns,
+    sessions: async_sessionmaker[AsyncSession],
 ) -> None:
     request = npb.DeleteRequest(target=npb.Target(pass_id="p2"), request_id="del-1")
     first = await notifications.Delete(request)
     await wait_terminal(notifications, first.id)
 
     again = await notifications.Delete(request)
-    await asyncio.sleep(0.3)
 
     assert again.id == first.id
+    assert await deliveries_by_state(sessions) == {"delivered": 1}  # the retry added none
     assert fake_apns.tokens() == world.tokens_of("p2")
 
 

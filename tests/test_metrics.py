@@ -17,9 +17,9 @@ from prometheus_client.parser import text_string_to_metric_families
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from passpush.delivery.worker import WorkerSettings
+from passpush.domain.clock import utcnow
 from passpush.domain.outcomes import RetryPolicy
 from passpush.fakes.apns import FakeApns
-from passpush.service.clock import utcnow
 from passpush.service.outbox_depth import OutboxDepth
 from passpush.store.outbox import Outbox
 from passpush.v1 import notifications_pb2 as npb

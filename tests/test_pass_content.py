@@ -21,7 +21,7 @@ from passpush.domain.signing import AppleSigningPem, load_signing
 from passpush.service.notifications import NotificationCore
 from passpush.service.passes import PassCore
 from passpush.service.passkit import PassKitSettings, PassPackager
-from passpush.store.passes import PassStore
+from passpush.store.projects import ProjectStore
 from passpush.v1 import notifications_pb2 as npb
 from passpush.v1 import notifications_pb2_grpc, passes_pb2_grpc
 from passpush.v1 import passes_pb2 as ppb
@@ -437,7 +437,7 @@ async def test_update_tags_only_grow_even_when_the_clock_goes_back(
     now = datetime.now(UTC)
     earlier = now - timedelta(hours=1)
     async with sessions.begin() as session:
-        await PassStore(session, "acme").ensure_project(now)
+        await ProjectStore(session, "acme").ensure_project(now)
     core = PassCore(sessions, clock=lambda: now)
     late_core = PassCore(sessions, clock=lambda: earlier)
     late_notifications = NotificationCore(sessions, clock=lambda: earlier)

@@ -21,10 +21,10 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from passpush.api.server import PasspushServer
 from passpush.cli import serve, warn_if_plaintext
 from passpush.config import Settings
+from passpush.domain.clock import utcnow
 from passpush.fakes.apns import FakeApns
 from passpush.fakes.tls import TlsBundle, make_client_certificate, make_tls_bundle
 from passpush.http.app import HttpServer, create_app
-from passpush.service.clock import utcnow
 from passpush.service.keys import KeyCore
 from passpush.tls import TlsFiles, is_loopback, load_server_tls
 from passpush.v1 import passes_pb2_grpc

@@ -164,7 +164,7 @@ def _add_keys_commands(commands: Any) -> None:
 
 async def keys(settings: Settings, args: argparse.Namespace) -> None:
     from passpush.database_checks import open_migrated
-    from passpush.service.clock import utcnow
+    from passpush.domain.clock import utcnow
     from passpush.service.keys import KeyCore
     from passpush.store.db import make_sessions
 
@@ -226,12 +226,12 @@ async def _serve(settings: Settings, *, measure_outbox: bool) -> int:
     from passpush.database_checks import DatabaseUnusable, open_migrated
     from passpush.delivery.apns import ApnsConfig, ApnsGateway
     from passpush.delivery.google import GoogleWalletConfig, GoogleWalletGateway
+    from passpush.domain.clock import utcnow
     from passpush.domain.errors import DomainError
     from passpush.domain.outcomes import APNS_NOT_CONFIGURED, GOOGLE_NOT_CONFIGURED
     from passpush.fakes import google as fake_google
     from passpush.fakes.apns import start_bundled_fake
     from passpush.http.app import HttpServer, create_app
-    from passpush.service.clock import utcnow
     from passpush.service.passkit import PassKitSettings
     from passpush.store.db import is_sqlite, make_sessions
     from passpush.store.outbox import Outbox
@@ -434,6 +434,7 @@ async def _serve(settings: Settings, *, measure_outbox: bool) -> int:
 async def serve_http(settings: Settings, listen_fd: int, grpc_target: str) -> int:
     """One HTTP process of `serve`: the shim and the PassKit web service on the socket the
     parent listens on, until SIGTERM or until the parent is gone."""
+    from passpush.domain.clock import utcnow
     from passpush.domain.errors import DomainError
     from passpush.http.app import HttpServer, create_app
     from passpush.http.processes import (
@@ -446,7 +447,6 @@ async def serve_http(settings: Settings, listen_fd: int, grpc_target: str) -> in
         lower_priority,
     )
     from passpush.http.sockets import inherited_listener
-    from passpush.service.clock import utcnow
     from passpush.service.passkit import PassKitCore, PassKitSettings, PassPackager
     from passpush.store.db import make_engine, make_sessions
     from passpush.store.direct import direct_transactions
@@ -521,8 +521,8 @@ def _tls_files(tls: TlsFiles | None) -> tuple[str, str] | None:
 def _default_signing(files: SigningFiles | None, *, quiet: bool = False) -> SigningMaterial | None:
     """The server's signing material, checked at start: a mistake shows now, not on a
     device. `quiet`: no warnings (an HTTP process, whose parent gave them)."""
+    from passpush.domain.clock import utcnow
     from passpush.domain.signing import AppleSigningPem, load_signing
-    from passpush.service.clock import utcnow
 
     if files is None:
         if quiet:

@@ -76,6 +76,11 @@ PASSKIT_PATHS = {
     ("post", "/passkit/v1/log"): {"200", "400"},
 }
 
+# On SQLite alone: the shim only translates HTTP onto the gRPC service, so the document and
+# what the fuzzer probes (statuses, content types, schemas) do not depend on the database
+# behind it, and the gRPC tests run on both. The fuzz cost about a minute a backend.
+pytestmark = pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
+
 
 async def test_the_document_lists_every_vendor_route_with_its_schemas(
     client: httpx.AsyncClient,
@@ -106,10 +111,6 @@ async def test_the_document_lists_every_vendor_route_with_its_schemas(
     assert "swagger" in docs.text.lower()
 
 
-# On SQLite alone: the shim only translates HTTP onto the gRPC service, so what the fuzzer
-# probes (statuses, content types, schemas) does not depend on the database behind it, and
-# the gRPC tests run on both. Each backend cost about a minute.
-@pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
 async def test_schemathesis_finds_no_server_error_and_no_answer_off_schema(
     shim: str, api_key: str, passes: passes_pb2_grpc.PassServiceStub, tmp_path: Path
 ) -> None:

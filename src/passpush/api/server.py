@@ -22,7 +22,7 @@ from passpush.api.passes import PassServicer
 from passpush.api.reflection import enable_reflection
 from passpush.delivery.google import GoogleWalletGateway
 from passpush.delivery.worker import ApplePushGateway, DeliveryWorker, WorkerSettings
-from passpush.service.clock import Clock, utcnow
+from passpush.domain.clock import Clock, utcnow
 from passpush.service.fanout import FANOUT_CHUNK, FanOut
 from passpush.service.fetches import FetchBatcher, FetchRecorder
 from passpush.service.keys import DEFAULT_CACHE_SECONDS, KeyCore

@@ -1,1 +1,2 @@
-"""The rules of passpush: targets, content, states and errors. Plain Python, no I/O."""
+"""The rules of passpush: targets, content, states, errors, the clock and pass update tags.
+Plain Python, no I/O."""

@@ -1,30 +1,30 @@
-"""The ASGI app of the shim, and the uvicorn server `passpush serve` runs it in."""
+"""The HTTP server's one ASGI app, mounting the vendor shim (vendors/) and the PassKit web
+service (passkit/) behind the probes; and the uvicorn server `passpush serve` runs it in."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import socket
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
-import grpc
 import uvicorn
 from fastapi import FastAPI
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from passpush.http import airship, passentry, passkit, walletwerk
-from passpush.http.body_limits import VENDOR_LIMIT, BodyLimits
-from passpush.http.errors import VendorErrors
+from passpush.http.passkit import web_service
 from passpush.http.probes import Probes
 from passpush.http.responses import CoalescingHttpToolsProtocol
 from passpush.http.sockets import tcp_listener
-from passpush.http.stubs import Stubs
+from passpush.http.vendors.app import create_vendor_app
 from passpush.service.passkit import PassKitCore
 
 log = logging.getLogger(__name__)
 
+TITLE = "passpush HTTP shim"
 DESCRIPTION = """\
 The REST shapes of three wallet vendors, translated onto passpush's gRPC service:
 Airship Wallet (`/v1/...`, HTTP Basic key:secret or Bearer), PassEntry (`/api/v1/...`,
@@ -39,52 +39,27 @@ passes' webServiceURL, authenticated with each pass's token (`ApplePass <token>`
 def create_app(
     grpc_target: str,
     passkit_core: PassKitCore | None = None,
-    passkit_prefix: str = passkit.DEFAULT_PREFIX,
+    passkit_prefix: str = web_service.DEFAULT_PREFIX,
     ready: Callable[[], bool] = lambda: True,
 ) -> ASGIApp:
-    """The shim, calling the gRPC server at `grpc_target` (`host:port`); and, given its
-    core, the PassKit web service under `passkit_prefix`; `/healthz`, and `/readyz` saying
-    `ready()` (whether the gRPC server serves; by default, as long as this app does)."""
-
-    @contextlib.asynccontextmanager
-    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        async with grpc.aio.insecure_channel(grpc_target) as channel:
-            app.state.stubs = Stubs.over(channel)
-            yield
-
-    app = FastAPI(
-        title="passpush HTTP shim",
-        version="1",
-        description=DESCRIPTION.format(prefix=passkit_prefix),
-        lifespan=lifespan,
-    )
-    for router in (airship.router, passentry.router, walletwerk.router):
-        app.include_router(router)
-    errors = VendorErrors(
-        [
-            (passentry.PREFIX + "/", passentry.error_body),  # /api/v1 before Airship's /v1
-            (airship.PREFIX + "/", airship.error_body),
-            (walletwerk.PREFIX + "/", walletwerk.error_body),
-        ],
-        fallback=airship.error_body,
-    )
-    errors.install(app)
-    app.add_middleware(
-        BodyLimits, limit_for=lambda _: VENDOR_LIMIT, refuse=errors.respond_to_http_error
+    """The vendor shim, calling the gRPC server at `grpc_target` (`host:port`); and, given
+    its core, the PassKit web service under `passkit_prefix`; `/healthz`, and `/readyz`
+    saying `ready()` (whether the gRPC server serves; by default, as long as this app does)."""
+    vendors = create_vendor_app(
+        grpc_target, title=TITLE, description=DESCRIPTION.format(prefix=passkit_prefix)
     )
     if passkit_core is None:
-        app.openapi = lambda: _without_422(app)  # type: ignore[method-assign]
-        return Probes(ready, app)
-    service = passkit.PassKitService(passkit_core, passkit_prefix)
-    app.openapi = lambda: _without_422(app, service)  # type: ignore[method-assign]
-    return Probes(ready, _PassKitFirst(service, app))
+        return Probes(ready, vendors)
+    service = web_service.PassKitService(passkit_core, passkit_prefix)
+    vendors.openapi = _with_passkit_paths(vendors.openapi, passkit_prefix)  # type: ignore[method-assign]
+    return Probes(ready, _PassKitFirst(service, vendors))
 
 
 class _PassKitFirst:
     """The PassKit web service's requests straight to it, the rest (the vendor routes,
     the document, lifespan) to FastAPI."""
 
-    def __init__(self, passkit: passkit.PassKitService, rest: FastAPI) -> None:
+    def __init__(self, passkit: web_service.PassKitService, rest: FastAPI) -> None:
         self._passkit = passkit
         self._under = passkit.prefix + "/"
         self._rest = rest
@@ -96,24 +71,21 @@ class _PassKitFirst:
             await self._rest(scope, receive, send)
 
 
-def _without_422(app: FastAPI, service: passkit.PassKitService | None = None) -> dict[str, Any]:
-    """The OpenAPI document without FastAPI's default 422 (the shim answers a request it
-    cannot validate with a 400 in the vendor's shape, which each route declares), and
-    with the PassKit web service's routes."""
-    if app.openapi_schema is None:
-        document = FastAPI.openapi(app)
-        for operations in document["paths"].values():
-            for operation in operations.values():
-                operation["responses"].pop("422", None)
-        components = document.setdefault("components", {})
-        for unused in ("HTTPValidationError", "ValidationError"):
-            components.get("schemas", {}).pop(unused, None)
-        if service is not None:
-            document["paths"].update(passkit.openapi_paths(service.prefix))
-            for kind, entries in passkit.openapi_components().items():
-                components.setdefault(kind, {}).update(entries)
-        app.openapi_schema = document
-    return app.openapi_schema
+def _with_passkit_paths(
+    vendor_document: Callable[[], dict[str, Any]], prefix: str
+) -> Callable[[], dict[str, Any]]:
+    """One OpenAPI document for the whole server: the vendors' and the PassKit routes'."""
+
+    @functools.cache
+    def document() -> dict[str, Any]:
+        merged = vendor_document()
+        merged["paths"].update(web_service.openapi_paths(prefix))
+        components = merged.setdefault("components", {})
+        for kind, entries in web_service.openapi_components().items():
+            components.setdefault(kind, {}).update(entries)
+        return merged
+
+    return document
 
 
 class HttpServer:

@@ -21,7 +21,7 @@ from datetime import timedelta
 
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from passpush.service.clock import Clock, utcnow
+from passpush.domain.clock import Clock, utcnow
 from passpush.store.tickets import FANOUT_CHUNK, TicketStore
 
 __all__ = ["FANOUT_CHUNK", "FanOut"]

@@ -16,6 +16,7 @@ from passpush.domain.auth import (
     secret_matches,
     split_key,
 )
+from passpush.domain.clock import Clock, utcnow
 from passpush.domain.errors import Unauthenticated
 from passpush.domain.paging import Page, decode_token, page_of, page_size
 from passpush.domain.validation import (
@@ -25,9 +26,8 @@ from passpush.domain.validation import (
     check_list_length,
     raise_if_any,
 )
-from passpush.service.clock import Clock, utcnow
 from passpush.store.keys import ApiKeyStore
-from passpush.store.passes import PassStore
+from passpush.store.projects import ProjectStore
 
 DEFAULT_CACHE_SECONDS = 5.0
 _MOST_CACHED = 10_000
@@ -83,9 +83,8 @@ class KeyCore:
         parsed = parse_scopes(scopes)
         material = new_key_material()
         async with self._sessions.begin() as session:
-            passes = PassStore(session, project_id)
             if create_project:
-                await passes.ensure_project(self._clock())
+                await ProjectStore(session, project_id).ensure_project(self._clock())
             key = await ApiKeyStore(session).create(
                 project_id, name, parsed, material, self._clock()
             )

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from passpush.domain.clock import Clock, utcnow
 from passpush.domain.errors import AlreadyExists, DomainError, NotFound
 from passpush.domain.model import (
     Content,
@@ -27,7 +28,6 @@ from passpush.domain.validation import (
     check_target,
     raise_if_any,
 )
-from passpush.service.clock import Clock, utcnow
 from passpush.store.audience import Audience, pass_targets, resolve_audience
 from passpush.store.direct import Steps, direct_transactions, run_on_session
 from passpush.store.events import skipped_events

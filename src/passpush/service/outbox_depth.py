@@ -9,8 +9,8 @@ import logging
 
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from passpush.domain.clock import Clock, utcnow
 from passpush.metrics import OUTBOX, OUTBOX_EVERY_SECONDS
-from passpush.service.clock import Clock, utcnow
 from passpush.store.faults import error_code
 from passpush.store.outbox import Outbox
 

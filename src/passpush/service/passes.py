@@ -11,6 +11,7 @@ from datetime import datetime
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from passpush.domain.clock import Clock, utcnow
 from passpush.domain.errors import (
     AlreadyExists,
     DomainError,
@@ -55,13 +56,20 @@ from passpush.domain.validation import (
     check_template,
     raise_if_any,
 )
-from passpush.service.clock import Clock, utcnow
 from passpush.service.passkit import PassKitSettings, PassPackager
+from passpush.store.campaigns import CampaignStore
 from passpush.store.content import CONTENT_CACHE
+from passpush.store.device_registrations import DeviceRegistrationStore
 from passpush.store.direct import DirectTransactions, direct_transactions, run_on_session
+from passpush.store.entities import EntityStore
+from passpush.store.pass_content import PassContentStore
 from passpush.store.pass_import import BatchResult, OneByOne, write_batch
-from passpush.store.passes import PassStore, new_id
+from passpush.store.passes import PassStore
 from passpush.store.passkit import package_source
+from passpush.store.project_scope import new_id
+from passpush.store.projects import ProjectStore
+from passpush.store.segments import SegmentStore
+from passpush.store.templates import TemplateStore
 
 DEFAULT_CAMPAIGN_LIMIT = 3
 MAX_IMPORT_FAILURES_REPORTED = 100
@@ -151,7 +159,9 @@ class PassCore:
             )
         raise_if_any(check_display_name("project.display_name", display_name))
         async with self._sessions.begin() as session:
-            return await PassStore(session, project_id).create_project(display_name, self._clock())
+            return await ProjectStore(session, project_id).create_project(
+                display_name, self._clock()
+            )
 
     async def create_entity(self, project_id: str, entity: Entity) -> Entity:
         entity = replace(entity, id=entity.id or new_id())
@@ -160,7 +170,7 @@ class PassCore:
         )
         _require_own_project(project_id, entity.project_id, "entity.project_id")
         async with self._sessions.begin() as session:
-            return await PassStore(session, project_id).create_entity(entity, self._clock())
+            return await EntityStore(session, project_id).create_entity(entity, self._clock())
 
     async def create_template(self, project_id: str, template: Template) -> Template:
         template = replace(
@@ -175,18 +185,18 @@ class PassCore:
                 template.apple_signing, template.pass_type_identifier, "template.apple_signing"
             )
         async with self._sessions.begin() as session:
-            return await PassStore(session, project_id).create_template(template, self._clock())
+            return await TemplateStore(session, project_id).create_template(template, self._clock())
 
     async def set_template_signing(
         self, project_id: str, template_id: str, signing: AppleSigningPem | None
     ) -> Template:
         raise_if_any(check_id("template_id", template_id))
         async with self._sessions.begin() as session:
-            store = PassStore(session, project_id)
-            template = await store.get_template(template_id)
+            templates = TemplateStore(session, project_id)
+            template = await templates.get_template(template_id)
             if signing is not None:
                 self._check_signing(signing, template.pass_type_identifier, "apple_signing")
-            return await store.set_template_signing(template_id, signing)
+            return await templates.set_template_signing(template_id, signing)
 
     def _check_signing(
         self, signing: AppleSigningPem, pass_type_identifier: str, field: str
@@ -208,7 +218,7 @@ class PassCore:
     async def get_template(self, project_id: str, template_id: str) -> Template:
         raise_if_any(check_id("id", template_id))
         async with self._sessions() as session:
-            return await PassStore(session, project_id).get_template(template_id)
+            return await TemplateStore(session, project_id).get_template(template_id)
 
     async def list_templates(
         self, project_id: str, requested_project: str, size: int, token: str
@@ -216,13 +226,13 @@ class PassCore:
         _require_own_project(project_id, requested_project, "project_id")
         limit, after = page_size(size), decode_token(token)
         async with self._sessions() as session:
-            items = await PassStore(session, project_id).list_templates(after, limit + 1)
+            items = await TemplateStore(session, project_id).list_templates(after, limit + 1)
         return page_of(items, limit, lambda t: t.id)
 
     async def upsert_pass(self, project_id: str, p: Pass) -> Pass:
         raise_if_any(_check_pass(p))
         async with self._sessions.begin() as session:
-            result, _ = await _upsert_pass(PassStore(session, project_id), p, self._clock())
+            result, _ = await _upsert_pass(session, project_id, p, self._clock())
             return result
 
     async def import_passes(
@@ -316,7 +326,7 @@ class PassCore:
             for item in batch:
                 try:
                     async with self._sessions.begin() as session:
-                        if await _import_one(PassStore(session, project_id), item, self._clock()):
+                        if await _import_one(session, project_id, item, self._clock()):
                             written.created += 1
                         else:
                             written.updated += 1
@@ -356,9 +366,8 @@ class PassCore:
         field = "pkpass" if pkpass else "pass_json"
         content = content_from_pkpass(pkpass) if pkpass else content_from_files(pass_json, files)
         async with self._sessions.begin() as session:
-            store = PassStore(session, project_id)
-            current = await store.get_pass(pass_id)
-            template = await store.get_template(current.template_id)
+            current = await PassStore(session, project_id).get_pass(pass_id)
+            template = await TemplateStore(session, project_id).get_template(current.template_id)
             _require_apple(template, "content is for Apple passes")
             check_pass_type_identifier(content, template.pass_type_identifier, field)
             if not self._packager.can_sign(template.apple_signing):
@@ -368,10 +377,12 @@ class PassCore:
                     "and _WWDR",
                     reason="SIGNING_NOT_CONFIGURED",
                 )
-            serial_number = await _serial_number(store, current, template, content)
+            serial_number = await _serial_number(
+                PassStore(session, project_id), current, template, content
+            )
             if current.apple_values:
                 _check_values_fit(content.stored_files()["pass.json"], current.apple_values, field)
-            return await store.set_pass_content(
+            return await PassContentStore(session, project_id).set_pass_content(
                 current.id, content, serial_number, content.authentication_token, self._clock()
             )
 
@@ -399,8 +410,7 @@ class PassCore:
             ]
         )
         async with self._sessions.begin() as session:
-            store = PassStore(session, project_id)
-            template = await store.get_template(template_id)
+            template = await TemplateStore(session, project_id).get_template(template_id)
             if template.platform is not Platform.APPLE:
                 raise FailedPrecondition(
                     f"template {template_id!r} is not an Apple template: content is for Apple "
@@ -408,7 +418,9 @@ class PassCore:
                     reason="NOT_AN_APPLE_TEMPLATE",
                 )
             check_pass_type_identifier(content, template.pass_type_identifier, field)
-            return await store.set_template_content(template_id, content, self._clock())
+            return await PassContentStore(session, project_id).set_template_content(
+                template_id, content, self._clock()
+            )
 
     async def get_pass_package(self, project_id: str, pass_id: str) -> tuple[bytes, int]:
         """The pass's signed .pkpass as a device would get it now, and its update tag."""
@@ -434,7 +446,7 @@ class PassCore:
         _require_own_project(project_id, segment.project_id, "segment.project_id")
         parse_criteria(segment.criteria)
         async with self._sessions.begin() as session:
-            return await PassStore(session, project_id).create_segment(segment, self._clock())
+            return await SegmentStore(session, project_id).create_segment(segment, self._clock())
 
     async def create_campaign(self, project_id: str, campaign: Campaign) -> Campaign:
         campaign = replace(
@@ -452,7 +464,7 @@ class PassCore:
             raise InvalidArgument.field("campaign.notification_limit", "must not be negative")
         _require_own_project(project_id, campaign.project_id, "campaign.project_id")
         async with self._sessions.begin() as session:
-            return await PassStore(session, project_id).create_campaign(campaign, self._clock())
+            return await CampaignStore(session, project_id).create_campaign(campaign, self._clock())
 
     async def add_campaign_members(
         self, project_id: str, campaign_id: str, pass_ids: Sequence[str]
@@ -463,8 +475,8 @@ class PassCore:
             violations += check_id(f"pass_ids[{i}]", pass_id)
         raise_if_any(violations)
         async with self._sessions.begin() as session:
-            store = PassStore(session, project_id)
-            return await store.add_campaign_members(campaign_id, pass_ids)
+            campaigns = CampaignStore(session, project_id)
+            return await campaigns.add_campaign_members(campaign_id, pass_ids)
 
     async def register_device(
         self, project_id: str, pass_id: str, device_library_identifier: str, push_token: str
@@ -477,9 +489,10 @@ class PassCore:
             ]
         )
         async with self._sessions.begin() as session:
-            store = PassStore(session, project_id)
-            _require_apple(await store.get_template((await store.get_pass(pass_id)).template_id))
-            registration, _ = await store.register_device(
+            registered = await PassStore(session, project_id).get_pass(pass_id)
+            templates = TemplateStore(session, project_id)
+            _require_apple(await templates.get_template(registered.template_id))
+            registration, _ = await DeviceRegistrationStore(session, project_id).register_device(
                 pass_id, device_library_identifier, push_token, self._clock()
             )
             return registration
@@ -494,7 +507,7 @@ class PassCore:
             ]
         )
         async with self._sessions.begin() as session:
-            await PassStore(session, project_id).unregister_device(
+            await DeviceRegistrationStore(session, project_id).unregister_device(
                 pass_id, device_library_identifier
             )
 
@@ -516,27 +529,33 @@ def _check_imported(item: ImportedPass) -> list[FieldViolation]:
     return found
 
 
-async def _import_one(store: PassStore, item: ImportedPass, now: datetime) -> bool:
+async def _import_one(
+    session: AsyncSession, project_id: str, item: ImportedPass, now: datetime
+) -> bool:
     """Upserts one imported pass and registers its devices; True when the pass is new."""
     if item.devices:
         # Refused before anything is written, as RegisterDevice would refuse it.
-        _require_apple(await store.get_template(item.pass_.template_id))
-    written, created = await _upsert_pass(store, item.pass_, now)
+        templates = TemplateStore(session, project_id)
+        _require_apple(await templates.get_template(item.pass_.template_id))
+    written, created = await _upsert_pass(session, project_id, item.pass_, now)
+    devices = DeviceRegistrationStore(session, project_id)
     for device, push_token in item.devices:
-        await store.register_device(written.id, device, push_token, now)
+        await devices.register_device(written.id, device, push_token, now)
     return created
 
 
-async def _upsert_pass(store: PassStore, p: Pass, now: datetime) -> tuple[Pass, bool]:
+async def _upsert_pass(
+    session: AsyncSession, project_id: str, p: Pass, now: datetime
+) -> tuple[Pass, bool]:
     """Upserts the pass, then checks its values on its pass.json (its own or its
     template's): a value that would break it raises, and the caller's transaction (or
     savepoint) undoes the upsert."""
     if p.apple_values:
-        template = await store.get_template(p.template_id)
+        template = await TemplateStore(session, project_id).get_template(p.template_id)
         raise_if_any(check_values_platform(template.platform))
-    result, created = await store.upsert_pass(p, now)
+    result, created = await PassStore(session, project_id).upsert_pass(p, now)
     if p.apple_values:
-        stored = await store.stored_pass_json(result.id)
+        stored = await PassContentStore(session, project_id).stored_pass_json(result.id)
         if stored is not None:
             raise_if_any(check_merged(stored, p.apple_values, "pass.apple_values"))
     return result, created
@@ -554,12 +573,12 @@ def _check_values_fit(stored_pass_json: bytes, values: PassValues, field: str) -
 
 
 async def _serial_number(
-    store: PassStore, current: Pass, template: Template, content: PassContent
+    passes: PassStore, current: Pass, template: Template, content: PassContent
 ) -> str:
     """An imported pass keeps its serialNumber (its devices know it by it), if no other
     pass of the pass type has it."""
     serial_number = content.serial_number or current.serial_number
-    if serial_number != current.serial_number and await store.serial_number_taken(
+    if serial_number != current.serial_number and await passes.serial_number_taken(
         template.pass_type_identifier, serial_number, other_than=current.id
     ):
         raise AlreadyExists("pass", serial_number, reason="SERIAL_NUMBER_TAKEN")

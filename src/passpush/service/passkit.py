@@ -24,6 +24,7 @@ from typing import Protocol, TypeVar
 
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from passpush.domain.clock import Clock, utcnow
 from passpush.domain.errors import FailedPrecondition, NotFound, Unauthenticated
 from passpush.domain.lru import BytesBoundedLru
 from passpush.domain.passkit import (
@@ -36,13 +37,13 @@ from passpush.domain.passkit import (
 )
 from passpush.domain.pkpass_zip import ZipEntry, zip_archive, zip_entry
 from passpush.domain.signing import AppleSigningPem, SigningMaterial, load_signing
+from passpush.domain.update_tags import parse_update_tag, update_tag_at
 from passpush.domain.validation import AUTH_TOKEN_MIN, check_id, check_push_token, raise_if_any
-from passpush.service.clock import Clock, utcnow
 from passpush.service.fetches import FetchLedger, FetchSink, PassVersion
 from passpush.service.registration_groups import RegistrationGroups
 from passpush.store.content import CONTENT_CACHE
+from passpush.store.device_registrations import DeviceRegistrationStore
 from passpush.store.direct import DirectReads, DirectTransactions, Steps, direct_reads
-from passpush.store.passes import PassStore, update_tag_at
 from passpush.store.passkit import (
     DeviceSerial,
     NamedPass,
@@ -58,8 +59,6 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 DEFAULT_WEB_SERVICE_URL = "http://127.0.0.1:8080/passkit"
-MAX_UPDATE_TAG = 2**63 - 1
-_TAG_DIGITS = len(str(MAX_UPDATE_TAG))
 MAX_LOG_LINES = 100
 MAX_LOG_LINE = 1000
 # What a device might put in a log line that must not reach ours: a token, push or pass, of
@@ -329,7 +328,7 @@ class PassKitCore:
             return  # no such device can be registered
         async with self._sessions.begin() as session:
             try:
-                await PassStore(session, named.project_id).unregister_device(
+                await DeviceRegistrationStore(session, named.project_id).unregister_device(
                     named.pass_id, device_library_identifier
                 )
             except NotFound:
@@ -351,7 +350,7 @@ class PassKitCore:
             _plausible(device_library_identifier, 255) and _plausible(pass_type_identifier, 255)
         ):
             return None
-        since_tag = _update_tag(since)
+        since_tag = parse_update_tag(since)
         settled, rows = await self._serials_after(
             device_library_identifier, pass_type_identifier, since_tag
         )
@@ -501,15 +500,6 @@ def modified_since(update_time: datetime, since: datetime) -> bool:
 def device_log_line(line: str) -> str:
     line = _CONTROL.sub(" ", line[:MAX_LOG_LINE])
     return _TOKEN_LIKE.sub(lambda match: match.group()[:8] + "…", line)
-
-
-def _update_tag(value: str | None) -> int | None:
-    """A tag passpush made (a decimal), else None: the device then gets every serial."""
-    # Longer than any tag would be is not one (and Python parses at most 4,300 digits).
-    if value is None or len(value) > _TAG_DIGITS or not value.isascii() or not value.isdecimal():
-        return None
-    tag = int(value)
-    return tag if tag <= MAX_UPDATE_TAG else None
 
 
 def _plausible(name: str, longest: int) -> bool:

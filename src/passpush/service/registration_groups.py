@@ -13,7 +13,7 @@ import asyncio
 import logging
 from collections.abc import Sequence
 
-from passpush.service.clock import Clock
+from passpush.domain.clock import Clock
 from passpush.store.direct import DirectTransactions
 from passpush.store.faults import is_passing_trouble
 from passpush.store.passkit import NewRegistration, register_devices

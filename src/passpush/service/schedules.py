@@ -25,6 +25,7 @@ from datetime import datetime, timedelta
 from sqlalchemy.exc import DBAPIError, IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from passpush.domain.clock import Clock, utcnow
 from passpush.domain.errors import DomainError
 from passpush.domain.model import (
     Content,
@@ -45,7 +46,6 @@ from passpush.domain.validation import (
 )
 from passpush.logs import log_context
 from passpush.metrics import SCHEDULER_LAG
-from passpush.service.clock import Clock, utcnow
 from passpush.service.notifications import fingerprint_of, reused_request_id
 from passpush.store.audience import resolve_audience
 from passpush.store.db import dialect_name

@@ -21,6 +21,7 @@ from datetime import timedelta
 
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from passpush.domain.clock import Clock, utcnow
 from passpush.domain.errors import DomainError, FieldViolation, NotFound, Unavailable
 from passpush.domain.model import DeliveryEvent, DeliveryOutcome, Target, Ticket
 from passpush.domain.validation import (
@@ -29,7 +30,6 @@ from passpush.domain.validation import (
     check_target,
     raise_if_any,
 )
-from passpush.service.clock import Clock, utcnow
 from passpush.store.audience import resolve_audience
 from passpush.store.events import EventStore
 from passpush.store.google_messages import GoogleMessageLog

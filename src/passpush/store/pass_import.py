@@ -4,10 +4,11 @@ replaced, their devices registered. SQLite takes each as one executemany on the 
 connection; PostgreSQL inserts each table's rows with one statement over arrays (unnest),
 where an executemany still executes once a row.
 
-Each pass gets exactly what PassStore.upsert_pass and register_device would give it. A
-pass this path would judge differently, or could not judge without reading more (values
-to check against a pass.json, the same pass twice in a batch), makes the whole batch
-`OneByOne`: the caller then writes it a pass at a time.
+Each pass gets exactly what PassStore.upsert_pass and
+DeviceRegistrationStore.register_device would give it. A pass this path would judge
+differently, or could not judge without reading more (values to check against a pass.json,
+the same pass twice in a batch), makes the whole batch `OneByOne`: the caller then writes
+it a pass at a time.
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ from passpush.domain.errors import (
 )
 from passpush.domain.model import ImportedPass, Pass, Platform
 from passpush.domain.passkit import PASS_JSON, check_merged, check_values_platform
+from passpush.domain.update_tags import next_update_tag, update_tag_at
 from passpush.store.db import one_of
 from passpush.store.direct import Query, Steps, reusing_plans
 from passpush.store.models import (
@@ -42,8 +44,8 @@ from passpush.store.models import (
     TemplateRow,
     table_of,
 )
-from passpush.store.passes import new_id, next_update_tag, update_tag_at
 from passpush.store.passkit import NewRegistration, renew_registrations
+from passpush.store.project_scope import new_id
 
 _DIALECTS = ("sqlite", "postgresql")
 _PASSES = table_of(PassRow)

@@ -55,6 +55,7 @@ from passpush.domain.model import (
     terminal_state,
 )
 from passpush.domain.passkit import REPEAT_MARK
+from passpush.domain.update_tags import update_tag_at
 from passpush.store.audience import Audience, resolve_audience
 from passpush.store.class_messages import ClassMessageStore
 from passpush.store.db import dialect_name, one_of
@@ -70,7 +71,6 @@ from passpush.store.models import (
     table_of,
 )
 from passpush.store.outbox import finishing_values
-from passpush.store.passes import update_tag_at
 
 ERROR_SAMPLE_SIZE = 10
 # Passes a broadcast fans out per transaction. On SQLite a chunk holds the one writer, so every

@@ -12,7 +12,7 @@ from fastapi.security import (
     HTTPBearer,
 )
 
-from passpush.http.rpc import Metadata, metadata_for
+from passpush.http.vendors.rpc import Metadata, metadata_for
 
 # auto_error=False: a missing key still reaches the server, which answers UNAUTHENTICATED
 # like it would to a stub, and the vendor's error shape carries that 401.

@@ -8,13 +8,14 @@ so the server authenticates and authorizes every call exactly as it would a stub
 from __future__ import annotations
 
 from collections.abc import Awaitable
-from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import TypeVar
 
 import grpc
 from google.protobuf.timestamp_pb2 import Timestamp
 from google.rpc import error_details_pb2, status_pb2
+
+from passpush.http.failures import CallFailed
 
 T = TypeVar("T")
 
@@ -37,16 +38,6 @@ HTTP_STATUS: dict[grpc.StatusCode, int] = {
 }
 
 CALL_TIMEOUT = 30.0  # seconds; every RPC the shim makes answers at once or fails
-
-
-@dataclass
-class CallFailed(Exception):
-    """A failed call, in the terms every vendor shape needs."""
-
-    status: int  # the HTTP status
-    reason: str  # UPPER_SNAKE_CASE, the ErrorInfo reason when the server gave one
-    message: str
-    field: str | None = None  # the first failing field, for a 400
 
 
 def metadata_for(key: str | None) -> Metadata:

@@ -13,10 +13,12 @@ from typing import Annotated, Any, Literal
 from fastapi import APIRouter, Query
 from pydantic import BaseModel, Field
 
-from passpush.http.credentials import BearerOrBasicKey
-from passpush.http.rpc import CallFailed, call, iso, timestamp
-from passpush.http.schemas import BODY_MAX, HEADER_MAX, StrictBody, Text
-from passpush.http.stubs import Service
+from passpush.http.failures import CallFailed
+from passpush.http.text import Text
+from passpush.http.vendors.credentials import BearerOrBasicKey
+from passpush.http.vendors.rpc import call, iso, timestamp
+from passpush.http.vendors.schemas import BODY_MAX, HEADER_MAX, StrictBody
+from passpush.http.vendors.stubs import Service
 from passpush.v1 import notifications_pb2 as npb
 
 PREFIX = "/v1"

@@ -1,4 +1,4 @@
-"""Time, injectable so that tests control it."""
+"""Time, injectable so that tests control it: every core and the worker take a Clock."""
 
 from __future__ import annotations
 

@@ -19,11 +19,11 @@ from sqlalchemy import update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from passpush.api.server import PasspushServer
+from passpush.domain.clock import utcnow
+from passpush.domain.update_tags import update_tag_at
 from passpush.fakes.apns import FakeApns
-from passpush.service.clock import utcnow
 from passpush.service.passkit import SettledTime, last_modified_of, modified_since
 from passpush.store.models import PassRow
-from passpush.store.passes import update_tag_at
 from passpush.v1 import notifications_pb2 as npb
 from passpush.v1 import notifications_pb2_grpc, passes_pb2_grpc
 from passpush.v1 import passes_pb2 as ppb

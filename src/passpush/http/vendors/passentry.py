@@ -18,10 +18,12 @@ from google.protobuf.timestamp_pb2 import Timestamp
 from pydantic import BaseModel, Field
 
 from passpush.domain.validation import ENTITY_GROUP_TAGS_MAX
-from passpush.http.credentials import BearerKey
-from passpush.http.rpc import CallFailed, Metadata, call, iso, timestamp
-from passpush.http.schemas import BODY_MAX, StrictBody, Text
-from passpush.http.stubs import Service, Stubs
+from passpush.http.failures import CallFailed
+from passpush.http.text import Text
+from passpush.http.vendors.credentials import BearerKey
+from passpush.http.vendors.rpc import Metadata, call, iso, timestamp
+from passpush.http.vendors.schemas import BODY_MAX, StrictBody
+from passpush.http.vendors.stubs import Service, Stubs
 from passpush.v1 import notifications_pb2 as npb
 from passpush.v1 import passes_pb2 as ppb
 

@@ -36,9 +36,8 @@ from passpush.domain.errors import (
 )
 from passpush.domain.passkit import MEDIA_TYPE
 from passpush.http.body_limits import PASSKIT_LIMIT, PASSKIT_LOG_LIMIT
-from passpush.http.errors import validation_failure
-from passpush.http.rpc import CallFailed
-from passpush.http.schemas import Text
+from passpush.http.failures import CallFailed, validation_failure
+from passpush.http.text import Text
 from passpush.service.passkit import PassKitCore
 from passpush.store.faults import DATABASE_ERRORS, unavailable_from
 

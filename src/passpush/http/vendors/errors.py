@@ -18,7 +18,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException
 
-from passpush.http.rpc import CallFailed
+from passpush.http.failures import CallFailed, validation_failure
 
 log = logging.getLogger(__name__)
 
@@ -70,15 +70,3 @@ class VendorErrors:
         app.add_exception_handler(RequestValidationError, invalid_request)
         app.add_exception_handler(HTTPException, http_error)
         app.add_exception_handler(Exception, unexpected)
-
-
-def validation_failure(errors: Sequence[Any]) -> CallFailed:
-    """A request that did not validate (pydantic's errors), as a 400 naming the field."""
-    first = errors[0] if errors else {"loc": (), "msg": "invalid request"}
-    location = [str(part) for part in first.get("loc", ())]
-    if location[:1] in (["body"], ["query"], ["path"], ["header"]):
-        location = location[1:]
-    field = ".".join(location) or "body"
-    if first.get("type") == "json_invalid":
-        return CallFailed(400, "MALFORMED_JSON", "the body is not valid JSON", "body")
-    return CallFailed(400, "INVALID_ARGUMENT", f"{field}: {first.get('msg', 'is invalid')}", field)

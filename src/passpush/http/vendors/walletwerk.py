@@ -16,10 +16,12 @@ from typing import Any, Literal
 from fastapi import APIRouter
 from pydantic import BaseModel, Field
 
-from passpush.http.credentials import BearerKey
-from passpush.http.rpc import CallFailed, Metadata, call, iso, timestamp
-from passpush.http.schemas import BODY_MAX, HEADER_MAX, StrictBody, Text
-from passpush.http.stubs import Service, Stubs
+from passpush.http.failures import CallFailed
+from passpush.http.text import Text
+from passpush.http.vendors.credentials import BearerKey
+from passpush.http.vendors.rpc import Metadata, call, iso, timestamp
+from passpush.http.vendors.schemas import BODY_MAX, HEADER_MAX, StrictBody
+from passpush.http.vendors.stubs import Service, Stubs
 from passpush.v1 import notifications_pb2 as npb
 
 PREFIX = "/campaigns"

@@ -15,9 +15,9 @@ from sqlalchemy import select, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from test_passkit import Device, HeldPass, issue_pass, send
 
-from passpush.service.clock import utcnow
+from passpush.domain.clock import utcnow
+from passpush.domain.update_tags import update_tag_at
 from passpush.store.models import PassRow
-from passpush.store.passes import update_tag_at
 from passpush.v1 import notifications_pb2 as npb
 from passpush.v1 import notifications_pb2_grpc, passes_pb2_grpc
 from passpush.v1 import passes_pb2 as ppb
