@@ -29,7 +29,9 @@ from passpush.domain.validation import (
 )
 from passpush.service.clock import Clock, utcnow
 from passpush.store.audience import Audience, pass_targets, resolve_audience
-from passpush.store.direct import Steps, direct_transactions, run_on_session
+from passpush.store.connectors import connect
+from passpush.store.connectors.connector import Steps
+from passpush.store.connectors.session import run_on_session
 from passpush.store.events import skipped_events
 from passpush.store.faults import unavailable_from, write_check
 from passpush.store.schedules import reserve_campaign_place
@@ -67,7 +69,7 @@ class NotificationCore:
     commits, the next ones queue and then share a transaction of a few
     statements, so that throughput grows with load instead of each call paying
     a dozen round trips. Those transactions run on the driver's connection
-    directly (store/direct.py): this is the path whose latency callers feel.
+    directly (store/connectors/): this is the path whose latency callers feel.
     A broadcast commits alone, beside them, through SQLAlchemy.
     """
 
@@ -83,8 +85,7 @@ class NotificationCore:
     ) -> None:
         self._sessions = sessions
         engine = sessions.kw["bind"]
-        self._dialect: str = engine.dialect.name
-        self._direct = direct_transactions(engine)
+        self._direct = connect(engine)
         self._clock = clock
         # Wakes the local delivery workers so that the first push does not wait for a poll.
         self._on_enqueued = on_enqueued
@@ -198,9 +199,9 @@ class NotificationCore:
         """Sends and Deletes to one pass each: a few statements for the whole group."""
         answers: _Answers = {}
         # First: a retry answers its first ticket even if the target changed since.
-        prior = yield from prior_tickets({s.key for s in group if s.request_id}, self._dialect)
+        prior = yield from prior_tickets({s.key for s in group if s.request_id})
         targets = {(s.project_id, _pass_id(s)) for s in group}
-        passes = yield from pass_targets(targets, self._dialect)
+        passes = yield from pass_targets(targets)
         first_in_group: dict[tuple[str, str], _Submission] = {}
         retries_in_group: list[tuple[_Submission, _Submission]] = []
         new: list[tuple[_Submission, NewTicket]] = []
@@ -220,8 +221,8 @@ class NotificationCore:
                 first_in_group[s.key] = s
             new.append((s, _new_ticket(s, audience)))
         now = self._clock()
-        created = yield from one_pass_tickets([n for _, n in new], self._dialect, now)
-        yield from skipped_events([t.id for t in created if t.counts.skipped], self._dialect, now)
+        created = yield from one_pass_tickets([n for _, n in new], now)
+        yield from skipped_events([t.id for t in created if t.counts.skipped], now)
         answers.update(zip([s for s, _ in new], created, strict=True))
         for retry, first in retries_in_group:
             answers[retry] = (
@@ -235,7 +236,7 @@ class NotificationCore:
         (s,) = group
         async with self._sessions.begin() as session:
             keys = {s.key} if s.request_id else set()
-            prior = await run_on_session(session, prior_tickets(keys, self._dialect))
+            prior = await run_on_session(session, prior_tickets(keys))
             if s.key in prior:
                 return {s: _retry_answer(s, prior[s.key])}
             try:
