@@ -22,8 +22,8 @@ from passpush.api.passes import PassServicer
 from passpush.api.reflection import enable_reflection
 from passpush.delivery.google import GoogleWalletGateway
 from passpush.delivery.worker import ApplePushGateway, DeliveryWorker, WorkerSettings
+from passpush.outbox.fanout import FANOUT_CHUNK, FanOut
 from passpush.service.clock import Clock, utcnow
-from passpush.service.fanout import FANOUT_CHUNK, FanOut
 from passpush.service.fetches import FetchBatcher, FetchRecorder
 from passpush.service.keys import DEFAULT_CACHE_SECONDS, KeyCore
 from passpush.service.notifications import NotificationCore

@@ -45,8 +45,9 @@ from passpush.domain.validation import (
 )
 from passpush.logs import log_context
 from passpush.metrics import SCHEDULER_LAG
+from passpush.outbox.accepting import reused_request_id
 from passpush.service.clock import Clock, utcnow
-from passpush.service.notifications import fingerprint_of, reused_request_id
+from passpush.service.notifications import fingerprint_of
 from passpush.store.audience import resolve_audience
 from passpush.store.connectors.session import run_on_session
 from passpush.store.faults import error_code, is_passing_trouble
