@@ -26,8 +26,8 @@ from passpush.api.server import SERVICE_NAMES, PasspushServer
 from passpush.delivery.apns import ApnsGateway
 from passpush.delivery.worker import WorkerSettings
 from passpush.http.app import HttpServer, create_app
+from passpush.store.connectors import connect, connect_reads
 from passpush.store.db import make_engine, make_sessions
-from passpush.store.direct import direct_reads, direct_transactions
 from passpush.store.faults import DATABASE_ERRORS, is_passing_trouble, write_check
 from passpush.store.passkit import oldest_open_write
 from passpush.v1 import notifications_pb2 as npb
@@ -196,7 +196,7 @@ async def test_a_connection_whose_end_has_not_arrived_yet_is_passing_trouble(
     new connection."""
     async with _proxy_that_holds_closes(database_url) as through_proxy:
         engine = make_engine(through_proxy)
-        reads, transactions = direct_reads(engine), direct_transactions(engine)
+        reads, transactions = connect_reads(engine), connect(engine)
         try:
             await reads.run(oldest_open_write)
             await transactions.run(write_check)

@@ -23,9 +23,9 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from passpush.domain.passkit import build_pkpass
 from passpush.domain.signing import AppleSigningPem, load_signing
 from passpush.store import migrate
+from passpush.store.connectors.session import run_on_session
 from passpush.store.content import CONTENT_CACHE
 from passpush.store.db import make_engine
-from passpush.store.direct import run_on_session
 from passpush.store.models import ContentFileRow, PassOwnFileRow
 from passpush.store.passkit import package_source
 from passpush.v1 import passes_pb2 as ppb

@@ -14,8 +14,9 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from passpush.store.checkpoints import WalCheckpoints, wal_checkpoints
+from passpush.store.connectors import connect
+from passpush.store.connectors.connector import Query, Steps
 from passpush.store.db import make_engine
-from passpush.store.direct import Query, Steps, direct_transactions
 
 MIB = 1024 * 1024
 
@@ -53,7 +54,7 @@ async def test_the_direct_transactions_connection_never_checkpoints(engine: Asyn
     def fill() -> Steps[None]:
         yield Query.write(text("INSERT INTO filler VALUES (randomblob(:n))"), {"n": MIB})
 
-    transactions = direct_transactions(engine)
+    transactions = connect(engine)
     try:
         for _ in range(12):
             await transactions.run(fill)

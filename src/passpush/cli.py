@@ -448,8 +448,8 @@ async def serve_http(settings: Settings, listen_fd: int, grpc_target: str) -> in
     )
     from passpush.http.sockets import inherited_listener
     from passpush.service.passkit import PassKitCore, PassKitSettings, PassPackager
+    from passpush.store.connectors import connect
     from passpush.store.db import make_engine, make_sessions
-    from passpush.store.direct import direct_transactions
 
     lower_priority(settings.http_nice)
     try:
@@ -462,7 +462,7 @@ async def serve_http(settings: Settings, listen_fd: int, grpc_target: str) -> in
     registrar = ParentRegistrar(parent)
     passkit = PassKitCore(
         sessions,
-        direct_transactions(engine),
+        connect(engine),
         PassPackager(PassKitSettings(settings.passkit_url, default_signing)),
         clock=utcnow,
         fetch_sink=ParentFetchSink(parent),  # the parent records them

@@ -14,7 +14,7 @@ from passpush.api.server import PasspushServer
 from passpush.delivery.apns import ApnsGateway
 from passpush.delivery.worker import WorkerSettings
 from passpush.fakes.apns import FakeApns
-from passpush.service.fanout import FanOut
+from passpush.outbox.fanout import FanOut
 from passpush.store.models import DeliveryEventRow, DeliveryRow
 from passpush.v1 import notifications_pb2 as npb
 from passpush.v1 import notifications_pb2_grpc, passes_pb2_grpc

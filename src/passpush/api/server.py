@@ -23,7 +23,7 @@ from passpush.api.reflection import enable_reflection
 from passpush.delivery.google import GoogleWalletGateway
 from passpush.delivery.worker import ApplePushGateway, DeliveryWorker, WorkerSettings
 from passpush.domain.clock import Clock, utcnow
-from passpush.service.fanout import FANOUT_CHUNK, FanOut
+from passpush.outbox.fanout import FANOUT_CHUNK, FanOut
 from passpush.service.fetches import FetchBatcher, FetchRecorder
 from passpush.service.keys import DEFAULT_CACHE_SECONDS, KeyCore
 from passpush.service.notifications import NotificationCore
@@ -40,8 +40,8 @@ from passpush.service.status import (
     TicketWatch,
 )
 from passpush.store.checkpoints import wal_checkpoints
+from passpush.store.connectors import connect
 from passpush.store.db import make_read_sessions
-from passpush.store.direct import direct_transactions
 from passpush.store.listen import ChangeListener
 from passpush.store.statistics import fresh_statistics
 from passpush.v1 import (
@@ -117,7 +117,7 @@ class PasspushServer:
         self.schedules = ScheduleCore(sessions, clock=clock, on_scheduled=self.scheduler.wake)
         packager = PassPackager(passkit or PassKitSettings())
         engine = sessions.kw["bind"]
-        transactions = direct_transactions(engine)  # closed with the PassKit core
+        transactions = connect(engine)  # closed with the PassKit core
         # PostgreSQL: statistics analyzed right after a bulk change, not a minute later.
         self.statistics = fresh_statistics(engine)
         self.passes = PassCore(
@@ -128,9 +128,7 @@ class PasspushServer:
             after_import=self.statistics.after_bulk_change if self.statistics else None,
         )
         # Which devices fetched the notifications, recorded in batches.
-        self.fetch_recorder = FetchRecorder(
-            transactions, engine.dialect.name, on_recorded=self.changes.publish
-        )
+        self.fetch_recorder = FetchRecorder(transactions, on_recorded=self.changes.publish)
         self.fetches = FetchBatcher(self.fetch_recorder.record)
         # The PassKit web service: the HTTP server's device routes call it in-process.
         self.passkit = PassKitCore(

@@ -42,7 +42,7 @@ from passpush.domain.model import DeliveryState, Platform
 from passpush.domain.outcomes import APNS_NOT_CONFIGURED, DEFAULT_RETRY, RetryPolicy, judge_apns
 from passpush.logs import log_context
 from passpush.metrics import count_outcomes
-from passpush.store.direct import direct_transactions
+from passpush.store.connectors import connect
 from passpush.store.outbox import (
     ClaimedDelivery,
     DeliveryResult,
@@ -114,8 +114,7 @@ class DeliveryWorker:
         self._sessions = sessions
         # Claims and records run many times a second: on the driver's connection directly.
         engine = sessions.kw["bind"]
-        self._dialect: str = engine.dialect.name
-        self._direct = direct_transactions(engine)
+        self._direct = connect(engine)
         # Wakes the status streams: outcomes and ticket counts changed.
         self._on_recorded = on_recorded
         self._apns = apns
@@ -251,7 +250,7 @@ class DeliveryWorker:
             # Read here: the steps may run on another thread.
             lease, room, now = self._settings.lease, queue.room, self._clock()
             claimed = await self._direct.run(
-                lambda: claim_due(self._dialect, self.owner, now, lease, room, queue.platform)
+                lambda: claim_due(self.owner, now, lease, room, queue.platform)
             )
         except Exception:
             log.exception("claiming deliveries failed; trying again shortly")
@@ -270,7 +269,7 @@ class DeliveryWorker:
             if self._closing or not self._held:
                 continue
             steps = functools.partial(
-                renew_leases, self._dialect, self.owner, list(self._held), self._clock() + lease
+                renew_leases, self.owner, list(self._held), self._clock() + lease
             )
             try:
                 await self._direct.run(steps)
@@ -317,7 +316,7 @@ class DeliveryWorker:
             return
         try:
             now = self._clock()
-            await self._direct.run(lambda: record(self._dialect, self.owner, results, now))
+            await self._direct.run(lambda: record(self.owner, results, now))
         except BaseException:
             # Still claimed and unrecorded: they stay in the window until written.
             self._results[:0] = results

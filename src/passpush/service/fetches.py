@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Protocol
 
-from passpush.store.direct import DirectTransactions
+from passpush.store.connectors.connector import Connector
 from passpush.store.fetches import FetchConfirmation, RecordedFetch, record_fetches
 
 log = logging.getLogger(__name__)
@@ -131,15 +131,13 @@ class FetchRecorder:
 
     def __init__(
         self,
-        transactions: DirectTransactions,
-        dialect: str,
+        transactions: Connector,
         *,
         on_recorded: Callable[[], None] = lambda: None,
     ) -> None:
         # On the driver's connection, not a session: in a storm of downloads the batches
         # through SQLAlchemy's session were most of the gRPC process's CPU.
         self._transactions = transactions
-        self._dialect = dialect
         # Wakes the status streams: tickets' counts and events changed.
         self._on_recorded = on_recorded
 
@@ -149,9 +147,7 @@ class FetchRecorder:
         matches no delivered push)."""
         if not confirmations:
             return []
-        recorded = await self._transactions.run(
-            lambda: record_fetches(self._dialect, confirmations)
-        )
+        recorded = await self._transactions.run(lambda: record_fetches(confirmations))
         if recorded:
             self._on_recorded()
         return recorded

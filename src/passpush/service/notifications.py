@@ -12,7 +12,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from passpush.domain.clock import Clock, utcnow
-from passpush.domain.errors import AlreadyExists, DomainError, NotFound
+from passpush.domain.errors import DomainError
 from passpush.domain.model import (
     Content,
     Operation,
@@ -28,17 +28,21 @@ from passpush.domain.validation import (
     check_target,
     raise_if_any,
 )
-from passpush.store.audience import Audience, pass_targets, resolve_audience
-from passpush.store.direct import Steps, direct_transactions, run_on_session
-from passpush.store.events import skipped_events
+from passpush.outbox.accepting import (
+    Accepted,
+    accept_one_pass_each,
+    new_ticket,
+    retry_answer,
+)
+from passpush.store.audience import resolve_audience
+from passpush.store.connectors import connect
+from passpush.store.connectors.session import run_on_session
 from passpush.store.faults import unavailable_from, write_check
 from passpush.store.schedules import reserve_campaign_place
 from passpush.store.tickets import (
     FANOUT_CHUNK,
-    NewTicket,
     PriorTicket,
     TicketStore,
-    one_pass_tickets,
     prior_tickets,
 )
 
@@ -66,8 +70,9 @@ class NotificationCore:
     Sends to one pass each are committed in groups: while one transaction
     commits, the next ones queue and then share a transaction of a few
     statements, so that throughput grows with load instead of each call paying
-    a dozen round trips. Those transactions run on the driver's connection
-    directly (store/direct.py): this is the path whose latency callers feel.
+    a dozen round trips. Those transactions (outbox/accepting.py) run on the
+    driver's connection directly (store/connectors/): this is the path whose
+    latency callers feel.
     A broadcast commits alone, beside them, through SQLAlchemy.
     """
 
@@ -83,14 +88,13 @@ class NotificationCore:
     ) -> None:
         self._sessions = sessions
         engine = sessions.kw["bind"]
-        self._dialect: str = engine.dialect.name
-        self._direct = direct_transactions(engine)
+        self._direct = connect(engine)
         self._clock = clock
         # Wakes the local delivery workers so that the first push does not wait for a poll.
         self._on_enqueued = on_enqueued
         self._max_group = max_group
         # A broadcast's Send writes its first chunk of passes; the FanOut loop, told of the
-        # ticket, writes the others (service/fanout.py).
+        # ticket, writes the others (outbox/fanout.py).
         self._fanout_chunk = fanout_chunk
         self._on_fanning_out = on_fanning_out
         self._queued: list[_Submission] = []
@@ -192,42 +196,7 @@ class NotificationCore:
         return await self._answers(group[:half], accept) | await self._answers(group[half:], accept)
 
     async def _accept_one_pass_each(self, group: list[_Submission]) -> _Answers:
-        return await self._direct.run(lambda: self._one_pass_each(group))
-
-    def _one_pass_each(self, group: list[_Submission]) -> Steps[_Answers]:
-        """Sends and Deletes to one pass each: a few statements for the whole group."""
-        answers: _Answers = {}
-        # First: a retry answers its first ticket even if the target changed since.
-        prior = yield from prior_tickets({s.key for s in group if s.request_id}, self._dialect)
-        targets = {(s.project_id, _pass_id(s)) for s in group}
-        passes = yield from pass_targets(targets, self._dialect)
-        first_in_group: dict[tuple[str, str], _Submission] = {}
-        retries_in_group: list[tuple[_Submission, _Submission]] = []
-        new: list[tuple[_Submission, NewTicket]] = []
-        for s in group:
-            if s.request_id and s.key in prior:
-                answers[s] = _retry_answer(s, prior[s.key])
-                continue
-            if s.request_id and s.key in first_in_group:
-                retries_in_group.append((s, first_in_group[s.key]))
-                continue
-            pass_id = _pass_id(s)
-            audience = passes.get((s.project_id, pass_id))
-            if audience is None:
-                answers[s] = NotFound("pass", pass_id)
-                continue
-            if s.request_id:
-                first_in_group[s.key] = s
-            new.append((s, _new_ticket(s, audience)))
-        now = self._clock()
-        created = yield from one_pass_tickets([n for _, n in new], self._dialect, now)
-        yield from skipped_events([t.id for t in created if t.counts.skipped], self._dialect, now)
-        answers.update(zip([s for s, _ in new], created, strict=True))
-        for retry, first in retries_in_group:
-            answers[retry] = (
-                answers[first] if retry.fingerprint == first.fingerprint else reused_request_id()
-            )
-        return answers
+        return await self._direct.run(lambda: accept_one_pass_each(group, self._clock))
 
     async def _accept_alone(self, group: list[_Submission]) -> _Answers:
         """A broadcast (or a pass named by its external ids), in a transaction of its own:
@@ -235,9 +204,9 @@ class NotificationCore:
         (s,) = group
         async with self._sessions.begin() as session:
             keys = {s.key} if s.request_id else set()
-            prior = await run_on_session(session, prior_tickets(keys, self._dialect))
+            prior = await run_on_session(session, prior_tickets(keys))
             if s.key in prior:
-                return {s: _retry_answer(s, prior[s.key])}
+                return {s: retry_answer(s, prior[s.key])}
             try:
                 if s.operation is Operation.SEND:
                     await reserve_campaign_place(session, s.project_id, s.target)
@@ -246,7 +215,7 @@ class NotificationCore:
                 return {s: error}
             now = self._clock()
             tickets = TicketStore(session)
-            new = _new_ticket(s, audience)
+            new = new_ticket(s, audience)
             (ticket,) = await tickets.create_many([new], now, chunk=self._fanout_chunk)
             return {s: ticket}
 
@@ -263,25 +232,7 @@ class NotificationCore:
 
 
 # What a transaction answers each submission; a PriorTicket is a retry's first ticket.
-_Answers = dict[_Submission, Ticket | PriorTicket | Exception]
-
-
-def _pass_id(s: _Submission) -> str:
-    assert isinstance(s.target, PassTarget)  # the only target grouped
-    return s.target.pass_id
-
-
-def _new_ticket(s: _Submission, audience: Audience) -> NewTicket:
-    return NewTicket(audience, s.operation, s.target, s.content, s.request_id, s.fingerprint)
-
-
-def _retry_answer(submission: _Submission, prior: PriorTicket) -> PriorTicket | Exception:
-    """A retry gets the first ticket; a reused key with another request is refused."""
-    return prior if prior.fingerprint == submission.fingerprint else reused_request_id()
-
-
-def reused_request_id() -> AlreadyExists:
-    return AlreadyExists("request", "request_id", reason="REQUEST_ID_REUSED")
+_Answers = dict[_Submission, Accepted]
 
 
 def fingerprint_of(

@@ -58,9 +58,11 @@ from passpush.domain.validation import (
 )
 from passpush.service.passkit import PassKitSettings, PassPackager
 from passpush.store.campaigns import CampaignStore
+from passpush.store.connectors import connect
+from passpush.store.connectors.connector import Connector
+from passpush.store.connectors.session import run_on_session
 from passpush.store.content import CONTENT_CACHE
 from passpush.store.device_registrations import DeviceRegistrationStore
-from passpush.store.direct import DirectTransactions, direct_transactions, run_on_session
 from passpush.store.entities import EntityStore
 from passpush.store.pass_content import PassContentStore
 from passpush.store.pass_import import BatchResult, OneByOne, write_batch
@@ -129,7 +131,7 @@ class PassCore:
         *,
         clock: Clock = utcnow,
         packager: PassPackager | None = None,
-        transactions: DirectTransactions | None = None,
+        transactions: Connector | None = None,
         after_import: Callable[[Sequence[str], int], Awaitable[object]] | None = None,
     ) -> None:
         """`transactions` writes imports (by default its own, on the sessions' engine);
@@ -138,8 +140,7 @@ class PassCore:
         planned on them)."""
         engine = sessions.kw["bind"]
         self._sessions = sessions
-        self._dialect = engine.dialect.name
-        self._transactions = transactions or direct_transactions(engine)
+        self._transactions = transactions or connect(engine)
         self._clock = clock
         self._packager = packager or PassPackager(PassKitSettings())
         self._after_import = after_import
@@ -254,7 +255,7 @@ class PassCore:
         batch: list[ImportedPass] = []
         refused: list[tuple[int, DomainError]] = []  # the batch's passes refused unwritten
         writing: deque[_BatchInWriting] = deque()
-        at_once = 2 if self._dialect == "postgresql" else 1
+        at_once = 2 if self._transactions.dialect == "postgresql" else 1
         try:
             async for item in passes:
                 violations = _check_imported(item)
@@ -318,7 +319,7 @@ class PassCore:
             if batch:
                 now = self._clock()
                 written = await self._transactions.run(
-                    lambda: write_batch(project_id, batch, now, self._dialect, locked)
+                    lambda: write_batch(project_id, batch, now, locked)
                 )
         except (OneByOne, IntegrityError):
             # The same pass twice, values to check, or a concurrent writer: a pass at a time.

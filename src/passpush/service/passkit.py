@@ -41,9 +41,10 @@ from passpush.domain.update_tags import parse_update_tag, update_tag_at
 from passpush.domain.validation import AUTH_TOKEN_MIN, check_id, check_push_token, raise_if_any
 from passpush.service.fetches import FetchLedger, FetchSink, PassVersion
 from passpush.service.registration_groups import RegistrationGroups
+from passpush.store.connectors import connect_reads
+from passpush.store.connectors.connector import Connector, Steps
 from passpush.store.content import CONTENT_CACHE
 from passpush.store.device_registrations import DeviceRegistrationStore
-from passpush.store.direct import DirectReads, DirectTransactions, Steps, direct_reads
 from passpush.store.passkit import (
     DeviceSerial,
     NamedPass,
@@ -222,7 +223,7 @@ class SettledTime:
     SETTLED_FOR = 0.05  # seconds
     MARGIN = timedelta(seconds=1)
 
-    def __init__(self, reads: DirectReads) -> None:
+    def __init__(self, reads: Connector) -> None:
         self._reads = reads
         self._asked: asyncio.Task[datetime] | None = None
         self._asked_at = -math.inf
@@ -257,7 +258,7 @@ class PassKitCore:
     def __init__(
         self,
         sessions: async_sessionmaker[AsyncSession],
-        transactions: DirectTransactions,
+        transactions: Connector,
         packager: PassPackager,
         *,
         clock: Clock = utcnow,
@@ -267,18 +268,17 @@ class PassKitCore:
         """`registrar` writes the registrations (by default in groups, here); `fetch_sink`
         takes fetch confirmations (by default none are kept)."""
         engine = sessions.kw["bind"]
-        dialect = engine.dialect.name
         self._sessions = sessions
-        self._reads = direct_reads(engine)
+        self._reads = connect_reads(engine)
         self._transactions = transactions
-        self._registrations = RegistrationGroups(transactions, dialect, clock=clock)
+        self._registrations = RegistrationGroups(transactions, clock=clock)
         self._registrar = registrar or self._registrations
         self.packager = packager
         self._clock = clock
         # Which device fetched which notification: where confirmations go (none: not kept).
         self._fetch_sink = fetch_sink
         self._fetch_ledger = FetchLedger()
-        self._settled = SettledTime(self._reads) if dialect == "postgresql" else None
+        self._settled = SettledTime(self._reads) if self._reads.dialect == "postgresql" else None
 
     async def register(
         self,

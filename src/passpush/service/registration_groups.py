@@ -14,7 +14,7 @@ import logging
 from collections.abc import Sequence
 
 from passpush.domain.clock import Clock
-from passpush.store.direct import DirectTransactions
+from passpush.store.connectors.connector import Connector
 from passpush.store.faults import is_passing_trouble
 from passpush.store.passkit import NewRegistration, register_devices
 
@@ -24,9 +24,8 @@ GROUP_MAX = 500  # registrations a transaction writes at most
 
 
 class RegistrationGroups:
-    def __init__(self, transactions: DirectTransactions, dialect: str, *, clock: Clock) -> None:
+    def __init__(self, transactions: Connector, *, clock: Clock) -> None:
         self._transactions = transactions
-        self._dialect = dialect
         self._clock = clock
         self._waiting: list[tuple[NewRegistration, asyncio.Future[bool]]] = []
         self._writer: asyncio.Task[None] | None = None
@@ -53,7 +52,7 @@ class RegistrationGroups:
         registrations = [registration for registration, _ in group]
         try:
             created = await self._transactions.run(
-                lambda: register_devices(registrations, self._clock(), self._dialect)
+                lambda: register_devices(registrations, self._clock())
             )
         except Exception as error:
             if len(group) > 1 and not is_passing_trouble(error):

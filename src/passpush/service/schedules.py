@@ -46,10 +46,10 @@ from passpush.domain.validation import (
 )
 from passpush.logs import log_context
 from passpush.metrics import SCHEDULER_LAG
-from passpush.service.notifications import fingerprint_of, reused_request_id
+from passpush.outbox.accepting import reused_request_id
+from passpush.service.notifications import fingerprint_of
 from passpush.store.audience import resolve_audience
-from passpush.store.db import dialect_name
-from passpush.store.direct import run_on_session
+from passpush.store.connectors.session import run_on_session
 from passpush.store.faults import error_code, is_passing_trouble
 from passpush.store.schedules import ScheduleStore, reserve_campaign_place
 from passpush.store.tickets import FANOUT_CHUNK, NewTicket, TicketStore, prior_tickets
@@ -111,7 +111,7 @@ class ScheduleCore:
                         return _replay(*existing, fingerprint)
                     # One namespace with Send and Delete: a ticket's id is not a schedule's.
                     key = (project_id, request_id)
-                    if await run_on_session(session, prior_tickets({key}, dialect_name(session))):
+                    if await run_on_session(session, prior_tickets({key})):
                         raise reused_request_id()
                 await reserve_campaign_place(session, project_id, target)
                 await resolve_audience(session, project_id, target)  # it must exist now

@@ -7,7 +7,6 @@ Resolving also checks that what the target names exists in the project.
 
 from __future__ import annotations
 
-import functools
 from collections import defaultdict
 from collections.abc import Callable, Collection
 from dataclasses import dataclass
@@ -31,8 +30,8 @@ from passpush.domain.model import (
 )
 from passpush.domain.segments import AllOf, AnyOf, Criterion, HasTag, NoneOf, parse_criteria
 from passpush.domain.validation import google_class_type
+from passpush.store.connectors.connector import ByDialect, Query, Steps
 from passpush.store.db import dialect_name, one_of, one_of_values
-from passpush.store.direct import Query, Steps
 from passpush.store.models import (
     CampaignMemberRow,
     CampaignRow,
@@ -199,9 +198,7 @@ async def resolve_audience(session: AsyncSession, project_id: str, target: Targe
     raise AssertionError(f"unknown target {target!r}")  # pragma: no cover
 
 
-def pass_targets(
-    targets: Collection[tuple[str, str]], dialect: str
-) -> Steps[dict[tuple[str, str], Audience]]:
+def pass_targets(targets: Collection[tuple[str, str]]) -> Steps[dict[tuple[str, str], Audience]]:
     """Resolves many (project_id, pass id) targets with one query, as resolve_audience would
     one by one: the pass with that id, else the only pass with that external id. A target
     missing from the answer names no pass."""
@@ -209,7 +206,7 @@ def pass_targets(
         return {}
     named = list({pass_id for _, pass_id in targets})
     rows = yield Query(
-        _pass_lookup(dialect),
+        _PASS_LOOKUP,
         {"projects": list({p for p, _ in targets}), "ids": named, "external_ids": named},
     )
     by_id: set[tuple[str, str]] = set()
@@ -227,15 +224,17 @@ def pass_targets(
     return found
 
 
-@functools.cache
 def _pass_lookup(dialect: str) -> Select[str, str, str | None]:
-    """Passes by id or external id (parameters projects, ids, external_ids), built once."""
+    """Passes by id or external id (parameters projects, ids, external_ids)."""
     return select(PassRow.project_id, PassRow.id, PassRow.external_id).where(
         one_of(PassRow.project_id, dialect, "projects"),
         or_(
             one_of(PassRow.id, dialect, "ids"), one_of(PassRow.external_id, dialect, "external_ids")
         ),
     )
+
+
+_PASS_LOOKUP = ByDialect(_pass_lookup)
 
 
 async def _one_pass(

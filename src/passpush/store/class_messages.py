@@ -26,8 +26,8 @@ from passpush.domain.model import (
     DeliveryState,
     GoogleClass,
 )
+from passpush.store.connectors.session import run_on_session
 from passpush.store.db import dialect_name, one_of
-from passpush.store.direct import run_on_session
 from passpush.store.events import announce, recorded_events
 from passpush.store.models import (
     DeliveryRow,
@@ -133,8 +133,7 @@ class ClassMessageStore:
             )
         )
         row = (await self.session.execute(select(c).where(c.c.ticket_id == ticket_id))).one()
-        dialect = dialect_name(self.session)
-        messages = await run_on_session(self.session, ticket_messages(dialect, [ticket_id]))
+        messages = await run_on_session(self.session, ticket_messages([ticket_id]))
         return ClaimedClassMessage(
             ticket_id=ticket_id,
             project_id=row.project_id,
@@ -255,15 +254,15 @@ class ClassMessageStore:
                 chunk,
             )
         ).all()
-        await run_on_session(self.session, recorded_events([r.id for r in recorded], dialect, now))
-        await run_on_session(self.session, announce(dialect))
+        await run_on_session(self.session, recorded_events([r.id for r in recorded], now))
+        await run_on_session(self.session, announce())
         counted = Counter(DeliveryState(r.state) for r in recorded)
         without_alert = counted[DeliveryState.DELIVERED_WITHOUT_ALERT]
         delivered = counted[DeliveryState.DELIVERED] + without_alert
         failed = counted[DeliveryState.FAILED]
         await run_on_session(
             self.session,
-            count_on_ticket(dialect, claimed.ticket_id, delivered, without_alert, failed, now),
+            count_on_ticket(claimed.ticket_id, delivered, without_alert, failed, now),
         )
         return len(ids), counted
 

@@ -130,7 +130,7 @@ def _make_sqlite_transactions_immediate(engine: AsyncEngine) -> None:
 
 
 def configure_sqlite_connection(dbapi_connection: Any) -> None:
-    """A write connection's settings (store/direct.py opens one of its own too)."""
+    """A write connection's settings (store/connectors/sqlite.py opens one of its own too)."""
     cursor = dbapi_connection.cursor()
     cursor.execute("PRAGMA journal_mode=WAL")
     cursor.execute("PRAGMA synchronous=NORMAL")

@@ -9,7 +9,6 @@ takes one advisory lock first and holds it to its commit.
 
 from __future__ import annotations
 
-import functools
 from collections.abc import Collection
 from datetime import datetime, timedelta
 from typing import Any
@@ -29,8 +28,9 @@ from sqlalchemy import (
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from passpush.domain.model import DeliveryEvent, DeliveryOutcome, DeliveryState, Platform
-from passpush.store.db import dialect_name, one_of
-from passpush.store.direct import Query, Steps, run_on_session
+from passpush.store.connectors.connector import ByDialect, Query, Steps, on_postgresql
+from passpush.store.connectors.session import run_on_session
+from passpush.store.db import one_of
 from passpush.store.models import (
     DeliveryEventRow,
     DeliveryRow,
@@ -42,8 +42,8 @@ from passpush.store.models import (
 # The PostgreSQL channel on which a replica announces new events and ticket changes.
 CHANGES_CHANNEL = "passpush_changes"
 _APPEND_LOCK = 0x70707573  # any constant, the same in every replica
-_TAKE_APPEND_LOCK = text("SELECT pg_advisory_xact_lock(:key)")
-_NOTIFY_CHANGES = select(func.pg_notify(CHANGES_CHANNEL, ""))
+_TAKE_APPEND_LOCK = on_postgresql(text("SELECT pg_advisory_xact_lock(:key)"))
+_NOTIFY_CHANGES = on_postgresql(select(func.pg_notify(CHANGES_CHANNEL, "")))
 _events = table_of(DeliveryEventRow)
 
 
@@ -55,9 +55,7 @@ class EventStore:
 
     async def append_skipped(self, ticket_ids: Collection[int], now: datetime) -> None:
         """The events of the deliveries these new tickets skipped."""
-        await run_on_session(
-            self.session, skipped_events(ticket_ids, dialect_name(self.session), now)
-        )
+        await run_on_session(self.session, skipped_events(ticket_ids, now))
 
     async def after(
         self,
@@ -90,61 +88,40 @@ class EventStore:
         return int(result.rowcount)  # type: ignore[attr-defined]
 
 
-def recorded_events(delivery_ids: Collection[int], dialect: str, now: datetime) -> Steps[None]:
+def recorded_events(delivery_ids: Collection[int], now: datetime) -> Steps[None]:
     """The events of deliveries just recorded: their new state, reason and attempt count."""
     if delivery_ids:
-        yield from _append_steps("recorded", {"ids": list(delivery_ids), "at": now}, dialect)
+        yield from _append_steps(_APPEND_RECORDED, {"ids": list(delivery_ids), "at": now})
 
 
-def announce(dialect: str) -> Steps[None]:
-    """Tells every replica's streams, at commit, that events or tickets changed."""
-    if dialect == "postgresql":
-        yield Query(_NOTIFY_CHANGES)
+def announce() -> Steps[None]:
+    """Tells every replica's streams, at commit, that events or tickets changed (PostgreSQL;
+    SQLite's streams are this process's own)."""
+    yield Query(_NOTIFY_CHANGES)
 
 
-def skipped_events(ticket_ids: Collection[int], dialect: str, now: datetime) -> Steps[None]:
+def skipped_events(ticket_ids: Collection[int], now: datetime) -> Steps[None]:
     """The events of the deliveries these new tickets skipped (EventStore.append_skipped)."""
     if ticket_ids:
-        yield from _append_steps("skipped", {"ids": list(ticket_ids), "at": now}, dialect)
+        yield from _append_steps(_APPEND_SKIPPED, {"ids": list(ticket_ids), "at": now})
 
 
-def skipped_events_after(
-    ticket_id: int, after_delivery_id: int, dialect: str, now: datetime
-) -> Steps[None]:
+def skipped_events_after(ticket_id: int, after_delivery_id: int, now: datetime) -> Steps[None]:
     """The events of the deliveries a broadcast's chunk skipped: its deliveries after
     `after_delivery_id`."""
     params = {"ticket": ticket_id, "after": after_delivery_id, "at": now}
-    yield from _append_steps("skipped_in_chunk", params, dialect)
+    yield from _append_steps(_APPEND_SKIPPED_IN_CHUNK, params)
 
 
-def taking_append_lock(dialect: str) -> Steps[None]:
+def taking_append_lock() -> Steps[None]:
     """Takes the events' append lock (PostgreSQL) to the transaction's commit: the step
     before any INSERT of events."""
-    if dialect == "postgresql":
-        yield Query(_TAKE_APPEND_LOCK, {"key": _APPEND_LOCK})
+    yield Query(_TAKE_APPEND_LOCK, {"key": _APPEND_LOCK})
 
 
-def _append_steps(which: str, params: dict[str, Any], dialect: str) -> Steps[None]:
-    yield from taking_append_lock(dialect)
-    yield Query.write(_append_statements(dialect)[which], params)
-
-
-@functools.cache
-def _append_statements(dialect: str) -> dict[str, Insert]:
-    """Built once per database: the events of recorded deliveries (by delivery id), and of
-    the deliveries skipped by new tickets (by ticket id)."""
-    skipped = DeliveryRow.state == DeliveryState.SKIPPED.value
-    return {
-        "recorded": _append_statement(one_of(DeliveryRow.id, dialect)),
-        "skipped": _append_statement(and_(one_of(DeliveryRow.ticket_id, dialect), skipped)),
-        "skipped_in_chunk": _append_statement(
-            and_(
-                DeliveryRow.ticket_id == bindparam("ticket"),
-                DeliveryRow.id > bindparam("after"),
-                skipped,
-            )
-        ),
-    }
+def _append_steps(statement: ByDialect[Insert] | Insert, params: dict[str, Any]) -> Steps[None]:
+    yield from taking_append_lock()
+    yield Query.write(statement, params)
 
 
 def _append_statement(deliveries: ColumnElement[bool]) -> Insert:
@@ -186,6 +163,20 @@ def _append_statement(deliveries: ColumnElement[bool]) -> Insert:
         "created_at",
     ]
     return insert(_events).from_select(columns, rows)
+
+
+_SKIPPED = DeliveryRow.state == DeliveryState.SKIPPED.value
+# The events of recorded deliveries (by delivery id), of the deliveries skipped by new
+# tickets (by ticket id), and of those a broadcast's chunk skipped.
+_APPEND_RECORDED = ByDialect(lambda dialect: _append_statement(one_of(DeliveryRow.id, dialect)))
+_APPEND_SKIPPED = ByDialect(
+    lambda dialect: _append_statement(and_(one_of(DeliveryRow.ticket_id, dialect), _SKIPPED))
+)
+_APPEND_SKIPPED_IN_CHUNK = _append_statement(
+    and_(
+        DeliveryRow.ticket_id == bindparam("ticket"), DeliveryRow.id > bindparam("after"), _SKIPPED
+    )
+)
 
 
 def _event(row: DeliveryEventRow) -> DeliveryEvent:

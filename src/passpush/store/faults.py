@@ -15,7 +15,7 @@ import asyncpg  # type: ignore[import-untyped]
 from sqlalchemy import exc, text
 
 from passpush.domain.errors import Unavailable
-from passpush.store.direct import Query, Steps
+from passpush.store.connectors.connector import Query, Steps
 
 # SQLite's primary result codes (the low byte of an extended code) for a database that is
 # busy or locked past the busy timeout, read-only, failing I/O, full, cannot be opened, or

@@ -9,7 +9,6 @@ bound parameters do not grow with it.
 
 from __future__ import annotations
 
-import functools
 import json
 from collections import defaultdict
 from collections.abc import Sequence
@@ -40,8 +39,8 @@ from sqlalchemy import (
 
 from passpush.domain.fetches import added
 from passpush.domain.model import DeliveryOutcome, DeliveryState, Platform
+from passpush.store.connectors.connector import ByDialect, Query, Steps
 from passpush.store.db import one_of
-from passpush.store.direct import Query, Steps
 from passpush.store.events import announce, taking_append_lock
 from passpush.store.models import (
     DeliveryEventRow,
@@ -84,22 +83,19 @@ class RecordedFetch:
     push_to_fetch: timedelta
 
 
-def record_fetches(
-    dialect: str, confirmations: Sequence[FetchConfirmation]
-) -> Steps[list[RecordedFetch]]:
+def record_fetches(confirmations: Sequence[FetchConfirmation]) -> Steps[list[RecordedFetch]]:
     """Marks the deliveries the confirmations name fetched (each at most once, whatever
     the batch or other replicas hold), appends their FETCHED events and counts them on
     their tickets. A confirmation with no such delivery (the device registered after the
     send, the push was not delivered) changes nothing."""
     if not confirmations:
         return []
-    statements = _statements_for(dialect)
     devices = {(c.project_id, c.pass_id, c.device_library_identifier) for c in confirmations}
     registrations = {
         (project_id, pass_id, device): registration_id
         for registration_id, project_id, pass_id, device in (
             yield Query(
-                statements.registrations,
+                _REGISTRATIONS,
                 {"rows": _json([{"p": p, "s": s, "d": d} for p, s, d in devices])},
             )
         )
@@ -113,7 +109,7 @@ def record_fetches(
     if not firsts:
         return []
     rows = yield Query(
-        statements.mark_fetched,
+        _MARK_FETCHED,
         {
             "rows": _json(
                 [
@@ -142,9 +138,9 @@ def record_fetches(
     recorded.sort(key=lambda r: r.delivery_id)  # events in a stable order
     if not recorded:
         return []
-    yield from taking_append_lock(dialect)
+    yield from taking_append_lock()
     yield Query.write(
-        statements.append_events,
+        _APPEND_EVENTS,
         {
             "rows": _json(
                 [
@@ -159,17 +155,17 @@ def record_fetches(
             )
         },
     )
-    yield from announce(dialect)
+    yield from announce()
     by_ticket: dict[int, list[timedelta]] = defaultdict(list)
     for r in recorded:
         by_ticket[r.ticket_id].append(r.push_to_fetch)
     tickets = sorted(by_ticket)  # one lock order for every writer
     histograms: dict[int, dict[str, int] | None] = {
         ticket_id: histogram
-        for ticket_id, histogram in (yield Query(statements.histograms, {"ids": tickets}))
+        for ticket_id, histogram in (yield Query(_HISTOGRAMS, {"ids": tickets}))
     }
     yield Query.many(
-        statements.count_fetched,
+        _COUNT_FETCHED,
         [
             {
                 "ticket_id": ticket_id,
@@ -208,7 +204,6 @@ class _Statements:
     count_fetched: Update  # executemany: ticket_id, n_fetched, new_histogram
 
 
-@functools.cache
 def _statements_for(dialect: str) -> _Statements:
     d, r, t = _deliveries, _registrations, _tickets
     asked = _row_set(dialect, "p", "s", "d")
@@ -257,6 +252,14 @@ def _statements_for(dialect: str) -> _Statements:
             fetch_latency=bindparam("new_histogram", type_=t.c.fetch_latency.type),
         ),
     )
+
+
+_STATEMENTS = ByDialect(_statements_for)
+_REGISTRATIONS = _STATEMENTS.then(lambda s: s.registrations)
+_MARK_FETCHED = _STATEMENTS.then(lambda s: s.mark_fetched)
+_APPEND_EVENTS = _STATEMENTS.then(lambda s: s.append_events)
+_HISTOGRAMS = _STATEMENTS.then(lambda s: s.histograms)
+_COUNT_FETCHED = _STATEMENTS.then(lambda s: s.count_fetched)
 
 
 def _append_events(fetched: FromClause) -> Insert:

@@ -1,14 +1,13 @@
 """The deliveries outbox: claim due deliveries under a lease, record outcomes in batches.
 
 The worker runs these statements many times a second, so they are Core statements built
-once per dialect: each call only binds values, with no ORM bookkeeping, and a batch costs a
+once per database: each call only binds values, with no ORM bookkeeping, and a batch costs a
 few round trips whatever its size (a claim: one UPDATE … RETURNING the ids, one SELECT of what
 pushing them needs; the answers of one kind: one UPDATE … RETURNING the ids still ours).
 """
 
 from __future__ import annotations
 
-import functools
 import itertools
 from collections import Counter
 from collections.abc import Sequence
@@ -19,7 +18,6 @@ from typing import Any
 from sqlalchemy import (
     BindParameter,
     ColumnElement,
-    Delete,
     Select,
     Update,
     and_,
@@ -41,8 +39,9 @@ from passpush.domain.model import (
     TicketState,
 )
 from passpush.domain.outcomes import RegistrationAction
-from passpush.store.db import dialect_name, one_of
-from passpush.store.direct import Query, Steps, run_on_session
+from passpush.store.connectors.connector import ByDialect, Query, Steps
+from passpush.store.connectors.session import run_on_session
+from passpush.store.db import one_of
 from passpush.store.events import announce, recorded_events
 from passpush.store.models import (
     DeliveryRow,
@@ -106,7 +105,6 @@ class Outbox:
 
     def __init__(self, session: AsyncSession) -> None:
         self.session = session
-        self._dialect = dialect_name(session)
 
     async def claim_due(
         self,
@@ -116,11 +114,11 @@ class Outbox:
         limit: int,
         platform: Platform | None = None,
     ) -> list[ClaimedDelivery]:
-        steps = claim_due(self._dialect, owner, now, lease, limit, platform)
+        steps = claim_due(owner, now, lease, limit, platform)
         return await run_on_session(self.session, steps)
 
     async def record(self, owner: str, results: Sequence[DeliveryResult], now: datetime) -> None:
-        await run_on_session(self.session, record(self._dialect, owner, results, now))
+        await run_on_session(self.session, record(owner, results, now))
 
     async def release(self, owner: str | None = None) -> int:
         """Hands back leased, unfinished deliveries (all of them when owner is None)."""
@@ -160,7 +158,6 @@ class Outbox:
 
 
 def claim_due(
-    dialect: str,
     owner: str,
     now: datetime,
     lease: timedelta,
@@ -173,7 +170,6 @@ def claim_due(
     On PostgreSQL, FOR UPDATE SKIP LOCKED lets replicas claim side by side;
     a replica that dies leaves leases that expire and are claimed again.
     """
-    statements = _statements_for(dialect)
     params: dict[str, Any] = {
         "owner": owner,
         "now": now,
@@ -181,18 +177,18 @@ def claim_due(
         "limit": limit,
     }
     if platform is None:
-        claim = statements.claim
+        claim = _CLAIM
     else:
-        claim, params["of_platform"] = statements.claim_platform, platform.value
+        claim, params["of_platform"] = _CLAIM_PLATFORM, platform.value
     ids = [row[0] for row in (yield Query(claim, params))]
     if not ids:
         return []
-    rows = yield Query(statements.push_details, {"ids": ids})
+    rows = yield Query(_PUSH_DETAILS, {"ids": ids})
     details = [_PushDetails(*row) for row in rows]
     # What their tickets ask (a few tickets per claim: Apple deliveries, the many, do not read
     # their ticket's content).
     google_tickets = sorted({r.ticket_id for r in details if r.platform == Platform.GOOGLE.value})
-    messages = (yield from ticket_messages(dialect, google_tickets)) if google_tickets else {}
+    messages = (yield from ticket_messages(google_tickets)) if google_tickets else {}
     claimed = [
         ClaimedDelivery(
             id=r.id,
@@ -211,16 +207,14 @@ def claim_due(
         )
         for r in details
     ]
-    yield Query.write(
-        statements.start_tickets, {"ids": list({c.ticket_id for c in claimed}), "now": now}
-    )
+    yield Query.write(_START_TICKETS, {"ids": list({c.ticket_id for c in claimed}), "now": now})
     return claimed
 
 
-def ticket_messages(dialect: str, ticket_ids: Sequence[int]) -> Steps[dict[int, TicketMessage]]:
+def ticket_messages(ticket_ids: Sequence[int]) -> Steps[dict[int, TicketMessage]]:
     """What the tickets ask of Google, by ticket id: a message to add, or passpush's removed."""
     messages: dict[int, TicketMessage] = {}
-    query = Query(_statements_for(dialect).ticket_messages, {"ids": list(ticket_ids)})
+    query = Query(_TICKET_MESSAGES, {"ids": list(ticket_ids)})
     for ticket_id, operation, header, body, display_start, display_end in (yield query):
         content = None
         if operation == Operation.SEND.value:
@@ -229,46 +223,40 @@ def ticket_messages(dialect: str, ticket_ids: Sequence[int]) -> Steps[dict[int, 
     return messages
 
 
-def renew_leases(
-    dialect: str, owner: str, delivery_ids: Sequence[int], lease_until: datetime
-) -> Steps[None]:
+def renew_leases(owner: str, delivery_ids: Sequence[int], lease_until: datetime) -> Steps[None]:
     """Extends `owner`'s leases of the deliveries it still holds until `lease_until`: they
     wait their turn in its hands, and must not be claimed again meanwhile."""
-    statement = _statements_for(dialect).renew
     for start in range(0, len(delivery_ids), _RENEWAL_CHUNK):
         chunk = list(delivery_ids[start : start + _RENEWAL_CHUNK])
         params = {"ids": chunk, "owner": owner, "lease_until": lease_until}
-        yield Query.write(statement, params)
+        yield Query.write(_RENEW, params)
 
 
 # Ids per statement: SQLite's expanding IN takes one parameter per id (at most 32,766).
 _RENEWAL_CHUNK = 5000
 
 
-def record(
-    dialect: str, owner: str, results: Sequence[DeliveryResult], now: datetime
-) -> Steps[None]:
+def record(owner: str, results: Sequence[DeliveryResult], now: datetime) -> Steps[None]:
     """Stores outcomes and updates ticket counts, finishing the tickets that are done.
 
     Only deliveries still leased to `owner` are recorded: one whose lease
     expired and was claimed again belongs to its new owner.
     """
-    statements = _statements_for(dialect)
     retries = [r for r in results if r.state is DeliveryState.PENDING]
     answered = [r for r in results if r.state is not DeliveryState.PENDING]
     recorded = [
-        *(yield from _retry_later(statements, owner, retries, now)),
-        *(yield from _finish(statements, owner, answered, now)),
+        *(yield from _retry_later(owner, retries, now)),
+        *(yield from _finish(owner, answered, now)),
     ]
     # Before registrations go: an event names the device that was pushed.
-    yield from recorded_events([r.delivery.id for r in recorded], dialect, now)
-    yield from announce(dialect)
-    yield from _act_on_registrations(statements, recorded, now)
-    yield from _count(statements, recorded, now)
+    yield from recorded_events([r.delivery.id for r in recorded], now)
+    yield from announce()
+    yield from _act_on_registrations(recorded, now)
+    yield from _count(recorded, now)
 
 
 def _finish(
-    statements: _Statements, owner: str, answered: Sequence[DeliveryResult], now: datetime
+    owner: str, answered: Sequence[DeliveryResult], now: datetime
 ) -> Steps[list[DeliveryResult]]:
     """Stores delivered and failed outcomes, one statement per outcome; returns those that
     were still `owner`'s, and so were stored."""
@@ -282,23 +270,23 @@ def _finish(
             "new_reason": reason,
             "now": now,
         }
-        held = {row[0] for row in (yield Query(statements.finish, params))}
+        held = {row[0] for row in (yield Query(_FINISH, params))}
         stored += (r for r in same_outcome if r.delivery.id in held)
     return stored
 
 
 def _retry_later(
-    statements: _Statements, owner: str, retries: Sequence[DeliveryResult], now: datetime
+    owner: str, retries: Sequence[DeliveryResult], now: datetime
 ) -> Steps[list[DeliveryResult]]:
     """Puts deliveries back in the outbox until their next attempt (each its own time);
     returns those that were still `owner`'s, and so were stored."""
     if not retries:
         return []
     params = {"ids": [r.delivery.id for r in retries], "owner": owner}
-    held = {row[0] for row in (yield Query(statements.held, params))}
+    held = {row[0] for row in (yield Query(_HELD, params))}
     mine = [r for r in retries if r.delivery.id in held]
     yield Query.many(
-        statements.retry,
+        _RETRY,
         [
             {
                 "delivery_id": r.delivery.id,
@@ -313,12 +301,10 @@ def _retry_later(
     return mine
 
 
-def _act_on_registrations(
-    statements: _Statements, results: Sequence[DeliveryResult], now: datetime
-) -> Steps[None]:
+def _act_on_registrations(results: Sequence[DeliveryResult], now: datetime) -> Steps[None]:
     for action, statement in (
-        (RegistrationAction.DEACTIVATE, statements.deactivate_registration),
-        (RegistrationAction.REMOVE, statements.remove_registration),
+        (RegistrationAction.DEACTIVATE, _DEACTIVATE_REGISTRATION),
+        (RegistrationAction.REMOVE, _REMOVE_REGISTRATION),
     ):
         # Only the token that was pushed: the device may have re-registered since.
         targets: list[dict[str, Any]] = [
@@ -331,9 +317,7 @@ def _act_on_registrations(
         yield Query.many(statement, targets)
 
 
-def _count(
-    statements: _Statements, results: Sequence[DeliveryResult], now: datetime
-) -> Steps[None]:
+def _count(results: Sequence[DeliveryResult], now: datetime) -> Steps[None]:
     """Moves the recorded deliveries from pending to delivered or failed on their tickets,
     finishing each ticket whose last delivery this was: one statement for all of them."""
     delivered = Counter(r.delivery.ticket_id for r in results if r.state.is_delivered)
@@ -343,7 +327,7 @@ def _count(
     failed = Counter(r.delivery.ticket_id for r in results if r.state is DeliveryState.FAILED)
     tickets = sorted(delivered.keys() | failed.keys())  # one lock order for every worker
     yield Query.many(
-        statements.count_tickets,
+        _COUNT_TICKETS,
         [
             {
                 "ticket_id": ticket_id,
@@ -359,7 +343,6 @@ def _count(
 
 
 def count_on_ticket(
-    dialect: str,
     ticket_id: int,
     delivered: int,
     without_alert: int,
@@ -376,7 +359,7 @@ def count_on_ticket(
         "n_failed": failed,
         "now": now,
     }
-    yield Query.many(_statements_for(dialect).count_tickets, [params])
+    yield Query.many(_COUNT_TICKETS, [params])
 
 
 @dataclass(frozen=True)
@@ -401,80 +384,76 @@ def _outcome(result: DeliveryResult) -> tuple[DeliveryState, str]:
     return result.state, result.reason
 
 
-@dataclass(frozen=True)
-class _Statements:
-    """The outbox's hot statements for one dialect."""
-
-    claim: Update
-    claim_platform: Update  # of the platform bound as `of_platform`
-    push_details: Select[Any]
-    ticket_messages: Select[Any]
-    start_tickets: Update
-    finish: Update
-    held: Select[Any]
-    retry: Update
-    renew: Update
-    count_tickets: Update
-    deactivate_registration: Update
-    remove_registration: Delete
-
-
-@functools.cache
-def _statements_for(dialect: str) -> _Statements:
-    d, t, r = _deliveries, _tickets, _registrations
-    now = bindparam("now", type_=d.c.updated_at.type)
-    pending = DeliveryState.PENDING.value
-    pushed_token = and_(
-        r.c.id == bindparam("registration_id"), r.c.push_token == bindparam("token")
+# The outbox's hot statements, built once (those that differ, once per database).
+_d, _t, _r = _deliveries, _tickets, _registrations
+_NOW = bindparam("now", type_=_d.c.updated_at.type)
+_PUSHED_TOKEN = and_(_r.c.id == bindparam("registration_id"), _r.c.push_token == bindparam("token"))
+_CLAIM = ByDialect(lambda dialect: _claim_statement(skip_locked=dialect == "postgresql"))
+# Of the platform bound as `of_platform`.
+_CLAIM_PLATFORM = ByDialect(
+    lambda dialect: _claim_statement(skip_locked=dialect == "postgresql", of_platform=True)
+)
+_PUSH_DETAILS = ByDialect(lambda dialect: _push_details_statement(dialect))
+_TICKET_MESSAGES = ByDialect(
+    lambda dialect: select(
+        _t.c.id,
+        _t.c.operation,
+        _t.c.content_header,
+        _t.c.content_body,
+        _t.c.display_start,
+        _t.c.display_end,
+    ).where(one_of(_t.c.id, dialect))
+)
+_START_TICKETS = ByDialect(
+    lambda dialect: (
+        update(_t)
+        .where(one_of(_t.c.id, dialect), _t.c.state == TicketState.PENDING.value)
+        .values(state=TicketState.RUNNING.value, updated_at=_NOW)
     )
-    return _Statements(
-        claim=_claim_statement(skip_locked=dialect == "postgresql"),
-        claim_platform=_claim_statement(skip_locked=dialect == "postgresql", of_platform=True),
-        push_details=_push_details_statement(dialect),
-        ticket_messages=select(
-            t.c.id,
-            t.c.operation,
-            t.c.content_header,
-            t.c.content_body,
-            t.c.display_start,
-            t.c.display_end,
-        ).where(one_of(t.c.id, dialect)),
-        start_tickets=update(t)
-        .where(one_of(t.c.id, dialect), t.c.state == TicketState.PENDING.value)
-        .values(state=TicketState.RUNNING.value, updated_at=now),
-        finish=update(d)
-        .where(one_of(d.c.id, dialect), d.c.lease_owner == bindparam("owner"))
+)
+_FINISH = ByDialect(
+    lambda dialect: (
+        update(_d)
+        .where(one_of(_d.c.id, dialect), _d.c.lease_owner == bindparam("owner"))
         .values(
             state=bindparam("new_state"),
             reason=bindparam("new_reason"),
-            attempts=d.c.attempts + 1,
-            next_attempt_at=now,
+            attempts=_d.c.attempts + 1,
+            next_attempt_at=_NOW,
             lease_owner=None,
             lease_until=None,
-            updated_at=now,
+            updated_at=_NOW,
         )
-        .returning(d.c.id),
-        held=_held_statement(dialect),
-        retry=update(d)
-        .where(d.c.id == bindparam("delivery_id"), d.c.lease_owner == bindparam("owner"))
-        .values(
-            state=pending,
-            reason=bindparam("new_reason"),
-            attempts=d.c.attempts + 1,
-            next_attempt_at=bindparam("next_at"),
-            lease_owner=None,
-            lease_until=None,
-            updated_at=now,
-        ),
-        renew=update(d)
-        .where(one_of(d.c.id, dialect), d.c.lease_owner == bindparam("owner"))
-        .values(lease_until=bindparam("lease_until", type_=d.c.lease_until.type)),
-        count_tickets=_count_tickets_statement(now),
-        deactivate_registration=update(r)
-        .where(pushed_token)
-        .values(active=False, updated_at=bindparam("now", type_=r.c.updated_at.type)),
-        remove_registration=delete(r).where(pushed_token),
+        .returning(_d.c.id)
     )
+)
+_HELD = ByDialect(lambda dialect: _held_statement(dialect))
+_RETRY = (
+    update(_d)
+    .where(_d.c.id == bindparam("delivery_id"), _d.c.lease_owner == bindparam("owner"))
+    .values(
+        state=DeliveryState.PENDING.value,
+        reason=bindparam("new_reason"),
+        attempts=_d.c.attempts + 1,
+        next_attempt_at=bindparam("next_at"),
+        lease_owner=None,
+        lease_until=None,
+        updated_at=_NOW,
+    )
+)
+_RENEW = ByDialect(
+    lambda dialect: (
+        update(_d)
+        .where(one_of(_d.c.id, dialect), _d.c.lease_owner == bindparam("owner"))
+        .values(lease_until=bindparam("lease_until", type_=_d.c.lease_until.type))
+    )
+)
+_DEACTIVATE_REGISTRATION = (
+    update(_r)
+    .where(_PUSHED_TOKEN)
+    .values(active=False, updated_at=bindparam("now", type_=_r.c.updated_at.type))
+)
+_REMOVE_REGISTRATION = delete(_r).where(_PUSHED_TOKEN)
 
 
 def _count_tickets_statement(now: BindParameter[Any]) -> Update:
@@ -600,3 +579,6 @@ def _push_details_statement(dialect: str) -> Select[Any]:
         .where(one_of(d.c.id, dialect))
         .order_by(d.c.id)
     )
+
+
+_COUNT_TICKETS = _count_tickets_statement(_NOW)

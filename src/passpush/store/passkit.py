@@ -2,13 +2,14 @@
 identifier and serial number, with no project, so the reads look across projects (and
 return only what the service needs to authenticate the device and answer it).
 
-They are steps (store/direct.py): each device request is one or two indexed reads, run by
-`direct_reads`, which through a session cost more than the HTTP request around them; and
+They are steps (store/connectors/): each device request is one or two indexed reads, run by
+`connect_reads`, which through a session cost more than the HTTP request around them; and
 registrations are written many in one transaction (`register_devices`).
 """
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -20,8 +21,8 @@ from sqlalchemy.dialects import postgresql, sqlite
 from passpush.domain.model import PassValues, Platform
 from passpush.domain.passkit import PASS_JSON, PassPackageSource, StoredFile
 from passpush.domain.signing import AppleSigningPem
+from passpush.store.connectors.connector import ByDialect, Query, Steps
 from passpush.store.content import ContentCache
-from passpush.store.direct import Query, Steps
 from passpush.store.models import (
     ContentFileRow,
     DeviceRegistrationRow,
@@ -192,17 +193,12 @@ def _upsert_registration(insert: Any, *, returning: bool = True) -> Insert:
     return upsert.returning(DeviceRegistrationRow.created_at) if returning else upsert  # type: ignore[no-any-return]
 
 
-_UPSERT_REGISTRATION = {
-    "sqlite": _upsert_registration(sqlite.insert),
-    "postgresql": _upsert_registration(postgresql.insert),
-}
-
-
+_INSERT_OF = {"sqlite": sqlite.insert, "postgresql": postgresql.insert}
+_UPSERT_REGISTRATION = ByDialect(lambda dialect: _upsert_registration(_INSERT_OF[dialect]))
 # Without RETURNING, so that a batch is one executemany.
-_RENEW_REGISTRATION = {
-    "sqlite": _upsert_registration(sqlite.insert, returning=False),
-    "postgresql": _upsert_registration(postgresql.insert, returning=False),
-}
+_RENEW_REGISTRATION = ByDialect(
+    lambda dialect: _upsert_registration(_INSERT_OF[dialect], returning=False)
+)
 
 
 # PostgreSQL: from arrays, in one execution (an executemany executes once a row).
@@ -218,15 +214,21 @@ _RENEW_REGISTRATIONS_FROM_ARRAYS = text(
 
 
 def renew_registrations(
-    project_id: str, registrations: Sequence[NewRegistration], now: datetime, dialect: str
+    project_id: str, registrations: Sequence[NewRegistration], now: datetime
 ) -> Steps[None]:
     """As register_devices, for one project's registrations, at once, without telling which
     are new (the same device twice: the last push token stays)."""
+    yield ByDialect(functools.partial(_renewal, project_id, registrations, now))
+
+
+def _renewal(
+    project_id: str, registrations: Sequence[NewRegistration], now: datetime, dialect: str
+) -> Query:
+    """renew_registrations' statement: PostgreSQL's from arrays, elsewhere an executemany."""
     if dialect != "postgresql":
-        yield Query.many(_RENEW_REGISTRATION[dialect], _registration_params(registrations, now))
-        return
+        return Query.many(_RENEW_REGISTRATION, _registration_params(registrations, now))
     last = {(r.pass_id, r.device_library_identifier): r for r in registrations}
-    yield Query.write(
+    return Query.write(
         _RENEW_REGISTRATIONS_FROM_ARRAYS,
         {
             "project_id": project_id,
@@ -253,14 +255,10 @@ def _registration_params(
     ]
 
 
-def register_devices(
-    registrations: Sequence[NewRegistration], now: datetime, dialect: str
-) -> Steps[list[bool]]:
+def register_devices(registrations: Sequence[NewRegistration], now: datetime) -> Steps[list[bool]]:
     """Registers each device for its pass (or renews its push token; a registration APNs
     had called gone is active again); for each, whether it is new. The passes must exist."""
-    created_at = yield Query.each(
-        _UPSERT_REGISTRATION[dialect], _registration_params(registrations, now)
-    )
+    created_at = yield Query.each(_UPSERT_REGISTRATION, _registration_params(registrations, now))
     # An upsert keeps the first registration's created_at: new ones have this one's.
     return [row[0] == now for row in created_at]
 

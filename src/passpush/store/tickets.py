@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import functools
 from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -58,8 +57,9 @@ from passpush.domain.passkit import REPEAT_MARK
 from passpush.domain.update_tags import update_tag_at
 from passpush.store.audience import Audience, resolve_audience
 from passpush.store.class_messages import ClassMessageStore
+from passpush.store.connectors.connector import ByDialect, Query, Steps
+from passpush.store.connectors.session import run_on_session
 from passpush.store.db import dialect_name, one_of
-from passpush.store.direct import Query, Steps, run_on_session
 from passpush.store.events import announce, skipped_events, skipped_events_after
 from passpush.store.models import (
     DeliveryRow,
@@ -163,16 +163,13 @@ class TicketStore:
         condition: an audience is never loaded into Python. Tickets for one pass
         each are written whole by `one_pass_tickets`.
         """
-        dialect = dialect_name(self.session)
         tickets: list[Ticket] = []
         # Runs in ticket order, so that the last notification to a pass is the one it shows.
         for one_pass, run in groupby(new, key=lambda n: n.audience.key is not None):
             if one_pass:
-                created = await run_on_session(
-                    self.session, one_pass_tickets(list(run), dialect, now)
-                )
+                created = await run_on_session(self.session, one_pass_tickets(list(run), now))
                 skipped = [t.id for t in created if t.counts.skipped]
-                await run_on_session(self.session, skipped_events(skipped, dialect, now))
+                await run_on_session(self.session, skipped_events(skipped, now))
                 tickets += created
             else:
                 tickets += [await self._create_broadcast(n, now, chunk) for n in run]
@@ -219,7 +216,7 @@ class TicketStore:
             audience = await resolve_audience(self.session, row.project_id, ticket.target)
         except NotFound:  # what the target named is gone: no pass is left to reach
             await self.session.execute(_advance(ticket_id, None, 0, 0, now))
-            await run_on_session(self.session, announce(dialect_name(self.session)))
+            await run_on_session(self.session, announce())
             return True
         # By the ticket's own record, not the audience's: one sent before an upgrade has none.
         by_class = await ClassMessageStore(self.session).exists(ticket_id)
@@ -280,13 +277,10 @@ class TicketStore:
                 DeliveryRow.id > before,
             )
         )
-        dialect = dialect_name(self.session)
         if skipped:
-            await run_on_session(
-                self.session, skipped_events_after(ticket_id, before, dialect, now)
-            )
+            await run_on_session(self.session, skipped_events_after(ticket_id, before, now))
         await self.session.execute(_advance(ticket_id, upto, total, skipped or 0, now))
-        await run_on_session(self.session, announce(dialect))
+        await run_on_session(self.session, announce())
         return upto is None
 
     async def fanning_out(self, changed_before: datetime | None = None) -> list[int]:
@@ -345,9 +339,7 @@ class TicketStore:
         return [(reason, count) for reason, count in errors]
 
 
-def prior_tickets(
-    keys: Collection[tuple[str, str]], dialect: str
-) -> Steps[dict[tuple[str, str], PriorTicket]]:
+def prior_tickets(keys: Collection[tuple[str, str]]) -> Steps[dict[tuple[str, str], PriorTicket]]:
     """The tickets created under these (project_id, request_id) pairs, by pair.
 
     A request_id is one namespace per project across Send, Delete and Schedule: a pair a
@@ -358,7 +350,7 @@ def prior_tickets(
     if not keys:
         return {}
     rows = yield Query(
-        _statements(dialect).by_request_id,
+        _BY_REQUEST_ID,
         {"projects": list({p for p, _ in keys}), "request_ids": list({r for _, r in keys})},
     )
     # The two lists match some crossings of the pairs too: those are left out.
@@ -368,7 +360,7 @@ def prior_tickets(
     return {key: found[key] for key in keys if key in found}
 
 
-def one_pass_tickets(new: Sequence[NewTicket], dialect: str, now: datetime) -> Steps[list[Ticket]]:
+def one_pass_tickets(new: Sequence[NewTicket], now: datetime) -> Steps[list[Ticket]]:
     """Tickets whose audience is one pass each, written whole, in order.
 
     The few deliveries of all of them are read with one query first, so that each
@@ -378,7 +370,7 @@ def one_pass_tickets(new: Sequence[NewTicket], dialect: str, now: datetime) -> S
         return []
     keys = {n.audience.key for n in new if n.audience.key is not None}
     rows = yield Query(
-        _statements(dialect).deliveries_of_passes,
+        _DELIVERIES_OF_PASSES,
         {"projects": list({p for p, _ in keys}), "pass_ids": list({i for _, i in keys})},
     )
     drafts: dict[tuple[str, str], list[_Draft]] = {key: [] for key in keys}
@@ -636,34 +628,32 @@ _INSERT_TICKET = insert(_tickets).returning(_tickets.c.id, sort_by_parameter_ord
 _INSERT_DELIVERY = insert(_deliveries)
 
 
-@dataclass(frozen=True)
-class _DialectStatements:
-    by_request_id: CompoundSelect[Any]  # parameters projects, request_ids
-    deliveries_of_passes: Select[Any]  # parameters projects, pass_ids
-
-
-@functools.cache
-def _statements(dialect: str) -> _DialectStatements:
-    """The statements whose lists bind as arrays on PostgreSQL, built once per database."""
+def _by_request_id(dialect: str) -> CompoundSelect[Any]:
+    """The tickets and schedules of the projects and request ids bound as `projects` and
+    `request_ids` (arrays on PostgreSQL)."""
     t, s = _tickets, table_of(ScheduledNotificationRow)
-    return _DialectStatements(
-        by_request_id=union_all(
-            select(t.c.id, t.c.project_id, t.c.request_id, t.c.request_fingerprint).where(
-                one_of(t.c.project_id, dialect, "projects"),
-                one_of(t.c.request_id, dialect, "request_ids"),
-            ),
-            select(literal_column("0"), s.c.project_id, s.c.request_id, literal_column("''")).where(
-                one_of(s.c.project_id, dialect, "projects"),
-                one_of(s.c.request_id, dialect, "request_ids"),
-            ),
+    return union_all(
+        select(t.c.id, t.c.project_id, t.c.request_id, t.c.request_fingerprint).where(
+            one_of(t.c.project_id, dialect, "projects"),
+            one_of(t.c.request_id, dialect, "request_ids"),
         ),
-        deliveries_of_passes=_deliveries_of(
-            and_(
-                one_of(PassRow.project_id, dialect, "projects"),
-                one_of(PassRow.id, dialect, "pass_ids"),
-            )
+        select(literal_column("0"), s.c.project_id, s.c.request_id, literal_column("''")).where(
+            one_of(s.c.project_id, dialect, "projects"),
+            one_of(s.c.request_id, dialect, "request_ids"),
         ),
     )
+
+
+_BY_REQUEST_ID = ByDialect(_by_request_id)
+# The deliveries of the passes bound as `projects` and `pass_ids`.
+_DELIVERIES_OF_PASSES = ByDialect(
+    lambda dialect: _deliveries_of(
+        and_(
+            one_of(PassRow.project_id, dialect, "projects"),
+            one_of(PassRow.id, dialect, "pass_ids"),
+        )
+    )
+)
 
 
 def _advance(ticket_id: int, upto: str | None, total: int, skipped: int, now: datetime) -> Update:

@@ -17,11 +17,10 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import Callable
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from passpush.domain.clock import Clock, utcnow
 from passpush.store.tickets import FANOUT_CHUNK, TicketStore
 
 __all__ = ["FANOUT_CHUNK", "FanOut"]
@@ -41,7 +40,8 @@ class FanOut:
         self,
         sessions: async_sessionmaker[AsyncSession],
         *,
-        clock: Clock = utcnow,
+        # (service/clock.py's Clock, which this layer cannot import)
+        clock: Callable[[], datetime] = lambda: datetime.now(UTC),
         chunk: int = FANOUT_CHUNK,
         on_chunk: Callable[[], None] = lambda: None,
     ) -> None:

@@ -1,0 +1,170 @@
+"""PostgreSQL: asyncpg directly, with its prepared statements (one round trip a statement,
+~1 ms for a Send).
+
+Transactions run on the pooled connection SQLAlchemy made (its codecs and settings); reads
+on a small asyncpg pool of their own, outside any transaction block.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+from sqlalchemy import exc
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from passpush.store.connectors.connector import Drive, Mode, Row, Statement, Steps
+from passpush.store.connectors.statements import CompiledStatements
+from passpush.store.db import POSTGRES_SETTINGS, asyncpg_dsn
+
+T = TypeVar("T")
+
+
+class AsyncpgConnector:
+    """Transactions on the asyncpg connection of a connection from SQLAlchemy's pool."""
+
+    dialect = "postgresql"
+
+    def __init__(self, engine: AsyncEngine) -> None:
+        import asyncpg  # type: ignore[import-untyped]
+
+        self._engine = engine
+        self._unique_violation = asyncpg.UniqueViolationError
+        self._statements = CompiledStatements(engine.dialect)
+
+    async def run(self, make: Callable[[], Steps[T]]) -> T:
+        async with self._engine.connect() as pooled:
+            # The connection SQLAlchemy made (its codecs and settings), used directly;
+            # SQLAlchemy began nothing on it, so its reset on return costs nothing.
+            connection = (await pooled.get_raw_connection()).driver_connection
+            assert connection is not None
+            try:
+                async with connection.transaction():
+                    drive = Drive(make(), self.dialect)
+                    for step in drive:
+                        drive.rows = await self._execute(connection, step)
+                    return drive.result
+            except self._unique_violation as error:
+                raise exc.IntegrityError("", None, error) from error
+            except BaseException as error:
+                if not _lost(connection, error):
+                    raise
+                # SQLAlchemy did not run these statements, so it cannot know that the server
+                # went away: the pool would hand the dead connection out again and again.
+                await pooled.invalidate()
+                if not isinstance(error, Exception):
+                    raise
+                # Whatever asyncpg raised, the connection was lost: said as SQLAlchemy says it.
+                raise exc.OperationalError("", None, error, connection_invalidated=True) from error
+
+    async def _execute(self, connection: Any, step: Statement) -> list[Row]:
+        query = step.query
+        if query.mode in (Mode.ROWS, Mode.WRITE):
+            return await _fetch(self._statements, connection, step)
+        compiled = self._statements.get(step)
+        sql, rows = compiled.bind_many(query.params)  # type: ignore[arg-type]
+        if query.mode is Mode.MANY:
+            await connection.executemany(sql, rows)
+            return []
+        # Pipelined like executemany; a row for each parameter set, in order.
+        return compiled.rows(await connection.fetchmany(sql, rows))
+
+    def close(self) -> None:
+        pass
+
+
+class AsyncpgReadConnector:
+    """Reads on asyncpg connections of their own, outside any transaction block (one round
+    trip a statement): checking a connection out of SQLAlchemy's pool and back, through its
+    greenlets, cost more than the indexed read itself. Their plans are kept (`plan_cache_mode
+    = auto`, where the server's other connections plan each execution): these are a device's
+    lookups by key, planned anew each time they ran at 2,600 serials queries/s, kept 4,500/s
+    (device-pull --quick, 2026-12-03). The statistics the server keeps fresh replan them as
+    the tables grow."""
+
+    dialect = "postgresql"
+    MAX_CONNECTIONS = 10
+
+    def __init__(self, engine: AsyncEngine) -> None:
+        self._url = engine.url.render_as_string(hide_password=False)
+        self._statements = CompiledStatements(engine.dialect)
+        self._pool: Any = None
+        self._opening: asyncio.Lock | None = None
+
+    async def run(self, make: Callable[[], Steps[T]]) -> T:
+        pool = self._pool or await self._open()
+        try:
+            return await self._read(pool, make)
+        except _LostConnection:
+            # The server ended this connection, most likely every other one too (a restart,
+            # a failover): they are all replaced, and a read is safe to do again.
+            await pool.expire_connections()
+        try:
+            return await self._read(pool, make)
+        except _LostConnection as lost:
+            error = lost.__cause__ or lost
+            raise exc.OperationalError("", None, error, connection_invalidated=True) from error
+
+    async def _read(self, pool: Any, make: Callable[[], Steps[T]]) -> T:
+        async with pool.acquire() as connection:
+            try:
+                drive = Drive(make(), self.dialect)
+                for step in drive:
+                    drive.rows = await _fetch(self._statements, connection, step)
+                return drive.result
+            except Exception as error:
+                if not _lost(connection, error):
+                    raise
+                connection.terminate()  # not back into the pool
+                raise _LostConnection from error
+
+    async def _open(self) -> Any:
+        import asyncpg
+
+        self._opening = self._opening or asyncio.Lock()
+        async with self._opening:
+            if self._pool is None:
+                self._pool = await asyncpg.create_pool(
+                    asyncpg_dsn(self._url),
+                    min_size=1,
+                    max_size=self.MAX_CONNECTIONS,
+                    server_settings={**POSTGRES_SETTINGS, "plan_cache_mode": "auto"},
+                    init=_json_codecs,
+                )
+        return self._pool
+
+    def close(self) -> None:
+        if self._pool is not None:
+            self._pool.terminate()
+            self._pool = None
+
+
+async def _fetch(statements: CompiledStatements, connection: Any, step: Statement) -> list[Row]:
+    compiled = statements.get(step)
+    sql, values = compiled.bind(step.query.params)  # type: ignore[arg-type]
+    return compiled.rows(await connection.fetch(sql, *values))
+
+
+async def _json_codecs(connection: Any) -> None:
+    """JSON read as Python values, as SQLAlchemy's asyncpg dialect sets its connections up
+    (the statements' result processors expect that)."""
+    for kind in ("json", "jsonb"):
+        await connection.set_type_codec(
+            kind, encoder=str, decoder=json.loads, schema="pg_catalog", format="text"
+        )
+
+
+class _LostConnection(Exception):
+    pass
+
+
+def _lost(connection: Any, error: BaseException) -> bool:
+    """Whether an asyncpg connection that raised `error` is lost: closed, or still waiting
+    out an error the server sent unasked. PostgreSQL's FATAL for a connection it ends comes
+    before the end itself; a call in between is refused with InternalClientError
+    ("another operation is in progress"), and so would every call after it."""
+    import asyncpg
+
+    return connection.is_closed() or isinstance(error, asyncpg.InternalClientError)
