@@ -21,7 +21,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
 import passpush.fakes.apns as fake_apns_module
-from passpush.delivery.apns import ApnsConfig, ApnsGateway, PushOutcome
+from passpush.delivery.apple.gateway import ApnsConfig, ApnsGateway, PushOutcome
 from passpush.fakes.apns import ANY_TOKEN, FakeApns, start_bundled_fake
 from passpush.fakes.tls import make_client_certificate, make_tls_bundle
 
