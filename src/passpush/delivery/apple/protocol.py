@@ -107,9 +107,11 @@ class WalletApnsProtocol(APNsTLSClientProtocol):
         except TimeoutError:
             raise ApnsRequestTimeout(f"no answer within {self.REQUEST_TIMEOUT} s") from None
         finally:
-            # Still there: no answer came (timeout, cancellation, failed send). Give up the
-            # stream so the server stops working on it and the slot can be reused.
-            if self.exchanges.pop(stream_id, None) is not None:
+            # No answer came (timeout, cancellation, failed send): forget the exchange and give
+            # up its stream, so the server stops working on it and the slot can be reused. An
+            # answered exchange was forgotten when its answer completed (c).
+            if not exchange.answer.done() or exchange.answer.cancelled():
+                self.exchanges.pop(stream_id, None)
                 self._abandon_stream(stream_id)
 
     def _flush_soon(self) -> None:
@@ -180,7 +182,7 @@ class WalletApnsProtocol(APNsTLSClientProtocol):
             self.flush()
 
     def _on_answer_complete(self, stream_id: int) -> None:
-        exchange = self.exchanges.pop(stream_id, None)
+        exchange = self.exchanges.pop(stream_id, None)  # c: nothing kept of an answered push
         if exchange is None:
             return
         self.free_channels.release()
