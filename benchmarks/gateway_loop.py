@@ -17,7 +17,7 @@ import logging
 
 from benchmarks.harness import TOPIC
 from benchmarks.raw_aioapns import device_token, in_lanes
-from passpush.delivery.apns import ApnsConfig, ApnsGateway
+from passpush.delivery.apple.gateway import ApnsConfig, ApnsGateway
 
 
 async def push_all(gateway: ApnsGateway, count: int, in_flight: int) -> tuple[int, float]:

@@ -16,7 +16,7 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from passpush.api.server import PasspushServer
-from passpush.delivery.apns import ApnsConfig, ApnsGateway
+from passpush.delivery.apple.gateway import ApnsConfig, ApnsGateway
 from passpush.delivery.worker import WorkerSettings
 from passpush.fakes.apns import FakeApns
 from passpush.fakes.tls import TlsBundle, make_tls_bundle

@@ -23,7 +23,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from sqlalchemy import event, make_url, text
 
 from passpush.api.server import SERVICE_NAMES, PasspushServer
-from passpush.delivery.apns import ApnsGateway
+from passpush.delivery.apple.gateway import ApnsGateway
 from passpush.delivery.worker import WorkerSettings
 from passpush.http.app import HttpServer, create_app
 from passpush.store.connectors import connect, connect_reads

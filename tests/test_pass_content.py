@@ -14,7 +14,7 @@ import pytest
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from passpush.api.server import PasspushServer
-from passpush.delivery.apns import ApnsGateway
+from passpush.delivery.apple.gateway import ApnsGateway
 from passpush.domain.model import Content, Pass, PassTarget, Platform, Template, TemplateTarget
 from passpush.domain.passkit import PASS_JSON, PassPackageSource
 from passpush.domain.signing import AppleSigningPem, load_signing

@@ -9,7 +9,7 @@ from google.protobuf import struct_pb2
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from passpush.api.server import PasspushServer
-from passpush.delivery.apns import ApnsGateway
+from passpush.delivery.apple.gateway import ApnsGateway
 from passpush.delivery.worker import WorkerSettings
 from passpush.fakes.apns import FakeApns
 from passpush.v1 import notifications_pb2 as npb

@@ -26,8 +26,8 @@ from passpush.domain.auth import SCOPE_ALIASES, ApiKey, Scope
 if TYPE_CHECKING:
     from passpush.api.server import PasspushServer
     from passpush.config import Settings, SigningFiles
-    from passpush.delivery.apns import ApnsGateway
-    from passpush.delivery.google import GoogleWalletGateway
+    from passpush.delivery.apple.gateway import ApnsGateway
+    from passpush.delivery.google.gateway import GoogleWalletGateway
     from passpush.domain.signing import SigningMaterial
     from passpush.fakes import google as fake_google
     from passpush.fakes.apns import FakeApns
@@ -224,8 +224,8 @@ async def serve(settings: Settings) -> int:
 async def _serve(settings: Settings, *, measure_outbox: bool) -> int:
     from passpush.api.server import PasspushServer
     from passpush.database_checks import DatabaseUnusable, open_migrated
-    from passpush.delivery.apns import ApnsConfig, ApnsGateway
-    from passpush.delivery.google import GoogleWalletConfig, GoogleWalletGateway
+    from passpush.delivery.apple.gateway import ApnsConfig, ApnsGateway
+    from passpush.delivery.google.gateway import GoogleWalletConfig, GoogleWalletGateway
     from passpush.domain.clock import utcnow
     from passpush.domain.errors import DomainError
     from passpush.domain.outcomes import APNS_NOT_CONFIGURED, GOOGLE_NOT_CONFIGURED

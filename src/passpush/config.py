@@ -13,8 +13,8 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError
 
 from passpush.api.server import DEFAULT_MAX_MESSAGE_BYTES
-from passpush.delivery.apns import ApnsConfig
-from passpush.delivery.google import GOOGLE_API_BASE, GOOGLE_TOKEN_URL, GoogleWalletConfig
+from passpush.delivery.apple.gateway import ApnsConfig
+from passpush.delivery.google.gateway import GOOGLE_API_BASE, GOOGLE_TOKEN_URL, GoogleWalletConfig
 from passpush.delivery.worker import WorkerSettings
 from passpush.domain.outcomes import RetryPolicy
 from passpush.metrics import DEFAULT_METRICS_ADDRESS

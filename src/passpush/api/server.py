@@ -20,8 +20,9 @@ from passpush.api.metrics import RpcMetricsInterceptor
 from passpush.api.notifications import NotificationServicer
 from passpush.api.passes import PassServicer
 from passpush.api.reflection import enable_reflection
-from passpush.delivery.google import GoogleWalletGateway
-from passpush.delivery.worker import ApplePushGateway, DeliveryWorker, WorkerSettings
+from passpush.delivery.apple.deliverer import ApplePushGateway
+from passpush.delivery.google.gateway import GoogleWalletGateway
+from passpush.delivery.worker import DeliveryWorker, WorkerSettings
 from passpush.domain.clock import Clock, utcnow
 from passpush.outbox.fanout import FANOUT_CHUNK, FanOut
 from passpush.service.fetches import FetchBatcher, FetchRecorder

@@ -1,1 +1,1 @@
-"""Delivery: outbox workers, retry and the platform gateways (APNs, Google Wallet)."""
+"""Delivery: the worker, and Apple's and Google's deliverers beside each other (apple/, google/)."""

@@ -1,4 +1,8 @@
-"""The delivery worker: claims due deliveries, pushes them, records outcomes, as a pipeline.
+"""The delivery worker: claims due deliveries, hands them to the deliverers, records outcomes,
+as a pipeline.
+
+What to send and what an answer means is each platform's deliverer's (apple/deliverer.py,
+google/deliverer.py, one interface in deliverer.py); the worker dispatches by platform.
 
 Durable before acknowledged: Send commits deliveries before it answers; the
 worker leases them, so a crash or a restart leaves nothing lost. At most
@@ -30,16 +34,16 @@ from collections import Counter, deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from typing import Protocol
 
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from passpush.delivery.apns import PushOutcome
-from passpush.delivery.google import GoogleWalletGateway
-from passpush.delivery.google_classes import ClassMessenger
-from passpush.delivery.google_messenger import GoogleMessenger
-from passpush.domain.model import DeliveryState, Platform
-from passpush.domain.outcomes import APNS_NOT_CONFIGURED, DEFAULT_RETRY, RetryPolicy, judge_apns
+from passpush.delivery.apple.deliverer import AppleDeliverer, ApplePushGateway
+from passpush.delivery.deliverer import Deliverer
+from passpush.delivery.google.classes import ClassMessenger
+from passpush.delivery.google.deliverer import GoogleDeliverer
+from passpush.delivery.google.gateway import GoogleWalletGateway
+from passpush.domain.model import Platform
+from passpush.domain.outcomes import DEFAULT_RETRY, RetryPolicy
 from passpush.logs import log_context
 from passpush.metrics import count_outcomes
 from passpush.store.connectors import connect
@@ -53,10 +57,6 @@ from passpush.store.outbox import (
 )
 
 log = logging.getLogger(__name__)
-
-
-class ApplePushGateway(Protocol):
-    async def push(self, device_token: str, topic: str) -> PushOutcome: ...
 
 
 @dataclass(frozen=True)
@@ -80,9 +80,10 @@ class WorkerSettings:
 
 @dataclass(eq=False)
 class _PlatformQueue:
-    """One platform's deliveries between their claim and their record."""
+    """One platform's deliveries between their claim and their record, and its deliverer."""
 
     platform: Platform
+    deliverer: Deliverer
     window: int  # claimed and not yet recorded, at most
     lanes: int  # deliveries in flight at once
     waiting: deque[ClaimedDelivery] = field(default_factory=deque)  # claimed, not yet sent
@@ -117,10 +118,8 @@ class DeliveryWorker:
         self._direct = connect(engine)
         # Wakes the status streams: outcomes and ticket counts changed.
         self._on_recorded = on_recorded
-        self._apns = apns
         self._clock = clock
         self._settings = settings = settings or WorkerSettings()
-        self._google = GoogleMessenger(sessions, google, clock=clock, retry=settings.retry)
         self.owner = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
         # Sends to whole Google templates: one message on the class each.
         self._classes = ClassMessenger(
@@ -138,11 +137,15 @@ class DeliveryWorker:
         self._tasks: list[asyncio.Task[None]] = []
         self._closed = asyncio.Event()  # set with _closing
         self._lanes: list[asyncio.Task[None]] = []
+        # Each platform's deliveries go to its own deliverer, through its own queue.
+        apple = AppleDeliverer(apns, clock=clock, retry=settings.retry)
         self._queues = {
             Platform.APPLE: _PlatformQueue(
-                Platform.APPLE, settings.batch_size, settings.max_in_flight
+                Platform.APPLE, apple, settings.batch_size, settings.max_in_flight
             ),
-            Platform.GOOGLE: _google_queue(settings, self._google.rate),
+            Platform.GOOGLE: _google_queue(
+                GoogleDeliverer(sessions, google, clock=clock, retry=settings.retry), settings
+            ),
         }
         self._results: list[DeliveryResult] = []  # answered, not yet recorded
         self._held: set[int] = set()  # ids claimed and not yet recorded
@@ -285,10 +288,8 @@ class DeliveryWorker:
                 continue
             delivery = queue.waiting.popleft()
             log_context(project=delivery.project_id, ticket=delivery.ticket_id)
-            if queue.platform is Platform.GOOGLE:
-                result = await self._google.deliver(delivery)
-            else:
-                result = await self._push_to_apple(delivery)
+            result = await queue.deliverer.deliver(delivery)
+            # Only now: a record swaps self._results for a new list while the push is out.
             self._results.append(result)
             self._answered.set()
 
@@ -329,45 +330,18 @@ class DeliveryWorker:
         self._on_recorded()
         count_outcomes(Counter((r.delivery.platform, r.state, r.reason) for r in results).items())
 
-    async def _push_to_apple(self, delivery: ClaimedDelivery) -> DeliveryResult:
-        if self._apns is None:
-            return DeliveryResult(delivery, DeliveryState.FAILED, APNS_NOT_CONFIGURED)
-        if delivery.push_token is None:
-            return DeliveryResult(delivery, DeliveryState.FAILED, "DeviceUnregistered")
-        try:
-            outcome = await self._apns.push(delivery.push_token, delivery.topic)
-        except Exception:
-            log.exception("APNs push failed unexpectedly (delivery %d)", delivery.id)
-            outcome = PushOutcome(0, "InternalError")
-        now = self._clock()
-        verdict = judge_apns(
-            outcome.status,
-            outcome.reason,
-            delivery.attempts + 1,
-            elapsed=delivery.seconds_since_first_attempt(now),
-            policy=self._settings.retry,
-        )
-        if verdict.operator_visible:
-            log.error(
-                "APNs refused the credentials for topic %s: %s", delivery.topic, verdict.reason
-            )
-        next_attempt_at = None
-        if verdict.state is DeliveryState.PENDING:
-            next_attempt_at = now + timedelta(seconds=verdict.retry_after)
-        return DeliveryResult(
-            delivery, verdict.state, verdict.reason, next_attempt_at, verdict.registration
-        )
 
-
-def _google_queue(settings: WorkerSettings, rate: float | None) -> _PlatformQueue:
+def _google_queue(google: GoogleDeliverer, settings: WorkerSettings) -> _PlatformQueue:
     """Google's window and lanes. Its requests are paced, so it claims no more than it sends
     well within a lease (a delivery takes up to three requests): a lease that ran out under
     a claimed delivery would let it be claimed, and sent, again."""
+    rate = google.rate
     if rate is None:  # not configured: each delivery fails at once
-        return _PlatformQueue(Platform.GOOGLE, settings.batch_size, lanes=4)
+        return _PlatformQueue(Platform.GOOGLE, google, settings.batch_size, lanes=4)
     window = int(rate * settings.lease.total_seconds() / 4)
     return _PlatformQueue(
         Platform.GOOGLE,
+        google,
         window=max(1, min(settings.batch_size, window)),
         lanes=max(1, min(settings.max_in_flight, math.ceil(rate))),
     )

@@ -17,10 +17,11 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import Callable
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from passpush.domain.clock import Clock, utcnow
 from passpush.store.tickets import FANOUT_CHUNK, TicketStore
 
 __all__ = ["FANOUT_CHUNK", "FanOut"]
@@ -40,8 +41,7 @@ class FanOut:
         self,
         sessions: async_sessionmaker[AsyncSession],
         *,
-        # (service/clock.py's Clock, which this layer cannot import)
-        clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+        clock: Clock = utcnow,
         chunk: int = FANOUT_CHUNK,
         on_chunk: Callable[[], None] = lambda: None,
     ) -> None:

@@ -1,44 +1,38 @@
-"""The Google Wallet gateway: the REST calls that put passpush's messages on pass objects.
+"""The Google Wallet gateway: the REST calls that put passpush's messages on pass objects
+and classes.
 
-Thin over httpx: one AsyncClient (HTTP/1.1 keep-alive connections, timeouts); OAuth2 access
-tokens of a service account, which google-auth signs and fetches (synchronously, so in a
-thread, one refresh at a time) and which are cached until shortly before they expire; and
-turns for each issuer's requests, which keep them under Google's requests per second (in
-this process, or shared by the replicas on one PostgreSQL database).
-Like the APNs gateway it returns Google's answers as they are: what an answer means for a
-delivery is domain/outcomes.py's to say, retrying it is the worker's.
+Thin over httpx: one AsyncClient (HTTP/1.1 keep-alive connections, timeouts); a service
+account's access tokens (tokens.py); and turns for each issuer's requests (pacing.py), which
+keep them under Google's requests per second. Like the APNs gateway it returns Google's
+answers as they are: what an answer means for a delivery is domain/outcomes.py's to say,
+retrying it is the worker's.
 """
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
-from typing import Any, Protocol
+from typing import Any
 from urllib.parse import quote
 
 import google.auth.exceptions
-import google.auth.transport
 import httpx
-from google.oauth2 import service_account
 
+from passpush.delivery.google.pacing import ProcessRequestTurns, RequestTurns
+from passpush.delivery.google.tokens import ServiceAccountTokens
 from passpush.metrics import GOOGLE_SECONDS
 from passpush.store.faults import DATABASE_ERRORS
 
 log = logging.getLogger(__name__)
 
-SCOPE = "https://www.googleapis.com/auth/wallet_object.issuer"
 GOOGLE_API_BASE = "https://walletobjects.googleapis.com"
 GOOGLE_TOKEN_URL = "https://oauth2.googleapis.com/token"
 TIMEOUT = "Timeout"
 CONNECTION_ERROR = "ConnectionError"
 TURN_UNAVAILABLE = "RequestTurnUnavailable"  # the database handing out the turns unreachable
 _NO_TURN: tuple[type[Exception], ...] = (*DATABASE_ERRORS, OSError)
-# Refresh a token this long before Google says it expires (at most half its lifetime).
-REFRESH_MARGIN_SECONDS = 60.0
 
 
 @dataclass(frozen=True)
@@ -66,95 +60,6 @@ class GoogleAnswer:
     @property
     def ok(self) -> bool:
         return 200 <= self.status < 300
-
-
-class RequestPacer:
-    """Spaces requests `1 / rate` seconds apart, in the order they ask, whoever asks.
-
-    A token bucket that holds one token: Google counts requests per second per issuer, and
-    a burst above the rate would be refused with 429 anyway. Each turn is spaced from the
-    moment the one before was granted, not from when it was due: after a stall of the event
-    loop, the turns that fell due meanwhile go one interval apart, not all at once.
-    """
-
-    def __init__(self, rate: float) -> None:
-        if rate <= 0:
-            raise ValueError("the Google request rate must be positive")
-        self._interval = 1.0 / rate
-        self._last_turn = float("-inf")  # event loop time
-        self._queue = asyncio.Lock()  # first come, first served
-
-    async def wait_turn(self) -> None:
-        loop = asyncio.get_running_loop()
-        async with self._queue:
-            wait = self._last_turn + self._interval - loop.time()
-            if wait > 0:
-                await asyncio.sleep(wait)
-            self._last_turn = loop.time()
-
-
-class RequestTurns(Protocol):
-    """Waits until an issuer's next request may go."""
-
-    async def wait_turn(self, issuer: str) -> None: ...
-
-
-class ProcessRequestTurns:
-    """Each issuer's requests paced within this process: its own RequestPacer each. Replicas
-    on one PostgreSQL database share their turns instead (store/request_turns.py)."""
-
-    def __init__(self, rate: float) -> None:
-        RequestPacer(rate)  # a rate it cannot pace is refused now, not at the first request
-        self._rate = rate
-        self._pacers: dict[str, RequestPacer] = {}
-
-    async def wait_turn(self, issuer: str) -> None:
-        pacer = self._pacers.get(issuer)
-        if pacer is None:
-            pacer = self._pacers[issuer] = RequestPacer(self._rate)
-        await pacer.wait_turn()
-
-
-class ServiceAccountTokens:
-    """OAuth2 access tokens of a service account (JWT bearer grant), cached until near expiry."""
-
-    def __init__(self, credentials_file: str, token_url: str, timeout: float) -> None:
-        # Raises at start-up on a missing or malformed key, not at the first delivery.
-        credentials = service_account.Credentials.from_service_account_file(  # type: ignore[no-untyped-call]
-            credentials_file, scopes=[SCOPE]
-        )
-        self._credentials = credentials.with_token_uri(token_url)
-        self.client_email: str = self._credentials.service_account_email
-        self._transport = _HttpxTokenTransport(timeout)
-        self._lock = asyncio.Lock()
-        self._token: str | None = None
-        self._refresh_at = 0.0  # event loop time
-
-    async def token(self) -> str:
-        """A valid access token; raises google.auth.exceptions.GoogleAuthError."""
-        loop = asyncio.get_running_loop()
-        async with self._lock:  # one refresh at a time; the others wait for its token
-            if self._token is None or loop.time() >= self._refresh_at:
-                # google-auth's refresh is synchronous HTTP: off the event loop.
-                await asyncio.to_thread(self._credentials.refresh, self._transport)
-                self._token = str(self._credentials.token)
-                self._refresh_at = loop.time() + _seconds_to_refresh(self._credentials.expiry)
-            return self._token
-
-    def forget(self, token: str) -> None:
-        """Google refused `token` (revoked, or a clock off): the next caller fetches another."""
-        if self._token == token:
-            self._token = None
-
-    def close(self) -> None:
-        self._transport.close()
-
-
-def _seconds_to_refresh(expiry: datetime | None) -> float:
-    if expiry is None:
-        return REFRESH_MARGIN_SECONDS
-    left = (expiry.replace(tzinfo=UTC) - datetime.now(UTC)).total_seconds()
-    return max(0.0, left - min(REFRESH_MARGIN_SECONDS, left / 2))
 
 
 class GoogleWalletGateway:
@@ -299,48 +204,3 @@ def _describe_token_error(error: Exception) -> str:
     # The first argument is google-auth's message; the second the endpoint's JSON, e.g.
     # {"error": "invalid_grant", "error_description": "..."}, which holds no secret.
     return str(error.args[0])[:500] if error.args else type(error).__name__
-
-
-class _TokenResponse(google.auth.transport.Response):
-    def __init__(self, response: httpx.Response) -> None:
-        self._response = response
-
-    @property
-    def status(self) -> int:
-        return self._response.status_code
-
-    @property
-    def headers(self) -> Mapping[str, str]:
-        return self._response.headers
-
-    @property
-    def data(self) -> bytes:
-        return self._response.content
-
-
-class _HttpxTokenTransport(google.auth.transport.Request):
-    """google-auth's HTTP transport over a synchronous httpx client (no `requests` needed)."""
-
-    def __init__(self, timeout: float) -> None:
-        self._client = httpx.Client(timeout=timeout)
-        self._timeout = timeout
-
-    def __call__(
-        self,
-        url: str,
-        method: str = "GET",
-        body: bytes | None = None,
-        headers: Mapping[str, str] | None = None,
-        timeout: float | None = None,
-        **kwargs: Any,
-    ) -> google.auth.transport.Response:
-        try:
-            response = self._client.request(
-                method, url, content=body, headers=headers, timeout=timeout or self._timeout
-            )
-        except httpx.HTTPError as error:
-            raise google.auth.exceptions.TransportError(str(error)) from error  # type: ignore[no-untyped-call]
-        return _TokenResponse(response)
-
-    def close(self) -> None:
-        self._client.close()

@@ -18,8 +18,8 @@ from sqlalchemy import insert, select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from passpush.api.server import PasspushServer
-from passpush.delivery.apns import ApnsGateway
-from passpush.delivery.google import GoogleWalletConfig, GoogleWalletGateway
+from passpush.delivery.apple.gateway import ApnsGateway
+from passpush.delivery.google.gateway import GoogleWalletConfig, GoogleWalletGateway
 from passpush.delivery.worker import DeliveryWorker, WorkerSettings
 from passpush.domain.outcomes import RetryPolicy
 from passpush.fakes.apns import FakeApns
@@ -419,7 +419,7 @@ async def test_the_request_rate_is_respected_and_apple_does_not_wait_for_it(
     assert len(times) == count
     # Paced one request per 1/rate s, so the whole takes (count - 1) / rate at least, less
     # what the first request's own time on the way (a connection to open) takes off here.
-    # That no second holds more than the rate is tests/delivery/test_google_pacer.py's to
+    # That no second holds more than the rate is tests/delivery/google/test_google_pacer.py's to
     # show: arrival times here move with the machine's load, the pacer's turns do not.
     assert times[-1] - times[0] >= 0.5 * (count - 1) / google_rate
     # Apple's pushes went out beside Google's paced requests, not behind them.

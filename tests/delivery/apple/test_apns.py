@@ -1,7 +1,9 @@
 """ApnsGateway against the fake APNs: real HTTP/2 over TLS on loopback, no mocks.
 
-The four `test_pitfall_*` tests each fail with aioapns' own client protocol (4.0) in place of
-WalletApnsProtocol; they pin the fixes down.
+The four `test_pitfall_*` tests pin down the fixes of aioapns 4.0 (delivery/apple/protocol.py).
+Each runs twice: through passpush's gateway, and through plain aioapns (its own pool and client
+protocol, pointed at the fake), where it is an expected failure (strict: it must fail, and
+with the exception named), so that the suite shows each test catches its defect.
 """
 
 from __future__ import annotations
@@ -9,19 +11,24 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import ssl
 import sys
 import time
+from collections import deque
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
 import jwt
 import pytest
+from aioapns.common import NotificationRequest
+from aioapns.connection import APNsKeyConnectionPool, APNsTLSClientProtocol
+from aioapns.exceptions import ConnectionClosed
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
 import passpush.fakes.apns as fake_apns_module
-from passpush.delivery.apns import ApnsConfig, ApnsGateway, PushOutcome
+from passpush.delivery.apple.gateway import ApnsConfig, ApnsGateway, PushOutcome
 from passpush.fakes.apns import ANY_TOKEN, FakeApns, start_bundled_fake
 from passpush.fakes.tls import make_client_certificate, make_tls_bundle
 
@@ -58,22 +65,98 @@ async def make_gateway(fake: FakeApns) -> AsyncIterator[MakeGateway]:
         await gateway.close()
 
 
-def connections(gateway: ApnsGateway) -> list[Any]:
-    """The gateway's open aioapns connections (client protocol instances)."""
-    assert gateway._pool is not None, "the gateway has not pushed yet"
-    return list(gateway._pool.connections)
+class PlainAioapns:
+    """aioapns 4.0 as it ships, pushing as ApnsGateway does: its key pool and its client protocol,
+    told where the fake is the way aioapns reads it (class attributes of its protocol class)."""
+
+    def __init__(self, fake: FakeApns, key_file: Path, max_connections: int = 4) -> None:
+        host, _, port = fake.endpoint.rpartition(":")
+
+        class PlainProtocolToTheFake(APNsTLSClientProtocol):
+            APNS_SERVER = host
+            APNS_PORT = int(port)
+
+        context = ssl.create_default_context(cafile=str(fake.tls.ca_file))
+        context.set_alpn_protocols(["h2"])
+        # Named as ApnsGateway's pool, so that `connections` reads either.
+        self._pool = APNsKeyConnectionPool(
+            key_file.read_text(),
+            key_id="KEY1234567",
+            team_id="TEAM123456",
+            topic=PASS_TYPE_ID,
+            max_connections=max_connections,
+            ssl_context=context,
+        )
+        self._pool.protocol_class = PlainProtocolToTheFake
+
+    async def push(self, device_token: str, topic: str) -> PushOutcome:
+        # On a connection of the pool and not re-sent, as ApnsGateway pushes (the pool's own
+        # send_notification re-sends on a new connection what a broken one lost).
+        request = NotificationRequest(device_token, {}, apns_topic=topic)
+        connection = await self._pool.acquire()
+        try:
+            result = await connection.send_notification(request)
+        except ConnectionClosed:
+            return PushOutcome(0, "ConnectionLost")
+        return PushOutcome(int(result.status), result.description or "")
+
+    async def close(self) -> None:
+        self._pool.close()
 
 
-def per_request_bookkeeping(gateway: ApnsGateway) -> dict[str, int]:
-    """Entries left in the per-request dicts of the gateway's connections, by dict name.
+PASSPUSH = "passpush"
+PLAIN_AIOAPNS = "plain aioapns"
 
-    Covers aioapns' own dicts and WalletApnsProtocol's, so it measures either protocol.
+
+@pytest.fixture
+async def make_client(
+    request: pytest.FixtureRequest, fake: FakeApns, make_gateway: MakeGateway, tmp_path: Path
+) -> AsyncIterator[Callable[..., Any]]:
+    """Clients of the fake for a pitfall test: passpush's gateway, or plain aioapns (which has
+    no request timeout: `request_timeout` is passpush's alone)."""
+    if request.param == PASSPUSH:
+        yield make_gateway
+        return
+    key_file = tmp_path / "AuthKey_KEY1234567.p8"
+    write_p8_key(key_file)
+    clients: list[PlainAioapns] = []
+
+    def make(max_connections: int = 4, request_timeout: float | None = None) -> PlainAioapns:
+        clients.append(PlainAioapns(fake, key_file, max_connections))
+        return clients[-1]
+
+    yield make
+    for client in clients:
+        await client.close()
+
+
+def on_passpush_and_plain_aioapns(defect: str, raises: type[BaseException]) -> pytest.MarkDecorator:
+    """Runs a pitfall test through passpush's gateway and through plain aioapns, where it must
+    fail with `raises` because of `defect`."""
+    plain = pytest.mark.xfail(strict=True, raises=raises, reason=f"aioapns 4.0 {defect}")
+    return pytest.mark.parametrize(
+        "make_client", [PASSPUSH, pytest.param(PLAIN_AIOAPNS, marks=plain)], indirect=True
+    )
+
+
+def connections(client: ApnsGateway | PlainAioapns) -> list[Any]:
+    """The client's open aioapns connections (client protocol instances)."""
+    assert client._pool is not None, "the client has not pushed yet"
+    return list(client._pool.connections)
+
+
+def per_request_state(connection: Any) -> dict[str, int]:
+    """The containers a connection holds that are not empty, by attribute name, with their sizes.
+
+    Whatever a protocol calls its per-request bookkeeping (aioapns: requests, request_streams,
+    request_statuses; WalletApnsProtocol: exchanges), it is a container on the connection: this
+    measures either protocol, and any bookkeeping added later under a new name.
     """
-    sizes = {"requests": 0, "request_streams": 0, "request_statuses": 0, "exchanges": 0}
-    for connection in connections(gateway):
-        for name in sizes:
-            sizes[name] += len(getattr(connection, name, {}))
-    return sizes
+    return {
+        name: len(value)
+        for name, value in vars(connection).items()
+        if isinstance(value, dict | list | set | deque) and value
+    }
 
 
 async def test_push_is_delivered_with_topic_and_empty_json_payload(
@@ -251,24 +334,49 @@ async def test_when_no_other_connection_opens_pushes_go_on_over_the_open_one(
     assert caplog.text.count("could not open another APNs connection") == 1
 
 
+async def test_plain_aioapns_pushes_to_the_fake(fake: FakeApns, tmp_path: Path) -> None:
+    """The plain aioapns client of the pitfall tests works: there, they fail by the defects."""
+    key_file = tmp_path / "AuthKey.p8"
+    write_p8_key(key_file)
+    client = PlainAioapns(fake, key_file)
+    try:
+        async with asyncio.timeout(5):
+            delivered = await client.push(device_token(1), PASS_TYPE_ID)
+            fake.respond(device_token(2), 410, "Unregistered")
+            refused = await client.push(device_token(2), PASS_TYPE_ID)
+    finally:
+        await client.close()
+
+    assert (delivered, refused) == (PushOutcome(200, ""), PushOutcome(410, "Unregistered"))
+    assert fake.tokens() == [device_token(1), device_token(2)]
+
+
+@on_passpush_and_plain_aioapns(
+    "acknowledges no DATA: past a 64 KB window of error bodies the connection stalls or breaks",
+    (TimeoutError, AssertionError),
+)
 async def test_pitfall_a_error_bodies_do_not_freeze_the_connection(
-    fake: FakeApns, make_gateway: MakeGateway
+    fake: FakeApns, make_client: Callable[..., Any]
 ) -> None:
     # 2,000 error bodies are ~100 KB, past the 64 KB window a client must hand back.
     fake.respond(ANY_TOKEN, 410, "Unregistered")
-    gateway = make_gateway(max_connections=1)
+    client = make_client(max_connections=1)
     tokens = [device_token(number) for number in range(2000)]
 
-    # Well under aioapns' 10 s idle close, which is what "unfreezes" a plain connection.
-    async with asyncio.timeout(8):
-        outcomes = await asyncio.gather(*(gateway.push(token, PASS_TYPE_ID) for token in tokens))
+    # A frozen connection fails either way: by this bound, or as pushes lost when aioapns'
+    # idle close (10 s) ends it. The bound only keeps a loaded machine from failing the fix.
+    async with asyncio.timeout(30):
+        outcomes = await asyncio.gather(*(client.push(token, PASS_TYPE_ID) for token in tokens))
 
     assert outcomes == [PushOutcome(410, "Unregistered")] * 2000
-    assert len(connections(gateway)) == 1
+    assert len(connections(client)) == 1
 
 
+@on_passpush_and_plain_aioapns(
+    "matches answers by apns-id: none is matched", (TimeoutError, AssertionError)
+)
 async def test_pitfall_b_answers_are_matched_by_stream_not_by_apns_id(
-    fake: FakeApns, make_gateway: MakeGateway
+    fake: FakeApns, make_client: Callable[..., Any]
 ) -> None:
     fake.echo_apns_id = False  # every answer carries an apns-id the client never sent
     tokens = [device_token(number) for number in range(200)]
@@ -279,60 +387,58 @@ async def test_pitfall_b_answers_are_matched_by_stream_not_by_apns_id(
             expected[token] = PushOutcome(400, "BadDeviceToken")
         else:
             expected[token] = PushOutcome(200, "")
-    gateway = make_gateway()
+    client = make_client()
 
     async with asyncio.timeout(5):
-        outcomes = await asyncio.gather(*(gateway.push(token, PASS_TYPE_ID) for token in tokens))
+        outcomes = await asyncio.gather(*(client.push(token, PASS_TYPE_ID) for token in tokens))
 
     assert dict(zip(tokens, outcomes, strict=True)) == expected
 
 
+@on_passpush_and_plain_aioapns("keeps an entry per push answered", AssertionError)
 async def test_pitfall_c_answered_pushes_leave_no_bookkeeping(
-    fake: FakeApns, make_gateway: MakeGateway
+    fake: FakeApns, make_client: Callable[..., Any]
 ) -> None:
     tokens = [device_token(number) for number in range(300)]
     for token in tokens[::3]:
         fake.respond(token, 410, "Unregistered")
     for token in tokens[1::3]:
         fake.respond(token, 400, "BadDeviceToken")
-    gateway = make_gateway(max_connections=1)
+    client = make_client(max_connections=1)
 
     async with asyncio.timeout(5):
-        outcomes = await asyncio.gather(*(gateway.push(token, PASS_TYPE_ID) for token in tokens))
+        outcomes = await asyncio.gather(*(client.push(token, PASS_TYPE_ID) for token in tokens))
 
     assert {outcome.status for outcome in outcomes} == {200, 400, 410}
-    assert per_request_bookkeeping(gateway) == {
-        "requests": 0,
-        "request_streams": 0,
-        "request_statuses": 0,
-        "exchanges": 0,
-    }
+    [connection] = connections(client)
+    assert per_request_state(connection) == {}  # nothing kept of 300 pushes answered
 
 
+@on_passpush_and_plain_aioapns("has no request timeout: a push waits for ever", TimeoutError)
 async def test_pitfall_d_an_unanswered_push_times_out_and_frees_its_stream(
-    fake: FakeApns, make_gateway: MakeGateway, caplog: pytest.LogCaptureFixture
+    fake: FakeApns, make_client: Callable[..., Any], caplog: pytest.LogCaptureFixture
 ) -> None:
     hung_token = device_token(0xDEAD)
     fake.hang(hung_token)
-    gateway = make_gateway(max_connections=1, request_timeout=0.5)
+    client = make_client(max_connections=1, request_timeout=0.5)
     caplog.set_level(logging.DEBUG)
 
     started = time.monotonic()
     async with asyncio.timeout(3):
         hung, answered = await asyncio.gather(
-            gateway.push(hung_token, PASS_TYPE_ID), gateway.push(device_token(1), PASS_TYPE_ID)
+            client.push(hung_token, PASS_TYPE_ID), client.push(device_token(1), PASS_TYPE_ID)
         )
     elapsed = time.monotonic() - started
 
     assert hung == PushOutcome(0, "Timeout")
     assert answered == PushOutcome(200, "")
     assert 0.5 <= elapsed < 2
-    [connection] = connections(gateway)
-    assert per_request_bookkeeping(gateway)["exchanges"] == 0
+    [connection] = connections(client)
+    assert per_request_state(connection) == {}
     assert connection.free_channels._value == connection.free_channels.bound  # slot given back
     # The connection keeps working after the timeout.
-    assert await gateway.push(device_token(2), PASS_TYPE_ID) == PushOutcome(200, "")
-    assert connections(gateway) == [connection]
+    assert await client.push(device_token(2), PASS_TYPE_ID) == PushOutcome(200, "")
+    assert connections(client) == [connection]
     assert hung_token[:8] in caplog.text
     assert hung_token not in caplog.text  # never a full device token in logs
 

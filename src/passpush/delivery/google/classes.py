@@ -6,7 +6,7 @@ Notify", https://developers.google.com/wallet/generic/use-cases/trigger-push-not
 `POST /walletobjects/v1/{classType}/{classId}/addMessage`). So a Send whose audience is a
 whole Google template takes one request, whatever the number of holders, where one per object
 at Google's ~20 requests/s per issuer took hours for a million. Subsets keep per-object
-messages (GoogleMessenger).
+messages (deliverer.py).
 
 The ticket's deliveries wait for that one answer (store/class_messages.py) and then take it
 all: each pass counted in Google's 3-notifying-per-24-hours ledger, delivered without an
@@ -26,8 +26,8 @@ from datetime import datetime, timedelta
 
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from passpush.delivery.google import GoogleAnswer, GoogleWalletGateway
-from passpush.delivery.google_messenger import (
+from passpush.delivery.google.gateway import GoogleAnswer, GoogleWalletGateway
+from passpush.delivery.google.messages import (
     DISPLAY_WINDOW_ENDED,
     NOTIFYING,
     display_window,

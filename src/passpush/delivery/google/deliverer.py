@@ -1,23 +1,35 @@
-"""Google Wallet deliveries: a Send adds a message to the pass object, a Delete removes them.
+"""The Google deliverer: a Send adds a message to the pass object, a Delete removes them.
 
 A Send's message notifies (`TEXT_AND_NOTIFY`) while the pass has had fewer than 3 notifying
 messages in 24 hours, by passpush's ledger (store/google_messages.py); past that it goes as
 `TEXT`, shown on the pass without an alert, and so does one Google refuses for its own count.
 Either way the delivery is recorded as delivered without an alert. A Delete removes the
 messages passpush added (their ids start with MESSAGE_ID_PREFIX) and leaves the others.
+Google's answers are judged here (domain/outcomes.py judge_google), as Apple's are in
+apple/deliverer.py.
 """
 
 from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Mapping
-from datetime import UTC, datetime, timedelta
-from typing import Any
+from collections.abc import Callable
+from datetime import datetime, timedelta
 
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from passpush.delivery.google import GoogleAnswer, GoogleWalletGateway
+from passpush.delivery.google.gateway import GoogleAnswer, GoogleWalletGateway
+from passpush.delivery.google.messages import (
+    DISPLAY_WINDOW_ENDED,
+    NOTIFYING,
+    display_window,
+    find_message,
+    google_message,
+    is_notification_quota_refusal,
+    is_ours,
+    judge_answer,
+    message_id,
+)
 from passpush.domain.model import (
     NO_ALERT_GOOGLE_QUOTA,
     NO_ALERT_PASS_QUOTA,
@@ -25,77 +37,16 @@ from passpush.domain.model import (
     DeliveryState,
     Operation,
 )
-from passpush.domain.outcomes import (
-    DEFAULT_RETRY,
-    GOOGLE_NOT_CONFIGURED,
-    RetryPolicy,
-    Verdict,
-    judge_google,
-)
+from passpush.domain.outcomes import DEFAULT_RETRY, GOOGLE_NOT_CONFIGURED, RetryPolicy
 from passpush.store.google_messages import GoogleMessageLog
 from passpush.store.outbox import ClaimedDelivery, DeliveryResult
 
 log = logging.getLogger(__name__)
 
-MESSAGE_ID_PREFIX = "passpush-"
-DEFAULT_DISPLAY = timedelta(hours=1)
-DISPLAY_WINDOW_ENDED = "DisplayWindowEnded"
-NOTIFYING = "TEXT_AND_NOTIFY"
-SILENT = "TEXT"
 _ALARM_EVERY_SECONDS = 10.0
 
 
-def message_id(ticket_id: int) -> str:
-    """The id of a ticket's message on every pass it reaches: one per ticket and pass, so
-    that a retry can tell whether an earlier attempt added it."""
-    return f"{MESSAGE_ID_PREFIX}{ticket_id}"
-
-
-def display_window(content: Content, now: datetime) -> tuple[datetime, datetime]:
-    """When the message shows: as asked, else from now, for an hour after its start."""
-    start = content.display_start or now
-    return start, content.display_end or start + DEFAULT_DISPLAY
-
-
-def google_message(
-    ticket_id: int, content: Content, window: tuple[datetime, datetime], *, notifying: bool
-) -> dict[str, Any]:
-    """The Message resource of the Google Wallet API."""
-    message: dict[str, Any] = {
-        "id": message_id(ticket_id),
-        "body": content.body,
-        "messageType": NOTIFYING if notifying else SILENT,
-        "displayInterval": {
-            "start": {"date": _rfc3339(window[0])},
-            "end": {"date": _rfc3339(window[1])},
-        },
-    }
-    if content.header:
-        message["header"] = content.header
-    return message
-
-
-def judge_answer(
-    answer: GoogleAnswer, attempt: int, elapsed: float, policy: RetryPolicy
-) -> Verdict:
-    """What Google's answer to attempt number `attempt` (from 1), made `elapsed` seconds
-    after the first, means (domain/outcomes.py judge_google)."""
-    return judge_google(
-        answer.status,
-        answer.reason,
-        attempt,
-        elapsed=elapsed,
-        retry_after=answer.retry_after,
-        policy=policy,
-    )
-
-
-def is_notification_quota_refusal(answer: GoogleAnswer) -> bool:
-    """Google's refusal of a fourth notifying message in 24 h (403, or 429, `quotaExceeded`)."""
-    return answer.status in (403, 429) and answer.reason == "quotaExceeded"
-
-
-class GoogleMessenger:
+class GoogleDeliverer:
     """Carries out one Google delivery at a time per caller; share one per process."""
 
     def __init__(
@@ -234,18 +185,3 @@ class GoogleMessenger:
             more,
         )
         self._last_alarm, self._alarms_unlogged = now, 0
-
-
-def find_message(google_object: Mapping[str, Any], wanted: str) -> Mapping[str, Any] | None:
-    for message in google_object.get("messages") or []:
-        if isinstance(message, dict) and message.get("id") == wanted:
-            return message
-    return None
-
-
-def is_ours(message: Any) -> bool:
-    return isinstance(message, dict) and str(message.get("id", "")).startswith(MESSAGE_ID_PREFIX)
-
-
-def _rfc3339(moment: datetime) -> str:
-    return moment.astimezone(UTC).isoformat(timespec="seconds").replace("+00:00", "Z")

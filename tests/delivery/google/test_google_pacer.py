@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import time
 
-from passpush.delivery.google import RequestPacer
+from passpush.delivery.google.pacing import RequestPacer
 
 RATE = 20.0
 

@@ -1,0 +1,1 @@
+"""Apple Wallet delivery: the aioapns fix, the connection pool, the APNs gateway, the deliverer."""

@@ -1,0 +1,2 @@
+"""Google Wallet delivery: the gateway (tokens, request turns), messages on pass objects and
+on whole classes, the deliverer."""
