@@ -32,7 +32,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Protocol
 
-from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from passpush.delivery.apns import PushOutcome
 from passpush.delivery.google import GoogleWalletGateway
@@ -103,6 +103,7 @@ class _PlatformQueue:
 class DeliveryWorker:
     def __init__(
         self,
+        engine: AsyncEngine,
         sessions: async_sessionmaker[AsyncSession],
         apns: ApplePushGateway | None,
         google: GoogleWalletGateway | None = None,
@@ -113,7 +114,6 @@ class DeliveryWorker:
     ) -> None:
         self._sessions = sessions
         # Claims and records run many times a second: on the driver's connection directly.
-        engine = sessions.kw["bind"]
         self._dialect: str = engine.dialect.name
         self._direct = direct_transactions(engine)
         # Wakes the status streams: outcomes and ticket counts changed.

@@ -9,7 +9,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 from sqlalchemy.exc import IntegrityError
-from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from passpush.domain.errors import AlreadyExists, DomainError, NotFound
 from passpush.domain.model import (
@@ -73,6 +73,7 @@ class NotificationCore:
 
     def __init__(
         self,
+        engine: AsyncEngine,
         sessions: async_sessionmaker[AsyncSession],
         *,
         clock: Clock = utcnow,
@@ -82,7 +83,6 @@ class NotificationCore:
         on_fanning_out: Callable[[int], None] = lambda ticket_id: None,
     ) -> None:
         self._sessions = sessions
-        engine = sessions.kw["bind"]
         self._dialect: str = engine.dialect.name
         self._direct = direct_transactions(engine)
         self._clock = clock

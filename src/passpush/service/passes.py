@@ -9,7 +9,7 @@ from dataclasses import dataclass, field, replace
 from datetime import datetime
 
 from sqlalchemy.exc import IntegrityError
-from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from passpush.domain.errors import (
     AlreadyExists,
@@ -117,6 +117,7 @@ class PassCore:
 
     def __init__(
         self,
+        engine: AsyncEngine,
         sessions: async_sessionmaker[AsyncSession],
         *,
         clock: Clock = utcnow,
@@ -128,7 +129,6 @@ class PassCore:
         `after_import` is told which tables an import wrote and how many passes (PostgreSQL:
         their statistics refreshed before the call answers, so that a Send right after is
         planned on them)."""
-        engine = sessions.kw["bind"]
         self._sessions = sessions
         self._dialect = engine.dialect.name
         self._transactions = transactions or direct_transactions(engine)
