@@ -4,8 +4,10 @@ Each process that listens binds a datagram socket in a directory beside the data
 (`passpush.db-wakeups/`), named after the topics it listens to; a process that tells lists
 that directory (again only when it changed) and sends one datagram to each socket whose name
 has the topic. A send is one system call that never waits (a receiver with a full queue has
-wake-ups waiting already), about 5 us; the receiver's event loop reads its socket as soon as
-the datagram lands. A socket left by a process that died refuses datagrams: it is removed.
+wake-ups waiting already). Measured on this 2-core machine under load (2026-12-03): 9 us a
+listener for the sendto, 19 us a tell back to back; the handler in the other process ran
+0.1 ms later at p50, 2.2 ms at p99, where a worker's own poll is 500 ms away. A socket left
+by a process that died refuses datagrams: it is removed.
 
 A Unix socket's path has at most 107 bytes; a database whose directory is too deep for that
 gets its sockets in the system's temporary directory instead, under a name made of the
@@ -37,7 +39,8 @@ _LETTERS = {
 }
 _TOPICS = {letter: topic for topic, letter in _LETTERS.items()}
 _MAX_PATH = 100  # bytes of a socket's path: sun_path holds 108, with its NUL
-_RELIST_SECONDS = 1.0  # the directory is listed again at least this often
+_LOOK_SECONDS = 0.25  # how often a sender asks whether the directory changed
+_RELIST_SECONDS = 5.0  # the directory is listed again at least this often
 
 
 def wake_directory(database: str) -> str:
@@ -62,6 +65,7 @@ class SocketWakeUps:
         self._peers: list[tuple[str, str]] = []  # (path, letters) of the others
         self._listed_version = -1
         self._listed_at = 0.0
+        self._looked_at = -_LOOK_SECONDS
 
     def subscribe(self, topic: Topic, handler: Handler) -> None:
         self._handlers[topic].append(handler)
@@ -106,16 +110,23 @@ class SocketWakeUps:
                 with contextlib.suppress(OSError):
                     os.unlink(path)
                 self._listed_version = -1
+                self._looked_at = -_LOOK_SECONDS
             except OSError as error:
                 log.debug("waking %s failed: %s", path, error)
 
     def _listeners(self) -> list[tuple[str, str]]:
-        """The other processes' sockets, listed again when the directory changed."""
+        """The other processes' sockets, listed again when the directory changed; whether
+        it changed is asked at most every _LOOK_SECONDS (a stat costs ~6 us here, more than
+        the send): a process that starts meanwhile looks at the database itself."""
         now = time.monotonic()
+        if now - self._looked_at < _LOOK_SECONDS:
+            return self._peers
+        self._looked_at = now
         try:
             version = os.stat(self._directory).st_mtime_ns
         except FileNotFoundError:
-            return []
+            self._peers = []
+            return self._peers
         if version != self._listed_version or now - self._listed_at > _RELIST_SECONDS:
             try:
                 names = os.listdir(self._directory)
@@ -124,9 +135,8 @@ class SocketWakeUps:
             self._peers = [
                 (os.path.join(self._directory, name), name.partition("-")[0])
                 for name in names
-                if name.endswith(".sock")
+                if name.endswith(".sock") and os.path.join(self._directory, name) != self._own_path
             ]
-            self._peers = [p for p in self._peers if p[0] != self._own_path]
             self._listed_version, self._listed_at = version, now
         return self._peers
 
