@@ -35,6 +35,7 @@ import sys
 from collections.abc import Callable
 from datetime import timedelta
 from pathlib import Path
+from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
 
 import grpc
@@ -49,8 +50,6 @@ from passpush.delivery.worker import ApplePushGateway, DeliveryWorker, WorkerSet
 from passpush.domain.errors import DomainError
 from passpush.domain.outcomes import APNS_NOT_CONFIGURED, GOOGLE_NOT_CONFIGURED
 from passpush.domain.signing import AppleSigningPem, SigningMaterial, load_signing
-from passpush.fakes import google as fake_google
-from passpush.fakes.apns import FakeApns, start_bundled_fake
 from passpush.http.app import HttpServer, create_app
 from passpush.http.processes import HttpProcesses
 from passpush.metrics import READY
@@ -83,6 +82,10 @@ from passpush.store.statistics import fresh_statistics
 from passpush.store.wake_sockets import SocketWakeUps
 from passpush.store.wakeups import NoWakeUps, Topic, WakeUps
 from passpush.tls import ServerTls, TlsFiles, is_loopback, load_server_tls
+
+if TYPE_CHECKING:  # imported by `serve --fakes` alone
+    from passpush.fakes.apns import FakeApns
+    from passpush.fakes.google import FakeGoogleWallet
 
 log = logging.getLogger(__name__)
 
@@ -589,13 +592,18 @@ class Wallets:
         self.apns: ApnsGateway | None = None
         self.google: GoogleWalletGateway | None = None
         self._fake_apns: FakeApns | None = None
-        self._fake_google: fake_google.FakeGoogleWallet | None = None
+        self._fake_google: FakeGoogleWallet | None = None
 
     async def open(self, settings: Settings, engine: AsyncEngine) -> bool:
         """False (having said why) when a gateway's settings cannot be used."""
+        from passpush.fakes import apns as fake_apns
+        from passpush.fakes import google as fake_google
+
         apns_config = settings.apns
         if apns_config is None and settings.fakes:
-            self._fake_apns = fake = await start_bundled_fake(Path(settings.data_dir) / "fake-apns")
+            self._fake_apns = fake = await fake_apns.start_bundled_fake(
+                Path(settings.data_dir) / "fake-apns"
+            )
             apns_config = ApnsConfig(
                 endpoint=fake.endpoint,
                 ca_file=str(fake.tls.ca_file),
