@@ -50,8 +50,6 @@ from passpush.delivery.worker import ApplePushGateway, DeliveryWorker, WorkerSet
 from passpush.domain.errors import DomainError
 from passpush.domain.outcomes import APNS_NOT_CONFIGURED, GOOGLE_NOT_CONFIGURED
 from passpush.domain.signing import AppleSigningPem, SigningMaterial, load_signing
-from passpush.http.app import HttpServer, create_app
-from passpush.http.processes import HttpProcesses
 from passpush.metrics import READY
 from passpush.service.clock import Clock, utcnow
 from passpush.service.fanout import FANOUT_CHUNK, FanOut
@@ -83,9 +81,13 @@ from passpush.store.wake_sockets import SocketWakeUps
 from passpush.store.wakeups import NoWakeUps, Topic, WakeUps
 from passpush.tls import ServerTls, TlsFiles, is_loopback, load_server_tls
 
-if TYPE_CHECKING:  # imported by `serve --fakes` alone
+# Imported where used: the fakes by `serve --fakes` alone, the HTTP server (FastAPI's seconds
+# of imports) by the processes that serve HTTP, not by a worker.
+if TYPE_CHECKING:
     from passpush.fakes.apns import FakeApns
     from passpush.fakes.google import FakeGoogleWallet
+    from passpush.http.app import HttpServer
+    from passpush.http.processes import HttpProcesses
 
 log = logging.getLogger(__name__)
 
@@ -481,6 +483,8 @@ class _NotStarted(Exception):
 
 async def _start(app: Application, settings: Settings) -> HttpServer | HttpProcesses | None:
     """Starts the application and its HTTP server (None for a worker, which has none)."""
+    from passpush.http.app import HttpServer, create_app
+
     if app.grpc is None:
         await app.start()
         log.info(
@@ -530,6 +534,7 @@ async def _start(app: Application, settings: Settings) -> HttpServer | HttpProce
 async def serve_http(settings: Settings, listen_fd: int, grpc_target: str) -> int:
     """One HTTP process of `serve`: the shim and the PassKit web service on the socket the
     parent listens on, until SIGTERM or until the parent is gone."""
+    from passpush.http.app import HttpServer, create_app
     from passpush.http.processes import (
         READY,
         ParentFetchSink,
@@ -734,6 +739,8 @@ def default_signing(files: SigningFiles | None, *, quiet: bool = False) -> Signi
 
 
 def _http_processes(settings: Settings, grpc_target: str, app: Application) -> HttpProcesses:
+    from passpush.http.processes import HttpProcesses
+
     processes = HttpProcesses(
         settings.http_address,
         settings.http_processes,
