@@ -71,6 +71,7 @@ from passpush.service.status import (
 from passpush.store.checkpoints import wal_checkpoints
 from passpush.store.db import is_sqlite, make_engine, make_read_engine, make_sessions, sqlite_file
 from passpush.store.direct import direct_transactions
+from passpush.store.faults import DATABASE_ERRORS, error_code
 from passpush.store.listen import NotifyWakeUps
 from passpush.store.outbox import Outbox
 from passpush.store.request_turns import SharedRequestTurns
@@ -259,9 +260,12 @@ class Application:
         assert self.worker and self.fanout and self.scheduler and self.retention
         if self._sqlite_workers is not None and await self._sqlite_workers.join():
             # No other worker runs on this file: leases and claims left are a dead run's.
-            async with self.sessions.begin() as session:
-                await Outbox(session).release()
-                await ScheduleStore(session).release_claims()
+            try:
+                async with self.sessions.begin() as session:
+                    await Outbox(session).release()
+                    await ScheduleStore(session).release_claims()
+            except DATABASE_ERRORS as error:  # a read-only file: readiness says so
+                log.warning("leases left by a previous run not handed back: %s", error_code(error))
             self._sqlite_workers.share()
         self.retention.start()
         if self.outbox_depth is not None:
