@@ -121,6 +121,12 @@ def parse(argv: Sequence[str] | None) -> tuple[list[str], Options, bool]:
     parser.add_argument("--keep", action="store_true", default=None, help="keep temp dirs/logs")
     parser.add_argument("--backends", help=f"comma-separated, of {', '.join(BACKENDS)}")
     parser.add_argument("--apns-auth", choices=["token", "cert"], help="APNs auth of both sides")
+    parser.add_argument(
+        "--accept-roles",
+        choices=["split", "all"],
+        help="accept: passpush as `serve --role api` + `--role worker` (split, the default) "
+        "or one `serve` (all)",
+    )
     sizes = {
         "fake_pushes": "pushes of the fake-apns check",
         "passes": "fan-out audience",
@@ -180,6 +186,8 @@ def parse(argv: Sequence[str] | None) -> tuple[list[str], Options, bool]:
             parser.error(f"unknown backend(s) {bad}; choose from {', '.join(BACKENDS)}")
     if auth := given("apns_auth"):
         values["apns_auth"] = auth
+    if roles := given("accept_roles"):
+        values["accept_roles"] = roles
     values["keep"] = given("keep") not in (None, "0", "false", "False")
     options = dataclasses.replace(base, **values)  # type: ignore[arg-type]
     return args.names or list(BENCHMARKS), options, args.strict

@@ -187,8 +187,9 @@ async def measure_backend(
 ) -> list[Result]:
     async with bench_database(backend, workdir) as database:
         await database.seed(ACCEPT_PASSES)
+        split = options.accept_roles == "split"
         async with (
-            serve(database, fake, auth, workdir) as deployment,
+            serve(database, fake, auth, workdir, split_roles=split) as deployment,
             client(deployment.address, deployment.key, options.channels) as c,
         ):
             send = single_pass_sender(c)
@@ -209,7 +210,8 @@ async def measure_backend(
                 f"client late by {latency.max_lag * 1000:.1f} ms at worst"
             )
     ratio = throughput.rate / noop.rate
-    name = f"accept {options.rate:.0f}/s x {options.duration:.0f} s"
+    roles = " (api + worker processes)" if options.accept_roles == "split" else " (one process)"
+    name = f"accept {options.rate:.0f}/s x {options.duration:.0f} s{roles}"
     notes = []
     if latency.errors:
         notes.append(f"{latency.errors} errors")
@@ -236,7 +238,7 @@ async def measure_backend(
             latency.ms(0.99) < P99_BAR_MS,
         ),
         Result(
-            f"accept throughput, {options.concurrency} in flight",
+            f"accept throughput, {options.concurrency} in flight{roles}",
             backend,
             f"{throughput.rate:,.0f} Sends/s = {ratio:.2f}x no-op"
             + (f", {throughput.errors} errors" if throughput.errors else ""),

@@ -39,7 +39,7 @@ async def measure(backend: str, workdir: Path, options: Options) -> list[Result]
     async with bench_database(backend, workdir) as database:
         await database.seed(ACCEPT_PASSES)
         engine = make_engine(database.url)
-        core = NotificationCore(make_sessions(engine))
+        core = NotificationCore(engine, make_sessions(engine))
         send = core_sender(core)
         try:
             await closed_loop(send, WARMUP_SECONDS, options.concurrency)

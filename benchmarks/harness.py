@@ -270,6 +270,8 @@ class Options:
     throughput_seconds: float = 10.0  # accept throughput: seconds per closed loop
     concurrency: int = 64  # accept throughput: calls in flight
     channels: int = 8  # gRPC channels (connections) of the accept client
+    # accept: `split`, passpush as an api process and a worker process; `all`, one process
+    accept_roles: str = "split"
     connections: int = 4  # raw loop: aioapns connections (passpush: PASSPUSH_APNS_CONNECTIONS)
     in_flight: int = 200  # raw loop: pushes in flight (passpush: PASSPUSH_WORKER_IN_FLIGHT)
     watch_streams: int = 1_000  # watch: concurrent WatchTicket streams

@@ -1,4 +1,5 @@
-"""`passpush serve` as a child process, and a gRPC client for it."""
+"""`passpush serve` as child processes (in one process, or an api and a worker process each),
+and a gRPC client for them."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import grpc
+import httpx
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from benchmarks.database import PROJECT, TEMPLATE, BenchDatabase
@@ -68,11 +70,12 @@ class ApnsAuth:
 
 
 class ServeProcess:
-    """One `passpush serve` replica."""
+    """One `passpush serve` process (a replica, or its api or worker process)."""
 
-    def __init__(self, child: Child, address: str) -> None:
+    def __init__(self, child: Child, address: str, metrics_address: str = "") -> None:
         self.child = child
         self.address = address
+        self.metrics_address = metrics_address
 
     @property
     def pid(self) -> int:
@@ -80,6 +83,21 @@ class ServeProcess:
 
     def peak_rss_mb(self) -> float | None:
         return peak_rss_mb(self.child.pid)
+
+    async def wait_ready(self, within: float = 60.0) -> None:
+        """A worker process (no gRPC): until its metrics say passpush_ready 1."""
+        deadline = time.monotonic() + within
+        async with httpx.AsyncClient(timeout=1.0) as http:
+            while True:
+                if not self.child.running:
+                    raise RuntimeError(f"passpush serve exited early\n{self.child.log_tail()}")
+                with contextlib.suppress(httpx.HTTPError):
+                    metrics = await http.get(f"http://{self.metrics_address}/metrics")
+                    if "\npasspush_ready 1.0" in metrics.text:
+                        return
+                if time.monotonic() > deadline:
+                    raise TimeoutError(f"passpush worker not ready\n{self.child.log_tail()}")
+                await asyncio.sleep(0.1)
 
     async def wait_serving(self, within: float = 60.0) -> None:
         deadline = time.monotonic() + within
@@ -143,7 +161,8 @@ def server_env(
 @dataclass(frozen=True)
 class Deployment:
     key: str  # an API key with every scope, for project `bench`
-    servers: list[ServeProcess]
+    servers: list[ServeProcess]  # those serving gRPC: `all` replicas, or `api` processes
+    workers: list[ServeProcess] = field(default_factory=list)  # `worker` processes, if split
 
     @property
     def address(self) -> str:
@@ -159,27 +178,38 @@ async def serve(
     *,
     replicas: int = 1,
     extra_env: Mapping[str, str] | None = None,
+    split_roles: bool = False,
 ) -> AsyncIterator[Deployment]:
     """Starts `replicas` servers on one (seeded) database and waits until each serves; creates
-    the API key meanwhile."""
+    the API key meanwhile. `split_roles`: each replica is two processes, `serve --role api`
+    and `serve --role worker`."""
     key = asyncio.create_task(database.create_key())
     processes: list[ServeProcess] = []
+    workers: list[ServeProcess] = []
     try:
         for index in range(replicas):
-            env = server_env(database, fake, auth, workdir, extra_env)
-            child = await Child.start(
-                f"serve-{index}",
-                [str(VENV_BIN / "passpush"), "serve"],
-                workdir / f"serve-{index}.log",
-                env=env,
-            )
-            processes.append(ServeProcess(child, env["PASSPUSH_GRPC_ADDRESS"]))
-        await asyncio.gather(*(p.wait_serving() for p in processes))
-        yield Deployment(await key, processes)
+            roles = ["api", "worker"] if split_roles else ["all"]
+            for role in roles:
+                env = server_env(database, fake, auth, workdir, extra_env)
+                name = f"serve-{index}" if role == "all" else f"serve-{index}-{role}"
+                child = await Child.start(
+                    name,
+                    [str(VENV_BIN / "passpush"), "serve", "--role", role],
+                    workdir / f"{name}.log",
+                    env=env,
+                )
+                process = ServeProcess(
+                    child, env["PASSPUSH_GRPC_ADDRESS"], env["PASSPUSH_METRICS_ADDRESS"]
+                )
+                (workers if role == "worker" else processes).append(process)
+        await asyncio.gather(
+            *(p.wait_serving() for p in processes), *(w.wait_ready() for w in workers)
+        )
+        yield Deployment(await key, processes, workers)
     finally:
         key.cancel()
         await asyncio.gather(key, return_exceptions=True)
-        await asyncio.gather(*(p.child.stop(grace=6) for p in processes))
+        await asyncio.gather(*(p.child.stop(grace=6) for p in [*processes, *workers]))
 
 
 class Client:

@@ -13,9 +13,9 @@ import asyncpg
 import grpc
 import pytest
 from sqlalchemy.engine import make_url
-from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
-from passpush.api.server import PasspushServer
+from passpush.app import Application
 from passpush.delivery.apple.gateway import ApnsConfig, ApnsGateway
 from passpush.delivery.worker import WorkerSettings
 from passpush.fakes.apns import FakeApns
@@ -101,10 +101,15 @@ EMPTY_POSTGRES = "; ".join(
 
 
 @pytest.fixture
-async def sessions(database_url: str) -> AsyncIterator[async_sessionmaker[AsyncSession]]:
+async def engine(database_url: str) -> AsyncIterator[AsyncEngine]:
     engine = make_engine(database_url)
-    yield make_sessions(engine)
+    yield engine
     await engine.dispose()
+
+
+@pytest.fixture
+def sessions(engine: AsyncEngine) -> async_sessionmaker[AsyncSession]:
+    return make_sessions(engine)
 
 
 @pytest.fixture(scope="session")
@@ -140,11 +145,12 @@ def worker_settings() -> WorkerSettings:
 
 @pytest.fixture
 async def server(
-    sessions: async_sessionmaker[AsyncSession],
+    engine: AsyncEngine,
     apns_gateway: ApnsGateway,
     worker_settings: WorkerSettings,
-) -> AsyncIterator[PasspushServer]:
-    server = PasspushServer(sessions, apns_gateway, worker_settings=worker_settings)
+) -> AsyncIterator[Application]:
+    """passpush with every role in this process, serving gRPC on a free port."""
+    server = Application(engine, apns_gateway, worker_settings=worker_settings)
     await server.start()
     yield server
     await server.stop(grace=1.0)
@@ -154,14 +160,14 @@ PROJECT = "acme"
 
 
 @pytest.fixture
-async def api_key(server: PasspushServer) -> str:
+async def api_key(server: Application) -> str:
     """A key with every scope for project "acme", which it creates."""
     _, plaintext = await server.keys.create_key(PROJECT, "tests", ["all"], create_project=True)
     return plaintext
 
 
 @pytest.fixture
-async def channel(server: PasspushServer, api_key: str) -> AsyncIterator[grpc.aio.Channel]:
+async def channel(server: Application, api_key: str) -> AsyncIterator[grpc.aio.Channel]:
     async with channel_with_key(server.port, api_key) as channel:
         yield channel
 

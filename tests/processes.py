@@ -32,6 +32,7 @@ from types import TracebackType
 from typing import Any, Self
 
 import grpc
+import httpx
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from passpush.fakes.apns import FakeApns
@@ -202,6 +203,14 @@ class ServerProcess:
     def port(self) -> int:
         return int(self.address.rpartition(":")[2])
 
+    @property
+    def serves_grpc(self) -> bool:
+        """False for `--role worker`, which has no port: it is ready when its metrics say so."""
+        role = self.env.get("PASSPUSH_ROLE", "all")
+        if "--role" in self.args:
+            role = self.args[self.args.index("--role") + 1]
+        return role != "worker"
+
     def log(self) -> str:
         return self.log_path.read_text() if self.log_path.exists() else "(no log)"
 
@@ -214,7 +223,11 @@ class ServerProcess:
         await self._wait_serving()
 
     async def _wait_serving(self) -> None:
-        """Until the port accepts calls and the health service answers SERVING."""
+        """Until the port accepts calls and the health service answers SERVING (a worker:
+        until its metrics say passpush_ready 1)."""
+        if not self.serves_grpc:
+            await self._wait_ready_metric()
+            return
         assert self._process is not None
         deadline = asyncio.get_running_loop().time() + STARTUP_SECONDS
         if self.credentials is None:
@@ -238,6 +251,26 @@ class ServerProcess:
                 if asyncio.get_running_loop().time() > deadline:
                     raise AssertionError(
                         f"passpush serve not SERVING after {STARTUP_SECONDS}s:\n{self.log()}"
+                    )
+                await asyncio.sleep(0.1)
+
+    async def _wait_ready_metric(self) -> None:
+        assert self._process is not None
+        url = f"http://{self.env['PASSPUSH_METRICS_ADDRESS']}/metrics"
+        deadline = asyncio.get_running_loop().time() + STARTUP_SECONDS
+        async with httpx.AsyncClient(timeout=1.0) as client:
+            while True:
+                if self._process.returncode is not None:
+                    raise AssertionError(
+                        f"passpush serve exited with {self._process.returncode} before ready:"
+                        f"\n{self.log()}"
+                    )
+                with contextlib.suppress(httpx.HTTPError):
+                    if "\npasspush_ready 1.0" in (await client.get(url)).text:
+                        return
+                if asyncio.get_running_loop().time() > deadline:
+                    raise AssertionError(
+                        f"passpush serve not ready after {STARTUP_SECONDS}s:\n{self.log()}"
                     )
                 await asyncio.sleep(0.1)
 
@@ -285,8 +318,8 @@ class Launcher:
     """Starts `passpush serve` processes against one database and the fake APNs.
 
     Call it with `serve`'s options and PASSPUSH_* settings without the prefix
-    (`await launch("--fakes", SHUTDOWN_GRACE="2")`), and `credentials` for a server with
-    TLS; an empty setting is as if unset;
+    (`await launch("--fakes", SHUTDOWN_GRACE="2")`, `await launch("--role", "worker")`), and
+    `credentials` for a server with TLS; an empty setting is as if unset;
     each server gets a free gRPC port and its own log file. On exit from `async with`, each
     server still running must stop cleanly on SIGTERM; every one is killed in any case.
     """
@@ -303,6 +336,8 @@ class Launcher:
         options = {
             "GRPC_ADDRESS": f"127.0.0.1:{free_port()}",
             "HTTP_ADDRESS": f"127.0.0.1:{free_port()}",  # serve also starts the HTTP shim
+            # Where a worker (no gRPC port) says it is ready; others serve none unless asked.
+            "METRICS_ADDRESS": f"127.0.0.1:{free_port()}" if "worker" in args else "",
             "APNS_ENDPOINT": self.fake_apns.endpoint,
             "APNS_CA_FILE": str(self.fake_apns.tls.ca_file),
             **settings,

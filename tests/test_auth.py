@@ -16,7 +16,8 @@ from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from passpush.api.scopes import METHOD_SCOPES
-from passpush.api.server import SERVICE_NAMES, PasspushServer
+from passpush.api.server import SERVICE_NAMES
+from passpush.app import Application
 from passpush.domain.auth import Scope
 from passpush.domain.validation import SCOPES_MAX
 from passpush.fakes.apns import FakeApns
@@ -246,7 +247,7 @@ async def snapshot(sessions: async_sessionmaker[AsyncSession]) -> dict[str, list
 class Keys:
     """Keys of the owner's project (every scope, revoked, one per missing scope) and another's."""
 
-    def __init__(self, server: PasspushServer) -> None:
+    def __init__(self, server: Application) -> None:
         self.server = server
 
     async def make(self, project: str, scopes: list[str]) -> str:
@@ -258,7 +259,7 @@ class Keys:
 
 @pytest.fixture
 async def owned(
-    server: PasspushServer,
+    server: Application,
     passes: passes_pb2_grpc.PassServiceStub,
     api_key: str,
     apple_certs: AppleCerts,
@@ -311,7 +312,7 @@ CREDENTIALS = {
 async def test_every_rpc_refuses_bad_credentials_and_other_projects(
     rpc: str,
     owned: dict[str, str],
-    server: PasspushServer,
+    server: Application,
     sessions: async_sessionmaker[AsyncSession],
     fake_apns: FakeApns,
 ) -> None:
@@ -363,7 +364,7 @@ def _error_info(error: grpc.aio.AioRpcError) -> error_details_pb2.ErrorInfo:
 
 @pytest.mark.parametrize("rpc", RPCS.keys())
 async def test_the_owners_key_may_make_each_request(
-    rpc: str, owned: dict[str, str], server: PasspushServer
+    rpc: str, owned: dict[str, str], server: Application
 ) -> None:
     make_request, stranger_code = RPCS[rpc]
     request = _with_owned_ids(rpc, make_request(), owned)
@@ -377,7 +378,7 @@ async def test_the_owners_key_may_make_each_request(
 
 
 async def test_the_strangers_import_creates_nothing_in_the_owners_template(
-    owned: dict[str, str], server: PasspushServer
+    owned: dict[str, str], server: Application
 ) -> None:
     async with channel_with_key(server.port, owned["stranger"]) as channel:
         stub = passes_pb2_grpc.PassServiceStub(channel)
@@ -387,7 +388,7 @@ async def test_the_strangers_import_creates_nothing_in_the_owners_template(
 
 
 async def test_same_ids_in_two_projects_stay_apart(
-    server: PasspushServer, api_key: str, fake_apns: FakeApns
+    server: Application, api_key: str, fake_apns: FakeApns
 ) -> None:
     other_key = await Keys(server).make(STRANGER, ["all"])
     worlds = {}
@@ -426,7 +427,7 @@ async def test_same_ids_in_two_projects_stay_apart(
 
 
 async def test_the_database_holds_no_key_in_clear(
-    server: PasspushServer, sessions: async_sessionmaker[AsyncSession], api_key: str
+    server: Application, sessions: async_sessionmaker[AsyncSession], api_key: str
 ) -> None:
     async with channel_with_key(server.port, api_key) as channel:
         admin = admin_pb2_grpc.AdminServiceStub(channel)
@@ -452,7 +453,7 @@ async def test_the_database_holds_no_key_in_clear(
 
 
 async def test_a_key_revoked_through_the_api_stops_at_once_though_it_was_just_used(
-    server: PasspushServer, api_key: str
+    server: Application, api_key: str
 ) -> None:
     """Live keys are remembered between calls; RevokeApiKey forgets the key it revokes."""
     doomed = await Keys(server).make(OWNER, ["all"])
@@ -471,7 +472,7 @@ async def test_a_key_revoked_through_the_api_stops_at_once_though_it_was_just_us
 
 
 async def test_a_key_with_more_scopes_than_its_limit_is_invalid_argument(
-    server: PasspushServer, api_key: str
+    server: Application, api_key: str
 ) -> None:
     async with channel_with_key(server.port, api_key) as channel:
         admin = admin_pb2_grpc.AdminServiceStub(channel)

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 from packaging.requirements import Requirement
 
-from passpush.api.server import PasspushServer
+from passpush.app import Application
 from passpush.v1 import passes_pb2_grpc
 
 from processes import run
@@ -68,7 +68,7 @@ def oldest_allowed(pyproject: Path) -> list[str]:
 # The database is beside the point here (the client only talks gRPC): SQLite alone.
 @pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
 async def test_client_installed_alone_calls_the_server(
-    server: PasspushServer,
+    server: Application,
     api_key: str,
     passes: passes_pb2_grpc.PassServiceStub,
     tmp_path: Path,

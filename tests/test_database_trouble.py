@@ -22,7 +22,8 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from sqlalchemy import event, make_url, text
 
-from passpush.api.server import SERVICE_NAMES, PasspushServer
+from passpush.api.server import SERVICE_NAMES
+from passpush.app import Application
 from passpush.delivery.apple.gateway import ApnsGateway
 from passpush.delivery.worker import WorkerSettings
 from passpush.http.app import HttpServer, create_app
@@ -125,7 +126,7 @@ async def _end_every_connection(database_url: str) -> int:
 
 @pytest.mark.parametrize("database_url", ["postgresql"], indirect=True)
 async def test_device_reads_after_postgresql_drops_every_connection_never_answer_500(
-    world: World, server: PasspushServer, database_url: str
+    world: World, server: Application, database_url: str
 ) -> None:
     """The PassKit web service reads on connections of its own: after PostgreSQL ends them
     all, a device's next questions are all answered. A read that finds its connection lost
@@ -283,11 +284,11 @@ async def server_on_small_disk(
     sqlite_template: Path,
     apns_gateway: ApnsGateway,
     worker_settings: WorkerSettings,
-) -> AsyncIterator[PasspushServer]:
+) -> AsyncIterator[Application]:
     path = small_disk / "passpush.db"
     shutil.copy(sqlite_template, path)
     engine = make_engine(f"sqlite+aiosqlite:///{path}")
-    server = PasspushServer(make_sessions(engine), apns_gateway, worker_settings=worker_settings)
+    server = Application(engine, apns_gateway, worker_settings=worker_settings)
     await server.start()
     try:
         yield server
@@ -298,7 +299,7 @@ async def server_on_small_disk(
 
 
 async def test_a_full_disk_answers_unavailable_and_sends_resume_once_space_is_back(
-    server_on_small_disk: PasspushServer, small_disk: Path
+    server_on_small_disk: Application, small_disk: Path
 ) -> None:
     """While the disk is full, Sends answer UNAVAILABLE, the PassKit web service 503, and
     health NOT_SERVING; once space is back, health is SERVING and Sends succeed, without a
@@ -422,7 +423,7 @@ async def read_only_at_start(database_files: list[Path]) -> list[Path]:
 
 @pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
 async def test_a_server_started_on_a_read_only_database_serves_once_it_is_writable(
-    read_only_at_start: list[Path], server: PasspushServer
+    read_only_at_start: list[Path], server: Application
 ) -> None:
     """Every connection the server opened while the file was read-only is reopened once it
     failed: the server serves once the file is writable, with no restart."""

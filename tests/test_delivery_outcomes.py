@@ -8,7 +8,7 @@ import pytest
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from passpush.api.server import PasspushServer
+from passpush.app import Application
 from passpush.delivery.worker import WorkerSettings
 from passpush.domain.clock import utcnow
 from passpush.domain.model import DeliveryState
@@ -160,7 +160,7 @@ async def test_expired_leases_of_a_dead_worker_are_delivered(
     notifications: notifications_pb2_grpc.NotificationServiceStub,
     fake_apns: FakeApns,
     sessions: async_sessionmaker[AsyncSession],
-    server: PasspushServer,
+    server: Application,
 ) -> None:
     await server.worker.stop(grace=1.0)  # only the "dead" worker below may claim now
     accepted = await notifications.Send(
@@ -183,7 +183,7 @@ async def test_an_answer_after_the_lease_was_taken_over_counts_once_for_the_new_
     world: World,
     notifications: notifications_pb2_grpc.NotificationServiceStub,
     sessions: async_sessionmaker[AsyncSession],
-    server: PasspushServer,
+    server: Application,
 ) -> None:
     await server.worker.stop(grace=1.0)  # the outbox is driven by hand below
     accepted = await notifications.Send(

@@ -10,7 +10,7 @@ import pytest
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from passpush.api.server import PasspushServer
+from passpush.app import Application
 from passpush.store.db import make_engine
 from passpush.store.statistics import FreshStatistics, fresh_statistics
 from passpush.v1 import passes_pb2 as ppb
@@ -71,14 +71,14 @@ async def test_a_table_changed_by_a_tenth_is_analyzed_and_then_left_alone(
 
 
 async def test_the_server_keeps_statistics_fresh_on_postgresql_only(
-    server: PasspushServer, engine: AsyncEngine
+    server: Application, engine: AsyncEngine
 ) -> None:
     assert isinstance(server.statistics, FreshStatistics)
     assert fresh_statistics(make_engine("sqlite+aiosqlite:///:memory:")) is None
 
 
 async def test_an_import_has_its_tables_analyzed_before_it_answers(
-    server: PasspushServer, engine: AsyncEngine, passes: passes_pb2_grpc.PassServiceStub
+    server: Application, engine: AsyncEngine, passes: passes_pb2_grpc.PassServiceStub
 ) -> None:
     assert server.statistics is not None
     await server.statistics.stop()  # its sweep would come a second later: only the import's

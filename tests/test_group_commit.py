@@ -107,7 +107,7 @@ async def test_a_request_id_racing_another_replica_answers_with_the_first_ticket
     the first ticket: one ticket for both callers."""
     engines = [make_engine(database_url) for _ in range(3)]
     blocker = engines[2]
-    first, second = (NotificationCore(make_sessions(e)) for e in engines[:2])
+    first, second = (NotificationCore(e, make_sessions(e)) for e in engines[:2])
 
     def send(core: NotificationCore) -> asyncio.Task[Ticket]:
         return asyncio.create_task(
@@ -161,7 +161,7 @@ async def test_sends_go_on_after_the_database_drops_the_connections(
     """A PostgreSQL restart or failover ends every connection: the call that finds its
     connection dead fails, and the ones after it get a new connection."""
     engine, admin = make_engine(database_url), make_engine(database_url)
-    core = NotificationCore(make_sessions(engine))
+    core = NotificationCore(engine, make_sessions(engine))
 
     def send(request_id: str) -> Coroutine[None, None, Ticket]:
         return core.send(world.project_id, PassTarget("p0"), Content("", "Hi"), request_id)

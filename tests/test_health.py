@@ -19,10 +19,11 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from sqlalchemy import make_url
 
-from passpush.api.server import SERVICE_NAMES, PasspushServer
+from passpush.api.server import SERVICE_NAMES
+from passpush.app import Application
 from passpush.fakes.apns import FakeApns
 from passpush.http.app import HttpServer, create_app
-from passpush.store.db import make_engine, make_sessions
+from passpush.store.db import make_engine
 from passpush.v1 import passes_pb2 as ppb
 from passpush.v1 import passes_pb2_grpc
 
@@ -34,7 +35,7 @@ NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
 NAMES = ("", *SERVICE_NAMES)
 
 
-async def test_list_answers_every_service_and_its_status(server: PasspushServer) -> None:
+async def test_list_answers_every_service_and_its_status(server: Application) -> None:
     async with channel_with_key(server.port, None) as channel:
         answer = await health_pb2_grpc.HealthStub(channel).List(health_pb2.HealthListRequest())
 
@@ -145,7 +146,7 @@ async def test_health_and_readyz_follow_the_database_going_away_and_coming_back(
 ) -> None:
     url, take_away, give_back = outage
     engine = make_engine(url)
-    server = PasspushServer(make_sessions(engine), None, readiness_interval=0.1)
+    server = Application(engine, None, readiness_interval=0.1)
     http = HttpServer(
         create_app(f"127.0.0.1:{server.port}", server.passkit, ready=lambda: server.serving),
         "127.0.0.1:0",

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from passpush.api.server import PasspushServer
+from passpush.app import Application
 from passpush.v1 import passes_pb2 as ppb
 from passpush.v1 import passes_pb2_grpc
 
@@ -44,7 +44,7 @@ async def _listed(passes: passes_pb2_grpc.PassServiceStub) -> dict[str, ppb.Pass
 async def test_a_jsonl_file_is_imported_and_its_bad_lines_named(
     world: World,
     passes: passes_pb2_grpc.PassServiceStub,
-    server: PasspushServer,
+    server: Application,
     api_key: str,
     tmp_path: Path,
 ) -> None:
@@ -79,7 +79,7 @@ async def test_a_jsonl_file_is_imported_and_its_bad_lines_named(
 async def test_a_csv_file_is_imported_with_one_device_a_row(
     world: World,
     passes: passes_pb2_grpc.PassServiceStub,
-    server: PasspushServer,
+    server: Application,
     api_key: str,
     tmp_path: Path,
 ) -> None:

@@ -11,9 +11,9 @@ from pathlib import Path
 
 import grpc
 import pytest
-from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
-from passpush.api.server import PasspushServer
+from passpush.app import Application
 from passpush.delivery.apple.gateway import ApnsGateway
 from passpush.domain.model import Content, Pass, PassTarget, Platform, Template, TemplateTarget
 from passpush.domain.passkit import PASS_JSON, PassPackageSource
@@ -80,7 +80,7 @@ async def package(passes: passes_pb2_grpc.PassServiceStub, pass_id: str) -> byte
 
 
 async def test_content_given_as_pass_json_and_files_is_served_signed_with_the_notification(
-    server: PasspushServer,
+    server: Application,
     passes: passes_pb2_grpc.PassServiceStub,
     notifications: notifications_pb2_grpc.NotificationServiceStub,
     apple_certs: AppleCerts,
@@ -430,6 +430,7 @@ async def test_the_server_material_signs_templates_without_their_own(
 
 
 async def test_update_tags_only_grow_even_when_the_clock_goes_back(
+    engine: AsyncEngine,
     sessions: async_sessionmaker[AsyncSession],
 ) -> None:
     """A device asks for the passes changed after the last tag it saw: a change stamped by
@@ -438,9 +439,9 @@ async def test_update_tags_only_grow_even_when_the_clock_goes_back(
     earlier = now - timedelta(hours=1)
     async with sessions.begin() as session:
         await ProjectStore(session, "acme").ensure_project(now)
-    core = PassCore(sessions, clock=lambda: now)
-    late_core = PassCore(sessions, clock=lambda: earlier)
-    late_notifications = NotificationCore(sessions, clock=lambda: earlier)
+    core = PassCore(engine, sessions, clock=lambda: now)
+    late_core = PassCore(engine, sessions, clock=lambda: earlier)
+    late_notifications = NotificationCore(engine, sessions, clock=lambda: earlier)
     await core.create_template(
         "acme", Template("loyalty", "acme", Platform.APPLE, pass_type_identifier=TOPIC)
     )
@@ -460,11 +461,11 @@ async def test_update_tags_only_grow_even_when_the_clock_goes_back(
 
 
 async def test_a_message_over_the_grpc_limit_is_resource_exhausted(
-    sessions: async_sessionmaker[AsyncSession], apns_gateway: ApnsGateway, apple_certs: AppleCerts
+    engine: AsyncEngine, apns_gateway: ApnsGateway, apple_certs: AppleCerts
 ) -> None:
     """PASSPUSH_GRPC_MAX_MESSAGE_BYTES bounds every request: a larger one is refused before
     the server takes it in, and one within it goes through."""
-    server = PasspushServer(sessions, apns_gateway, max_message_bytes=64 * 1024)
+    server = Application(engine, apns_gateway, max_message_bytes=64 * 1024)
     await server.start()
     try:
         _, key = await server.keys.create_key("acme", "tests", ["all"], create_project=True)

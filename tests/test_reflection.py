@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from passpush.api.server import PasspushServer
+from passpush.app import Application
 
 from processes import grpcurl, run
 
@@ -18,7 +18,7 @@ BUF = Path("node_modules/.bin/buf").absolute()
 pytestmark = pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
 
 
-async def test_grpcurl_describe_shows_the_protos_comments(server: PasspushServer) -> None:
+async def test_grpcurl_describe_shows_the_protos_comments(server: Application) -> None:
     address = f"127.0.0.1:{server.port}"
 
     ticket = await grpcurl(address, "describe", "passpush.v1.Ticket")
@@ -35,7 +35,7 @@ async def test_grpcurl_describe_shows_the_protos_comments(server: PasspushServer
     assert error_info.returncode == 0, error_info.output
 
 
-async def test_buf_curl_lists_and_calls_through_reflection_v1(server: PasspushServer) -> None:
+async def test_buf_curl_lists_and_calls_through_reflection_v1(server: Application) -> None:
     url = f"http://127.0.0.1:{server.port}"
     v1 = ("--protocol", "grpc", "--reflect-protocol", "grpc-v1")
 
@@ -57,7 +57,7 @@ async def test_buf_curl_lists_and_calls_through_reflection_v1(server: PasspushSe
     assert json.loads(health.stdout) == {"status": "SERVING"}
 
 
-async def test_both_reflection_services_describe_themselves(server: PasspushServer) -> None:
+async def test_both_reflection_services_describe_themselves(server: Application) -> None:
     address = f"127.0.0.1:{server.port}"
 
     v1 = await grpcurl(address, "describe", "grpc.reflection.v1.ServerReflection")

@@ -6,9 +6,9 @@ from dataclasses import dataclass
 
 import pytest
 from google.protobuf import struct_pb2
-from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+from sqlalchemy.ext.asyncio import AsyncEngine
 
-from passpush.api.server import PasspushServer
+from passpush.app import Application
 from passpush.delivery.apple.gateway import ApnsGateway
 from passpush.delivery.worker import WorkerSettings
 from passpush.fakes.apns import FakeApns
@@ -134,7 +134,7 @@ async def test_send_reaches_exactly_the_targets_devices(
 @pytest.mark.parametrize("case", CASES.values(), ids=CASES.keys())
 async def test_send_fanned_out_two_passes_at_a_time_reaches_exactly_the_same_devices(
     case: Case,
-    sessions: async_sessionmaker[AsyncSession],
+    engine: AsyncEngine,
     apns_gateway: ApnsGateway,
     worker_settings: WorkerSettings,
     api_key: str,
@@ -144,7 +144,7 @@ async def test_send_fanned_out_two_passes_at_a_time_reaches_exactly_the_same_dev
     """A large audience is fanned out in chunks of the project's passes, its tag and
     member lists read a chunk's range at a time: the chunks reach the same devices."""
     world = await build_world(passes)
-    server = PasspushServer(sessions, apns_gateway, worker_settings=worker_settings, fanout_chunk=2)
+    server = Application(engine, apns_gateway, worker_settings=worker_settings, fanout_chunk=2)
     await server.start()
     try:
         async with channel_with_key(server.port, api_key) as channel:

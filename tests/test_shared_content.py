@@ -18,7 +18,7 @@ import grpc
 import pytest
 from google.protobuf import struct_pb2
 from sqlalchemy import event, func, select, text
-from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from passpush.domain.passkit import build_pkpass
 from passpush.domain.signing import AppleSigningPem, load_signing
@@ -346,6 +346,7 @@ async def test_replaced_content_leaves_no_file_unused(
 async def test_shared_files_are_read_from_the_database_once(
     passes: passes_pb2_grpc.PassServiceStub,
     apple_certs: AppleCerts,
+    engine: AsyncEngine,
     sessions: async_sessionmaker[AsyncSession],
 ) -> None:
     """Serving many passes of a template reads its images once: then from the cache."""
@@ -360,8 +361,7 @@ async def test_shared_files_are_read_from_the_database_once(
         if "content_files.data" in statement:
             reads.append(statement)
 
-    engine = sessions.kw["bind"].sync_engine
-    event.listen(engine, "before_cursor_execute", count_reads)
+    event.listen(engine.sync_engine, "before_cursor_execute", count_reads)
     try:
         sources, reads_after = [], []
         for i in range(3):
@@ -370,7 +370,7 @@ async def test_shared_files_are_read_from_the_database_once(
                 sources.append(await run_on_session(session, read))
             reads_after.append(len(reads))
     finally:
-        event.remove(engine, "before_cursor_execute", count_reads)
+        event.remove(engine.sync_engine, "before_cursor_execute", count_reads)
 
     # Each file not cached yet is read once, for the first pass; the others read none.
     assert 1 <= reads_after[0] == reads_after[2] <= len(pass_files()) + 2

@@ -10,7 +10,7 @@ import grpc
 import pytest
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from passpush.api.server import PasspushServer
+from passpush.app import Application
 from passpush.domain.model import SKIP_NO_DEVICES
 from passpush.domain.validation import OUTCOMES_MAX
 from passpush.fakes.apns import FakeApns
@@ -195,7 +195,7 @@ async def test_events_filter_by_target_and_outcome(
 
 
 async def test_a_client_that_leaves_frees_its_stream_at_once(
-    world: World, server: PasspushServer, notifications: Stub, fake_apns: FakeApns
+    world: World, server: Application, notifications: Stub, fake_apns: FakeApns
 ) -> None:
     fake_apns.hang(world.devices["p2"][0])  # the ticket never finishes
     ticket = await notifications.Send(
@@ -250,7 +250,7 @@ async def test_a_subscriber_that_does_not_read_slows_nothing(
 
 
 async def test_streams_end_unavailable_when_the_server_stops(
-    world: World, server: PasspushServer, notifications: Stub, fake_apns: FakeApns
+    world: World, server: Application, notifications: Stub, fake_apns: FakeApns
 ) -> None:
     # Retried with backoff: the ticket stays open, with no push held in flight.
     fake_apns.respond(world.devices["p2"][0], 503, "ServiceUnavailable")

@@ -16,10 +16,10 @@ import grpc
 import httpx
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
-from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
-from passpush.api.server import PasspushServer
-from passpush.cli import serve, warn_if_plaintext
+from passpush.app import Application, warn_if_plaintext
+from passpush.cli import serve
 from passpush.config import Settings
 from passpush.domain.clock import utcnow
 from passpush.fakes.apns import FakeApns
@@ -59,11 +59,9 @@ async def _check(channel: grpc.aio.Channel) -> int:
 
 
 @contextlib.asynccontextmanager
-async def _tls_server(
-    sessions: async_sessionmaker[AsyncSession], files: TlsFiles
-) -> AsyncIterator[PasspushServer]:
+async def _tls_server(engine: AsyncEngine, files: TlsFiles) -> AsyncIterator[Application]:
     credentials = load_server_tls(files).grpc_credentials()
-    server = PasspushServer(sessions, None, credentials=credentials)
+    server = Application(engine, None, credentials=credentials)
     await server.start()
     try:
         yield server
@@ -72,19 +70,15 @@ async def _tls_server(
 
 
 @pytest.fixture
-async def tls_server(
-    sessions: async_sessionmaker[AsyncSession], tls: TlsBundle
-) -> AsyncIterator[PasspushServer]:
-    async with _tls_server(sessions, _files(tls)) as server:
+async def tls_server(engine: AsyncEngine, tls: TlsBundle) -> AsyncIterator[Application]:
+    async with _tls_server(engine, _files(tls)) as server:
         yield server
 
 
 @pytest.fixture
-async def mtls_server(
-    sessions: async_sessionmaker[AsyncSession], tls: TlsBundle
-) -> AsyncIterator[PasspushServer]:
+async def mtls_server(engine: AsyncEngine, tls: TlsBundle) -> AsyncIterator[Application]:
     """Callers must present a certificate of the throwaway CA."""
-    async with _tls_server(sessions, _files(tls, client_ca=True)) as server:
+    async with _tls_server(engine, _files(tls, client_ca=True)) as server:
         yield server
 
 
@@ -93,7 +87,7 @@ async def mtls_server(
 
 @on_sqlite_alone
 async def test_a_secure_channel_trusting_the_ca_calls_and_a_plaintext_one_cannot(
-    tls_server: PasspushServer, tls: TlsBundle
+    tls_server: Application, tls: TlsBundle
 ) -> None:
     address = f"localhost:{tls_server.port}"
     async with grpc.aio.secure_channel(address, _client(tls)) as secure:
@@ -108,7 +102,7 @@ async def test_a_secure_channel_trusting_the_ca_calls_and_a_plaintext_one_cannot
 
 @on_sqlite_alone
 async def test_with_a_client_ca_only_a_caller_with_its_certificate_gets_in(
-    mtls_server: PasspushServer, tls: TlsBundle, tmp_path: Path
+    mtls_server: Application, tls: TlsBundle, tmp_path: Path
 ) -> None:
     address = f"127.0.0.1:{mtls_server.port}"
     certificate = make_client_certificate(tls, tmp_path / "clients", "backend")
@@ -130,7 +124,7 @@ async def test_with_a_client_ca_only_a_caller_with_its_certificate_gets_in(
 
 @on_sqlite_alone
 async def test_the_passkit_web_service_answers_over_https(
-    tls_server: PasspushServer, tls: TlsBundle
+    tls_server: Application, tls: TlsBundle
 ) -> None:
     assert tls_server.local_target is not None  # the shim's way in: not over TLS
     http = HttpServer(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import enum
 import math
 import os
 from collections.abc import Mapping
@@ -25,6 +26,31 @@ from passpush.tls import TlsFiles
 
 APPLE_APNS_ENDPOINT = "api.push.apple.com:443"
 DEFAULT_PASSKIT_PREFIX = "/passkit"
+
+
+class Role(enum.StrEnum):
+    """What a `passpush serve` process runs (passpush/app.py says what each holds)."""
+
+    API = "api"  # the gRPC and HTTP servers: accepts Sends, answers reads, serves devices
+    WORKER = "worker"  # the delivery worker and the loops beside it: pushes, no port
+    ALL = "all"  # both in one process
+
+    @property
+    def serves_api(self) -> bool:
+        return self is not Role.WORKER
+
+    @property
+    def runs_worker(self) -> bool:
+        return self is not Role.API
+
+    @classmethod
+    def parse(cls, value: str, name: str) -> Role:
+        """`value` as a role; ValueError naming `name` (a setting or an option) if none."""
+        try:
+            return cls(value.strip().lower())
+        except ValueError:
+            roles = ", ".join(r.value for r in cls)
+            raise ValueError(f"{name} must be one of {roles}, got {value!r}") from None
 
 
 @dataclass(frozen=True)
@@ -81,6 +107,8 @@ class Settings:
     metrics_address: str = DEFAULT_METRICS_ADDRESS
     # None: the gRPC and HTTP ports speak plaintext (`serve` warns unless on loopback).
     tls: TlsFiles | None = None
+    # What this process runs (`serve --role` wins over PASSPUSH_ROLE).
+    role: Role = Role.ALL
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] = os.environ) -> Settings:
@@ -240,6 +268,7 @@ class Settings:
             apple_signing=signing,
             metrics_address=metrics_address,
             tls=tls,
+            role=Role.parse(get("ROLE") or Role.ALL.value, "PASSPUSH_ROLE"),
         )
 
 

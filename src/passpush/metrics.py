@@ -1,11 +1,11 @@
 """The server's Prometheus metrics (docs/operations.md), and the endpoint that serves them.
 
-The gRPC server, the delivery worker and the scheduler run in `passpush serve`'s own
-process, and so does everything measured here: that process serves /metrics on an address
-of its own (PASSPUSH_METRICS_ADDRESS), with prometheus_client's small threaded HTTP server.
-The HTTP processes serve devices and the shim only; the shim's calls are counted as the
-gRPC calls they make. So no multiprocess mode (files shared by every process, summed at
-each scrape) is needed.
+Each `passpush serve` process serves the metrics of what it runs on an address of its own
+(PASSPUSH_METRICS_ADDRESS), with prometheus_client's small threaded HTTP server: an `api`
+process its calls, a `worker` process its deliveries and the outbox's depth, an `all`
+process both. The HTTP processes serve devices and the shim only; the shim's calls are
+counted as the gRPC calls they make. So no multiprocess mode (files shared by every
+process, summed at each scrape) is needed: Prometheus scrapes each `serve` process.
 
 Labels stay few and bounded: methods, status codes, platforms, outcomes; never a ticket,
 pass or device.
@@ -72,6 +72,11 @@ SUBSCRIBERS = Gauge(
     "Open status streams, by kind (watch_ticket: WatchTicket, delivery_events: "
     "StreamDeliveryEvents).",
     ["stream"],
+)
+READY = Gauge(
+    "passpush_ready",
+    "1 while this process can do its work (the database can be written), else 0: what its "
+    "gRPC health and /readyz say, and a worker process's only sign of it.",
 )
 SCHEDULER_LAG = Histogram(
     "passpush_scheduler_lag_seconds",

@@ -7,7 +7,7 @@ import asyncio
 import grpc
 import pytest
 
-from passpush.api.server import PasspushServer
+from passpush.app import Application
 from passpush.v1 import notifications_pb2 as npb
 from passpush.v1 import notifications_pb2_grpc, passes_pb2_grpc
 
@@ -27,7 +27,7 @@ async def world(passes: passes_pb2_grpc.PassServiceStub) -> World:
 
 async def test_nul_sends_of_one_project_cost_no_other_projects_send(
     world: World,
-    server: PasspushServer,
+    server: Application,
     database_url: str,
     notifications: notifications_pb2_grpc.NotificationServiceStub,
 ) -> None:

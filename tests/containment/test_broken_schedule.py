@@ -11,7 +11,7 @@ from google.protobuf import timestamp_pb2
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from passpush.api.server import PasspushServer
+from passpush.app import Application
 from passpush.service import schedules
 from passpush.store.db import dialect_name
 from passpush.store.schedules import ScheduleStore
@@ -64,7 +64,7 @@ async def poisoned(sessions: async_sessionmaker[AsyncSession]) -> AsyncIterator[
         await _drop_postgres_trigger(sessions)
 
 
-async def _project(server: PasspushServer, project_id: str) -> tuple[World, Stub]:
+async def _project(server: Application, project_id: str) -> tuple[World, Stub]:
     _, key = await server.keys.create_key(project_id, "tests", ["all"], create_project=True)
     channel = channel_with_key(server.port, key)
     world = World(passes_pb2_grpc.PassServiceStub(channel), project_id=project_id)
@@ -88,7 +88,7 @@ async def _state_of(stub: Stub, schedule_id: str, state: int) -> npb.ScheduledNo
 
 
 async def test_a_schedule_the_database_refuses_fails_and_the_others_claimed_with_it_are_sent(
-    server: PasspushServer, poisoned: None
+    server: Application, poisoned: None
 ) -> None:
     """A due schedule whose send the database refuses ends FAILED with its reason, and the
     schedules of another project claimed in the same claim are sent all the same."""
@@ -125,7 +125,7 @@ async def test_a_schedule_the_database_refuses_fails_and_the_others_claimed_with
 # A trigger on SQLite can only refuse a statement, not fail it as a full disk would.
 @pytest.mark.parametrize("database_url", ["postgresql"], indirect=True)
 async def test_a_schedule_the_database_keeps_failing_is_tried_a_few_times_then_failed(
-    server: PasspushServer,
+    server: Application,
     sessions: async_sessionmaker[AsyncSession],
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
@@ -156,7 +156,7 @@ async def test_a_schedule_the_database_keeps_failing_is_tried_a_few_times_then_f
 
 
 async def test_a_schedule_whose_senders_keep_dying_is_given_up_after_its_attempts(
-    server: PasspushServer, sessions: async_sessionmaker[AsyncSession]
+    server: Application, sessions: async_sessionmaker[AsyncSession]
 ) -> None:
     """A schedule whose every claim runs out (its sender dies each time) is claimed at most
     MAX_SEND_ATTEMPTS times, then FAILED: it is never claimed for ever."""

@@ -11,7 +11,7 @@ import grpc
 import pytest
 from google.protobuf import struct_pb2
 from sqlalchemy import event
-from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+from sqlalchemy.ext.asyncio import AsyncEngine
 
 from passpush.domain.segments import SEGMENT_OPERATORS_MAX, SEGMENT_TAGS_MAX
 from passpush.domain.validation import (
@@ -31,7 +31,7 @@ Stub = notifications_pb2_grpc.NotificationServiceStub
 
 
 @contextmanager
-def fan_out_statements(sessions: async_sessionmaker[AsyncSession]) -> Iterator[list[str]]:
+def fan_out_statements(engine: AsyncEngine) -> Iterator[list[str]]:
     """The INSERT ... SELECT statements that write deliveries, as the database receives them."""
     seen: list[str] = []
 
@@ -39,12 +39,11 @@ def fan_out_statements(sessions: async_sessionmaker[AsyncSession]) -> Iterator[l
         if statement.lstrip().startswith("INSERT INTO deliveries"):
             seen.append(statement)
 
-    engine = sessions.kw["bind"].sync_engine
-    event.listen(engine, "before_cursor_execute", record)
+    event.listen(engine.sync_engine, "before_cursor_execute", record)
     try:
         yield seen
     finally:
-        event.remove(engine, "before_cursor_execute", record)
+        event.remove(engine.sync_engine, "before_cursor_execute", record)
 
 
 async def _send(stub: Stub, target: npb.Target) -> npb.Ticket:
@@ -62,7 +61,7 @@ async def test_the_largest_entity_group_tag_list_reaches_its_passes_with_sql_of_
     passes: passes_pb2_grpc.PassServiceStub,
     notifications: Stub,
     fake_apns: FakeApns,
-    sessions: async_sessionmaker[AsyncSession],
+    engine: AsyncEngine,
 ) -> None:
     """An entity target with the most group tags allowed reaches exactly the passes carrying
     one of them, with the same SQL as a target of one group tag."""
@@ -79,7 +78,7 @@ async def test_the_largest_entity_group_tag_list_reaches_its_passes_with_sql_of_
     def entity(group_tags: list[str]) -> npb.Target:
         return npb.Target(entity=npb.EntityRef(entity_id="brand", group_tags=group_tags))
 
-    with fan_out_statements(sessions) as statements:
+    with fan_out_statements(engine) as statements:
         one = await _send(notifications, entity(tags[:1]))
         largest = await _send(notifications, entity(tags))
 
@@ -103,7 +102,7 @@ async def test_the_largest_segment_reaches_its_passes_with_sql_of_one_size(
     passes: passes_pb2_grpc.PassServiceStub,
     notifications: Stub,
     fake_apns: FakeApns,
-    sessions: async_sessionmaker[AsyncSession],
+    engine: AsyncEngine,
 ) -> None:
     """A segment with the most tags allowed reaches exactly its passes, with the same SQL as
     a segment of the same shape with a few tags."""
@@ -136,7 +135,7 @@ async def test_the_largest_segment_reaches_its_passes_with_sql_of_one_size(
     def segment(segment_id: str) -> npb.Target:
         return npb.Target(segment=npb.SegmentRef(project_id="acme", segment_id=segment_id))
 
-    with fan_out_statements(sessions) as statements:
+    with fan_out_statements(engine) as statements:
         small = await _send(notifications, segment("small"))
         largest = await _send(notifications, segment("largest"))
 

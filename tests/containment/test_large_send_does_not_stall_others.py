@@ -8,9 +8,9 @@ from collections.abc import AsyncIterator
 
 import pytest
 from sqlalchemy import func, select
-from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
-from passpush.api.server import PasspushServer
+from passpush.app import Application
 from passpush.delivery.apple.gateway import ApnsGateway
 from passpush.delivery.worker import WorkerSettings
 from passpush.fakes.apns import FakeApns
@@ -28,13 +28,11 @@ TEMPLATE = npb.Target(template=npb.TemplateRef(template_id="crowd"))
 
 @pytest.fixture
 async def server(
-    sessions: async_sessionmaker[AsyncSession],
+    engine: AsyncEngine,
     apns_gateway: ApnsGateway,
     worker_settings: WorkerSettings,
-) -> AsyncIterator[PasspushServer]:
-    server = PasspushServer(
-        sessions, apns_gateway, worker_settings=worker_settings, fanout_chunk=CHUNK
-    )
+) -> AsyncIterator[Application]:
+    server = Application(engine, apns_gateway, worker_settings=worker_settings, fanout_chunk=CHUNK)
     await server.start()
     yield server
     await server.stop(grace=1.0)
@@ -111,10 +109,11 @@ async def test_a_one_pass_send_commits_between_the_chunks_of_a_large_send(
 
 
 async def test_a_fan_out_stopped_between_chunks_resumes_and_reaches_every_pass_once(
-    server: PasspushServer,
+    server: Application,
     api_key: str,
     passes: passes_pb2_grpc.PassServiceStub,
     notifications: notifications_pb2_grpc.NotificationServiceStub,
+    engine: AsyncEngine,
     sessions: async_sessionmaker[AsyncSession],
     database_url: str,
     apns_gateway: ApnsGateway,
@@ -141,9 +140,7 @@ async def test_a_fan_out_stopped_between_chunks_resumes_and_reaches_every_pass_o
     assert ticket.counts.total == CHUNK and ticket.counts.pending == 0
     await server.stop(grace=1.0)
 
-    again = PasspushServer(
-        sessions, apns_gateway, worker_settings=worker_settings, fanout_chunk=CHUNK
-    )
+    again = Application(engine, apns_gateway, worker_settings=worker_settings, fanout_chunk=CHUNK)
     await again.start()
     try:
         async with channel_with_key(again.port, api_key) as channel:
@@ -160,7 +157,7 @@ async def test_a_fan_out_stopped_between_chunks_resumes_and_reaches_every_pass_o
 
 
 async def test_a_send_after_a_broadcast_shows_on_its_pass_though_the_broadcast_reaches_it_later(
-    server: PasspushServer,
+    server: Application,
     passes: passes_pb2_grpc.PassServiceStub,
     notifications: notifications_pb2_grpc.NotificationServiceStub,
 ) -> None:
@@ -186,7 +183,7 @@ async def test_a_send_after_a_broadcast_shows_on_its_pass_though_the_broadcast_r
 
 
 async def test_a_broadcast_that_skips_every_pass_ends_with_its_last_chunk(
-    server: PasspushServer,
+    server: Application,
     passes: passes_pb2_grpc.PassServiceStub,
     notifications: notifications_pb2_grpc.NotificationServiceStub,
     sessions: async_sessionmaker[AsyncSession],
@@ -211,7 +208,7 @@ async def test_a_broadcast_that_skips_every_pass_ends_with_its_last_chunk(
 
 
 async def test_two_servers_carrying_one_fan_out_on_never_write_a_chunk_twice(
-    server: PasspushServer,
+    server: Application,
     passes: passes_pb2_grpc.PassServiceStub,
     notifications: notifications_pb2_grpc.NotificationServiceStub,
     sessions: async_sessionmaker[AsyncSession],
@@ -235,7 +232,7 @@ async def test_two_servers_carrying_one_fan_out_on_never_write_a_chunk_twice(
 
 
 async def test_a_delete_to_many_passes_clears_each_of_them_chunk_by_chunk(
-    server: PasspushServer,
+    server: Application,
     passes: passes_pb2_grpc.PassServiceStub,
     notifications: notifications_pb2_grpc.NotificationServiceStub,
 ) -> None:
@@ -257,7 +254,7 @@ async def test_a_delete_to_many_passes_clears_each_of_them_chunk_by_chunk(
 
 
 async def test_a_fan_out_whose_target_is_gone_ends_with_the_passes_it_reached(
-    server: PasspushServer,
+    server: Application,
     passes: passes_pb2_grpc.PassServiceStub,
     notifications: notifications_pb2_grpc.NotificationServiceStub,
 ) -> None:

@@ -10,7 +10,7 @@ import grpc
 import pytest
 from sqlalchemy import text
 
-from passpush.api.server import PasspushServer
+from passpush.app import Application
 from passpush.store.db import make_engine
 from passpush.v1 import notifications_pb2 as npb
 from passpush.v1 import notifications_pb2_grpc, passes_pb2_grpc
@@ -65,7 +65,7 @@ async def poisoned_tickets(database_url: str) -> AsyncIterator[None]:
 
 @pytest.fixture
 async def projects(
-    server: PasspushServer, api_key: str
+    server: Application, api_key: str
 ) -> AsyncIterator[dict[str, notifications_pb2_grpc.NotificationServiceStub]]:
     """Two projects with PASSES passes each: each one's NotificationService, by project."""
     _, other_key = await server.keys.create_key("globex", "tests", ["all"], create_project=True)

@@ -8,14 +8,14 @@ from collections.abc import AsyncIterator
 import httpx
 import pytest
 
-from passpush.api.server import PasspushServer
+from passpush.app import Application
 from passpush.http.app import HttpServer, create_app
 
 STOP_SECONDS = 30
 
 
 @pytest.fixture
-async def shim(server: PasspushServer) -> AsyncIterator[str]:
+async def shim(server: Application) -> AsyncIterator[str]:
     """The shim's base URL; it serves the PassKit web service under /passkit too."""
     http = HttpServer(create_app(f"127.0.0.1:{server.port}", server.passkit), "127.0.0.1:0")
     await http.start()

@@ -35,7 +35,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
-from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from passpush.delivery.apple.deliverer import AppleDeliverer, ApplePushGateway
 from passpush.delivery.deliverer import Deliverer
@@ -104,6 +104,7 @@ class _PlatformQueue:
 class DeliveryWorker:
     def __init__(
         self,
+        engine: AsyncEngine,
         sessions: async_sessionmaker[AsyncSession],
         apns: ApplePushGateway | None,
         google: GoogleWalletGateway | None = None,
@@ -114,7 +115,6 @@ class DeliveryWorker:
     ) -> None:
         self._sessions = sessions
         # Claims and records run many times a second: on the driver's connection directly.
-        engine = sessions.kw["bind"]
         self._direct = connect(engine)
         # Wakes the status streams: outcomes and ticket counts changed.
         self._on_recorded = on_recorded

@@ -9,7 +9,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 from sqlalchemy.exc import IntegrityError
-from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from passpush.domain.clock import Clock, utcnow
 from passpush.domain.errors import DomainError
@@ -78,6 +78,7 @@ class NotificationCore:
 
     def __init__(
         self,
+        engine: AsyncEngine,
         sessions: async_sessionmaker[AsyncSession],
         *,
         clock: Clock = utcnow,
@@ -87,7 +88,6 @@ class NotificationCore:
         on_fanning_out: Callable[[int], None] = lambda ticket_id: None,
     ) -> None:
         self._sessions = sessions
-        engine = sessions.kw["bind"]
         self._direct = connect(engine)
         self._clock = clock
         # Wakes the local delivery workers so that the first push does not wait for a poll.

@@ -9,7 +9,7 @@ from dataclasses import dataclass, field, replace
 from datetime import datetime
 
 from sqlalchemy.exc import IntegrityError
-from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from passpush.domain.clock import Clock, utcnow
 from passpush.domain.errors import (
@@ -127,6 +127,7 @@ class PassCore:
 
     def __init__(
         self,
+        engine: AsyncEngine,
         sessions: async_sessionmaker[AsyncSession],
         *,
         clock: Clock = utcnow,
@@ -138,7 +139,6 @@ class PassCore:
         `after_import` is told which tables an import wrote and how many passes (PostgreSQL:
         their statistics refreshed before the call answers, so that a Send right after is
         planned on them)."""
-        engine = sessions.kw["bind"]
         self._sessions = sessions
         self._transactions = transactions or connect(engine)
         self._clock = clock

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Protocol, TypeVar
 
-from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from passpush.domain.clock import Clock, utcnow
 from passpush.domain.errors import FailedPrecondition, NotFound, Unauthenticated
@@ -257,6 +257,7 @@ class PassKitCore:
 
     def __init__(
         self,
+        engine: AsyncEngine,
         sessions: async_sessionmaker[AsyncSession],
         transactions: Connector,
         packager: PassPackager,
@@ -267,7 +268,6 @@ class PassKitCore:
     ) -> None:
         """`registrar` writes the registrations (by default in groups, here); `fetch_sink`
         takes fetch confirmations (by default none are kept)."""
-        engine = sessions.kw["bind"]
         self._sessions = sessions
         self._reads = connect_reads(engine)
         self._transactions = transactions

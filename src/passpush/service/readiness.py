@@ -6,6 +6,11 @@ import asyncio
 import logging
 from collections.abc import Awaitable, Callable
 
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from passpush.store.connectors.session import run_on_session
+from passpush.store.faults import write_check
+
 log = logging.getLogger(__name__)
 
 
@@ -66,3 +71,10 @@ class DatabaseReadiness:
             except Exception as error:
                 failure = error
         return failure
+
+
+async def check_sessions_writable(sessions: async_sessionmaker[AsyncSession]) -> None:
+    """Writes to the database through SQLAlchemy's sessions, changing nothing: raises what
+    a write would meet (the probe of a process without the API, whose writes go this way)."""
+    async with sessions.begin() as session:
+        await run_on_session(session, write_check())

@@ -147,19 +147,16 @@ def configure_sqlite_connection(dbapi_connection: Any) -> None:
     cursor.close()
 
 
-def make_read_sessions(
-    sessions: async_sessionmaker[AsyncSession],
-) -> tuple[async_sessionmaker[AsyncSession], AsyncEngine | None]:
-    """Sessions for reads that may run beside the writes, and their own engine if any.
+def make_read_engine(engine: AsyncEngine) -> AsyncEngine | None:
+    """An engine for reads that may run beside the writes; None: read through `engine`.
 
     SQLite: a second engine on the same file, read-only, with plain (deferred)
     transactions: under WAL they read a snapshot while the one writer works,
     instead of queueing behind it for the single write connection. PostgreSQL:
-    the same sessions.
+    none, its connections read beside the writes already.
     """
-    engine = sessions.kw["bind"]
     if sqlite_file(engine) is None:
-        return sessions, None
+        return None
     readers = create_async_engine(
         engine.url, connect_args={"timeout": 30}, pool_size=2, max_overflow=2, hide_parameters=True
     )
@@ -172,7 +169,7 @@ def make_read_sessions(
         cursor.close()
 
     _end_transactions_of_invalidated_connections(readers)
-    return make_sessions(readers), readers
+    return readers
 
 
 def one_of(column: Any, dialect: str, name: str = "ids") -> ColumnElement[bool]:

@@ -15,9 +15,9 @@ from typing import Any
 import pytest
 from google.protobuf import timestamp_pb2
 from sqlalchemy import insert, select
-from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
-from passpush.api.server import PasspushServer
+from passpush.app import Application
 from passpush.delivery.apple.gateway import ApnsGateway
 from passpush.delivery.google.gateway import GoogleWalletConfig, GoogleWalletGateway
 from passpush.delivery.worker import DeliveryWorker, WorkerSettings
@@ -76,10 +76,9 @@ async def google_gateway(
     fake_google: FakeGoogleWallet,
     google_rate: float,
     google_timeout: float,
-    sessions: async_sessionmaker[AsyncSession],
+    engine: AsyncEngine,
 ) -> AsyncIterator[GoogleWalletGateway]:
     # As `passpush serve`: on PostgreSQL the replicas share each issuer's turns.
-    engine = sessions.kw["bind"]
     shared = None if engine.dialect.name == "sqlite" else SharedRequestTurns(engine, google_rate)
     gateway = GoogleWalletGateway(_gateway_config(fake_google, google_rate, google_timeout), shared)
     yield gateway
@@ -93,12 +92,12 @@ def worker_settings() -> WorkerSettings:
 
 @pytest.fixture
 async def server(
-    sessions: async_sessionmaker[AsyncSession],
+    engine: AsyncEngine,
     apns_gateway: ApnsGateway,
     google_gateway: GoogleWalletGateway,
     worker_settings: WorkerSettings,
-) -> AsyncIterator[PasspushServer]:
-    server = PasspushServer(sessions, apns_gateway, google_gateway, worker_settings=worker_settings)
+) -> AsyncIterator[Application]:
+    server = Application(engine, apns_gateway, google_gateway, worker_settings=worker_settings)
     await server.start()
     yield server
     await server.stop(grace=1.0)
@@ -493,11 +492,10 @@ async def test_replicas_on_one_postgresql_take_an_issuers_turns_one_interval_apa
 
 @pytest.mark.parametrize("database_url", ["postgresql"], indirect=True)
 async def test_two_replicas_together_stay_within_the_google_rate(
-    fake_google: FakeGoogleWallet, sessions: async_sessionmaker[AsyncSession]
+    fake_google: FakeGoogleWallet, engine: AsyncEngine
 ) -> None:
     """Each replica pacing itself alone sent twice the rate between them."""
     rate, each = 10.0, 10
-    engine = sessions.kw["bind"]
     replicas = [
         GoogleWalletGateway(_gateway_config(fake_google, rate), SharedRequestTurns(engine, rate))
         for _ in range(2)
@@ -686,7 +684,8 @@ async def test_a_class_message_left_by_a_stopped_worker_is_carried_out_by_anothe
     world: World,
     notifications: Notifications,
     fake_google: FakeGoogleWallet,
-    server: PasspushServer,
+    server: Application,
+    engine: AsyncEngine,
     sessions: async_sessionmaker[AsyncSession],
     apns_gateway: ApnsGateway,
     google_gateway: GoogleWalletGateway,
@@ -703,6 +702,7 @@ async def test_a_class_message_left_by_a_stopped_worker_is_carried_out_by_anothe
     fake_google.end_outage()
 
     replica = DeliveryWorker(
+        engine,
         sessions,
         apns_gateway,
         google_gateway,

@@ -12,7 +12,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 from test_passkit import Device, HeldPass, device, issue_pass, send
 
-from passpush.api.server import PasspushServer
+from passpush.app import Application
 from passpush.domain.fetches import bucket_of, percentile
 from passpush.fakes.apns import FakeApns
 from passpush.service.fetches import FetchBatcher, FetchLedger, PassVersion
@@ -48,7 +48,7 @@ async def fetched_events(
 
 
 async def ticket_now(
-    server: PasspushServer,
+    server: Application,
     notifications: notifications_pb2_grpc.NotificationServiceStub,
     ticket_id: int,
 ) -> npb.Ticket:
@@ -71,7 +71,7 @@ async def registered(device: Device, held: HeldPass) -> str:
 
 
 async def test_a_device_that_asks_then_downloads_confirms_the_fetch_once(
-    server: PasspushServer,
+    server: Application,
     device: Device,
     passes: passes_pb2_grpc.PassServiceStub,
     notifications: notifications_pb2_grpc.NotificationServiceStub,
@@ -99,7 +99,7 @@ async def test_a_device_that_asks_then_downloads_confirms_the_fetch_once(
 
 
 async def test_a_download_without_a_serials_query_first_is_not_counted(
-    server: PasspushServer,
+    server: Application,
     device: Device,
     passes: passes_pb2_grpc.PassServiceStub,
     notifications: notifications_pb2_grpc.NotificationServiceStub,
@@ -118,7 +118,7 @@ async def test_a_download_without_a_serials_query_first_is_not_counted(
 
 
 async def test_each_device_of_a_pass_counts_and_one_that_never_fetches_holds_nothing_up(
-    server: PasspushServer,
+    server: Application,
     device: Device,
     passes: passes_pb2_grpc.PassServiceStub,
     notifications: notifications_pb2_grpc.NotificationServiceStub,
@@ -142,7 +142,7 @@ async def test_each_device_of_a_pass_counts_and_one_that_never_fetches_holds_not
 
 
 async def test_a_version_told_before_a_newer_notification_does_not_count_for_it(
-    server: PasspushServer,
+    server: Application,
     device: Device,
     passes: passes_pb2_grpc.PassServiceStub,
     notifications: notifications_pb2_grpc.NotificationServiceStub,
@@ -164,7 +164,7 @@ async def test_a_version_told_before_a_newer_notification_does_not_count_for_it(
 
 
 async def test_a_delivery_is_counted_once_whatever_the_batches_say(
-    server: PasspushServer,
+    server: Application,
     device: Device,
     passes: passes_pb2_grpc.PassServiceStub,
     notifications: notifications_pb2_grpc.NotificationServiceStub,
@@ -188,7 +188,7 @@ async def test_a_delivery_is_counted_once_whatever_the_batches_say(
 
 
 async def test_a_fetch_confirmed_before_its_push_is_recorded_delivered_counts_once_it_is(
-    server: PasspushServer,
+    server: Application,
     device: Device,
     passes: passes_pb2_grpc.PassServiceStub,
     notifications: notifications_pb2_grpc.NotificationServiceStub,

@@ -18,7 +18,7 @@ import pytest
 from sqlalchemy import update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from passpush.api.server import PasspushServer
+from passpush.app import Application
 from passpush.domain.clock import utcnow
 from passpush.domain.update_tags import update_tag_at
 from passpush.fakes.apns import FakeApns
@@ -490,7 +490,7 @@ def test_last_modified_never_hides_a_change_made_within_the_same_second() -> Non
 async def test_a_pass_version_is_signed_once_however_many_devices_fetch_it(
     shim: str,
     device: Device,
-    server: PasspushServer,
+    server: Application,
     passes: passes_pb2_grpc.PassServiceStub,
     notifications: notifications_pb2_grpc.NotificationServiceStub,
     apple_certs: AppleCerts,

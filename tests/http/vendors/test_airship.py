@@ -12,7 +12,7 @@ import httpx
 import pytest
 from google.protobuf import struct_pb2
 
-from passpush.api.server import PasspushServer
+from passpush.app import Application
 from passpush.v1 import passes_pb2 as ppb
 from passpush.v1 import passes_pb2_grpc
 
@@ -112,13 +112,13 @@ EXAMPLE_DAY = "2026-03-26"  # the day of the examples' display windows
 
 
 @pytest.fixture
-async def key(server: PasspushServer) -> str:
+async def key(server: Application) -> str:
     _, plaintext = await server.keys.create_key(PROJECT, "airship", ["wnot"], create_project=True)
     return plaintext
 
 
 @pytest.fixture
-async def world(server: PasspushServer) -> World:
+async def world(server: Application) -> World:
     """The passes, templates, tag and segment the examples name, in project 12345."""
     _, admin = await server.keys.create_key(PROJECT, "setup", ["all"], create_project=True)
     channel = channel_with_key(server.port, admin)
@@ -330,7 +330,7 @@ async def test_without_a_valid_key_answers_401(
 
 
 async def test_a_key_without_the_scope_answers_403(
-    client: httpx.AsyncClient, server: PasspushServer, world: World
+    client: httpx.AsyncClient, server: Application, world: World
 ) -> None:
     _, reader = await server.keys.create_key(PROJECT, "reader", ["passes:read"])
 

@@ -10,7 +10,7 @@ from datetime import UTC, datetime, timedelta
 import httpx
 import pytest
 
-from passpush.api.server import PasspushServer
+from passpush.app import Application
 from passpush.domain.validation import ENTITY_GROUP_TAGS_MAX
 from passpush.v1 import passes_pb2 as ppb
 from passpush.v1 import passes_pb2_grpc
@@ -210,7 +210,7 @@ async def test_basic_auth_is_not_passentry_s_and_answers_401(
 
 
 async def test_a_key_that_cannot_read_passes_is_refused_before_anything_is_sent(
-    client: httpx.AsyncClient, world: World, server: PasspushServer
+    client: httpx.AsyncClient, world: World, server: Application
 ) -> None:
     _, key = await server.keys.create_key("acme", "writer", ["notifications:write"])
 

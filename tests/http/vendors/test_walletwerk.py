@@ -8,7 +8,7 @@ from datetime import UTC, datetime, timedelta
 import httpx
 import pytest
 
-from passpush.api.server import PasspushServer
+from passpush.app import Application
 from passpush.v1 import passes_pb2 as ppb
 from passpush.v1 import passes_pb2_grpc
 
@@ -35,7 +35,7 @@ async def world(passes: passes_pb2_grpc.PassServiceStub) -> World:
 
 
 @pytest.fixture
-async def writer(server: PasspushServer) -> dict[str, str]:
+async def writer(server: Application) -> dict[str, str]:
     """Headers with a key that has only campaigns:write and campaigns:read."""
     _, key = await server.keys.create_key("acme", "werk", ["campaigns:write", "campaigns:read"])
     return {"Authorization": bearer(key)}
@@ -187,7 +187,7 @@ async def test_a_bad_body_answers_400_in_walletwerk_s_shape(
 
 
 async def test_a_read_only_key_cannot_send_but_can_list(
-    client: httpx.AsyncClient, world: World, server: PasspushServer
+    client: httpx.AsyncClient, world: World, server: Application
 ) -> None:
     _, key = await server.keys.create_key("acme", "reader", ["campaigns:read"])
     reader = {"Authorization": bearer(key)}
