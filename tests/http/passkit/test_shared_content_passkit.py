@@ -7,7 +7,7 @@ import json
 from pathlib import Path
 
 import httpx
-from test_shared_content import apple_template, member, package, template_content
+from service.test_shared_content import apple_template, member, package, template_content
 
 from passpush.v1 import passes_pb2_grpc
 

@@ -1,7 +1,7 @@
 """Bad inputs on every vendor route of the shim: each answers a 4xx in its vendor's error
 shape, never a 500, and no Python exception text reaches the body.
 
-BAD_HTTP_INPUTS is the HTTP half of the probe (tests/test_bad_inputs.py has the gRPC half).
+BAD_HTTP_INPUTS is the HTTP half of the probe (tests/api/test_bad_inputs.py has the gRPC half).
 """
 
 from __future__ import annotations
