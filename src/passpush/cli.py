@@ -232,9 +232,10 @@ async def _serve(settings: Settings, *, measure_outbox: bool) -> int:
     from passpush.fakes import google as fake_google
     from passpush.fakes.apns import start_bundled_fake
     from passpush.http.app import HttpServer, create_app
+    from passpush.outbox.leases import release_leases
     from passpush.service.passkit import PassKitSettings
+    from passpush.store.connectors.session import run_on_session
     from passpush.store.db import is_sqlite, make_sessions
-    from passpush.store.outbox import Outbox
     from passpush.store.request_turns import SharedRequestTurns
     from passpush.store.schedules import ScheduleStore
     from passpush.tls import load_server_tls
@@ -362,7 +363,7 @@ async def _serve(settings: Settings, *, measure_outbox: bool) -> int:
     if is_sqlite(settings.database_url):
         # SQLite serves one process: leases and claims left by a crashed run are ours now.
         async with sessions.begin() as session:
-            await Outbox(session).release()
+            await run_on_session(session, release_leases())
             await ScheduleStore(session).release_claims()
     # Taken from here on: a SIGTERM while the HTTP processes start stops everything cleanly.
     stop = asyncio.Event()

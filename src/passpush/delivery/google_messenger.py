@@ -32,8 +32,9 @@ from passpush.domain.outcomes import (
     Verdict,
     judge_google,
 )
+from passpush.outbox.claiming import ClaimedDelivery
+from passpush.outbox.recording import DeliveryResult
 from passpush.store.google_messages import GoogleMessageLog
-from passpush.store.outbox import ClaimedDelivery, DeliveryResult
 
 log = logging.getLogger(__name__)
 

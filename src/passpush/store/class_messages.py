@@ -36,7 +36,8 @@ from passpush.store.models import (
     TicketRow,
     table_of,
 )
-from passpush.store.outbox import TicketMessage, count_on_ticket, ticket_messages
+from passpush.store.ticket_counts import count_on_ticket
+from passpush.store.ticket_messages import TicketMessage, ticket_messages
 
 PENDING = "pending"  # Google to be asked
 ANSWERED = "answered"  # its waiting deliveries being recorded

@@ -70,7 +70,7 @@ from passpush.store.models import (
     TicketRow,
     table_of,
 )
-from passpush.store.outbox import finishing_values
+from passpush.store.ticket_counts import finishing_values
 
 ERROR_SAMPLE_SIZE = 10
 # Passes a broadcast fans out per transaction. On SQLite a chunk holds the one writer, so every
