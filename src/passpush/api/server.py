@@ -23,7 +23,8 @@ from passpush.api.reflection import enable_reflection
 from passpush.delivery.google import GoogleWalletGateway
 from passpush.delivery.worker import ApplePushGateway, DeliveryWorker, WorkerSettings
 from passpush.domain.clock import Clock, utcnow
-from passpush.outbox.fanout import FANOUT_CHUNK, FanOut
+from passpush.outbox.fanout import FanOut
+from passpush.outbox.fanout_chunks import FANOUT_CHUNK
 from passpush.service.fetches import FetchBatcher, FetchRecorder
 from passpush.service.keys import DEFAULT_CACHE_SECONDS, KeyCore
 from passpush.service.notifications import NotificationCore
