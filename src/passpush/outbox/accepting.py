@@ -32,6 +32,8 @@ from passpush.domain.model import (
     target_to_dict,
     terminal_state,
 )
+from passpush.outbox.class_messages import ClassMessageStore
+from passpush.outbox.events import skipped_events
 from passpush.outbox.fanout_chunks import FANOUT_CHUNK, fan_out_chunk
 from passpush.outbox.ticket_writes import (
     DELIVERY_COLUMNS,
@@ -42,11 +44,9 @@ from passpush.outbox.ticket_writes import (
     update_active_passes,
 )
 from passpush.store.audience import Audience, pass_targets
-from passpush.store.class_messages import ClassMessageStore
 from passpush.store.connectors.connector import ByDialect, Query, Steps
 from passpush.store.connectors.session import run_on_session
 from passpush.store.db import one_of
-from passpush.store.events import skipped_events
 from passpush.store.models import DeliveryRow, PassRow, TicketRow, table_of
 from passpush.store.tickets import PriorTicket, prior_tickets, ticket_from_row
 

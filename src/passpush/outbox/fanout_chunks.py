@@ -15,12 +15,13 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from passpush.domain.errors import NotFound
 from passpush.domain.model import Content, DeliveryState, Operation
+from passpush.outbox.class_messages import ClassMessageStore
+from passpush.outbox.events import skipped_events_after
 from passpush.outbox.ticket_writes import insert_deliveries, pass_change, update_active_passes
 from passpush.store.audience import Audience, resolve_audience
-from passpush.store.class_messages import ClassMessageStore
 from passpush.store.connectors.session import run_on_session
 from passpush.store.db import dialect_name
-from passpush.store.events import announce, skipped_events_after
+from passpush.store.events import announce
 from passpush.store.models import DeliveryRow, PassRow, TicketRow, table_of
 from passpush.store.ticket_counts import finishing_values
 from passpush.store.tickets import ticket_from_row

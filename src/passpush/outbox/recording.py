@@ -19,9 +19,10 @@ from sqlalchemy import Select, and_, bindparam, delete, select, update
 from passpush.domain.model import DeliveryState
 from passpush.domain.outcomes import RegistrationAction
 from passpush.outbox.claiming import ClaimedDelivery
+from passpush.outbox.events import recorded_events
 from passpush.store.connectors.connector import ByDialect, Query, Steps
 from passpush.store.db import one_of
-from passpush.store.events import announce, recorded_events
+from passpush.store.events import announce
 from passpush.store.models import DeliveryRow, DeviceRegistrationRow, table_of
 from passpush.store.ticket_counts import COUNT_TICKETS, counted
 

@@ -26,9 +26,10 @@ from passpush.domain.model import (
     DeliveryState,
     GoogleClass,
 )
+from passpush.outbox.events import recorded_events
 from passpush.store.connectors.session import run_on_session
 from passpush.store.db import dialect_name, one_of
-from passpush.store.events import announce, recorded_events
+from passpush.store.events import announce
 from passpush.store.models import (
     DeliveryRow,
     GoogleClassMessageRow,
