@@ -150,7 +150,7 @@ class NewTicket:
 
 
 @dataclass(frozen=True)
-class Draft:
+class _Draft:
     """A delivery that a one-pass ticket will get (a row of deliveries_of)."""
 
     project_id: str
@@ -232,9 +232,9 @@ def one_pass_tickets(new: Sequence[NewTicket], now: datetime) -> Steps[list[Tick
         _DELIVERIES_OF_PASSES,
         {"projects": list({p for p, _ in keys}), "pass_ids": list({i for _, i in keys})},
     )
-    drafts: dict[tuple[str, str], list[Draft]] = {key: [] for key in keys}
+    drafts: dict[tuple[str, str], list[_Draft]] = {key: [] for key in keys}
     for row in rows:
-        draft = Draft(*row)
+        draft = _Draft(*row)
         if (draft.project_id, draft.pass_id) in drafts:  # not a crossing of the two lists
             drafts[(draft.project_id, draft.pass_id)].append(draft)
     audiences = [drafts[n.audience.key] for n in new]  # type: ignore[index]
@@ -292,7 +292,7 @@ def _ticket_values(n: NewTicket, counts: dict[str, int] | None, now: datetime) -
     }
 
 
-def _counted(drafts: Sequence[Draft]) -> dict[str, int]:
+def _counted(drafts: Sequence[_Draft]) -> dict[str, int]:
     """Counts by delivery state; a one-pass audience always has a row (maybe skipped)."""
     counts: dict[str, int] = {}
     for draft in drafts:
