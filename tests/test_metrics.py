@@ -20,8 +20,9 @@ from passpush.delivery.worker import WorkerSettings
 from passpush.domain.clock import utcnow
 from passpush.domain.outcomes import RetryPolicy
 from passpush.fakes.apns import FakeApns
+from passpush.outbox.depth import outbox_depth
 from passpush.service.outbox_depth import OutboxDepth
-from passpush.store.outbox import Outbox
+from passpush.store.connectors.session import run_on_session
 from passpush.v1 import notifications_pb2 as npb
 from passpush.v1 import notifications_pb2_grpc, passes_pb2_grpc
 
@@ -201,7 +202,7 @@ async def test_the_outbox_gauge_counts_due_leased_and_retrying_deliveries(
         async with asyncio.timeout(10):
             while True:
                 async with sessions() as session:
-                    depth = await Outbox(session).depth(utcnow())
+                    depth = await run_on_session(session, outbox_depth(utcnow()))
                 if {s: n for (p, s), n in depth.items() if p == "apple"} == wanted:
                     return
                 await asyncio.sleep(0.05)

@@ -53,7 +53,9 @@ from passpush.domain.errors import DomainError
 from passpush.domain.outcomes import APNS_NOT_CONFIGURED, GOOGLE_NOT_CONFIGURED
 from passpush.domain.signing import AppleSigningPem, SigningMaterial, load_signing
 from passpush.metrics import READY
-from passpush.outbox.fanout import FANOUT_CHUNK, FanOut
+from passpush.outbox.fanout import FanOut
+from passpush.outbox.fanout_chunks import FANOUT_CHUNK
+from passpush.outbox.leases import release_leases
 from passpush.service.fetches import FetchBatcher, FetchRecorder
 from passpush.service.keys import DEFAULT_CACHE_SECONDS, KeyCore
 from passpush.service.notifications import NotificationCore
@@ -71,10 +73,10 @@ from passpush.service.status import (
 )
 from passpush.store.checkpoints import wal_checkpoints
 from passpush.store.connectors import connect
+from passpush.store.connectors.session import run_on_session
 from passpush.store.db import is_sqlite, make_engine, make_read_engine, make_sessions, sqlite_file
 from passpush.store.faults import DATABASE_ERRORS, error_code
 from passpush.store.listen import NotifyWakeUps
-from passpush.store.outbox import Outbox
 from passpush.store.request_turns import SharedRequestTurns
 from passpush.store.schedules import ScheduleStore
 from passpush.store.sqlite_workers import SqliteWorkers
@@ -261,7 +263,7 @@ class Application:
             # No other worker runs on this file: leases and claims left are a dead run's.
             try:
                 async with self.sessions.begin() as session:
-                    await Outbox(session).release()
+                    await run_on_session(session, release_leases())
                     await ScheduleStore(session).release_claims()
             except DATABASE_ERRORS as error:  # a read-only file: readiness says so
                 log.warning("leases left by a previous run not handed back: %s", error_code(error))

@@ -9,7 +9,8 @@ from __future__ import annotations
 
 from typing import Protocol
 
-from passpush.store.outbox import ClaimedDelivery, DeliveryResult
+from passpush.outbox.claiming import ClaimedDelivery
+from passpush.outbox.recording import DeliveryResult
 
 
 class Deliverer(Protocol):

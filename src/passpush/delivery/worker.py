@@ -46,15 +46,10 @@ from passpush.domain.model import Platform
 from passpush.domain.outcomes import DEFAULT_RETRY, RetryPolicy
 from passpush.logs import log_context
 from passpush.metrics import count_outcomes
+from passpush.outbox.claiming import ClaimedDelivery, claim_due
+from passpush.outbox.leases import release_leases, renew_leases
+from passpush.outbox.recording import DeliveryResult, record
 from passpush.store.connectors import connect
-from passpush.store.outbox import (
-    ClaimedDelivery,
-    DeliveryResult,
-    Outbox,
-    claim_due,
-    record,
-    renew_leases,
-)
 
 log = logging.getLogger(__name__)
 
@@ -113,7 +108,6 @@ class DeliveryWorker:
         settings: WorkerSettings | None = None,
         on_recorded: Callable[[], None] = lambda: None,
     ) -> None:
-        self._sessions = sessions
         # Claims and records run many times a second: on the driver's connection directly.
         self._direct = connect(engine)
         # Wakes the status streams: outcomes and ticket counts changed.
@@ -209,8 +203,7 @@ class DeliveryWorker:
         for queue in self._queues.values():
             queue.waiting.clear()
             queue.outstanding = 0
-        async with self._sessions.begin() as session:
-            released = await Outbox(session).release(self.owner)
+        released = await self._direct.run(lambda: release_leases(self.owner))
         self._direct.close()
         if released:
             log.info("handed back %d leased deliveries", released)

@@ -1,22 +1,57 @@
-"""Accepting Sends and Deletes to one pass each: a group of them in one short transaction.
+"""Accepting Sends and Deletes into the outbox: tickets with their deliveries.
 
-These are the steps a connector runs for NotificationCore's group commit: a few statements
-for the whole group whatever its size (the retries' first tickets, the passes named, the
-tickets and their deliveries, the events of what they skipped).
+Sends to one pass each are accepted a group at a time in one short transaction: the steps a
+connector runs for NotificationCore's group commit, a few statements for the whole group
+whatever its size (the retries' first tickets, the passes named, the tickets and their
+deliveries, the events of what they skipped). A broadcast is accepted alone, with its first
+chunk of passes (outbox/fanout_chunks.py writes the others).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Hashable, Sequence
+from dataclasses import dataclass
 from datetime import datetime
-from typing import Protocol, TypeVar
+from itertools import groupby
+from typing import Any, Protocol, TypeVar
+
+from sqlalchemy import and_, bindparam, insert
+from sqlalchemy.ext.asyncio import AsyncSession
 
 from passpush.domain.errors import AlreadyExists, NotFound
-from passpush.domain.model import Content, Operation, PassTarget, Target, Ticket
+from passpush.domain.model import (
+    CampaignTarget,
+    Content,
+    DeliveryCounts,
+    DeliveryState,
+    Operation,
+    PassTarget,
+    Target,
+    Ticket,
+    TicketState,
+    target_to_dict,
+    terminal_state,
+)
+from passpush.outbox.class_messages import ClassMessageStore
+from passpush.outbox.events import skipped_events
+from passpush.outbox.fanout_chunks import FANOUT_CHUNK, fan_out_chunk
+from passpush.outbox.ticket_writes import (
+    DELIVERY_COLUMNS,
+    PASS_CHANGE_PARAMS,
+    as_params,
+    deliveries_of,
+    pass_change,
+    update_active_passes,
+)
 from passpush.store.audience import Audience, pass_targets
-from passpush.store.connectors.connector import Steps
-from passpush.store.events import skipped_events
-from passpush.store.tickets import NewTicket, PriorTicket, one_pass_tickets, prior_tickets
+from passpush.store.connectors.connector import ByDialect, Query, Steps
+from passpush.store.connectors.session import run_on_session
+from passpush.store.db import one_of
+from passpush.store.models import DeliveryRow, PassRow, TicketRow, table_of
+from passpush.store.tickets import PriorTicket, prior_tickets, ticket_from_row
+
+_tickets = table_of(TicketRow)
+_deliveries = table_of(DeliveryRow)
 
 
 class Request(Hashable, Protocol):
@@ -98,3 +133,208 @@ def reused_request_id() -> AlreadyExists:
 def _pass_id(r: Request) -> str:
     assert isinstance(r.target, PassTarget)  # the only target grouped
     return r.target.pass_id
+
+
+@dataclass(frozen=True)
+class NewTicket:
+    """A ticket to create: what was asked, and the audience it resolved to."""
+
+    audience: Audience
+    operation: Operation
+    target: Target
+    content: Content | None
+    request_id: str
+    fingerprint: str
+    # The scheduled notification this ticket sends, and the time it was due.
+    scheduled: tuple[str, datetime] | None = None
+
+
+@dataclass(frozen=True)
+class _Draft:
+    """A delivery that a one-pass ticket will get (a row of deliveries_of)."""
+
+    project_id: str
+    pass_id: str
+    registration_id: int | None
+    platform: str
+    state: str
+    reason: str
+
+    def values(self, ticket_id: int, now: datetime) -> dict[str, Any]:
+        """The delivery's row, as insert_deliveries would insert it."""
+        row = (
+            ticket_id,
+            self.project_id,
+            self.pass_id,
+            self.registration_id,
+            self.platform,
+            self.state,
+            self.reason,
+            0,  # attempts
+            now,  # next_attempt_at
+            now,  # updated_at
+        )
+        return dict(zip(DELIVERY_COLUMNS, row, strict=True))
+
+
+async def create_tickets(
+    session: AsyncSession, new: Sequence[NewTicket], now: datetime, *, chunk: int = FANOUT_CHUNK
+) -> list[Ticket]:
+    """Commits-to-be tickets with their deliveries (a broadcast: its first `chunk`
+    passes'), in order, and the events of what they skipped; returns them.
+
+    A broadcast is INSERT ... SELECT / UPDATE ... WHERE over its audience
+    condition: an audience is never loaded into Python. Tickets for one pass
+    each are written whole by `one_pass_tickets`.
+    """
+    tickets: list[Ticket] = []
+    # Runs in ticket order, so that the last notification to a pass is the one it shows.
+    for one_pass, run in groupby(new, key=lambda n: n.audience.key is not None):
+        if one_pass:
+            created = await run_on_session(session, one_pass_tickets(list(run), now))
+            skipped = [t.id for t in created if t.counts.skipped]
+            await run_on_session(session, skipped_events(skipped, now))
+            tickets += created
+        else:
+            tickets += [await _create_broadcast(session, n, now, chunk) for n in run]
+    return tickets
+
+
+async def _create_broadcast(
+    session: AsyncSession, n: NewTicket, now: datetime, chunk: int
+) -> Ticket:
+    ticket_id = await session.scalar(
+        insert(_tickets).returning(_tickets.c.id), _ticket_values(n, None, now)
+    )
+    assert ticket_id is not None
+    google_class = n.audience.google_class
+    if google_class is not None:
+        await ClassMessageStore(session).add(ticket_id, n.audience.project_id, google_class, now)
+    by_class = google_class is not None
+    await fan_out_chunk(
+        session, ticket_id, n.audience, n.operation, n.content, "", now, chunk, by_class=by_class
+    )
+    row = await session.get(TicketRow, ticket_id, populate_existing=True)
+    assert row is not None
+    return ticket_from_row(row, [])
+
+
+def one_pass_tickets(new: Sequence[NewTicket], now: datetime) -> Steps[list[Ticket]]:
+    """Tickets whose audience is one pass each, written whole, in order.
+
+    The few deliveries of all of them are read with one query first, so that each
+    ticket goes in with its final counts: a batch is four statements whatever its size.
+    """
+    if not new:
+        return []
+    keys = {n.audience.key for n in new if n.audience.key is not None}
+    rows = yield Query(
+        _DELIVERIES_OF_PASSES,
+        {"projects": list({p for p, _ in keys}), "pass_ids": list({i for _, i in keys})},
+    )
+    drafts: dict[tuple[str, str], list[_Draft]] = {key: [] for key in keys}
+    for row in rows:
+        draft = _Draft(*row)
+        if (draft.project_id, draft.pass_id) in drafts:  # not a crossing of the two lists
+            drafts[(draft.project_id, draft.pass_id)].append(draft)
+    audiences = [drafts[n.audience.key] for n in new]  # type: ignore[index]
+    counts = [_counted(a) for a in audiences]
+    inserted = yield Query.each(
+        _INSERT_TICKET, [_ticket_values(n, c, now) for n, c in zip(new, counts, strict=True)]
+    )
+    ids = [row[0] for row in inserted]
+    yield Query.many(
+        _INSERT_DELIVERY,
+        [d.values(i, now) for i, a in zip(ids, audiences, strict=True) for d in a],
+    )
+    yield Query.many(
+        _UPDATE_ONE_PASS,
+        [
+            {"of_project": n.audience.project_id, "of_pass": n.audience.pass_id}
+            | as_params(pass_change(i, n.operation, n.content, now))
+            for i, n in zip(ids, new, strict=True)
+        ],
+    )
+    return [_ticket_of(i, n, c, now) for i, n, c in zip(ids, new, counts, strict=True)]
+
+
+def _ticket_values(n: NewTicket, counts: dict[str, int] | None, now: datetime) -> dict[str, Any]:
+    """A ticket row; a broadcast's (counts None) is counted as its fan-out goes in."""
+    content = n.content
+    scheduled_id, due = n.scheduled or (None, None)
+    ticket = _ticket_of(0, n, counts or {}, now)
+    counted = counts is not None
+    return {
+        "campaign_id": n.target.campaign_id if isinstance(n.target, CampaignTarget) else None,
+        "scheduled_notification_id": scheduled_id,
+        "scheduled_send_time": due,
+        "project_id": n.audience.project_id,
+        "operation": n.operation.value,
+        "target": target_to_dict(n.target),
+        "content_header": content.header if content else "",
+        "content_body": content.body if content else "",
+        "display_start": content.display_start if content else None,
+        "display_end": content.display_end if content else None,
+        "state": ticket.state.value if counted else TicketState.PENDING.value,
+        "total": ticket.counts.total,
+        "pending": ticket.counts.pending,
+        "delivered": 0,
+        "failed": 0,
+        "skipped": ticket.counts.skipped,
+        "delivered_without_alert": 0,
+        "fetched": 0,
+        "completed_at": ticket.complete_time if counted else None,
+        "fanout_after": None if counted else "",
+        "request_id": n.request_id or None,
+        "request_fingerprint": n.fingerprint,
+        "created_at": now,
+        "updated_at": now,
+    }
+
+
+def _counted(drafts: Sequence[_Draft]) -> dict[str, int]:
+    """Counts by delivery state; a one-pass audience always has a row (maybe skipped)."""
+    counts: dict[str, int] = {}
+    for draft in drafts:
+        counts[draft.state] = counts.get(draft.state, 0) + 1
+    return counts
+
+
+def _ticket_of(ticket_id: int, n: NewTicket, counts: dict[str, int], now: datetime) -> Ticket:
+    pending = counts.get(DeliveryState.PENDING.value, 0)
+    skipped = counts.get(DeliveryState.SKIPPED.value, 0)
+    done = pending == 0
+    return Ticket(
+        id=ticket_id,
+        project_id=n.audience.project_id,
+        operation=n.operation,
+        target=n.target,
+        content=n.content if n.operation is Operation.SEND else None,
+        state=terminal_state(0, 0) if done else TicketState.PENDING,
+        counts=DeliveryCounts(pending + skipped, pending, 0, 0, skipped),
+        request_id=n.request_id,
+        create_time=now,
+        update_time=now,
+        complete_time=now if done else None,
+        scheduled_notification_id=n.scheduled[0] if n.scheduled else "",
+        late_by=now - n.scheduled[1] if n.scheduled else None,
+    )
+
+
+# The statements of tickets for one pass each, built once (parameters of_project, of_pass,
+# and new_* for the pass change).
+_ONE_PASS = and_(PassRow.project_id == bindparam("of_project"), PassRow.id == bindparam("of_pass"))
+_UPDATE_ONE_PASS = update_active_passes(_ONE_PASS, PASS_CHANGE_PARAMS)
+_INSERT_TICKET = insert(_tickets).returning(_tickets.c.id, sort_by_parameter_order=True)
+_INSERT_DELIVERY = insert(_deliveries)
+
+
+# The deliveries of the passes bound as `projects` and `pass_ids`.
+_DELIVERIES_OF_PASSES = ByDialect(
+    lambda dialect: deliveries_of(
+        and_(
+            one_of(PassRow.project_id, dialect, "projects"),
+            one_of(PassRow.id, dialect, "pass_ids"),
+        )
+    )
+)

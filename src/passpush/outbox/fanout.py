@@ -22,9 +22,8 @@ from datetime import timedelta
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from passpush.domain.clock import Clock, utcnow
-from passpush.store.tickets import FANOUT_CHUNK, TicketStore
-
-__all__ = ["FANOUT_CHUNK", "FanOut"]
+from passpush.outbox.fanout_chunks import FANOUT_CHUNK, continue_fan_out
+from passpush.store.tickets import TicketStore
 
 log = logging.getLogger(__name__)
 
@@ -92,8 +91,7 @@ class FanOut:
             for ticket_id in sorted(todo):
                 try:
                     async with self._sessions.begin() as session:
-                        tickets = TicketStore(session)
-                        done = await tickets.continue_fan_out(ticket_id, self._clock(), self.chunk)
+                        done = await continue_fan_out(session, ticket_id, self._clock(), self.chunk)
                 except Exception:
                     # One fan-out that fails does not hold the others up.
                     log.exception("fanning ticket %d out failed; trying again shortly", ticket_id)

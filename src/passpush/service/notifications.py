@@ -31,20 +31,17 @@ from passpush.domain.validation import (
 from passpush.outbox.accepting import (
     Accepted,
     accept_one_pass_each,
+    create_tickets,
     new_ticket,
     retry_answer,
 )
+from passpush.outbox.fanout_chunks import FANOUT_CHUNK
 from passpush.store.audience import resolve_audience
 from passpush.store.connectors import connect
 from passpush.store.connectors.session import run_on_session
 from passpush.store.faults import unavailable_from, write_check
 from passpush.store.schedules import reserve_campaign_place
-from passpush.store.tickets import (
-    FANOUT_CHUNK,
-    PriorTicket,
-    TicketStore,
-    prior_tickets,
-)
+from passpush.store.tickets import PriorTicket, TicketStore, prior_tickets
 
 
 @dataclass(eq=False)
@@ -214,9 +211,8 @@ class NotificationCore:
             except DomainError as error:
                 return {s: error}
             now = self._clock()
-            tickets = TicketStore(session)
             new = new_ticket(s, audience)
-            (ticket,) = await tickets.create_many([new], now, chunk=self._fanout_chunk)
+            (ticket,) = await create_tickets(session, [new], now, chunk=self._fanout_chunk)
             return {s: ticket}
 
     async def check_writable(self) -> None:

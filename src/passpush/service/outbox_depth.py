@@ -11,8 +11,9 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from passpush.domain.clock import Clock, utcnow
 from passpush.metrics import OUTBOX, OUTBOX_EVERY_SECONDS
+from passpush.outbox.depth import outbox_depth
+from passpush.store.connectors.session import run_on_session
 from passpush.store.faults import error_code
-from passpush.store.outbox import Outbox
 
 log = logging.getLogger(__name__)
 
@@ -46,7 +47,7 @@ class OutboxDepth:
 
     async def refresh(self) -> None:
         async with self._sessions() as session:
-            counts = await Outbox(session).depth(self._clock())
+            counts = await run_on_session(session, outbox_depth(self._clock()))
         for (platform, state), count in counts.items():
             OUTBOX.labels(platform, state).set(count)
 

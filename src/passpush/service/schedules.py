@@ -46,13 +46,14 @@ from passpush.domain.validation import (
 )
 from passpush.logs import log_context
 from passpush.metrics import SCHEDULER_LAG
-from passpush.outbox.accepting import reused_request_id
+from passpush.outbox.accepting import NewTicket, create_tickets, reused_request_id
+from passpush.outbox.fanout_chunks import FANOUT_CHUNK
 from passpush.service.notifications import fingerprint_of
 from passpush.store.audience import resolve_audience
 from passpush.store.connectors.session import run_on_session
 from passpush.store.faults import error_code, is_passing_trouble
 from passpush.store.schedules import ScheduleStore, reserve_campaign_place
-from passpush.store.tickets import FANOUT_CHUNK, NewTicket, TicketStore, prior_tickets
+from passpush.store.tickets import prior_tickets
 
 log = logging.getLogger(__name__)
 
@@ -298,8 +299,7 @@ class Scheduler:
                     "",
                     scheduled=(scheduled.id, scheduled.send_time),
                 )
-                tickets = TicketStore(session)
-                (ticket,) = await tickets.create_many([new], now, chunk=self._fanout_chunk)
+                (ticket,) = await create_tickets(session, [new], now, chunk=self._fanout_chunk)
                 schedules = ScheduleStore(session)
                 if not await schedules.finish(
                     scheduled.project_id, scheduled.id, self.owner, now, ticket_id=ticket.id

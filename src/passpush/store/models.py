@@ -371,8 +371,8 @@ class TicketRow(Base):
     # Set when a scheduled notification made this ticket.
     scheduled_notification_id: Mapped[str | None] = mapped_column(String(64))
     scheduled_send_time: Mapped[datetime | None]
-    # A broadcast's fan-out in chunks (store/tickets.py): the last pass id fanned out ("" before
-    # the first chunk), NULL once every pass of the audience has its deliveries.
+    # A broadcast's fan-out in chunks (outbox/fanout_chunks.py): the last pass id fanned out
+    # ("" before the first chunk), NULL once every pass of the audience has its deliveries.
     fanout_after: Mapped[str | None] = mapped_column(ID)
 
 

@@ -24,7 +24,7 @@ from passpush.delivery.worker import DeliveryWorker, WorkerSettings
 from passpush.domain.outcomes import RetryPolicy
 from passpush.fakes.apns import FakeApns
 from passpush.fakes.google import FakeGoogleWallet, ServiceAccount, make_service_account
-from passpush.store import class_messages
+from passpush.outbox import class_messages
 from passpush.store.db import make_engine
 from passpush.store.google_messages import GoogleMessageLog
 from passpush.store.models import GoogleMessageRow

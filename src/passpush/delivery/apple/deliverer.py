@@ -15,7 +15,8 @@ from typing import Protocol
 from passpush.delivery.apple.gateway import PushOutcome
 from passpush.domain.model import DeliveryState
 from passpush.domain.outcomes import APNS_NOT_CONFIGURED, DEFAULT_RETRY, RetryPolicy, judge_apns
-from passpush.store.outbox import ClaimedDelivery, DeliveryResult
+from passpush.outbox.claiming import ClaimedDelivery
+from passpush.outbox.recording import DeliveryResult
 
 log = logging.getLogger(__name__)
 

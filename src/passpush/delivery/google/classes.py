@@ -8,7 +8,7 @@ whole Google template takes one request, whatever the number of holders, where o
 at Google's ~20 requests/s per issuer took hours for a million. Subsets keep per-object
 messages (deliverer.py).
 
-The ticket's deliveries wait for that one answer (store/class_messages.py) and then take it
+The ticket's deliveries wait for that one answer (outbox/class_messages.py) and then take it
 all: each pass counted in Google's 3-notifying-per-24-hours ledger, delivered without an
 alert if it had no place left; failed with the reason if Google refused. A Delete to a whole
 template removes passpush's messages from the class first, and then each object's as before.
@@ -49,7 +49,7 @@ from passpush.domain.model import (
 from passpush.domain.outcomes import DEFAULT_RETRY, GOOGLE_NOT_CONFIGURED, RetryPolicy
 from passpush.logs import log_context
 from passpush.metrics import count_outcomes
-from passpush.store.class_messages import PENDING, ClaimedClassMessage, ClassMessageStore
+from passpush.outbox.class_messages import PENDING, ClaimedClassMessage, ClassMessageStore
 
 log = logging.getLogger(__name__)
 

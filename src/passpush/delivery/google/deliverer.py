@@ -38,8 +38,9 @@ from passpush.domain.model import (
     Operation,
 )
 from passpush.domain.outcomes import DEFAULT_RETRY, GOOGLE_NOT_CONFIGURED, RetryPolicy
+from passpush.outbox.claiming import ClaimedDelivery
+from passpush.outbox.recording import DeliveryResult
 from passpush.store.google_messages import GoogleMessageLog
-from passpush.store.outbox import ClaimedDelivery, DeliveryResult
 
 log = logging.getLogger(__name__)
 

@@ -26,9 +26,10 @@ from passpush.domain.model import (
     DeliveryState,
     GoogleClass,
 )
+from passpush.outbox.events import recorded_events
 from passpush.store.connectors.session import run_on_session
 from passpush.store.db import dialect_name, one_of
-from passpush.store.events import announce, recorded_events
+from passpush.store.events import announce
 from passpush.store.models import (
     DeliveryRow,
     GoogleClassMessageRow,
@@ -36,7 +37,8 @@ from passpush.store.models import (
     TicketRow,
     table_of,
 )
-from passpush.store.outbox import TicketMessage, count_on_ticket, ticket_messages
+from passpush.store.ticket_counts import count_on_ticket
+from passpush.store.ticket_messages import TicketMessage, ticket_messages
 
 PENDING = "pending"  # Google to be asked
 ANSWERED = "answered"  # its waiting deliveries being recorded

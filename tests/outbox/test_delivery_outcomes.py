@@ -14,9 +14,11 @@ from passpush.domain.clock import utcnow
 from passpush.domain.model import DeliveryState
 from passpush.domain.outcomes import RetryPolicy
 from passpush.fakes.apns import FakeApns
+from passpush.outbox.claiming import claim_due
+from passpush.outbox.recording import DeliveryResult, record
+from passpush.store.connectors.session import run_on_session
 from passpush.store.events import EventStore
 from passpush.store.models import DeliveryRow, DeviceRegistrationRow
-from passpush.store.outbox import DeliveryResult, Outbox
 from passpush.v1 import notifications_pb2 as npb
 from passpush.v1 import notifications_pb2_grpc, passes_pb2_grpc
 
@@ -167,8 +169,8 @@ async def test_expired_leases_of_a_dead_worker_are_delivered(
         npb.SendRequest(target=TEMPLATE, content=npb.Content(body="Hello"))
     )
     async with sessions.begin() as session:
-        claimed = await Outbox(session).claim_due(
-            "dead-worker", utcnow(), timedelta(milliseconds=300), limit=2
+        claimed = await run_on_session(
+            session, claim_due("dead-worker", utcnow(), timedelta(milliseconds=300), limit=2)
         )
     assert len(claimed) == 2  # leased, then never recorded: the worker "crashed"
 
@@ -191,11 +193,11 @@ async def test_an_answer_after_the_lease_was_taken_over_counts_once_for_the_new_
     )
     now = utcnow()
     async with sessions.begin() as session:
-        slow = await Outbox(session).claim_due("slow", now, timedelta(seconds=1), limit=3)
+        slow = await run_on_session(session, claim_due("slow", now, timedelta(seconds=1), limit=3))
     after_its_lease = now + timedelta(seconds=2)
     async with sessions.begin() as session:
-        taken_over = await Outbox(session).claim_due(
-            "new-owner", after_its_lease, timedelta(seconds=60), limit=3
+        taken_over = await run_on_session(
+            session, claim_due("new-owner", after_its_lease, timedelta(seconds=60), limit=3)
         )
     assert [d.id for d in taken_over] == [d.id for d in slow] and len(slow) == 3
 
@@ -204,18 +206,15 @@ async def test_an_answer_after_the_lease_was_taken_over_counts_once_for_the_new_
         *(DeliveryResult(d, DeliveryState.DELIVERED, "") for d in slow[1:]),
     ]
     async with sessions.begin() as session:
-        await Outbox(session).record("slow", late_answers, after_its_lease)
+        await run_on_session(session, record("slow", late_answers, after_its_lease))
     ticket = await notifications.GetTicket(npb.GetTicketRequest(id=accepted.id))
     assert (ticket.counts.pending, ticket.counts.delivered) == (3, 0)
     async with sessions() as session:
         assert await EventStore(session).after("acme", 0, limit=10) == []  # nothing happened
 
     async with sessions.begin() as session:
-        await Outbox(session).record(
-            "new-owner",
-            [DeliveryResult(d, DeliveryState.DELIVERED, "") for d in taken_over],
-            after_its_lease,
-        )
+        answers = [DeliveryResult(d, DeliveryState.DELIVERED, "") for d in taken_over]
+        await run_on_session(session, record("new-owner", answers, after_its_lease))
     ticket = await notifications.GetTicket(npb.GetTicketRequest(id=accepted.id))
     assert ticket.state == npb.TICKET_STATE_SUCCEEDED
     assert (ticket.counts.pending, ticket.counts.delivered) == (0, 3)
