@@ -22,8 +22,8 @@ import pytest
 from passpush.fakes.apns import FakeApns
 from passpush.v1 import passes_pb2_grpc
 
-from processes import PASSPUSH, Completed, Launcher, create_key, free_port, passpush_env, run
-from support import World
+from processes import PASSPUSH, Completed, Launcher, free_port, passpush_env, run
+from support import World, make_key
 
 COMMANDS = ("serve", "migrate", "keys", "send", "watch", "failures", "import")
 # What only a command's work needs: none of it is imported to print a help.
@@ -232,10 +232,10 @@ async def test_serve_on_a_taken_grpc_port_says_so(database_url: str, tmp_path: P
 
 @on_sqlite_alone
 async def test_ctrl_c_while_watching_says_the_ticket_goes_on(
-    launch: Launcher, database_url: str, fake_apns: FakeApns, tmp_path: Path
+    launch: Launcher, database_url: str, fake_apns: FakeApns
 ) -> None:
     server = await launch(SHUTDOWN_GRACE="1")
-    key = await create_key(database_url, tmp_path, "demo")
+    key = await make_key(database_url, "demo")
     async with server.channel(key) as channel:
         world = World(passes_pb2_grpc.PassServiceStub(channel), project_id="demo")
         await world.apple_template("loyalty")
