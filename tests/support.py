@@ -13,7 +13,9 @@ from grpc_status import rpc_status
 from sqlalchemy import func, insert, select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from passpush.store.db import make_engine
+from passpush.domain.clock import utcnow
+from passpush.service.keys import KeyCore
+from passpush.store.db import make_engine, make_sessions
 from passpush.store.models import (
     DeliveryRow,
     DeviceRegistrationRow,
@@ -328,3 +330,16 @@ async def seed_apple_passes(
     finally:
         await engine.dispose()
     return tokens
+
+
+async def make_key(database_url: str, project_id: str) -> str:
+    """A key with every scope for `project_id` (which it creates), written in this process:
+    what `passpush keys create` does, without a process importing the whole server (seconds
+    each) for tests whose subject is not the CLI."""
+    engine = make_engine(database_url)
+    try:
+        keys = KeyCore(make_sessions(engine), clock=utcnow)
+        _, plaintext = await keys.create_key(project_id, "tests", ["all"], create_project=True)
+    finally:
+        await engine.dispose()
+    return plaintext

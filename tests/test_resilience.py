@@ -33,8 +33,8 @@ from passpush.store.models import (
 from passpush.v1 import notifications_pb2 as npb
 from passpush.v1 import notifications_pb2_grpc
 
-from processes import Launcher, ServerProcess, create_key
-from support import TOPIC, seed_apple_passes, wait_terminal
+from processes import Launcher, ServerProcess
+from support import TOPIC, make_key, seed_apple_passes, wait_terminal
 
 PROJECT = "resilience"
 TEMPLATE = "broadcast"
@@ -66,9 +66,9 @@ def replica_database_url(database_url: str) -> str:
 
 
 @pytest.fixture
-async def key(database_url: str, tmp_path: Path) -> str:
-    """A key made with the CLI, which also creates the project."""
-    return await create_key(database_url, tmp_path, PROJECT)
+async def key(database_url: str) -> str:
+    """A key with every scope, which also creates the project."""
+    return await make_key(database_url, PROJECT)
 
 
 @pytest.fixture

@@ -24,13 +24,12 @@ from processes import (
     PASSPUSH,
     Launcher,
     ServerProcess,
-    create_key,
     free_port,
     passpush_env,
     run,
 )
 from shim_auth import basic
-from support import TOPIC, World, upsert, wait_terminal
+from support import TOPIC, World, make_key, upsert, wait_terminal
 
 
 @pytest.fixture
@@ -50,12 +49,21 @@ async def wait_http(client: httpx.AsyncClient, seconds: float = 10) -> None:
                 await asyncio.sleep(0.05)
 
 
+# Most tests here run on SQLite alone: none of them depends on the database (the startup
+# checks of signing material and the PassKit URL run before it is opened, the HTTP address is
+# bound the same way on either, and the shim's and the PassKit routes' reads and writes are
+# tested on both in-process), and each costs a `passpush serve` of several seconds. The HTTP
+# processes, which read the database from processes of their own, run on both.
+on_sqlite_alone = pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
+
+
+@on_sqlite_alone
 async def test_serve_answers_airship_requests_on_its_http_address(
-    launch: Launcher, database_url: str, tmp_path: Path
+    launch: Launcher, database_url: str
 ) -> None:
     http_address = f"127.0.0.1:{free_port()}"
     server = await launch(HTTP_ADDRESS=http_address)
-    key = await create_key(database_url, tmp_path, "demo")
+    key = await make_key(database_url, "demo")
     async with server.channel(key) as channel:
         world = World(passes_pb2_grpc.PassServiceStub(channel), project_id="demo")
         await world.apple_template("t1")
@@ -72,12 +80,6 @@ async def test_serve_answers_airship_requests_on_its_http_address(
     assert isinstance(response.json()["ticketId"], int)
     assert docs.status_code == 200
     await server.stop()  # SIGTERM stops both servers, exit code 0
-
-
-# The startup checks below run on SQLite alone: none of them depends on the database (the
-# signing material and the PassKit URL are checked before it is opened, and the HTTP address
-# is bound the same way on either), and each costs a `passpush serve` of several seconds.
-on_sqlite_alone = pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
 
 
 @on_sqlite_alone
@@ -115,6 +117,7 @@ def signing_files(certs: AppleCerts, directory: Path) -> dict[str, str]:
     }
 
 
+@on_sqlite_alone
 async def test_serve_signs_with_its_own_material_for_its_public_passkit_url(
     launch: Launcher, database_url: str, tmp_path: Path, apple_certs: AppleCerts
 ) -> None:
@@ -125,7 +128,7 @@ async def test_serve_signs_with_its_own_material_for_its_public_passkit_url(
         PASSKIT_URL="https://passes.example.com/wallet/",
         **signing_files(apple_certs, tmp_path / "signing"),
     )
-    key = await create_key(database_url, tmp_path, "demo")
+    key = await make_key(database_url, "demo")
     async with server.channel(key) as channel:
         passes = passes_pb2_grpc.PassServiceStub(channel)
         await World(passes, project_id="demo").apple_template("t1")  # no material of its own
@@ -191,7 +194,7 @@ async def test_serve_warns_when_passes_name_a_web_service_that_is_not_https(
 
 
 async def test_http_processes_serve_devices_and_the_parent_records_their_fetches(
-    launch: Launcher, database_url: str, tmp_path: Path, apple_certs: AppleCerts
+    launch: Launcher, database_url: str, apple_certs: AppleCerts
 ) -> None:
     """By default the HTTP side runs in processes of its own, at a lower priority; a
     device's registration there is written by the parent, and its fetch reaches the ticket
@@ -199,7 +202,7 @@ async def test_http_processes_serve_devices_and_the_parent_records_their_fetches
     free for the next start."""
     http_address = f"127.0.0.1:{free_port()}"
     server = await launch(HTTP_ADDRESS=http_address, HTTP_PROCESSES="2")
-    key = await create_key(database_url, tmp_path, "demo")
+    key = await make_key(database_url, "demo")
     device = "6b2f0d6b1c0e4d6f9a1b2c3d4e5f6a7b"
     async with server.channel(key) as channel:
         passes = passes_pb2_grpc.PassServiceStub(channel)
@@ -278,7 +281,7 @@ async def _connections_by_process(port: int) -> Counter[int]:
     return Counter(int(pid) for pid in re.findall(r"pid=(\d+)", listing.stdout))
 
 
-@pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
+@on_sqlite_alone
 async def test_http_processes_share_a_burst_of_connections_and_no_second_server_joins_them(
     launch: Launcher, database_url: str, tmp_path: Path
 ) -> None:
