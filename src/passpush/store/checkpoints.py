@@ -45,6 +45,7 @@ class WalCheckpoints:
         self._task: asyncio.Task[None] | None = None
         self._failing = False
         self._stopped = False
+        self._checkpointed = asyncio.Event()  # set when the started loop's next one is done
 
     def start(self) -> None:
         self._task = asyncio.create_task(self._run(), name="WAL checkpoints")
@@ -67,6 +68,10 @@ class WalCheckpoints:
         if disk.f_bavail * disk.f_frsize < self.MIN_FREE:
             raise OSError(errno.ENOSPC, "less than 4 MiB free on the database's disk")
 
+    async def next_checkpoint(self) -> None:
+        """Returns once the started loop has run its next checkpoint to the end."""
+        await self._checkpointed.wait()
+
     async def checkpoint(self) -> tuple[int, int]:
         """One PASSIVE checkpoint now: the WAL's frames, and how many are in the database."""
         loop = asyncio.get_running_loop()
@@ -85,6 +90,8 @@ class WalCheckpoints:
                 self._close()
             else:
                 self._failing = False
+                self._checkpointed.set()
+                self._checkpointed = asyncio.Event()
 
     def _checkpoint(self) -> tuple[int, int]:
         if self._connection is None:
