@@ -301,13 +301,14 @@ async def test_a_subscriber_of_one_replica_follows_what_another_delivers(
     second_apns: FakeApns,
     key: str,
 ) -> None:
-    """Streams on A are woken by B's outcomes through PostgreSQL (LISTEN/NOTIFY): A neither
-    pushes nor looks at the outbox here, and its streams never poll."""
+    """Streams on A are woken by B's outcomes through PostgreSQL (LISTEN/NOTIFY): A serves
+    the API alone (`--role api`: no worker, which B's Send would otherwise wake to push a
+    share), so it never pushes nor looks at the outbox, and its streams never poll."""
     audience = 300
     tokens = await seed_apple_passes(
         replica_database_url, PROJECT, TEMPLATE, audience, new_template_topic=TOPIC
     )
-    replica_a = await replicas(WORKER_POLL_SECONDS="600")  # idle unless its own Send wakes it
+    replica_a = await replicas(ROLE="api")
     replica_b = await replicas(WORKER_POLL_SECONDS="600", APNS_ENDPOINT=second_apns.endpoint)
 
     async with replica_a.channel(key) as channel:
