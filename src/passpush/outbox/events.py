@@ -12,7 +12,7 @@ from sqlalchemy import ColumnElement, Insert, and_, bindparam, case, func, inser
 from passpush.domain.model import DeliveryOutcome, DeliveryState
 from passpush.store.connectors.connector import ByDialect, Query, Steps
 from passpush.store.db import one_of
-from passpush.store.events import taking_append_lock
+from passpush.store.events import APPENDED_COLUMNS, taking_append_lock
 from passpush.store.models import (
     DeliveryEventRow,
     DeliveryRow,
@@ -74,19 +74,7 @@ def _append_statement(deliveries: ColumnElement[bool]) -> Insert:
         .where(deliveries)
         .order_by(d.id)
     )
-    columns = [
-        "project_id",
-        "ticket_id",
-        "pass_id",
-        "device_library_identifier",
-        "google_object_id",
-        "platform",
-        "outcome",
-        "reason",
-        "attempt",
-        "created_at",
-    ]
-    return insert(_events).from_select(columns, rows)
+    return insert(_events).from_select(APPENDED_COLUMNS, rows)
 
 
 _SKIPPED = DeliveryRow.state == DeliveryState.SKIPPED.value

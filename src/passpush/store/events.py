@@ -28,6 +28,20 @@ _APPEND_LOCK = 0x70707573  # any constant, the same in every replica
 _TAKE_APPEND_LOCK = on_postgresql(text("SELECT pg_advisory_xact_lock(:key)"))
 _NOTIFY_CHANGES = on_postgresql(select(func.pg_notify(CHANGES_CHANNEL, "")))
 _events = table_of(DeliveryEventRow)
+# What every append writes, in the order of its INSERT ... SELECT's columns: the outbox's
+# outcomes (outbox/events.py), and the fetches with their push_to_fetch_us (fetches.py).
+APPENDED_COLUMNS = (
+    "project_id",
+    "ticket_id",
+    "pass_id",
+    "device_library_identifier",
+    "google_object_id",
+    "platform",
+    "outcome",
+    "reason",
+    "attempt",
+    "created_at",
+)
 
 
 class EventStore:

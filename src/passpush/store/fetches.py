@@ -41,7 +41,7 @@ from passpush.domain.fetches import added
 from passpush.domain.model import DeliveryOutcome, DeliveryState, Platform
 from passpush.store.connectors.connector import ByDialect, Query, Steps
 from passpush.store.db import one_of
-from passpush.store.events import announce, taking_append_lock
+from passpush.store.events import APPENDED_COLUMNS, announce, taking_append_lock
 from passpush.store.models import (
     DeliveryEventRow,
     DeliveryRow,
@@ -283,20 +283,7 @@ def _append_events(fetched: FromClause) -> Insert:
         .join(d, d.c.id == fetched.c.i)
         .order_by(d.c.id)
     )
-    columns = [
-        "project_id",
-        "ticket_id",
-        "pass_id",
-        "device_library_identifier",
-        "google_object_id",
-        "platform",
-        "outcome",
-        "reason",
-        "attempt",
-        "created_at",
-        "push_to_fetch_us",
-    ]
-    return insert(_events).from_select(columns, rows)
+    return insert(_events).from_select([*APPENDED_COLUMNS, "push_to_fetch_us"], rows)
 
 
 _TYPES: dict[str, Any] = {
