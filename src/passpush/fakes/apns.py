@@ -99,6 +99,9 @@ class FakeApns:
         # False answers with a fresh apns-id, to prove a client matches answers by stream.
         self.echo_apns_id = True
         self.answer_delay = 0.0  # seconds each answer is held back: a slow APNs
+        # The most pushes whose answer was held back at once, across connections: how many
+        # a client kept in flight, seen from APNs's side.
+        self.most_unanswered = 0
         self.pushes: Counter[str] = Counter()  # pushes received, per device token
         self.delivered: Counter[str] = Counter()  # 200 answers sent, per device token
         # Pushes to a token that had been answered 200 already. The fake never loses an
@@ -232,6 +235,7 @@ class FakeApns:
         self._error_share = self._drop_share = 0.0
         self.echo_apns_id = True
         self.answer_delay = 0.0
+        self.most_unanswered = 0
 
     # -- inspecting what arrived -------------------------------------------------------------
 
@@ -264,6 +268,10 @@ class FakeApns:
         if self.delivered[push.device_token]:
             self.duplicates += 1
         self._push_arrived.set()
+
+    def _held_back(self) -> None:
+        unanswered = sum(len(connection._answers_due) for connection in self._connections)
+        self.most_unanswered = max(self.most_unanswered, unanswered)
 
     def _drops_connection(self) -> bool:
         return self._drop_share > 0 and self._random.random() < self._drop_share
@@ -437,6 +445,7 @@ class _FakeApnsConnection(asyncio.Protocol):
         answered_id = apns_id if self._fake.echo_apns_id else str(uuid.uuid4())
         if self._fake.answer_delay > 0:
             self._answers_due.add(stream_id)
+            self._fake._held_back()
             asyncio.get_running_loop().call_later(
                 self._fake.answer_delay, self._answer_late, stream_id, push, answer, answered_id
             )
