@@ -18,7 +18,8 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
-from passpush.app import Application, warn_if_plaintext
+from passpush.app import Application
+from passpush.app.wallets import warn_if_plaintext
 from passpush.cli import serve
 from passpush.config import Settings
 from passpush.domain.clock import utcnow

@@ -194,17 +194,17 @@ def _scopes(key: ApiKey) -> str:
 
 
 async def serve(settings: Settings) -> int:
-    """`passpush serve`: the application (passpush/app.py) for the settings' role."""
-    from passpush import app
+    """`passpush serve`: the application (passpush/app/) for the settings' role."""
+    from passpush.app import serving
 
-    return await app.serve(settings)
+    return await serving.serve(settings)
 
 
 async def serve_http(settings: Settings, listen_fd: int, grpc_target: str) -> int:
-    """One HTTP process of `serve` (passpush/app.py)."""
-    from passpush import app
+    """One HTTP process of `serve` (passpush/app/serving.py)."""
+    from passpush.app import serving
 
-    return await app.serve_http(settings, listen_fd, grpc_target)
+    return await serving.serve_http(settings, listen_fd, grpc_target)
 
 
 if __name__ == "__main__":

@@ -29,7 +29,7 @@ DEFAULT_PASSKIT_PREFIX = "/passkit"
 
 
 class Role(enum.StrEnum):
-    """What a `passpush serve` process runs (passpush/app.py says what each holds)."""
+    """What a `passpush serve` process runs (passpush/app/ says what each holds)."""
 
     API = "api"  # the gRPC and HTTP servers: accepts Sends, answers reads, serves devices
     WORKER = "worker"  # the delivery worker and the loops beside it: pushes, no port

@@ -1,7 +1,7 @@
 """Builds the gRPC server: the servicers over the cores, the interceptors, health, reflection.
 
 What the servicers call (the cores) is built and started by the composition root
-(passpush/app.py); this module only puts them on a port.
+(passpush/app/application.py); this module only puts them on a port.
 """
 
 from __future__ import annotations
