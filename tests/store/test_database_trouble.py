@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import errno
 import shutil
+import sqlite3
 import subprocess
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -266,15 +267,27 @@ def small_disk(tmp_path: Path) -> Iterator[Path]:
         subprocess.run(["umount", "--lazy", str(mount_point)], check=True)
 
 
+def _empty_the_wal(database: Path) -> None:
+    """Checkpoints the WAL and truncates it to nothing. A full disk refuses only writes that
+    need new space: after a checkpoint SQLite writes the WAL from its start again, and a
+    loaded run's first Sends on a "full" disk went into the frames already there."""
+    with contextlib.closing(sqlite3.connect(database, timeout=10)) as connection:
+        busy, _, _ = connection.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
+    assert busy == 0, "a reader kept the WAL from being truncated"
+
+
 def _fill(disk: Path) -> Path:
-    """Fills `disk` up with one file; removing that file frees the space again."""
+    """Fills `disk` up with one file, to its last page; removing that file frees the space
+    again. (Filled in 64 KiB writes alone, up to 64 KiB stayed free: room for a few Sends'
+    WAL frames, which then succeeded on a "full" disk in a loaded run.)"""
     filler = disk / "filler"
     with filler.open("wb", buffering=0) as file:  # unbuffered: nothing left to flush at close
-        try:
-            while True:
-                file.write(b"\0" * 65536)
-        except OSError as error:
-            assert error.errno == errno.ENOSPC, error
+        for size in (65536, 4096, 1):
+            try:
+                while True:
+                    file.write(b"\0" * size)
+            except OSError as error:
+                assert error.errno == errno.ENOSPC, error
     return filler
 
 
@@ -320,6 +333,7 @@ async def test_a_full_disk_answers_unavailable_and_sends_resume_once_space_is_ba
             token = await _authentication_token(small_disk / "passpush.db", "p0")
             assert await _outcome(notifications, "before") == "OK"
 
+            _empty_the_wal(small_disk / "passpush.db")  # then every write needs new space
             filler = _fill(small_disk)
             during = [await _outcome(notifications, f"during-{i}") for i in range(5)]
             registration = await client.post(
