@@ -86,10 +86,20 @@ async def run(
     return Completed(process.returncode, stdout.decode(), stderr.decode())
 
 
+_HANDED_OUT: set[int] = set()
+
+
 def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
+    """A port free now that this process has not handed out before: two probes in turn can
+    get the same port from the kernel (a server given it for gRPC and for HTTP then found
+    its HTTP port taken by its own gRPC server, in a CI run)."""
+    while True:
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            port = int(probe.getsockname()[1])
+        if port not in _HANDED_OUT:
+            _HANDED_OUT.add(port)
+            return port
 
 
 def passpush_env(database_url: str, data_dir: Path, **settings: str) -> dict[str, str]:
