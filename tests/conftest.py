@@ -26,7 +26,7 @@ from passpush.store.models import Base
 from passpush.v1 import notifications_pb2_grpc, passes_pb2_grpc
 
 from apple_passes import AppleCerts, make_signing
-from support import channel_with_key
+from support import TEARDOWN_SECONDS, channel_with_key, within
 
 # The PostgreSQL server to create throwaway test databases on (these machines run one).
 POSTGRES_ADMIN_URL = os.environ.get(
@@ -107,7 +107,7 @@ EMPTY_POSTGRES = "; ".join(
 async def engine(database_url: str) -> AsyncIterator[AsyncEngine]:
     engine = make_engine(database_url)
     yield engine
-    await engine.dispose()
+    await within(TEARDOWN_SECONDS, "engine.dispose()", engine.dispose())
 
 
 @pytest.fixture
@@ -138,7 +138,7 @@ async def apns_gateway(fake_apns: FakeApns) -> AsyncIterator[ApnsGateway]:
         ApnsConfig(endpoint=fake_apns.endpoint, ca_file=str(fake_apns.tls.ca_file))
     )
     yield gateway
-    await gateway.close()
+    await within(TEARDOWN_SECONDS, "the APNs gateway's close()", gateway.close())
 
 
 @pytest.fixture
@@ -156,7 +156,7 @@ async def server(
     server = Application(engine, apns_gateway, worker_settings=worker_settings)
     await server.start()
     yield server
-    await server.stop(grace=1.0)
+    await within(TEARDOWN_SECONDS, "the server's stop()", server.stop(grace=1.0))
 
 
 PROJECT = "acme"

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import asyncio
 from collections import Counter
+from collections.abc import Coroutine
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from typing import Any
 
 import grpc
 from google.rpc import error_details_pb2
@@ -343,3 +345,32 @@ async def make_key(database_url: str, project_id: str) -> str:
     finally:
         await engine.dispose()
     return plaintext
+
+
+TEARDOWN_SECONDS = 30.0  # far above a clean stop (tens of milliseconds), far below the test timeout
+
+
+async def within(seconds: float, what: str, step: Coroutine[Any, Any, object]) -> None:
+    """Awaits a teardown step; past `seconds`, fails with where each task of the loop waits
+    (the step's own task first), instead of holding the suite until the test timeout, whose
+    thread dump shows only that the event loop was waiting."""
+    task = asyncio.ensure_future(step)
+    done, _ = await asyncio.wait({task}, timeout=seconds)
+    if task in done:
+        task.result()
+        return
+    others = [t for t in asyncio.all_tasks() if t is not task and t is not asyncio.current_task()]
+    waits = "\n".join(f"{t.get_name()}: {' <- '.join(_awaiting(t))}" for t in [task, *others])
+    task.cancel()
+    raise AssertionError(f"{what} did not end within {seconds}s; where each task waits:\n{waits}")
+
+
+def _awaiting(task: asyncio.Task[Any]) -> list[str]:
+    """The chain of awaits a suspended task is in, outermost first."""
+    chain, coro = [], task.get_coro()
+    while coro is not None:
+        frame = getattr(coro, "cr_frame", None) or getattr(coro, "gi_frame", None)
+        if frame is not None:
+            chain.append(f"{frame.f_code.co_name} ({frame.f_code.co_filename}:{frame.f_lineno})")
+        coro = getattr(coro, "cr_await", None) or getattr(coro, "gi_yieldfrom", None)
+    return chain
