@@ -347,6 +347,23 @@ async def make_key(database_url: str, project_id: str) -> str:
     return plaintext
 
 
+def invalid_argument_problem(raised: grpc.aio.AioRpcError, field: str) -> str | None:
+    """What is wrong with the error a bad input got, if anything: it must be INVALID_ARGUMENT
+    naming `field`, with rich details and no exception text."""
+    details = raised.details() or ""
+    if raised.code() in (grpc.StatusCode.INTERNAL, grpc.StatusCode.UNKNOWN):
+        return f"{raised.code()}: {details}"
+    if "Error" in details or "Traceback" in details:
+        return f"exception text on the wire: {details}"
+    try:
+        error = rich_error(raised)
+    except AssertionError as no_rich_status:
+        return str(no_rich_status)
+    if error.code != grpc.StatusCode.INVALID_ARGUMENT or field not in error.field_violations:
+        return f"{error.code} naming {sorted(error.field_violations)}: {details}"
+    return None
+
+
 TEARDOWN_SECONDS = 30.0  # far above a clean stop (tens of milliseconds), far below the test timeout
 
 

@@ -15,7 +15,7 @@ from passpush.v1 import notifications_pb2 as npb
 from passpush.v1 import notifications_pb2_grpc, passes_pb2_grpc
 from passpush.v1 import passes_pb2 as ppb
 
-from support import World, rich_error, token, upsert
+from support import World, invalid_argument_problem, rich_error, token, upsert
 
 
 async def row_counts(sessions: async_sessionmaker[AsyncSession]) -> dict[str, int]:
@@ -121,10 +121,7 @@ async def _invalid_naming(call: Awaitable[object], field: str) -> str | None:
     try:
         await call
     except grpc.aio.AioRpcError as raised:
-        error = rich_error(raised)
-        if error.code != grpc.StatusCode.INVALID_ARGUMENT or field not in error.field_violations:
-            return f"{error.code} naming {sorted(error.field_violations)}: {raised.details()}"
-        return None
+        return invalid_argument_problem(raised, field)
     return "accepted"
 
 
