@@ -93,11 +93,19 @@ def render_table(results: Sequence[Result]) -> str:
     return "\n".join([line(header), separator, *(line(row) for row in rows)])
 
 
+_HANDED_OUT: set[int] = set()
+
+
 def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port: int = probe.getsockname()[1]
-        return port
+    """A port free now that this run has not handed out before: two probes in turn can get
+    the same port from the kernel (a test's server once got one port for gRPC and HTTP)."""
+    while True:
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            port: int = probe.getsockname()[1]
+        if port not in _HANDED_OUT:
+            _HANDED_OUT.add(port)
+            return port
 
 
 def peak_rss_mb(pid: int) -> float | None:
