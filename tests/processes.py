@@ -23,7 +23,6 @@ import contextlib
 import json
 import os
 import signal
-import socket
 import sys
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
@@ -35,6 +34,7 @@ import grpc
 import httpx
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from benchmarks.harness import free_port  # one free-port probe for the tests and the benchmarks
 from passpush.fakes.apns import FakeApns
 
 from support import channel_with_key
@@ -84,22 +84,6 @@ async def run(
         raise AssertionError(f"{argv} did not finish within {seconds}s") from None
     assert process.returncode is not None
     return Completed(process.returncode, stdout.decode(), stderr.decode())
-
-
-_HANDED_OUT: set[int] = set()
-
-
-def free_port() -> int:
-    """A port free now that this process has not handed out before: two probes in turn can
-    get the same port from the kernel (a server given it for gRPC and for HTTP then found
-    its HTTP port taken by its own gRPC server, in a CI run)."""
-    while True:
-        with socket.socket() as probe:
-            probe.bind(("127.0.0.1", 0))
-            port = int(probe.getsockname()[1])
-        if port not in _HANDED_OUT:
-            _HANDED_OUT.add(port)
-            return port
 
 
 def passpush_env(database_url: str, data_dir: Path, **settings: str) -> dict[str, str]:
