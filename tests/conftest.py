@@ -156,7 +156,13 @@ async def server(
     server = Application(engine, apns_gateway, worker_settings=worker_settings)
     await server.start()
     yield server
-    await within(TEARDOWN_SECONDS, "the server's stop()", server.stop(grace=1.0))
+    try:
+        await within(TEARDOWN_SECONDS, "the server's stop()", server.stop(grace=1.0))
+    finally:
+        # After a stop() that hung, the gRPC server must still stop before the loop closes:
+        # grpc.aio's clean-up at exit otherwise waits for it forever. Once stopped, a no-op.
+        if server.grpc is not None:
+            await server.grpc.stop(0)
 
 
 PROJECT = "acme"

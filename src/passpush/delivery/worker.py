@@ -261,7 +261,8 @@ class DeliveryWorker:
         lease = self._settings.lease
         while not self._closing:
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._closed.wait(), lease.total_seconds() / 4)
+                async with asyncio.timeout(lease.total_seconds() / 4):
+                    await self._closed.wait()
             if self._closing or not self._held:
                 continue
             steps = functools.partial(

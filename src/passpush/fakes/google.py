@@ -194,7 +194,8 @@ class FakeGoogleWallet:
             return
         self._server.should_exit = True
         try:
-            await asyncio.wait_for(asyncio.shield(self._task), 2.0)
+            async with asyncio.timeout(2.0):
+                await asyncio.shield(self._task)
         except TimeoutError:
             self._server.force_exit = True
             await self._task

@@ -77,7 +77,8 @@ class FanOut:
             except Exception:
                 log.exception("fanning broadcasts out failed; trying again shortly")
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), SWEEP_SECONDS)
+                async with asyncio.timeout(SWEEP_SECONDS):
+                    await self._wake.wait()
 
     async def continue_all(self, stalled_for: timedelta | None = None) -> None:
         """Carries on the fan-outs started here and those found incomplete (not advanced for

@@ -66,7 +66,10 @@ class DatabaseReadiness:
         # Twice: a connection the server ended fails once, and the one replacing it is fine.
         for _ in range(2):
             try:
-                await asyncio.wait_for(self._write(), self._timeout)
+                # Not asyncio.wait_for: on Python 3.11 it swallows a cancellation that lands
+                # as the write finishes, and the probe, and stop() with it, went on forever.
+                async with asyncio.timeout(self._timeout):
+                    await self._write()
                 return None
             except Exception as error:
                 failure = error

@@ -226,7 +226,8 @@ class Scheduler:
             if due is not None:
                 sleep = min(sleep, max(0.0, (due - self._clock()).total_seconds()))
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), sleep)
+                async with asyncio.timeout(sleep):
+                    await self._wake.wait()
 
     async def _send_contained(self, scheduled: ScheduledNotification, attempt: int) -> None:
         """Sends one schedule in its own failure domain: whatever stops it ends it FAILED

@@ -93,7 +93,8 @@ class ClassMessenger:
         self._wake.set()
         if self._task is not None:
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(asyncio.shield(self._task), grace)
+                async with asyncio.timeout(grace):
+                    await asyncio.shield(self._task)
             self._task.cancel()
             await asyncio.gather(self._task, return_exceptions=True)
             self._task = None
@@ -107,7 +108,8 @@ class ClassMessenger:
             except Exception:
                 log.exception("a Google class message failed unexpectedly; trying again shortly")
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), POLL_SECONDS)
+                async with asyncio.timeout(POLL_SECONDS):
+                    await self._wake.wait()
 
     async def carry_out_next(self) -> bool:
         """Carries out the class message due first, if any: asks Google (unless it answered
