@@ -65,8 +65,13 @@ lint: setup ## ruff, mypy, import layers, buf lint and buf format.
 	$(BUF) lint
 	$(BUF) format --diff --exit-code
 
+# Three processes on two cores: a third of the suite's time its tests wait (on subprocesses,
+# PostgreSQL, paced fakes), and a third process fills it (358 s of pytest against 440 s with two,
+# 347 s with four). The sources are compiled first: the tests start passpush processes
+# often, and where PYTHONDONTWRITEBYTECODE is set each one compiled every module again.
 test: lint check-generated ## Lint, check generated code, and run the whole suite on SQLite and PostgreSQL.
-	$(BIN)/python -m pytest -n 2
+	$(BIN)/python -m compileall -q src
+	$(BIN)/python -m pytest -n 3
 
 bench: setup ## Run the benchmarks and print their table.
 	$(BIN)/python -m benchmarks
