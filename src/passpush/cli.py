@@ -10,7 +10,6 @@ import importlib.metadata
 import logging
 import os
 import sys
-from collections.abc import Coroutine
 from typing import TYPE_CHECKING, Any, NoReturn
 
 from passpush import console, importer
@@ -101,7 +100,7 @@ def main(argv: list[str] | None = None) -> None:
             sys.exit(asyncio.run(serve(settings)))
     elif args.command == "serve-http":
         with contextlib.suppress(KeyboardInterrupt):
-            sys.exit(_on_uvloop(serve_http(settings, args.listen_fd, args.grpc_target)))
+            sys.exit(asyncio.run(serve_http(settings, args.listen_fd, args.grpc_target)))
     elif args.command == "keys":
         try:
             asyncio.run(keys(settings, args))
@@ -199,16 +198,6 @@ async def serve(settings: Settings) -> int:
     from passpush.app import serving
 
     return await serving.serve(settings)
-
-
-def _on_uvloop(main: Coroutine[Any, Any, int]) -> int:
-    """Runs an HTTP process on uvloop (libuv) instead of asyncio's own loop: the devices'
-    many small requests go through it, and device updates after a broadcast went from 988 to
-    1,279 a second (`python -m benchmarks device-pull`, 2026-12-03). Not the gRPC process: its
-    pushes (TLS to APNs) ran slower there (3,600 to 2,950 pushes/s in the same benchmark)."""
-    import uvloop
-
-    return uvloop.run(main)
 
 
 async def serve_http(settings: Settings, listen_fd: int, grpc_target: str) -> int:
