@@ -21,11 +21,15 @@ help: ## List the targets.
 
 setup: $(VENV)/.installed $(BUF) ## Create .venv and install passpush with its dev tools.
 
-# Both in one pip command: the server's passpush-client==<version> is then met by the
-# local client, not looked up on an index.
+# Both in one command: the server's passpush-client==<version> is then met by the local
+# client, not looked up on an index. uv installs what pip would (the same versions) in 11 s
+# where pip took 45 s on this machine, a sixth of a fresh clone's `make test`; compiled, as
+# pip does, or each process would compile its imports again where PYTHONDONTWRITEBYTECODE is set.
+UV_VERSION := 0.13.9
 $(VENV)/.installed: pyproject.toml $(CLIENT)/pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install --quiet --disable-pip-version-check -e $(CLIENT) -e '.[dev]'
+	test -x $(BIN)/uv || $(BIN)/pip install --quiet --disable-pip-version-check uv==$(UV_VERSION)
+	$(BIN)/uv pip install --quiet --python $(BIN)/python --compile-bytecode -e $(CLIENT) -e '.[dev]'
 	touch $@
 
 $(BUF): package.json
