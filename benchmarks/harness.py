@@ -197,7 +197,8 @@ class Child:
             with contextlib.suppress(ProcessLookupError):
                 self.process.send_signal(signal.SIGTERM)
             try:
-                await asyncio.wait_for(self.process.wait(), grace)
+                async with asyncio.timeout(grace):
+                    await self.process.wait()
             except TimeoutError:
                 with contextlib.suppress(ProcessLookupError):
                     self.process.kill()
@@ -241,7 +242,8 @@ async def run_command(
         cwd=REPO,
     )
     try:
-        out, err = await asyncio.wait_for(process.communicate(), within)
+        async with asyncio.timeout(within):
+            out, err = await process.communicate()
     except (TimeoutError, asyncio.CancelledError):
         process.kill()
         await process.wait()

@@ -130,7 +130,8 @@ async def _interrupt(child: Child) -> None:
         with contextlib.suppress(ProcessLookupError):
             child.process.send_signal(signal.SIGINT)
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(asyncio.shield(child.process.wait()), 0.5)
+            async with asyncio.timeout(0.5):
+                await asyncio.shield(child.process.wait())
     assert child.process.stdout is not None
     await child.process.stdout.read()  # wrk's own report: not used
 

@@ -275,7 +275,8 @@ class ServerProcess:
         started = loop.time()
         self._process.send_signal(signal.SIGTERM)
         try:
-            returncode = await asyncio.wait_for(self._process.wait(), STOP_SECONDS)
+            async with asyncio.timeout(STOP_SECONDS):
+                returncode = await self._process.wait()
         except TimeoutError:
             await self.kill()
             raise AssertionError(

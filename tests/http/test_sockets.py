@@ -23,7 +23,8 @@ async def _nodelay_of_accepted(listener: socket.socket) -> int:
     try:
         port = listener.getsockname()[1]
         _, writer = await asyncio.open_connection("127.0.0.1", port)
-        nodelay = await asyncio.wait_for(accepted, 10)
+        async with asyncio.timeout(10):
+            nodelay = await accepted
         writer.close()
         return nodelay
     finally:

@@ -125,7 +125,8 @@ async def test_a_request_id_racing_another_replica_answers_with_the_first_ticket
             await _until_waiting_on_locks(blocker, 1)
             two = send(second)  # does not see the first's ticket; waits on its request id
             await _until_waiting_on_locks(blocker, 2)
-        tickets = await asyncio.wait_for(asyncio.gather(one, two), timeout=10)
+        async with asyncio.timeout(10):
+            tickets = await asyncio.gather(one, two)
         async with blocker.connect() as connection:
             count = await connection.scalar(
                 text("SELECT count(*) FROM tickets WHERE request_id = 'raced'")

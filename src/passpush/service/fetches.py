@@ -284,8 +284,6 @@ class FetchBatcher:
 
     async def _run(self) -> None:
         while True:
-            # asyncio.timeout, not wait_for: on Python 3.11 wait_for swallows a cancellation
-            # that lands as the event is set, and stop() then waited forever.
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(self._interval):
                     await self._full.wait()
