@@ -17,6 +17,7 @@ from sqlalchemy.ext.asyncio import (
     async_sessionmaker,
     create_async_engine,
 )
+from sqlalchemy.pool import PoolResetState
 
 DEFAULT_DATABASE_URL = "sqlite+aiosqlite:///./var/passpush.db"
 
@@ -65,7 +66,10 @@ def make_engine(url: str = DEFAULT_DATABASE_URL, **kwargs: Any) -> AsyncEngine:
         # transactions, instead of SQLite's busy handler, which sleeps in growing steps (up
         # to 100 ms) while another connection of the same process holds the write lock.
         pool = {"pool_size": 1, "max_overflow": 0, "pool_timeout": 60}
-    engine = create_async_engine(url, connect_args={"timeout": 30}, **pool, **kwargs)
+    engine = create_async_engine(
+        url, connect_args={"timeout": 30}, pool_reset_on_return=None, **pool, **kwargs
+    )
+    _roll_back_only_open_transactions(engine)
     _make_sqlite_transactions_immediate(engine)
     _end_transactions_of_invalidated_connections(engine)
     return engine
@@ -83,6 +87,22 @@ def _replace_connections_the_server_closed(engine: AsyncEngine) -> None:
     def _on_checkout(_dbapi_connection: Any, _record: Any, proxy: Any) -> None:
         if proxy.driver_connection.is_closed():
             raise exc.DisconnectionError("the server closed the connection")
+
+
+def _roll_back_only_open_transactions(engine: AsyncEngine) -> None:
+    """Replaces the pool's reset, a rollback on every return, by one only when a
+    transaction is open. Each rollback is a round trip to aiosqlite's thread (about 170 µs
+    of CPU), which the direct transactions paid for nothing: they check the write
+    connection out only to keep the process's other writers away, and begin nothing on it.
+    A transaction SQLAlchemy ended itself needs no reset either."""
+
+    @event.listens_for(engine.sync_engine.pool, "reset")
+    def _on_reset(dbapi_connection: Any, record: Any, state: PoolResetState) -> None:
+        if state.transaction_was_reset or not state.asyncio_safe:
+            return
+        driver = record.driver_connection
+        if driver is not None and driver.in_transaction:
+            dbapi_connection.rollback()
 
 
 def _end_transactions_of_invalidated_connections(engine: AsyncEngine) -> None:
