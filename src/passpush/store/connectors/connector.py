@@ -151,10 +151,13 @@ class Connector(Protocol):
     `make` builds the steps afresh for each try. A unique violation is raised as
     SQLAlchemy's IntegrityError, and a lost connection as its OperationalError, whatever
     the driver.
+
+    `brief`: a few small statements, which a connector whose transactions otherwise go to
+    a thread (SQLite's) may run on the calling thread: the hop costs more than they do.
     """
 
     dialect: str
 
-    async def run(self, make: Callable[[], Steps[T]]) -> T: ...
+    async def run(self, make: Callable[[], Steps[T]], *, brief: bool = False) -> T: ...
 
     def close(self) -> None: ...

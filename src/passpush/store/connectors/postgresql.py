@@ -35,7 +35,7 @@ class AsyncpgConnector:
         self._unique_violation = asyncpg.UniqueViolationError
         self._statements = CompiledStatements(engine.dialect)
 
-    async def run(self, make: Callable[[], Steps[T]]) -> T:
+    async def run(self, make: Callable[[], Steps[T]], *, brief: bool = False) -> T:
         async with self._engine.connect() as pooled:
             # The connection SQLAlchemy made (its codecs and settings), used directly;
             # SQLAlchemy began nothing on it, so its reset on return costs nothing.
@@ -94,7 +94,7 @@ class AsyncpgReadConnector:
         self._pool: Any = None
         self._opening: asyncio.Lock | None = None
 
-    async def run(self, make: Callable[[], Steps[T]]) -> T:
+    async def run(self, make: Callable[[], Steps[T]], *, brief: bool = False) -> T:
         pool = self._pool or await self._open()
         try:
             return await self._read(pool, make)
