@@ -10,7 +10,7 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.exc import DBAPIError, SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from passpush.store import migrate
+from passpush.store import schema_revision
 from passpush.store.db import make_engine
 
 # What connecting to or reading a database raises when it is not there, refuses us, or
@@ -27,15 +27,15 @@ async def open_migrated(url: str) -> AsyncEngine:
     _refuse_a_missing_sqlite_file(url)
     engine = make_engine(url)
     try:
-        current = await migrate.current_revision(engine)
+        current = await schema_revision.current(engine)
     except DATABASE_ERRORS as error:
         await engine.dispose()
         raise DatabaseUnusable(trouble(error, url)) from None
-    head = migrate.head()
+    head = schema_revision.head()
     if current == head:
         return engine
     await engine.dispose()
-    if current is not None and current not in migrate.revisions():
+    if current is not None and current not in schema_revision.revisions():
         raise DatabaseUnusable(
             f"the database {shown(url)} is at revision {current}, newer than this version of "
             f"passpush ({head}): run the version that migrated it"

@@ -1,4 +1,5 @@
-"""Applies the alembic migrations to a database, programmatically."""
+"""Applies the alembic migrations to a database, programmatically (the one module that
+imports alembic: schema_revision.py reads revisions without it)."""
 
 from __future__ import annotations
 
@@ -7,10 +8,8 @@ from pathlib import Path
 
 from alembic import command
 from alembic.config import Config
-from alembic.runtime.migration import MigrationContext
-from alembic.script import ScriptDirectory
-from sqlalchemy.ext.asyncio import AsyncEngine
 
+from passpush.store import schema_revision
 from passpush.store.db import make_engine
 
 MIGRATIONS = Path(__file__).parent / "migrations"
@@ -31,27 +30,8 @@ def downgrade(database_url: str, revision: str) -> None:
     command.downgrade(alembic_config(database_url), revision)
 
 
-async def is_up_to_date(engine: AsyncEngine) -> bool:
-    """Whether the database is at the newest migration."""
-    return await current_revision(engine) == head()
-
-
-async def current_revision(engine: AsyncEngine) -> str | None:
-    """The database's revision; None before the first migration."""
-    async with engine.connect() as connection:
-        current = await connection.run_sync(
-            lambda sync: MigrationContext.configure(sync).get_current_revision()
-        )
-    return None if current is None else str(current)
-
-
 def head() -> str:
-    return str(_scripts().get_current_head())
-
-
-def revisions() -> list[str]:
-    """Every revision, oldest first."""
-    return [script.revision for script in reversed(list(_scripts().walk_revisions()))]
+    return schema_revision.head()
 
 
 class UnknownRevision(ValueError):
@@ -61,7 +41,7 @@ class UnknownRevision(ValueError):
 def migrate_to(database_url: str, target: str = "head") -> str:
     """Upgrades or downgrades the database to `target` (a revision, `head` or `base`);
     returns the revision it is at now (`base`: none)."""
-    known = revisions()
+    known = schema_revision.revisions()
     wanted = {"head": known[-1], "base": None}.get(target, target)
     if wanted is not None and wanted not in known:
         raise UnknownRevision(
@@ -86,10 +66,6 @@ def migrate_to(database_url: str, target: str = "head") -> str:
 async def _current_revision_of(database_url: str) -> str | None:
     engine = make_engine(database_url)
     try:
-        return await current_revision(engine)
+        return await schema_revision.current(engine)
     finally:
         await engine.dispose()
-
-
-def _scripts() -> ScriptDirectory:
-    return ScriptDirectory.from_config(alembic_config(""))
