@@ -165,7 +165,7 @@ async def kill_when(fake: FakeApns, pushes: int, server: ServerProcess) -> int:
 
 # -- one server, killed ----------------------------------------------------------------------
 
-AUDIENCE = 3000
+AUDIENCE = 1500  # 15 claims of BATCH_SIZE
 
 
 async def test_kill_9_mid_broadcast_then_restart_pushes_every_device(
@@ -204,7 +204,7 @@ async def test_kill_9_mid_broadcast_then_restart_pushes_every_device(
 
 # -- replicas on PostgreSQL ------------------------------------------------------------------
 
-REPLICA_AUDIENCE = 2000
+REPLICA_AUDIENCE = 1000
 
 
 @replicas_on_postgresql

@@ -82,7 +82,7 @@ async def test_a_one_pass_send_commits_between_the_chunks_of_a_large_send(
 ) -> None:
     """A one-pass Send made while a large Send fans out is committed before the fan-out
     ends: the large Send's chunks are separate transactions, and it waits for one at most."""
-    audience = 8_000  # 40 chunks of CHUNK
+    audience = 3_000  # 15 chunks of CHUNK
     await World(passes).apple_template("crowd")
     await seed_apple_passes(database_url, "acme", "crowd", audience)
 

@@ -148,43 +148,67 @@ async def test_device_reads_after_postgresql_drops_every_connection_never_answer
     assert [answer.status_code for answer in after] == [204] * 20, [a.text for a in after]
 
 
-HOLD_CLOSE = 5.0  # seconds: far longer than the test's steps take on a quiet machine
+# Seconds a close from PostgreSQL's side is held back at most: the test lets the closes go
+# when it is done, and this bound only keeps a test gone wrong from waiting for ever.
+HOLD_CLOSE_AT_MOST = 60.0
 
 
-@contextlib.asynccontextmanager
-async def _proxy_that_holds_closes(database_url: str) -> AsyncIterator[str]:
+class _ClosesHeldBack:
     """The database's URL through a loopback proxy that passes bytes both ways but holds
-    back a close from PostgreSQL's side for HOLD_CLOSE seconds: a connection the server
-    ended then has the server's last word (its FATAL error) but not yet its end, as
-    between two reads. Held for good, a query sent just before that last word arrived
-    waited forever for an answer (the suite hung once, on a loaded machine)."""
+    back a close from PostgreSQL's side until the test is done with it: a connection the
+    server ended then has the server's last word (its FATAL error) but not its end, as
+    between two reads. (A close held for a fixed time, 5 s, let the end arrive before the
+    test's next step on a loaded machine, and the step found a closed connection instead.)
+    Each held close still goes at HOLD_CLOSE_AT_MOST: a query sent just before that last
+    word arrived would otherwise wait for an answer for ever."""
 
-    async def pipe(source: asyncio.StreamReader, sink: asyncio.StreamWriter) -> None:
+    def __init__(self, database_url: str) -> None:
+        self._target = make_url(database_url)
+        self._held: list[asyncio.StreamWriter] = []
+        self._server_ends = 0  # connections whose last word from PostgreSQL is passed on
+        self._ended = asyncio.Condition()
+        self.url = ""
+
+    async def server_ended(self, count: int) -> None:
+        """Returns once PostgreSQL's last word on `count` connections is passed on."""
+        async with asyncio.timeout(10), self._ended:
+            await self._ended.wait_for(lambda: self._server_ends >= count)
+
+    async def _pipe(self, source: asyncio.StreamReader, sink: asyncio.StreamWriter) -> None:
         while data := await source.read(65536):
             sink.write(data)
+            await sink.drain()
 
-    async def end_later(server: asyncio.StreamReader, to_client: asyncio.StreamWriter) -> None:
-        await pipe(server, to_client)
-        await asyncio.sleep(HOLD_CLOSE)
+    async def _end_later(
+        self, server: asyncio.StreamReader, to_client: asyncio.StreamWriter
+    ) -> None:
+        await self._pipe(server, to_client)
+        async with self._ended:
+            self._server_ends += 1
+            self._ended.notify_all()
+        await asyncio.sleep(HOLD_CLOSE_AT_MOST)
         to_client.close()
 
-    async def serve(client: asyncio.StreamReader, to_client: asyncio.StreamWriter) -> None:
-        held.append(to_client)
-        server, to_server = await asyncio.open_connection(url.host, url.port)
+    async def _serve(self, client: asyncio.StreamReader, to_client: asyncio.StreamWriter) -> None:
+        self._held.append(to_client)
+        server, to_server = await asyncio.open_connection(self._target.host, self._target.port)
         with contextlib.suppress(ConnectionError):
-            await asyncio.gather(pipe(client, to_server), end_later(server, to_client))
+            await asyncio.gather(self._pipe(client, to_server), self._end_later(server, to_client))
         to_server.close()
 
-    url = make_url(database_url)
-    held: list[asyncio.StreamWriter] = []
-    proxy = await asyncio.start_server(serve, "127.0.0.1", 0)
-    port = proxy.sockets[0].getsockname()[1]
-    try:
-        yield url.set(host="127.0.0.1", port=port).render_as_string(hide_password=False)
-    finally:
-        proxy.close()
-        for to_client in held:  # now the ends arrive: nothing waits for them forever
-            to_client.close()
+    @contextlib.asynccontextmanager
+    async def running(self) -> AsyncIterator[_ClosesHeldBack]:
+        proxy = await asyncio.start_server(self._serve, "127.0.0.1", 0)
+        port = proxy.sockets[0].getsockname()[1]
+        self.url = self._target.set(host="127.0.0.1", port=port).render_as_string(
+            hide_password=False
+        )
+        try:
+            yield self
+        finally:
+            proxy.close()
+            for to_client in self._held:  # now the ends arrive: nothing waits for them
+                to_client.close()
 
 
 @pytest.mark.parametrize("database_url", ["postgresql"], indirect=True)
@@ -196,13 +220,15 @@ async def test_a_connection_whose_end_has_not_arrived_yet_is_passing_trouble(
     other (it was a 500 in CI): a read is read again on a new connection; a transaction,
     which may have written, is passing trouble (UNAVAILABLE, 503) and the next call gets a
     new connection."""
-    async with _proxy_that_holds_closes(database_url) as through_proxy:
-        engine = make_engine(through_proxy)
+    async with _ClosesHeldBack(database_url).running() as proxy:
+        engine = make_engine(proxy.url)
         reads, transactions = connect_reads(engine), connect(engine)
         try:
             await reads.run(oldest_open_write)
             await transactions.run(write_check)
-            assert await _end_every_connection(database_url) >= 2
+            ended = await _end_every_connection(database_url)
+            assert ended >= 2
+            await proxy.server_ended(ended)
             await reads.run(oldest_open_write)
             with pytest.raises(DATABASE_ERRORS) as raised:
                 await transactions.run(write_check)
