@@ -60,9 +60,15 @@ async def test_while_another_process_writes_it_waits_on_a_thread(engine: AsyncEn
     threads: list[threading.Thread] = []
     try:
         brief = asyncio.create_task(transactions.run(lambda: _insert(1, threads), brief=True))
-        # The loop goes on meanwhile: this sleep ends, and the transaction is still waiting.
-        await asyncio.sleep(0.2)
-        assert not brief.done()
+        # The loop goes on meanwhile: ticks 20 ms apart come about on time (a transaction
+        # that waited on the loop's thread would stop them for SQLite's busy timeout, 30 s).
+        loop = asyncio.get_running_loop()
+        late = 0.0
+        for _ in range(50):
+            due = loop.time() + 0.02
+            await asyncio.sleep(0.02)
+            late = max(late, loop.time() - due)
+        assert late < 5.0
         other.execute("COMMIT")
         async with asyncio.timeout(10):
             await brief
