@@ -72,7 +72,7 @@ async def test_errors_and_dropped_connections_deliver_each_device_and_count_it_o
     loses an answer it sent, so any push after a 200 would be passpush's duplicate)."""
     fake_apns.faults(errors=0.3, drops=0.02, seed=16)
 
-    tokens, ticket_id = await broadcast(passes, notifications, database_url, 2000)
+    tokens, ticket_id = await broadcast(passes, notifications, database_url, 1000)
     ticket = await wait_terminal(notifications, ticket_id, seconds=90)
 
     assert ticket.state == npb.TICKET_STATE_SUCCEEDED, ticket
