@@ -120,7 +120,7 @@ def _refuse(message: str) -> NoReturn:
 
 def _migrate(database_url: str, target: str) -> None:
     from passpush.database_checks import DATABASE_ERRORS, shown, trouble
-    from passpush.store import migrate
+    from passpush.store import migrate, schema_revision
 
     try:
         now = migrate.migrate_to(database_url, target)
@@ -128,10 +128,11 @@ def _migrate(database_url: str, target: str) -> None:
         _refuse(str(error))
     except DATABASE_ERRORS as error:
         _refuse(trouble(error, database_url))
-    if now == migrate.head():
+    head = schema_revision.head()
+    if now == head:
         print(f"database is up to date ({shown(database_url)})")
     else:
-        print(f"database is at revision {now}, head is {migrate.head()} ({shown(database_url)})")
+        print(f"database is at revision {now}, head is {head} ({shown(database_url)})")
 
 
 def _add_keys_commands(commands: Any) -> None:

@@ -30,10 +30,6 @@ def downgrade(database_url: str, revision: str) -> None:
     command.downgrade(alembic_config(database_url), revision)
 
 
-def head() -> str:
-    return schema_revision.head()
-
-
 class UnknownRevision(ValueError):
     """A revision this version of passpush has no migration for."""
 
