@@ -3,17 +3,19 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections import Counter
-from collections.abc import Coroutine
+from collections.abc import AsyncIterator, Coroutine
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 import grpc
 from google.rpc import error_details_pb2
 from grpc_status import rpc_status
-from sqlalchemy import func, insert, select
-from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+from sqlalchemy import func, insert, select, text
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from passpush.domain.clock import utcnow
 from passpush.service.keys import KeyCore
@@ -391,3 +393,16 @@ def _awaiting(task: asyncio.Task[Any]) -> list[str]:
             chain.append(f"{frame.f_code.co_name} ({frame.f_code.co_filename}:{frame.f_lineno})")
         coro = getattr(coro, "cr_await", None) or getattr(coro, "gi_yieldfrom", None)
     return chain
+
+
+@contextlib.asynccontextmanager
+async def sqlite_engine_with(path: Path, table: str) -> AsyncIterator[AsyncEngine]:
+    """The server's SQLite engine (make_engine's settings) on a new file holding one table,
+    made by the statement `table`: for tests of the engine and its connections."""
+    engine = make_engine(f"sqlite+aiosqlite:///{path}")
+    try:
+        async with engine.begin() as connection:
+            await connection.execute(text(table))
+        yield engine
+    finally:
+        await engine.dispose()

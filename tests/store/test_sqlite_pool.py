@@ -17,16 +17,13 @@ import pytest
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from passpush.store.db import make_engine
+from support import sqlite_engine_with
 
 
 @pytest.fixture
 async def engine(tmp_path: Path) -> AsyncIterator[AsyncEngine]:
-    engine = make_engine(f"sqlite+aiosqlite:///{tmp_path / 'pool.db'}")
-    async with engine.begin() as connection:
-        await connection.execute(text("CREATE TABLE t (n INTEGER)"))
-    yield engine
-    await engine.dispose()
+    async with sqlite_engine_with(tmp_path / "pool.db", "CREATE TABLE t (n INTEGER)") as engine:
+        yield engine
 
 
 @pytest.fixture

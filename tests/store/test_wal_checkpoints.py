@@ -18,16 +18,15 @@ from passpush.store.connectors import connect
 from passpush.store.connectors.connector import Query, Steps
 from passpush.store.db import make_engine
 
+from support import sqlite_engine_with
+
 MIB = 1024 * 1024
 
 
 @pytest.fixture
 async def engine(tmp_path: Path) -> AsyncIterator[AsyncEngine]:
-    engine = make_engine(f"sqlite+aiosqlite:///{tmp_path / 'wal.db'}")
-    async with engine.begin() as connection:
-        await connection.execute(text("CREATE TABLE filler (data BLOB)"))
-    yield engine
-    await engine.dispose()
+    async with sqlite_engine_with(tmp_path / "wal.db", "CREATE TABLE filler (data BLOB)") as engine:
+        yield engine
 
 
 def _wal(engine: AsyncEngine) -> int:

@@ -16,18 +16,17 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from passpush.store.connectors import connect
 from passpush.store.connectors.connector import Query, Steps
-from passpush.store.db import make_engine
+
+from support import sqlite_engine_with
 
 _INSERT = text("INSERT INTO t (n) VALUES (:n)")
 
 
 @pytest.fixture
 async def engine(tmp_path: Path) -> AsyncIterator[AsyncEngine]:
-    engine = make_engine(f"sqlite+aiosqlite:///{tmp_path / 'brief.db'}")
-    async with engine.begin() as connection:
-        await connection.execute(text("CREATE TABLE t (n INTEGER PRIMARY KEY)"))
-    yield engine
-    await engine.dispose()
+    table = "CREATE TABLE t (n INTEGER PRIMARY KEY)"
+    async with sqlite_engine_with(tmp_path / "brief.db", table) as engine:
+        yield engine
 
 
 def _insert(n: int, threads: list[threading.Thread]) -> Steps[None]:
