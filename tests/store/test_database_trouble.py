@@ -29,6 +29,7 @@ from passpush.delivery.apple.gateway import ApnsGateway
 from passpush.delivery.worker import WorkerSettings
 from passpush.http.app import HttpServer, create_app
 from passpush.store.connectors import connect, connect_reads
+from passpush.store.connectors.connector import Query, Steps
 from passpush.store.db import make_engine, make_sessions
 from passpush.store.faults import DATABASE_ERRORS, is_passing_trouble, write_check
 from passpush.store.passkit import oldest_open_write
@@ -530,3 +531,45 @@ async def test_a_task_cancelled_inside_a_sqlite_transaction_leaves_the_write_loc
             await session.execute(text("INSERT INTO t VALUES (2)"))
     finally:
         await engine.dispose()
+
+
+_A_MOMENT = text("SELECT pg_sleep(0.2)")
+
+
+def _a_moment() -> Steps[None]:
+    yield Query(_A_MOMENT)
+
+
+@pytest.mark.parametrize("database_url", ["postgresql"], indirect=True)
+async def test_after_postgresql_ends_every_connection_one_transaction_is_unavailable_at_most(
+    database_url: str,
+) -> None:
+    """A connection found lost means the server most likely ended the pool's others too,
+    whose ends may not have arrived: each would fail one more caller (all four did). The
+    first loss replaces every pooled connection opened before it."""
+    async with _ClosesHeldBack(database_url).running() as proxy:
+        engine = make_engine(proxy.url)
+        transactions = connect(engine)
+        try:
+            # Four at once: four connections in the pool.
+            await asyncio.gather(*(transactions.run(_a_moment) for _ in range(4)))
+            ended = await _end_every_connection(database_url)
+            assert ended >= 4
+            await proxy.server_ended(ended)
+            outcomes = []
+            for _ in range(4):
+                try:
+                    await transactions.run(write_check)
+                    outcomes.append("ok")
+                except DATABASE_ERRORS:
+                    outcomes.append("unavailable")
+                if len(outcomes) == 1:
+                    replaced_from = asyncio.get_running_loop().time()
+            # Each stale connection is ended at once, not politely: SQLAlchemy's polite close
+            # waits up to 2 s for an end that never comes (6 s for these three).
+            replacing = asyncio.get_running_loop().time() - replaced_from
+        finally:
+            transactions.close()
+    await engine.dispose()
+    assert outcomes[1:] == ["ok"] * 3, outcomes
+    assert replacing < 2.0, f"{replacing:.1f} s to replace three stale connections"

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import contextlib
 import json
+import time
+import weakref
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
@@ -75,18 +77,43 @@ def make_engine(url: str = DEFAULT_DATABASE_URL, **kwargs: Any) -> AsyncEngine:
     return engine
 
 
+# Per engine: connections opened until then are replaced when next checked out.
+_STALE_UNTIL: weakref.WeakKeyDictionary[Any, float] = weakref.WeakKeyDictionary()
+
+
 def _replace_connections_the_server_closed(engine: AsyncEngine) -> None:
     """A pooled connection that PostgreSQL ended (a restart, a failover, an administrator)
-    is replaced when checked out, instead of failing the call that gets it next.
+    is replaced when checked out, instead of failing the call that gets it next: one whose
+    end has arrived, and every one opened before a connection was found lost
+    (`replace_pooled_connections`).
 
     asyncpg notices a closed socket by itself, so asking costs no round trip (unlike
     SQLAlchemy's pool_pre_ping, which pings on every checkout).
     """
 
+    @event.listens_for(engine.sync_engine, "connect")
+    def _on_connect(_dbapi_connection: Any, record: Any) -> None:
+        record.info["opened_at"] = time.monotonic()
+
     @event.listens_for(engine.sync_engine, "checkout")
-    def _on_checkout(_dbapi_connection: Any, _record: Any, proxy: Any) -> None:
+    def _on_checkout(_dbapi_connection: Any, record: Any, proxy: Any) -> None:
         if proxy.driver_connection.is_closed():
             raise exc.DisconnectionError("the server closed the connection")
+        if record.info.get("opened_at", 0.0) <= _STALE_UNTIL.get(engine.sync_engine, -1.0):
+            # Ended at once: SQLAlchemy's own close would first wait up to 2 s for a polite
+            # end that a connection the server ended without its end arriving never gets.
+            proxy.driver_connection.terminate()
+            raise exc.DisconnectionError("opened before a connection was found lost")
+
+
+def replace_pooled_connections(engine: AsyncEngine) -> None:
+    """Every connection the engine's pool holds now is replaced when next checked out.
+
+    For a connection found lost where SQLAlchemy did not see it (the direct transactions
+    on asyncpg): the server that ended it most likely ended the others too, whose ends may
+    not have arrived yet (each would fail one more caller). SQLAlchemy does the same for
+    a disconnect it sees itself."""
+    _STALE_UNTIL[engine.sync_engine] = time.monotonic()
 
 
 def _roll_back_only_open_transactions(engine: AsyncEngine) -> None:

@@ -18,7 +18,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from passpush.store.connectors.connector import Drive, Mode, Row, Statement, Steps
 from passpush.store.connectors.statements import CompiledStatements
-from passpush.store.db import POSTGRES_SETTINGS, asyncpg_dsn
+from passpush.store.db import POSTGRES_SETTINGS, asyncpg_dsn, replace_pooled_connections
 
 T = TypeVar("T")
 
@@ -53,8 +53,10 @@ class AsyncpgConnector:
                 if not _lost(connection, error):
                     raise
                 # SQLAlchemy did not run these statements, so it cannot know that the server
-                # went away: the pool would hand the dead connection out again and again.
+                # went away: the pool would hand the dead connection out again and again,
+                # and the others it ended with it once each.
                 await pooled.invalidate()
+                replace_pooled_connections(self._engine)
                 if not isinstance(error, Exception):
                     raise
                 # Whatever asyncpg raised, the connection was lost: said as SQLAlchemy says it.
