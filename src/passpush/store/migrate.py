@@ -1,5 +1,6 @@
-"""Applies the alembic migrations to a database, programmatically (the one module that
-imports alembic: schema_revision.py reads revisions without it)."""
+"""Applies the alembic migrations to a database, programmatically (the one module outside
+the migrations themselves that imports alembic: schema_revision.py reads revisions
+without it)."""
 
 from __future__ import annotations
 
