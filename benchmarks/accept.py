@@ -28,7 +28,7 @@ import grpc
 
 from benchmarks.database import bench_database, pass_id
 from benchmarks.fake import NodeFake, node_fake
-from benchmarks.harness import Child, Options, Result, log, percentile, workspace
+from benchmarks.harness import Child, Options, Result, cpu_seconds, log, percentile, workspace
 from benchmarks.server import CONTENT, ApnsAuth, Client, client, serve
 from passpush.v1 import notifications_pb2 as pb
 
@@ -78,6 +78,31 @@ class ClosedLoop:
     @property
     def rate(self) -> float:
         return self.calls / self.seconds
+
+
+@dataclass(frozen=True)
+class Measured:
+    """A closed loop with the CPU time each server process spent a call (ms), by name."""
+
+    loop: ClosedLoop
+    cpu_ms: dict[str, float]
+
+    def describe_cpu(self) -> str:
+        return ", ".join(f"{name} {ms:.2f} ms" for name, ms in self.cpu_ms.items())
+
+
+async def closed_loop_costing(
+    send: Sender, seconds: float, concurrency: int, processes: dict[str, int]
+) -> Measured:
+    """`closed_loop`, and the CPU time each process (by name: pid) spent a call meanwhile."""
+    before = {name: cpu_seconds(pid) or 0.0 for name, pid in processes.items()}
+    loop = await closed_loop(send, seconds, concurrency)
+    calls = max(1, loop.calls)
+    spent = {
+        name: ((cpu_seconds(pid) or 0.0) - before[name]) / calls * 1000
+        for name, pid in processes.items()
+    }
+    return Measured(loop, spent)
 
 
 def single_pass_sender(c: Client) -> Sender:
@@ -151,7 +176,7 @@ async def closed_loop(send: Sender, seconds: float, concurrency: int) -> ClosedL
     return ClosedLoop(calls, errors, time.perf_counter() - started)
 
 
-async def measure_noop(workdir: Path, options: Options) -> tuple[ClosedLoop, OpenLoop]:
+async def measure_noop(workdir: Path, options: Options) -> tuple[Measured, OpenLoop]:
     """The same two loops against the no-op server: the ceiling and the latency floor
     (the open loop for at most NOOP_OPEN_LOOP_SECONDS)."""
     child = await Child.start(
@@ -165,13 +190,16 @@ async def measure_noop(workdir: Path, options: Options) -> tuple[ClosedLoop, Ope
         async with client(f"127.0.0.1:{port}", "noop", options.channels) as c:
             send = single_pass_sender(c)
             await closed_loop(send, WARMUP_SECONDS, options.concurrency)
-            measured = await closed_loop(send, options.throughput_seconds, options.concurrency)
+            measured = await closed_loop_costing(
+                send, options.throughput_seconds, options.concurrency, {"no-op": child.pid}
+            )
             seconds = min(options.duration, NOOP_OPEN_LOOP_SECONDS)
             latency = await open_loop(send, options.rate, seconds)
     finally:
         await child.stop(grace=5)
     log(
-        f"accept: no-op grpc.aio server, {measured.rate:,.0f} Sends/s closed loop; "
+        f"accept: no-op grpc.aio server, {measured.loop.rate:,.0f} Sends/s closed loop "
+        f"(CPU a Send: {measured.describe_cpu()}); "
         f"at {options.rate:.0f}/s p50 {latency.describe(0.5)}, p99 {latency.describe(0.99)}"
     )
     return measured, latency
@@ -183,7 +211,7 @@ async def measure_backend(
     auth: ApnsAuth,
     workdir: Path,
     options: Options,
-    noop: ClosedLoop,
+    noop: Measured,
 ) -> list[Result]:
     async with bench_database(backend, workdir) as database:
         await database.seed(ACCEPT_PASSES)
@@ -197,8 +225,17 @@ async def measure_backend(
             warmup = await closed_loop(send, WARMUP_SECONDS, 8)
             # Throughput first: a closed loop cannot leave calls behind, an overloaded open
             # loop can (calls given up by the client may still hold the server for a while).
-            throughput = await closed_loop(send, options.throughput_seconds, options.concurrency)
-            log(f"accept on {backend}: {throughput.rate:,.0f} Sends/s closed loop")
+            processes = {"api" if split else "server": deployment.servers[0].pid}
+            if deployment.workers:
+                processes["worker"] = deployment.workers[0].pid
+            measured = await closed_loop_costing(
+                send, options.throughput_seconds, options.concurrency, processes
+            )
+            throughput = measured.loop
+            log(
+                f"accept on {backend}: {throughput.rate:,.0f} Sends/s closed loop "
+                f"(CPU a Send: {measured.describe_cpu()})"
+            )
             # It leaves pushes behind, though: the open loop starts once they are out.
             await fake.wait_for(warmup.calls + throughput.calls, within=120)
             latency = await open_loop(send, options.rate, options.duration)
@@ -209,7 +246,7 @@ async def measure_backend(
                 f"{latency.abandoned} abandoned, "
                 f"client late by {latency.max_lag * 1000:.1f} ms at worst"
             )
-    ratio = throughput.rate / noop.rate
+    ratio = throughput.rate / noop.loop.rate
     roles = " (api + worker processes)" if options.accept_roles == "split" else " (one process)"
     name = f"accept {options.rate:.0f}/s x {options.duration:.0f} s{roles}"
     notes = []
@@ -241,7 +278,8 @@ async def measure_backend(
             f"accept throughput, {options.concurrency} in flight{roles}",
             backend,
             f"{throughput.rate:,.0f} Sends/s = {ratio:.2f}x no-op"
-            + (f", {throughput.errors} errors" if throughput.errors else ""),
+            + (f", {throughput.errors} errors" if throughput.errors else "")
+            + f" (CPU a Send: {measured.describe_cpu()}; {noop.describe_cpu()})",
             f"≥ {THROUGHPUT_BAR}x no-op",
             ratio >= THROUGHPUT_BAR and throughput.errors == 0,
         ),
@@ -257,7 +295,7 @@ async def run(options: Options) -> list[Result]:
                 Result(
                     f"accept throughput, {options.concurrency} in flight: no-op grpc.aio",
                     "—",
-                    f"{noop.rate:,.0f} Sends/s",
+                    f"{noop.loop.rate:,.0f} Sends/s (CPU a Send: {noop.describe_cpu()})",
                 ),
                 Result(
                     f"accept {options.rate:.0f}/s: no-op grpc.aio latency",

@@ -51,6 +51,7 @@ from benchmarks.harness import (
     TOPIC,
     Options,
     Result,
+    cpu_seconds,
     free_port,
     log,
     percentile,
@@ -320,12 +321,18 @@ async def _measure(run: Run, pull: Audience, storm: Audience) -> list[Result]:
     _delivered(ticket, count)
     push_seconds = seen - began
     server_cpu = tree_cpu_seconds(run.server_pid) or 0.0
+    main_cpu = cpu_seconds(run.server_pid) or 0.0
     fetch = await _devices(run, "pull", devices)
     server_cpu = (tree_cpu_seconds(run.server_pid) or 0.0) - server_cpu
+    main_cpu = (cpu_seconds(run.server_pid) or 0.0) - main_cpu
     fetch.check("the pull")
     # CPU a device update costs: passpush's processes (PostgreSQL's apart) and the load client.
     server_ms, client_ms = server_cpu / count * 1000, fetch.cpu_seconds / count * 1000
-    cost = f"CPU a device update: server {server_ms:.1f} ms, wrk {client_ms:.2f} ms"
+    main_ms = main_cpu / count * 1000
+    cost = (
+        f"CPU a device update: server {server_ms:.2f} ms (HTTP processes "
+        f"{server_ms - main_ms:.2f}, main {main_ms:.2f}), wrk {client_ms:.2f} ms"
+    )
     updates = fetch.rate(count)
     end_to_end = fetch.last_us / 1e6 - sent_at
     ratio = updates / signs
