@@ -94,3 +94,27 @@ async def test_a_brief_transaction_that_fails_changes_nothing(engine: AsyncEngin
     finally:
         transactions.close()
     assert _rows(engine) == [8]
+
+
+@pytest.mark.parametrize("brief", [True, False], ids=["brief", "on a thread"])
+async def test_a_transaction_holds_the_engines_one_connection(
+    engine: AsyncEngine, brief: bool
+) -> None:
+    """The process's other writers (SQLAlchemy sessions) share the engine's one pooled
+    connection: a direct transaction holds it throughout, so that they wait for it in the
+    pool, woken as it returns, rather than in SQLite's busy handler, which sleeps."""
+    pool = engine.sync_engine.pool
+    transactions = connect(engine)
+    held: list[int] = []
+
+    def observed(n: int) -> Steps[None]:
+        held.append(pool.checkedout())  # type: ignore[attr-defined]
+        yield Query.write(_INSERT, {"n": n})
+
+    try:
+        await transactions.run(lambda: observed(1), brief=brief)
+    finally:
+        transactions.close()
+    assert held == [1]
+    assert pool.checkedout() == 0  # type: ignore[attr-defined]
+    assert _rows(engine) == [1]
