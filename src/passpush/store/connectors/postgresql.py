@@ -15,6 +15,7 @@ from typing import Any, TypeVar
 
 from sqlalchemy import exc
 from sqlalchemy.ext.asyncio import AsyncEngine
+from sqlalchemy.util import greenlet_spawn
 
 from passpush.store.connectors.connector import Drive, Mode, Row, Statement, Steps
 from passpush.store.connectors.statements import CompiledStatements
@@ -36,10 +37,13 @@ class AsyncpgConnector:
         self._statements = CompiledStatements(engine.dialect)
 
     async def run(self, make: Callable[[], Steps[T]], *, brief: bool = False) -> T:
-        async with self._engine.connect() as pooled:
-            # The connection SQLAlchemy made (its codecs and settings), used directly;
-            # SQLAlchemy began nothing on it, so its reset on return costs nothing.
-            connection = (await pooled.get_raw_connection()).driver_connection
+        # The connection SQLAlchemy made (its codecs and settings), taken straight from the
+        # pool and used directly: through engine.connect() the checkout and return cost
+        # about 50 µs more, the return a task of its own. SQLAlchemy began nothing on it, so
+        # its reset on return costs nothing (and awaits nothing: no cancellation cuts it).
+        pooled = await greenlet_spawn(self._engine.sync_engine.pool.connect)
+        try:
+            connection = pooled.driver_connection
             assert connection is not None
             try:
                 async with connection.transaction():
@@ -55,12 +59,15 @@ class AsyncpgConnector:
                 # SQLAlchemy did not run these statements, so it cannot know that the server
                 # went away: the pool would hand the dead connection out again and again,
                 # and the others it ended with it once each.
-                await pooled.invalidate()
+                # Ended at once: SQLAlchemy's polite close would wait up to 2 s for it.
+                pooled.invalidate()
                 replace_pooled_connections(self._engine)
                 if not isinstance(error, Exception):
                     raise
                 # Whatever asyncpg raised, the connection was lost: said as SQLAlchemy says it.
                 raise exc.OperationalError("", None, error, connection_invalidated=True) from error
+        finally:
+            await greenlet_spawn(pooled.close)
 
     async def _execute(self, connection: Any, step: Statement) -> list[Row]:
         query = step.query
