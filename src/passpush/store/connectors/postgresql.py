@@ -59,7 +59,6 @@ class AsyncpgConnector:
                 # SQLAlchemy did not run these statements, so it cannot know that the server
                 # went away: the pool would hand the dead connection out again and again,
                 # and the others it ended with it once each.
-                # Ended at once: SQLAlchemy's polite close would wait up to 2 s for it.
                 pooled.invalidate()
                 replace_pooled_connections(self._engine)
                 if not isinstance(error, Exception):
