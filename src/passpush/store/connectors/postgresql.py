@@ -15,11 +15,15 @@ from typing import Any, TypeVar
 
 from sqlalchemy import exc
 from sqlalchemy.ext.asyncio import AsyncEngine
-from sqlalchemy.util import greenlet_spawn
 
 from passpush.store.connectors.connector import Drive, Mode, Row, Statement, Steps
 from passpush.store.connectors.statements import CompiledStatements
-from passpush.store.db import POSTGRES_SETTINGS, asyncpg_dsn, replace_pooled_connections
+from passpush.store.db import (
+    POSTGRES_SETTINGS,
+    asyncpg_dsn,
+    pooled_connection,
+    replace_pooled_connections,
+)
 
 T = TypeVar("T")
 
@@ -37,12 +41,9 @@ class AsyncpgConnector:
         self._statements = CompiledStatements(engine.dialect)
 
     async def run(self, make: Callable[[], Steps[T]], *, brief: bool = False) -> T:
-        # The connection SQLAlchemy made (its codecs and settings), taken straight from the
-        # pool and used directly: through engine.connect() the checkout and return cost
-        # about 50 µs more, the return a task of its own. SQLAlchemy began nothing on it, so
-        # its reset on return costs nothing (and awaits nothing: no cancellation cuts it).
-        pooled = await greenlet_spawn(self._engine.sync_engine.pool.connect)
-        try:
+        async with pooled_connection(self._engine) as pooled:
+            # The connection SQLAlchemy made (its codecs and settings), used directly;
+            # SQLAlchemy began nothing on it, so its reset on return costs nothing.
             connection = pooled.driver_connection
             assert connection is not None
             try:
@@ -65,8 +66,6 @@ class AsyncpgConnector:
                     raise
                 # Whatever asyncpg raised, the connection was lost: said as SQLAlchemy says it.
                 raise exc.OperationalError("", None, error, connection_invalidated=True) from error
-        finally:
-            await greenlet_spawn(pooled.close)
 
     async def _execute(self, connection: Any, step: Statement) -> list[Row]:
         query = step.query

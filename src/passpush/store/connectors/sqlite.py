@@ -16,11 +16,10 @@ from typing import TypeVar
 
 from sqlalchemy import exc
 from sqlalchemy.ext.asyncio import AsyncEngine
-from sqlalchemy.util import greenlet_spawn
 
 from passpush.store.connectors.connector import Drive, Mode, Row, Statement, Steps
 from passpush.store.connectors.statements import CompiledStatements
-from passpush.store.db import configure_sqlite_connection
+from passpush.store.db import configure_sqlite_connection, pooled_connection
 
 T = TypeVar("T")
 
@@ -35,7 +34,7 @@ class SqliteConnector:
     dialect = "sqlite"
 
     def __init__(self, engine: AsyncEngine, database: str) -> None:
-        self._pool = engine.sync_engine.pool
+        self._engine = engine
         self._database = database
         self._statements = CompiledStatements(engine.dialect)
         self._connection: sqlite3.Connection | None = None
@@ -44,12 +43,7 @@ class SqliteConnector:
     async def run(self, make: Callable[[], Steps[T]], *, brief: bool = False) -> T:
         # Holding the engine's one connection (pool of one) keeps the process's other
         # writers out: they would otherwise wait on SQLite's busy handler, which sleeps.
-        # Taken from the pool itself: through engine.connect() the checkout and return cost
-        # 54-69 µs of CPU a transaction, this way 16-26 µs (2026-12-03), the return no task
-        # of its own. Nothing begins on the connection, so the pool's reset (db.py) has no
-        # rollback to await: the return awaits nothing, and no cancellation cuts it.
-        held = await greenlet_spawn(self._pool.connect)
-        try:
+        async with pooled_connection(self._engine):
             if brief and self._lock.acquire(blocking=False):
                 # On this thread: the hop to an executor thread and back took about 0.6 ms
                 # of a 1 ms registration group, waiting for the GIL. Only if no other
@@ -61,8 +55,6 @@ class SqliteConnector:
                 finally:
                     self._lock.release()
             return await asyncio.get_running_loop().run_in_executor(None, self._on_thread, make)
-        finally:
-            await greenlet_spawn(held.close)
 
     def _on_thread(self, make: Callable[[], Steps[T]]) -> T:
         with self._lock:
