@@ -109,12 +109,12 @@ def _replace_connections_the_server_closed(engine: AsyncEngine) -> None:
 
 @contextlib.asynccontextmanager
 async def pooled_connection(engine: AsyncEngine) -> AsyncIterator[PoolProxiedConnection]:
-    """One of the engine's pooled connections, checked out and back without the layers of
-    `engine.connect()`, which cost 54-86 µs of CPU a checkout and return and returned the
-    connection in a task of its own (26-43 µs this way, about half in each reading of
-    2026-12-03): for the direct
-    transactions (store/connectors/), which begin nothing through SQLAlchemy. So the
-    pool's reset on return has no rollback to await, and no cancellation cuts it short."""
+    """One of the engine's pooled connections, for the direct transactions
+    (store/connectors/), checked out and back without the layers of `engine.connect()`,
+    which cost 54-86 µs of CPU a checkout and return and returned the connection in a task
+    of its own (26-43 µs this way, about half in each reading of 2026-12-03). Nothing
+    begins on it through SQLAlchemy, so the pool's reset on return has no rollback to
+    await, and no cancellation cuts the return short."""
     connection = await greenlet_spawn(engine.sync_engine.pool.connect)
     try:
         yield connection
