@@ -312,8 +312,11 @@ class ParentRegistrar:
     """A child's registrations, written by the parent: each goes up the pipe and waits for
     the parent's answer, which `answered` takes from the child's stdin."""
 
-    def __init__(self, parent: ParentPipe) -> None:
+    def __init__(self, parent: ParentPipe, *, answer_within: float = _ANSWER_TIMEOUT) -> None:
+        """`answer_within`: seconds a registration waits for the parent's answer before it
+        is refused as unavailable (the parent's database stuck, say)."""
         self._parent = parent
+        self._answer_within = answer_within
         self._numbers = itertools.count()
         self._waiting: dict[int, asyncio.Future[bool]] = {}
 
@@ -323,7 +326,7 @@ class ParentRegistrar:
         self._waiting[number] = answer
         self._parent.tell(REGISTER + json.dumps({"n": number, **vars(registration)}).encode())
         try:
-            async with asyncio.timeout(_ANSWER_TIMEOUT):
+            async with asyncio.timeout(self._answer_within):
                 return await answer
         except TimeoutError:
             raise database_unavailable() from None
