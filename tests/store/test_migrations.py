@@ -32,7 +32,7 @@ def test_the_revisions_read_without_alembic_are_alembics() -> None:
     cost each `passpush serve` and `keys` process about 0.1 s of CPU): what it reads of the
     migration files is what alembic makes of them."""
     scripts = ScriptDirectory.from_config(migrate.alembic_config("sqlite://"))
-    assert schema_revision.revisions() == [
+    assert list(schema_revision.revisions()) == [
         script.revision for script in reversed(list(scripts.walk_revisions()))
     ]
     assert schema_revision.head() == scripts.get_current_head()

@@ -36,8 +36,9 @@ def head() -> str:
 
 
 @functools.cache
-def revisions() -> list[str]:
-    """Every revision, oldest first (one line of migrations, each after the one before)."""
+def revisions() -> tuple[str, ...]:
+    """Every revision, oldest first (one line of migrations, each after the one before);
+    a tuple, as the cache hands the same one to every caller."""
     after: dict[str | None, str] = {}
     for path in VERSIONS.glob("*.py"):
         source = path.read_text()
@@ -48,4 +49,4 @@ def revisions() -> list[str]:
     ordered: list[str] = []
     while (following := after.get(ordered[-1] if ordered else None)) is not None:
         ordered.append(following)
-    return ordered
+    return tuple(ordered)
