@@ -192,7 +192,7 @@ def _make_sqlite_transactions_immediate(engine: AsyncEngine) -> None:
             context.is_disconnect = True
 
 
-def configure_sqlite_connection(dbapi_connection: Any) -> None:
+def configure_sqlite_connection(dbapi_connection: Any, busy_timeout_ms: int = 30_000) -> None:
     """A write connection's settings (store/connectors/sqlite.py opens one of its own too)."""
     cursor = dbapi_connection.cursor()
     cursor.execute("PRAGMA journal_mode=WAL")
@@ -202,7 +202,7 @@ def configure_sqlite_connection(dbapi_connection: Any) -> None:
     # process without one leaves it to the last connection's close.
     cursor.execute("PRAGMA wal_autocheckpoint=0")
     cursor.execute("PRAGMA foreign_keys=ON")
-    cursor.execute("PRAGMA busy_timeout=30000")
+    cursor.execute(f"PRAGMA busy_timeout={busy_timeout_ms}")
     # 32 MiB of pages (SQLite's default is 2 MiB): a large write (an import) otherwise reads
     # its indexes' pages back from the OS for every batch (200,000 passes imported: 9,900
     # passes/s with 2 MiB, 12,200 with 32 MiB, 2026-12-03).

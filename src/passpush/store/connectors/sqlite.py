@@ -1,9 +1,10 @@
 """SQLite: the stdlib's sqlite3 on connections of this connector's own.
 
 A transaction runs whole in one call, while this process's one SQLAlchemy write connection
-is held, so that no other writer of the process is in between (~0.2 ms for a Send): on a
-thread, or, for a brief one whose write lock is free at once, on the calling thread. Reads
-run on a read-only connection on the calling thread.
+is held, so that no other writer of the process is in between (~0.2 ms for a Send), and in
+its process's turn (sqlite_write_turns.py), so that other processes' writers wait for it
+without sleeping: on a thread, or, for a brief one whose write lock is free at once, on the
+calling thread. Reads run on a read-only connection on the calling thread.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from sqlalchemy import exc
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from passpush.store.connectors.connector import Drive, Mode, Row, Statement, Steps
+from passpush.store.connectors.sqlite_write_turns import WriteTurns
 from passpush.store.connectors.statements import CompiledStatements
 from passpush.store.db import configure_sqlite_connection, pooled_connection
 
@@ -25,7 +27,9 @@ T = TypeVar("T")
 
 _UNIQUE_VIOLATIONS = {"SQLITE_CONSTRAINT_UNIQUE", "SQLITE_CONSTRAINT_PRIMARYKEY"}
 _SQLITE_BUSY = 5
-_BUSY_TIMEOUT_MS = 30_000  # how long a transaction on the thread waits for the write lock
+# How long a transaction on the thread waits for the write lock held by a writer that takes
+# no turns (sqlite_write_turns.py).
+BUSY_TIMEOUT = 30.0
 
 
 class SqliteConnector:
@@ -33,12 +37,16 @@ class SqliteConnector:
 
     dialect = "sqlite"
 
-    def __init__(self, engine: AsyncEngine, database: str) -> None:
+    def __init__(
+        self, engine: AsyncEngine, database: str, *, busy_timeout: float = BUSY_TIMEOUT
+    ) -> None:
         self._engine = engine
         self._database = database
+        self._busy_timeout_ms = round(busy_timeout * 1000)
         self._statements = CompiledStatements(engine.dialect)
         self._connection: sqlite3.Connection | None = None
         self._lock = threading.Lock()
+        self._turns = WriteTurns(database)
 
     async def run(self, make: Callable[[], Steps[T]], *, brief: bool = False) -> T:
         # Holding the engine's one connection (pool of one) keeps the process's other
@@ -63,11 +71,13 @@ class SqliteConnector:
     def _transaction(self, make: Callable[[], Steps[T]], *, wait: bool) -> T:
         """The whole transaction, under the lock; `wait=False` raises _WriteLockTaken at
         once if another process writes."""
+        if not self._turns.take(wait=wait):
+            raise _WriteLockTaken
         try:
             connection = self._connect()
             if wait:
                 connection.execute("BEGIN IMMEDIATE")
-            elif not _begun_at_once(connection):
+            elif not _begun_at_once(connection, self._busy_timeout_ms):
                 raise _WriteLockTaken
             drive = Drive(make(), self.dialect)
             for step in drive:
@@ -84,6 +94,8 @@ class SqliteConnector:
             # opened while the file could not be written stays read-only for good.
             self._close()
             raise
+        finally:
+            self._turns.give_back()
         return drive.result
 
     def _execute(self, connection: sqlite3.Connection, step: Statement) -> list[Row]:
@@ -110,10 +122,10 @@ class SqliteConnector:
                 self._database,
                 isolation_level=None,
                 check_same_thread=False,
-                timeout=_BUSY_TIMEOUT_MS / 1000,
+                timeout=self._busy_timeout_ms / 1000,
             )
             try:
-                configure_sqlite_connection(connection)
+                configure_sqlite_connection(connection, self._busy_timeout_ms)
             except BaseException:
                 connection.close()
                 raise
@@ -128,13 +140,14 @@ class SqliteConnector:
         if self._connection is not None:
             self._connection.close()  # rolls back what is still open
             self._connection = None
+        self._turns.close()
 
 
 class _WriteLockTaken(Exception):
     """Another process holds SQLite's write lock: the transaction goes to a thread."""
 
 
-def _begun_at_once(connection: sqlite3.Connection) -> bool:
+def _begun_at_once(connection: sqlite3.Connection, busy_timeout_ms: int) -> bool:
     """BEGIN IMMEDIATE without waiting: False if another process holds the write lock."""
     connection.execute("PRAGMA busy_timeout = 0")
     try:
@@ -144,7 +157,7 @@ def _begun_at_once(connection: sqlite3.Connection) -> bool:
             return False
         raise
     finally:
-        connection.execute(f"PRAGMA busy_timeout = {_BUSY_TIMEOUT_MS}")
+        connection.execute(f"PRAGMA busy_timeout = {busy_timeout_ms}")
     return True
 
 
