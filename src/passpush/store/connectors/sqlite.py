@@ -19,9 +19,9 @@ from sqlalchemy import exc
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from passpush.store.connectors.connector import Drive, Mode, Row, Statement, Steps
-from passpush.store.connectors.sqlite_write_turns import WriteTurns
 from passpush.store.connectors.statements import CompiledStatements
 from passpush.store.db import configure_sqlite_connection, pooled_connection
+from passpush.store.sqlite_write_turns import WriteTurns
 
 T = TypeVar("T")
 
@@ -42,6 +42,7 @@ class SqliteConnector:
     ) -> None:
         self._engine = engine
         self._database = database
+        self._busy_timeout = busy_timeout
         self._busy_timeout_ms = round(busy_timeout * 1000)
         self._statements = CompiledStatements(engine.dialect)
         self._connection: sqlite3.Connection | None = None
@@ -71,7 +72,10 @@ class SqliteConnector:
     def _transaction(self, make: Callable[[], Steps[T]], *, wait: bool) -> T:
         """The whole transaction, under the lock; `wait=False` raises _WriteLockTaken at
         once if another process writes."""
-        if not self._turns.take(wait=wait):
+        # After its busy timeout's worth of waiting for the turn, on without it: SQLite's
+        # lock decides, as before (the process holding the turn may hang).
+        turn = self._turns.take(within=self._busy_timeout if wait else 0.0)
+        if not (turn or wait):
             raise _WriteLockTaken
         try:
             connection = self._connect()
@@ -95,7 +99,8 @@ class SqliteConnector:
             self._close()
             raise
         finally:
-            self._turns.give_back()
+            if turn:
+                self._turns.give_back()
         return drive.result
 
     def _execute(self, connection: sqlite3.Connection, step: Statement) -> list[Row]:
