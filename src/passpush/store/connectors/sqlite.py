@@ -2,7 +2,7 @@
 
 A transaction runs whole in one call, while this process's one SQLAlchemy write connection
 is held, so that no other writer of the process is in between (~0.2 ms for a Send), and in
-its process's turn (sqlite_write_turns.py), so that other processes' writers wait for it
+its process's turn (store/sqlite_write_turns.py), so that other processes' writers wait for it
 without sleeping: on a thread, or, for a brief one whose write lock is free at once, on the
 calling thread. Reads run on a read-only connection on the calling thread.
 """
@@ -28,7 +28,7 @@ T = TypeVar("T")
 _UNIQUE_VIOLATIONS = {"SQLITE_CONSTRAINT_UNIQUE", "SQLITE_CONSTRAINT_PRIMARYKEY"}
 _SQLITE_BUSY = 5
 # How long a transaction on the thread waits for the write lock held by a writer that takes
-# no turns (sqlite_write_turns.py).
+# no turns (store/sqlite_write_turns.py).
 BUSY_TIMEOUT = 30.0
 
 
