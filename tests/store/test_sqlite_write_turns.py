@@ -16,6 +16,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from passpush.store.connectors.connector import Query, Steps
 from passpush.store.connectors.sqlite import SqliteConnector
+from passpush.store.db import make_engine
 from passpush.store.sqlite_write_turns import WriteTurns
 
 from support import sqlite_engine_with
@@ -100,6 +101,28 @@ async def test_it_waits_for_another_process_in_turn_not_in_the_busy_handler(
             await waiting
     finally:
         transactions.close()
+    assert _rows(engine) == [1, 2]
+
+
+async def test_the_engines_own_transactions_take_turns_too(
+    engine: AsyncEngine, holder: _Holder
+) -> None:
+    """The process's SQLAlchemy transactions (the scheduler's, a broadcast's chunks) wait for
+    their turn as the direct ones do."""
+    sessions = make_engine(str(engine.url), busy_timeout=0.5)
+    try:
+
+        async def insert() -> None:
+            async with sessions.begin() as connection:
+                await connection.execute(text("INSERT INTO t (n) VALUES (2)"))
+
+        waiting = asyncio.create_task(insert())
+        await asyncio.sleep(1.0)  # the other holds the lock for two busy timeouts
+        await holder.release()
+        async with asyncio.timeout(10):
+            await waiting
+    finally:
+        await sessions.dispose()
     assert _rows(engine) == [1, 2]
 
 

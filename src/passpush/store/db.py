@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import time
@@ -20,7 +21,9 @@ from sqlalchemy.ext.asyncio import (
     create_async_engine,
 )
 from sqlalchemy.pool import PoolProxiedConnection, PoolResetState
-from sqlalchemy.util import greenlet_spawn
+from sqlalchemy.util import await_, greenlet_spawn
+
+from passpush.store.sqlite_write_turns import WriteTurns
 
 DEFAULT_DATABASE_URL = "sqlite+aiosqlite:///./var/passpush.db"
 
@@ -50,7 +53,13 @@ def sqlite_file(engine: AsyncEngine) -> str | None:
 POSTGRES_SETTINGS = {"jit": "off", "plan_cache_mode": "force_custom_plan"}
 
 
-def make_engine(url: str = DEFAULT_DATABASE_URL, **kwargs: Any) -> AsyncEngine:
+# How long a SQLite transaction waits for the write lock (and before it for its turn).
+SQLITE_BUSY_TIMEOUT = 30.0
+
+
+def make_engine(
+    url: str = DEFAULT_DATABASE_URL, *, busy_timeout: float = SQLITE_BUSY_TIMEOUT, **kwargs: Any
+) -> AsyncEngine:
     # A database error's text would otherwise carry the statement's values (notification
     # bodies, push tokens) into the log.
     kwargs.setdefault("hide_parameters", True)
@@ -70,10 +79,14 @@ def make_engine(url: str = DEFAULT_DATABASE_URL, **kwargs: Any) -> AsyncEngine:
         # to 100 ms) while another connection of the same process holds the write lock.
         pool = {"pool_size": 1, "max_overflow": 0, "pool_timeout": 60}
     engine = create_async_engine(
-        url, connect_args={"timeout": 30}, pool_reset_on_return=None, **pool, **kwargs
+        url, connect_args={"timeout": busy_timeout}, pool_reset_on_return=None, **pool, **kwargs
     )
     _roll_back_only_open_transactions(engine)
-    _make_sqlite_transactions_immediate(engine)
+    turns = None
+    if database and database != ":memory:":
+        turns = WriteTurns(database)
+        weakref.finalize(engine.sync_engine, turns.close)  # its file closed with the engine
+    _make_sqlite_transactions_immediate(engine, busy_timeout, turns)
     _end_transactions_of_invalidated_connections(engine)
     return engine
 
@@ -165,8 +178,11 @@ def _end_transactions_of_invalidated_connections(engine: AsyncEngine) -> None:
 _SQLITE_REOPEN = {8, 10, 14}  # SQLITE_READONLY, SQLITE_IOERR, SQLITE_CANTOPEN
 
 
-def _make_sqlite_transactions_immediate(engine: AsyncEngine) -> None:
-    """Takes SQLite's write lock at BEGIN.
+def _make_sqlite_transactions_immediate(
+    engine: AsyncEngine, busy_timeout: float, turns: WriteTurns | None
+) -> None:
+    """Takes SQLite's write lock at BEGIN, in the process's turn (store/sqlite_write_turns.py)
+    when the database is a file, given back as the connection returns to the pool.
 
     With pysqlite's deferred transactions, a transaction that reads and then
     writes fails at once with "database is locked" when another writer got in
@@ -177,11 +193,19 @@ def _make_sqlite_transactions_immediate(engine: AsyncEngine) -> None:
     @event.listens_for(engine.sync_engine, "connect")
     def _on_connect(dbapi_connection: Any, _record: Any) -> None:
         dbapi_connection.isolation_level = None
-        configure_sqlite_connection(dbapi_connection)
+        configure_sqlite_connection(dbapi_connection, round(busy_timeout * 1000))
 
     @event.listens_for(engine.sync_engine, "begin")
     def _on_begin(connection: Any) -> None:
+        if turns is not None:
+            _take_turn(turns, busy_timeout)
         connection.exec_driver_sql("BEGIN IMMEDIATE")
+
+    if turns is not None:
+
+        @event.listens_for(engine.sync_engine.pool, "checkin")
+        def _on_checkin(_dbapi_connection: Any, _record: Any) -> None:
+            turns.give_back()  # the transaction has ended (the pool's reset rolls back)
 
     @event.listens_for(engine.sync_engine, "handle_error")
     def _on_error(context: Any) -> None:
@@ -190,6 +214,32 @@ def _make_sqlite_transactions_immediate(engine: AsyncEngine) -> None:
         code = getattr(context.original_exception, "sqlite_errorcode", 0) & 0xFF
         if code in _SQLITE_REOPEN:
             context.is_disconnect = True
+
+
+def _take_turn(turns: WriteTurns, busy_timeout: float) -> None:
+    """The turn, waited for (up to the busy timeout) without holding up the event loop."""
+    if turns.take():
+        return
+    waiting = _wait_for_turn(turns, busy_timeout)
+    try:
+        await_(waiting)
+    except exc.MissingGreenlet:  # a synchronous caller, which may wait where it is
+        waiting.close()
+        turns.take(within=busy_timeout)
+
+
+async def _wait_for_turn(turns: WriteTurns, within: float) -> bool:
+    waiting = asyncio.ensure_future(asyncio.to_thread(turns.take, within=within))
+    try:
+        return await asyncio.shield(waiting)
+    except asyncio.CancelledError:
+        # The wait goes on in its thread: a turn it gets then comes too late for anyone.
+        def give_back_late(done: asyncio.Future[bool]) -> None:
+            if not done.cancelled() and done.exception() is None and done.result():
+                turns.give_back()
+
+        waiting.add_done_callback(give_back_late)
+        raise
 
 
 def configure_sqlite_connection(dbapi_connection: Any, busy_timeout_ms: int = 30_000) -> None:
