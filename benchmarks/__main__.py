@@ -127,6 +127,12 @@ def parse(argv: Sequence[str] | None) -> tuple[list[str], Options, bool]:
         help="accept: passpush as `serve --role api` + `--role worker` (split, the default) "
         "or one `serve` (all)",
     )
+    parser.add_argument(
+        "--containment-roles",
+        choices=["all", "split"],
+        help="containment: passpush as one `serve` (all, the default) or as `serve --role api` "
+        "+ `--role worker` (split)",
+    )
     sizes = {
         "fake_pushes": "pushes of the fake-apns check",
         "passes": "fan-out audience",
@@ -188,6 +194,8 @@ def parse(argv: Sequence[str] | None) -> tuple[list[str], Options, bool]:
         values["apns_auth"] = auth
     if roles := given("accept_roles"):
         values["accept_roles"] = roles
+    if roles := given("containment_roles"):
+        values["containment_roles"] = roles
     values["keep"] = given("keep") not in (None, "0", "false", "False")
     options = dataclasses.replace(base, **values)  # type: ignore[arg-type]
     return args.names or list(BENCHMARKS), options, args.strict

@@ -192,7 +192,8 @@ async def measure_backend(
     async with bench_database(backend, workdir) as database:
         await database.seed(passes)
         await seed_audience(database, passes)
-        async with serve(database, fake, auth, workdir) as deployment:
+        split = options.containment_roles == "split"
+        async with serve(database, fake, auth, workdir, split_roles=split) as deployment:
             targets = await make_bench_targets(deployment.address, deployment.key)
             other_key = await make_other_project(database, deployment.address)
             async with (
@@ -207,7 +208,7 @@ async def measure_backend(
                     )
                     return await other.send(request, deadline=30)
 
-                return await _measure(backend, bench, one_pass, targets, passes)
+                return await _measure(backend, bench, one_pass, targets, passes, split)
 
 
 async def _measure(
@@ -216,6 +217,7 @@ async def _measure(
     one_pass: Sender,
     targets: dict[str, npb.Target],
     passes: int,
+    split: bool,
 ) -> list[Result]:
     results = []
     for name, target in targets.items():
@@ -247,7 +249,9 @@ async def _measure(
         await bench.wait_terminal(ticket.id, within=600)  # its pushes out before the next
         results.append(
             Result(
-                f"{name} ({passes:,} passes, {ended - began:.1f} s): other project's Send",
+                f"{name} ({passes:,} passes, {ended - began:.1f} s"
+                + (", api + worker processes" if split else "")
+                + "): other project's Send",
                 backend,
                 f"max {worst * 1000:.0f} ms, p99 {p99 * 1000:.0f} ms ({len(latencies)} calls)",
                 f"max < {BAR_SECONDS:.0f} s",

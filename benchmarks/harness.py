@@ -282,6 +282,8 @@ class Options:
     channels: int = 8  # gRPC channels (connections) of the accept client
     # accept: `split`, passpush as an api process and a worker process; `all`, one process
     accept_roles: str = "split"
+    # containment: `all`, one process; `split`, an api process and a worker process
+    containment_roles: str = "all"
     connections: int = 4  # raw loop: aioapns connections (passpush: PASSPUSH_APNS_CONNECTIONS)
     in_flight: int = 200  # raw loop: pushes in flight (passpush: PASSPUSH_WORKER_IN_FLIGHT)
     watch_streams: int = 1_000  # watch: concurrent WatchTicket streams
