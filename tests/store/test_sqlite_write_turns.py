@@ -17,7 +17,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from passpush.store.connectors.connector import Query, Steps
 from passpush.store.connectors.sqlite import SqliteConnector
 from passpush.store.db import make_engine
-from passpush.store.sqlite_write_turns import WriteTurns
+from passpush.store.sqlite_write_turns import WriteTurns, turns_file
 
 from support import sqlite_engine_with
 
@@ -154,3 +154,17 @@ async def test_a_turn_that_comes_too_late_is_let_go(engine: AsyncEngine, holder:
     finally:
         late.close()
         other.close()
+
+
+async def test_without_its_file_it_writes_without_turns(tmp_path: Path) -> None:
+    """A turns' file that cannot be opened (here a directory stands in its way; elsewhere,
+    one another user made) leaves SQLite's lock alone to decide, as before turns."""
+    database = tmp_path / "alone.db"
+    await asyncio.to_thread(Path(turns_file(str(database))).mkdir)
+    async with sqlite_engine_with(database, "CREATE TABLE t (n INTEGER)") as engine:
+        transactions = SqliteConnector(engine, str(database))
+        try:
+            await transactions.run(lambda: _insert(1))
+        finally:
+            transactions.close()
+        assert _rows(engine) == [1]

@@ -18,8 +18,11 @@ hangs), which then goes on without it and fails, as before, if the lock stays ta
 from __future__ import annotations
 
 import fcntl
+import logging
 import os
 import threading
+
+log = logging.getLogger(__name__)
 
 
 def turns_file(database: str) -> str:
@@ -33,12 +36,20 @@ class WriteTurns:
     def __init__(self, database: str) -> None:
         self._path = turns_file(database)
         self._fd: int | None = None
+        self._unusable = False  # the file cannot be opened: no turns, SQLite's lock alone
 
     def take(self, *, within: float = 0.0) -> bool:
         """Takes the turn, waiting up to `within` seconds for it; False if another process
-        still has it."""
+        still has it. True without a turn if the turns' file cannot be opened."""
         if self._fd is None:
-            self._fd = os.open(self._path, os.O_RDWR | os.O_CREAT, 0o600)
+            if self._unusable:
+                return True
+            try:
+                self._fd = os.open(self._path, os.O_RDWR | os.O_CREAT, 0o600)
+            except OSError as error:
+                self._unusable = True
+                log.warning("SQLite writes without turns: cannot open %s: %s", self._path, error)
+                return True
         try:
             fcntl.flock(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
