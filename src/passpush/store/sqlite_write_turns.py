@@ -68,7 +68,9 @@ class WriteTurns:
 
 class _Wait:
     """A wait for the turn that can be given up: a blocking `flock` has no timeout, so a
-    thread of its own waits, and lets the turn go again if it comes too late."""
+    thread of its own waits, and lets the turn go again if it comes too late (should this
+    process's next transaction hold it by then, on the same open file, that one goes on as
+    if it had no turn: SQLite's lock decides)."""
 
     def __init__(self, fd: int) -> None:
         # Its own descriptor of the same open file: the lock is the file's, and the turns'

@@ -27,8 +27,8 @@ T = TypeVar("T")
 
 _UNIQUE_VIOLATIONS = {"SQLITE_CONSTRAINT_UNIQUE", "SQLITE_CONSTRAINT_PRIMARYKEY"}
 _SQLITE_BUSY = 5
-# How long a transaction on the thread waits for the write lock held by a writer that takes
-# no turns (store/sqlite_write_turns.py).
+# How long a transaction on the thread waits for its turn, then for the write lock
+# (store/sqlite_write_turns.py).
 BUSY_TIMEOUT = 30.0
 
 
