@@ -89,13 +89,15 @@ def _rows(engine: AsyncEngine) -> list[int]:
 async def test_it_waits_for_another_process_in_turn_not_in_the_busy_handler(
     engine: AsyncEngine, holder: _Holder
 ) -> None:
-    """SQLite's busy handler gives up after its timeout: 0.5 s here, while the other process
-    holds the lock for a second. Waiting for the turn, the transaction is woken as the other
-    lets go; it would otherwise have failed ("database is locked")."""
-    transactions = SqliteConnector(engine, str(engine.url.database), busy_timeout=0.5)
+    """SQLite's busy handler gives up after its timeout: 0.2 s here, while the other process
+    holds the lock for a second. Waiting for the turn (up to 30 s), the transaction is woken
+    as the other lets go; it would otherwise have failed ("database is locked")."""
+    transactions = SqliteConnector(
+        engine, str(engine.url.database), busy_timeout=0.2, turn_timeout=30.0
+    )
     try:
         waiting = asyncio.create_task(transactions.run(lambda: _insert(2)))
-        await asyncio.sleep(1.0)  # the other holds the lock for two busy timeouts
+        await asyncio.sleep(1.0)  # the other holds the lock for five busy timeouts
         await holder.release()
         async with asyncio.timeout(10):
             await waiting
@@ -109,7 +111,7 @@ async def test_the_engines_own_transactions_take_turns_too(
 ) -> None:
     """The process's SQLAlchemy transactions (the scheduler's, a broadcast's chunks) wait for
     their turn as the direct ones do."""
-    sessions = make_engine(str(engine.url), busy_timeout=0.5)
+    sessions = make_engine(str(engine.url), busy_timeout=0.2, turn_timeout=30.0)
     try:
 
         async def insert() -> None:
@@ -117,7 +119,7 @@ async def test_the_engines_own_transactions_take_turns_too(
                 await connection.execute(text("INSERT INTO t (n) VALUES (2)"))
 
         waiting = asyncio.create_task(insert())
-        await asyncio.sleep(1.0)  # the other holds the lock for two busy timeouts
+        await asyncio.sleep(1.0)  # the other holds the lock for five busy timeouts
         await holder.release()
         async with asyncio.timeout(10):
             await waiting
@@ -130,7 +132,7 @@ async def test_a_process_that_hangs_in_its_turn_costs_the_busy_timeout(
     engine: AsyncEngine, holder: _Holder
 ) -> None:
     """The other process never lets go (it hangs): the transaction fails as it did before
-    turns, once it has waited for the turn and then for the lock, each a busy timeout."""
+    turns, once it has waited for the turn and then for the lock (0.2 s each here)."""
     transactions = SqliteConnector(engine, str(engine.url.database), busy_timeout=0.2)
     try:
         with pytest.raises(sqlite3.OperationalError, match="locked"):

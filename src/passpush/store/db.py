@@ -58,8 +58,15 @@ SQLITE_BUSY_TIMEOUT = 30.0
 
 
 def make_engine(
-    url: str = DEFAULT_DATABASE_URL, *, busy_timeout: float = SQLITE_BUSY_TIMEOUT, **kwargs: Any
+    url: str = DEFAULT_DATABASE_URL,
+    *,
+    busy_timeout: float = SQLITE_BUSY_TIMEOUT,
+    turn_timeout: float | None = None,
+    **kwargs: Any,
 ) -> AsyncEngine:
+    """The engine; on SQLite, a transaction waits up to `turn_timeout` for its process's turn
+    (store/sqlite_write_turns.py; by default `busy_timeout`), then up to `busy_timeout` for the
+    write lock."""
     # A database error's text would otherwise carry the statement's values (notification
     # bodies, push tokens) into the log.
     kwargs.setdefault("hide_parameters", True)
@@ -86,7 +93,8 @@ def make_engine(
     if database and database != ":memory:":
         turns = WriteTurns(database)
         weakref.finalize(engine.sync_engine, turns.close)  # its file closed with the engine
-    _make_sqlite_transactions_immediate(engine, busy_timeout, turns)
+    turn_wait = busy_timeout if turn_timeout is None else turn_timeout
+    _make_sqlite_transactions_immediate(engine, busy_timeout, turns, turn_wait)
     _end_transactions_of_invalidated_connections(engine)
     return engine
 
@@ -179,7 +187,7 @@ _SQLITE_REOPEN = {8, 10, 14}  # SQLITE_READONLY, SQLITE_IOERR, SQLITE_CANTOPEN
 
 
 def _make_sqlite_transactions_immediate(
-    engine: AsyncEngine, busy_timeout: float, turns: WriteTurns | None
+    engine: AsyncEngine, busy_timeout: float, turns: WriteTurns | None, turn_timeout: float
 ) -> None:
     """Takes SQLite's write lock at BEGIN, in the process's turn (store/sqlite_write_turns.py)
     when the database is a file, given back as the connection returns to the pool.
@@ -198,7 +206,7 @@ def _make_sqlite_transactions_immediate(
     @event.listens_for(engine.sync_engine, "begin")
     def _on_begin(connection: Any) -> None:
         if turns is not None:
-            _take_turn(turns, busy_timeout)
+            _take_turn(turns, turn_timeout)
         connection.exec_driver_sql("BEGIN IMMEDIATE")
 
     if turns is not None:
@@ -216,16 +224,16 @@ def _make_sqlite_transactions_immediate(
             context.is_disconnect = True
 
 
-def _take_turn(turns: WriteTurns, busy_timeout: float) -> None:
-    """The turn, waited for (up to the busy timeout) without holding up the event loop."""
+def _take_turn(turns: WriteTurns, within: float) -> None:
+    """The turn, waited for (up to `within` seconds) without holding up the event loop."""
     if turns.take():
         return
-    waiting = _wait_for_turn(turns, busy_timeout)
+    waiting = _wait_for_turn(turns, within)
     try:
         await_(waiting)
     except exc.MissingGreenlet:  # a synchronous caller, which may wait where it is
         waiting.close()
-        turns.take(within=busy_timeout)
+        turns.take(within=within)
 
 
 async def _wait_for_turn(turns: WriteTurns, within: float) -> bool:

@@ -38,11 +38,18 @@ class SqliteConnector:
     dialect = "sqlite"
 
     def __init__(
-        self, engine: AsyncEngine, database: str, *, busy_timeout: float = BUSY_TIMEOUT
+        self,
+        engine: AsyncEngine,
+        database: str,
+        *,
+        busy_timeout: float = BUSY_TIMEOUT,
+        turn_timeout: float | None = None,
     ) -> None:
+        """`turn_timeout`: how long a transaction waits for its turn (by default, as long as
+        for the lock itself, `busy_timeout`)."""
         self._engine = engine
         self._database = database
-        self._busy_timeout = busy_timeout
+        self._turn_timeout = busy_timeout if turn_timeout is None else turn_timeout
         self._busy_timeout_ms = round(busy_timeout * 1000)
         self._statements = CompiledStatements(engine.dialect)
         self._connection: sqlite3.Connection | None = None
@@ -72,9 +79,9 @@ class SqliteConnector:
     def _transaction(self, make: Callable[[], Steps[T]], *, wait: bool) -> T:
         """The whole transaction, under the lock; `wait=False` raises _WriteLockTaken at
         once if another process writes."""
-        # After its busy timeout's worth of waiting for the turn, on without it: SQLite's
-        # lock decides, as before (the process holding the turn may hang).
-        turn = self._turns.take(within=self._busy_timeout if wait else 0.0)
+        # After its timeout's worth of waiting for the turn, on without it: SQLite's lock
+        # decides, as before (the process holding the turn may hang).
+        turn = self._turns.take(within=self._turn_timeout if wait else 0.0)
         if not (turn or wait):
             raise _WriteLockTaken
         try:
