@@ -226,14 +226,8 @@ def _make_sqlite_transactions_immediate(
 
 def _take_turn(turns: WriteTurns, within: float) -> None:
     """The turn, waited for (up to `within` seconds) without holding up the event loop."""
-    if turns.take():
-        return
-    waiting = _wait_for_turn(turns, within)
-    try:
-        await_(waiting)
-    except exc.MissingGreenlet:  # a synchronous caller, which may wait where it is
-        waiting.close()
-        turns.take(within=within)
+    if not turns.take():
+        await_(_wait_for_turn(turns, within))  # in SQLAlchemy's greenlet, as aiosqlite's calls
 
 
 async def _wait_for_turn(turns: WriteTurns, within: float) -> bool:
@@ -250,7 +244,7 @@ async def _wait_for_turn(turns: WriteTurns, within: float) -> bool:
         raise
 
 
-def configure_sqlite_connection(dbapi_connection: Any, busy_timeout_ms: int = 30_000) -> None:
+def configure_sqlite_connection(dbapi_connection: Any, busy_timeout_ms: int) -> None:
     """A write connection's settings (store/connectors/sqlite.py opens one of its own too)."""
     cursor = dbapi_connection.cursor()
     cursor.execute("PRAGMA journal_mode=WAL")

@@ -36,6 +36,7 @@ class WriteTurns:
     def __init__(self, database: str) -> None:
         self._path = turns_file(database)
         self._fd: int | None = None
+        self._held = False
         self._unusable = False  # the file cannot be opened: no turns, SQLite's lock alone
 
     def take(self, *, within: float = 0.0) -> bool:
@@ -53,17 +54,22 @@ class WriteTurns:
         try:
             fcntl.flock(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            return within > 0 and _Wait(self._fd).taken(within)
+            self._held = within > 0 and _Wait(self._fd).taken(within)
+            return self._held
+        self._held = True
         return True
 
     def give_back(self) -> None:
-        if self._fd is not None:
+        """Gives the turn back, if this process has it (else nothing: no system call)."""
+        if self._held and self._fd is not None:
             fcntl.flock(self._fd, fcntl.LOCK_UN)
+        self._held = False
 
     def close(self) -> None:
         if self._fd is not None:
             os.close(self._fd)  # gives the turn back with it
             self._fd = None
+        self._held = False
 
 
 class _Wait:

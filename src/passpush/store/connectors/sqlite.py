@@ -20,16 +20,17 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from passpush.store.connectors.connector import Drive, Mode, Row, Statement, Steps
 from passpush.store.connectors.statements import CompiledStatements
-from passpush.store.db import configure_sqlite_connection, pooled_connection
+from passpush.store.db import (
+    SQLITE_BUSY_TIMEOUT,
+    configure_sqlite_connection,
+    pooled_connection,
+)
 from passpush.store.sqlite_write_turns import WriteTurns
 
 T = TypeVar("T")
 
 _UNIQUE_VIOLATIONS = {"SQLITE_CONSTRAINT_UNIQUE", "SQLITE_CONSTRAINT_PRIMARYKEY"}
 _SQLITE_BUSY = 5
-# How long a transaction on the thread waits for its turn, then for the write lock
-# (store/sqlite_write_turns.py).
-BUSY_TIMEOUT = 30.0
 
 
 class SqliteConnector:
@@ -42,11 +43,12 @@ class SqliteConnector:
         engine: AsyncEngine,
         database: str,
         *,
-        busy_timeout: float = BUSY_TIMEOUT,
+        busy_timeout: float = SQLITE_BUSY_TIMEOUT,
         turn_timeout: float | None = None,
     ) -> None:
-        """`turn_timeout`: how long a transaction waits for its turn (by default, as long as
-        for the lock itself, `busy_timeout`)."""
+        """A transaction on the thread waits up to `turn_timeout` for its process's turn
+        (store/sqlite_write_turns.py; by default `busy_timeout`), then up to `busy_timeout`
+        for the write lock."""
         self._engine = engine
         self._database = database
         self._turn_timeout = busy_timeout if turn_timeout is None else turn_timeout
