@@ -133,7 +133,9 @@ async def test_a_process_that_hangs_in_its_turn_costs_the_busy_timeout(
 ) -> None:
     """The other process never lets go (it hangs): the transaction fails as it did before
     turns, once it has waited for the turn and then for the lock (0.2 s each here)."""
-    transactions = SqliteConnector(engine, str(engine.url.database), busy_timeout=0.2)
+    transactions = SqliteConnector(
+        engine, str(engine.url.database), busy_timeout=0.2, turn_timeout=0.2
+    )
     try:
         with pytest.raises(sqlite3.OperationalError, match="locked"):
             async with asyncio.timeout(10):

@@ -53,7 +53,7 @@ def sqlite_file(engine: AsyncEngine) -> str | None:
 POSTGRES_SETTINGS = {"jit": "off", "plan_cache_mode": "force_custom_plan"}
 
 
-# How long a SQLite transaction waits for the write lock (and before it for its turn).
+# How long a SQLite transaction waits for the write lock, and before it for its turn.
 SQLITE_BUSY_TIMEOUT = 30.0
 
 
@@ -61,12 +61,11 @@ def make_engine(
     url: str = DEFAULT_DATABASE_URL,
     *,
     busy_timeout: float = SQLITE_BUSY_TIMEOUT,
-    turn_timeout: float | None = None,
+    turn_timeout: float = SQLITE_BUSY_TIMEOUT,
     **kwargs: Any,
 ) -> AsyncEngine:
     """The engine; on SQLite, a transaction waits up to `turn_timeout` for its process's turn
-    (store/sqlite_write_turns.py; by default `busy_timeout`), then up to `busy_timeout` for the
-    write lock."""
+    (store/sqlite_write_turns.py), then up to `busy_timeout` for the write lock."""
     # A database error's text would otherwise carry the statement's values (notification
     # bodies, push tokens) into the log.
     kwargs.setdefault("hide_parameters", True)
@@ -93,8 +92,7 @@ def make_engine(
     if database and database != ":memory:":
         turns = WriteTurns(database)
         weakref.finalize(engine.sync_engine, turns.close)  # its file closed with the engine
-    turn_wait = busy_timeout if turn_timeout is None else turn_timeout
-    _make_sqlite_transactions_immediate(engine, busy_timeout, turns, turn_wait)
+    _make_sqlite_transactions_immediate(engine, busy_timeout, turns, turn_timeout)
     _end_transactions_of_invalidated_connections(engine)
     return engine
 

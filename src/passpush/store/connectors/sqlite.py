@@ -44,14 +44,13 @@ class SqliteConnector:
         database: str,
         *,
         busy_timeout: float = SQLITE_BUSY_TIMEOUT,
-        turn_timeout: float | None = None,
+        turn_timeout: float = SQLITE_BUSY_TIMEOUT,
     ) -> None:
         """A transaction on the thread waits up to `turn_timeout` for its process's turn
-        (store/sqlite_write_turns.py; by default `busy_timeout`), then up to `busy_timeout`
-        for the write lock."""
+        (store/sqlite_write_turns.py), then up to `busy_timeout` for the write lock."""
         self._engine = engine
         self._database = database
-        self._turn_timeout = busy_timeout if turn_timeout is None else turn_timeout
+        self._turn_timeout = turn_timeout
         self._busy_timeout_ms = round(busy_timeout * 1000)
         self._statements = CompiledStatements(engine.dialect)
         self._connection: sqlite3.Connection | None = None
