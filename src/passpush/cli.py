@@ -49,6 +49,8 @@ def main(argv: list[str] | None = None) -> None:
     # Internal: what `serve` runs in each HTTP process (http/processes.py).
     child_parser = commands.add_parser("serve-http")
     child_parser.add_argument("--listen-fd", type=int, required=True)
+    child_parser.add_argument("--connections-fd", type=int, required=True)
+    child_parser.add_argument("--slot", type=int, required=True)
     child_parser.add_argument("--grpc-target", required=True)
     migrate_parser = commands.add_parser(
         "migrate", help="bring the database schema up to date (or to a given revision)"
@@ -100,7 +102,7 @@ def main(argv: list[str] | None = None) -> None:
             sys.exit(asyncio.run(serve(settings)))
     elif args.command == "serve-http":
         with contextlib.suppress(KeyboardInterrupt):
-            sys.exit(asyncio.run(serve_http(settings, args.listen_fd, args.grpc_target)))
+            sys.exit(asyncio.run(serve_http(settings, args)))
     elif args.command == "keys":
         try:
             asyncio.run(keys(settings, args))
@@ -201,11 +203,12 @@ async def serve(settings: Settings) -> int:
     return await serving.serve(settings)
 
 
-async def serve_http(settings: Settings, listen_fd: int, grpc_target: str) -> int:
+async def serve_http(settings: Settings, args: argparse.Namespace) -> int:
     """One HTTP process of `serve` (passpush/app/serving.py)."""
     from passpush.app import serving
 
-    return await serving.serve_http(settings, listen_fd, grpc_target)
+    shared = (args.listen_fd, args.connections_fd, args.slot)
+    return await serving.serve_http(settings, shared, args.grpc_target)
 
 
 if __name__ == "__main__":

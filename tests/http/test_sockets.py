@@ -5,8 +5,6 @@ from __future__ import annotations
 import asyncio
 import socket
 
-import pytest
-
 from passpush.http.sockets import inherited_listener, tcp_listener
 
 
@@ -31,12 +29,11 @@ async def _nodelay_of_accepted(listener: socket.socket) -> int:
         server.close()
 
 
-@pytest.mark.parametrize("reuse_port", [False, True])
-async def test_connections_accepted_on_a_listener_send_without_delay(reuse_port: bool) -> None:
+async def test_connections_accepted_on_a_listener_send_without_delay() -> None:
     """asyncio turns Nagle's algorithm off only for sockets that say they are TCP, and
     socket.create_server's say protocol 0: every response written in two parts (uvicorn
     writes the headers, then the body) then waited for the client's delayed ACK, 40 ms."""
-    nodelay = await _nodelay_of_accepted(tcp_listener("127.0.0.1", 0, reuse_port=reuse_port))
+    nodelay = await _nodelay_of_accepted(tcp_listener("127.0.0.1", 0))
     assert nodelay != 0
 
 

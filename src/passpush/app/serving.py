@@ -194,10 +194,13 @@ async def _start(app: Application, settings: Settings) -> HttpServer | HttpProce
     return http
 
 
-async def serve_http(settings: Settings, listen_fd: int, grpc_target: str) -> int:
+async def serve_http(settings: Settings, shared: tuple[int, int, int], grpc_target: str) -> int:
     """One HTTP process of `serve`: the shim and the PassKit web service on the socket the
-    parent listens on, until SIGTERM or until the parent is gone."""
+    parent listens on, until SIGTERM or until the parent is gone. `shared`: the listening
+    socket's descriptor, the descriptor of the processes' connection counts, and this
+    process's slot in them."""
     from passpush.http.app import HttpServer, create_app
+    from passpush.http.even_accept import ConnectionCounts
     from passpush.http.processes import (
         READY,
         ParentFetchSink,
@@ -229,8 +232,13 @@ async def serve_http(settings: Settings, listen_fd: int, grpc_target: str) -> in
     )
     readiness = ParentReadiness()  # the parent tells it
     web = create_app(grpc_target, passkit, settings.passkit_prefix, readiness)
+    listen_fd, counts_fd, slot = shared
     http = HttpServer(
-        web, settings.http_address, inherited_listener(listen_fd), tls_files(settings.tls)
+        web,
+        settings.http_address,
+        inherited_listener(listen_fd),
+        tls_files(settings.tls),
+        shared=(ConnectionCounts(counts_fd), slot),
     )
     await http.start()
     parent.tell(READY)
@@ -276,10 +284,11 @@ async def _start_http(http: HttpServer | HttpProcesses, settings: Settings) -> b
     return True
 
 
-def _http_child_command(grpc_target: str, listen_fd: int) -> list[str]:
+def _http_child_command(grpc_target: str, listen_fd: int, counts_fd: int, slot: int) -> list[str]:
     """`passpush serve-http` by this Python; it reads the same PASSPUSH_* settings."""
     command = [sys.executable, "-m", "passpush.cli", "serve-http"]
-    return [*command, f"--listen-fd={listen_fd}", f"--grpc-target={grpc_target}"]
+    command += [f"--listen-fd={listen_fd}", f"--connections-fd={counts_fd}", f"--slot={slot}"]
+    return [*command, f"--grpc-target={grpc_target}"]
 
 
 def _dial(listen_address: str, port: int) -> str:

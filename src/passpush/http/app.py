@@ -15,6 +15,7 @@ import uvicorn
 from fastapi import FastAPI
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from passpush.http.even_accept import ConnectionCounts, EvenAcceptor
 from passpush.http.passkit import web_service
 from passpush.http.probes import Probes
 from passpush.http.responses import CoalescingHttpToolsProtocol
@@ -97,12 +98,18 @@ class HttpServer:
         address: str,
         listener: socket.socket | None = None,
         tls_files: tuple[str, str] | None = None,
+        *,
+        shared: tuple[ConnectionCounts, int] | None = None,
     ) -> None:
         """Serves on `address`, or on `listener` (a socket listening already) if given;
-        HTTPS with `tls_files`, the PEM files of the certificate (chain) and its key."""
+        HTTPS with `tls_files`, the PEM files of the certificate (chain) and its key.
+        `shared`: the listener is shared with other processes, which take its connections
+        in turn (even_accept.py); the counts and this process's slot in them."""
         host, _, port = address.rpartition(":")
         self._host, self._port = host.strip("[]") or "127.0.0.1", int(port)
         self._listener = listener
+        self._shared = shared
+        self._acceptor: EvenAcceptor | None = None
         certificate, key = tls_files or (None, None)
         # httptools parses HTTP in C, where h11 is pure Python: devices make many small
         # requests; each response leaves in one system call (responses.py).
@@ -121,12 +128,35 @@ class HttpServer:
         """Serves in the background once listening; raises OSError if it cannot listen."""
         # Bind here rather than in uvicorn, which exits the process when the port is taken.
         listener = self._listener or tcp_listener(self._host, self._port)
-        self._task = asyncio.create_task(self._server.serve(sockets=[listener]))
+        # A shared listener's connections are accepted here, in turn with the others.
+        sockets = [] if self._shared else [listener]
+        self._task = asyncio.create_task(self._server.serve(sockets=sockets))
         while not self._server.started:
             if self._task.done():
                 self._task.result()  # what went wrong, if it raised
                 raise OSError("the HTTP shim stopped before it started")
             await asyncio.sleep(0.02)
+        if self._shared:
+            self._acceptor = self._even_acceptor(listener, *self._shared)
+            self._acceptor.start()
+
+    def _even_acceptor(
+        self, listener: socket.socket, counts: ConnectionCounts, slot: int
+    ) -> EvenAcceptor:
+        """Hands each connection to uvicorn's protocol, as its own servers would."""
+        server, config = self._server, self._server.config
+        protocol: Callable[[], asyncio.Protocol] = functools.partial(
+            config.http_protocol_class,  # type: ignore[call-arg]  # uvicorn's own keywords
+            config=config,
+            server_state=server.server_state,
+            app_state=server.lifespan.state,
+        )
+        serve = functools.partial(
+            asyncio.get_running_loop().connect_accepted_socket, protocol, ssl=config.ssl
+        )
+        return EvenAcceptor(
+            listener, counts, slot, lambda: len(server.server_state.connections), serve
+        )
 
     @property
     def port(self) -> int:
@@ -137,6 +167,8 @@ class HttpServer:
         """Stops accepting, lets open requests finish for up to `grace` seconds."""
         if self._task is None:
             return
+        if self._acceptor is not None:
+            self._acceptor.close()
         self._server.should_exit = True
         # asyncio.wait, not wait_for: on Python 3.11 wait_for's timeout cancels the task and
         # then waits for it to end, which a server stuck in its shutdown never does.

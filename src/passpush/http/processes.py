@@ -5,9 +5,9 @@ fetch of a changed pass is an RSA signature, which holds the GIL. Served in the 
 server's process, a fetch storm would take the CPU from the API and the pushes. So
 `passpush serve` runs the HTTP server (vendor shim and PassKit web service) in child
 processes that share one listening socket, bound here first so that a taken port fails at
-start. The children run at a lower CPU priority (a higher nice value): while both want the
-CPU, the API and the pushes get it first, and the devices get what is left, which after a
-broadcast is nearly all of it.
+start, and take its connections in turn (even_accept.py). The children run at a lower CPU
+priority (a higher nice value): while both want the CPU, the API and the pushes get it
+first, and the devices get what is left, which after a broadcast is nearly all of it.
 
 A child writes lines to its stdout, which the parent reads: `ready` once it serves,
 `fetched {json}` for each fetch confirmation (a device fetched the pass version carrying a
@@ -40,6 +40,7 @@ from collections.abc import Callable, Sequence
 from datetime import datetime
 
 from passpush.domain.errors import Unauthenticated
+from passpush.http.even_accept import ConnectionCounts
 from passpush.http.sockets import tcp_listener
 from passpush.store.faults import database_unavailable, is_passing_trouble
 from passpush.store.fetches import FetchConfirmation
@@ -64,12 +65,14 @@ class HttpProcesses:
         self,
         address: str,
         count: int,
-        child_command: Callable[[int], Sequence[str]],
+        child_command: Callable[[int, int, int], Sequence[str]],
         *,
         on_fetched: Callable[[FetchConfirmation], None] = lambda _: None,
         on_register: Callable[[NewRegistration], asyncio.Future[bool]] | None = None,
     ) -> None:
-        """`child_command(fd)` is the command line of a child serving the socket `fd`."""
+        """`child_command(listen_fd, counts_fd, slot)` is the command line of a child
+        serving the socket `listen_fd`, its open connections counted in `slot` of the
+        ConnectionCounts of `counts_fd`."""
         host, _, port = address.rpartition(":")
         self._host, self._port = host.strip("[]") or "127.0.0.1", int(port)
         self._count = count
@@ -79,18 +82,22 @@ class HttpProcesses:
         self._answers: dict[int, Lines] = {}  # to each child, by pid
         self._running: dict[int, asyncio.subprocess.Process] = {}  # by pid
         self._serving = False  # whether the gRPC server serves, as told to the children
-        self._listeners: list[socket.socket] = []  # one for each child
+        self._listener: socket.socket | None = None
+        self._counts: ConnectionCounts | None = None
         self._children: list[asyncio.Task[None]] = []
         self._stopping = False
 
     @property
     def port(self) -> int:
-        return int(self._listeners[0].getsockname()[1])
+        assert self._listener is not None, "not started"
+        return int(self._listener.getsockname()[1])
 
     async def start(self) -> None:
         """Listens, then starts the children and returns once each serves; OSError if the
         port is taken or a child could not start."""
-        self._listeners = _listeners(self._host, self._port, self._count)
+        self._listener = tcp_listener(self._host, self._port)  # OSError if the port is taken
+        self._listener.set_inheritable(True)
+        self._counts = ConnectionCounts.create(self._count)
         started = [asyncio.get_running_loop().create_future() for _ in range(self._count)]
         self._children = [
             asyncio.create_task(self._keep_running(number, ready))
@@ -104,11 +111,12 @@ class HttpProcesses:
             raise OSError(f"an HTTP process did not start: {error}") from None
 
     async def _keep_running(self, number: int, ready: asyncio.Future[None]) -> None:
+        assert self._listener is not None and self._counts is not None
         while not self._stopping:
-            fd = self._listeners[number].fileno()
+            fds = (self._listener.fileno(), self._counts.fd)
             process = await asyncio.create_subprocess_exec(
-                *self._command(fd),
-                pass_fds=(fd,),
+                *self._command(*fds, number),
+                pass_fds=fds,
                 stdin=asyncio.subprocess.PIPE,  # the child stops when it closes: see cli
                 stdout=asyncio.subprocess.PIPE,
             )
@@ -121,6 +129,7 @@ class HttpProcesses:
                 self._answers.pop(process.pid, None)
                 if process.returncode is None:
                     await _terminate(process, grace=0)
+                self._counts.vacate(number)
             if self._stopping:
                 return
             if not ready.done():
@@ -214,9 +223,12 @@ class HttpProcesses:
             with contextlib.suppress(asyncio.CancelledError, OSError):
                 await child
         self._children = []
-        for listener in self._listeners:
-            listener.close()
-        self._listeners = []
+        if self._listener is not None:
+            self._listener.close()
+            self._listener = None
+        if self._counts is not None:
+            self._counts.close()
+            self._counts = None
 
 
 async def _terminate(process: asyncio.subprocess.Process, grace: float) -> None:
@@ -229,30 +241,6 @@ async def _terminate(process: asyncio.subprocess.Process, grace: float) -> None:
         with contextlib.suppress(ProcessLookupError):
             process.kill()
         await process.wait()
-
-
-def _listeners(host: str, port: int, count: int) -> list[socket.socket]:
-    """A listening socket for each child, all on one port with SO_REUSEPORT: the kernel
-    spreads the connections over them. On one shared socket the first child to wake took
-    every connection waiting (a load client's 16 keep-alive connections: one child at 5.2 s
-    of CPU, the other at 0.4 s, in device-pull).
-
-    First a bind without SO_REUSEPORT, which fails while anything holds the port (another
-    passpush's sockets too): a second server on the port must fail, not share its
-    connections. Nothing then holds it, for the moment between the two binds."""
-    with tcp_listener(host, port) as probe:
-        port = probe.getsockname()[1]  # the port the system chose, for port 0
-    listeners: list[socket.socket] = []
-    try:
-        for _ in range(count):
-            listener = tcp_listener(host, port, reuse_port=True)
-            listeners.append(listener)
-            listener.set_inheritable(True)
-    except OSError:
-        for listener in listeners:
-            listener.close()
-        raise
-    return listeners
 
 
 class Lines:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import socket
 
 
-def tcp_listener(host: str, port: int, *, reuse_port: bool = False) -> socket.socket:
+def tcp_listener(host: str, port: int) -> socket.socket:
     """A socket listening on `host`:`port`, whose accepted connections send at once.
 
     asyncio turns Nagle's algorithm off (TCP_NODELAY) only on sockets whose protocol is
@@ -13,9 +13,7 @@ def tcp_listener(host: str, port: int, *, reuse_port: bool = False) -> socket.so
     writes the headers, then the body) waited for the client's delayed ACK, 40 ms a request.
     """
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    listener = socket.create_server(
-        (host, port), family=family, backlog=1024, reuse_port=reuse_port
-    )
+    listener = socket.create_server((host, port), family=family, backlog=1024)
     return socket.socket(fileno=listener.detach())  # the protocol read back from the socket
 
 
