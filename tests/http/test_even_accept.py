@@ -36,6 +36,19 @@ class Accepted:
 
         return Probe()
 
+    async def nodelay_of_one(self) -> int:
+        """Starts accepting, connects once: the TCP_NODELAY of the connection served."""
+        self.acceptor.start()
+        try:
+            _, writer = await asyncio.open_connection("127.0.0.1", self.port)
+            async with asyncio.timeout(10):
+                nodelay = await self.nodelay.get()
+            writer.close()
+            return nodelay
+        finally:
+            self.acceptor.close()
+            self.listener.close()
+
 
 @pytest.fixture
 async def counts() -> AsyncIterator[ConnectionCounts]:
@@ -51,30 +64,13 @@ async def test_a_connection_left_for_a_process_that_never_takes_it_is_taken_afte
     holding more leaves the connection to it, then takes it rather than strand it."""
     accepted = Accepted(counts, held=3)
     counts.set(1, 0)
-    accepted.acceptor.start()
-    try:
-        _, writer = await asyncio.open_connection("127.0.0.1", accepted.port)
-        async with asyncio.timeout(10):
-            await accepted.nodelay.get()
-        writer.close()
-    finally:
-        accepted.acceptor.close()
-        accepted.listener.close()
+    await accepted.nodelay_of_one()  # served, not left waiting for ever
 
 
 async def test_connections_it_accepts_send_without_delay(counts: ConnectionCounts) -> None:
     """As for uvicorn's own servers (test_sockets.py): without TCP_NODELAY a response
     written in two parts waited for the client's delayed ACK, 40 ms."""
-    accepted = Accepted(counts, held=0)
-    accepted.acceptor.start()
-    try:
-        _, writer = await asyncio.open_connection("127.0.0.1", accepted.port)
-        async with asyncio.timeout(10):
-            assert await accepted.nodelay.get() != 0
-        writer.close()
-    finally:
-        accepted.acceptor.close()
-        accepted.listener.close()
+    assert await Accepted(counts, held=0).nodelay_of_one() != 0
 
 
 def test_a_process_that_is_gone_is_never_the_one_with_fewest(counts: ConnectionCounts) -> None:

@@ -127,7 +127,7 @@ class HttpServer:
     async def start(self) -> None:
         """Serves in the background once listening; raises OSError if it cannot listen."""
         # Bind here rather than in uvicorn, which exits the process when the port is taken.
-        listener = self._listener or tcp_listener(self._host, self._port)
+        listener = self._listener = self._listener or tcp_listener(self._host, self._port)
         # A shared listener's connections are accepted here, in turn with the others.
         sockets = [] if self._shared else [listener]
         self._task = asyncio.create_task(self._server.serve(sockets=sockets))
@@ -160,8 +160,9 @@ class HttpServer:
 
     @property
     def port(self) -> int:
-        servers = self._server.servers
-        return int(servers[0].sockets[0].getsockname()[1])
+        """The port it listens on (the system's choice for port 0), whoever accepts."""
+        assert self._listener is not None, "not started"
+        return int(self._listener.getsockname()[1])
 
     async def stop(self, grace: float) -> None:
         """Stops accepting, lets open requests finish for up to `grace` seconds."""
