@@ -61,7 +61,7 @@ BENCHMARKS: dict[str, tuple[Benchmark, str]] = {
     ),
     "device-pull": (
         device_pull.run,
-        "devices fetch their passes after a Send (wrk): updates/s vs RSA signing, the storm",
+        "devices fetch their passes after a Send (C client): updates/s vs RSA signing, the storm",
     ),
     "import": (
         pass_import.run,
@@ -152,7 +152,7 @@ def parse(argv: Sequence[str] | None) -> tuple[list[str], Options, bool]:
         "outage_seconds": "outage: seconds the fake APNs is down",
         "pull_passes": "device-pull: passes with content whose devices fetch them",
         "pull_storm_passes": "device-pull: the broadcast measured beside the fetching devices",
-        "pull_connections": "device-pull: wrk's keep-alive connections (devices at once)",
+        "pull_connections": "device-pull: the devices' keep-alive connections (devices at once)",
         "shared_passes": "shared-content: passes imported",
         "import_passes": "import: passes imported, a device each",
         "google_passes": "google-broadcast: holders of one Google class",

@@ -6,15 +6,16 @@ would use them (nothing is seeded behind the server's back):
 1. Setup (gRPC): template A with its own signing material (a throwaway RSA-2048 Pass Type
    ID certificate), `pull_passes` passes imported with their authentication tokens, each
    given content by SetPassContent (pass.json and about 60 KB of PNG images).
-2. Registrations (PassKit web service, wrk): each device registers for its pass:
-   registrations/s.
-3. Serials (wrk): each device asks which of its serials changed since the tag it had before
-   the content was set, enough rounds for SERIALS_REQUESTS requests: serials/s.
+2. Registrations (PassKit web service, device_client.c): each device registers for its
+   pass: registrations/s.
+3. Serials (device_client.c): each device asks which of its serials changed since the tag
+   it had before the content was set, enough rounds for SERIALS_REQUESTS requests:
+   serials/s.
 4. `openssl speed -seconds 3 rsa2048`: one core's RSA-2048 signatures/s, in this run.
 5. A Send to template A; the push-only time (the Send's start to GetTicket seeing it
-   terminal). Then the pull (wrk: `pull_connections` threads, 16 by default, each with one
-   keep-alive connection, as are the registrations and serials): every device, once, GETs
-   the serials changed since its tag and then its pass. Device updates/s
+   terminal). Then the pull (device_client.c, a load client in C: `pull_connections`
+   keep-alive connections, 16 by default, as for the registrations and serials): every
+   device, once, GETs the serials changed since its tag and then its pass. Device updates/s
    (devices / the pull's time), each request's latency (p50/p99), the ratio to the signing
    rate, and the end-to-end time from the Send's start to the last device holding its pass.
    Devices start once every push is out, so end to end is push-only + pull at most.
@@ -46,6 +47,7 @@ import httpx
 from benchmarks.apple_content import make_signing, pass_content
 from benchmarks.containment import steady_sends
 from benchmarks.database import PROJECT, bench_database
+from benchmarks.device_client import Device, DevicesReport, run_devices
 from benchmarks.fake import NodeFake, node_fake
 from benchmarks.harness import (
     TOPIC,
@@ -60,7 +62,6 @@ from benchmarks.harness import (
     workspace,
 )
 from benchmarks.server import CONTENT, ApnsAuth, Client, client, serve
-from benchmarks.wrk import Device, WrkReport, run_devices
 from passpush.v1 import notifications_pb2 as npb
 from passpush.v1 import passes_pb2 as ppb
 from passpush.v1 import passes_pb2_grpc
@@ -206,7 +207,7 @@ async def _wait_http(base_url: str) -> None:
                     await asyncio.sleep(0.1)
 
 
-async def _registered(run: Run, audience: Audience) -> WrkReport:
+async def _registered(run: Run, audience: Audience) -> DevicesReport:
     report = await _devices(run, "register", audience.devices)
     report.check(f"registering {audience.template}'s devices")
     log(
@@ -262,7 +263,7 @@ class Run:
     bench: Client
     other: Client
     server_pid: int
-    connections: int  # wrk's keep-alive connections, a thread each
+    connections: int  # the devices' keep-alive connections
 
 
 async def measure_backend(
@@ -335,7 +336,7 @@ async def _measure(run: Run, pull: Audience, storm: Audience) -> list[Result]:
     main_ms = main_cpu / count * 1000
     cost = (
         f"CPU a device update: server {server_ms:.2f} ms (HTTP processes "
-        f"{server_ms - main_ms:.2f}, main {main_ms:.2f}), wrk {client_ms:.2f} ms"
+        f"{server_ms - main_ms:.2f}, main {main_ms:.2f}), load client {client_ms:.2f} ms"
     )
     updates = fetch.rate(count)
     end_to_end = fetch.last_us / 1e6 - sent_at
@@ -387,7 +388,7 @@ async def _under_pull(
         ticket, _ = await run.bench.wait_terminal(ticket.id, within=600)
         _delivered(ticket, len(devices))
         if pulling.done():
-            pulling.result()  # wrk stopped early: say why
+            pulling.result()  # the devices stopped early: say why
         loaded = await _sends_and_broadcast(run.bench, run.other, storm)
     finally:
         stop.set()
@@ -403,7 +404,7 @@ async def _devices(
     *,
     rounds: int = 1,
     stop: asyncio.Event | None = None,
-) -> WrkReport:
+) -> DevicesReport:
     return await run_devices(
         mode,
         run.base_url,
@@ -413,11 +414,11 @@ async def _devices(
         pass_type=TOPIC,
         rounds=rounds,
         stop=stop,
-        threads=run.connections,
+        connections=run.connections,
     )
 
 
-def _with_tags(devices: list[Device], report: WrkReport) -> list[Device]:
+def _with_tags(devices: list[Device], report: DevicesReport) -> list[Device]:
     """The devices with the lastUpdated each was answered: the tag it asks from next."""
     missing = [d.library_id for d in devices if d.library_id not in report.tags]
     if missing:
@@ -428,9 +429,9 @@ def _with_tags(devices: list[Device], report: WrkReport) -> list[Device]:
 def _results(
     backend: str,
     count: int,
-    registrations: WrkReport,
-    serials: WrkReport,
-    fetch: WrkReport,
+    registrations: DevicesReport,
+    serials: DevicesReport,
+    fetch: DevicesReport,
     signing: tuple[float, str],
     push_seconds: float,
     end_to_end: float,
@@ -446,7 +447,7 @@ def _results(
     return [
         Result(
             f"{NAME}: registrations ({count:,} devices, PassKit POST, "
-            f"{registrations.threads} connections)",
+            f"{registrations.connections} connections)",
             backend,
             f"{registrations.rate():,.0f}/s (p50 {registrations.p(0.5):.1f} ms, "
             f"p99 {registrations.p(0.99):.1f} ms)",
@@ -462,7 +463,7 @@ def _results(
         ),
         Result(
             f"{NAME}: device updates after a Send ({count:,} devices: serials + pass, "
-            f"{fetch.threads} connections)",
+            f"{fetch.connections} connections)",
             backend,
             f"{updates:,.0f}/s = {updates / signs:.2f}x openssl's {signs:,.0f} RSA-2048 "
             f"sign/s (requests {latency}; {cost})",

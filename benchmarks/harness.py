@@ -292,7 +292,7 @@ class Options:
     outage_seconds: float = 45.0  # outage: how long the fake APNs is down
     pull_passes: int = 5_000  # device-pull: passes with content, a device each, fetching
     pull_storm_passes: int = 5_000  # device-pull: the second template's broadcast
-    pull_connections: int = 16  # device-pull: wrk's keep-alive connections, a thread each
+    pull_connections: int = 16  # device-pull: the devices' keep-alive connections
     shared_passes: int = 100_000  # shared-content: passes imported with and without content
     import_passes: int = 1_000_000  # import: passes imported through the API, a device each
     google_passes: int = 100_000  # google-broadcast: holders of one Google class

@@ -1,4 +1,4 @@
-"""The device-pull benchmark's devices (wrk running benchmarks/devices.lua) against the real
+"""The device-pull benchmark's devices (benchmarks/device_client.c) against the real
 PassKit web service: they count what a device would, and a run of wrong answers is an
 error, never a figure."""
 
@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from benchmarks.wrk import Device, run_devices
+from benchmarks.device_client import Device, run_devices
 from passpush.v1 import notifications_pb2 as npb
 from passpush.v1 import notifications_pb2_grpc, passes_pb2_grpc
 from passpush.v1 import passes_pb2 as ppb
@@ -18,7 +18,7 @@ from passpush.v1 import passes_pb2 as ppb
 from apple_passes import AppleCerts, pass_document, pass_files
 from support import TOPIC, token, upsert, wait_terminal
 
-pytestmark = pytest.mark.skipif(shutil.which("wrk") is None, reason="needs wrk (Debian's wrk)")
+pytestmark = pytest.mark.skipif(shutil.which("cc") is None, reason="needs a C compiler (cc)")
 
 PASSES = 3
 
@@ -65,11 +65,13 @@ async def test_devices_register_ask_and_fetch_counting_every_answer(
     devices = await devices_with_passes(passes, apple_certs)
     where = {"prefix": "/passkit", "pass_type": TOPIC}
 
-    registered = await run_devices("register", shim, devices, tmp_path, **where, threads=2)
+    registered = await run_devices("register", shim, devices, tmp_path, **where, connections=2)
     registered.check("register")
     assert (registered.requests, registered.statuses) == (PASSES, {201: PASSES})
 
-    serials = await run_devices("serials", shim, devices, tmp_path, **where, rounds=2, threads=2)
+    serials = await run_devices(
+        "serials", shim, devices, tmp_path, **where, rounds=2, connections=2
+    )
     serials.check("serials")
     assert (serials.requests, serials.statuses) == (2 * PASSES, {200: 2 * PASSES})
     assert set(serials.tags) == {d.library_id for d in devices}
@@ -86,7 +88,7 @@ async def test_devices_register_ask_and_fetch_counting_every_answer(
         Device(d.library_id, d.serial, d.token, d.push_token, serials.tags[d.library_id])
         for d in devices
     ]
-    pulled = await run_devices("pull", shim, told, tmp_path, **where, threads=2)
+    pulled = await run_devices("pull", shim, told, tmp_path, **where, connections=2)
     pulled.check("pull")
     assert (pulled.requests, pulled.statuses) == (2 * PASSES, {200: 2 * PASSES})
     assert len(pulled.latencies_us) == 2 * PASSES
@@ -102,13 +104,13 @@ async def test_wrong_answers_are_an_error_not_a_figure(
         Device(d.library_id, d.serial, "not-the-token-0123456789", d.push_token) for d in devices
     ]
 
-    refused = await run_devices("register", shim, wrong, tmp_path, **where, threads=2)
+    refused = await run_devices("register", shim, wrong, tmp_path, **where, connections=2)
     with pytest.raises(RuntimeError, match=f"{PASSES} wrong responses"):
         refused.check("register")
     assert refused.statuses == {401: PASSES}
 
     # Not registered: no serials to list, so no pass to fetch.
-    unregistered = await run_devices("pull", shim, devices, tmp_path, **where, threads=2)
+    unregistered = await run_devices("pull", shim, devices, tmp_path, **where, connections=2)
     with pytest.raises(RuntimeError, match="wrong responses"):
         unregistered.check("pull")
     assert unregistered.statuses == {204: PASSES}

@@ -1,26 +1,29 @@
-"""Apple devices against the PassKit web service: wrk (C, HTTP/1.1) running devices.lua.
+"""Apple devices against the PassKit web service: device_client.c, a load client in C.
 
-Each wrk thread has one keep-alive connection and walks its own slice of the devices (see
-devices.lua). wrk itself always runs for its `-d` duration, so the script says when each
-thread is through and this module then stops wrk with SIGINT (wrk's own way to end early:
-it joins its threads and runs the script's done(), which writes the figures).
+It is built here with the system's C compiler (once a process, into a temporary folder)
+and run once for each phase. Each of its keep-alive connections walks its own slice of
+the devices (see device_client.c); it exits when they are through, or on SIGINT for a phase
+that runs until it is stopped, and writes its figures beside the devices' file.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import shutil
 import signal
+import subprocess
+import tempfile
 from collections.abc import Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
+from urllib.parse import urlsplit
 
-from benchmarks.harness import BENCH_DIR, Child, cpu_seconds, percentile
+from benchmarks.harness import BENCH_DIR, Child, percentile
 
-WRK = shutil.which("wrk") or "/usr/bin/wrk"
-SCRIPT = BENCH_DIR / "devices.lua"
-THREADS = 16
+SOURCE = BENCH_DIR / "device_client.c"
+CONNECTIONS = 16
 
 
 @dataclass(frozen=True)
@@ -35,8 +38,8 @@ class Device:
 
 
 @dataclass
-class WrkReport:
-    """What one wrk run saw: requests, failures, latencies and the devices' new tags."""
+class DevicesReport:
+    """What one run of the devices saw: requests, failures, latencies and the devices' new tags."""
 
     requests: int
     bad: int  # responses that were not what a working service answers
@@ -44,12 +47,12 @@ class WrkReport:
     latencies_us: list[float]  # sorted
     first_us: float  # epoch microseconds of the first request sent
     last_us: float  # and of the last response
-    threads_finished: int
-    threads: int
+    connections_finished: int
+    connections: int
     rounds: int  # each device's rounds; 0: until stopped
     tags: dict[str, str] = field(default_factory=dict)  # device -> lastUpdated
     failures: list[str] = field(default_factory=list)
-    cpu_seconds: float = 0.0  # wrk's own CPU time (the load client's cost)
+    cpu_seconds: float = 0.0  # the client's own CPU time (the load client's cost)
 
     @property
     def seconds(self) -> float:
@@ -64,11 +67,11 @@ class WrkReport:
 
     def check(self, what: str) -> None:
         """An error unless every response was right: a run of 401s measures nothing."""
-        if self.bad or (self.rounds > 0 and self.threads_finished < self.threads):
+        if self.bad or (self.rounds > 0 and self.connections_finished < self.connections):
             raise RuntimeError(
                 f"{what}: {self.bad} wrong responses of {self.requests} "
-                f"(statuses {self.statuses}), {self.threads_finished}/{self.threads} threads "
-                f"through; e.g. {self.failures[:3]}"
+                f"(statuses {self.statuses}), {self.connections_finished}/{self.connections} "
+                f"connections through; e.g. {self.failures[:3]}"
             )
 
 
@@ -83,70 +86,61 @@ async def run_devices(
     rounds: int = 1,
     stop: asyncio.Event | None = None,
     within: float = 900.0,
-    threads: int = THREADS,
-) -> WrkReport:
-    """Runs devices.lua in `mode` over the devices, `rounds` times each (0: until `stop`)."""
-    threads = max(1, min(threads, len(devices)))
-    run = workdir / f"wrk-{mode}-{_next_run()}"
+    connections: int = CONNECTIONS,
+) -> DevicesReport:
+    """Runs the devices in `mode` over `connections`, `rounds` times each (0: until `stop`)."""
+    connections = max(1, min(connections, len(devices)))
+    run = workdir / f"devices-{mode}-{_next_run()}"
     devices_file = run.with_suffix(".devices")
     devices_file.write_text(
         "".join(
             f"{d.library_id}\t{d.serial}\t{d.token}\t{d.tag}\t{d.push_token}\n" for d in devices
         )
     )
-    command = [WRK, "-t", str(threads), "-c", str(threads), "-d", f"{int(within)}s"]
-    command += ["--timeout", "60s", "-s", str(SCRIPT), base_url, "--", mode]
-    command += [str(devices_file), prefix, pass_type, str(rounds), str(threads), str(run)]
-    child = await Child.start(f"wrk-{mode}", command, run.with_suffix(".log"), stdout_pipe=True)
+    url = urlsplit(base_url)
+    assert url.scheme == "http" and url.hostname and url.port, f"not http://host:port: {base_url}"
+    command = [str(client()), url.hostname, str(url.port), mode, str(devices_file), prefix]
+    command += [pass_type, str(rounds), str(connections), str(run)]
+    child = await Child.start(f"devices-{mode}", command, run.with_suffix(".log"))
     try:
-        if rounds > 0:
-            await _threads_done(child, threads, within)
-        else:
+        if rounds == 0:
             assert stop is not None, "rounds=0 runs until stop is set"
             await stop.wait()
-        used = cpu_seconds(child.pid) or 0.0
-        await _interrupt(child)
+            with contextlib.suppress(ProcessLookupError):
+                child.process.send_signal(signal.SIGINT)
+        async with asyncio.timeout(within):
+            await child.process.wait()
     finally:
         await child.stop(grace=5)
-    return replace(_report(run, threads, rounds), cpu_seconds=used)
+    return _report(run, connections, rounds)
 
 
-async def _threads_done(child: Child, threads: int, within: float) -> None:
-    assert child.process.stdout is not None
-    done = 0
-    async with asyncio.timeout(within):
-        while done < threads:
-            line = await child.process.stdout.readline()
-            if not line:
-                return  # wrk ended (its duration ran out): the report says how far it got
-            done += line.startswith(b"DONE ")
+@functools.cache
+def client() -> Path:
+    """The client, built from its source for this process."""
+    compiler = shutil.which("cc") or shutil.which("gcc")
+    if compiler is None:
+        raise RuntimeError("device-pull needs a C compiler (cc) to build its load client")
+    built = Path(tempfile.mkdtemp(prefix="passpush-devices-")) / "device_client"
+    subprocess.run(
+        [compiler, "-O2", "-Wall", "-Werror", "-o", str(built), str(SOURCE)],
+        check=True,
+        capture_output=True,
+    )
+    return built
 
 
-async def _interrupt(child: Child) -> None:
-    """SIGINT until wrk exits: it ignores the signal until its threads run."""
-    for _ in range(100):
-        if not child.running:
-            break
-        with contextlib.suppress(ProcessLookupError):
-            child.process.send_signal(signal.SIGINT)
-        with contextlib.suppress(TimeoutError):
-            async with asyncio.timeout(0.5):
-                await asyncio.shield(child.process.wait())
-    assert child.process.stdout is not None
-    await child.process.stdout.read()  # wrk's own report: not used
-
-
-def _report(run: Path, threads: int, rounds: int) -> WrkReport:
+def _report(run: Path, connections: int, rounds: int) -> DevicesReport:
     summary = run.with_suffix(".summary")
     if not summary.exists():
-        raise RuntimeError(f"wrk wrote no figures; see {run.with_suffix('.log')}")
+        raise RuntimeError(f"the devices wrote no figures; see {run.with_suffix('.log')}")
     requests = bad = finished = 0
-    first, last = float("inf"), 0.0
+    first, last, cpu = float("inf"), 0.0, 0.0
     statuses: dict[int, int] = {}
     failures: list[str] = []
     for line in summary.read_text().splitlines():
         kind, _, rest = line.partition(" ")
-        if kind == "thread":
+        if kind == "connection":
             _, count, wrong, first_us, last_us, through = rest.split()
             requests += int(count)
             bad += int(wrong)
@@ -158,11 +152,13 @@ def _report(run: Path, threads: int, rounds: int) -> WrkReport:
             statuses[int(status)] = statuses.get(int(status), 0) + int(count)
         elif kind == "failure":
             failures.append(rest)
+        elif kind == "cpu":
+            cpu = float(rest)
     latencies = sorted(float(v) for v in run.with_suffix(".latency").read_text().split())
     tags = dict(
         line.split("\t", 1) for line in run.with_suffix(".tags").read_text().splitlines() if line
     )
-    return WrkReport(
+    return DevicesReport(
         requests,
         bad,
         statuses,
@@ -170,10 +166,11 @@ def _report(run: Path, threads: int, rounds: int) -> WrkReport:
         first if requests else 0.0,
         last,
         finished,
-        threads,
+        connections,
         rounds,
         tags,
         failures,
+        cpu,
     )
 
 
