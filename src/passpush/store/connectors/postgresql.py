@@ -93,7 +93,13 @@ class AsyncpgReadConnector:
     the tables grow."""
 
     dialect = "postgresql"
-    MAX_CONNECTIONS = 10
+    # Each connection is a PostgreSQL process that works for the devices at the same
+    # priority as the Sends' own (the HTTP processes are niced; these cannot be). With ten
+    # a process, a fetch storm kept up to twenty of them busy and a one-pass Send's seven
+    # round trips each waited behind them: its p99 went 6 to 12 times its idle figure
+    # (device-pull, 2026-12-04). Two a process cut that to 1.9-3.6 times and fetched as fast:
+    # a device's reads are brief, and one process's reads share its one core anyway.
+    MAX_CONNECTIONS = 2
 
     def __init__(self, engine: AsyncEngine) -> None:
         self._url = engine.url.render_as_string(hide_password=False)
