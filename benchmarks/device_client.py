@@ -9,6 +9,7 @@ that runs until it is stopped, and writes its figures beside the devices' file.
 from __future__ import annotations
 
 import asyncio
+import atexit
 import contextlib
 import functools
 import shutil
@@ -117,16 +118,20 @@ async def run_devices(
 
 @functools.cache
 def client() -> Path:
-    """The client, built from its source for this process."""
+    """The client, built from its source for this process (removed when it exits)."""
     compiler = shutil.which("cc") or shutil.which("gcc")
     if compiler is None:
         raise RuntimeError("device-pull needs a C compiler (cc) to build its load client")
-    built = Path(tempfile.mkdtemp(prefix="passpush-devices-")) / "device_client"
-    subprocess.run(
+    folder = tempfile.mkdtemp(prefix="passpush-devices-")
+    atexit.register(shutil.rmtree, folder, ignore_errors=True)
+    built = Path(folder) / "device_client"
+    compiled = subprocess.run(
         [compiler, "-O2", "-Wall", "-Werror", "-o", str(built), str(SOURCE)],
-        check=True,
         capture_output=True,
+        text=True,
     )
+    if compiled.returncode != 0:
+        raise RuntimeError(f"{SOURCE.name} did not compile:\n{compiled.stderr}")
     return built
 
 
