@@ -7,6 +7,7 @@ Each test runs the installed console script in a subprocess, as an operator woul
 from __future__ import annotations
 
 import asyncio
+import ctypes
 import importlib.metadata
 import json
 import os
@@ -261,10 +262,54 @@ async def test_ctrl_c_while_watching_says_the_ticket_goes_on(
     assert f"ticket {ticket_id} goes on" in watched.stderr
 
 
+@on_sqlite_alone
+async def test_ctrl_c_taken_by_another_thread_still_stops_watching(
+    launch: Launcher, database_url: str, fake_apns: FakeApns
+) -> None:
+    # The kernel hands a process's SIGINT to any of its threads that does not block it, one
+    # of gRPC's too; the event loop, asleep with nothing to read, must still hear of it.
+    server = await launch(SHUTDOWN_GRACE="1")
+    key = await make_key(database_url, "demo")
+    async with server.channel(key) as channel:
+        world = World(passes_pb2_grpc.PassServiceStub(channel), project_id="demo")
+        await world.apple_template("loyalty")
+        await world.pass_("p1", "loyalty")
+    fake_apns.hang(world.devices["p1"][0])  # the ticket stays RUNNING
+    env = {"PASSPUSH_API_KEY": key, "PATH": os.environ["PATH"]}
+    send = ("send", "--address", server.address, "--pass", "p1", "--body", "Hi", "--watch")
+
+    sent, ticket_id = await _interrupt_while_watching(PASSPUSH, *send, env=env, to_threads=True)
+    assert sent.returncode == 130 and "Traceback" not in sent.output, sent.output
+    assert f"ticket {ticket_id} goes on" in sent.stderr
+
+
+def _interrupt_other_threads(pid: int) -> None:
+    """One SIGINT, as from one Ctrl-C, to a thread of the process other than its main one
+    that does not block the signal (tgkill: to that thread alone)."""
+    takers = [
+        int(tid)
+        for tid in os.listdir(f"/proc/{pid}/task")
+        if int(tid) != pid and not _blocks(pid, int(tid), signal.SIGINT)
+    ]
+    assert takers, "the process has no other thread to take the signal"
+    libc = ctypes.CDLL(None, use_errno=True)
+    assert libc.syscall(_SYS_TGKILL, pid, takers[0], signal.SIGINT) == 0, ctypes.get_errno()
+
+
+def _blocks(pid: int, tid: int, signum: int) -> bool:
+    status = Path(f"/proc/{pid}/task/{tid}/status").read_text()
+    blocked = next(line for line in status.splitlines() if line.startswith("SigBlk:"))
+    return bool(int(blocked.split()[1], 16) >> (signum - 1) & 1)
+
+
+_SYS_TGKILL = 234  # x86-64
+
+
 async def _interrupt_while_watching(
-    *argv: str | Path, env: dict[str, str]
+    *argv: str | Path, env: dict[str, str], to_threads: bool = False
 ) -> tuple[Completed, int]:
-    """Runs `argv`, sends SIGINT once it shows a progress bar; its result and the ticket."""
+    """Runs `argv`, sends SIGINT once it shows a progress bar (to the process, or to each
+    of its threads but the main one); its result and the ticket."""
     process = await asyncio.create_subprocess_exec(
         *map(str, argv), stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, env=env
     )
@@ -276,7 +321,10 @@ async def _interrupt_while_watching(
                 line = (await process.stdout.readline()).decode()
                 assert line, f"ended before a progress bar: {seen}"
                 seen.append(line)
-            process.send_signal(signal.SIGINT)
+            if to_threads:
+                _interrupt_other_threads(process.pid)
+            else:
+                process.send_signal(signal.SIGINT)
             rest, stderr = await process.communicate()
     finally:
         if process.returncode is None:

@@ -70,8 +70,9 @@ def main(argv: list[str] | None = None) -> None:
         # A client of a running server: no settings, no logging set-up of its own.
         try:
             sys.exit(asyncio.run(console.run(args)))
-        except KeyboardInterrupt:
-            sys.exit(130)  # what goes on without us is said already
+        # Ctrl-C cancels the command's task (console.py): what goes on is said already.
+        except (KeyboardInterrupt, asyncio.CancelledError):
+            sys.exit(130)
     if args.command == "import":
         with contextlib.suppress(KeyboardInterrupt):
             sys.exit(asyncio.run(importer.run(args)))

@@ -7,6 +7,7 @@ import argparse
 import asyncio
 import csv
 import os
+import signal
 import sys
 from datetime import UTC
 from pathlib import Path
@@ -144,6 +145,7 @@ async def run(args: argparse.Namespace) -> int:
 
     from passpush.v1 import notifications_pb2_grpc
 
+    _cancel_on_ctrl_c()
     if not args.key:
         print("passpush: give an API key with --key or PASSPUSH_API_KEY", file=sys.stderr)
         return 2
@@ -177,6 +179,22 @@ async def run(args: argparse.Namespace) -> int:
                 stopped_watching(ticket_id)
             raise
     return 0 if final.state == npb.TICKET_STATE_SUCCEEDED else 1
+
+
+def _cancel_on_ctrl_c() -> None:
+    """Ctrl-C cancels this command's task, whichever thread the kernel hands the signal to.
+
+    asyncio.run's own handler runs only once the main thread runs Python again; a SIGINT
+    taken by one of gRPC's threads left a watch with no update coming asleep for good. The
+    loop's handler wakes it through its own pipe. A second Ctrl-C is Python's default."""
+    loop, task = asyncio.get_running_loop(), asyncio.current_task()
+    assert task is not None
+
+    def interrupted() -> None:
+        loop.remove_signal_handler(signal.SIGINT)
+        task.cancel()
+
+    loop.add_signal_handler(signal.SIGINT, interrupted)
 
 
 def stopped_watching(ticket_id: int) -> None:
