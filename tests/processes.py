@@ -20,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import atexit
 import contextlib
+import ctypes
 import json
 import os
 import signal
@@ -369,3 +370,25 @@ class Launcher:
                 # pytest shows this only when the test fails.
                 print(f"----- {server.log_path.name} -----\n{server.log()}")
         assert not failures, "\n\n".join(failures)
+
+
+def interrupt_another_thread(pid: int) -> None:
+    """One SIGINT, as from one Ctrl-C, to a thread of the process other than its main one
+    that does not block the signal (tgkill: to that thread alone)."""
+    takers = [
+        int(tid)
+        for tid in os.listdir(f"/proc/{pid}/task")
+        if int(tid) != pid and not _blocks(pid, int(tid), signal.SIGINT)
+    ]
+    assert takers, "the process has no other thread to take the signal"
+    libc = ctypes.CDLL(None, use_errno=True)
+    assert libc.syscall(_SYS_TGKILL, pid, takers[0], signal.SIGINT) == 0, ctypes.get_errno()
+
+
+def _blocks(pid: int, tid: int, signum: int) -> bool:
+    status = Path(f"/proc/{pid}/task/{tid}/status").read_text()
+    blocked = next(line for line in status.splitlines() if line.startswith("SigBlk:"))
+    return bool(int(blocked.split()[1], 16) >> (signum - 1) & 1)
+
+
+_SYS_TGKILL = 234  # x86-64

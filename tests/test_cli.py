@@ -7,7 +7,6 @@ Each test runs the installed console script in a subprocess, as an operator woul
 from __future__ import annotations
 
 import asyncio
-import ctypes
 import importlib.metadata
 import json
 import os
@@ -24,7 +23,15 @@ import pytest
 from passpush.fakes.apns import FakeApns
 from passpush.v1 import passes_pb2_grpc
 
-from processes import PASSPUSH, Completed, Launcher, free_port, passpush_env, run
+from processes import (
+    PASSPUSH,
+    Completed,
+    Launcher,
+    free_port,
+    interrupt_another_thread,
+    passpush_env,
+    run,
+)
 from support import World, make_key
 
 COMMANDS = ("serve", "migrate", "keys", "send", "watch", "failures", "import")
@@ -283,28 +290,6 @@ async def test_ctrl_c_taken_by_another_thread_still_stops_watching(
     assert f"ticket {ticket_id} goes on" in sent.stderr
 
 
-def _interrupt_other_threads(pid: int) -> None:
-    """One SIGINT, as from one Ctrl-C, to a thread of the process other than its main one
-    that does not block the signal (tgkill: to that thread alone)."""
-    takers = [
-        int(tid)
-        for tid in os.listdir(f"/proc/{pid}/task")
-        if int(tid) != pid and not _blocks(pid, int(tid), signal.SIGINT)
-    ]
-    assert takers, "the process has no other thread to take the signal"
-    libc = ctypes.CDLL(None, use_errno=True)
-    assert libc.syscall(_SYS_TGKILL, pid, takers[0], signal.SIGINT) == 0, ctypes.get_errno()
-
-
-def _blocks(pid: int, tid: int, signum: int) -> bool:
-    status = Path(f"/proc/{pid}/task/{tid}/status").read_text()
-    blocked = next(line for line in status.splitlines() if line.startswith("SigBlk:"))
-    return bool(int(blocked.split()[1], 16) >> (signum - 1) & 1)
-
-
-_SYS_TGKILL = 234  # x86-64
-
-
 async def _interrupt_while_watching(
     *argv: str | Path, env: dict[str, str], to_threads: bool = False
 ) -> tuple[Completed, int]:
@@ -322,7 +307,7 @@ async def _interrupt_while_watching(
                 assert line, f"ended before a progress bar: {seen}"
                 seen.append(line)
             if to_threads:
-                _interrupt_other_threads(process.pid)
+                interrupt_another_thread(process.pid)
             else:
                 process.send_signal(signal.SIGINT)
             rest, stderr = await process.communicate()

@@ -3,17 +3,20 @@ running server, each refused line reported by its number."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
+from collections.abc import AsyncIterator
 from pathlib import Path
 
+import grpc
 import pytest
 
 from passpush.app import Application
 from passpush.v1 import passes_pb2 as ppb
 from passpush.v1 import passes_pb2_grpc
 
-from processes import PASSPUSH, run
+from processes import PASSPUSH, interrupt_another_thread, run
 from support import World, token
 
 
@@ -114,3 +117,51 @@ async def test_a_csv_file_is_imported_with_one_device_a_row(
         PASSPUSH, "import", "--address", f"127.0.0.1:{server.port}", unknown, env=_env(api_key)
     )
     assert refused.returncode == 2 and "unknown CSV columns: colour" in refused.stderr
+
+
+class _Unanswered(passes_pb2_grpc.PassServiceServicer):
+    """ImportPasses that reads the whole stream and never answers."""
+
+    def __init__(self) -> None:
+        self.read = asyncio.Event()
+
+    async def ImportPasses(
+        self, requests: AsyncIterator[ppb.ImportPassesRequest], context: object
+    ) -> ppb.ImportPassesResponse:
+        async for _ in requests:
+            pass
+        self.read.set()
+        await asyncio.Event().wait()
+        raise AssertionError("never answered")
+
+
+async def test_ctrl_c_taken_by_another_thread_stops_an_import_waiting_for_its_answer(
+    tmp_path: Path,
+) -> None:
+    # The kernel hands a process's SIGINT to any of its threads that does not block it, one
+    # of gRPC's too; the event loop, asleep until the answer comes, must still hear of it.
+    unanswered = _Unanswered()
+    server = grpc.aio.server()
+    passes_pb2_grpc.add_PassServiceServicer_to_server(unanswered, server)
+    port = server.add_insecure_port("127.0.0.1:0")
+    await server.start()
+    path = tmp_path / "passes.jsonl"
+    path.write_text(json.dumps({"pass": {"id": "p1"}}) + "\n")
+    process = await asyncio.create_subprocess_exec(
+        *map(str, (PASSPUSH, "import", "--address", f"127.0.0.1:{port}", "--template", "t", path)),
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+        env=_env("any-key-0123456789"),
+    )
+    try:
+        async with asyncio.timeout(30):
+            await unanswered.read.wait()
+            interrupt_another_thread(process.pid)
+            _, stderr = await process.communicate()
+    finally:
+        if process.returncode is None:
+            process.kill()
+            await process.wait()
+        await server.stop(0)
+    assert process.returncode == 1, stderr
+    assert b"import interrupted" in stderr and b"Traceback" not in stderr, stderr

@@ -74,7 +74,7 @@ def main(argv: list[str] | None = None) -> None:
         except (KeyboardInterrupt, asyncio.CancelledError):
             sys.exit(130)
     if args.command == "import":
-        with contextlib.suppress(KeyboardInterrupt):
+        with contextlib.suppress(KeyboardInterrupt, asyncio.CancelledError):  # Ctrl-C
             sys.exit(asyncio.run(importer.run(args)))
         sys.exit("passpush: import interrupted: the passes sent so far are imported")
     from passpush.config import Role, Settings

@@ -145,7 +145,7 @@ async def run(args: argparse.Namespace) -> int:
 
     from passpush.v1 import notifications_pb2_grpc
 
-    _cancel_on_ctrl_c()
+    cancel_on_ctrl_c()
     if not args.key:
         print("passpush: give an API key with --key or PASSPUSH_API_KEY", file=sys.stderr)
         return 2
@@ -181,11 +181,11 @@ async def run(args: argparse.Namespace) -> int:
     return 0 if final.state == npb.TICKET_STATE_SUCCEEDED else 1
 
 
-def _cancel_on_ctrl_c() -> None:
+def cancel_on_ctrl_c() -> None:
     """Ctrl-C cancels this command's task, whichever thread the kernel hands the signal to.
 
     asyncio.run's own handler runs only once the main thread runs Python again; a SIGINT
-    taken by one of gRPC's threads left a watch with no update coming asleep for good. The
+    taken by one of gRPC's threads left a command waiting on the server asleep for good. The
     loop's handler wakes it through its own pipe. A second Ctrl-C is Python's default."""
     loop, task = asyncio.get_running_loop(), asyncio.current_task()
     assert task is not None

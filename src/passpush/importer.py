@@ -147,8 +147,10 @@ async def run(args: argparse.Namespace) -> int:
         TimeRemainingColumn,
     )
 
+    from passpush.console import cancel_on_ctrl_c
     from passpush.v1 import passes_pb2_grpc
 
+    cancel_on_ctrl_c()
     if not args.key:
         print("passpush: give an API key with --key or PASSPUSH_API_KEY", file=sys.stderr)
         return 2
