@@ -243,15 +243,8 @@ async def test_serve_on_a_taken_grpc_port_says_so(database_url: str, tmp_path: P
 async def test_ctrl_c_while_watching_says_the_ticket_goes_on(
     launch: Launcher, database_url: str, fake_apns: FakeApns
 ) -> None:
-    server = await launch(SHUTDOWN_GRACE="1")
-    key = await make_key(database_url, "demo")
-    async with server.channel(key) as channel:
-        world = World(passes_pb2_grpc.PassServiceStub(channel), project_id="demo")
-        await world.apple_template("loyalty")
-        await world.pass_("p1", "loyalty")
-    fake_apns.hang(world.devices["p1"][0])  # the ticket stays RUNNING
-    env = {"PASSPUSH_API_KEY": key, "PATH": os.environ["PATH"]}
-    connection = ("--address", server.address)
+    address, env = await _a_send_that_hangs(launch, database_url, fake_apns)
+    connection = ("--address", address)
     send = ("send", *connection, "--pass", "p1", "--body", "Hi", "--watch")
 
     sent, ticket_id = await _interrupt_while_watching(PASSPUSH, *send, env=env)
@@ -275,19 +268,27 @@ async def test_ctrl_c_taken_by_another_thread_still_stops_watching(
 ) -> None:
     # The kernel hands a process's SIGINT to any of its threads that does not block it, one
     # of gRPC's too; the event loop, asleep with nothing to read, must still hear of it.
+    address, env = await _a_send_that_hangs(launch, database_url, fake_apns)
+    send = ("send", "--address", address, "--pass", "p1", "--body", "Hi", "--watch")
+
+    sent, ticket_id = await _interrupt_while_watching(PASSPUSH, *send, env=env, to_threads=True)
+    assert sent.returncode == 130 and "Traceback" not in sent.output, sent.output
+    assert f"ticket {ticket_id} goes on" in sent.stderr
+
+
+async def _a_send_that_hangs(
+    launch: Launcher, database_url: str, fake_apns: FakeApns
+) -> tuple[str, dict[str, str]]:
+    """A server with pass p1, whose push the fake APNs never answers (a Send to it stays
+    RUNNING): its address, and the environment with an API key for the commands."""
     server = await launch(SHUTDOWN_GRACE="1")
     key = await make_key(database_url, "demo")
     async with server.channel(key) as channel:
         world = World(passes_pb2_grpc.PassServiceStub(channel), project_id="demo")
         await world.apple_template("loyalty")
         await world.pass_("p1", "loyalty")
-    fake_apns.hang(world.devices["p1"][0])  # the ticket stays RUNNING
-    env = {"PASSPUSH_API_KEY": key, "PATH": os.environ["PATH"]}
-    send = ("send", "--address", server.address, "--pass", "p1", "--body", "Hi", "--watch")
-
-    sent, ticket_id = await _interrupt_while_watching(PASSPUSH, *send, env=env, to_threads=True)
-    assert sent.returncode == 130 and "Traceback" not in sent.output, sent.output
-    assert f"ticket {ticket_id} goes on" in sent.stderr
+    fake_apns.hang(world.devices["p1"][0])
+    return server.address, {"PASSPUSH_API_KEY": key, "PATH": os.environ["PATH"]}
 
 
 async def _interrupt_while_watching(
