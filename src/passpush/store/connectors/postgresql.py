@@ -149,6 +149,7 @@ class AsyncpgReadConnector:
                     max_size=self.MAX_CONNECTIONS,
                     server_settings={**POSTGRES_SETTINGS, "plan_cache_mode": "auto"},
                     init=_json_codecs,
+                    reset=_nothing_to_reset,
                 )
         return self._pool
 
@@ -162,6 +163,12 @@ async def _fetch(statements: CompiledStatements, connection: Any, step: Statemen
     compiled = statements.get(step)
     sql, values = compiled.bind(step.query.params)  # type: ignore[arg-type]
     return compiled.rows(await connection.fetch(sql, *values))
+
+
+async def _nothing_to_reset(connection: Any) -> None:
+    """A read connection goes back to the pool as it came: its reads set nothing, lock
+    nothing and listen to nothing. asyncpg's own reset (advisory locks, cursors, LISTEN,
+    settings) was a second round trip after every read."""
 
 
 async def _json_codecs(connection: Any) -> None:
