@@ -197,8 +197,9 @@ async def test_http_processes_serve_devices_and_the_parent_records_their_fetches
     launch: Launcher, database_url: str, apple_certs: AppleCerts
 ) -> None:
     """By default the HTTP side runs in processes of its own, at a lower priority; a
-    device's registration there is written by the parent, and its fetch reaches the ticket
-    (the parent records it); and killing the parent takes them down too, so the port is
+    device's registration there is written (by the parent on SQLite, by the child on
+    PostgreSQL) and answered as new or not, and its fetch reaches the ticket (the parent
+    records it); and killing the parent takes them down too, so the port is
     free for the next start."""
     http_address = f"127.0.0.1:{free_port()}"
     server = await launch(HTTP_ADDRESS=http_address, HTTP_PROCESSES="2")
@@ -230,7 +231,6 @@ async def test_http_processes_serve_devices_and_the_parent_records_their_fetches
         registrations = f"/passkit/v1/devices/{device}/registrations/{TOPIC}"
         async with httpx.AsyncClient(base_url=f"http://{http_address}", timeout=30) as client:
             await wait_http(client)
-            # Written by the parent, which answers whether each is new.
             registered, again_registered = [
                 await client.post(f"{registrations}/p1", json={"pushToken": token}, headers=auth)
                 for token in ("d0" * 32, "d1" * 32)

@@ -228,7 +228,10 @@ async def serve_http(settings: Settings, shared: tuple[int, int, int], grpc_targ
         PassPackager(PassKitSettings(settings.passkit_url, signing)),
         clock=utcnow,
         fetch_sink=ParentFetchSink(parent),  # the parent records them
-        registrar=registrar,  # and writes the registrations
+        # SQLite: the parent writes the registrations (http/processes.py says why).
+        # PostgreSQL: each child writes its own, in groups: rows lock alone there, and the
+        # hop through the parent's pipe and event loop cost more than the write.
+        registrar=registrar if engine.dialect.name == "sqlite" else None,
     )
     readiness = ParentReadiness()  # the parent tells it
     web = create_app(grpc_target, passkit, settings.passkit_prefix, readiness)

@@ -11,12 +11,13 @@ first, and the devices get what is left, which after a broadcast is nearly all o
 
 A child writes lines to its stdout, which the parent reads: `ready` once it serves,
 `fetched {json}` for each fetch confirmation (a device fetched the pass version carrying a
-notification), which the parent records, and `register {json}` for each device
+notification), which the parent records, and, on SQLite, `register {json}` for each device
 registration it authenticated, which the parent writes and answers on the child's stdin
-(`registered {json}`). So the children never write to the database: on SQLite a child
+(`registered {json}`). So on SQLite the children never write to the database: a child
 holding the write lock at its lower priority would keep the Sends and the pushes waiting
 for it (a priority inversion), and children taking turns at the lock wait in SQLite's busy
-handler, which sleeps. The parent also tells each child, on its stdin, whether the gRPC
+handler, which sleeps. On PostgreSQL, where rows lock alone, each child writes its own
+registrations. The parent also tells each child, on its stdin, whether the gRPC
 server serves (`serving 1` or `serving 0`: at the child's start and at each change), which
 the child's /readyz answers: the one health, the one database probe, for every process. A
 child that dies is started again; one whose stdin ends (its parent is gone, even by
