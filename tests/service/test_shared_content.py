@@ -5,11 +5,14 @@ many passes use them; bad values refused with the field at fault and nothing cha
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import io
 import json
 import secrets
 import zipfile
+from collections import Counter
+from collections.abc import Iterator
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -20,14 +23,14 @@ from google.protobuf import struct_pb2
 from sqlalchemy import event, func, select, text
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
-from passpush.domain.passkit import build_pkpass
+from passpush.domain.passkit import PassPackageSource, build_pkpass
 from passpush.domain.signing import AppleSigningPem, load_signing
 from passpush.store import migrate
 from passpush.store.connectors.session import run_on_session
 from passpush.store.content import CONTENT_CACHE
 from passpush.store.db import make_engine
 from passpush.store.models import ContentFileRow, PassOwnFileRow
-from passpush.store.passkit import package_source
+from passpush.store.passkit import TemplatePartsCache, package_source
 from passpush.v1 import passes_pb2 as ppb
 from passpush.v1 import passes_pb2_grpc
 
@@ -343,39 +346,86 @@ async def test_replaced_content_leaves_no_file_unused(
     assert await stored_files(sessions) == first + 1
 
 
-async def test_shared_files_are_read_from_the_database_once(
+async def test_shared_files_and_the_templates_parts_are_read_from_the_database_once(
     passes: passes_pb2_grpc.PassServiceStub,
     apple_certs: AppleCerts,
     engine: AsyncEngine,
     sessions: async_sessionmaker[AsyncSession],
 ) -> None:
-    """Serving many passes of a template reads its images once: then from the cache."""
+    """Serving many passes of a template reads its images, its signing and its list of
+    files once: then from the caches."""
     await apple_template(passes, apple_certs)
     strip = png(secrets.randbelow(10_000) + 10, 3)  # bytes no earlier test has cached
     await passes.SetTemplateContent(template_content(files={**pass_files(), "strip.png": strip}))
     for i in range(3):
         await passes.UpsertPass(member(f"p{i}", f"Member {i}", i))
-    reads: list[str] = []
-
-    def count_reads(_conn: Any, _cursor: Any, statement: str, *_: Any) -> None:
-        if "content_files.data" in statement:
-            reads.append(statement)
-
-    event.listen(engine.sync_engine, "before_cursor_execute", count_reads)
-    try:
+    templates = TemplatePartsCache()
+    with counted_reads(engine) as reads:
         sources, reads_after = [], []
         for i in range(3):
-            async with sessions() as session:
-                read = package_source("acme", f"p{i}", CONTENT_CACHE)
-                sources.append(await run_on_session(session, read))
-            reads_after.append(len(reads))
-    finally:
-        event.remove(engine.sync_engine, "before_cursor_execute", count_reads)
+            sources.append(await package_source_of(sessions, f"p{i}", templates))
+            reads_after.append(reads.copy())
 
     # Each file not cached yet is read once, for the first pass; the others read none.
-    assert 1 <= reads_after[0] == reads_after[2] <= len(pass_files()) + 2
+    assert 1 <= reads_after[0]["content_files.data"] == reads_after[2]["content_files.data"]
+    assert reads_after[2]["content_files.data"] <= len(pass_files()) + 2
+    assert reads_after[0]["FROM template_files"] == reads_after[2]["FROM template_files"] == 1
+    assert reads_after[2]["apple_private_key_pem"] == 1
     assert all(source.files["strip.png"] == strip for source in sources)
     assert sources[0].stored["strip.png"].sha1 == hashlib.sha1(strip).hexdigest()
+
+
+async def test_a_templates_new_content_and_signing_reach_the_next_package_past_the_cache(
+    passes: passes_pb2_grpc.PassServiceStub,
+    apple_certs: AppleCerts,
+    engine: AsyncEngine,
+    sessions: async_sessionmaker[AsyncSession],
+) -> None:
+    """A process keeps a template's parts under its package version: SetTemplateContent
+    and SetTemplateSigning each give the template a new one, so the next package has the
+    new files and the new signing, not the kept ones."""
+    await apple_template(passes, apple_certs)
+    await passes.SetTemplateContent(template_content())
+    await passes.UpsertPass(member("p1", "Member 1", 1))
+    templates = TemplatePartsCache()
+    first = await package_source_of(sessions, "p1", templates)
+    strip = png(secrets.randbelow(10_000) + 10, 4)
+    await passes.SetTemplateContent(template_content(files={**pass_files(), "strip.png": strip}))
+    with_strip = await package_source_of(sessions, "p1", templates)
+    await passes.SetTemplateSigning(ppb.SetTemplateSigningRequest(template_id="loyalty"))
+    unsigned = await package_source_of(sessions, "p1", templates)
+
+    assert "strip.png" not in first.files and first.template_signing is not None
+    assert with_strip.files["strip.png"] == strip
+    assert with_strip.template_signing == first.template_signing
+    assert unsigned.template_signing is None and unsigned.files == with_strip.files
+
+
+async def package_source_of(
+    sessions: async_sessionmaker[AsyncSession], pass_id: str, templates: TemplatePartsCache
+) -> PassPackageSource:
+    async with sessions() as session:
+        source = await run_on_session(
+            session, package_source("acme", pass_id, CONTENT_CACHE, templates)
+        )
+    assert source is not None
+    return source
+
+
+@contextlib.contextmanager
+def counted_reads(engine: AsyncEngine) -> Iterator[Counter[str]]:
+    """How many statements the engine runs that name each of a few columns and tables."""
+    seen: Counter[str] = Counter()
+    names = ("content_files.data", "FROM template_files", "apple_private_key_pem")
+
+    def count(_conn: Any, _cursor: Any, statement: str, *_: Any) -> None:
+        seen.update(name for name in names if name in statement)
+
+    event.listen(engine.sync_engine, "before_cursor_execute", count)
+    try:
+        yield seen
+    finally:
+        event.remove(engine.sync_engine, "before_cursor_execute", count)
 
 
 def test_png_files_are_stored_and_the_rest_deflated(apple_certs: AppleCerts) -> None:

@@ -67,7 +67,7 @@ from passpush.store.entities import EntityStore
 from passpush.store.pass_content import PassContentStore
 from passpush.store.pass_import import BatchResult, OneByOne, write_batch
 from passpush.store.passes import PassStore
-from passpush.store.passkit import package_source
+from passpush.store.passkit import TEMPLATE_PARTS, package_source
 from passpush.store.project_scope import new_id
 from passpush.store.projects import ProjectStore
 from passpush.store.segments import SegmentStore
@@ -430,7 +430,7 @@ class PassCore:
             found = await PassStore(session, project_id).get_pass(pass_id)  # or NotFound
             # The same read as a device's download (store/passkit.py), in this session.
             source = await run_on_session(
-                session, package_source(project_id, found.id, CONTENT_CACHE)
+                session, package_source(project_id, found.id, CONTENT_CACHE, TEMPLATE_PARTS)
             )
         if source is None:  # deleted in between
             raise NotFound("pass", pass_id)

@@ -46,6 +46,7 @@ from passpush.store.connectors.connector import Connector, Steps
 from passpush.store.content import CONTENT_CACHE
 from passpush.store.device_registrations import DeviceRegistrationStore
 from passpush.store.passkit import (
+    TEMPLATE_PARTS,
     DeviceSerial,
     NamedPass,
     NewRegistration,
@@ -412,7 +413,7 @@ class PassKitCore:
             named.update_time, if_modified_since
         ):
             return LatestPass(None, last_modified)  # the device's copy is this version
-        source = await self._reads.run(lambda: package_files(state, CONTENT_CACHE))
+        source = await self._reads.run(lambda: package_files(state, CONTENT_CACHE, TEMPLATE_PARTS))
         if PASS_JSON not in source.files:
             raise NotFound("pass_content", serial_number)
         try:

@@ -136,6 +136,9 @@ class TemplateRow(Base):
     apple_wwdr_certificate_pem: Mapped[str | None] = mapped_column(Text)
     # Apple: whether template_files holds content its passes share (SetTemplateContent).
     has_content: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
+    # Apple: a new random value whenever its signing or shared content changes; a process
+    # keeps what the template gives its passes' packages under it (store/passkit.py).
+    package_version: Mapped[str | None] = mapped_column(String(32))
 
 
 class PassRow(Base):

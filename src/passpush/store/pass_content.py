@@ -19,7 +19,7 @@ from passpush.store.content import ContentStore
 from passpush.store.models import ContentFileRow, PassOwnFileRow, PassRow, TemplateFileRow
 from passpush.store.passes import PassStore
 from passpush.store.project_scope import ProjectScoped
-from passpush.store.templates import TemplateStore
+from passpush.store.templates import TemplateStore, new_package_version
 
 
 class PassContentStore(ProjectScoped):
@@ -88,6 +88,7 @@ class PassContentStore(ProjectScoped):
         )
         await contents.drop_unreferenced(before - {f.digest for f in stored.values()})
         row.has_content = True
+        new_package_version(row)
         tag = update_tag_at(now)
         await self.session.execute(
             update(PassRow)

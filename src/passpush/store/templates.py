@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import secrets
 from collections.abc import Sequence
 from datetime import datetime
 
@@ -85,6 +86,14 @@ def _set_signing(row: TemplateRow, signing: AppleSigningPem | None) -> None:
     row.apple_certificate_pem = signing.certificate_pem if signing else None
     row.apple_private_key_pem = signing.private_key_pem if signing else None
     row.apple_wwdr_certificate_pem = signing.wwdr_certificate_pem if signing else None
+    new_package_version(row)
+
+
+def new_package_version(row: TemplateRow) -> None:
+    """What the template gives its passes' packages changed: processes that kept the old
+    parts (store/passkit.py) read them again. Random, so that no other template, nor this
+    one made again, can have had it."""
+    row.package_version = secrets.token_hex(16)
 
 
 def _signing(row: TemplateRow) -> AppleSigningPem | None:
