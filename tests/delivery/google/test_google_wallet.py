@@ -477,8 +477,9 @@ ISSUER = "3388000000012345678"
 async def test_replicas_on_one_postgresql_take_an_issuers_turns_one_interval_apart(
     database_url: str, sessions: async_sessionmaker[AsyncSession]
 ) -> None:
-    """Two replicas asking at once get turns 1/rate apart on the database's clock; another
-    issuer's turns are its own."""
+    """Two replicas asking at once get turns 1/rate apart on the database's clock, or later
+    only when the queue had run out (a loaded machine asks more slowly than the rate: the
+    turn is then the moment it asked); another issuer's turns are its own."""
     engines = [make_engine(database_url) for _ in range(2)]
     try:
         replicas = [SharedRequestTurns(engine, 20.0) for engine in engines]
@@ -488,10 +489,13 @@ async def test_replicas_on_one_postgresql_take_an_issuers_turns_one_interval_apa
         for engine in engines:
             await engine.dispose()
 
-    turns = sorted(turn for turn, _ in taken)
-    gaps = [later - earlier for earlier, later in itertools.pairwise(turns)]
-    assert min(gaps) == pytest.approx(1 / 20.0)
-    assert turns[-1] - turns[0] == pytest.approx(39 / 20.0)
+    interval, close = 1 / 20.0, 1e-4  # float8 seconds since the epoch: ~0.2 µs apart
+    turns = sorted(taken)
+    for (earlier, _), (later, asked_by) in itertools.pairwise(turns):
+        assert later - earlier >= interval - close  # never two in one interval
+        if later - earlier > interval + close:
+            assert later <= asked_by + close  # a gap only where no turn was waiting
+    assert turns[-1][0] - turns[0][0] >= 39 * interval - close
     assert other_turn <= other_now  # not behind the first issuer's queue
 
 
