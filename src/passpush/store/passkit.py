@@ -361,7 +361,7 @@ class TemplateParts:
             if signing
             else 0
         )
-        return pems + 200 * len(self.files)
+        return pems + 200 * len(self.files)  # a name and two hex digests a file
 
 
 class TemplatePartsCache(BytesBoundedLru[tuple[str, str, str], TemplateParts]):
