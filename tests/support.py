@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections import Counter
-from collections.abc import AsyncIterator, Coroutine
+from collections.abc import AsyncIterator, Callable, Coroutine, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -14,7 +14,7 @@ from typing import Any
 import grpc
 from google.rpc import error_details_pb2
 from grpc_status import rpc_status
-from sqlalchemy import func, insert, select, text
+from sqlalchemy import event, func, insert, select, text
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from passpush.domain.clock import utcnow
@@ -406,3 +406,22 @@ async def sqlite_engine_with(path: Path, table: str) -> AsyncIterator[AsyncEngin
         yield engine
     finally:
         await engine.dispose()
+
+
+@contextlib.contextmanager
+def statements_run(
+    engine: AsyncEngine, keep: Callable[[str], bool] = lambda _: True
+) -> Iterator[list[str]]:
+    """The statements the engine sends to the database meanwhile (those `keep` takes), as
+    sent, in order."""
+    seen: list[str] = []
+
+    def record(_conn: Any, _cursor: Any, statement: str, *_args: Any) -> None:
+        if keep(statement):
+            seen.append(statement)
+
+    event.listen(engine.sync_engine, "before_cursor_execute", record)
+    try:
+        yield seen
+    finally:
+        event.remove(engine.sync_engine, "before_cursor_execute", record)

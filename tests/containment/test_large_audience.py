@@ -3,14 +3,11 @@ passes, and cost SQL of one size whatever their length; one item more is refused
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from contextlib import contextmanager
 from typing import Any
 
 import grpc
 import pytest
 from google.protobuf import struct_pb2
-from sqlalchemy import event
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from passpush.domain.segments import SEGMENT_OPERATORS_MAX, SEGMENT_TAGS_MAX
@@ -25,25 +22,14 @@ from passpush.v1 import notifications_pb2 as npb
 from passpush.v1 import notifications_pb2_grpc, passes_pb2_grpc
 from passpush.v1 import passes_pb2 as ppb
 
-from support import World, rich_error, upsert, wait_terminal
+from support import World, rich_error, statements_run, upsert, wait_terminal
 
 Stub = notifications_pb2_grpc.NotificationServiceStub
 
 
-@contextmanager
-def fan_out_statements(engine: AsyncEngine) -> Iterator[list[str]]:
-    """The INSERT ... SELECT statements that write deliveries, as the database receives them."""
-    seen: list[str] = []
-
-    def record(_conn: Any, _cursor: Any, statement: str, *_args: Any) -> None:
-        if statement.lstrip().startswith("INSERT INTO deliveries"):
-            seen.append(statement)
-
-    event.listen(engine.sync_engine, "before_cursor_execute", record)
-    try:
-        yield seen
-    finally:
-        event.remove(engine.sync_engine, "before_cursor_execute", record)
+def _writes_deliveries(statement: str) -> bool:
+    """The INSERT ... SELECT that writes a fan-out's deliveries."""
+    return statement.lstrip().startswith("INSERT INTO deliveries")
 
 
 async def _send(stub: Stub, target: npb.Target) -> npb.Ticket:
@@ -78,7 +64,7 @@ async def test_the_largest_entity_group_tag_list_reaches_its_passes_with_sql_of_
     def entity(group_tags: list[str]) -> npb.Target:
         return npb.Target(entity=npb.EntityRef(entity_id="brand", group_tags=group_tags))
 
-    with fan_out_statements(engine) as statements:
+    with statements_run(engine, _writes_deliveries) as statements:
         one = await _send(notifications, entity(tags[:1]))
         largest = await _send(notifications, entity(tags))
 
@@ -135,7 +121,7 @@ async def test_the_largest_segment_reaches_its_passes_with_sql_of_one_size(
     def segment(segment_id: str) -> npb.Target:
         return npb.Target(segment=npb.SegmentRef(project_id="acme", segment_id=segment_id))
 
-    with fan_out_statements(engine) as statements:
+    with statements_run(engine, _writes_deliveries) as statements:
         small = await _send(notifications, segment("small"))
         largest = await _send(notifications, segment("largest"))
 
