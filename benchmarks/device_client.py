@@ -12,6 +12,7 @@ import asyncio
 import atexit
 import contextlib
 import functools
+import itertools
 import shutil
 import signal
 import subprocess
@@ -91,7 +92,7 @@ async def run_devices(
 ) -> DevicesReport:
     """Runs the devices in `mode` over `connections`, `rounds` times each (0: until `stop`)."""
     connections = max(1, min(connections, len(devices)))
-    run = workdir / f"devices-{mode}-{_next_run()}"
+    run = workdir / f"devices-{mode}-{next(_RUNS)}"
     devices_file = run.with_suffix(".devices")
     devices_file.write_text(
         "".join(
@@ -179,10 +180,4 @@ def _report(run: Path, connections: int, rounds: int) -> DevicesReport:
     )
 
 
-_runs = 0
-
-
-def _next_run() -> int:
-    global _runs
-    _runs += 1
-    return _runs
+_RUNS = itertools.count(1)  # each run's files named apart in the one workdir
