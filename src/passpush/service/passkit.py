@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Protocol, TypeVar
 
-from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from passpush.domain.clock import Clock, utcnow
 from passpush.domain.errors import FailedPrecondition, NotFound, Unauthenticated
@@ -40,21 +40,21 @@ from passpush.domain.signing import AppleSigningPem, SigningMaterial, load_signi
 from passpush.domain.update_tags import parse_update_tag, update_tag_at
 from passpush.domain.validation import AUTH_TOKEN_MIN, check_id, check_push_token, raise_if_any
 from passpush.service.fetches import FetchLedger, FetchSink, PassVersion
+from passpush.service.listed_passes import ListedPasses
 from passpush.service.registration_groups import RegistrationGroups
-from passpush.store.connectors import connect_reads
 from passpush.store.connectors.connector import Connector, Steps
 from passpush.store.content import CONTENT_CACHE
 from passpush.store.device_registrations import DeviceRegistrationStore
 from passpush.store.passkit import (
     TEMPLATE_PARTS,
-    DeviceSerial,
     NamedPass,
     NewRegistration,
-    device_serials,
+    PassPackageState,
     oldest_open_write,
     package_files,
     packages_named,
     passes_named,
+    updated_packages,
 )
 
 log = logging.getLogger(__name__)
@@ -258,7 +258,7 @@ class PassKitCore:
 
     def __init__(
         self,
-        engine: AsyncEngine,
+        reads: Connector,
         sessions: async_sessionmaker[AsyncSession],
         transactions: Connector,
         packager: PassPackager,
@@ -267,10 +267,11 @@ class PassKitCore:
         fetch_sink: FetchSink | None = None,
         registrar: Registrar | None = None,
     ) -> None:
-        """`registrar` writes the registrations (by default in groups, here); `fetch_sink`
-        takes fetch confirmations (by default none are kept)."""
+        """`reads` runs the devices' reads (store.connectors.connect_reads); `registrar`
+        writes the registrations (by default in groups, here); `fetch_sink` takes fetch
+        confirmations (by default none are kept)."""
         self._sessions = sessions
-        self._reads = connect_reads(engine)
+        self._reads = reads
         self._transactions = transactions
         self._registrations = RegistrationGroups(transactions, clock=clock)
         self._registrar = registrar or self._registrations
@@ -279,6 +280,8 @@ class PassKitCore:
         # Which device fetched which notification: where confirmations go (none: not kept).
         self._fetch_sink = fetch_sink
         self._fetch_ledger = FetchLedger()
+        # What the serials queries read, for the downloads that follow them.
+        self._listed = ListedPasses()
         self._settled = SettledTime(self._reads) if self._reads.dialect == "postgresql" else None
 
     async def register(
@@ -357,10 +360,13 @@ class PassKitCore:
         )
         if not rows:
             return None
+        self._listed.keep(pass_type_identifier, rows)
         if self._fetch_sink is not None:
-            versions = [PassVersion(r.project_id, r.pass_id, r.update_tag) for r in rows]
+            versions = [
+                PassVersion(r.named.project_id, r.named.pass_id, r.named.update_tag) for r in rows
+            ]
             self._fetch_ledger.told(device_library_identifier, versions, self._clock())
-        last_updated = max(r.update_tag for r in rows)
+        last_updated = max(r.named.update_tag for r in rows)
         if settled is not None:
             # Not past a change still to commit: the device asks again from before it (and
             # what it already has answers 304).
@@ -372,19 +378,19 @@ class PassKitCore:
 
     async def _serials_after(
         self, device: str, pass_type_identifier: str, since: int | None
-    ) -> tuple[datetime | None, list[DeviceSerial]]:
+    ) -> tuple[datetime | None, list[PassPackageState]]:
         """The device's passes changed after `since`, and (PostgreSQL) a time before which
         every change had committed when they were read: asked first, since a transaction
         that writes after that stamps later tags."""
 
-        def read() -> Steps[list[DeviceSerial]]:
-            return device_serials(device, pass_type_identifier, since)
+        def read() -> Steps[list[PassPackageState]]:
+            return updated_packages(device, pass_type_identifier, since)
 
         if self._settled is None:
             return None, await self._reads.run(read)
         settled = await self._settled.before()
         rows = await self._reads.run(read)
-        if rows and max(r.update_tag for r in rows) >= update_tag_at(settled):
+        if rows and max(r.named.update_tag for r in rows) >= update_tag_at(settled):
             # A change since the kept answer was asked: asked again now, so that the device
             # is not held back for nothing (and asks for the same pass again).
             settled = await self._settled.before(fresh=True)
@@ -399,12 +405,15 @@ class PassKitCore:
         if_modified_since: datetime | None,
     ) -> LatestPass:
         """The pass as it is now, signed; or no body when the device's copy is current."""
-        # The pass with what its package is made of, in the read that authenticates it.
         token = _token_for(pass_type_identifier, serial_number, authentication_token)
-        named_states = await self._reads.run(
-            lambda: packages_named(pass_type_identifier, serial_number)
-        )
-        state = _held(named_states, token, lambda found: found.named)
+        # As the serials query just before read it, if it listed the pass; else the pass
+        # with what its package is made of, in the read that authenticates it.
+        state = self._listed.take(pass_type_identifier, serial_number, token)
+        if state is None:
+            named_states = await self._reads.run(
+                lambda: packages_named(pass_type_identifier, serial_number)
+            )
+            state = _held(named_states, token, lambda found: found.named)
         named = state.named
         if not named.has_content:
             raise NotFound("pass_content", serial_number)

@@ -2,9 +2,10 @@
 identifier and serial number, with no project, so the reads look across projects (and
 return only what the service needs to authenticate the device and answer it).
 
-They are steps (store/connectors/): each device request is one or two indexed reads, run by
-`connect_reads`, which through a session cost more than the HTTP request around them; and
-registrations are written many in one transaction (`register_devices`).
+They are steps (store/connectors/): each device request is one indexed read at most (a
+download after the serials query that listed its pass none: service/listed_passes.py), run
+by `connect_reads`, which through a session cost more than the HTTP request around them;
+and registrations are written many in one transaction (`register_devices`).
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, TypeVarTuple
 
-from sqlalchemy import Insert, Select, and_, bindparam, or_, select, text
+from sqlalchemy import JSON, Insert, Select, and_, bindparam, func, or_, select, text, type_coerce
 from sqlalchemy.dialects import postgresql, sqlite
 
 from passpush.domain.lru import BytesBoundedLru
@@ -92,53 +93,6 @@ def passes_named(pass_type_identifier: str, serial_number: str) -> Steps[list[Na
         {"pass_type_identifier": pass_type_identifier, "serial_number": serial_number},
     )
     return [NamedPass(*row) for row in rows]
-
-
-@dataclass(frozen=True)
-class DeviceSerial:
-    """A pass a device holds, as its serials query names it."""
-
-    serial_number: str
-    update_tag: int
-    project_id: str
-    pass_id: str
-
-
-# The passes with content of that type the device is registered for, changed after the
-# tag `since` (-1 for all of them).
-_DEVICE_SERIALS = (
-    select(PassRow.serial_number, PassRow.update_tag, PassRow.project_id, PassRow.id)
-    .select_from(DeviceRegistrationRow)
-    .join(
-        PassRow,
-        and_(
-            PassRow.project_id == DeviceRegistrationRow.project_id,
-            PassRow.id == DeviceRegistrationRow.pass_id,
-        ),
-    )
-    .join(TemplateRow, _TEMPLATE_OF_PASS)
-    .where(
-        DeviceRegistrationRow.device_library_identifier == bindparam("device"),
-        TemplateRow.pass_type_identifier == bindparam("pass_type_identifier"),
-        _HAS_CONTENT,
-        PassRow.update_tag > bindparam("since"),
-    )
-    .limit(MAX_DEVICE_PASSES)
-)
-
-
-def device_serials(
-    device_library_identifier: str, pass_type_identifier: str, since: int | None
-) -> Steps[list[DeviceSerial]]:
-    rows = yield Query(
-        _DEVICE_SERIALS,
-        {
-            "device": device_library_identifier,
-            "pass_type_identifier": pass_type_identifier,
-            "since": -1 if since is None else since,
-        },
-    )
-    return [DeviceSerial(*row) for row in rows]
 
 
 # A transaction has an xid once it wrote: the outbox's idle polls do not count.
@@ -264,31 +218,94 @@ def register_devices(registrations: Sequence[NewRegistration], now: datetime) ->
     return [row[0] == now for row in created_at]
 
 
-# What a pass's .pkpass is made of, but its files and its template's signing: the pass, and
-# which version of its template's parts it takes (kept per process: see TemplatePartsCache).
-_PACKAGE_COLUMNS = select(
-    PassRow.project_id,
-    PassRow.id,
-    PassRow.serial_number,
-    PassRow.authentication_token,
-    PassRow.notification_header,
-    PassRow.notification_body,
-    PassRow.update_tag,
-    PassRow.updated_at,
-    PassRow.notification_marked,
-    PassRow.notification_ticket_id,
-    PassRow.apple_values,
-    PassRow.template_id,
-    TemplateRow.pass_type_identifier,
-    TemplateRow.package_version,
-    PassRow.has_content,
-    _HAS_CONTENT,
-)
-_PACKAGE_OF_PASS = _PACKAGE_COLUMNS.join(TemplateRow, _TEMPLATE_OF_PASS).where(
-    PassRow.project_id == bindparam("project_id"), PassRow.id == bindparam("pass_id")
+def _own_files(dialect: str) -> Any:
+    """The pass's own files (SetPassContent) as one JSON array of [name, digest, sha1],
+    read with the pass: as a statement of its own they were a second round trip a
+    download."""
+    if dialect == "postgresql":
+        listed = func.json_agg(
+            func.json_build_array(PassOwnFileRow.name, PassOwnFileRow.digest, ContentFileRow.sha1)
+        )
+    else:
+        listed = func.json_group_array(
+            func.json_array(PassOwnFileRow.name, PassOwnFileRow.digest, ContentFileRow.sha1)
+        )
+    files = (
+        select(listed)
+        .select_from(PassOwnFileRow)
+        .join(
+            ContentFileRow,
+            and_(
+                ContentFileRow.project_id == PassOwnFileRow.project_id,
+                ContentFileRow.digest == PassOwnFileRow.digest,
+            ),
+        )
+        .where(
+            PassOwnFileRow.project_id == PassRow.project_id, PassOwnFileRow.pass_id == PassRow.id
+        )
+    )
+    return type_coerce(files.scalar_subquery(), JSON)
+
+
+def _package_columns(dialect: str) -> Select[*tuple[Any, ...]]:
+    """What a pass's .pkpass is made of, but its files' bytes and its template's signing:
+    the pass, its own files' list, and which version of its template's parts it takes
+    (kept per process: see TemplatePartsCache)."""
+    return select(
+        PassRow.project_id,
+        PassRow.id,
+        PassRow.serial_number,
+        PassRow.authentication_token,
+        PassRow.notification_header,
+        PassRow.notification_body,
+        PassRow.update_tag,
+        PassRow.updated_at,
+        PassRow.notification_marked,
+        PassRow.notification_ticket_id,
+        PassRow.apple_values,
+        PassRow.template_id,
+        TemplateRow.pass_type_identifier,
+        TemplateRow.package_version,
+        PassRow.has_content,
+        _HAS_CONTENT,
+        _own_files(dialect),
+    )
+
+
+_PACKAGE_OF_PASS = ByDialect(
+    lambda dialect: (
+        _package_columns(dialect)
+        .join(TemplateRow, _TEMPLATE_OF_PASS)
+        .where(PassRow.project_id == bindparam("project_id"), PassRow.id == bindparam("pass_id"))
+    )
 )
 # A device's download reads the pass it names and what its package is made of at once.
-_PACKAGES_NAMED = _named(_PACKAGE_COLUMNS)
+_PACKAGES_NAMED = ByDialect(lambda dialect: _named(_package_columns(dialect)))
+
+# The passes with content of that type the device is registered for, changed after the
+# tag `since` (-1 for all of them), as their downloads need them: the device asks for
+# each next.
+_UPDATED_PACKAGES = ByDialect(
+    lambda dialect: (
+        _package_columns(dialect)
+        .select_from(DeviceRegistrationRow)
+        .join(
+            PassRow,
+            and_(
+                PassRow.project_id == DeviceRegistrationRow.project_id,
+                PassRow.id == DeviceRegistrationRow.pass_id,
+            ),
+        )
+        .join(TemplateRow, _TEMPLATE_OF_PASS)
+        .where(
+            DeviceRegistrationRow.device_library_identifier == bindparam("device"),
+            TemplateRow.pass_type_identifier == bindparam("pass_type_identifier"),
+            _HAS_CONTENT,
+            PassRow.update_tag > bindparam("since"),
+        )
+        .limit(MAX_DEVICE_PASSES)
+    )
+)
 
 
 @dataclass(frozen=True)
@@ -300,6 +317,7 @@ class PassPackageState:
     template_id: str
     template_version: str | None  # its template's package_version
     own_content: bool  # files of its own (SetPassContent) over its template's
+    own_files: dict[str, StoredFile]  # those files, by name
     pass_type_identifier: str
     serial_number: str
     notification_header: str | None
@@ -313,13 +331,14 @@ def _package_state(row: Sequence[Any]) -> PassPackageState:
     (
         project_id, pass_id, serial_number, token, header, body, update_tag, update_time,
         marked, ticket_id, values, template_id, pass_type_identifier, template_version,
-        own_content, has_content,
+        own_content, has_content, own_files,
     ) = row  # fmt: skip
     return PassPackageState(
         named=NamedPass(project_id, pass_id, token, update_tag, update_time, bool(has_content)),
         template_id=template_id,
         template_version=template_version,
         own_content=bool(own_content),
+        own_files={name: StoredFile(digest, sha1) for name, digest, sha1 in own_files or ()},
         pass_type_identifier=pass_type_identifier,
         serial_number=serial_number,
         notification_header=header,
@@ -328,6 +347,22 @@ def _package_state(row: Sequence[Any]) -> PassPackageState:
         notification_ticket_id=ticket_id,
         values=PassValues.from_json(values),
     )
+
+
+def updated_packages(
+    device_library_identifier: str, pass_type_identifier: str, since: int | None
+) -> Steps[list[PassPackageState]]:
+    """The device's passes of that type changed after the tag `since` (all of them
+    without one), with what their packages are made of but their files' bytes."""
+    rows = yield Query(
+        _UPDATED_PACKAGES,
+        {
+            "device": device_library_identifier,
+            "pass_type_identifier": pass_type_identifier,
+            "since": -1 if since is None else since,
+        },
+    )
+    return [_package_state(row) for row in rows]
 
 
 def packages_named(pass_type_identifier: str, serial_number: str) -> Steps[list[PassPackageState]]:
@@ -389,23 +424,20 @@ _TEMPLATE_SIGNING = select(
 ).where(TemplateRow.project_id == bindparam("project_id"), TemplateRow.id == bindparam("id"))
 
 
-def _files_of(table: type[TemplateFileRow] | type[PassOwnFileRow]) -> Any:
-    owner = PassOwnFileRow.pass_id if table is PassOwnFileRow else TemplateFileRow.template_id
-    return (
-        select(table.name, table.digest, ContentFileRow.sha1)
-        .join(
-            ContentFileRow,
-            and_(
-                ContentFileRow.project_id == table.project_id,
-                ContentFileRow.digest == table.digest,
-            ),
-        )
-        .where(table.project_id == bindparam("project_id"), owner == bindparam("owner"))
+_TEMPLATE_FILES = (
+    select(TemplateFileRow.name, TemplateFileRow.digest, ContentFileRow.sha1)
+    .join(
+        ContentFileRow,
+        and_(
+            ContentFileRow.project_id == TemplateFileRow.project_id,
+            ContentFileRow.digest == TemplateFileRow.digest,
+        ),
     )
-
-
-_TEMPLATE_FILES = _files_of(TemplateFileRow)
-_OWN_FILES = _files_of(PassOwnFileRow)
+    .where(
+        TemplateFileRow.project_id == bindparam("project_id"),
+        TemplateFileRow.template_id == bindparam("owner"),
+    )
+)
 _CONTENT = select(ContentFileRow.data).where(
     ContentFileRow.project_id == bindparam("project_id"),
     ContentFileRow.digest == bindparam("digest"),
@@ -461,8 +493,7 @@ def package_files(
     )
     known = dict(parts.files)
     if state.own_content:  # its own files win
-        listed = yield Query(_OWN_FILES, {"project_id": named.project_id, "owner": named.pass_id})
-        known |= {name: StoredFile(digest, sha1) for name, digest, sha1 in listed}
+        known |= state.own_files
     files: dict[str, bytes] = {}
     if PASS_JSON in known:
         for name, stored in known.items():

@@ -122,11 +122,16 @@ class AsyncpgReadConnector:
             raise exc.OperationalError("", None, error, connection_invalidated=True) from error
 
     async def _read(self, pool: Any, make: Callable[[], Steps[T]]) -> T:
+        drive = Drive(make(), self.dialect)
+        steps = iter(drive)
+        step = next(steps, None)
+        if step is None:  # all it needed was kept (a download's files): no connection
+            return drive.result
         async with pool.acquire() as connection:
             try:
-                drive = Drive(make(), self.dialect)
-                for step in drive:
+                while step is not None:
                     drive.rows = await _fetch(self._statements, connection, step)
+                    step = next(steps, None)
                 return drive.result
             except Exception as error:
                 if not _lost(connection, error):

@@ -1,0 +1,114 @@
+"""A device's update is one read: its serials query reads what the download of each pass
+it lists needs, and the process keeps that for the download that follows."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Generator
+from typing import Any, TypeVar
+
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
+
+from passpush.service.passkit import PassKitCore, PassKitSettings, PassPackager
+from passpush.store.connectors import connect, connect_reads
+from passpush.store.connectors.connector import Connector, Steps
+from passpush.v1 import passes_pb2 as ppb
+from passpush.v1 import passes_pb2_grpc
+
+from apple_passes import AppleCerts, pass_document, pass_files, unzip
+from support import TOPIC, token, upsert
+
+T = TypeVar("T")
+DEVICE = "6b2f0d6b1c0e4d6f9a1b2c3d4e5f6a7c"
+PASS_TOKEN = "a-token-of-at-least-16-characters"
+
+
+class CountedReads:
+    """The real read connector, counting the statements its reads run."""
+
+    def __init__(self, reads: Connector) -> None:
+        self._reads = reads
+        self.dialect = reads.dialect
+        self.statements = 0
+
+    async def run(self, make: Callable[[], Steps[T]], *, brief: bool = False) -> T:
+        return await self._reads.run(lambda: self._counted(make()), brief=brief)
+
+    def _counted(self, steps: Steps[T]) -> Generator[Any, Any, T]:
+        try:
+            step = next(steps)
+            while True:
+                self.statements += 1
+                step = steps.send((yield step))
+        except StopIteration as done:
+            return done.value  # type: ignore[no-any-return]
+
+    def close(self) -> None:
+        self._reads.close()
+
+
+async def pass_with_content(passes: passes_pb2_grpc.PassServiceStub, certs: AppleCerts) -> None:
+    await passes.CreateTemplate(
+        ppb.CreateTemplateRequest(
+            template_id="loyalty",
+            template=ppb.Template(
+                project_id="acme",
+                platform=ppb.PLATFORM_APPLE,
+                pass_type_identifier=TOPIC,
+                apple_signing=certs.proto(),
+            ),
+        )
+    )
+    await set_relevant_date(passes, "2026-12-24T10:00:00Z")
+    await passes.SetPassContent(
+        ppb.SetPassContentRequest(
+            pass_id="p1", pass_json=json.dumps(pass_document()).encode(), files=pass_files()
+        )
+    )
+
+
+async def set_relevant_date(passes: passes_pb2_grpc.PassServiceStub, date: str) -> None:
+    """A new version of the pass, its files as they were."""
+    values = ppb.ApplePassValues()
+    values.pass_json.update({"relevantDate": date})
+    await passes.UpsertPass(
+        upsert(id="p1", template_id="loyalty", authentication_token=PASS_TOKEN, apple_values=values)
+    )
+
+
+def relevant_date(pkpass: bytes | None) -> str:
+    assert pkpass is not None
+    return str(json.loads(unzip(pkpass)["pass.json"])["relevantDate"])
+
+
+async def test_a_device_update_reads_the_database_once(
+    passes: passes_pb2_grpc.PassServiceStub,
+    apple_certs: AppleCerts,
+    engine: AsyncEngine,
+    sessions: async_sessionmaker[AsyncSession],
+) -> None:
+    """After the serials query, downloading a pass it listed reads nothing more; a download
+    with no serials query before it reads the pass as it is now."""
+    await pass_with_content(passes, apple_certs)
+    reads = CountedReads(connect_reads(engine))
+    core = PassKitCore(reads, sessions, connect(engine), PassPackager(PassKitSettings()))
+    try:
+        await core.register(TOPIC, "p1", DEVICE, token(0xD1), PASS_TOKEN)
+        # The first update fills what a process keeps of the template and its files.
+        first = await core.updated_serials(DEVICE, TOPIC, None)
+        await core.latest_pass(TOPIC, "p1", PASS_TOKEN, None)
+        await set_relevant_date(passes, "2026-12-25T10:00:00Z")
+
+        changed = await core.updated_serials(DEVICE, TOPIC, first.last_updated if first else None)
+        before = reads.statements
+        listed = await core.latest_pass(TOPIC, "p1", PASS_TOKEN, None)
+        download_reads = reads.statements - before
+        await set_relevant_date(passes, "2026-12-26T10:00:00Z")
+        unlisted = await core.latest_pass(TOPIC, "p1", PASS_TOKEN, None)
+    finally:
+        await core.close()
+
+    assert changed is not None and changed.serial_numbers == ["p1"]
+    assert download_reads == 0
+    assert relevant_date(listed.pkpass) == "2026-12-25T10:00:00Z"
+    assert relevant_date(unlisted.pkpass) == "2026-12-26T10:00:00Z"
