@@ -5,7 +5,6 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 
-from passpush.domain.model import PassValues
 from passpush.service.listed_passes import ListedPasses
 from passpush.store.passkit import NamedPass, PassPackageState
 
@@ -21,14 +20,14 @@ def state(
         template_id="loyalty",
         template_version="v1",
         own_content=False,
-        own_files={},
         pass_type_identifier=TYPE,
         serial_number=serial,
         notification_header=None,
         notification_body=None,
         notification_marked=False,
         notification_ticket_id=None,
-        values=PassValues(),
+        stored_own_files=None,
+        stored_values=None,
     )
 
 

@@ -445,9 +445,17 @@ def test_png_files_are_stored_and_the_rest_deflated(apple_certs: AppleCerts) -> 
 CREATED = datetime(2026, 12, 1)  # naive UTC, as stored
 
 
+def as_json(value: Any) -> Any:
+    return json.loads(value) if isinstance(value, str) else value  # SQLite's is text
+
+
+def content_digest(content: list[tuple[Any, ...]], data: bytes) -> str:
+    return next(str(digest) for digest, _, stored in content if bytes(stored) == data)
+
+
 def test_migration_moves_pass_files_to_shared_storage_and_back(database_url: str) -> None:
     """Existing content (pass_files) survives 0013 up and down; an image two passes share is
-    stored once."""
+    stored once; each pass lists its own files, with their digests and SHA-1s (0017)."""
     image, own = png(4, 4), b'{"description": "x"}'
     migrate.downgrade(database_url, "0012")
 
@@ -497,6 +505,7 @@ def test_migration_moves_pass_files_to_shared_storage_and_back(database_url: str
     migrate.upgrade(database_url)
     content = asyncio.run(rows("SELECT digest, sha1, data FROM content_files"))
     own_files = asyncio.run(rows("SELECT pass_id, name FROM pass_own_files"))
+    listed = asyncio.run(rows("SELECT id, own_files FROM passes"))
     migrate.downgrade(database_url, "0012")
     back = asyncio.run(rows("SELECT pass_id, name, data FROM pass_files"))
     migrate.upgrade(database_url)
@@ -509,6 +518,14 @@ def test_migration_moves_pass_files_to_shared_storage_and_back(database_url: str
         ("p2", "icon.png"),
         ("p2", "pass.json"),
     ]
+    assert {pass_id: [name for name, _, _ in as_json(files)] for pass_id, files in listed} == {
+        "p1": ["icon.png", "pass.json"],
+        "p2": ["icon.png", "pass.json"],
+    }
+    image_sha1 = hashlib.sha1(image).hexdigest()
+    assert all(
+        as_json(files)[0][1:] == [content_digest(content, image), image_sha1] for _, files in listed
+    )
     assert [(p, n, bytes(d)) for p, n, d in back] == [
         ("p1", "icon.png", image),
         ("p1", "pass.json", own + b"p1"),

@@ -183,6 +183,11 @@ class PassRow(Base):
     # Apple: the pass's own values over its pass.json (barcodes, field values, other keys),
     # as JSON; NULL without.
     apple_values: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    # Apple: its own files as pass_own_files and content_files list them, [name, digest,
+    # sha1] each, written with them; NULL without. A device's serials query reads them with
+    # the pass for the download after it: the join to those two tables was three quarters
+    # of that query's time on PostgreSQL (store/passkit.py).
+    own_files: Mapped[list[list[str]] | None] = mapped_column(JSON)
 
 
 def _pass_fk() -> ForeignKeyConstraint:

@@ -54,6 +54,7 @@ class PassContentStore(ProjectScoped):
         if authentication_token:
             row.authentication_token = authentication_token
         row.has_content = True
+        row.own_files = [[name, f.digest, f.sha1] for name, f in sorted(stored.items())]
         row.update_tag = next_update_tag(row.update_tag, now)
         row.updated_at = now
         await self.session.flush()

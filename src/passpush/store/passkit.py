@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, TypeVarTuple
 
-from sqlalchemy import JSON, Insert, Select, and_, bindparam, func, or_, select, text, type_coerce
+from sqlalchemy import Insert, Select, and_, bindparam, or_, select, text
 from sqlalchemy.dialects import postgresql, sqlite
 
 from passpush.domain.lru import BytesBoundedLru
@@ -28,7 +28,6 @@ from passpush.store.content import ContentCache
 from passpush.store.models import (
     ContentFileRow,
     DeviceRegistrationRow,
-    PassOwnFileRow,
     PassRow,
     TemplateFileRow,
     TemplateRow,
@@ -218,113 +217,88 @@ def register_devices(registrations: Sequence[NewRegistration], now: datetime) ->
     return [row[0] == now for row in created_at]
 
 
-def _own_files(dialect: str) -> Any:
-    """The pass's own files (SetPassContent) as one JSON array of [name, digest, sha1],
-    read with the pass: as a statement of its own they were a second round trip a
-    download."""
-    if dialect == "postgresql":
-        listed = func.json_agg(
-            func.json_build_array(PassOwnFileRow.name, PassOwnFileRow.digest, ContentFileRow.sha1)
-        )
-    else:
-        listed = func.json_group_array(
-            func.json_array(PassOwnFileRow.name, PassOwnFileRow.digest, ContentFileRow.sha1)
-        )
-    files = (
-        select(listed)
-        .select_from(PassOwnFileRow)
-        .join(
-            ContentFileRow,
-            and_(
-                ContentFileRow.project_id == PassOwnFileRow.project_id,
-                ContentFileRow.digest == PassOwnFileRow.digest,
-            ),
-        )
-        .where(
-            PassOwnFileRow.project_id == PassRow.project_id, PassOwnFileRow.pass_id == PassRow.id
-        )
-    )
-    return type_coerce(files.scalar_subquery(), JSON)
-
-
-def _package_columns(dialect: str) -> Select[*tuple[Any, ...]]:
-    """What a pass's .pkpass is made of, but its files' bytes and its template's signing:
-    the pass, its own files' list, and which version of its template's parts it takes
-    (kept per process: see TemplatePartsCache)."""
-    return select(
-        PassRow.project_id,
-        PassRow.id,
-        PassRow.serial_number,
-        PassRow.authentication_token,
-        PassRow.notification_header,
-        PassRow.notification_body,
-        PassRow.update_tag,
-        PassRow.updated_at,
-        PassRow.notification_marked,
-        PassRow.notification_ticket_id,
-        PassRow.apple_values,
-        PassRow.template_id,
-        TemplateRow.pass_type_identifier,
-        TemplateRow.package_version,
-        PassRow.has_content,
-        _HAS_CONTENT,
-        _own_files(dialect),
-    )
-
-
-_PACKAGE_OF_PASS = ByDialect(
-    lambda dialect: (
-        _package_columns(dialect)
-        .join(TemplateRow, _TEMPLATE_OF_PASS)
-        .where(PassRow.project_id == bindparam("project_id"), PassRow.id == bindparam("pass_id"))
-    )
+# What a pass's .pkpass is made of, but its files' bytes and its template's signing: the
+# pass, its own files' list, and which version of its template's parts it takes (kept per
+# process: see TemplatePartsCache).
+_PACKAGE_COLUMNS = select(
+    PassRow.project_id,
+    PassRow.id,
+    PassRow.serial_number,
+    PassRow.authentication_token,
+    PassRow.notification_header,
+    PassRow.notification_body,
+    PassRow.update_tag,
+    PassRow.updated_at,
+    PassRow.notification_marked,
+    PassRow.notification_ticket_id,
+    PassRow.apple_values,
+    PassRow.template_id,
+    TemplateRow.pass_type_identifier,
+    TemplateRow.package_version,
+    PassRow.has_content,
+    _HAS_CONTENT,
+    PassRow.own_files,
+)
+_PACKAGE_OF_PASS = _PACKAGE_COLUMNS.join(TemplateRow, _TEMPLATE_OF_PASS).where(
+    PassRow.project_id == bindparam("project_id"), PassRow.id == bindparam("pass_id")
 )
 # A device's download reads the pass it names and what its package is made of at once.
-_PACKAGES_NAMED = ByDialect(lambda dialect: _named(_package_columns(dialect)))
+_PACKAGES_NAMED = _named(_PACKAGE_COLUMNS)
 
 # The passes with content of that type the device is registered for, changed after the
 # tag `since` (-1 for all of them), as their downloads need them: the device asks for
 # each next.
-_UPDATED_PACKAGES = ByDialect(
-    lambda dialect: (
-        _package_columns(dialect)
-        .select_from(DeviceRegistrationRow)
-        .join(
-            PassRow,
-            and_(
-                PassRow.project_id == DeviceRegistrationRow.project_id,
-                PassRow.id == DeviceRegistrationRow.pass_id,
-            ),
-        )
-        .join(TemplateRow, _TEMPLATE_OF_PASS)
-        .where(
-            DeviceRegistrationRow.device_library_identifier == bindparam("device"),
-            TemplateRow.pass_type_identifier == bindparam("pass_type_identifier"),
-            _HAS_CONTENT,
-            PassRow.update_tag > bindparam("since"),
-        )
-        .limit(MAX_DEVICE_PASSES)
+_UPDATED_PACKAGES = (
+    _PACKAGE_COLUMNS.select_from(DeviceRegistrationRow)
+    .join(
+        PassRow,
+        and_(
+            PassRow.project_id == DeviceRegistrationRow.project_id,
+            PassRow.id == DeviceRegistrationRow.pass_id,
+        ),
     )
+    .join(TemplateRow, _TEMPLATE_OF_PASS)
+    .where(
+        DeviceRegistrationRow.device_library_identifier == bindparam("device"),
+        TemplateRow.pass_type_identifier == bindparam("pass_type_identifier"),
+        _HAS_CONTENT,
+        PassRow.update_tag > bindparam("since"),
+    )
+    .limit(MAX_DEVICE_PASSES)
 )
 
 
 @dataclass(frozen=True)
 class PassPackageState:
     """A pass as its package shows it, but its files and its template's signing; and the
-    token a device proves with."""
+    token a device proves with.
+
+    Its files' list and its values stay as stored until a download asks for them: a
+    serials query reads every pass it lists this way, and most are only named."""
 
     named: NamedPass
     template_id: str
     template_version: str | None  # its template's package_version
     own_content: bool  # files of its own (SetPassContent) over its template's
-    own_files: dict[str, StoredFile]  # those files, by name
     pass_type_identifier: str
     serial_number: str
     notification_header: str | None
     notification_body: str | None
     notification_marked: bool
     notification_ticket_id: int | None
-    values: PassValues
+    stored_own_files: Sequence[Sequence[str]] | None  # passes.own_files
+    stored_values: dict[str, Any] | None  # passes.apple_values
+
+    @functools.cached_property
+    def own_files(self) -> dict[str, StoredFile]:
+        """Its own files, by name."""
+        return {
+            name: StoredFile(digest, sha1) for name, digest, sha1 in self.stored_own_files or ()
+        }
+
+    @functools.cached_property
+    def values(self) -> PassValues:
+        return PassValues.from_json(self.stored_values)
 
 
 def _package_state(row: Sequence[Any]) -> PassPackageState:
@@ -338,14 +312,14 @@ def _package_state(row: Sequence[Any]) -> PassPackageState:
         template_id=template_id,
         template_version=template_version,
         own_content=bool(own_content),
-        own_files={name: StoredFile(digest, sha1) for name, digest, sha1 in own_files or ()},
         pass_type_identifier=pass_type_identifier,
         serial_number=serial_number,
         notification_header=header,
         notification_body=body,
         notification_marked=bool(marked),
         notification_ticket_id=ticket_id,
-        values=PassValues.from_json(values),
+        stored_own_files=own_files,
+        stored_values=values,
     )
 
 
