@@ -1,12 +1,15 @@
 """A device's update is one read: its serials query reads what the download of each pass
-it lists needs, and the process keeps that for the download that follows."""
+it lists needs, and the process keeps that for the download that follows. On PostgreSQL,
+devices asking at the same time are read in one statement."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import Callable, Generator
 from typing import Any, TypeVar
 
+import pytest
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from passpush.service.passkit import PassKitCore, PassKitSettings, PassPackager
@@ -47,7 +50,10 @@ class CountedReads:
         self._reads.close()
 
 
-async def pass_with_content(passes: passes_pb2_grpc.PassServiceStub, certs: AppleCerts) -> None:
+async def pass_with_content(
+    passes: passes_pb2_grpc.PassServiceStub, certs: AppleCerts, *others: str
+) -> None:
+    """p1 (and `others`) with files of their own, all with PASS_TOKEN."""
     await passes.CreateTemplate(
         ppb.CreateTemplateRequest(
             template_id="loyalty",
@@ -60,11 +66,16 @@ async def pass_with_content(passes: passes_pb2_grpc.PassServiceStub, certs: Appl
         )
     )
     await set_relevant_date(passes, "2026-12-24T10:00:00Z")
-    await passes.SetPassContent(
-        ppb.SetPassContentRequest(
-            pass_id="p1", pass_json=json.dumps(pass_document()).encode(), files=pass_files()
+    for pass_id in ("p1", *others):
+        if pass_id != "p1":
+            await passes.UpsertPass(
+                upsert(id=pass_id, template_id="loyalty", authentication_token=PASS_TOKEN)
+            )
+        await passes.SetPassContent(
+            ppb.SetPassContentRequest(
+                pass_id=pass_id, pass_json=json.dumps(pass_document()).encode(), files=pass_files()
+            )
         )
-    )
 
 
 async def set_relevant_date(passes: passes_pb2_grpc.PassServiceStub, date: str) -> None:
@@ -112,3 +123,43 @@ async def test_a_device_update_reads_the_database_once(
     assert download_reads == 0
     assert relevant_date(listed.pkpass) == "2026-12-25T10:00:00Z"
     assert relevant_date(unlisted.pkpass) == "2026-12-26T10:00:00Z"
+
+
+async def test_devices_asking_at_once_are_read_together_on_postgresql(
+    passes: passes_pb2_grpc.PassServiceStub,
+    apple_certs: AppleCerts,
+    engine: AsyncEngine,
+    sessions: async_sessionmaker[AsyncSession],
+) -> None:
+    """Eight devices registering at once, then asking at once, each for its own pass: a
+    few statements, not one each, and each device its own answer."""
+    if engine.dialect.name != "postgresql":
+        pytest.skip("SQLite's reads run one at a time on the event loop's thread")
+    pass_ids = [f"p{i}" for i in range(1, 9)]
+    await pass_with_content(passes, apple_certs, *pass_ids[1:])
+    reads = CountedReads(connect_reads(engine))
+    core = PassKitCore(reads, sessions, connect(engine), PassPackager(PassKitSettings()))
+    devices = {pass_id: f"{DEVICE[:-2]}{i:02x}" for i, pass_id in enumerate(pass_ids)}
+    try:
+        registered = await asyncio.gather(
+            *(
+                core.register(TOPIC, pass_id, device, token(0xE0 + i), PASS_TOKEN)
+                for i, (pass_id, device) in enumerate(devices.items())
+            )
+        )
+        registering_reads = reads.statements
+        listed = await asyncio.gather(
+            *(core.updated_serials(device, TOPIC, None) for device in devices.values())
+        )
+        asking_reads = reads.statements - registering_reads
+    finally:
+        await core.close()
+
+    assert registered == [True] * 8
+    # Two go out at once (the read connections), the six asked meanwhile in one more; and
+    # the open-write check of the serials queries, once for all.
+    assert registering_reads <= 3
+    assert asking_reads <= 4
+    assert [answer.serial_numbers if answer else None for answer in listed] == [
+        [pass_id] for pass_id in pass_ids
+    ]

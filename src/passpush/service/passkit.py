@@ -41,8 +41,10 @@ from passpush.domain.update_tags import parse_update_tag, update_tag_at
 from passpush.domain.validation import AUTH_TOKEN_MIN, check_id, check_push_token, raise_if_any
 from passpush.service.fetches import FetchLedger, FetchSink, PassVersion
 from passpush.service.listed_passes import ListedPasses
+from passpush.service.read_batches import ReadBatches
 from passpush.service.registration_groups import RegistrationGroups
-from passpush.store.connectors.connector import Connector, Steps
+from passpush.store.connectors.connector import Connector
+from passpush.store.connectors.postgresql import AsyncpgReadConnector
 from passpush.store.content import CONTENT_CACHE
 from passpush.store.device_registrations import DeviceRegistrationStore
 from passpush.store.passkit import (
@@ -50,11 +52,14 @@ from passpush.store.passkit import (
     NamedPass,
     NewRegistration,
     PassPackageState,
+    UpdatesAsked,
     oldest_open_write,
     package_files,
     packages_named,
     passes_named,
+    passes_named_each,
     updated_packages,
+    updated_packages_each,
 )
 
 log = logging.getLogger(__name__)
@@ -282,7 +287,17 @@ class PassKitCore:
         self._fetch_ledger = FetchLedger()
         # What the serials queries read, for the downloads that follow them.
         self._listed = ListedPasses()
-        self._settled = SettledTime(self._reads) if self._reads.dialect == "postgresql" else None
+        self._settled: SettledTime | None = None
+        # PostgreSQL: the devices' reads asked at the same time go in one statement
+        # (service/read_batches.py). SQLite's reads run at once on the event loop's
+        # thread: there, none are ever asked at the same time.
+        self._updates: ReadBatches[UpdatesAsked, list[PassPackageState]] | None = None
+        self._names: ReadBatches[tuple[str, str], list[NamedPass]] | None = None
+        if reads.dialect == "postgresql":
+            self._settled = SettledTime(reads)
+            connections = AsyncpgReadConnector.MAX_CONNECTIONS
+            self._updates = ReadBatches(reads, updated_packages_each, in_flight=connections)
+            self._names = ReadBatches(reads, passes_named_each, in_flight=connections)
 
     async def register(
         self,
@@ -383,19 +398,26 @@ class PassKitCore:
         every change had committed when they were read: asked first, since a transaction
         that writes after that stamps later tags."""
 
-        def read() -> Steps[list[PassPackageState]]:
-            return updated_packages(device, pass_type_identifier, since)
-
+        asked = UpdatesAsked(device, pass_type_identifier, since)
         if self._settled is None:
-            return None, await self._reads.run(read)
+            return None, await self._updated(asked)
         settled = await self._settled.before()
-        rows = await self._reads.run(read)
+        rows = await self._updated(asked)
         if rows and max(r.named.update_tag for r in rows) >= update_tag_at(settled):
             # A change since the kept answer was asked: asked again now, so that the device
             # is not held back for nothing (and asks for the same pass again).
             settled = await self._settled.before(fresh=True)
-            rows = await self._reads.run(read)
+            rows = await self._updated(asked)
         return settled, rows
+
+    async def _updated(self, asked: UpdatesAsked) -> list[PassPackageState]:
+        if self._updates is not None:
+            return await self._updates.read(asked)
+        return await self._reads.run(
+            lambda: updated_packages(
+                asked.device_library_identifier, asked.pass_type_identifier, asked.since
+            )
+        )
 
     async def latest_pass(
         self,
@@ -463,7 +485,10 @@ class PassKitCore:
         """The pass the device named, if the device holds its token; else Unauthenticated,
         the same whether the pass does not exist or the token is wrong."""
         token = _token_for(pass_type_identifier, serial_number, authentication_token)
-        named = await self._reads.run(lambda: passes_named(pass_type_identifier, serial_number))
+        if self._names is not None:
+            named = await self._names.read((pass_type_identifier, serial_number))
+        else:
+            named = await self._reads.run(lambda: passes_named(pass_type_identifier, serial_number))
         return _held(named, token, lambda found: found)
 
     def record_device_logs(self, lines: Sequence[str]) -> None:

@@ -16,8 +16,22 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, TypeVarTuple
 
-from sqlalchemy import Insert, Select, and_, bindparam, or_, select, text
+from sqlalchemy import (
+    BigInteger,
+    Insert,
+    Select,
+    String,
+    and_,
+    bindparam,
+    column,
+    func,
+    or_,
+    select,
+    text,
+    true,
+)
 from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.dialects.postgresql import ARRAY
 
 from passpush.domain.lru import BytesBoundedLru
 from passpush.domain.model import PassValues, Platform
@@ -61,28 +75,67 @@ class NamedPass:
 
 # The Apple passes with that pass type and serial number: one, unless projects share a
 # pass type (each pass's own token then tells them apart).
-def _named(columns: Select[*Ts]) -> Select[*Ts]:
+def _named(columns: Select[*Ts], pass_type_identifier: Any, serial_number: Any) -> Select[*Ts]:
     """`columns` of the passes with that pass type and serial number (and their template)."""
     return (
         columns.join(TemplateRow, _TEMPLATE_OF_PASS)
         .where(
-            PassRow.serial_number == bindparam("serial_number"),
-            TemplateRow.pass_type_identifier == bindparam("pass_type_identifier"),
+            PassRow.serial_number == serial_number,
+            TemplateRow.pass_type_identifier == pass_type_identifier,
         )
         .order_by(PassRow.project_id, PassRow.id)
         .limit(10)
     )
 
 
-_PASSES_NAMED = _named(
-    select(
-        PassRow.project_id,
-        PassRow.id,
-        PassRow.authentication_token,
-        PassRow.update_tag,
-        PassRow.updated_at,
-        _HAS_CONTENT,
+def _unnested(**arrays: Any) -> Any:
+    """PostgreSQL: many devices' questions as rows, each array bound (by its name) a column
+    of them, numbered from 1 as `question`."""
+    return (
+        func.unnest(*(bindparam(name, type_=ARRAY(kind)) for name, kind in arrays.items()))
+        .table_valued(
+            *(column(name, kind) for name, kind in arrays.items()), with_ordinality="question"
+        )
+        .render_derived(name="asked")
     )
+
+
+def _each_asked(asked: Any, answer: Select[*Ts]) -> Select[Any]:
+    """PostgreSQL: `answer` (written over `asked`'s columns) for each question, in one
+    statement: each row the question's number, then the answer's columns.
+
+    An HTTP process's device requests asked at the same time are read together this way
+    (service/read_batches.py): alone, a read's round trip, its pool checkout and its
+    statement's fixed cost were most of what it cost. 5,000 serials queries, 8 at a time
+    (asyncpg, 2026-12-04): 0.11-0.16 ms of Python and 0.06-0.07 ms of PostgreSQL each
+    alone; in twos 0.06 and 0.05 ms, in fours 0.03 and 0.025 ms."""
+    found = answer.lateral("found")
+    return select(asked.c.question, found).select_from(asked).join(found, true())
+
+
+def _answers(questions: int, rows: Sequence[Sequence[Any]]) -> list[list[Sequence[Any]]]:
+    """Each question's rows, in the order asked (a row's question number dropped)."""
+    answers: list[list[Sequence[Any]]] = [[] for _ in range(questions)]
+    for row in rows:
+        answers[row[0] - 1].append(row[1:])
+    return answers
+
+
+_NAMED_COLUMNS = select(
+    PassRow.project_id,
+    PassRow.id,
+    PassRow.authentication_token,
+    PassRow.update_tag,
+    PassRow.updated_at,
+    _HAS_CONTENT,
+)
+_PASSES_NAMED = _named(
+    _NAMED_COLUMNS, bindparam("pass_type_identifier"), bindparam("serial_number")
+)
+_NAMES_ASKED = _unnested(pass_type_identifier=String(), serial_number=String())
+_PASSES_NAMED_EACH = _each_asked(
+    _NAMES_ASKED,
+    _named(_NAMED_COLUMNS, _NAMES_ASKED.c.pass_type_identifier, _NAMES_ASKED.c.serial_number),
 )
 
 
@@ -92,6 +145,18 @@ def passes_named(pass_type_identifier: str, serial_number: str) -> Steps[list[Na
         {"pass_type_identifier": pass_type_identifier, "serial_number": serial_number},
     )
     return [NamedPass(*row) for row in rows]
+
+
+def passes_named_each(names: Sequence[tuple[str, str]]) -> Steps[list[list[NamedPass]]]:
+    """PostgreSQL: `passes_named` for each (pass type identifier, serial number), at once."""
+    rows = yield Query(
+        _PASSES_NAMED_EACH,
+        {
+            "pass_type_identifier": [pass_type for pass_type, _ in names],
+            "serial_number": [serial for _, serial in names],
+        },
+    )
+    return [[NamedPass(*row) for row in answer] for answer in _answers(len(names), rows)]
 
 
 # A transaction has an xid once it wrote: the outbox's idle polls do not count.
@@ -243,28 +308,44 @@ _PACKAGE_OF_PASS = _PACKAGE_COLUMNS.join(TemplateRow, _TEMPLATE_OF_PASS).where(
     PassRow.project_id == bindparam("project_id"), PassRow.id == bindparam("pass_id")
 )
 # A device's download reads the pass it names and what its package is made of at once.
-_PACKAGES_NAMED = _named(_PACKAGE_COLUMNS)
+_PACKAGES_NAMED = _named(
+    _PACKAGE_COLUMNS, bindparam("pass_type_identifier"), bindparam("serial_number")
+)
 
-# The passes with content of that type the device is registered for, changed after the
-# tag `since` (-1 for all of them), as their downloads need them: the device asks for
-# each next.
-_UPDATED_PACKAGES = (
-    _PACKAGE_COLUMNS.select_from(DeviceRegistrationRow)
-    .join(
-        PassRow,
-        and_(
-            PassRow.project_id == DeviceRegistrationRow.project_id,
-            PassRow.id == DeviceRegistrationRow.pass_id,
-        ),
+
+def _updated(device: Any, pass_type_identifier: Any, since: Any) -> Select[*tuple[Any, ...]]:
+    """The passes with content of that type the device is registered for, changed after
+    the tag `since` (-1 for all of them), as their downloads need them: the device asks
+    for each next."""
+    return (
+        _PACKAGE_COLUMNS.select_from(DeviceRegistrationRow)
+        .join(
+            PassRow,
+            and_(
+                PassRow.project_id == DeviceRegistrationRow.project_id,
+                PassRow.id == DeviceRegistrationRow.pass_id,
+            ),
+        )
+        .join(TemplateRow, _TEMPLATE_OF_PASS)
+        .where(
+            DeviceRegistrationRow.device_library_identifier == device,
+            TemplateRow.pass_type_identifier == pass_type_identifier,
+            _HAS_CONTENT,
+            PassRow.update_tag > since,
+        )
+        .limit(MAX_DEVICE_PASSES)
     )
-    .join(TemplateRow, _TEMPLATE_OF_PASS)
-    .where(
-        DeviceRegistrationRow.device_library_identifier == bindparam("device"),
-        TemplateRow.pass_type_identifier == bindparam("pass_type_identifier"),
-        _HAS_CONTENT,
-        PassRow.update_tag > bindparam("since"),
-    )
-    .limit(MAX_DEVICE_PASSES)
+
+
+_UPDATED_PACKAGES = _updated(
+    bindparam("device"), bindparam("pass_type_identifier"), bindparam("since")
+)
+_UPDATES_ASKED = _unnested(device=String(), pass_type_identifier=String(), since=BigInteger())
+_UPDATED_PACKAGES_EACH = _each_asked(
+    _UPDATES_ASKED,
+    _updated(
+        _UPDATES_ASKED.c.device, _UPDATES_ASKED.c.pass_type_identifier, _UPDATES_ASKED.c.since
+    ),
 )
 
 
@@ -337,6 +418,28 @@ def updated_packages(
         },
     )
     return [_package_state(row) for row in rows]
+
+
+@dataclass(frozen=True)
+class UpdatesAsked:
+    """A device's serials query: its passes of a type changed after a tag (None: all)."""
+
+    device_library_identifier: str
+    pass_type_identifier: str
+    since: int | None
+
+
+def updated_packages_each(asked: Sequence[UpdatesAsked]) -> Steps[list[list[PassPackageState]]]:
+    """PostgreSQL: `updated_packages` for each question, at once."""
+    rows = yield Query(
+        _UPDATED_PACKAGES_EACH,
+        {
+            "device": [a.device_library_identifier for a in asked],
+            "pass_type_identifier": [a.pass_type_identifier for a in asked],
+            "since": [-1 if a.since is None else a.since for a in asked],
+        },
+    )
+    return [[_package_state(row) for row in answer] for answer in _answers(len(asked), rows)]
 
 
 def packages_named(pass_type_identifier: str, serial_number: str) -> Steps[list[PassPackageState]]:
