@@ -44,7 +44,6 @@ from passpush.service.listed_passes import ListedPasses
 from passpush.service.read_batches import ReadBatches
 from passpush.service.registration_groups import RegistrationGroups
 from passpush.store.connectors.connector import Connector
-from passpush.store.connectors.postgresql import AsyncpgReadConnector
 from passpush.store.content import CONTENT_CACHE
 from passpush.store.device_registrations import DeviceRegistrationStore
 from passpush.store.passkit import (
@@ -295,9 +294,12 @@ class PassKitCore:
         self._names: ReadBatches[tuple[str, str], list[NamedPass]] | None = None
         if reads.dialect == "postgresql":
             self._settled = SettledTime(reads)
-            connections = AsyncpgReadConnector.MAX_CONNECTIONS
-            self._updates = ReadBatches(reads, updated_packages_each, in_flight=connections)
-            self._names = ReadBatches(reads, passes_named_each, in_flight=connections)
+            # One batch out at a time: the questions asked meanwhile all go in the next.
+            # With two out (a read connection each), batches held 1.5 questions on average
+            # and a device update cost 1.34 ms of CPU in all, against 1.08-1.13 ms with one
+            # (pulls of 2,000 devices on one server, 2026-12-04).
+            self._updates = ReadBatches(reads, updated_packages_each, in_flight=1)
+            self._names = ReadBatches(reads, passes_named_each, in_flight=1)
 
     async def register(
         self,

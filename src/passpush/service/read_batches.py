@@ -5,9 +5,9 @@ of question (which of my passes changed? is this my pass?). On PostgreSQL, alone
 read paid a round trip, a pool checkout and its statement's fixed cost, most of what it
 cost; read together they pay them once (store/passkit.py, `_each_asked`, has the figures).
 
-No read waits for company: a question goes out at once while fewer reads than the pool
-has connections are out. Only the questions that arrive meanwhile wait, and then go
-together, up to MAX_QUESTIONS in one statement.
+No read waits for company: a question goes out at once while fewer than `in_flight` reads
+are out. Only the questions that arrive meanwhile wait, and then go together, up to
+MAX_QUESTIONS in one statement.
 """
 
 from __future__ import annotations
