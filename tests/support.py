@@ -5,11 +5,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections import Counter
-from collections.abc import AsyncIterator, Callable, Coroutine, Iterator
+from collections.abc import AsyncIterator, Callable, Coroutine, Generator, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import grpc
 from google.rpc import error_details_pb2
@@ -19,6 +19,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from passpush.domain.clock import utcnow
 from passpush.service.keys import KeyCore
+from passpush.store.connectors.connector import Connector, Steps
 from passpush.store.db import make_engine, make_sessions
 from passpush.store.models import (
     DeliveryRow,
@@ -30,6 +31,8 @@ from passpush.store.models import (
 from passpush.v1 import notifications_pb2 as npb
 from passpush.v1 import notifications_pb2_grpc, passes_pb2_grpc
 from passpush.v1 import passes_pb2 as ppb
+
+T = TypeVar("T")
 
 TERMINAL = {
     npb.TICKET_STATE_SUCCEEDED,
@@ -425,3 +428,27 @@ def statements_run(
         yield seen
     finally:
         event.remove(engine.sync_engine, "before_cursor_execute", record)
+
+
+class CountedSteps:
+    """A real connector, counting the steps (statements) of what it runs."""
+
+    def __init__(self, connector: Connector) -> None:
+        self._connector = connector
+        self.dialect = connector.dialect
+        self.statements = 0
+
+    async def run(self, make: Callable[[], Steps[T]], *, brief: bool = False) -> T:
+        return await self._connector.run(lambda: self._counted(make()), brief=brief)
+
+    def _counted(self, steps: Steps[T]) -> Generator[Any, Any, T]:
+        try:
+            step = next(steps)
+            while True:
+                self.statements += 1
+                step = steps.send((yield step))
+        except StopIteration as done:
+            return done.value  # type: ignore[no-any-return]
+
+    def close(self) -> None:
+        self._connector.close()

@@ -6,48 +6,20 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import Callable, Generator
-from typing import Any, TypeVar
 
 import pytest
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from passpush.service.passkit import PassKitCore, PassKitSettings, PassPackager
 from passpush.store.connectors import connect, connect_reads
-from passpush.store.connectors.connector import Connector, Steps
 from passpush.v1 import passes_pb2 as ppb
 from passpush.v1 import passes_pb2_grpc
 
 from apple_passes import AppleCerts, pass_document, pass_files, unzip
-from support import TOPIC, token, upsert
+from support import TOPIC, CountedSteps, token, upsert
 
-T = TypeVar("T")
 DEVICE = "6b2f0d6b1c0e4d6f9a1b2c3d4e5f6a7c"
 PASS_TOKEN = "a-token-of-at-least-16-characters"
-
-
-class CountedReads:
-    """The real read connector, counting the statements its reads run."""
-
-    def __init__(self, reads: Connector) -> None:
-        self._reads = reads
-        self.dialect = reads.dialect
-        self.statements = 0
-
-    async def run(self, make: Callable[[], Steps[T]], *, brief: bool = False) -> T:
-        return await self._reads.run(lambda: self._counted(make()), brief=brief)
-
-    def _counted(self, steps: Steps[T]) -> Generator[Any, Any, T]:
-        try:
-            step = next(steps)
-            while True:
-                self.statements += 1
-                step = steps.send((yield step))
-        except StopIteration as done:
-            return done.value  # type: ignore[no-any-return]
-
-    def close(self) -> None:
-        self._reads.close()
 
 
 async def pass_with_content(
@@ -101,7 +73,7 @@ async def test_a_device_update_reads_the_database_once(
     """After the serials query, downloading a pass it listed reads nothing more; a download
     with no serials query before it reads the pass as it is now."""
     await pass_with_content(passes, apple_certs)
-    reads = CountedReads(connect_reads(engine))
+    reads = CountedSteps(connect_reads(engine))
     core = PassKitCore(reads, sessions, connect(engine), PassPackager(PassKitSettings()))
     try:
         await core.register(TOPIC, "p1", DEVICE, token(0xD1), PASS_TOKEN)
@@ -137,7 +109,7 @@ async def test_devices_asking_at_once_are_read_together_on_postgresql(
         pytest.skip("SQLite's reads run one at a time on the event loop's thread")
     pass_ids = [f"p{i}" for i in range(1, 9)]
     await pass_with_content(passes, apple_certs, *pass_ids[1:])
-    reads = CountedReads(connect_reads(engine))
+    reads = CountedSteps(connect_reads(engine))
     core = PassKitCore(reads, sessions, connect(engine), PassPackager(PassKitSettings()))
     devices = {pass_id: f"{DEVICE[:-2]}{i:02x}" for i, pass_id in enumerate(pass_ids)}
     try:

@@ -209,11 +209,53 @@ def _upsert_registration(insert: Any, *, returning: bool = True) -> Insert:
             "updated_at": statement.excluded.updated_at,
         },
     )
-    return upsert.returning(DeviceRegistrationRow.created_at) if returning else upsert  # type: ignore[no-any-return]
+    return upsert.returning(*_REGISTERED) if returning else upsert  # type: ignore[no-any-return]
 
 
+# What an upsert returns: which registration, and when it was first made (an upsert keeps
+# the first registration's created_at).
+_REGISTERED = (
+    DeviceRegistrationRow.project_id,
+    DeviceRegistrationRow.pass_id,
+    DeviceRegistrationRow.device_library_identifier,
+    DeviceRegistrationRow.created_at,
+)
 _INSERT_OF = {"sqlite": sqlite.insert, "postgresql": postgresql.insert}
 _UPSERT_REGISTRATION = ByDialect(lambda dialect: _upsert_registration(_INSERT_OF[dialect]))
+
+
+def _upsert_registrations_from_arrays() -> Insert:
+    """PostgreSQL: registrations given as arrays, upserted in one execution (an
+    executemany, or a pipeline of statements, executes once a row)."""
+    asked = _unnested(project_id=String(), pass_id=String(), device=String(), push_token=String())
+    now = bindparam("now", type_=DeviceRegistrationRow.created_at.type)
+    rows = select(
+        asked.c.project_id, asked.c.pass_id, asked.c.device, asked.c.push_token, true(), now, now
+    )
+    statement = postgresql.insert(DeviceRegistrationRow).from_select(
+        [
+            "project_id",
+            "pass_id",
+            "device_library_identifier",
+            "push_token",
+            "active",
+            "created_at",
+            "updated_at",
+        ],
+        rows,
+    )
+    upsert = statement.on_conflict_do_update(
+        index_elements=["project_id", "pass_id", "device_library_identifier"],
+        set_={
+            "push_token": statement.excluded.push_token,
+            "active": True,
+            "updated_at": statement.excluded.updated_at,
+        },
+    )
+    return upsert.returning(*_REGISTERED)
+
+
+_UPSERT_REGISTRATIONS_FROM_ARRAYS = _upsert_registrations_from_arrays()
 # Without RETURNING, so that a batch is one executemany.
 _RENEW_REGISTRATION = ByDialect(
     lambda dialect: _upsert_registration(_INSERT_OF[dialect], returning=False)
@@ -276,10 +318,31 @@ def _registration_params(
 
 def register_devices(registrations: Sequence[NewRegistration], now: datetime) -> Steps[list[bool]]:
     """Registers each device for its pass (or renews its push token; a registration APNs
-    had called gone is active again); for each, whether it is new. The passes must exist."""
-    created_at = yield Query.each(_UPSERT_REGISTRATION, _registration_params(registrations, now))
+    had called gone is active again); for each, whether it is new (the same device twice:
+    both new, or neither; the last push token stays). The passes must exist."""
+    rows = yield ByDialect(functools.partial(_registering, registrations, now))
     # An upsert keeps the first registration's created_at: new ones have this one's.
-    return [row[0] == now for row in created_at]
+    new = {(project, pass_id, device): created == now for project, pass_id, device, created in rows}
+    return [new[(r.project_id, r.pass_id, r.device_library_identifier)] for r in registrations]
+
+
+def _registering(registrations: Sequence[NewRegistration], now: datetime, dialect: str) -> Query:
+    """register_devices' statement: PostgreSQL's from arrays, in one execution; elsewhere
+    one a registration."""
+    if dialect != "postgresql":
+        return Query.each(_UPSERT_REGISTRATION, _registration_params(registrations, now))
+    # Each registration once: PostgreSQL refuses to upsert a row twice in one statement.
+    last = {(r.project_id, r.pass_id, r.device_library_identifier): r for r in registrations}
+    return Query(
+        _UPSERT_REGISTRATIONS_FROM_ARRAYS,
+        {
+            "project_id": [r.project_id for r in last.values()],
+            "pass_id": [r.pass_id for r in last.values()],
+            "device": [r.device_library_identifier for r in last.values()],
+            "push_token": [r.push_token for r in last.values()],
+            "now": now,
+        },
+    )
 
 
 # What a pass's .pkpass is made of, but its files' bytes and its template's signing: the
