@@ -161,8 +161,11 @@ def test_http_runs_in_one_lower_priority_process_per_cpu_unless_configured() -> 
     defaults = Settings.from_env({})
     tuned = Settings.from_env({"PASSPUSH_HTTP_PROCESSES": "0", "PASSPUSH_HTTP_NICE": "5"})
 
-    assert (defaults.http_processes, defaults.http_nice) == (os.cpu_count() or 1, 10)
+    idle = Settings.from_env({"PASSPUSH_HTTP_NICE": "idle"})
+
+    assert (defaults.http_processes, defaults.http_nice) == (os.cpu_count() or 1, "idle")
     assert (tuned.http_processes, tuned.http_nice) == (0, 5)
+    assert idle.http_nice == "idle"
     for name, value in [("HTTP_PROCESSES", "-1"), ("HTTP_PROCESSES", "65"), ("HTTP_NICE", "20")]:
         with pytest.raises(ValueError, match=f"PASSPUSH_{name}"):
             Settings.from_env({f"PASSPUSH_{name}": value})
@@ -172,7 +175,7 @@ def test_http_runs_in_one_lower_priority_process_per_cpu_unless_configured() -> 
 NUMBERS = [
     ("GRPC_MAX_MESSAGE_BYTES", "4MiB", "a whole number of 1 or more"),
     ("HTTP_PROCESSES", "two", "a whole number from 0 to 64"),
-    ("HTTP_NICE", "5.5", "a whole number from 0 to 19"),
+    ("HTTP_NICE", "5.5", "idle or a whole number from 0 to 19"),
     ("SHUTDOWN_GRACE", "-1", "a number of seconds of 0 or more"),
     ("WORKER_BATCH_SIZE", "abc", "a whole number of 1 or more"),
     ("WORKER_IN_FLIGHT", "0", "a whole number of 1 or more"),

@@ -8,6 +8,7 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import timedelta
+from typing import Literal
 from urllib.parse import urlsplit
 
 from sqlalchemy.engine import make_url
@@ -74,8 +75,9 @@ class Settings:
     # server's; 0 serves it in the gRPC server's process. By default one per CPU: devices
     # fetching passes after a broadcast is CPU work (a signature each) for every core.
     http_processes: int = field(default_factory=lambda: os.cpu_count() or 1)
-    # The nice value the HTTP processes add to their own: the API and the pushes come first.
-    http_nice: int = 10
+    # How the HTTP processes yield the CPU to the API, the pushes and the database: "idle"
+    # (Linux's SCHED_IDLE: they run when nothing else wants the CPU), or a nice value to add.
+    http_nice: int | Literal["idle"] = "idle"
     # None: no APNs endpoint and no credentials: Apple deliveries fail, naming the settings
     # (or, with `fakes`, go to the bundled fake APNs).
     apns: ApnsConfig | None = None
@@ -215,7 +217,7 @@ class Settings:
                 )
             tls = TlsFiles(tls_cert, tls_key, client_ca)
         http_processes = whole("HTTP_PROCESSES", os.cpu_count() or 1, minimum=0, maximum=64)
-        http_nice = whole("HTTP_NICE", cls.http_nice, minimum=0, maximum=19)
+        http_nice = _http_nice(get("HTTP_NICE"))
         max_message_bytes = whole("GRPC_MAX_MESSAGE_BYTES", cls.grpc_max_message_bytes)
         google_rate = number("GOOGLE_RATE", cls.google_rate, above_zero=True)
         google_credentials = get("GOOGLE_CREDENTIALS")
@@ -274,6 +276,16 @@ class Settings:
 
 # The drivers passpush installs; another (psycopg2's `postgresql://`) fails only when used.
 DATABASE_DRIVERS = ("sqlite+aiosqlite", "postgresql+asyncpg")
+
+
+def _http_nice(value: str | None) -> int | Literal["idle"]:
+    if value is None or value == "idle":
+        return "idle"
+    if value.isdigit() and int(value) <= 19:
+        return int(value)
+    raise ValueError(
+        f"PASSPUSH_HTTP_NICE must be idle or a whole number from 0 to 19, got {value!r}"
+    )
 
 
 def _database_url(value: str) -> str:
