@@ -438,8 +438,12 @@ class CountedSteps:
         self.dialect = connector.dialect
         self.statements = 0
 
-    async def run(self, make: Callable[[], Steps[T]], *, brief: bool = False) -> T:
-        return await self._connector.run(lambda: self._counted(make()), brief=brief)
+    async def run(
+        self, make: Callable[[], Steps[T]], *, brief: bool = False, one_statement: bool = False
+    ) -> T:
+        return await self._connector.run(
+            lambda: self._counted(make()), brief=brief, one_statement=one_statement
+        )
 
     def _counted(self, steps: Steps[T]) -> Generator[Any, Any, T]:
         try:

@@ -55,6 +55,7 @@ class RegistrationGroups:
             created = await self._transactions.run(
                 lambda: register_devices(registrations, self._clock()),
                 brief=len(group) <= BRIEF_MAX,
+                one_statement=True,
             )
         except Exception as error:
             if len(group) > 1 and not is_passing_trouble(error):

@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
-from sqlalchemy import text
+import uuid
+from collections.abc import Callable
+
+import pytest
+from sqlalchemy import TextClause, text
 
 from passpush.store.connectors import connect, connect_reads
 from passpush.store.connectors.connector import ByDialect, Query, Steps, on_postgresql
@@ -48,3 +52,41 @@ async def test_each_connector_runs_its_databases_statements(database_url: str) -
         transactions.close()
         reads.close()
         await engine.dispose()
+
+
+async def test_one_statement_commits_alone_and_a_second_is_refused(postgres_url: str) -> None:
+    """asyncpg runs steps of one statement without BEGIN and COMMIT around it (two round
+    trips more): it commits on its own. Steps that turn out to run two are refused."""
+    engine = make_engine(postgres_url)
+    transactions = connect(engine)
+    table = f"one_statement_{uuid.uuid4().hex[:8]}"
+    create, insert = (
+        text(f"CREATE TABLE {table} (n integer)"),
+        text(f"INSERT INTO {table} VALUES (1)"),
+    )
+
+    def two() -> Steps[None]:
+        yield Query.write(insert, {})
+        yield Query.write(insert, {})
+
+    def one(statement: TextClause) -> Callable[[], Steps[None]]:
+        def steps() -> Steps[None]:
+            yield Query.write(statement, {})
+
+        return steps
+
+    try:
+        await transactions.run(one(create), one_statement=True)
+        await transactions.run(one(insert), one_statement=True)
+        with pytest.raises(AssertionError, match="ran a second one"):
+            await transactions.run(two, one_statement=True)
+        async with engine.connect() as connection:
+            rows = (await connection.execute(text(f"SELECT count(*) FROM {table}"))).scalar()
+            await connection.execute(text(f"DROP TABLE {table}"))
+            await connection.commit()
+    finally:
+        transactions.close()
+        await engine.dispose()
+
+    # The one insert, and the first of the two, each committed as it ran.
+    assert rows == 2

@@ -152,12 +152,17 @@ class Connector(Protocol):
     SQLAlchemy's IntegrityError, and a lost connection as its OperationalError, whatever
     the driver.
 
+    `one_statement`: the steps run one statement, which commits on its own: a connector
+    that would wrap it in BEGIN and COMMIT (asyncpg's: two more round trips) need not.
+
     `brief`: a few small statements, which a connector whose transactions otherwise go to
     a thread (SQLite's) may run on the calling thread: the hop costs more than they do.
     """
 
     dialect: str
 
-    async def run(self, make: Callable[[], Steps[T]], *, brief: bool = False) -> T: ...
+    async def run(
+        self, make: Callable[[], Steps[T]], *, brief: bool = False, one_statement: bool = False
+    ) -> T: ...
 
     def close(self) -> None: ...

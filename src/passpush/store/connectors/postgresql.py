@@ -40,13 +40,17 @@ class AsyncpgConnector:
         self._unique_violation = asyncpg.UniqueViolationError
         self._statements = CompiledStatements(engine.dialect)
 
-    async def run(self, make: Callable[[], Steps[T]], *, brief: bool = False) -> T:
+    async def run(
+        self, make: Callable[[], Steps[T]], *, brief: bool = False, one_statement: bool = False
+    ) -> T:
         async with pooled_connection(self._engine) as pooled:
             # The connection SQLAlchemy made (its codecs and settings), used directly;
             # SQLAlchemy began nothing on it, so its reset on return costs nothing.
             connection = pooled.driver_connection
             assert connection is not None
             try:
+                if one_statement:
+                    return await self._one_statement(connection, make)
                 async with connection.transaction():
                     drive = Drive(make(), self.dialect)
                     for step in drive:
@@ -66,6 +70,15 @@ class AsyncpgConnector:
                     raise
                 # Whatever asyncpg raised, the connection was lost: said as SQLAlchemy says it.
                 raise exc.OperationalError("", None, error, connection_invalidated=True) from error
+
+    async def _one_statement(self, connection: Any, make: Callable[[], Steps[T]]) -> T:
+        """The steps' one statement, in a transaction of its own (no transaction block)."""
+        drive = Drive(make(), self.dialect)
+        for ran, step in enumerate(drive):
+            if ran:
+                raise AssertionError("steps run as one statement ran a second one")
+            drive.rows = await self._execute(connection, step)
+        return drive.result
 
     async def _execute(self, connection: Any, step: Statement) -> list[Row]:
         query = step.query
@@ -110,7 +123,9 @@ class AsyncpgReadConnector:
         self._pool: Any = None
         self._opening: asyncio.Lock | None = None
 
-    async def run(self, make: Callable[[], Steps[T]], *, brief: bool = False) -> T:
+    async def run(
+        self, make: Callable[[], Steps[T]], *, brief: bool = False, one_statement: bool = False
+    ) -> T:
         pool = self._pool or await self._open()
         try:
             return await self._read(pool, make)

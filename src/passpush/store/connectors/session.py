@@ -41,7 +41,9 @@ class SessionConnector:
         self._engine = engine
         self.dialect = engine.dialect.name
 
-    async def run(self, make: Callable[[], Steps[T]], *, brief: bool = False) -> T:
+    async def run(
+        self, make: Callable[[], Steps[T]], *, brief: bool = False, one_statement: bool = False
+    ) -> T:
         async with AsyncSession(self._engine) as session, session.begin():
             return await run_on_session(session, make())
 

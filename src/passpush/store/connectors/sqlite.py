@@ -57,7 +57,9 @@ class SqliteConnector:
         self._lock = threading.Lock()
         self._turns = WriteTurns(database)
 
-    async def run(self, make: Callable[[], Steps[T]], *, brief: bool = False) -> T:
+    async def run(
+        self, make: Callable[[], Steps[T]], *, brief: bool = False, one_statement: bool = False
+    ) -> T:
         # Holding the engine's one connection (pool of one) keeps the process's other
         # writers out: they would otherwise wait on SQLite's busy handler, which sleeps.
         async with pooled_connection(self._engine):
@@ -186,7 +188,9 @@ class SqliteReadConnector:
         self._statements = CompiledStatements(engine.dialect)
         self._connection: sqlite3.Connection | None = None
 
-    async def run(self, make: Callable[[], Steps[T]], *, brief: bool = False) -> T:
+    async def run(
+        self, make: Callable[[], Steps[T]], *, brief: bool = False, one_statement: bool = False
+    ) -> T:
         connection = self._connect()
         try:
             drive = Drive(make(), self.dialect)
