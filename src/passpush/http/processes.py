@@ -297,9 +297,9 @@ def lower_priority(nice: int | Literal["idle"]) -> None:
 
     "idle": Linux's SCHED_IDLE (nice 19 elsewhere). Niced, a device storm still took its
     share from a one-pass Send's round trips: each waited for a busy core, and the Sends'
-    p99 went from 15 to 94-153 ms at nice 10. A task of the idle class gives way as soon as
-    another wakes: 23-31 ms (device-pull on PostgreSQL, 2026-12-04), the devices served as
-    fast while the Sends leave the CPU to them."""
+    p99 went from 15 to 55-153 ms at nice 10. A task of the idle class gives way as soon as
+    another wakes: 23-49 ms in seven runs (device-pull on PostgreSQL, 2026-12-04), the
+    devices served as fast while the Sends leave the CPU to them."""
     if nice == "idle":
         if hasattr(os, "SCHED_IDLE"):
             os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))
