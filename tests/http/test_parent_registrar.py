@@ -13,7 +13,7 @@ import pytest
 
 from passpush.domain.errors import Unavailable
 from passpush.http.processes import REGISTER, ParentPipe, ParentRegistrar
-from passpush.store.passkit import NewRegistration
+from passpush.store.registration_writes import NewRegistration
 
 REGISTRATION = NewRegistration("acme", "p1", "device-1", "ab" * 32)
 

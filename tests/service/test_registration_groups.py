@@ -12,7 +12,7 @@ from passpush.domain.clock import utcnow
 from passpush.service.registration_groups import RegistrationGroups
 from passpush.store.connectors import connect
 from passpush.store.models import DeviceRegistrationRow
-from passpush.store.passkit import NewRegistration
+from passpush.store.registration_writes import NewRegistration
 from passpush.v1 import passes_pb2 as ppb
 from passpush.v1 import passes_pb2_grpc
 

@@ -46,7 +46,7 @@ from passpush.http.even_accept import ConnectionCounts
 from passpush.http.sockets import tcp_listener
 from passpush.store.faults import database_unavailable, is_passing_trouble
 from passpush.store.fetches import FetchConfirmation
-from passpush.store.passkit import NewRegistration
+from passpush.store.registration_writes import NewRegistration
 
 log = logging.getLogger(__name__)
 

@@ -49,7 +49,6 @@ from passpush.store.device_registrations import DeviceRegistrationStore
 from passpush.store.passkit import (
     TEMPLATE_PARTS,
     NamedPass,
-    NewRegistration,
     PassPackageState,
     UpdatesAsked,
     oldest_open_write,
@@ -60,6 +59,7 @@ from passpush.store.passkit import (
     updated_packages,
     updated_packages_each,
 )
+from passpush.store.registration_writes import NewRegistration
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")

@@ -16,7 +16,7 @@ from collections.abc import Sequence
 from passpush.domain.clock import Clock
 from passpush.store.connectors.connector import Connector
 from passpush.store.faults import is_passing_trouble
-from passpush.store.passkit import NewRegistration, register_devices
+from passpush.store.registration_writes import NewRegistration, register_devices
 
 log = logging.getLogger(__name__)
 

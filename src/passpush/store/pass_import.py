@@ -45,8 +45,8 @@ from passpush.store.models import (
     TemplateRow,
     table_of,
 )
-from passpush.store.passkit import NewRegistration, renew_registrations
 from passpush.store.project_scope import new_id
+from passpush.store.registration_writes import NewRegistration, renew_registrations
 
 # The first step of a batch's transaction: its plans are kept (PostgreSQL). The server's
 # connections plan every execution anew (db.py: a generic plan once chose a scan of every

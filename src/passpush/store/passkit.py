@@ -4,8 +4,9 @@ return only what the service needs to authenticate the device and answer it).
 
 They are steps (store/connectors/): each device request is one indexed read at most (a
 download after the serials query that listed its pass none: service/listed_passes.py), run
-by `connect_reads`, which through a session cost more than the HTTP request around them;
-and registrations are written many in one transaction (`register_devices`).
+by `connect_reads`, which through a session cost more than the HTTP request around them.
+On PostgreSQL many devices' questions are read at once (`*_each`: store/asked_at_once.py).
+Registrations are written many at once (store/registration_writes.py).
 """
 
 from __future__ import annotations
@@ -13,31 +14,26 @@ from __future__ import annotations
 import functools
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any, TypeVarTuple
 
 from sqlalchemy import (
     BigInteger,
-    Insert,
     Select,
     String,
     and_,
     bindparam,
-    column,
-    func,
     or_,
     select,
     text,
-    true,
 )
-from sqlalchemy.dialects import postgresql, sqlite
-from sqlalchemy.dialects.postgresql import ARRAY
 
 from passpush.domain.lru import BytesBoundedLru
 from passpush.domain.model import PassValues, Platform
 from passpush.domain.passkit import PASS_JSON, PassPackageSource, StoredFile
 from passpush.domain.signing import AppleSigningPem
-from passpush.store.connectors.connector import ByDialect, Query, Steps
+from passpush.store.asked_at_once import answers_of, each_asked, unnested
+from passpush.store.connectors.connector import Query, Steps
 from passpush.store.content import ContentCache
 from passpush.store.models import (
     ContentFileRow,
@@ -88,39 +84,6 @@ def _named(columns: Select[*Ts], pass_type_identifier: Any, serial_number: Any) 
     )
 
 
-def _unnested(**arrays: Any) -> Any:
-    """PostgreSQL: many devices' questions as rows, each array bound (by its name) a column
-    of them, numbered from 1 as `question`."""
-    return (
-        func.unnest(*(bindparam(name, type_=ARRAY(kind)) for name, kind in arrays.items()))
-        .table_valued(
-            *(column(name, kind) for name, kind in arrays.items()), with_ordinality="question"
-        )
-        .render_derived(name="asked")
-    )
-
-
-def _each_asked(asked: Any, answer: Select[*Ts]) -> Select[Any]:
-    """PostgreSQL: `answer` (written over `asked`'s columns) for each question, in one
-    statement: each row the question's number, then the answer's columns.
-
-    An HTTP process's device requests asked at the same time are read together this way
-    (service/read_batches.py): alone, a read's round trip, its pool checkout and its
-    statement's fixed cost were most of what it cost. 5,000 serials queries, 8 at a time
-    (asyncpg, 2026-12-04): 0.11-0.16 ms of Python and 0.06-0.07 ms of PostgreSQL each
-    alone; in twos 0.06 and 0.05 ms, in fours 0.03 and 0.025 ms."""
-    found = answer.lateral("found")
-    return select(asked.c.question, found).select_from(asked).join(found, true())
-
-
-def _answers(questions: int, rows: Sequence[Sequence[Any]]) -> list[list[Sequence[Any]]]:
-    """Each question's rows, in the order asked (a row's question number dropped)."""
-    answers: list[list[Sequence[Any]]] = [[] for _ in range(questions)]
-    for row in rows:
-        answers[row[0] - 1].append(row[1:])
-    return answers
-
-
 _NAMED_COLUMNS = select(
     PassRow.project_id,
     PassRow.id,
@@ -132,8 +95,8 @@ _NAMED_COLUMNS = select(
 _PASSES_NAMED = _named(
     _NAMED_COLUMNS, bindparam("pass_type_identifier"), bindparam("serial_number")
 )
-_NAMES_ASKED = _unnested(pass_type_identifier=String(), serial_number=String())
-_PASSES_NAMED_EACH = _each_asked(
+_NAMES_ASKED = unnested(pass_type_identifier=String(), serial_number=String())
+_PASSES_NAMED_EACH = each_asked(
     _NAMES_ASKED,
     _named(_NAMED_COLUMNS, _NAMES_ASKED.c.pass_type_identifier, _NAMES_ASKED.c.serial_number),
 )
@@ -156,7 +119,7 @@ def passes_named_each(names: Sequence[tuple[str, str]]) -> Steps[list[list[Named
             "serial_number": [serial for _, serial in names],
         },
     )
-    return [[NamedPass(*row) for row in answer] for answer in _answers(len(names), rows)]
+    return [[NamedPass(*row) for row in answer] for answer in answers_of(len(names), rows)]
 
 
 # A transaction has an xid once it wrote: the outbox's idle polls do not count.
@@ -178,171 +141,6 @@ def oldest_open_write() -> Steps[tuple[datetime | None, datetime]]:
     rows = yield Query(_OLDEST_OPEN_WRITE)
     oldest, now = rows[0]
     return oldest, now
-
-
-@dataclass(frozen=True)
-class NewRegistration:
-    """A device asking for pushes about a pass, with the token to push to."""
-
-    project_id: str
-    pass_id: str
-    device_library_identifier: str
-    push_token: str
-
-
-def _upsert_registration(insert: Any, *, returning: bool = True) -> Insert:
-    """INSERT … ON CONFLICT DO UPDATE (… RETURNING created_at), in the dialect of `insert`."""
-    statement = insert(DeviceRegistrationRow).values(
-        project_id=bindparam("project_id"),
-        pass_id=bindparam("pass_id"),
-        device_library_identifier=bindparam("device"),
-        push_token=bindparam("push_token"),
-        active=True,
-        created_at=bindparam("now"),
-        updated_at=bindparam("now"),
-    )
-    upsert = statement.on_conflict_do_update(
-        index_elements=["project_id", "pass_id", "device_library_identifier"],
-        set_={
-            "push_token": statement.excluded.push_token,
-            "active": True,
-            "updated_at": statement.excluded.updated_at,
-        },
-    )
-    return upsert.returning(*_REGISTERED) if returning else upsert  # type: ignore[no-any-return]
-
-
-# What an upsert returns: which registration, and when it was first made (an upsert keeps
-# the first registration's created_at).
-_REGISTERED = (
-    DeviceRegistrationRow.project_id,
-    DeviceRegistrationRow.pass_id,
-    DeviceRegistrationRow.device_library_identifier,
-    DeviceRegistrationRow.created_at,
-)
-_INSERT_OF = {"sqlite": sqlite.insert, "postgresql": postgresql.insert}
-_UPSERT_REGISTRATION = ByDialect(lambda dialect: _upsert_registration(_INSERT_OF[dialect]))
-
-
-def _upsert_registrations_from_arrays() -> Insert:
-    """PostgreSQL: registrations given as arrays, upserted in one execution (an
-    executemany, or a pipeline of statements, executes once a row)."""
-    asked = _unnested(project_id=String(), pass_id=String(), device=String(), push_token=String())
-    now = bindparam("now", type_=DeviceRegistrationRow.created_at.type)
-    rows = select(
-        asked.c.project_id, asked.c.pass_id, asked.c.device, asked.c.push_token, true(), now, now
-    )
-    statement = postgresql.insert(DeviceRegistrationRow).from_select(
-        [
-            "project_id",
-            "pass_id",
-            "device_library_identifier",
-            "push_token",
-            "active",
-            "created_at",
-            "updated_at",
-        ],
-        rows,
-    )
-    upsert = statement.on_conflict_do_update(
-        index_elements=["project_id", "pass_id", "device_library_identifier"],
-        set_={
-            "push_token": statement.excluded.push_token,
-            "active": True,
-            "updated_at": statement.excluded.updated_at,
-        },
-    )
-    return upsert.returning(*_REGISTERED)
-
-
-_UPSERT_REGISTRATIONS_FROM_ARRAYS = _upsert_registrations_from_arrays()
-# Without RETURNING, so that a batch is one executemany.
-_RENEW_REGISTRATION = ByDialect(
-    lambda dialect: _upsert_registration(_INSERT_OF[dialect], returning=False)
-)
-
-
-# PostgreSQL: from arrays, in one execution (an executemany executes once a row).
-_RENEW_REGISTRATIONS_FROM_ARRAYS = text(
-    "INSERT INTO device_registrations AS r (project_id, pass_id, device_library_identifier,"
-    " push_token, active, created_at, updated_at)"
-    " SELECT :project_id, v.*, true, CAST(:now AS timestamp), CAST(:now AS timestamp)"
-    " FROM unnest(CAST(:pass_ids AS text[]), CAST(:devices AS text[]),"
-    " CAST(:push_tokens AS text[])) AS v"
-    " ON CONFLICT (project_id, pass_id, device_library_identifier) DO UPDATE"
-    " SET push_token = excluded.push_token, active = true, updated_at = excluded.updated_at"
-)
-
-
-def renew_registrations(
-    project_id: str, registrations: Sequence[NewRegistration], now: datetime
-) -> Steps[None]:
-    """As register_devices, for one project's registrations, at once, without telling which
-    are new (the same device twice: the last push token stays)."""
-    yield ByDialect(functools.partial(_renewal, project_id, registrations, now))
-
-
-def _renewal(
-    project_id: str, registrations: Sequence[NewRegistration], now: datetime, dialect: str
-) -> Query:
-    """renew_registrations' statement: PostgreSQL's from arrays, elsewhere an executemany."""
-    if dialect != "postgresql":
-        return Query.many(_RENEW_REGISTRATION, _registration_params(registrations, now))
-    last = {(r.pass_id, r.device_library_identifier): r for r in registrations}
-    return Query.write(
-        _RENEW_REGISTRATIONS_FROM_ARRAYS,
-        {
-            "project_id": project_id,
-            "pass_ids": [r.pass_id for r in last.values()],
-            "devices": [r.device_library_identifier for r in last.values()],
-            "push_tokens": [r.push_token for r in last.values()],
-            "now": now.astimezone(UTC).replace(tzinfo=None),  # stored naive UTC
-        },
-    )
-
-
-def _registration_params(
-    registrations: Sequence[NewRegistration], now: datetime
-) -> list[dict[str, Any]]:
-    return [
-        {
-            "project_id": r.project_id,
-            "pass_id": r.pass_id,
-            "device": r.device_library_identifier,
-            "push_token": r.push_token,
-            "now": now,
-        }
-        for r in registrations
-    ]
-
-
-def register_devices(registrations: Sequence[NewRegistration], now: datetime) -> Steps[list[bool]]:
-    """Registers each device for its pass (or renews its push token; a registration APNs
-    had called gone is active again); for each, whether it is new (the same device twice:
-    both new, or neither; the last push token stays). The passes must exist."""
-    rows = yield ByDialect(functools.partial(_registering, registrations, now))
-    # An upsert keeps the first registration's created_at: new ones have this one's.
-    new = {(project, pass_id, device): created == now for project, pass_id, device, created in rows}
-    return [new[(r.project_id, r.pass_id, r.device_library_identifier)] for r in registrations]
-
-
-def _registering(registrations: Sequence[NewRegistration], now: datetime, dialect: str) -> Query:
-    """register_devices' statement: PostgreSQL's from arrays, in one execution; elsewhere
-    one a registration."""
-    if dialect != "postgresql":
-        return Query.each(_UPSERT_REGISTRATION, _registration_params(registrations, now))
-    # Each registration once: PostgreSQL refuses to upsert a row twice in one statement.
-    last = {(r.project_id, r.pass_id, r.device_library_identifier): r for r in registrations}
-    return Query(
-        _UPSERT_REGISTRATIONS_FROM_ARRAYS,
-        {
-            "project_id": [r.project_id for r in last.values()],
-            "pass_id": [r.pass_id for r in last.values()],
-            "device": [r.device_library_identifier for r in last.values()],
-            "push_token": [r.push_token for r in last.values()],
-            "now": now,
-        },
-    )
 
 
 # What a pass's .pkpass is made of, but its files' bytes and its template's signing: the
@@ -403,8 +201,8 @@ def _updated(device: Any, pass_type_identifier: Any, since: Any) -> Select[*tupl
 _UPDATED_PACKAGES = _updated(
     bindparam("device"), bindparam("pass_type_identifier"), bindparam("since")
 )
-_UPDATES_ASKED = _unnested(device=String(), pass_type_identifier=String(), since=BigInteger())
-_UPDATED_PACKAGES_EACH = _each_asked(
+_UPDATES_ASKED = unnested(device=String(), pass_type_identifier=String(), since=BigInteger())
+_UPDATED_PACKAGES_EACH = each_asked(
     _UPDATES_ASKED,
     _updated(
         _UPDATES_ASKED.c.device, _UPDATES_ASKED.c.pass_type_identifier, _UPDATES_ASKED.c.since
@@ -502,7 +300,7 @@ def updated_packages_each(asked: Sequence[UpdatesAsked]) -> Steps[list[list[Pass
             "since": [-1 if a.since is None else a.since for a in asked],
         },
     )
-    return [[_package_state(row) for row in answer] for answer in _answers(len(asked), rows)]
+    return [[_package_state(row) for row in answer] for answer in answers_of(len(asked), rows)]
 
 
 def packages_named(pass_type_identifier: str, serial_number: str) -> Steps[list[PassPackageState]]:
