@@ -9,6 +9,7 @@ import json
 
 import pytest
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
+from test_shared_content import apple_template
 
 from passpush.service.passkit import PassKitCore, PassKitSettings, PassPackager
 from passpush.store.connectors import connect, connect_reads
@@ -26,17 +27,7 @@ async def pass_with_content(
     passes: passes_pb2_grpc.PassServiceStub, certs: AppleCerts, *others: str
 ) -> None:
     """p1 (and `others`) with files of their own, all with PASS_TOKEN."""
-    await passes.CreateTemplate(
-        ppb.CreateTemplateRequest(
-            template_id="loyalty",
-            template=ppb.Template(
-                project_id="acme",
-                platform=ppb.PLATFORM_APPLE,
-                pass_type_identifier=TOPIC,
-                apple_signing=certs.proto(),
-            ),
-        )
-    )
+    await apple_template(passes, certs)
     await set_relevant_date(passes, "2026-12-24T10:00:00Z")
     for pass_id in ("p1", *others):
         if pass_id != "p1":

@@ -44,15 +44,8 @@ def _upsert_registration(insert: Any, *, returning: bool = True) -> Insert:
         created_at=bindparam("now"),
         updated_at=bindparam("now"),
     )
-    upsert = statement.on_conflict_do_update(
-        index_elements=["project_id", "pass_id", "device_library_identifier"],
-        set_={
-            "push_token": statement.excluded.push_token,
-            "active": True,
-            "updated_at": statement.excluded.updated_at,
-        },
-    )
-    return upsert.returning(*_REGISTERED) if returning else upsert  # type: ignore[no-any-return]
+    upsert = _renewing(statement)
+    return upsert.returning(*_REGISTERED) if returning else upsert
 
 
 # What an upsert returns: which registration, and when it was first made (an upsert keeps
@@ -87,7 +80,13 @@ def _upsert_registrations_from_arrays() -> Insert:
         ],
         rows,
     )
-    upsert = statement.on_conflict_do_update(
+    return _renewing(statement).returning(*_REGISTERED)
+
+
+def _renewing(statement: Any) -> Insert:
+    """The insert, where the registration is there already, renewing it instead: its push
+    token, active again (APNs may have called it gone), its update time."""
+    return statement.on_conflict_do_update(  # type: ignore[no-any-return]
         index_elements=["project_id", "pass_id", "device_library_identifier"],
         set_={
             "push_token": statement.excluded.push_token,
@@ -95,7 +94,6 @@ def _upsert_registrations_from_arrays() -> Insert:
             "updated_at": statement.excluded.updated_at,
         },
     )
-    return upsert.returning(*_REGISTERED)
 
 
 _UPSERT_REGISTRATIONS_FROM_ARRAYS = _upsert_registrations_from_arrays()
