@@ -59,7 +59,13 @@ from passpush.store.passkit import (
     updated_packages,
     updated_packages_each,
 )
-from passpush.store.registration_writes import NewRegistration
+from passpush.store.registration_writes import (
+    HeldRegistration,
+    NewRegistration,
+    Registered,
+    register_devices,
+    register_holders,
+)
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -277,8 +283,14 @@ class PassKitCore:
         self._sessions = sessions
         self._reads = reads
         self._transactions = transactions
-        self._registrations = RegistrationGroups(transactions, clock=clock)
+        self._registrations = RegistrationGroups(transactions, register_devices, clock=clock)
         self._registrar = registrar or self._registrations
+        # PostgreSQL, writing its own registrations: a device's token is checked by the
+        # statement that writes its registration, one round trip for a group, against one
+        # for the group's token checks and one for its writes.
+        self._holders: RegistrationGroups[HeldRegistration, Registered | None] | None = None
+        if registrar is None and transactions.dialect == "postgresql":
+            self._holders = RegistrationGroups(transactions, register_holders, clock=clock)
         self.packager = packager
         self._clock = clock
         # Which device fetched which notification: where confirmations go (none: not kept).
@@ -311,23 +323,41 @@ class PassKitCore:
     ) -> bool:
         """Registers the device for pushes about the pass (or renews its push token);
         True when the registration is new."""
-        named = await self._authenticate(pass_type_identifier, serial_number, authentication_token)
-        raise_if_any(
-            [
-                # As RegisterDevice: the same registrations.
-                *check_id("deviceLibraryIdentifier", device_library_identifier),
-                *check_push_token("pushToken", push_token),
-            ]
-        )
-        created = await self._registrar.register(
-            NewRegistration(named.project_id, named.pass_id, device_library_identifier, push_token)
-        )
+        problems = [
+            # As RegisterDevice: the same registrations.
+            *check_id("deviceLibraryIdentifier", device_library_identifier),
+            *check_push_token("pushToken", push_token),
+        ]
+        if self._holders is not None and not problems:
+            token = _token_for(pass_type_identifier, serial_number, authentication_token)
+            registered = await self._holders.register(
+                HeldRegistration(
+                    pass_type_identifier,
+                    serial_number,
+                    token.decode(),
+                    device_library_identifier,
+                    push_token,
+                )
+            )
+            if registered is None:
+                raise Unauthenticated(_UNAUTHENTICATED)
+            project_id, pass_id, created = registered.project_id, registered.pass_id, registered.new
+        else:
+            # A device that cannot prove it holds the pass learns nothing of its input.
+            named = await self._authenticate(
+                pass_type_identifier, serial_number, authentication_token
+            )
+            raise_if_any(problems)
+            project_id, pass_id = named.project_id, named.pass_id
+            created = await self._registrar.register(
+                NewRegistration(project_id, pass_id, device_library_identifier, push_token)
+            )
         log.debug(
             "PassKit: device %s… %s for pass %s of project %s",
             device_library_identifier[:8],
             "registered" if created else "registered again",
-            named.pass_id,
-            named.project_id,
+            pass_id,
+            project_id,
         )
         return created
 

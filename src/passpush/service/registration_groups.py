@@ -11,34 +11,48 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from datetime import datetime
+from typing import Generic, TypeVar
 
 from passpush.domain.clock import Clock
-from passpush.store.connectors.connector import Connector
+from passpush.store.connectors.connector import Connector, Steps
 from passpush.store.faults import is_passing_trouble
-from passpush.store.registration_writes import NewRegistration, register_devices
 
 log = logging.getLogger(__name__)
 
 GROUP_MAX = 500  # registrations a transaction writes at most
 BRIEF_MAX = 32  # registrations written on the event loop's thread at most (SQLite: ~0.3 ms)
 
+R = TypeVar("R")  # a registration
+A = TypeVar("A")  # what it gets (whether it is new; which pass)
 
-class RegistrationGroups:
-    def __init__(self, transactions: Connector, *, clock: Clock) -> None:
+
+class RegistrationGroups(Generic[R, A]):
+    """Registrations written a group at a time by `write` (store/registration_writes.py:
+    each registration's answer, in order, from one statement)."""
+
+    def __init__(
+        self,
+        transactions: Connector,
+        write: Callable[[Sequence[R], datetime], Steps[list[A]]],
+        *,
+        clock: Clock,
+    ) -> None:
         self._transactions = transactions
+        self._write_group = write
         self._clock = clock
-        self._waiting: list[tuple[NewRegistration, asyncio.Future[bool]]] = []
+        self._waiting: list[tuple[R, asyncio.Future[A]]] = []
         self._writer: asyncio.Task[None] | None = None
 
-    async def register(self, registration: NewRegistration) -> bool:
-        """Writes the registration with whatever else is waiting; True when it is new."""
+    async def register(self, registration: R) -> A:
+        """Writes the registration with whatever else is waiting."""
         return await self.submit(registration)
 
-    def submit(self, registration: NewRegistration) -> asyncio.Future[bool]:
-        """The registration's answer to come (True when it is new), with no task of its own:
-        an HTTP process's registrations arrive by the thousand a second."""
-        answer: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
+    def submit(self, registration: R) -> asyncio.Future[A]:
+        """The registration's answer to come, with no task of its own: an HTTP process's
+        registrations arrive by the thousand a second."""
+        answer: asyncio.Future[A] = asyncio.get_running_loop().create_future()
         self._waiting.append((registration, answer))
         if self._writer is None or self._writer.done():
             self._writer = asyncio.create_task(self._write_waiting())
@@ -49,11 +63,11 @@ class RegistrationGroups:
             group, self._waiting = self._waiting[:GROUP_MAX], self._waiting[GROUP_MAX:]
             await self._write(group)
 
-    async def _write(self, group: Sequence[tuple[NewRegistration, asyncio.Future[bool]]]) -> None:
+    async def _write(self, group: Sequence[tuple[R, asyncio.Future[A]]]) -> None:
         registrations = [registration for registration, _ in group]
         try:
-            created = await self._transactions.run(
-                lambda: register_devices(registrations, self._clock()),
+            answers = await self._transactions.run(
+                lambda: self._write_group(registrations, self._clock()),
                 brief=len(group) <= BRIEF_MAX,
                 one_statement=True,
             )
@@ -68,14 +82,6 @@ class RegistrationGroups:
                 if not answer.done():
                     answer.set_exception(error)
             return
-        seen: set[tuple[str, str, str]] = set()
-        for (registration, answer), new in zip(group, created, strict=True):
-            key = (
-                registration.project_id,
-                registration.pass_id,
-                registration.device_library_identifier,
-            )
-            # The same device twice in one group: the first is the new one.
+        for (_, answer), found in zip(group, answers, strict=True):
             if not answer.done():
-                answer.set_result(new and key not in seen)
-            seen.add(key)
+                answer.set_result(found)

@@ -2,13 +2,14 @@
 devices that registered while the last group was written) and an import's.
 
 On PostgreSQL each is one statement from arrays (an executemany, or a pipeline of
-statements, executes once a row); on SQLite one execution a registration, in one
-transaction.
+statements, executes once a row), and the web service's checks the devices' tokens in that
+same statement; on SQLite one execution a registration, in one transaction.
 """
 
 from __future__ import annotations
 
 import functools
+import hashlib
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -17,6 +18,7 @@ from typing import Any
 from sqlalchemy import Insert, String, bindparam, select, text, true
 from sqlalchemy.dialects import postgresql, sqlite
 
+from passpush.domain.model import Platform
 from passpush.store.asked_at_once import unnested
 from passpush.store.connectors.connector import ByDialect, Query, Steps
 from passpush.store.models import DeviceRegistrationRow
@@ -30,6 +32,27 @@ class NewRegistration:
     pass_id: str
     device_library_identifier: str
     push_token: str
+
+
+@dataclass(frozen=True)
+class HeldRegistration:
+    """A device asking for pushes about a pass it names as Apple does (pass type and serial
+    number), with the pass's authentication token to prove it holds the pass."""
+
+    pass_type_identifier: str
+    serial_number: str
+    authentication_token: str
+    device_library_identifier: str
+    push_token: str
+
+
+@dataclass(frozen=True)
+class Registered:
+    """Which pass a registration went to, and whether it is new."""
+
+    project_id: str
+    pass_id: str
+    new: bool
 
 
 def _upsert_registration(insert: Any, *, returning: bool = True) -> Insert:
@@ -160,11 +183,16 @@ def _registration_params(
 def register_devices(registrations: Sequence[NewRegistration], now: datetime) -> Steps[list[bool]]:
     """Registers each device for its pass (or renews its push token; a registration APNs
     had called gone is active again); for each, whether it is new (the same device twice:
-    both new, or neither; the last push token stays). The passes must exist."""
+    the first is the new one, the last push token stays). The passes must exist."""
     rows = yield ByDialect(functools.partial(_registering, registrations, now))
     # An upsert keeps the first registration's created_at: new ones have this one's.
     new = {(project, pass_id, device): created == now for project, pass_id, device, created in rows}
-    return [new[(r.project_id, r.pass_id, r.device_library_identifier)] for r in registrations]
+    answers = []
+    for r in registrations:
+        key = (r.project_id, r.pass_id, r.device_library_identifier)
+        answers.append(new[key])
+        new[key] = False  # the same device again in this group
+    return answers
 
 
 def _registering(registrations: Sequence[NewRegistration], now: datetime, dialect: str) -> Query:
@@ -184,3 +212,74 @@ def _registering(registrations: Sequence[NewRegistration], now: datetime, dialec
             "now": now,
         },
     )
+
+
+# PostgreSQL: the devices' registrations, each written only for the pass it names whose
+# token the device gave (the first by project and id, when projects share a pass type), in
+# one statement; each row the question's number, its pass, and whether it is new. Tokens
+# are compared as MD5 digests, so that how long a comparison takes tells nothing about the
+# token. The same device twice: its last push token is written (PostgreSQL refuses to upsert
+# a row twice in one statement).
+_REGISTER_HOLDERS = text(
+    "WITH asked AS ("
+    " SELECT * FROM unnest(CAST(:pass_types AS text[]), CAST(:serials AS text[]),"
+    " CAST(:token_digests AS text[]), CAST(:devices AS text[]), CAST(:push_tokens AS text[]))"
+    " WITH ORDINALITY AS a (pass_type, serial, token_digest, device, push_token, question)),"
+    " held AS ("
+    " SELECT asked.question, asked.device, asked.push_token, named.project_id, named.pass_id"
+    " FROM asked CROSS JOIN LATERAL ("
+    " SELECT p.project_id, p.id AS pass_id FROM passes AS p JOIN templates AS t"
+    " ON t.project_id = p.project_id AND t.id = p.template_id AND t.platform = :apple"
+    " WHERE p.serial_number = asked.serial AND t.pass_type_identifier = asked.pass_type"
+    " AND md5(p.authentication_token) = asked.token_digest"
+    " ORDER BY p.project_id, p.id LIMIT 1) AS named),"
+    " written AS ("
+    " INSERT INTO device_registrations AS r (project_id, pass_id, device_library_identifier,"
+    " push_token, active, created_at, updated_at)"
+    " SELECT DISTINCT ON (project_id, pass_id, device) project_id, pass_id, device,"
+    " push_token, true, CAST(:now AS timestamp), CAST(:now AS timestamp) FROM held"
+    " ORDER BY project_id, pass_id, device, question DESC"
+    " ON CONFLICT (project_id, pass_id, device_library_identifier) DO UPDATE"
+    " SET push_token = excluded.push_token, active = true, updated_at = excluded.updated_at"
+    " RETURNING project_id, pass_id, device_library_identifier,"
+    " created_at = CAST(:now AS timestamp) AS new)"
+    " SELECT held.question, held.project_id, held.pass_id, written.new FROM held"
+    " JOIN written ON written.project_id = held.project_id AND written.pass_id = held.pass_id"
+    " AND written.device_library_identifier = held.device"
+)
+
+
+def register_holders(
+    asked: Sequence[HeldRegistration], now: datetime
+) -> Steps[list[Registered | None]]:
+    """PostgreSQL: register_devices for devices that name their pass as Apple does, each
+    only if it gave that pass's token (None: no such pass, or not its token), in one
+    statement. The same device twice: the first is the new one."""
+    rows = yield Query(
+        _REGISTER_HOLDERS,
+        {
+            "pass_types": [a.pass_type_identifier for a in asked],
+            "serials": [a.serial_number for a in asked],
+            "token_digests": [_digest(a.authentication_token) for a in asked],
+            "devices": [a.device_library_identifier for a in asked],
+            "push_tokens": [a.push_token for a in asked],
+            "apple": Platform.APPLE.value,
+            "now": now.astimezone(UTC).replace(tzinfo=None),  # stored naive UTC
+        },
+    )
+    found = {question: (project_id, pass_id, new) for question, project_id, pass_id, new in rows}
+    answers: list[Registered | None] = []
+    seen: set[tuple[str, str, str]] = set()
+    for question, a in enumerate(asked, start=1):
+        if question not in found:
+            answers.append(None)
+            continue
+        project_id, pass_id, new = found[question]
+        key = (project_id, pass_id, a.device_library_identifier)
+        answers.append(Registered(project_id, pass_id, new and key not in seen))
+        seen.add(key)  # the same device again in this group is not new
+    return answers
+
+
+def _digest(token: str) -> str:
+    return hashlib.md5(token.encode(), usedforsecurity=False).hexdigest()
