@@ -12,7 +12,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 from test_shared_content import apple_template
 
 from passpush.service.passkit import PassKitCore, PassKitSettings, PassPackager
-from passpush.store.connectors import connect, connect_reads
+from passpush.store.connectors import connect, connect_standalone
 from passpush.v1 import passes_pb2 as ppb
 from passpush.v1 import passes_pb2_grpc
 
@@ -64,7 +64,7 @@ async def test_a_device_update_reads_the_database_once(
     """After the serials query, downloading a pass it listed reads nothing more; a download
     with no serials query before it reads the pass as it is now."""
     await pass_with_content(passes, apple_certs)
-    reads = CountedSteps(connect_reads(engine))
+    reads = CountedSteps(connect_standalone(engine))
     core = PassKitCore(reads, sessions, connect(engine), PassPackager(PassKitSettings()))
     try:
         await core.register(TOPIC, "p1", DEVICE, token(0xD1), PASS_TOKEN)
@@ -100,7 +100,7 @@ async def test_devices_asking_at_once_are_read_together_on_postgresql(
         pytest.skip("SQLite's reads run one at a time on the event loop's thread")
     pass_ids = [f"p{i}" for i in range(1, 9)]
     await pass_with_content(passes, apple_certs, *pass_ids[1:])
-    reads = CountedSteps(connect_reads(engine))
+    reads = CountedSteps(connect_standalone(engine))
     core = PassKitCore(reads, sessions, connect(engine), PassPackager(PassKitSettings()))
     devices = {pass_id: f"{DEVICE[:-2]}{i:02x}" for i, pass_id in enumerate(pass_ids)}
     try:

@@ -11,7 +11,7 @@ import pytest
 from sqlalchemy import bindparam, select
 
 from passpush.service.read_batches import ReadBatches
-from passpush.store.connectors import connect_reads
+from passpush.store.connectors import connect_standalone
 from passpush.store.connectors.connector import Connector, Query, Steps
 from passpush.store.db import make_engine
 
@@ -36,7 +36,7 @@ class Echoes:
 @pytest.fixture
 async def reads(database_url: str) -> Connector:
     engine = make_engine(database_url)
-    connector = connect_reads(engine)
+    connector = connect_standalone(engine)
     yield connector  # type: ignore[misc]
     connector.close()
     await engine.dispose()

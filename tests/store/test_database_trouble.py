@@ -28,7 +28,7 @@ from passpush.app import Application
 from passpush.delivery.apple.gateway import ApnsGateway
 from passpush.delivery.worker import WorkerSettings
 from passpush.http.app import HttpServer, create_app
-from passpush.store.connectors import connect, connect_reads
+from passpush.store.connectors import connect, connect_standalone
 from passpush.store.connectors.connector import Query, Steps
 from passpush.store.db import make_engine, make_sessions
 from passpush.store.faults import DATABASE_ERRORS, is_passing_trouble, write_check
@@ -223,7 +223,7 @@ async def test_a_connection_whose_end_has_not_arrived_yet_is_passing_trouble(
     new connection."""
     async with _ClosesHeldBack(database_url).running() as proxy:
         engine = make_engine(proxy.url)
-        reads, transactions = connect_reads(engine), connect(engine)
+        reads, transactions = connect_standalone(engine), connect(engine)
         try:
             await reads.run(oldest_open_write)
             await transactions.run(write_check)

@@ -38,7 +38,7 @@ from passpush.service.status import (
     TicketWatch,
 )
 from passpush.store.checkpoints import wal_checkpoints
-from passpush.store.connectors import connect, connect_reads
+from passpush.store.connectors import connect, connect_standalone
 from passpush.store.connectors.session import run_on_session
 from passpush.store.db import make_read_engine, make_sessions, sqlite_file
 from passpush.store.faults import DATABASE_ERRORS, error_code
@@ -174,7 +174,7 @@ class Application:
         self.fetches = FetchBatcher(self.fetch_recorder.record)
         # The PassKit web service: the HTTP server's device routes call it in-process.
         self.passkit = PassKitCore(
-            connect_reads(engine),
+            connect_standalone(engine),
             sessions,
             transactions,
             packager,

@@ -23,7 +23,7 @@ from passpush.database_checks import DatabaseUnusable, open_migrated
 from passpush.domain.clock import utcnow
 from passpush.domain.errors import DomainError
 from passpush.service.passkit import PassKitCore, PassKitSettings, PassPackager
-from passpush.store.connectors import connect, connect_reads
+from passpush.store.connectors import connect, connect_standalone
 from passpush.store.db import make_engine, make_sessions
 from passpush.tls import ServerTls, load_server_tls
 
@@ -222,7 +222,7 @@ async def serve_http(settings: Settings, shared: tuple[int, int, int], grpc_targ
     parent = await ParentPipe.open()
     registrar = ParentRegistrar(parent)
     passkit = PassKitCore(
-        connect_reads(engine),
+        connect_standalone(engine),
         sessions,
         connect(engine),
         PassPackager(PassKitSettings(settings.passkit_url, signing)),

@@ -4,7 +4,7 @@ return only what the service needs to authenticate the device and answer it).
 
 They are steps (store/connectors/): each device request is one indexed read at most (a
 download after the serials query that listed its pass none: service/listed_passes.py), run
-by `connect_reads`, which through a session cost more than the HTTP request around them.
+by `connect_standalone`, which through a session cost more than the HTTP request around them.
 On PostgreSQL many devices' questions are read at once (`*_each`: store/asked_at_once.py).
 Registrations are written many at once (store/registration_writes.py).
 """

@@ -8,7 +8,7 @@ from collections.abc import Callable
 import pytest
 from sqlalchemy import TextClause, text
 
-from passpush.store.connectors import connect, connect_reads
+from passpush.store.connectors import connect, connect_standalone
 from passpush.store.connectors.connector import ByDialect, Query, Steps, on_postgresql
 from passpush.store.db import make_engine
 
@@ -36,7 +36,7 @@ def _steps() -> Steps[list[object]]:
 
 async def test_each_connector_runs_its_databases_statements(database_url: str) -> None:
     engine = make_engine(database_url)
-    transactions, reads = connect(engine), connect_reads(engine)
+    transactions, reads = connect(engine), connect_standalone(engine)
     try:
         postgresql = engine.dialect.name == "postgresql"
         assert transactions.dialect == reads.dialect == engine.dialect.name

@@ -7,7 +7,7 @@ import uuid
 import asyncpg  # type: ignore[import-untyped]
 from sqlalchemy import text
 
-from passpush.store.connectors import connect_reads
+from passpush.store.connectors import connect_standalone
 from passpush.store.connectors.connector import Query, Steps
 from passpush.store.db import asyncpg_dsn, make_engine
 
@@ -25,7 +25,7 @@ async def test_a_read_connection_goes_back_to_the_pool_without_another_statement
         return rows[0][0]
 
     engine = make_engine(postgres_url)
-    reads = connect_reads(engine)
+    reads = connect_standalone(engine)
     observer = await asyncpg.connect(asyncpg_dsn(postgres_url))
     try:
         assert await reads.run(read) == marker

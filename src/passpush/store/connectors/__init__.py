@@ -29,15 +29,15 @@ def connect(engine: AsyncEngine) -> Connector:
     return SessionConnector(engine)  # an in-memory database: only its own connection sees it
 
 
-def connect_reads(engine: AsyncEngine) -> Connector:
-    """The connector that runs read-only steps outside any transaction: each statement reads
-    its own snapshot. For the PassKit web service, whose every request is a read or two by
-    primary key or index: through SQLAlchemy's session each one cost more than the HTTP
-    request around it."""
+def connect_standalone(engine: AsyncEngine) -> Connector:
+    """The connector that runs statements each on its own, outside any transaction block:
+    a read sees its own snapshot, a write commits alone (PostgreSQL; on SQLite it only
+    reads). For the PassKit web service, whose every request is a statement or two by key:
+    through SQLAlchemy's session each one cost more than the HTTP request around it."""
     if engine.dialect.name == "postgresql":
-        from passpush.store.connectors.postgresql import AsyncpgReadConnector
+        from passpush.store.connectors.postgresql import AsyncpgStandaloneConnector
 
-        return AsyncpgReadConnector(engine)
+        return AsyncpgStandaloneConnector(engine)
     if database := sqlite_file(engine):
         from passpush.store.connectors.sqlite import SqliteReadConnector
 

@@ -96,10 +96,12 @@ class AsyncpgConnector:
         pass
 
 
-class AsyncpgReadConnector:
-    """Reads on asyncpg connections of their own, outside any transaction block (one round
-    trip a statement): checking a connection out of SQLAlchemy's pool and back, through its
-    greenlets, cost more than the indexed read itself. Their plans are kept (`plan_cache_mode
+class AsyncpgStandaloneConnector:
+    """Statements on asyncpg connections of their own, outside any transaction block (one
+    round trip a statement): reads, each of its own snapshot, and writes of one statement,
+    each committed alone (a registration group). Checking a connection out of SQLAlchemy's
+    pool and back, through its greenlets, cost more than the indexed read itself. Their
+    plans are kept (`plan_cache_mode
     = force_generic_plan`, where the server's other connections plan each execution): these
     are a device's lookups by key, planned anew each time they ran at 2,600 serials
     queries/s, kept 4,500/s (device-pull --quick, 2026-12-03). Forced, not left to `auto`:
@@ -131,7 +133,8 @@ class AsyncpgReadConnector:
             return await self._read(pool, make)
         except _LostConnection:
             # The server ended this connection, most likely every other one too (a restart,
-            # a failover): they are all replaced, and a read is safe to do again.
+            # a failover): they are all replaced, and the statement is safe to run again (a
+            # read; an upsert of registrations, at worst one then told not new).
             await pool.expire_connections()
         try:
             return await self._read(pool, make)
