@@ -128,6 +128,12 @@ def parse(argv: Sequence[str] | None) -> tuple[list[str], Options, bool]:
         "or one `serve` (all)",
     )
     parser.add_argument(
+        "--storm-client",
+        choices=["idle", "normal"],
+        help="device-pull: the load client's scheduling class while it fetches beside the "
+        "storm's Sends (idle, the default: it stands in for devices elsewhere)",
+    )
+    parser.add_argument(
         "--containment-roles",
         choices=["all", "split"],
         help="containment: passpush as one `serve` (all, the default) or as `serve --role api` "
@@ -196,6 +202,8 @@ def parse(argv: Sequence[str] | None) -> tuple[list[str], Options, bool]:
         values["accept_roles"] = roles
     if roles := given("containment_roles"):
         values["containment_roles"] = roles
+    if storm_client := given("storm_client"):
+        values["storm_client"] = storm_client
     values["keep"] = given("keep") not in (None, "0", "false", "False")
     options = dataclasses.replace(base, **values)  # type: ignore[arg-type]
     return args.names or list(BENCHMARKS), options, args.strict

@@ -89,8 +89,11 @@ async def run_devices(
     stop: asyncio.Event | None = None,
     within: float = 900.0,
     connections: int = CONNECTIONS,
+    idle_class: bool = False,
 ) -> DevicesReport:
-    """Runs the devices in `mode` over `connections`, `rounds` times each (0: until `stop`)."""
+    """Runs the devices in `mode` over `connections`, `rounds` times each (0: until `stop`);
+    in Linux's idle scheduling class if `idle_class` (it then takes only CPU that no other
+    process wants)."""
     connections = max(1, min(connections, len(devices)))
     run = workdir / f"devices-{mode}-{next(_RUNS)}"
     devices_file = run.with_suffix(".devices")
@@ -103,6 +106,8 @@ async def run_devices(
     assert url.scheme == "http" and url.hostname and url.port, f"not http://host:port: {base_url}"
     command = [str(client()), url.hostname, str(url.port), mode, str(devices_file), prefix]
     command += [pass_type, str(rounds), str(connections), str(run)]
+    if idle_class:
+        command = ["chrt", "--idle", "0", *command]
     child = await Child.start(f"devices-{mode}", command, run.with_suffix(".log"))
     try:
         if rounds == 0:

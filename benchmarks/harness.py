@@ -293,6 +293,8 @@ class Options:
     pull_passes: int = 5_000  # device-pull: passes with content, a device each, fetching
     pull_storm_passes: int = 5_000  # device-pull: the second template's broadcast
     pull_connections: int = 16  # device-pull: the devices' keep-alive connections
+    # device-pull: the load client's scheduling class beside the storm's Sends (idle, normal)
+    storm_client: str = "idle"
     shared_passes: int = 100_000  # shared-content: passes imported with and without content
     import_passes: int = 1_000_000  # import: passes imported through the API, a device each
     google_passes: int = 100_000  # google-broadcast: holders of one Google class
