@@ -334,6 +334,7 @@ class PassKitCore:
             *check_push_token("pushToken", push_token),
         ]
         if self._holders is not None and not problems:
+            # PostgreSQL: the statement that writes the registration checks the token.
             token = _token_for(pass_type_identifier, serial_number, authentication_token)
             registered = await self._holders.register(
                 HeldRegistration(
@@ -346,25 +347,26 @@ class PassKitCore:
             )
             if registered is None:
                 raise Unauthenticated(_UNAUTHENTICATED)
-            project_id, pass_id, created = registered.project_id, registered.pass_id, registered.new
         else:
             # A device that cannot prove it holds the pass learns nothing of its input.
             named = await self._authenticate(
                 pass_type_identifier, serial_number, authentication_token
             )
             raise_if_any(problems)
-            project_id, pass_id = named.project_id, named.pass_id
-            created = await self._registrar.register(
-                NewRegistration(project_id, pass_id, device_library_identifier, push_token)
+            new = await self._registrar.register(
+                NewRegistration(
+                    named.project_id, named.pass_id, device_library_identifier, push_token
+                )
             )
+            registered = Registered(named.project_id, named.pass_id, new)
         log.debug(
             "PassKit: device %s… %s for pass %s of project %s",
             device_library_identifier[:8],
-            "registered" if created else "registered again",
-            pass_id,
-            project_id,
+            "registered" if registered.new else "registered again",
+            registered.pass_id,
+            registered.project_id,
         )
-        return created
+        return registered.new
 
     def write_registration(self, registration: NewRegistration) -> asyncio.Future[bool]:
         """Writes a registration another process authenticated and checked (an HTTP
