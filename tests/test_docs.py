@@ -79,3 +79,15 @@ def test_no_doc_points_outside_the_repository(path: Path) -> None:
     text = path.read_text()
     assert "DESIGN.md" not in text
     assert "../shared" not in text
+
+
+def test_no_source_file_points_outside_the_repository() -> None:
+    """The code's comments name the vendors' references, not copies outside the repo."""
+    outside = ("DESIGN.md", "STYLE.md", "../shared", "vendor-apis/")
+    found = [
+        f"{path.relative_to(ROOT)}: {name}"
+        for path in sorted((ROOT / "src").rglob("*.py"))
+        for name in outside
+        if name in path.read_text()
+    ]
+    assert not found

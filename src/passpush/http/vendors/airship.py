@@ -1,6 +1,6 @@
 """Airship Wallet: send and delete pass notifications, and read tickets.
 
-Routes as in vendor-apis/airship-wallet-push-notifications.md: POST and DELETE
+Routes as in Airship Wallet's Push Notifications reference: POST and DELETE
 `.../notify` on a pass, a pass by template and external id, a segment, a tag and a
 template (by id or `id/{templateExternalId}`); each answers `200 {"ticketId": n}`.
 """

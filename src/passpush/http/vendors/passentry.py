@@ -1,8 +1,9 @@
 """PassEntry: a notification on one pass, and wallet messaging batches of an entity.
 
-Routes as in vendor-apis/passentry-*.txt, answering JSON:API documents. A batch sent
-now is a ticket (its id is the ticket's number); a batch with `scheduledAt` is a
-scheduled notification (its id is the schedule's).
+Routes as in PassEntry's API reference (pass notification, entity wallet messaging),
+answering JSON:API documents. A batch sent now is a ticket (its id is the ticket's
+number); a batch with `scheduledAt` is a scheduled notification (its id is the
+schedule's).
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """WalletWerk campaigns: send now, schedule, list, read and cancel campaign notifications.
 
-Routes as in vendor-apis/walletwerk-campaign-notifications.txt. Answers are
+Routes as in WalletWerk's Notifications API reference (campaigns). Answers are
 `{"success": true, "data": ...}`, errors `{"success": false, "error": {"code", "message"}}`;
 over the campaign's cap the server's RESOURCE_EXHAUSTED becomes 429
 NOTIFICATION_LIMIT_EXCEEDED. A campaigns:write / campaigns:read key is enough
