@@ -8,6 +8,7 @@ import asyncio
 
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
+from sqlalchemy.orm import InstrumentedAttribute
 
 from passpush.app import Application
 from passpush.domain.clock import utcnow
@@ -21,6 +22,21 @@ from passpush.v1 import passes_pb2 as ppb
 from passpush.v1 import passes_pb2_grpc
 
 from support import TOPIC, CountedSteps, channel_with_key, token, upsert
+
+
+async def push_tokens(
+    sessions: async_sessionmaker[AsyncSession], owner: InstrumentedAttribute[str]
+) -> dict[str, str]:
+    """Each registration's push token, by `owner` (its pass or its project) and device."""
+    async with sessions() as session:
+        rows = await session.execute(
+            select(
+                owner,
+                DeviceRegistrationRow.device_library_identifier,
+                DeviceRegistrationRow.push_token,
+            )
+        )
+    return {f"{key}/{device}": push for key, device, push in rows}
 
 
 async def test_registrations_arriving_together_are_each_told_whether_they_are_new(
@@ -62,15 +78,7 @@ async def test_registrations_arriving_together_are_each_told_whether_they_are_ne
         written_together = transactions.statements - written_before
     finally:
         transactions.close()
-    async with sessions() as session:
-        rows = await session.execute(
-            select(
-                DeviceRegistrationRow.pass_id,
-                DeviceRegistrationRow.device_library_identifier,
-                DeviceRegistrationRow.push_token,
-            )
-        )
-        tokens = {f"{pass_id}/{device}": push for pass_id, device, push in rows}
+    tokens = await push_tokens(sessions, DeviceRegistrationRow.pass_id)
 
     assert before is True
     assert together == [True, True, False, False, True]
@@ -134,15 +142,7 @@ async def test_registrations_check_their_tokens_in_the_statement_that_writes_the
         )
     finally:
         await core.close()
-    async with sessions() as session:
-        rows = await session.execute(
-            select(
-                DeviceRegistrationRow.project_id,
-                DeviceRegistrationRow.device_library_identifier,
-                DeviceRegistrationRow.push_token,
-            )
-        )
-        written = {f"{project}/{device}": push for project, device, push in rows}
+    written = await push_tokens(sessions, DeviceRegistrationRow.project_id)
 
     assert answers == [True, True, "refused", False, True]
     assert written == {
