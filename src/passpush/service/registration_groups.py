@@ -34,12 +34,12 @@ class RegistrationGroups(Generic[R, A]):
 
     def __init__(
         self,
-        transactions: Connector,
+        connector: Connector,
         write: Callable[[Sequence[R], datetime], Steps[list[A]]],
         *,
         clock: Clock,
     ) -> None:
-        self._transactions = transactions
+        self._connector = connector
         self._write_group = write
         self._clock = clock
         self._waiting: list[tuple[R, asyncio.Future[A]]] = []
@@ -66,7 +66,7 @@ class RegistrationGroups(Generic[R, A]):
     async def _write(self, group: Sequence[tuple[R, asyncio.Future[A]]]) -> None:
         registrations = [registration for registration, _ in group]
         try:
-            answers = await self._transactions.run(
+            answers = await self._connector.run(
                 lambda: self._write_group(registrations, self._clock()),
                 brief=len(group) <= BRIEF_MAX,
                 one_statement=True,

@@ -101,20 +101,20 @@ class AsyncpgStandaloneConnector:
     round trip a statement): reads, each of its own snapshot, and writes of one statement,
     each committed alone (a registration group). Checking a connection out of SQLAlchemy's
     pool and back, through its greenlets, cost more than the indexed read itself. Their
-    plans are kept (`plan_cache_mode
-    = force_generic_plan`, where the server's other connections plan each execution): these
-    are a device's lookups by key, planned anew each time they ran at 2,600 serials
-    queries/s, kept 4,500/s (device-pull --quick, 2026-12-03). Forced, not left to `auto`:
-    with arrays of unknown length, the generic plan of a read of many devices' questions at
-    once (store/passkit.py, `_each_asked`) is estimated dearer, so `auto` planned it anew
-    each time, which cost PostgreSQL 0.22 ms a question in twos against 0.05 ms kept
-    (2026-12-04). The statistics the server keeps fresh replan them as the tables grow."""
+    plans are kept (`plan_cache_mode = force_generic_plan`, where the server's other
+    connections plan each execution): these are a device's lookups by key, planned anew
+    each time they ran at 2,600 serials queries/s, kept 4,500/s (device-pull --quick,
+    2026-12-03). Forced, not left to `auto`: with arrays of unknown length, the generic
+    plan of a read of many devices' questions at once (store/passkit.py, `_each_asked`) is
+    estimated dearer, so `auto` planned it anew each time, which cost PostgreSQL 0.22 ms a
+    question in twos against 0.05 ms kept (2026-12-04). The statistics the server keeps
+    fresh replan them as the tables grow."""
 
     dialect = "postgresql"
     # Each connection is a PostgreSQL process that works for the devices at the same
-    # priority as the Sends' own (the HTTP processes are niced; these cannot be). With ten
-    # a process, a fetch storm kept up to twenty of them busy and a one-pass Send's seven
-    # round trips each waited behind them: its p99 went 6 to 12 times its idle figure
+    # priority as the Sends' own (the HTTP processes are in the idle class; these cannot
+    # be). With ten a process, a fetch storm kept up to twenty of them busy and a one-pass
+    # Send's round trips each waited behind them: its p99 went 6 to 12 times its idle figure
     # (device-pull, 2026-12-04). Two a process cut that to 1.9-3.6 times and fetched as fast:
     # a device's reads are brief, and one process's reads share its one core anyway.
     MAX_CONNECTIONS = 2
