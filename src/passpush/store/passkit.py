@@ -71,7 +71,9 @@ class NamedPass:
 
 # The Apple passes with that pass type and serial number: one, unless projects share a
 # pass type (each pass's own token then tells them apart).
-def _named(columns: Select[*Ts], pass_type_identifier: Any, serial_number: Any) -> Select[*Ts]:
+def apple_passes_named(
+    columns: Select[*Ts], pass_type_identifier: Any, serial_number: Any
+) -> Select[*Ts]:
     """`columns` of the passes with that pass type and serial number (and their template)."""
     return (
         columns.join(TemplateRow, _TEMPLATE_OF_PASS)
@@ -92,13 +94,15 @@ _NAMED_COLUMNS = select(
     PassRow.updated_at,
     _HAS_CONTENT,
 )
-_PASSES_NAMED = _named(
+_PASSES_NAMED = apple_passes_named(
     _NAMED_COLUMNS, bindparam("pass_type_identifier"), bindparam("serial_number")
 )
 _NAMES_ASKED = unnested(pass_type_identifier=String(), serial_number=String())
 _PASSES_NAMED_EACH = each_asked(
     _NAMES_ASKED,
-    _named(_NAMED_COLUMNS, _NAMES_ASKED.c.pass_type_identifier, _NAMES_ASKED.c.serial_number),
+    apple_passes_named(
+        _NAMED_COLUMNS, _NAMES_ASKED.c.pass_type_identifier, _NAMES_ASKED.c.serial_number
+    ),
 )
 
 
@@ -169,7 +173,7 @@ _PACKAGE_OF_PASS = _PACKAGE_COLUMNS.join(TemplateRow, _TEMPLATE_OF_PASS).where(
     PassRow.project_id == bindparam("project_id"), PassRow.id == bindparam("pass_id")
 )
 # A device's download reads the pass it names and what its package is made of at once.
-_PACKAGES_NAMED = _named(
+_PACKAGES_NAMED = apple_passes_named(
     _PACKAGE_COLUMNS, bindparam("pass_type_identifier"), bindparam("serial_number")
 )
 

@@ -15,13 +15,13 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import Insert, String, bindparam, select, text, true
+from sqlalchemy import Insert, Select, String, and_, bindparam, func, select, text, true
 from sqlalchemy.dialects import postgresql, sqlite
 
-from passpush.domain.model import Platform
-from passpush.store.asked_at_once import unnested
+from passpush.store.asked_at_once import each_asked, unnested
 from passpush.store.connectors.connector import ByDialect, Query, Steps
-from passpush.store.models import DeviceRegistrationRow
+from passpush.store.models import DeviceRegistrationRow, PassRow
+from passpush.store.passkit import apple_passes_named
 
 
 @dataclass(frozen=True)
@@ -87,10 +87,15 @@ def _upsert_registrations_from_arrays() -> Insert:
     """PostgreSQL: registrations given as arrays, upserted in one execution (an
     executemany, or a pipeline of statements, executes once a row)."""
     asked = unnested(project_id=String(), pass_id=String(), device=String(), push_token=String())
-    now = bindparam("now", type_=DeviceRegistrationRow.created_at.type)
-    rows = select(
-        asked.c.project_id, asked.c.pass_id, asked.c.device, asked.c.push_token, true(), now, now
+    return _upserted(
+        select(asked.c.project_id, asked.c.pass_id, asked.c.device, asked.c.push_token)
     )
+
+
+def _upserted(rows: Select[Any]) -> Insert:
+    """PostgreSQL: the registrations `rows` give (project_id, pass_id, device, push_token),
+    upserted at the bound time `now`, RETURNING which registration and when first made."""
+    now = bindparam("now", type_=DeviceRegistrationRow.created_at.type)
     statement = postgresql.insert(DeviceRegistrationRow).from_select(
         [
             "project_id",
@@ -101,7 +106,7 @@ def _upsert_registrations_from_arrays() -> Insert:
             "created_at",
             "updated_at",
         ],
-        rows,
+        rows.add_columns(true(), now, now),
     )
     return _renewing(statement).returning(*_REGISTERED)
 
@@ -214,39 +219,48 @@ def _registering(registrations: Sequence[NewRegistration], now: datetime, dialec
     )
 
 
-# PostgreSQL: the devices' registrations, each written only for the pass it names whose
-# token the device gave (the first by project and id, when projects share a pass type), in
-# one statement; each row the question's number, its pass, and whether it is new. Tokens
-# are compared as MD5 digests, so that how long a comparison takes tells nothing about the
-# token. The same device twice: its last push token is written (PostgreSQL refuses to upsert
-# a row twice in one statement).
-_REGISTER_HOLDERS = text(
-    "WITH asked AS ("
-    " SELECT * FROM unnest(CAST(:pass_types AS text[]), CAST(:serials AS text[]),"
-    " CAST(:token_digests AS text[]), CAST(:devices AS text[]), CAST(:push_tokens AS text[]))"
-    " WITH ORDINALITY AS a (pass_type, serial, token_digest, device, push_token, question)),"
-    " held AS ("
-    " SELECT asked.question, asked.device, asked.push_token, named.project_id, named.pass_id"
-    " FROM asked CROSS JOIN LATERAL ("
-    " SELECT p.project_id, p.id AS pass_id FROM passes AS p JOIN templates AS t"
-    " ON t.project_id = p.project_id AND t.id = p.template_id AND t.platform = :apple"
-    " WHERE p.serial_number = asked.serial AND t.pass_type_identifier = asked.pass_type"
-    " AND md5(p.authentication_token) = asked.token_digest"
-    " ORDER BY p.project_id, p.id LIMIT 1) AS named),"
-    " written AS ("
-    " INSERT INTO device_registrations AS r (project_id, pass_id, device_library_identifier,"
-    " push_token, active, created_at, updated_at)"
-    " SELECT DISTINCT ON (project_id, pass_id, device) project_id, pass_id, device,"
-    " push_token, true, CAST(:now AS timestamp), CAST(:now AS timestamp) FROM held"
-    " ORDER BY project_id, pass_id, device, question DESC"
-    " ON CONFLICT (project_id, pass_id, device_library_identifier) DO UPDATE"
-    " SET push_token = excluded.push_token, active = true, updated_at = excluded.updated_at"
-    " RETURNING project_id, pass_id, device_library_identifier,"
-    " created_at = CAST(:now AS timestamp) AS new)"
-    " SELECT held.question, held.project_id, held.pass_id, written.new FROM held"
-    " JOIN written ON written.project_id = held.project_id AND written.pass_id = held.pass_id"
-    " AND written.device_library_identifier = held.device"
-)
+def _register_holders() -> Select[Any]:
+    """PostgreSQL: the devices' registrations, each written only for the pass it names
+    whose token the device gave (the first by project and id, when projects share a pass
+    type), in one statement; each row the question's number, its pass, and whether its
+    registration is new. Tokens are compared as MD5 digests, so that how long a
+    comparison takes tells nothing about the token. The same device twice: its last push
+    token is written (PostgreSQL refuses to upsert a row twice in one statement)."""
+    asked = unnested(
+        pass_type=String(),
+        serial=String(),
+        token_digest=String(),
+        device=String(),
+        push_token=String(),
+    )
+    held_pass = apple_passes_named(
+        select(PassRow.project_id, PassRow.id.label("pass_id")), asked.c.pass_type, asked.c.serial
+    ).where(func.md5(PassRow.authentication_token) == asked.c.token_digest)
+    held = (
+        each_asked(asked, held_pass.limit(1))
+        .add_columns(asked.c.device, asked.c.push_token)
+        .cte("held")
+    )
+    key = (held.c.project_id, held.c.pass_id, held.c.device)
+    written = _upserted(
+        select(*key, held.c.push_token)
+        .ext(postgresql.distinct_on(*key))
+        .order_by(*key, held.c.question.desc())
+    ).cte("written")
+    # An upsert keeps the first registration's created_at: new ones have this one's.
+    new = written.c.created_at == bindparam("now", type_=DeviceRegistrationRow.created_at.type)
+    return select(held.c.question, held.c.project_id, held.c.pass_id, new).join_from(
+        held,
+        written,
+        and_(
+            written.c.project_id == held.c.project_id,
+            written.c.pass_id == held.c.pass_id,
+            written.c.device_library_identifier == held.c.device,
+        ),
+    )
+
+
+_REGISTER_HOLDERS = _register_holders()
 
 
 def register_holders(
@@ -258,13 +272,12 @@ def register_holders(
     rows = yield Query(
         _REGISTER_HOLDERS,
         {
-            "pass_types": [a.pass_type_identifier for a in asked],
-            "serials": [a.serial_number for a in asked],
-            "token_digests": [_digest(a.authentication_token) for a in asked],
-            "devices": [a.device_library_identifier for a in asked],
-            "push_tokens": [a.push_token for a in asked],
-            "apple": Platform.APPLE.value,
-            "now": now.astimezone(UTC).replace(tzinfo=None),  # stored naive UTC
+            "pass_type": [a.pass_type_identifier for a in asked],
+            "serial": [a.serial_number for a in asked],
+            "token_digest": [_digest(a.authentication_token) for a in asked],
+            "device": [a.device_library_identifier for a in asked],
+            "push_token": [a.push_token for a in asked],
+            "now": now,
         },
     )
     found = {question: (project_id, pass_id, new) for question, project_id, pass_id, new in rows}
