@@ -12,10 +12,10 @@ import functools
 import hashlib
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Insert, Select, String, and_, bindparam, func, select, text, true
+from sqlalchemy import Insert, Select, String, and_, bindparam, func, select, true
 from sqlalchemy.dialects import postgresql, sqlite
 
 from passpush.store.asked_at_once import each_asked, unnested
@@ -92,9 +92,9 @@ def _upsert_registrations_from_arrays() -> Insert:
     )
 
 
-def _upserted(rows: Select[Any]) -> Insert:
+def _upserted(rows: Select[Any], *, returning: bool = True) -> Insert:
     """PostgreSQL: the registrations `rows` give (project_id, pass_id, device, push_token),
-    upserted at the bound time `now`, RETURNING which registration and when first made."""
+    upserted at the bound time `now` (RETURNING which registration and when first made)."""
     now = bindparam("now", type_=DeviceRegistrationRow.created_at.type)
     statement = postgresql.insert(DeviceRegistrationRow).from_select(
         [
@@ -108,7 +108,8 @@ def _upserted(rows: Select[Any]) -> Insert:
         ],
         rows.add_columns(true(), now, now),
     )
-    return _renewing(statement).returning(*_REGISTERED)
+    upsert = _renewing(statement)
+    return upsert.returning(*_REGISTERED) if returning else upsert
 
 
 def _renewing(statement: Any) -> Insert:
@@ -131,16 +132,17 @@ _RENEW_REGISTRATION = ByDialect(
 )
 
 
-# PostgreSQL: from arrays, in one execution (an executemany executes once a row).
-_RENEW_REGISTRATIONS_FROM_ARRAYS = text(
-    "INSERT INTO device_registrations AS r (project_id, pass_id, device_library_identifier,"
-    " push_token, active, created_at, updated_at)"
-    " SELECT :project_id, v.*, true, CAST(:now AS timestamp), CAST(:now AS timestamp)"
-    " FROM unnest(CAST(:pass_ids AS text[]), CAST(:devices AS text[]),"
-    " CAST(:push_tokens AS text[])) AS v"
-    " ON CONFLICT (project_id, pass_id, device_library_identifier) DO UPDATE"
-    " SET push_token = excluded.push_token, active = true, updated_at = excluded.updated_at"
-)
+def _renew_registrations_from_arrays() -> Insert:
+    """PostgreSQL: one project's registrations given as arrays, upserted in one execution
+    (an executemany executes once a row), nothing returned."""
+    asked = unnested(pass_id=String(), device=String(), push_token=String())
+    project_id = bindparam("project_id", type_=String())
+    return _upserted(
+        select(project_id, asked.c.pass_id, asked.c.device, asked.c.push_token), returning=False
+    )
+
+
+_RENEW_REGISTRATIONS_FROM_ARRAYS = _renew_registrations_from_arrays()
 
 
 def renew_registrations(
@@ -162,10 +164,10 @@ def _renewal(
         _RENEW_REGISTRATIONS_FROM_ARRAYS,
         {
             "project_id": project_id,
-            "pass_ids": [r.pass_id for r in last.values()],
-            "devices": [r.device_library_identifier for r in last.values()],
-            "push_tokens": [r.push_token for r in last.values()],
-            "now": now.astimezone(UTC).replace(tzinfo=None),  # stored naive UTC
+            "pass_id": [r.pass_id for r in last.values()],
+            "device": [r.device_library_identifier for r in last.values()],
+            "push_token": [r.push_token for r in last.values()],
+            "now": now,
         },
     )
 
