@@ -439,10 +439,10 @@ class CountedSteps:
         self.statements = 0
 
     async def run(
-        self, make: Callable[[], Steps[T]], *, brief: bool = False, one_statement: bool = False
+        self, make: Callable[[], Steps[T]], *, brief: bool = False, one_write: bool = False
     ) -> T:
         return await self._connector.run(
-            lambda: self._counted(make()), brief=brief, one_statement=one_statement
+            lambda: self._counted(make()), brief=brief, one_write=one_write
         )
 
     def _counted(self, steps: Steps[T]) -> Generator[Any, Any, T]:

@@ -261,6 +261,8 @@ async def test_a_send_whose_connection_is_ended_mid_transaction_answers_unavaila
             async with asyncio.timeout(10):
                 while not ended:
                     await asyncio.sleep(0.01)
+                    # pg_stat_activity is read once a transaction unless told otherwise.
+                    await connection.execute(text("SELECT pg_stat_clear_snapshot()"))
                     ended = await connection.scalar(
                         text(
                             "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity"

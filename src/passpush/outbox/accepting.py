@@ -13,9 +13,9 @@ from collections.abc import Callable, Hashable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from itertools import groupby
-from typing import Any, Protocol, TypeVar
+from typing import Any, Generic, Protocol, TypeVar
 
-from sqlalchemy import and_, bindparam, insert
+from sqlalchemy import and_, insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from passpush.domain.errors import AlreadyExists, NotFound
@@ -37,14 +37,16 @@ from passpush.outbox.events import skipped_events
 from passpush.outbox.fanout_chunks import FANOUT_CHUNK, fan_out_chunk
 from passpush.outbox.ticket_writes import (
     DELIVERY_COLUMNS,
+    ONE_PASS,
     PASS_CHANGE_PARAMS,
     as_params,
     deliveries_of,
     pass_change,
     update_active_passes,
 )
+from passpush.outbox.whole_tickets import WHOLE_TICKET, whole_ticket_params
 from passpush.store.audience import Audience, pass_targets
-from passpush.store.connectors.connector import ByDialect, Query, Steps
+from passpush.store.connectors.connector import ByDialect, Connector, Query, Steps
 from passpush.store.connectors.session import run_on_session
 from passpush.store.db import one_of
 from passpush.store.models import DeliveryRow, PassRow, TicketRow, table_of
@@ -78,25 +80,79 @@ R = TypeVar("R", bound=Request)
 Accepted = Ticket | PriorTicket | Exception
 
 
+async def accept_group(
+    transactions: Connector,
+    standalone: Connector,
+    group: Sequence[R],
+    clock: Callable[[], datetime],
+) -> dict[R, Accepted]:
+    """Accepts Sends and Deletes to one pass each (PassTarget): a few statements for the
+    whole group. `clock` is read once the group's reads are done: the tickets' creation
+    time.
+
+    SQLite: one transaction on `transactions`. PostgreSQL: three reads, each alone, on
+    `transactions` (planned with their values: the tickets a retry is looked for in grow
+    from nothing), then one write on `standalone`, whose connections keep its plan
+    (whole_tickets.py): four round trips in all.
+    """
+    if transactions.dialect != "postgresql":
+        return await transactions.run(lambda: accept_one_pass_each(group, clock))
+    read = await transactions.run(lambda: _read_group(group), one_write=True)
+    written = await standalone.run(
+        lambda: whole_one_pass_tickets(read.new_tickets, read.drafts, clock()), one_write=True
+    )
+    return read.answers_with(written)
+
+
 def accept_one_pass_each(
     group: Sequence[R], clock: Callable[[], datetime]
 ) -> Steps[dict[R, Accepted]]:
-    """Sends and Deletes to one pass each (PassTarget): a few statements for the whole group.
-    `clock` is read once the group's reads are done: the tickets' creation time."""
+    """accept_group's steps in one transaction (SQLite)."""
+    read = yield from _read_group(group)
+    now = clock()
+    written = yield from _write_one_pass_tickets(read.new_tickets, read.drafts, now)
+    yield from skipped_events([t.id for t in written if t.counts.skipped], now)
+    return read.answers_with(written)
+
+
+@dataclass
+class _ReadGroup(Generic[R]):
+    """What a group's reads decided: the answers known, the tickets to write (with their
+    deliveries-to-be), and the retries within the group of a request it writes."""
+
+    answers: dict[R, Accepted]
+    new: list[tuple[R, NewTicket]]
+    drafts: list[list[_Draft]]
+    retries: list[tuple[R, R]]
+
+    @property
+    def new_tickets(self) -> list[NewTicket]:
+        return [n for _, n in self.new]
+
+    def answers_with(self, written: list[Ticket]) -> dict[R, Accepted]:
+        answers = self.answers | dict(zip([r for r, _ in self.new], written, strict=True))
+        for retry, first in self.retries:
+            answers[retry] = (
+                answers[first] if retry.fingerprint == first.fingerprint else reused_request_id()
+            )
+        return answers
+
+
+def _read_group(group: Sequence[R]) -> Steps[_ReadGroup[R]]:
     answers: dict[R, Accepted] = {}
     # First: a retry answers its first ticket even if the target changed since.
     prior = yield from prior_tickets({r.key for r in group if r.request_id})
     targets = {(r.project_id, _pass_id(r)) for r in group}
     passes = yield from pass_targets(targets)
     first_in_group: dict[tuple[str, str], R] = {}
-    retries_in_group: list[tuple[R, R]] = []
+    retries: list[tuple[R, R]] = []
     new: list[tuple[R, NewTicket]] = []
     for r in group:
         if r.request_id and r.key in prior:
             answers[r] = retry_answer(r, prior[r.key])
             continue
         if r.request_id and r.key in first_in_group:
-            retries_in_group.append((r, first_in_group[r.key]))
+            retries.append((r, first_in_group[r.key]))
             continue
         pass_id = _pass_id(r)
         audience = passes.get((r.project_id, pass_id))
@@ -106,15 +162,8 @@ def accept_one_pass_each(
         if r.request_id:
             first_in_group[r.key] = r
         new.append((r, new_ticket(r, audience)))
-    now = clock()
-    created = yield from one_pass_tickets([n for _, n in new], now)
-    yield from skipped_events([t.id for t in created if t.counts.skipped], now)
-    answers.update(zip([r for r, _ in new], created, strict=True))
-    for retry, first in retries_in_group:
-        answers[retry] = (
-            answers[first] if retry.fingerprint == first.fingerprint else reused_request_id()
-        )
-    return answers
+    drafts = yield from _drafts_of([n for _, n in new])
+    return _ReadGroup(answers, new, drafts, retries)
 
 
 def new_ticket(r: Request, audience: Audience) -> NewTicket:
@@ -224,28 +273,24 @@ def one_pass_tickets(new: Sequence[NewTicket], now: datetime) -> Steps[list[Tick
 
     The few deliveries of all of them are read with one query first, so that each
     ticket goes in with its final counts: a batch is four statements whatever its size.
+    The events of what they skipped are the caller's to append (skipped_events).
     """
-    if not new:
-        return []
-    keys = {n.audience.key for n in new if n.audience.key is not None}
-    rows = yield Query(
-        _DELIVERIES_OF_PASSES,
-        {"projects": list({p for p, _ in keys}), "pass_ids": list({i for _, i in keys})},
-    )
-    drafts: dict[tuple[str, str], list[_Draft]] = {key: [] for key in keys}
-    for row in rows:
-        draft = _Draft(*row)
-        if (draft.project_id, draft.pass_id) in drafts:  # not a crossing of the two lists
-            drafts[(draft.project_id, draft.pass_id)].append(draft)
-    audiences = [drafts[n.audience.key] for n in new]  # type: ignore[index]
-    counts = [_counted(a) for a in audiences]
+    drafts = yield from _drafts_of(new)
+    return (yield from _write_one_pass_tickets(new, drafts, now))
+
+
+def _write_one_pass_tickets(
+    new: Sequence[NewTicket], drafts: Sequence[Sequence[_Draft]], now: datetime
+) -> Steps[list[Ticket]]:
+    """The tickets, their deliveries, and their passes' change: three statements."""
+    counts = [_counted(d) for d in drafts]
     inserted = yield Query.each(
         _INSERT_TICKET, [_ticket_values(n, c, now) for n, c in zip(new, counts, strict=True)]
     )
     ids = [row[0] for row in inserted]
     yield Query.many(
         _INSERT_DELIVERY,
-        [d.values(i, now) for i, a in zip(ids, audiences, strict=True) for d in a],
+        [d.values(i, now) for i, each in zip(ids, drafts, strict=True) for d in each],
     )
     yield Query.many(
         _UPDATE_ONE_PASS,
@@ -256,6 +301,50 @@ def one_pass_tickets(new: Sequence[NewTicket], now: datetime) -> Steps[list[Tick
         ],
     )
     return [_ticket_of(i, n, c, now) for i, n, c in zip(ids, new, counts, strict=True)]
+
+
+def whole_one_pass_tickets(
+    new: Sequence[NewTicket], drafts: Sequence[Sequence[_Draft]], now: datetime
+) -> Steps[list[Ticket]]:
+    """PostgreSQL: the same tickets, the events of what they skipped with them, each written
+    whole by one statement (whole_tickets.py), all of them as one pipelined write that
+    commits alone."""
+    counts = [_counted(d) for d in drafts]
+    inserted = yield Query.each(
+        WHOLE_TICKET,
+        [_whole_params(n, each, c, now) for n, each, c in zip(new, drafts, counts, strict=True)],
+    )
+    ids = [row[0] for row in inserted]
+    return [_ticket_of(i, n, c, now) for i, n, c in zip(ids, new, counts, strict=True)]
+
+
+def _whole_params(
+    n: NewTicket, drafts: Sequence[_Draft], counts: dict[str, int], now: datetime
+) -> dict[str, Any]:
+    assert n.audience.pass_id is not None  # a one-pass audience
+    return whole_ticket_params(
+        _ticket_values(n, counts, now),
+        n.audience.pass_id,
+        [(d.registration_id, d.platform, d.state, d.reason) for d in drafts],
+        pass_change(0, n.operation, n.content, now),
+    )
+
+
+def _drafts_of(new: Sequence[NewTicket]) -> Steps[list[list[_Draft]]]:
+    """Each one-pass ticket's deliveries-to-be, read with one query."""
+    keys = {n.audience.key for n in new if n.audience.key is not None}
+    if not keys:
+        return [[] for _ in new]
+    rows = yield Query(
+        _DELIVERIES_OF_PASSES,
+        {"projects": list({p for p, _ in keys}), "pass_ids": list({i for _, i in keys})},
+    )
+    drafts: dict[tuple[str, str], list[_Draft]] = {key: [] for key in keys}
+    for row in rows:
+        draft = _Draft(*row)
+        if (draft.project_id, draft.pass_id) in drafts:  # not a crossing of the two lists
+            drafts[(draft.project_id, draft.pass_id)].append(draft)
+    return [drafts[n.audience.key] for n in new]  # type: ignore[index]
 
 
 def _ticket_values(n: NewTicket, counts: dict[str, int] | None, now: datetime) -> dict[str, Any]:
@@ -323,8 +412,7 @@ def _ticket_of(ticket_id: int, n: NewTicket, counts: dict[str, int], now: dateti
 
 # The statements of tickets for one pass each, built once (parameters of_project, of_pass,
 # and new_* for the pass change).
-_ONE_PASS = and_(PassRow.project_id == bindparam("of_project"), PassRow.id == bindparam("of_pass"))
-_UPDATE_ONE_PASS = update_active_passes(_ONE_PASS, PASS_CHANGE_PARAMS)
+_UPDATE_ONE_PASS = update_active_passes(ONE_PASS, PASS_CHANGE_PARAMS)
 _INSERT_TICKET = insert(_tickets).returning(_tickets.c.id, sort_by_parameter_order=True)
 _INSERT_DELIVERY = insert(_deliveries)
 

@@ -7,7 +7,19 @@ from collections.abc import Collection
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import ColumnElement, Insert, and_, bindparam, case, func, insert, select
+from sqlalchemy import (
+    ColumnElement,
+    FromClause,
+    Insert,
+    Select,
+    and_,
+    bindparam,
+    case,
+    func,
+    insert,
+    select,
+    true,
+)
 
 from passpush.domain.model import DeliveryOutcome, DeliveryState
 from passpush.store.connectors.connector import ByDialect, Query, Steps
@@ -50,12 +62,27 @@ def _append_steps(statement: ByDialect[Insert] | Insert, params: dict[str, Any])
 
 def _append_statement(deliveries: ColumnElement[bool]) -> Insert:
     """INSERT ... SELECT of the events of the deliveries matching `deliveries`, in id order."""
-    d, r = DeliveryRow, DeviceRegistrationRow
+    rows = append_rows(table_of(DeliveryRow), deliveries)
+    return insert(_events).from_select(APPENDED_COLUMNS, rows)
+
+
+def append_rows(
+    deliveries: FromClause, where: ColumnElement[bool], *, after: FromClause | None = None
+) -> Select[Any]:
+    """The events (APPENDED_COLUMNS) of the rows of `deliveries` (the table, or the rows a
+    statement just inserted) matching `where`, in id order; joined to `after`'s one row when
+    given (what must be done before the events' sequence is drawn)."""
+    d, r = deliveries.c, DeviceRegistrationRow
     outcome = case(
         (d.state == DeliveryState.PENDING.value, DeliveryOutcome.RETRYING.value),
         else_=d.state,
     )
-    rows = (
+    source = deliveries.join(
+        PassRow, and_(PassRow.project_id == d.project_id, PassRow.id == d.pass_id)
+    ).outerjoin(r, r.id == d.registration_id)
+    if after is not None:
+        source = source.join(after, true())
+    return (
         select(
             d.project_id,
             d.ticket_id,
@@ -68,13 +95,10 @@ def _append_statement(deliveries: ColumnElement[bool]) -> Insert:
             d.attempts,
             bindparam("at", type_=DeliveryEventRow.created_at.type),
         )
-        .select_from(d)
-        .join(PassRow, and_(PassRow.project_id == d.project_id, PassRow.id == d.pass_id))
-        .outerjoin(r, r.id == d.registration_id)
-        .where(deliveries)
+        .select_from(source)
+        .where(where)
         .order_by(d.id)
     )
-    return insert(_events).from_select(APPENDED_COLUMNS, rows)
 
 
 _SKIPPED = DeliveryRow.state == DeliveryState.SKIPPED.value

@@ -72,6 +72,9 @@ PASS_CHANGE_PARAMS: dict[str, BindParameter[Any]] = {
     )
 }
 
+# The one pass a one-pass ticket changes (parameters of_project, of_pass).
+ONE_PASS = and_(PassRow.project_id == bindparam("of_project"), PassRow.id == bindparam("of_pass"))
+
 
 def pass_change(
     ticket_id: int, operation: Operation, content: Content | None, now: datetime

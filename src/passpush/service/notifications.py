@@ -30,14 +30,14 @@ from passpush.domain.validation import (
 )
 from passpush.outbox.accepting import (
     Accepted,
-    accept_one_pass_each,
+    accept_group,
     create_tickets,
     new_ticket,
     retry_answer,
 )
 from passpush.outbox.fanout_chunks import FANOUT_CHUNK
 from passpush.store.audience import resolve_audience
-from passpush.store.connectors import connect
+from passpush.store.connectors import connect, connect_standalone
 from passpush.store.connectors.session import run_on_session
 from passpush.store.faults import unavailable_from, write_check
 from passpush.store.schedules import reserve_campaign_place
@@ -86,6 +86,10 @@ class NotificationCore:
     ) -> None:
         self._sessions = sessions
         self._direct = connect(engine)
+        # Where a group's write keeps its plan on PostgreSQL (outbox/accepting.py).
+        self._standalone = (
+            connect_standalone(engine) if engine.dialect.name == "postgresql" else self._direct
+        )
         self._clock = clock
         # Wakes the local delivery workers so that the first push does not wait for a poll.
         self._on_enqueued = on_enqueued
@@ -193,7 +197,7 @@ class NotificationCore:
         return await self._answers(group[:half], accept) | await self._answers(group[half:], accept)
 
     async def _accept_one_pass_each(self, group: list[_Submission]) -> _Answers:
-        return await self._direct.run(lambda: accept_one_pass_each(group, self._clock))
+        return await accept_group(self._direct, self._standalone, group, self._clock)
 
     async def _accept_alone(self, group: list[_Submission]) -> _Answers:
         """A broadcast (or a pass named by its external ids), in a transaction of its own:
@@ -225,6 +229,8 @@ class NotificationCore:
 
     def close(self) -> None:
         self._direct.close()
+        if self._standalone is not self._direct:
+            self._standalone.close()
 
 
 # What a transaction answers each submission; a PriorTicket is a retry's first ticket.

@@ -69,7 +69,7 @@ class RegistrationGroups(Generic[R, A]):
             answers = await self._connector.run(
                 lambda: self._write_group(registrations, self._clock()),
                 brief=len(group) <= BRIEF_MAX,
-                one_statement=True,
+                one_write=True,
             )
         except Exception as error:
             if len(group) > 1 and not is_passing_trouble(error):

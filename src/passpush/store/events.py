@@ -24,7 +24,7 @@ from passpush.store.models import DeliveryEventRow, PassRow, table_of
 
 # The PostgreSQL channel on which a replica announces new events and ticket changes.
 CHANGES_CHANNEL = "passpush_changes"
-_APPEND_LOCK = 0x70707573  # any constant, the same in every replica
+APPEND_LOCK = 0x70707573  # any constant, the same in every replica
 _TAKE_APPEND_LOCK = on_postgresql(text("SELECT pg_advisory_xact_lock(:key)"))
 _NOTIFY_CHANGES = on_postgresql(select(func.pg_notify(CHANGES_CHANNEL, "")))
 _events = table_of(DeliveryEventRow)
@@ -90,7 +90,7 @@ def announce() -> Steps[None]:
 def taking_append_lock() -> Steps[None]:
     """Takes the events' append lock (PostgreSQL) to the transaction's commit: the step
     before any INSERT of events."""
-    yield Query(_TAKE_APPEND_LOCK, {"key": _APPEND_LOCK})
+    yield Query(_TAKE_APPEND_LOCK, {"key": APPEND_LOCK})
 
 
 def _event(row: DeliveryEventRow) -> DeliveryEvent:

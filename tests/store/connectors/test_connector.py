@@ -54,20 +54,24 @@ async def test_each_connector_runs_its_databases_statements(database_url: str) -
         await engine.dispose()
 
 
-async def test_one_statement_commits_alone_and_a_second_is_refused(postgres_url: str) -> None:
-    """asyncpg runs steps of one statement without BEGIN and COMMIT around it (two round
-    trips more): it commits on its own. Steps that turn out to run two are refused."""
+async def test_one_write_commits_alone_and_a_statement_after_it_is_refused(
+    postgres_url: str,
+) -> None:
+    """asyncpg runs steps of reads and one write without BEGIN and COMMIT around them (two
+    round trips more): the write commits on its own. A statement after the write is
+    refused."""
     engine = make_engine(postgres_url)
     transactions = connect(engine)
-    table = f"one_statement_{uuid.uuid4().hex[:8]}"
+    table = f"one_write_{uuid.uuid4().hex[:8]}"
     create, insert = (
         text(f"CREATE TABLE {table} (n integer)"),
         text(f"INSERT INTO {table} VALUES (1)"),
     )
 
-    def two() -> Steps[None]:
+    def read_write_read() -> Steps[None]:
+        yield Query(text(f"SELECT count(*) FROM {table}"))
         yield Query.write(insert, {})
-        yield Query.write(insert, {})
+        yield Query(text(f"SELECT count(*) FROM {table}"))
 
     def one(statement: TextClause) -> Callable[[], Steps[None]]:
         def steps() -> Steps[None]:
@@ -76,10 +80,10 @@ async def test_one_statement_commits_alone_and_a_second_is_refused(postgres_url:
         return steps
 
     try:
-        await transactions.run(one(create), one_statement=True)
-        await transactions.run(one(insert), one_statement=True)
-        with pytest.raises(AssertionError, match="ran a second one"):
-            await transactions.run(two, one_statement=True)
+        await transactions.run(one(create), one_write=True)
+        await transactions.run(one(insert), one_write=True)
+        with pytest.raises(AssertionError, match="ran a statement after it"):
+            await transactions.run(read_write_read, one_write=True)
         async with engine.connect() as connection:
             rows = (await connection.execute(text(f"SELECT count(*) FROM {table}"))).scalar()
             await connection.execute(text(f"DROP TABLE {table}"))
@@ -88,5 +92,5 @@ async def test_one_statement_commits_alone_and_a_second_is_refused(postgres_url:
         transactions.close()
         await engine.dispose()
 
-    # The one insert, and the first of the two, each committed as it ran.
+    # The one insert, and the second steps' write, each committed as it ran.
     assert rows == 2

@@ -152,8 +152,10 @@ class Connector(Protocol):
     SQLAlchemy's IntegrityError, and a lost connection as its OperationalError, whatever
     the driver.
 
-    `one_statement`: the steps run one statement, which commits on its own: a connector
-    that would wrap it in BEGIN and COMMIT (asyncpg's: two more round trips) need not.
+    `one_write`: the steps read, then write with one statement (a MANY or EACH is one: all
+    or nothing) and end. Each of them may run on its own, outside a transaction block:
+    the reads need no common snapshot, the write commits alone. A connector that would
+    wrap them in BEGIN and COMMIT (asyncpg's: two more round trips) need not.
 
     `brief`: a few small statements, which a connector whose transactions otherwise go to
     a thread (SQLite's) may run on the calling thread: the hop costs more than they do.
@@ -162,7 +164,7 @@ class Connector(Protocol):
     dialect: str
 
     async def run(
-        self, make: Callable[[], Steps[T]], *, brief: bool = False, one_statement: bool = False
+        self, make: Callable[[], Steps[T]], *, brief: bool = False, one_write: bool = False
     ) -> T: ...
 
     def close(self) -> None: ...

@@ -2,7 +2,8 @@
 ~1 ms for a Send).
 
 Transactions run on the pooled connection SQLAlchemy made (its codecs and settings); reads
-on a small asyncpg pool of their own, outside any transaction block.
+and writes of one statement on a small asyncpg pool of their own, outside any transaction
+block.
 """
 
 from __future__ import annotations
@@ -41,7 +42,7 @@ class AsyncpgConnector:
         self._statements = CompiledStatements(engine.dialect)
 
     async def run(
-        self, make: Callable[[], Steps[T]], *, brief: bool = False, one_statement: bool = False
+        self, make: Callable[[], Steps[T]], *, brief: bool = False, one_write: bool = False
     ) -> T:
         async with pooled_connection(self._engine) as pooled:
             # The connection SQLAlchemy made (its codecs and settings), used directly;
@@ -49,8 +50,8 @@ class AsyncpgConnector:
             connection = pooled.driver_connection
             assert connection is not None
             try:
-                if one_statement:
-                    return await self._one_statement(connection, make)
+                if one_write:
+                    return await self._one_write(connection, make)
                 async with connection.transaction():
                     drive = Drive(make(), self.dialect)
                     for step in drive:
@@ -71,26 +72,21 @@ class AsyncpgConnector:
                 # Whatever asyncpg raised, the connection was lost: said as SQLAlchemy says it.
                 raise exc.OperationalError("", None, error, connection_invalidated=True) from error
 
-    async def _one_statement(self, connection: Any, make: Callable[[], Steps[T]]) -> T:
-        """The steps' one statement, in a transaction of its own (no transaction block)."""
+    async def _one_write(self, connection: Any, make: Callable[[], Steps[T]]) -> T:
+        """The steps' reads, each alone, then their one write, which commits alone (a
+        pipelined MANY or EACH is all or nothing): no transaction block, whose BEGIN and
+        COMMIT are two round trips more."""
         drive = Drive(make(), self.dialect)
-        for ran, step in enumerate(drive):
-            if ran:
-                raise AssertionError("steps run as one statement ran a second one")
+        wrote = False
+        for step in drive:
+            if wrote:
+                raise AssertionError("steps run with one write ran a statement after it")
+            wrote = _writes(step)
             drive.rows = await self._execute(connection, step)
         return drive.result
 
     async def _execute(self, connection: Any, step: Statement) -> list[Row]:
-        query = step.query
-        if query.mode in (Mode.ROWS, Mode.WRITE):
-            return await _fetch(self._statements, connection, step)
-        compiled = self._statements.get(step)
-        sql, rows = compiled.bind_many(query.params)  # type: ignore[arg-type]
-        if query.mode is Mode.MANY:
-            await connection.executemany(sql, rows)
-            return []
-        # Pipelined like executemany; a row for each parameter set, in order.
-        return compiled.rows(await connection.fetchmany(sql, rows))
+        return await _execute(self._statements, connection, step)
 
     def close(self) -> None:
         pass
@@ -99,7 +95,9 @@ class AsyncpgConnector:
 class AsyncpgStandaloneConnector:
     """Statements on asyncpg connections of their own, outside any transaction block (one
     round trip a statement): reads, each of its own snapshot, and writes of one statement,
-    each committed alone (a registration group). Checking a connection out of SQLAlchemy's
+    each committed alone (a registration group, a group of one-pass Sends). A read that
+    finds its connection lost runs again on a new one; a write does not, for it may have
+    committed. Checking a connection out of SQLAlchemy's
     pool and back, through its greenlets, cost more than the indexed read itself. Their
     plans are kept (`plan_cache_mode = force_generic_plan`, where the server's other
     connections plan each execution): these are a device's lookups by key, planned anew
@@ -120,40 +118,47 @@ class AsyncpgStandaloneConnector:
     MAX_CONNECTIONS = 2
 
     def __init__(self, engine: AsyncEngine) -> None:
+        import asyncpg
+
+        self._unique_violation = asyncpg.UniqueViolationError
         self._url = engine.url.render_as_string(hide_password=False)
         self._statements = CompiledStatements(engine.dialect)
         self._pool: Any = None
         self._opening: asyncio.Lock | None = None
 
     async def run(
-        self, make: Callable[[], Steps[T]], *, brief: bool = False, one_statement: bool = False
+        self, make: Callable[[], Steps[T]], *, brief: bool = False, one_write: bool = False
     ) -> T:
         pool = self._pool or await self._open()
         try:
-            return await self._read(pool, make)
-        except _LostConnection:
+            return await self._run(pool, make)
+        except _LostConnection as lost:
+            if lost.after_write:  # it may have committed: the caller is told, not a repeat
+                raise _unavailable(lost) from lost.__cause__
             # The server ended this connection, most likely every other one too (a restart,
-            # a failover): they are all replaced, and the statement is safe to run again (a
-            # read; an upsert of registrations, at worst one then told not new).
+            # a failover): they are all replaced, and the reads are safe to run again.
             await pool.expire_connections()
         try:
-            return await self._read(pool, make)
+            return await self._run(pool, make)
         except _LostConnection as lost:
-            error = lost.__cause__ or lost
-            raise exc.OperationalError("", None, error, connection_invalidated=True) from error
+            raise _unavailable(lost) from lost.__cause__
 
-    async def _read(self, pool: Any, make: Callable[[], Steps[T]]) -> T:
+    async def _run(self, pool: Any, make: Callable[[], Steps[T]]) -> T:
         drive = Drive(make(), self.dialect)
         steps = iter(drive)
         step = next(steps, None)
         if step is None:  # all it needed was kept (a download's files): no connection
             return drive.result
+        wrote = False
         async with pool.acquire() as connection:
             try:
                 while step is not None:
-                    drive.rows = await _fetch(self._statements, connection, step)
+                    wrote = wrote or _writes(step)
+                    drive.rows = await _execute(self._statements, connection, step)
                     step = next(steps, None)
                 return drive.result
+            except self._unique_violation as error:
+                raise exc.IntegrityError("", None, error) from error
             except Exception as error:
                 if not _lost(connection, error):
                     raise
@@ -161,7 +166,7 @@ class AsyncpgStandaloneConnector:
 
                 with contextlib.suppress(asyncpg.InterfaceError):  # detached: gone already
                     connection.terminate()  # not back into the pool
-                raise _LostConnection from error
+                raise _LostConnection(wrote) from error
 
     async def _open(self) -> Any:
         import asyncpg
@@ -185,10 +190,22 @@ class AsyncpgStandaloneConnector:
             self._pool = None
 
 
-async def _fetch(statements: CompiledStatements, connection: Any, step: Statement) -> list[Row]:
+async def _execute(statements: CompiledStatements, connection: Any, step: Statement) -> list[Row]:
     compiled = statements.get(step)
-    sql, values = compiled.bind(step.query.params)  # type: ignore[arg-type]
-    return compiled.rows(await connection.fetch(sql, *values))
+    query = step.query
+    if query.mode in (Mode.ROWS, Mode.WRITE):
+        sql, values = compiled.bind(query.params)  # type: ignore[arg-type]
+        return compiled.rows(await connection.fetch(sql, *values))
+    sql, rows = compiled.bind_many(query.params)  # type: ignore[arg-type]
+    if query.mode is Mode.MANY:
+        await connection.executemany(sql, rows)
+        return []
+    # Pipelined like executemany; a row for each parameter set, in order.
+    return compiled.rows(await connection.fetchmany(sql, rows))
+
+
+def _writes(step: Statement) -> bool:
+    return step.query.mode is not Mode.ROWS or bool(getattr(step.statement, "is_dml", False))
 
 
 async def _nothing_to_reset(connection: Any) -> None:
@@ -207,7 +224,15 @@ async def _json_codecs(connection: Any) -> None:
 
 
 class _LostConnection(Exception):
-    pass
+    def __init__(self, after_write: bool) -> None:
+        super().__init__()
+        self.after_write = after_write
+
+
+def _unavailable(lost: _LostConnection) -> exc.OperationalError:
+    """A lost connection as SQLAlchemy says it."""
+    error = lost.__cause__ or lost
+    return exc.OperationalError("", None, error, connection_invalidated=True)
 
 
 def _lost(connection: Any, error: BaseException) -> bool:

@@ -42,7 +42,7 @@ class SessionConnector:
         self.dialect = engine.dialect.name
 
     async def run(
-        self, make: Callable[[], Steps[T]], *, brief: bool = False, one_statement: bool = False
+        self, make: Callable[[], Steps[T]], *, brief: bool = False, one_write: bool = False
     ) -> T:
         async with AsyncSession(self._engine) as session, session.begin():
             return await run_on_session(session, make())

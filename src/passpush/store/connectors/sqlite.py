@@ -58,7 +58,7 @@ class SqliteConnector:
         self._turns = WriteTurns(database)
 
     async def run(
-        self, make: Callable[[], Steps[T]], *, brief: bool = False, one_statement: bool = False
+        self, make: Callable[[], Steps[T]], *, brief: bool = False, one_write: bool = False
     ) -> T:
         # Holding the engine's one connection (pool of one) keeps the process's other
         # writers out: they would otherwise wait on SQLite's busy handler, which sleeps.
@@ -189,7 +189,7 @@ class SqliteReadConnector:
         self._connection: sqlite3.Connection | None = None
 
     async def run(
-        self, make: Callable[[], Steps[T]], *, brief: bool = False, one_statement: bool = False
+        self, make: Callable[[], Steps[T]], *, brief: bool = False, one_write: bool = False
     ) -> T:
         connection = self._connect()
         try:
