@@ -9,6 +9,7 @@ chunk of passes (outbox/fanout_chunks.py writes the others).
 
 from __future__ import annotations
 
+from collections import defaultdict
 from collections.abc import Callable, Hashable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -45,7 +46,12 @@ from passpush.outbox.ticket_writes import (
     update_active_passes,
 )
 from passpush.outbox.whole_tickets import WHOLE_TICKET, whole_ticket_params
-from passpush.store.audience import Audience, pass_targets
+from passpush.store.audience import (
+    Audience,
+    passes_named,
+    passes_named_params,
+    targets_found,
+)
 from passpush.store.connectors.connector import ByDialect, Connector, Query, Steps
 from passpush.store.connectors.session import run_on_session
 from passpush.store.db import one_of
@@ -90,10 +96,10 @@ async def accept_group(
     whole group. `clock` is read once the group's reads are done: the tickets' creation
     time.
 
-    SQLite: one transaction on `transactions`. PostgreSQL: three reads, each alone, on
+    SQLite: one transaction on `transactions`. PostgreSQL: two reads, each alone, on
     `transactions` (planned with their values: the tickets a retry is looked for in grow
     from nothing), then one write on `standalone`, whose connections keep its plan
-    (whole_tickets.py): four round trips in all.
+    (whole_tickets.py): three round trips in all.
     """
     if transactions.dialect != "postgresql":
         return await transactions.run(lambda: accept_one_pass_each(group, clock))
@@ -139,11 +145,17 @@ class _ReadGroup(Generic[R]):
 
 
 def _read_group(group: Sequence[R]) -> Steps[_ReadGroup[R]]:
+    """Two reads: the retries' first tickets, then the passes named with their
+    deliveries-to-be."""
     answers: dict[R, Accepted] = {}
     # First: a retry answers its first ticket even if the target changed since.
     prior = yield from prior_tickets({r.key for r in group if r.request_id})
     targets = {(r.project_id, _pass_id(r)) for r in group}
-    passes = yield from pass_targets(targets)
+    rows = yield Query(_NAMED_WITH_DELIVERIES, passes_named_params(targets))
+    passes = targets_found(targets, [(row[0], row[1], row[6]) for row in rows])
+    deliveries: dict[tuple[str, str], list[_Draft]] = defaultdict(list)
+    for row in rows:
+        deliveries[(row[0], row[1])].append(_Draft(*row[:6]))
     first_in_group: dict[tuple[str, str], R] = {}
     retries: list[tuple[R, R]] = []
     new: list[tuple[R, NewTicket]] = []
@@ -162,7 +174,7 @@ def _read_group(group: Sequence[R]) -> Steps[_ReadGroup[R]]:
         if r.request_id:
             first_in_group[r.key] = r
         new.append((r, new_ticket(r, audience)))
-    drafts = yield from _drafts_of([n for _, n in new])
+    drafts = [deliveries[n.audience.key] for _, n in new]  # type: ignore[index]
     return _ReadGroup(answers, new, drafts, retries)
 
 
@@ -417,6 +429,11 @@ _INSERT_TICKET = insert(_tickets).returning(_tickets.c.id, sort_by_parameter_ord
 _INSERT_DELIVERY = insert(_deliveries)
 
 
+# The passes named by id or external id, each with its deliveries-to-be (a row each) and
+# its external id last.
+_NAMED_WITH_DELIVERIES = ByDialect(
+    lambda dialect: deliveries_of(passes_named(dialect)).add_columns(PassRow.external_id)
+)
 # The deliveries of the passes bound as `projects` and `pass_ids`.
 _DELIVERIES_OF_PASSES = ByDialect(
     lambda dialect: deliveries_of(

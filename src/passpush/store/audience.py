@@ -8,11 +8,11 @@ Resolving also checks that what the target names exists in the project.
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Callable, Collection
+from collections.abc import Callable, Collection, Iterable
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import ColumnElement, Select, and_, exists, false, func, not_, or_, select
+from sqlalchemy import ColumnElement, and_, exists, false, func, not_, or_, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from passpush.domain.errors import NotFound
@@ -30,7 +30,6 @@ from passpush.domain.model import (
 )
 from passpush.domain.segments import AllOf, AnyOf, Criterion, HasTag, NoneOf, parse_criteria
 from passpush.domain.validation import google_class_type
-from passpush.store.connectors.connector import ByDialect, Query, Steps
 from passpush.store.db import dialect_name, one_of, one_of_values
 from passpush.store.models import (
     CampaignMemberRow,
@@ -198,35 +197,10 @@ async def resolve_audience(session: AsyncSession, project_id: str, target: Targe
     raise AssertionError(f"unknown target {target!r}")  # pragma: no cover
 
 
-def pass_targets(targets: Collection[tuple[str, str]]) -> Steps[dict[tuple[str, str], Audience]]:
-    """Resolves many (project_id, pass id) targets with one query, as resolve_audience would
-    one by one: the pass with that id, else the only pass with that external id. A target
-    missing from the answer names no pass."""
-    if not targets:
-        return {}
-    named = list({pass_id for _, pass_id in targets})
-    rows = yield Query(
-        _PASS_LOOKUP,
-        {"projects": list({p for p, _ in targets}), "ids": named, "external_ids": named},
-    )
-    by_id: set[tuple[str, str]] = set()
-    by_external_id: dict[tuple[str, str], list[str]] = defaultdict(list)
-    for project_id, pass_id, external_id in rows:
-        by_id.add((project_id, pass_id))
-        if external_id is not None:
-            by_external_id[(project_id, external_id)].append(pass_id)
-    found = {}
-    for project_id, given in targets:
-        if (project_id, given) in by_id:
-            found[(project_id, given)] = _one_pass_audience(project_id, given)
-        elif len(matches := by_external_id.get((project_id, given), [])) == 1:
-            found[(project_id, given)] = _one_pass_audience(project_id, matches[0])
-    return found
-
-
-def _pass_lookup(dialect: str) -> Select[str, str, str | None]:
-    """Passes by id or external id (parameters projects, ids, external_ids)."""
-    return select(PassRow.project_id, PassRow.id, PassRow.external_id).where(
+def passes_named(dialect: str) -> ColumnElement[bool]:
+    """Passes named by id or external id (parameters projects, ids, external_ids): what
+    `targets_found` resolves targets from, read with whatever else a caller needs of them."""
+    return and_(
         one_of(PassRow.project_id, dialect, "projects"),
         or_(
             one_of(PassRow.id, dialect, "ids"), one_of(PassRow.external_id, dialect, "external_ids")
@@ -234,7 +208,32 @@ def _pass_lookup(dialect: str) -> Select[str, str, str | None]:
     )
 
 
-_PASS_LOOKUP = ByDialect(_pass_lookup)
+def passes_named_params(targets: Collection[tuple[str, str]]) -> dict[str, list[str]]:
+    """passes_named's parameters for (project_id, pass id) targets."""
+    named = list({pass_id for _, pass_id in targets})
+    return {"projects": list({p for p, _ in targets}), "ids": named, "external_ids": named}
+
+
+def targets_found(
+    targets: Collection[tuple[str, str]], passes: Iterable[tuple[str, str, str | None]]
+) -> dict[tuple[str, str], Audience]:
+    """Resolves many (project_id, pass id) targets from the passes_named rows read for them
+    (project_id, id, external_id), as resolve_audience would one by one: the pass with that
+    id, else the only pass with that external id. A target missing from the answer names no
+    pass."""
+    by_id: set[tuple[str, str]] = set()
+    by_external_id: dict[tuple[str, str], set[str]] = defaultdict(set)
+    for project_id, pass_id, external_id in passes:
+        by_id.add((project_id, pass_id))
+        if external_id is not None:
+            by_external_id[(project_id, external_id)].add(pass_id)
+    found = {}
+    for project_id, given in targets:
+        if (project_id, given) in by_id:
+            found[(project_id, given)] = _one_pass_audience(project_id, given)
+        elif len(matches := by_external_id.get((project_id, given), set())) == 1:
+            found[(project_id, given)] = _one_pass_audience(project_id, next(iter(matches)))
+    return found
 
 
 async def _one_pass(
