@@ -1,10 +1,12 @@
 """Accepting Sends and Deletes into the outbox: tickets with their deliveries.
 
-Sends to one pass each are accepted a group at a time in one short transaction: the steps a
-connector runs for NotificationCore's group commit, a few statements for the whole group
-whatever its size (the retries' first tickets, the passes named, the tickets and their
-deliveries, the events of what they skipped). A broadcast is accepted alone, with its first
-chunk of passes (outbox/fanout_chunks.py writes the others).
+Sends to one pass each are accepted a group at a time (NotificationCore's group commit), a
+few statements for the whole group whatever its size: two reads (the retries' first
+tickets; the passes named, with their deliveries-to-be), then the tickets, their deliveries,
+their passes' change and the events of what they skipped. On SQLite that is one short
+transaction; on PostgreSQL the reads run alone and the write is one pipelined statement
+(whole_tickets.py). A broadcast is accepted alone, with its first chunk of passes
+(outbox/fanout_chunks.py writes the others).
 """
 
 from __future__ import annotations
@@ -344,9 +346,9 @@ def _whole_params(
 
 def _drafts_of(new: Sequence[NewTicket]) -> Steps[list[list[_Draft]]]:
     """Each one-pass ticket's deliveries-to-be, read with one query."""
+    if not new:
+        return []
     keys = {n.audience.key for n in new if n.audience.key is not None}
-    if not keys:
-        return [[] for _ in new]
     rows = yield Query(
         _DELIVERIES_OF_PASSES,
         {"projects": list({p for p, _ in keys}), "pass_ids": list({i for _, i in keys})},

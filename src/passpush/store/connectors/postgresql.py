@@ -133,11 +133,12 @@ class AsyncpgStandaloneConnector:
         try:
             return await self._run(pool, make)
         except _LostConnection as lost:
-            if lost.after_write:  # it may have committed: the caller is told, not a repeat
-                raise _unavailable(lost) from lost.__cause__
             # The server ended this connection, most likely every other one too (a restart,
-            # a failover): they are all replaced, and the reads are safe to run again.
+            # a failover): they are all replaced, and reads are safe to run again. A write
+            # may have committed: the caller is told, not a repeat.
             await pool.expire_connections()
+            if lost.after_write:
+                raise _unavailable(lost) from lost.__cause__
         try:
             return await self._run(pool, make)
         except _LostConnection as lost:
