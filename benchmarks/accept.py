@@ -2,7 +2,8 @@
 
 Every Send targets one pass (a different pass of a 1,000-pass template each time, each with a
 device, so the worker pushes alongside) and carries a fresh request_id, over a pool of gRPC
-channels.
+channels. The passes and their devices are loaded as a user loads them, through
+ImportPasses.
 
 1. Closed loop: `concurrency` callers each sending one Send after another for a few seconds,
    against passpush and against a no-op grpc.aio server (noop_server.py) with the same client.
@@ -26,10 +27,12 @@ from pathlib import Path
 
 import grpc
 
-from benchmarks.database import bench_database, pass_id
+from benchmarks import pass_import
+from benchmarks.database import bench_database
 from benchmarks.fake import NodeFake, node_fake
 from benchmarks.harness import Child, Options, Result, cpu_seconds, log, percentile, workspace
-from benchmarks.server import CONTENT, ApnsAuth, Client, client, serve
+from benchmarks.pass_import import imported_pass_id
+from benchmarks.server import CONTENT, ApnsAuth, Client, apple_template, client, serve
 from passpush.v1 import notifications_pb2 as pb
 
 ACCEPT_PASSES = 1_000
@@ -107,7 +110,7 @@ async def closed_loop_costing(
 
 def single_pass_sender(c: Client) -> Sender:
     async def send(index: int) -> object:
-        target = pb.Target(pass_id=pass_id(index % ACCEPT_PASSES))
+        target = pb.Target(pass_id=imported_pass_id(index % ACCEPT_PASSES))
         request_id = f"accept-{uuid.uuid4()}"  # as a careful caller would (idempotency)
         request = pb.SendRequest(target=target, content=CONTENT, request_id=request_id)
         return await c.send(request, deadline=CALL_DEADLINE)
@@ -214,12 +217,15 @@ async def measure_backend(
     noop: Measured,
 ) -> list[Result]:
     async with bench_database(backend, workdir) as database:
-        await database.seed(ACCEPT_PASSES)
         split = options.accept_roles == "split"
         async with (
             serve(database, fake, auth, workdir, split_roles=split) as deployment,
             client(deployment.address, deployment.key, options.channels) as c,
         ):
+            # As a user loads them: through ImportPasses, a device each.
+            imported = pass_import.requests(ACCEPT_PASSES)
+            template = apple_template(pass_import.TEMPLATE)
+            await pass_import.load(deployment.address, deployment.key, imported, template)
             send = single_pass_sender(c)
             await fake.reset()
             warmup = await closed_loop(send, WARMUP_SECONDS, 8)

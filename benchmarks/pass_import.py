@@ -31,6 +31,10 @@ RSS_BAR_MB = 250.0
 PER_MESSAGE = 1_000  # passes a message carries, as an import of millions sends them
 
 
+def imported_pass_id(index: int) -> str:
+    return f"p{index:08d}"
+
+
 def requests(count: int, template: str = TEMPLATE) -> list[bytes]:
     """Each pass with its serial number, token, a tag and one device, PER_MESSAGE passes to
     a message, serialized."""
@@ -38,7 +42,7 @@ def requests(count: int, template: str = TEMPLATE) -> list[bytes]:
         ppb.ImportEntry(
             **{  # type: ignore[arg-type]
                 "pass": ppb.Pass(
-                    id=f"p{index:08d}",
+                    id=imported_pass_id(index),
                     template_id=template,
                     serial_number=f"SN-{index:08d}",
                     authentication_token=f"token-{index:016d}",
