@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import CompoundSelect, String, func, literal_column, select, true, union_all
+from sqlalchemy import CompoundSelect, func, literal_column, select, union_all
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from passpush.domain.errors import NotFound
@@ -22,7 +22,6 @@ from passpush.domain.model import (
     TicketState,
     target_from_dict,
 )
-from passpush.store.asked_at_once import unnested
 from passpush.store.connectors.connector import ByDialect, Query, Steps
 from passpush.store.db import one_of
 from passpush.store.models import DeliveryRow, ScheduledNotificationRow, TicketRow, table_of
@@ -107,11 +106,11 @@ def prior_tickets(keys: Collection[tuple[str, str]]) -> Steps[dict[tuple[str, st
     """
     if not keys:
         return {}
-    pairs = list(keys)
     rows = yield Query(
-        _BY_REQUEST_ID, {"projects": [p for p, _ in pairs], "request_ids": [r for _, r in pairs]}
+        _BY_REQUEST_ID,
+        {"projects": list({p for p, _ in keys}), "request_ids": list({r for _, r in keys})},
     )
-    # SQLite's two lists match some crossings of the pairs too: those are left out.
+    # The two lists match some crossings of the pairs too: those are left out.
     found: dict[tuple[str, str], PriorTicket] = {}
     for ticket_id, p, r, fingerprint in rows:  # tickets first: a ticket's pair is its own
         found.setdefault((p, r), PriorTicket(ticket_id, p, fingerprint))
@@ -153,43 +152,18 @@ def ticket_from_row(row: TicketRow, errors: list[tuple[str, int]]) -> Ticket:
 
 
 def _by_request_id(dialect: str) -> CompoundSelect[Any]:
-    """The tickets and schedules of the (project, request id) pairs bound as `projects` and
-    `request_ids`, element by element (arrays on PostgreSQL; on SQLite two IN lists, which
-    also match crossings of the pairs)."""
+    """The tickets and schedules of the projects and request ids bound as `projects` and
+    `request_ids` (arrays on PostgreSQL)."""
     t, s = _tickets, table_of(ScheduledNotificationRow)
-    found = [
-        select(t.c.id, t.c.project_id, t.c.request_id, t.c.request_fingerprint),
-        select(
-            literal_column("0").label("id"),
-            s.c.project_id,
-            s.c.request_id,
-            literal_column("''").label("request_fingerprint"),
-        ),
-    ]
-    if dialect == "postgresql":
-        # Looked up pair by pair (LATERAL), each one probe of the unique (project_id,
-        # request_id) index. As two `= ANY` lists, a plan made before the tickets' column
-        # statistics (a fresh database, and for a minute after) took the project's index
-        # and filtered every ticket of the project: 2.3 ms for 9,600 tickets; a join to the
-        # pairs, a sequential scan (2026-12-04).
-        asked = unnested(projects=String, request_ids=String)
-        each = [
-            query.where(
-                table.c.project_id == asked.c.projects, table.c.request_id == asked.c.request_ids
-            )
-            .limit(1)  # unique; and a subquery with a LIMIT is not flattened into a join
-            .lateral()
-            for query, table in zip(found, (t, s), strict=True)
-        ]
-        return union_all(*(select(one).select_from(asked).join(one, true()) for one in each))
     return union_all(
-        *(
-            query.where(
-                one_of(table.c.project_id, dialect, "projects"),
-                one_of(table.c.request_id, dialect, "request_ids"),
-            )
-            for query, table in zip(found, (t, s), strict=True)
-        )
+        select(t.c.id, t.c.project_id, t.c.request_id, t.c.request_fingerprint).where(
+            one_of(t.c.project_id, dialect, "projects"),
+            one_of(t.c.request_id, dialect, "request_ids"),
+        ),
+        select(literal_column("0"), s.c.project_id, s.c.request_id, literal_column("''")).where(
+            one_of(s.c.project_id, dialect, "projects"),
+            one_of(s.c.request_id, dialect, "request_ids"),
+        ),
     )
 
 
