@@ -98,17 +98,20 @@ async def accept_group(
     whole group. `clock` is read once the group's reads are done: the tickets' creation
     time.
 
-    SQLite: one transaction on `transactions`. PostgreSQL: two reads, each alone, on
-    `transactions` (planned with their values: the tickets a retry is looked for in grow
-    from nothing), then one write on `standalone`, whose connections keep its plan
-    (whole_tickets.py): three round trips in all.
+    SQLite: one transaction on `transactions`. PostgreSQL: two reads, each alone, then one
+    write (whole_tickets.py), on `standalone`, whose connections keep their plans: three
+    round trips in all, none of them planned anew. The plans follow the tables as they grow
+    (the tickets from nothing): every process keeps their statistics fresh
+    (store/statistics.py), and an ANALYZE replans what depends on the table.
     """
     if transactions.dialect != "postgresql":
         return await transactions.run(lambda: accept_one_pass_each(group, clock))
-    read = await transactions.run(lambda: _read_group(group), one_write=True)
-    written = await standalone.run(
-        lambda: whole_one_pass_tickets(read.new_tickets, read.drafts, clock()), one_write=True
-    )
+    return await standalone.run(lambda: _accept_whole(group, clock), one_write=True)
+
+
+def _accept_whole(group: Sequence[R], clock: Callable[[], datetime]) -> Steps[dict[R, Accepted]]:
+    read = yield from _read_group(group)
+    written = yield from whole_one_pass_tickets(read.new_tickets, read.drafts, clock())
     return read.answers_with(written)
 
 

@@ -86,7 +86,7 @@ class NotificationCore:
     ) -> None:
         self._sessions = sessions
         self._direct = connect(engine)
-        # Where a group's write keeps its plan on PostgreSQL (outbox/accepting.py).
+        # Where a group is accepted on PostgreSQL, its plans kept (outbox/accepting.py).
         self._standalone = (
             connect_standalone(engine) if engine.dialect.name == "postgresql" else self._direct
         )
