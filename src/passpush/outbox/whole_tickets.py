@@ -9,10 +9,10 @@ PostgreSQL against 3.0 ms on SQLite (benchmarks/README.md, accept). A data-modif
 writes a ticket whole, and the group's tickets go as one pipelined statement (asyncpg's
 fetchmany: one round trip, committed all or nothing), after two reads that need no
 transaction (the retries' first tickets; the passes named, with their deliveries-to-be):
-three round trips. The write runs on connections that keep its plan: planned anew at each
-execution (0.44 ms) it cost PostgreSQL four times what it does kept (0.1 ms a ticket, in a
-group of 64). SQLite has no data-modifying `WITH`: it writes the same rows in steps
-(accepting.py), where a statement costs no round trip.
+three round trips. They run on connections that keep their plans: planned anew at each
+execution (0.44 ms), the write cost PostgreSQL four times what it does kept (0.1 ms a
+ticket, in a group of 64). SQLite has no data-modifying `WITH`: it writes the same rows in
+steps (accepting.py), where a statement costs no round trip.
 """
 
 from __future__ import annotations
