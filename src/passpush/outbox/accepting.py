@@ -110,6 +110,7 @@ async def accept_group(
 
 
 def _accept_whole(group: Sequence[R], clock: Callable[[], datetime]) -> Steps[dict[R, Accepted]]:
+    """accept_group's steps on PostgreSQL: the reads, then the one write."""
     read = yield from _read_group(group)
     written = yield from whole_one_pass_tickets(read.new_tickets, read.drafts, clock())
     return read.answers_with(written)

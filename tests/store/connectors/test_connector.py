@@ -58,10 +58,10 @@ async def test_one_write_commits_alone_and_a_statement_after_it_is_refused(
     postgres_url: str,
 ) -> None:
     """asyncpg runs steps of reads and one write without BEGIN and COMMIT around them (two
-    round trips more): the write commits on its own. A statement after the write is
-    refused."""
+    round trips more), on the engine's connections and on standalone ones: the write
+    commits on its own. A statement after the write is refused."""
     engine = make_engine(postgres_url)
-    transactions = connect(engine)
+    transactions, standalone = connect(engine), connect_standalone(engine)
     table = f"one_write_{uuid.uuid4().hex[:8]}"
     create, insert = (
         text(f"CREATE TABLE {table} (n integer)"),
@@ -82,15 +82,17 @@ async def test_one_write_commits_alone_and_a_statement_after_it_is_refused(
     try:
         await transactions.run(one(create), one_write=True)
         await transactions.run(one(insert), one_write=True)
-        with pytest.raises(AssertionError, match="ran a statement after it"):
-            await transactions.run(read_write_read, one_write=True)
+        for connector in (transactions, standalone):
+            with pytest.raises(AssertionError, match="ran a statement after it"):
+                await connector.run(read_write_read, one_write=True)
         async with engine.connect() as connection:
             rows = (await connection.execute(text(f"SELECT count(*) FROM {table}"))).scalar()
             await connection.execute(text(f"DROP TABLE {table}"))
             await connection.commit()
     finally:
         transactions.close()
+        standalone.close()
         await engine.dispose()
 
-    # The one insert, and the second steps' write, each committed as it ran.
-    assert rows == 2
+    # The one insert, and each refused steps' write, each committed as it ran.
+    assert rows == 3

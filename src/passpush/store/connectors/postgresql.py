@@ -79,9 +79,7 @@ class AsyncpgConnector:
         drive = Drive(make(), self.dialect)
         wrote = False
         for step in drive:
-            if wrote:
-                raise AssertionError("steps run with one write ran a statement after it")
-            wrote = _writes(step)
+            wrote = _writing(step, wrote)
             drive.rows = await self._execute(connection, step)
         return drive.result
 
@@ -95,10 +93,10 @@ class AsyncpgConnector:
 class AsyncpgStandaloneConnector:
     """Statements on asyncpg connections of their own, outside any transaction block (one
     round trip a statement): reads, each of its own snapshot, and writes of one statement,
-    each committed alone (a registration group, a group of one-pass Sends). A read that
-    finds its connection lost runs again on a new one; a write does not, for it may have
-    committed. Checking a connection out of SQLAlchemy's
-    pool and back, through its greenlets, cost more than the indexed read itself. Their
+    each committed alone (a registration group, a group of one-pass Sends), after which
+    nothing runs. A read that finds its connection lost runs again on a new one; a write
+    does not, for it may have committed. Checking a connection out of SQLAlchemy's pool and
+    back, through its greenlets, cost more than the indexed read itself. Their
     plans are kept (`plan_cache_mode = force_generic_plan`, where the server's other
     connections plan each execution): these are a device's lookups by key, planned anew
     each time they ran at 2,600 serials queries/s, kept 4,500/s (device-pull --quick,
@@ -154,7 +152,7 @@ class AsyncpgStandaloneConnector:
         async with pool.acquire() as connection:
             try:
                 while step is not None:
-                    wrote = wrote or _writes(step)
+                    wrote = _writing(step, wrote)
                     drive.rows = await _execute(self._statements, connection, step)
                     step = next(steps, None)
                 return drive.result
@@ -205,7 +203,11 @@ async def _execute(statements: CompiledStatements, connection: Any, step: Statem
     return compiled.rows(await connection.fetchmany(sql, rows))
 
 
-def _writes(step: Statement) -> bool:
+def _writing(step: Statement, wrote: bool) -> bool:
+    """Whether steps run with no transaction block have written once `step` runs. A
+    statement after their one write is refused: it would commit apart from it."""
+    if wrote:
+        raise AssertionError("steps run with one write ran a statement after it")
     return step.query.mode is not Mode.ROWS or bool(getattr(step.statement, "is_dml", False))
 
 
