@@ -105,18 +105,18 @@ async def accept_group(
     (store/statistics.py), and an ANALYZE replans what depends on the table.
     """
     if transactions.dialect != "postgresql":
-        return await transactions.run(lambda: accept_one_pass_each(group, clock))
+        return await transactions.run(lambda: _accept_in_one_transaction(group, clock))
     return await standalone.run(lambda: _accept_whole(group, clock), one_write=True)
 
 
 def _accept_whole(group: Sequence[R], clock: Callable[[], datetime]) -> Steps[dict[R, Accepted]]:
     """accept_group's steps on PostgreSQL: the reads, then the one write."""
     read = yield from _read_group(group)
-    written = yield from whole_one_pass_tickets(read.new_tickets, read.drafts, clock())
+    written = yield from _whole_one_pass_tickets(read.new_tickets, read.drafts, clock())
     return read.answers_with(written)
 
 
-def accept_one_pass_each(
+def _accept_in_one_transaction(
     group: Sequence[R], clock: Callable[[], datetime]
 ) -> Steps[dict[R, Accepted]]:
     """accept_group's steps in one transaction (SQLite)."""
@@ -321,7 +321,7 @@ def _write_one_pass_tickets(
     return [_ticket_of(i, n, c, now) for i, n, c in zip(ids, new, counts, strict=True)]
 
 
-def whole_one_pass_tickets(
+def _whole_one_pass_tickets(
     new: Sequence[NewTicket], drafts: Sequence[Sequence[_Draft]], now: datetime
 ) -> Steps[list[Ticket]]:
     """PostgreSQL: the same tickets, the events of what they skipped with them, each written
