@@ -25,8 +25,9 @@ from passpush.fakes.apns import FakeApns
 from passpush.outbox.accepting import accept_group
 from passpush.service.notifications import NotificationCore
 from passpush.store.connectors import connect, connect_standalone
-from passpush.store.db import make_engine, make_sessions
+from passpush.store.db import asyncpg_dsn, make_engine, make_sessions
 from passpush.store.models import DeliveryEventRow, DeliveryRow, PassRow
+from passpush.store.wakeups import Topic
 from passpush.v1 import notifications_pb2 as npb
 from passpush.v1 import notifications_pb2_grpc, passes_pb2_grpc
 
@@ -224,8 +225,8 @@ async def test_a_group_is_written_with_its_deliveries_pass_changes_and_skipped_e
 ) -> None:
     """Sends to passes with a device and to one without, accepted together: each ticket goes
     in with its counts, deliveries, its pass's notification and the events of what it
-    skipped. On PostgreSQL that is two reads and one write, each on its own (it was a
-    transaction of eight statements and BEGIN and COMMIT)."""
+    skipped. On PostgreSQL that is one pipelined write, a statement a Send (it was a
+    transaction of eight statements and BEGIN and COMMIT, then two reads and a write)."""
     group = [_Request("p0", "a"), _Request("no-device", "b"), _Request("member-7", "c")]
     now = datetime(2026, 12, 4, 12, 0, tzinfo=UTC)
     postgresql = engine.dialect.name == "postgresql"
@@ -269,4 +270,40 @@ async def test_a_group_is_written_with_its_deliveries_pass_changes_and_skipped_e
     assert shown["by-external"] == (by_external.id, by_external.id, "Hi")
     assert shown["p1"] == (None, None, None)
     if postgresql:
-        assert (transactions.statements, standalone.statements) == (0, 3)
+        assert (transactions.statements, standalone.statements) == (0, 1)
+
+
+async def test_a_group_that_queues_a_push_wakes_the_delivery_workers_at_its_commit(
+    world: World, engine: AsyncEngine
+) -> None:
+    """On PostgreSQL the group's one write also tells the workers of every replica (NOTIFY,
+    delivered at its commit), so that no statement of its own is spent on it; a group that
+    queued nothing to push tells nobody."""
+    if engine.dialect.name != "postgresql":
+        pytest.skip("SQLite's processes are woken through their sockets, after the commit")
+    import asyncpg  # type: ignore[import-untyped]
+
+    listener = await asyncpg.connect(asyncpg_dsn(engine.url.render_as_string(False)))
+    woken: asyncio.Queue[str] = asyncio.Queue()
+    await listener.add_listener(
+        Topic.DELIVERIES.value, lambda _c, _pid, channel, _payload: woken.put_nowait(channel)
+    )
+    transactions, standalone = connect(engine), connect_standalone(engine)
+    now = datetime(2026, 12, 4, 12, 0, tzinfo=UTC)
+    try:
+        skipped = await accept_group(
+            transactions, standalone, [_Request("no-device", "quiet")], lambda: now
+        )
+        await accept_group(transactions, standalone, [_Request("p0", "pushed")], lambda: now)
+        async with asyncio.timeout(10):
+            first = await woken.get()
+    finally:
+        transactions.close()
+        standalone.close()
+        await listener.close()
+
+    assert isinstance(skipped[_Request("no-device", "quiet")], Ticket)
+    assert first == Topic.DELIVERIES.value
+    # Notifications arrive in commit order: had the skipped Send's group woken the workers,
+    # its wake-up would have come first, and then a second one.
+    assert woken.empty()

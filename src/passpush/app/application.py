@@ -279,10 +279,12 @@ class Application:
 
     # -- what one part tells the others, here and in the other processes ------------------
 
-    def _enqueued(self) -> None:
-        """Sends committed deliveries: the workers claim them now, not at their next poll."""
+    def _enqueued(self, others_told: bool) -> None:
+        """Sends committed deliveries: the workers claim them now, not at their next poll
+        (the other processes' were told already if `others_told`)."""
         self._wake_worker()
-        self.wake_ups.tell(Topic.DELIVERIES)
+        if not others_told:
+            self.wake_ups.tell(Topic.DELIVERIES)
 
     def _fanning_out(self, ticket_id: int) -> None:
         if self.fanout is not None:

@@ -1,12 +1,13 @@
 """Accepting Sends and Deletes into the outbox: tickets with their deliveries.
 
-Sends to one pass each are accepted a group at a time (NotificationCore's group commit), a
-few statements for the whole group whatever its size: two reads (the retries' first
-tickets; the passes named, with their deliveries-to-be), then the tickets, their deliveries,
-their passes' change and the events of what they skipped. On SQLite that is one short
-transaction; on PostgreSQL the reads run alone and the write is one pipelined statement
-(whole_tickets.py). A broadcast is accepted alone, with its first chunk of passes
-(outbox/fanout_chunks.py writes the others).
+Sends to one pass each are accepted a group at a time (NotificationCore's group commit). On
+PostgreSQL each is one statement that does the whole of it (whole_tickets.py), and the
+group's statements go as one pipelined write: one round trip. On SQLite, which has no
+data-modifying `WITH` and where a statement costs no round trip, a group is one short
+transaction of a few statements whatever its size: two reads (the retries' first tickets;
+the passes named, with their deliveries-to-be), then the tickets, their deliveries, their
+passes' change and the events of what they skipped. A broadcast is accepted alone, with its
+first chunk of passes (outbox/fanout_chunks.py writes the others).
 """
 
 from __future__ import annotations
@@ -45,9 +46,11 @@ from passpush.outbox.ticket_writes import (
     as_params,
     deliveries_of,
     pass_change,
+    pass_shown,
+    sends_notification,
     update_active_passes,
 )
-from passpush.outbox.whole_tickets import WHOLE_TICKET, whole_ticket_params
+from passpush.outbox.whole_tickets import ACCEPT_ONE_PASS, TICKET_COLUMNS
 from passpush.store.audience import (
     Audience,
     passes_named,
@@ -95,14 +98,13 @@ async def accept_group(
     clock: Callable[[], datetime],
 ) -> dict[R, Accepted]:
     """Accepts Sends and Deletes to one pass each (PassTarget): a few statements for the
-    whole group. `clock` is read once the group's reads are done: the tickets' creation
-    time.
+    whole group. `clock` gives the tickets' creation time, read once.
 
-    SQLite: one transaction on `transactions`. PostgreSQL: two reads, each alone, then one
-    write (whole_tickets.py), on `standalone`, whose connections keep their plans: three
-    round trips in all, none of them planned anew. The plans follow the tables as they grow
-    (the tickets from nothing): every process keeps their statistics fresh
-    (store/statistics.py), and an ANALYZE replans what depends on the table.
+    SQLite: one transaction on `transactions`. PostgreSQL: one pipelined write on
+    `standalone`, whose connections keep their plans, that also wakes the delivery workers
+    at its commit. The plans follow the tables as they grow (the tickets from nothing):
+    every process keeps their statistics fresh (store/statistics.py), and an ANALYZE
+    replans what depends on the table.
     """
     if transactions.dialect != "postgresql":
         return await transactions.run(lambda: _accept_in_one_transaction(group, clock))
@@ -110,10 +112,11 @@ async def accept_group(
 
 
 def _accept_whole(group: Sequence[R], clock: Callable[[], datetime]) -> Steps[dict[R, Accepted]]:
-    """accept_group's steps on PostgreSQL: the reads, then the one write."""
-    read = yield from _read_group(group)
-    written = yield from _whole_one_pass_tickets(read.new_tickets, read.drafts, clock())
-    return read.answers_with(written)
+    """accept_group's one step on PostgreSQL: a statement a request, which accepts it
+    whole (whole_tickets.py), the group's as one pipelined write."""
+    now = clock()
+    rows = yield Query.each(ACCEPT_ONE_PASS, [_accept_params(r, now) for r in group])
+    return {r: _accepted(r, row, now) for r, row in zip(group, rows, strict=True)}
 
 
 def _accept_in_one_transaction(
@@ -321,31 +324,30 @@ def _write_one_pass_tickets(
     return [_ticket_of(i, n, c, now) for i, n, c in zip(ids, new, counts, strict=True)]
 
 
-def _whole_one_pass_tickets(
-    new: Sequence[NewTicket], drafts: Sequence[Sequence[_Draft]], now: datetime
-) -> Steps[list[Ticket]]:
-    """PostgreSQL: the same tickets, the events of what they skipped with them, each written
-    whole by one statement (whole_tickets.py), all of them as one pipelined write that
-    commits alone."""
-    counts = [_counted(d) for d in drafts]
-    inserted = yield Query.each(
-        WHOLE_TICKET,
-        [_whole_params(n, each, c, now) for n, each, c in zip(new, drafts, counts, strict=True)],
+def _accept_params(r: Request, now: datetime) -> dict[str, Any]:
+    """ACCEPT_ONE_PASS's parameters for a request (whole_tickets.py)."""
+    ticket = _ticket_values(_new_one_pass_ticket(r), {}, now)
+    return (
+        {f"ticket_{name}": ticket[name] for name in TICKET_COLUMNS}
+        | {"named": _pass_id(r), "at": now, "sending": sends_notification(r.operation, r.content)}
+        | as_params(pass_shown(r.operation, r.content, now))
     )
-    ids = [row[0] for row in inserted]
-    return [_ticket_of(i, n, c, now) for i, n, c in zip(ids, new, counts, strict=True)]
 
 
-def _whole_params(
-    n: NewTicket, drafts: Sequence[_Draft], counts: dict[str, int], now: datetime
-) -> dict[str, Any]:
-    assert n.audience.pass_id is not None  # a one-pass audience
-    return whole_ticket_params(
-        _ticket_values(n, counts, now),
-        n.audience.pass_id,
-        [(d.registration_id, d.platform, d.state, d.reason) for d in drafts],
-        pass_change(0, n.operation, n.content, now),
-    )
+def _accepted(r: Request, row: Sequence[Any], now: datetime) -> Accepted:
+    """What ACCEPT_ONE_PASS's row says of a request: its ticket, its first ticket (a
+    retry, maybe of a request earlier in the group), or that it names no pass."""
+    prior_id, prior_fingerprint, ticket_id, pending, skipped, _ = row
+    if prior_id is not None:
+        return retry_answer(r, PriorTicket(prior_id, r.project_id, prior_fingerprint))
+    if ticket_id is None:
+        return NotFound("pass", _pass_id(r))
+    counts = {DeliveryState.PENDING.value: pending, DeliveryState.SKIPPED.value: skipped}
+    return _ticket_of(ticket_id, _new_one_pass_ticket(r), counts, now)
+
+
+def _new_one_pass_ticket(r: Request) -> NewTicket:
+    return new_ticket(r, Audience(r.project_id, None, _pass_id(r)))
 
 
 def _drafts_of(new: Sequence[NewTicket]) -> Steps[list[list[_Draft]]]:

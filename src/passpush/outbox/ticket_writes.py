@@ -80,15 +80,27 @@ def pass_change(
     ticket_id: int, operation: Operation, content: Content | None, now: datetime
 ) -> dict[str, Any]:
     """Sets (Send) or clears (Delete) the notification field of a pass."""
-    sending = operation is Operation.SEND and content is not None
+    sending = sends_notification(operation, content)
+    return pass_shown(operation, content, now) | {
+        "notification_ticket_id": ticket_id if sending else None,
+        "last_ticket_id": ticket_id,
+    }
+
+
+def pass_shown(operation: Operation, content: Content | None, now: datetime) -> dict[str, Any]:
+    """The part of pass_change that does not name the ticket: its tag and what it shows."""
+    sending = sends_notification(operation, content)
     return {
         "update_tag": update_tag_at(now),
         "updated_at": now,
         "notification_header": content.header if sending and content else None,
         "notification_body": content.body if sending and content else None,
-        "notification_ticket_id": ticket_id if sending else None,
-        "last_ticket_id": ticket_id,
     }
+
+
+def sends_notification(operation: Operation, content: Content | None) -> bool:
+    """Whether a ticket sets its passes' notification (a Send), or clears it."""
+    return operation is Operation.SEND and content is not None
 
 
 def as_params(change: dict[str, Any]) -> dict[str, Any]:

@@ -79,7 +79,7 @@ class NotificationCore:
         sessions: async_sessionmaker[AsyncSession],
         *,
         clock: Clock = utcnow,
-        on_enqueued: Callable[[], None] = lambda: None,
+        on_enqueued: Callable[[bool], None] = lambda others_told: None,
         max_group: int = 256,
         fanout_chunk: int = FANOUT_CHUNK,
         on_fanning_out: Callable[[int], None] = lambda ticket_id: None,
@@ -91,8 +91,11 @@ class NotificationCore:
             connect_standalone(engine) if engine.dialect.name == "postgresql" else self._direct
         )
         self._clock = clock
-        # Wakes the local delivery workers so that the first push does not wait for a poll.
+        # Wakes the delivery workers so that the first push does not wait for a poll: the
+        # local ones, and the others unless the accept told them (its argument).
         self._on_enqueued = on_enqueued
+        # On PostgreSQL a group of one-pass Sends wakes the workers at its commit itself.
+        self._groups_tell_workers = engine.dialect.name == "postgresql"
         self._max_group = max_group
         # A broadcast's Send writes its first chunk of passes; the FanOut loop, told of the
         # ticket, writes the others (outbox/fanout.py).
@@ -139,7 +142,7 @@ class NotificationCore:
             if self._committer is None or self._committer.done():
                 self._committer = asyncio.create_task(self._commit_queued())
         else:
-            await self._commit([submission], self._accept_alone)
+            await self._commit([submission], self._accept_alone, others_told=False)
         # The transaction goes on if the caller leaves: its retry will find the ticket.
         return await asyncio.shield(answer)
 
@@ -147,15 +150,21 @@ class NotificationCore:
         while self._queued:
             group = self._queued[: self._max_group]
             del self._queued[: self._max_group]
-            await self._commit(group, self._accept_one_pass_each)
+            await self._commit(
+                group, self._accept_one_pass_each, others_told=self._groups_tell_workers
+            )
 
     async def _commit(
-        self, group: list[_Submission], accept: Callable[[list[_Submission]], Awaitable[_Answers]]
+        self,
+        group: list[_Submission],
+        accept: Callable[[list[_Submission]], Awaitable[_Answers]],
+        *,
+        others_told: bool,
     ) -> None:
         """Commits a group in one transaction and answers each submission."""
         answers = await self._answers(group, accept)
         if any(isinstance(a, Ticket) for a in answers.values()):
-            self._on_enqueued()
+            self._on_enqueued(others_told)
         for answer in answers.values():
             if isinstance(answer, Ticket) and answer.fanning_out:
                 self._on_fanning_out(answer.id)
