@@ -18,6 +18,7 @@ from benchmarks.harness import Options, Result, log, workspace
 from passpush.domain.model import Content, PassTarget
 from passpush.service.notifications import NotificationCore
 from passpush.store.db import make_engine, make_sessions
+from passpush.store.statistics import fresh_statistics
 
 CONTENT = Content("Offer", "20% off today")
 
@@ -41,6 +42,11 @@ async def measure(backend: str, workdir: Path, options: Options) -> list[Result]
         engine = make_engine(database.url)
         core = NotificationCore(engine, make_sessions(engine))
         send = core_sender(core)
+        # As every server process does: the plans kept on PostgreSQL follow the tables as
+        # they grow from nothing only through these statistics (store/statistics.py).
+        statistics = fresh_statistics(engine)
+        if statistics is not None:
+            statistics.start()
         try:
             await closed_loop(send, WARMUP_SECONDS, options.concurrency)
             cpu = _cpu_seconds()
@@ -48,6 +54,8 @@ async def measure(backend: str, workdir: Path, options: Options) -> list[Result]
             cpu_ms = (_cpu_seconds() - cpu) / max(1, throughput.calls) * 1000
             latency = await open_loop(send, options.rate, options.duration)
         finally:
+            if statistics is not None:
+                await statistics.stop()
             core.close()
             await engine.dispose()
     log(f"accept-core on {backend}: {throughput.rate:,.0f} Sends/s, {cpu_ms:.2f} ms CPU a Send")
