@@ -347,6 +347,8 @@ def _accepted(r: Request, row: Sequence[Any], now: datetime) -> Accepted:
 
 
 def _new_one_pass_ticket(r: Request) -> NewTicket:
+    # The pass as named: of its audience only the project is read here (the statement
+    # resolves an external id itself).
     return new_ticket(r, Audience(r.project_id, None, _pass_id(r)))
 
 
