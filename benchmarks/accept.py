@@ -17,11 +17,13 @@ ImportPasses.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import gc
 import itertools
 import sys
 import time
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -118,6 +120,23 @@ def single_pass_sender(c: Client) -> Sender:
     return send
 
 
+@contextlib.contextmanager
+def client_gc_paused() -> Iterator[None]:
+    """No collection in this process (the client, apart from the server) while it measures:
+    a full one stopped it for 82 ms once in a 20-s open loop (2026-12-04), which every call
+    then in flight counted as the server's latency. What the client made before is frozen,
+    what it makes meanwhile is collected after. (Not for accept-core, whose client shares
+    its process with the core measured.)"""
+    gc.collect()
+    gc.freeze()
+    gc.disable()
+    try:
+        yield
+    finally:
+        gc.enable()
+        gc.unfreeze()
+
+
 async def open_loop(send: Sender, rate: float, duration: float) -> OpenLoop:
     """Starts calls at fixed intervals whatever the answers; gives up (cancelling what is left)
     once a second's worth of calls (at most half of them) is outstanding."""
@@ -193,11 +212,13 @@ async def measure_noop(workdir: Path, options: Options) -> tuple[Measured, OpenL
         async with client(f"127.0.0.1:{port}", "noop", options.channels) as c:
             send = single_pass_sender(c)
             await closed_loop(send, WARMUP_SECONDS, options.concurrency)
-            measured = await closed_loop_costing(
-                send, options.throughput_seconds, options.concurrency, {"no-op": child.pid}
-            )
+            with client_gc_paused():
+                measured = await closed_loop_costing(
+                    send, options.throughput_seconds, options.concurrency, {"no-op": child.pid}
+                )
             seconds = min(options.duration, NOOP_OPEN_LOOP_SECONDS)
-            latency = await open_loop(send, options.rate, seconds)
+            with client_gc_paused():
+                latency = await open_loop(send, options.rate, seconds)
     finally:
         await child.stop(grace=5)
     log(
@@ -234,9 +255,10 @@ async def measure_backend(
             processes = {"api" if split else "server": deployment.servers[0].pid}
             if deployment.workers:
                 processes["worker"] = deployment.workers[0].pid
-            measured = await closed_loop_costing(
-                send, options.throughput_seconds, options.concurrency, processes
-            )
+            with client_gc_paused():
+                measured = await closed_loop_costing(
+                    send, options.throughput_seconds, options.concurrency, processes
+                )
             throughput = measured.loop
             log(
                 f"accept on {backend}: {throughput.rate:,.0f} Sends/s closed loop "
@@ -244,7 +266,8 @@ async def measure_backend(
             )
             # It leaves pushes behind, though: the open loop starts once they are out.
             await fake.wait_for(warmup.calls + throughput.calls, within=120)
-            latency = await open_loop(send, options.rate, options.duration)
+            with client_gc_paused():
+                latency = await open_loop(send, options.rate, options.duration)
             log(
                 f"accept on {backend}: {latency.issued:,} Sends at {options.rate:.0f}/s: "
                 f"p50 {latency.describe(0.5)}, p99 {latency.describe(0.99)}, "
