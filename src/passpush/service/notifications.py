@@ -229,10 +229,12 @@ class NotificationCore:
             return {s: ticket}
 
     async def check_writable(self) -> None:
-        """Writes to the database both ways this core does (the direct path of single-pass
-        Sends, and SQLAlchemy's sessions), changing nothing: raises what a call would meet
-        (for the readiness probe)."""
+        """Writes to the database every way this core does (the connections single-pass
+        Sends commit on, and SQLAlchemy's sessions), changing nothing: raises what a call
+        would meet (for the readiness probe)."""
         await self._direct.run(write_check)
+        if self._standalone is not self._direct:
+            await self._standalone.run(write_check, one_write=True)
         async with self._sessions.begin() as session:
             await run_on_session(session, write_check())
 
