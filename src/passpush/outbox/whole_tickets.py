@@ -23,7 +23,6 @@ from sqlalchemy import (
     BigInteger,
     Boolean,
     Executable,
-    Text,
     and_,
     bindparam,
     case,
@@ -50,16 +49,15 @@ from passpush.store.models import (
     DeliveryEventRow,
     DeliveryRow,
     PassRow,
-    ScheduledNotificationRow,
     TicketRow,
     table_of,
 )
+from passpush.store.tickets import request_id_holders
 from passpush.store.wakeups import Topic
 
 _tickets = table_of(TicketRow)
 _deliveries = table_of(DeliveryRow)
 _events = table_of(DeliveryEventRow)
-_schedules = table_of(ScheduledNotificationRow)
 
 # The ticket's columns the statement counts from the pass's deliveries-to-be; each of the
 # others is bound as `ticket_<column>`. The statement's other parameters: `named`, the pass
@@ -85,15 +83,10 @@ def _accept_one_pass() -> Executable:
     project, request_id = binds["project_id"], binds["request_id"]
     at = bindparam("at", type_=DeliveryRow.updated_at.type)
 
-    # A retry: the ticket that holds the request_id, else a schedule that does (id 0, no
-    # fingerprint: no Send matches it). A Send without one (NULL) matches nothing.
-    holders = union_all(
-        select(_tickets.c.id, _tickets.c.request_fingerprint).where(
-            _tickets.c.project_id == project, _tickets.c.request_id == request_id
-        ),
-        select(literal(0, BigInteger), literal("", Text)).where(
-            _schedules.c.project_id == project, _schedules.c.request_id == request_id
-        ),
+    # A retry: the ticket that holds the request_id, else a schedule that does (id 0). A
+    # Send without one (NULL) matches nothing.
+    holders = request_id_holders(
+        lambda table: and_(table.c.project_id == project, table.c.request_id == request_id)
     ).subquery("holders")
     prior = (
         select(holders.c.id, holders.c.request_fingerprint)

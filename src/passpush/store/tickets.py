@@ -3,12 +3,21 @@ still fanning out. What writes them (accepting, fanning out, recording) is the o
 
 from __future__ import annotations
 
-from collections.abc import Collection
+from collections.abc import Callable, Collection
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import CompoundSelect, func, literal_column, select, union_all
+from sqlalchemy import (
+    ColumnElement,
+    CompoundSelect,
+    Table,
+    and_,
+    func,
+    literal_column,
+    select,
+    union_all,
+)
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from passpush.domain.errors import NotFound
@@ -151,19 +160,30 @@ def ticket_from_row(row: TicketRow, errors: list[tuple[str, int]]) -> Ticket:
     )
 
 
-def _by_request_id(dialect: str) -> CompoundSelect[Any]:
-    """The tickets and schedules of the projects and request ids bound as `projects` and
-    `request_ids` (arrays on PostgreSQL)."""
+def request_id_holders(
+    matching: Callable[[Table], ColumnElement[bool]],
+) -> CompoundSelect[Any]:
+    """The tickets and the schedules whose (project_id, request_id) match (`matching`, given
+    either table): id, project_id, request_id, fingerprint. A request_id is one namespace per
+    project across Send, Delete and Schedule: a schedule comes as id 0 with no fingerprint,
+    which no request matches (REQUEST_ID_REUSED)."""
     t, s = _tickets, table_of(ScheduledNotificationRow)
     return union_all(
-        select(t.c.id, t.c.project_id, t.c.request_id, t.c.request_fingerprint).where(
-            one_of(t.c.project_id, dialect, "projects"),
-            one_of(t.c.request_id, dialect, "request_ids"),
-        ),
+        select(t.c.id, t.c.project_id, t.c.request_id, t.c.request_fingerprint).where(matching(t)),
         select(literal_column("0"), s.c.project_id, s.c.request_id, literal_column("''")).where(
-            one_of(s.c.project_id, dialect, "projects"),
-            one_of(s.c.request_id, dialect, "request_ids"),
+            matching(s)
         ),
+    )
+
+
+def _by_request_id(dialect: str) -> CompoundSelect[Any]:
+    """The holders of the projects and request ids bound as `projects` and `request_ids`
+    (arrays on PostgreSQL)."""
+    return request_id_holders(
+        lambda table: and_(
+            one_of(table.c.project_id, dialect, "projects"),
+            one_of(table.c.request_id, dialect, "request_ids"),
+        )
     )
 
 
