@@ -115,8 +115,9 @@ def _accept_whole(group: Sequence[R], clock: Callable[[], datetime]) -> Steps[di
     """accept_group's one step on PostgreSQL: a statement a request, which accepts it
     whole (whole_tickets.py), the group's as one pipelined write."""
     now = clock()
-    rows = yield Query.each(ACCEPT_ONE_PASS, [_accept_params(r, now) for r in group])
-    return {r: _accepted(r, row, now) for r, row in zip(group, rows, strict=True)}
+    new = [_new_one_pass_ticket(r) for r in group]
+    rows = yield Query.each(ACCEPT_ONE_PASS, [_accept_params(n, now) for n in new])
+    return {r: _accepted(r, n, row, now) for r, n, row in zip(group, new, rows, strict=True)}
 
 
 def _accept_in_one_transaction(
@@ -324,17 +325,21 @@ def _write_one_pass_tickets(
     return [_ticket_of(i, n, c, now) for i, n, c in zip(ids, new, counts, strict=True)]
 
 
-def _accept_params(r: Request, now: datetime) -> dict[str, Any]:
-    """ACCEPT_ONE_PASS's parameters for a request (whole_tickets.py)."""
-    ticket = _ticket_values(_new_one_pass_ticket(r), {}, now)
+def _accept_params(n: NewTicket, now: datetime) -> dict[str, Any]:
+    """ACCEPT_ONE_PASS's parameters for a request's ticket-to-be (whole_tickets.py)."""
+    ticket = _ticket_values(n, {}, now)
     return (
         {f"ticket_{name}": ticket[name] for name in TICKET_COLUMNS}
-        | {"named": _pass_id(r), "at": now, "sending": sends_notification(r.operation, r.content)}
-        | as_params(pass_shown(r.operation, r.content, now))
+        | {
+            "named": n.audience.pass_id,
+            "at": now,
+            "sending": sends_notification(n.operation, n.content),
+        }
+        | as_params(pass_shown(n.operation, n.content, now))
     )
 
 
-def _accepted(r: Request, row: Sequence[Any], now: datetime) -> Accepted:
+def _accepted(r: Request, n: NewTicket, row: Sequence[Any], now: datetime) -> Accepted:
     """What ACCEPT_ONE_PASS's row says of a request: its ticket, its first ticket (a
     retry, maybe of a request earlier in the group), or that it names no pass."""
     prior_id, prior_fingerprint, ticket_id, pending, skipped, _ = row
@@ -343,7 +348,7 @@ def _accepted(r: Request, row: Sequence[Any], now: datetime) -> Accepted:
     if ticket_id is None:
         return NotFound("pass", _pass_id(r))
     counts = {DeliveryState.PENDING.value: pending, DeliveryState.SKIPPED.value: skipped}
-    return _ticket_of(ticket_id, _new_one_pass_ticket(r), counts, now)
+    return _ticket_of(ticket_id, n, counts, now)
 
 
 def _new_one_pass_ticket(r: Request) -> NewTicket:
